@@ -1,0 +1,63 @@
+//! fw_cfg names and keys, QEMU compatible (`docs/specs/fw_cfg.rst` in QEMU).
+
+/// Selector port (16-bit writes).
+pub const PORT_SELECTOR: u16 = 0x510;
+/// Data port (8-bit reads).
+pub const PORT_DATA: u16 = 0x511;
+/// DMA address port: high 32 bits at +0, low 32 bits at +4 (writing the low half starts
+/// the transfer); values are big-endian.
+pub const PORT_DMA: u16 = 0x514;
+
+/// Key of the "QEMU" signature.
+pub const KEY_SIGNATURE: u16 = 0x0000;
+/// Key of the feature bitmap.
+pub const KEY_ID: u16 = 0x0001;
+/// Key of the RAM size (u64 LE).
+pub const KEY_RAM_SIZE: u16 = 0x0003;
+/// Key of the number of boot CPUs (u16 LE).
+pub const KEY_NB_CPUS: u16 = 0x0005;
+/// Key of the maximum number of CPUs (u16 LE).
+pub const KEY_MAX_CPUS: u16 = 0x000f;
+/// Key of the file directory.
+pub const KEY_FILE_DIR: u16 = 0x0019;
+/// First key given to named files.
+pub const KEY_FILE_FIRST: u16 = 0x0020;
+
+/// The signature read at [`KEY_SIGNATURE`].
+pub const SIGNATURE: [u8; 4] = *b"QEMU";
+/// Feature bit: the traditional interface.
+pub const ID_TRADITIONAL: u32 = 1 << 0;
+/// Feature bit: the DMA interface.
+pub const ID_DMA: u32 = 1 << 1;
+
+/// DMA control: error (set by the device).
+pub const DMA_CTL_ERROR: u32 = 0x01;
+/// DMA control: read from the item into guest memory.
+pub const DMA_CTL_READ: u32 = 0x02;
+/// DMA control: skip bytes of the item.
+pub const DMA_CTL_SKIP: u32 = 0x04;
+/// DMA control: select the key in the upper 16 bits first.
+pub const DMA_CTL_SELECT: u32 = 0x08;
+/// DMA control: write guest memory into the item.
+pub const DMA_CTL_WRITE: u32 = 0x10;
+/// Size of a `FWCfgDmaAccess` descriptor: be32 control, be32 length, be64 address.
+pub const DMA_ACCESS_SIZE: usize = 16;
+
+/// Length of a name in the file directory, NUL included.
+pub const FILE_NAME_LEN: usize = 56;
+/// Size of one file directory entry: be32 size, be16 select, be16 reserved, name.
+pub const FILE_DIR_ENTRY_SIZE: usize = 64;
+
+/// QEMU's E820 table: packed entries of u64 address, u64 length, u32 type (LE).
+pub const FILE_E820: &str = "etc/e820";
+/// Size of one `etc/e820` entry.
+pub const E820_ENTRY_SIZE: usize = 20;
+/// E820 type of usable RAM.
+pub const E820_RAM: u32 = 1;
+/// E820 type of reserved memory.
+pub const E820_RESERVED: u32 = 2;
+
+/// Name of the built-in workload to run (text, e.g. `selftest`).
+pub const FILE_WORKLOAD: &str = "opt/sevmirror/workload";
+/// TSC frequency in kHz (decimal text), for the firmware's timings.
+pub const FILE_TSC_KHZ: &str = "opt/sevmirror/tsc-khz";

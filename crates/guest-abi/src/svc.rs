@@ -1,0 +1,25 @@
+//! Services CPL3 code asks of the firmware's CPL0 part.
+//!
+//! CPL3 executes `ud2` followed by the two marker bytes [`MARKER`]; the CPL0 #UD handler
+//! recognises the marker, performs the service named in `rax` with arguments in `rdi`,
+//! `rsi`, `rdx`, puts the result in `rax` and resumes after the marker. Guest CPL0 is
+//! emulated on these machines (~40 µs per call), so services are for rare operations only:
+//! port I/O for fw_cfg, MSRs for the local APIC, halting a CPU.
+
+/// Bytes following `ud2` (0F 0B) that mark a service call: "SV".
+pub const MARKER: [u8; 2] = *b"SV";
+/// The four instruction bytes of a service call as the #UD handler reads them (LE).
+pub const CALL_BYTES_LE: u32 = u32::from_le_bytes([0x0F, 0x0B, MARKER[0], MARKER[1]]);
+
+/// `out`: rdi = port, rsi = width (1, 2 or 4), rdx = value.
+pub const OUT: u64 = 1;
+/// `in`: rdi = port, rsi = width (1, 2 or 4); returns the value read.
+pub const IN: u64 = 2;
+/// `wrmsr`: rdi = MSR index, rsi = value.
+pub const WRMSR: u64 = 3;
+/// `rdmsr`: rdi = MSR index; returns the value.
+pub const RDMSR: u64 = 4;
+/// Park this CPU with interrupts off (`cli; hlt` forever). Never returns.
+pub const HALT: u64 = 5;
+/// Value returned for an unknown service number.
+pub const UNKNOWN: u64 = u64::MAX;

@@ -1,0 +1,418 @@
+// sevmirror firmware: everything that runs at guest CPL0.
+//
+// Guest CPL0 is run by KVM's instruction emulator on the development machines (kvm_pvm,
+// ~1.6 M instructions/s, and it lacks SSE arithmetic: `xorps` is an emulation failure), so
+// this file is the whole of CPL0: mode switches, page tables, descriptor tables, the
+// exception handlers and the service calls CPL3 makes with `ud2`. Rust never runs at CPL0.
+// Only plain integer instructions are used here. Intel syntax; the names in braces are
+// constants from guest-abi (see boot.rs).
+
+// ---------------------------------------------------------------------------------------
+// 32-bit code: BSP set-up and the switch to long mode (BSP and APs).
+// ---------------------------------------------------------------------------------------
+.section .text.boot32, "ax"
+.code32
+
+.global sevm_bsp_entry32
+sevm_bsp_entry32:
+    mov ax, {SEL_KDATA}
+    mov ds, ax
+    mov es, ax
+    mov ss, ax
+    mov fs, ax
+    mov gs, ax
+
+    // Early banner on the 16550 (port I/O is fine at CPL0).
+    mov esi, offset sevm_banner
+    mov dx, 0x3f8
+2:  mov al, [esi]
+    test al, al
+    jz 3f
+    out dx, al
+    inc esi
+    jmp 2b
+3:
+    // Zero the PML4 and PDPT (2 pages) and the IDT page.
+    mov edi, {PML4}
+    xor eax, eax
+    mov ecx, 2048
+    rep stosd
+    mov edi, {IDT}
+    mov ecx, 1024
+    rep stosd
+
+    // PML4[0] -> PDPT; PDPT[0..4] -> the four page directories of the low 4 GiB.
+    mov dword ptr [{PML4}], {PDPT} + 7
+    mov edi, {PDPT}
+    mov eax, {PD_BASE} + 7
+    mov ecx, 4
+4:  mov [edi], eax
+    add eax, 0x1000
+    add edi, 8
+    loop 4b
+
+    // Identity-map 0..4 GiB with 2 MiB pages: present, writable, user, large.
+    // A and D stay clear so KVM's dirty log sees only real writes.
+    mov edi, {PD_BASE}
+    mov eax, 0x87
+    mov ecx, 2048
+5:  mov [edi], eax
+    mov dword ptr [edi + 4], 0
+    add eax, 0x200000
+    add edi, 8
+    loop 5b
+
+    // RAM GDT: the ROM GDT's fixed entries; TSS descriptors are added per CPU.
+    mov esi, offset sevm_rom_gdt
+    mov edi, {GDT}
+    mov ecx, 12
+    rep movsd
+
+    // IDT: exceptions 0..31 go to their stubs; NMI, #DF and #MC use IST1.
+    mov edi, {IDT}
+    mov ebx, offset sevm_exc_stubs
+    xor ecx, ecx
+6:  mov eax, ebx
+    and eax, 0xffff
+    or eax, {SEL_KCODE64} << 16
+    mov [edi], eax
+    mov eax, ebx
+    and eax, 0xffff0000
+    or eax, 0x8e00
+    cmp ecx, 2
+    je 7f
+    cmp ecx, 8
+    je 7f
+    cmp ecx, 18
+    je 7f
+    jmp 8f
+7:  or eax, 1
+8:  mov [edi + 4], eax
+    mov dword ptr [edi + 8], 0
+    mov dword ptr [edi + 12], 0
+    add ebx, 16
+    add edi, 16
+    inc ecx
+    cmp ecx, 32
+    jb 6b
+    jmp sevm_enter_long_mode
+
+// APs arrive here from the real-mode trampoline, on the ROM GDT.
+.global sevm_ap_entry32
+sevm_ap_entry32:
+    mov ax, {SEL_KDATA}
+    mov ds, ax
+    mov es, ax
+    mov ss, ax
+    mov fs, ax
+    mov gs, ax
+
+sevm_enter_long_mode:
+    // CR4: PAE | OSFXSR | OSXMMEXCPT (SSE for the CPL3 code).
+    mov eax, cr4
+    or eax, 0x620
+    mov cr4, eax
+    mov eax, {PML4}
+    mov cr3, eax
+    // EFER.LME
+    mov ecx, 0xc0000080
+    rdmsr
+    or eax, 0x100
+    wrmsr
+    // CR0: PG | WP | NE | ET | MP | PE, EM clear.
+    mov eax, cr0
+    and eax, 0xfffffffb
+    or eax, 0x80010033
+    mov cr0, eax
+    .byte 0xea
+    .long sevm_entry64
+    .word {SEL_KCODE64}
+
+// ---------------------------------------------------------------------------------------
+// 64-bit CPL0: per-CPU set-up, then IRETQ to the Rust entry at CPL3.
+// ---------------------------------------------------------------------------------------
+.section .text.boot64, "ax"
+.code64
+
+sevm_entry64:
+    mov ax, {SEL_KDATA}
+    mov ds, ax
+    mov es, ax
+    mov ss, ax
+    xor eax, eax
+    mov fs, ax
+    mov gs, ax
+
+    // CPU index = initial APIC ID (the VMM numbers vCPUs 0..n).
+    mov eax, 1
+    cpuid
+    shr ebx, 24
+    cmp ebx, {MAX_VCPUS}
+    jae sevm_park
+    mov r15d, ebx
+
+    // Kernel stack: the upper half is for CPL3 -> CPL0 entries, the lower half for IST1.
+    mov rax, r15
+    shl rax, {KSTACK_SHIFT}
+    lea rsp, [rax + {KSTACKS} + {KSTACK_SIZE}]
+    lea r14, [rax + {KSTACKS} + {KSTACK_SIZE} / 2]
+
+    // TSS: zero it, then rsp0, ist1 and an I/O map base past the limit (no I/O bitmap).
+    mov rdi, r15
+    shl rdi, {TSS_SHIFT}
+    add rdi, {TSS_BASE}
+    mov rsi, rdi
+    xor eax, eax
+    mov ecx, 26
+2:  mov [rsi], eax
+    add rsi, 4
+    loop 2b
+    mov [rdi + 4], rsp
+    mov [rdi + 36], r14
+    mov word ptr [rdi + 102], 104
+
+    // TSS descriptor in the RAM GDT at TSS0 + 16 * cpu (base below 4 GiB).
+    mov rbx, r15
+    shl rbx, 4
+    add rbx, {GDT} + {SEL_TSS0}
+    mov rax, rdi
+    and eax, 0xffff
+    shl rax, 16
+    or rax, 0x67
+    mov rdx, rdi
+    shr rdx, 16
+    and edx, 0xff
+    shl rdx, 32
+    or rax, rdx
+    mov edx, 0x89
+    shl rdx, 40
+    or rax, rdx
+    mov rdx, rdi
+    shr rdx, 24
+    and edx, 0xff
+    shl rdx, 56
+    or rax, rdx
+    mov [rbx], rax
+    mov qword ptr [rbx + 8], 0
+
+    lgdt [rip + sevm_ram_gdtr]
+    mov rax, rbx
+    sub rax, {GDT}
+    ltr ax
+    lidt [rip + sevm_idtr]
+
+    // IRETQ to sevm_rust_entry(cpu) at CPL3 with interrupts off. The user stack pointer
+    // is 8 below a 16-byte boundary, as after a call.
+    mov rax, r15
+    shl rax, {USTACK_SHIFT}
+    lea rax, [rax + {USTACKS} + {USTACK_SIZE} - 8]
+    push {SEL_UDATA}
+    push rax
+    push 2
+    push {SEL_UCODE64}
+    lea rax, [rip + sevm_rust_entry]
+    push rax
+    mov rdi, r15
+    iretq
+
+sevm_park:
+    cli
+    hlt
+    jmp sevm_park
+
+// Exception stubs, 16 bytes apart: push a zero error code where the CPU pushes none,
+// push the vector, join the common path.
+.balign 16
+.global sevm_exc_stubs
+sevm_exc_stubs:
+.irp vec, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31
+    .balign 16
+    .if (\vec == 8) || ((\vec >= 10) && (\vec <= 14)) || (\vec == 17) || (\vec == 21) || (\vec == 29) || (\vec == 30)
+    .else
+    push 0
+    .endif
+    push \vec
+    jmp sevm_exc_common
+.endr
+
+// Stack: vector, error, rip, cs, rflags, rsp, ss.
+sevm_exc_common:
+    cmp qword ptr [rsp], 6
+    jne sevm_fault
+    test byte ptr [rsp + 24], 3
+    jz sevm_fault
+    push rcx
+    mov rcx, [rsp + 24]
+    cmp dword ptr [rcx], {SVC_CALL_BYTES}
+    pop rcx
+    jne sevm_fault
+
+    // A service call from CPL3: rax = service, rdi/rsi/rdx = arguments, result in rax.
+    // Like a function call, it may clobber rcx, rdx, rsi, rdi, r8-r11.
+    cmp rax, {SVC_OUT}
+    je sevm_svc_out
+    cmp rax, {SVC_IN}
+    je sevm_svc_in
+    cmp rax, {SVC_WRMSR}
+    je sevm_svc_wrmsr
+    cmp rax, {SVC_RDMSR}
+    je sevm_svc_rdmsr
+    cmp rax, {SVC_HALT}
+    je sevm_park
+    mov rax, -1
+sevm_svc_return:
+    add qword ptr [rsp + 16], 4
+    add rsp, 16
+    iretq
+
+sevm_svc_out:
+    mov rax, rdx
+    mov edx, edi
+    cmp esi, 1
+    je 2f
+    cmp esi, 2
+    je 3f
+    out dx, eax
+    jmp 4f
+2:  out dx, al
+    jmp 4f
+3:  out dx, ax
+4:  xor eax, eax
+    jmp sevm_svc_return
+
+sevm_svc_in:
+    mov edx, edi
+    xor eax, eax
+    cmp esi, 1
+    je 2f
+    cmp esi, 2
+    je 3f
+    in eax, dx
+    jmp sevm_svc_return
+2:  in al, dx
+    jmp sevm_svc_return
+3:  in ax, dx
+    jmp sevm_svc_return
+
+sevm_svc_wrmsr:
+    mov ecx, edi
+    mov rax, rsi
+    mov rdx, rsi
+    shr rdx, 32
+    wrmsr
+    xor eax, eax
+    jmp sevm_svc_return
+
+sevm_svc_rdmsr:
+    mov ecx, edi
+    rdmsr
+    shl rdx, 32
+    or rax, rdx
+    jmp sevm_svc_return
+
+// A fatal exception: report it through the services page (the VMM stops the VM) and park.
+sevm_fault:
+    mov ebx, {SERVICES}
+    mov rax, [rsp + 16]
+    mov [rbx + {FAULT_RIP}], rax
+    mov rax, [rsp + 8]
+    mov [rbx + {FAULT_ERROR}], rax
+    mov rax, cr2
+    mov [rbx + {FAULT_ADDR}], rax
+    mov rax, [rsp + 24]
+    and eax, 3
+    shl eax, 8
+    or rax, [rsp]
+    mov [rbx + {FAULT}], rax
+    jmp sevm_park
+
+.section .rodata.boot, "a"
+.balign 8
+sevm_ram_gdtr:
+    .word {GDT_LIMIT}
+    .quad {GDT}
+.balign 8
+sevm_idtr:
+    .word 256 * 16 - 1
+    .quad {IDT}
+sevm_banner:
+    .asciz "sevmirror firmware: reset\r\n"
+
+// ---------------------------------------------------------------------------------------
+// The last 4 KiB of the image: boot GDT, 16-bit entry code, GUID table space, reset vector.
+// ---------------------------------------------------------------------------------------
+.section .romtop, "ax"
+.code16
+sevm_romtop:
+
+.balign 8
+sevm_rom_gdt:
+    .quad 0
+    .quad 0x00af9b000000ffff    // 0x08: 64-bit code (accessed bit preset: the GDT is ROM)
+    .quad 0x00cf93000000ffff    // 0x10: data
+    .quad 0x00cff3000000ffff    // 0x18: user data
+    .quad 0x00affb000000ffff    // 0x20: 64-bit user code
+    .quad 0x00cf9b000000ffff    // 0x28: 32-bit code
+sevm_rom_gdt_end:
+
+// Application processors start here in real mode: from RAM after INIT-SIPI-SIPI (the BSP
+// copies [sevm_ap16, sevm_ap16_end) to the trampoline page), or from ROM under SEV-ES
+// (the GUID table's reset block points here). Position independent.
+.balign 16
+.global sevm_ap16
+sevm_ap16:
+    cli
+    cld
+    .byte 0xe8, 0x00, 0x00                      // call 1f
+1:  .byte 0x5b                                  // pop bx
+    .byte 0x66, 0x2e, 0x0f, 0x01, 0x97          // o32 lgdt cs:[bx + disp16]
+    .word sevm_ap16_gdtr - 1b
+    .byte 0x0f, 0x20, 0xc0                      // mov eax, cr0
+    .byte 0x0c, 0x01                            // or al, 1
+    .byte 0x0f, 0x22, 0xc0                      // mov cr0, eax
+    .byte 0x66, 0x2e, 0xff, 0xaf                // o32 jmp far cs:[bx + disp16]
+    .word sevm_ap16_target - 1b
+.balign 4
+sevm_ap16_gdtr:
+    .word sevm_rom_gdt_end - sevm_rom_gdt - 1
+    .long sevm_rom_gdt
+sevm_ap16_target:
+    .long sevm_ap_entry32
+    .word {SEL_KCODE32}
+.global sevm_ap16_end
+sevm_ap16_end:
+
+// The BSP starts at the reset vector in real mode with CS base 0xFFFF0000.
+.balign 16
+sevm_reset16:
+    cli
+    cld
+    .byte 0x66, 0x2e, 0x0f, 0x01, 0x16          // o32 lgdt cs:[disp16]
+    .word 0xf000 + (sevm_ap16_gdtr - sevm_romtop)
+    .byte 0x0f, 0x20, 0xc0                      // mov eax, cr0
+    .byte 0x0c, 0x01                            // or al, 1
+    .byte 0x0f, 0x22, 0xc0                      // mov cr0, eax
+    .byte 0x66, 0xea                            // o32 jmp far SEL_KCODE32:sevm_bsp_entry32
+    .long sevm_bsp_entry32
+    .word {SEL_KCODE32}
+
+// The SEV metadata ("ASEV") header and the footer GUID table are written here by the
+// image builder (crates/firmware-image), which finds the space through these symbols.
+.org 0x200
+.global sevm_asev_space
+sevm_asev_space:
+.org 0x300
+.global sevm_table_space
+sevm_table_space:
+.org 0xfe0
+.global sevm_table_space_end
+sevm_table_space_end:
+.org 0xff0
+.global reset_vector
+reset_vector:
+    .byte 0xe9                                  // jmp near sevm_reset16
+    .word sevm_reset16 - (. + 2)
+.org 0x1000
+
+.code64
+.text

@@ -1,0 +1,108 @@
+//! CPU access from CPL3: service calls into CPL0, the TSC, feature checks.
+
+use core::arch::x86_64::{__cpuid, _rdtsc};
+use guest_abi::svc;
+
+/// Asks CPL0 for service `nr` (see guest-abi's `svc` module) and returns its result.
+fn call(nr: u64, a0: u64, a1: u64, a2: u64) -> u64 {
+    let ret: u64;
+    // SAFETY: `ud2` + marker traps to the CPL0 #UD handler in boot.s, which performs the
+    // service and resumes after the marker. It clobbers only the registers listed here
+    // and uses its own (kernel) stack, so the CPL3 stack and red zone are untouched.
+    unsafe {
+        core::arch::asm!(
+            "ud2",
+            ".byte {m0}, {m1}",
+            m0 = const svc::MARKER[0],
+            m1 = const svc::MARKER[1],
+            inlateout("rax") nr => ret,
+            inlateout("rdi") a0 => _,
+            inlateout("rsi") a1 => _,
+            inlateout("rdx") a2 => _,
+            lateout("rcx") _,
+            lateout("r8") _,
+            lateout("r9") _,
+            lateout("r10") _,
+            lateout("r11") _,
+            options(nostack),
+        );
+    }
+    ret
+}
+
+/// Writes a 16-bit word to an I/O port.
+pub fn outw(port: u16, value: u16) {
+    call(svc::OUT, port.into(), 2, value.into());
+}
+
+/// Writes a 32-bit word to an I/O port.
+pub fn outl(port: u16, value: u32) {
+    call(svc::OUT, port.into(), 4, value.into());
+}
+
+/// Reads a byte from an I/O port.
+pub fn inb(port: u16) -> u8 {
+    call(svc::IN, port.into(), 1, 0) as u8
+}
+
+/// Writes a model-specific register.
+pub fn wrmsr(msr: u32, value: u64) {
+    call(svc::WRMSR, msr.into(), value, 0);
+}
+
+/// Reads a model-specific register.
+pub fn rdmsr(msr: u32) -> u64 {
+    call(svc::RDMSR, msr.into(), 0, 0)
+}
+
+/// Parks this CPU for good (`cli; hlt` at CPL0); the VMM can still stop it.
+pub fn halt() -> ! {
+    call(svc::HALT, 0, 0, 0);
+    // The service never returns; if it somehow did, spin instead of running on.
+    loop {
+        core::hint::spin_loop();
+    }
+}
+
+/// Reads the time-stamp counter.
+pub fn rdtsc() -> u64 {
+    // SAFETY: RDTSC has no side effects and is allowed at CPL3 (CR4.TSD is clear).
+    unsafe { _rdtsc() }
+}
+
+/// The initial APIC ID of this CPU, which the VMM makes equal to the vCPU index.
+pub fn apic_id() -> u32 {
+    __cpuid(1).ebx >> 24
+}
+
+/// Names of the instruction-set extensions this image was built for that the CPU lacks
+/// (checked before any of them is used: the VMM must pass the host's bits through).
+pub fn missing_features() -> impl Iterator<Item = &'static str> {
+    let ecx = __cpuid(1).ecx;
+    [
+        (25, "aes"),
+        (1, "pclmulqdq"),
+        (9, "ssse3"),
+        (19, "sse4.1"),
+        (20, "sse4.2"),
+        (23, "popcnt"),
+    ]
+    .into_iter()
+    .filter(move |&(bit, _)| ecx & (1 << bit) == 0)
+    .map(|(_, name)| name)
+}
+
+/// A deadline measured in TSC ticks.
+pub struct Deadline(u64);
+
+impl Deadline {
+    /// A deadline `ms` milliseconds from now, given the TSC rate in kHz.
+    pub fn after_ms(ms: u64, tsc_khz: u64) -> Self {
+        Deadline(rdtsc().saturating_add(ms.saturating_mul(tsc_khz)))
+    }
+
+    /// Whether the deadline has passed.
+    pub fn passed(&self) -> bool {
+        rdtsc() >= self.0
+    }
+}

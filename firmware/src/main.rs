@@ -1,0 +1,237 @@
+//! sevmirror's guest firmware.
+//!
+//! Boots like OVMF from the top of 4 GiB: 16-bit reset vector, 32-bit set-up, long mode
+//! (boot.s, the only code that runs at CPL0), then every CPU drops to CPL3 and runs Rust.
+//! On the development machines guest CPL0 is emulated ~5000x slower than CPL3 and CPL3
+//! cannot do port I/O, so CPL3 reaches the VMM through the MMIO guest-services page and
+//! asks CPL0 (by `ud2` service calls) only for port I/O, MSRs and halting.
+//!
+//! The image is ROM: it has no writable statics (the linker script checks); shared state
+//! lives in RAM at the fixed addresses of guest-abi's `layout`. Everything the VMM says
+//! (fw_cfg contents) is parsed defensively.
+
+#![no_std]
+#![no_main]
+
+// Linked for its memcpy/memset/memcmp/bcmp symbols.
+extern crate sevmirror_firmware_mem;
+
+mod boot;
+mod console;
+mod cpu;
+mod fwcfg;
+mod globals;
+mod services;
+mod smp;
+mod workloads;
+
+use core::sync::atomic::Ordering;
+use guest_abi::{
+    fwcfg as fwcfg_abi, layout,
+    memmap::{firmware_reservations, MemoryMap, RegionKind, MAX_REGIONS},
+    services::{exit_code, Event},
+};
+use workloads::Workload;
+
+/// Where every CPU enters Rust, at CPL3, from boot.s.
+#[no_mangle]
+extern "C" fn sevm_rust_entry(cpu_index: u64) -> ! {
+    if cpu_index == 0 {
+        bsp_main()
+    } else {
+        smp::ap_main(cpu_index as usize)
+    }
+}
+
+/// Prints an error line and stops the VM with `code`.
+fn fail(code: u64, what: core::fmt::Arguments<'_>) -> ! {
+    println!("firmware: error: {what}");
+    services::exit(code)
+}
+
+/// The configuration the VMM passes through fw_cfg.
+struct Config {
+    map: MemoryMap,
+    ncpus: u32,
+    tsc_khz: u64,
+    workload: Workload,
+}
+
+fn parse_decimal(text: &[u8]) -> Option<u64> {
+    let text = text.trim_ascii();
+    if text.is_empty() {
+        return None;
+    }
+    text.iter().try_fold(0u64, |acc, &c| {
+        c.is_ascii_digit()
+            .then(|| acc.checked_mul(10)?.checked_add(u64::from(c - b'0')))
+            .flatten()
+    })
+}
+
+fn read_config() -> Config {
+    let fw = fwcfg::FwCfg::probe()
+        .unwrap_or_else(|e| fail(exit_code::BAD_CONFIG, format_args!("{e}")));
+
+    let mut e820 = [0u8; fwcfg_abi::E820_ENTRY_SIZE * MAX_REGIONS];
+    let size = fw
+        .read_file(fwcfg_abi::FILE_E820, &mut e820)
+        .unwrap_or_else(|e| fail(exit_code::BAD_CONFIG, format_args!("{}: {e}", fwcfg_abi::FILE_E820)));
+    let entries = e820[..size.min(e820.len())]
+        .chunks_exact(fwcfg_abi::E820_ENTRY_SIZE)
+        .filter_map(|e| {
+            let base = u64::from_le_bytes(e.get(0..8)?.try_into().ok()?);
+            let len = u64::from_le_bytes(e.get(8..16)?.try_into().ok()?);
+            let kind = u32::from_le_bytes(e.get(16..20)?.try_into().ok()?);
+            (kind == fwcfg_abi::E820_RAM).then_some((base, len))
+        });
+    let map = MemoryMap::build(entries, &firmware_reservations(0))
+        .unwrap_or_else(|e| fail(exit_code::BAD_CONFIG, format_args!("memory map: {e}")));
+
+    let mut n = [0u8; 2];
+    let ncpus = match fw.read(fwcfg_abi::KEY_NB_CPUS, &mut n) {
+        Ok(()) => u32::from(u16::from_le_bytes(n)).clamp(1, layout::MAX_VCPUS as u32),
+        Err(_) => 1,
+    };
+
+    let mut text = [0u8; 32];
+    let tsc_khz = fw
+        .read_file(fwcfg_abi::FILE_TSC_KHZ, &mut text)
+        .ok()
+        .and_then(|n| parse_decimal(text.get(..n)?))
+        .filter(|&khz| khz > 0)
+        .unwrap_or_else(|| fail(exit_code::BAD_CONFIG, format_args!("no usable {}", fwcfg_abi::FILE_TSC_KHZ)));
+
+    let mut name = [0u8; 32];
+    let workload = match fw.read_file(fwcfg_abi::FILE_WORKLOAD, &mut name) {
+        Err(fwcfg::FwCfgError::NoSuchFile) => Workload::SelfTest,
+        Err(e) => fail(exit_code::BAD_CONFIG, format_args!("{}: {e}", fwcfg_abi::FILE_WORKLOAD)),
+        Ok(n) => {
+            let name = name.get(..n).unwrap_or(&name);
+            Workload::from_name(name).unwrap_or_else(|| {
+                fail(
+                    exit_code::BAD_CONFIG,
+                    format_args!(
+                        "unknown workload {:?}",
+                        core::str::from_utf8(name).unwrap_or("<not UTF-8>")
+                    ),
+                )
+            })
+        }
+    };
+    Config {
+        map,
+        ncpus,
+        tsc_khz,
+        workload,
+    }
+}
+
+fn bsp_main() -> ! {
+    globals::init();
+    services::event(Event::CPL3_ENTRY);
+    if let Some(missing) = cpu::missing_features().next() {
+        fail(
+            exit_code::MISSING_CPU_FEATURE,
+            format_args!("the CPU does not report {missing}; the VMM must pass the host's CPUID bits through"),
+        );
+    }
+    let config = read_config();
+    let mib = |b: u64| b >> 20;
+    println!(
+        "firmware: {} vCPU(s), {} MiB RAM, {} MiB usable, workload {:?}",
+        config.ncpus,
+        mib(config.map.regions().iter().map(|r| r.size).sum()),
+        mib(config.map.bytes(RegionKind::Usable)),
+        config.workload,
+    );
+    services::event(Event::CONFIGURED);
+
+    let g = globals::get();
+    globals::set_map(&config.map);
+    g.ncpus.store(config.ncpus, Ordering::Relaxed);
+    g.tsc_khz.store(config.tsc_khz, Ordering::Relaxed);
+    g.seed.store(cpu::rdtsc() | 1, Ordering::Relaxed);
+    if config.ncpus > 1 {
+        if let Err(t) = smp::start_aps(config.ncpus, config.tsc_khz) {
+            fail(
+                exit_code::FAIL,
+                format_args!("only {} of {} APs came up", t.online, config.ncpus - 1),
+            );
+        }
+        services::event(Event::APS_STARTED);
+    }
+
+    match config.workload {
+        Workload::Idle => {
+            println!("firmware: idle: halted until the VMM stops the VM");
+            services::event(Event::WORKLOAD_START);
+            globals::release_aps_idle();
+            cpu::halt()
+        }
+        Workload::SelfTest => selftest(&config),
+    }
+}
+
+fn selftest(config: &Config) -> ! {
+    let g = globals::get();
+    services::event(Event::WORKLOAD_START);
+    let t0 = cpu::rdtsc();
+    globals::release_aps();
+    workloads::selftest::run_share(0, config.ncpus as usize);
+    let reports = &g.reports[..config.ncpus as usize];
+    while !reports.iter().all(|r| r.done.load(Ordering::Acquire)) {
+        core::hint::spin_loop();
+    }
+    let wall = cpu::rdtsc() - t0;
+    services::event(Event::WORKLOAD_DONE);
+
+    let sum = |f: fn(&globals::CpuReport) -> u64| reports.iter().map(f).sum::<u64>();
+    let bytes = sum(|r| r.bytes.load(Ordering::Relaxed));
+    let mismatches = sum(|r| r.mismatches.load(Ordering::Relaxed));
+    let max = |f: fn(&globals::CpuReport) -> u64| reports.iter().map(f).max().unwrap_or(0);
+    let fill = max(|r| r.fill_ticks.load(Ordering::Relaxed));
+    let verify = max(|r| r.verify_ticks.load(Ordering::Relaxed));
+    // MiB/s from bytes and TSC ticks, in integers (no floating point needed).
+    let rate = |ticks: u64| {
+        (u128::from(bytes) * u128::from(config.tsc_khz) * 1000 / u128::from(ticks.max(1)) >> 20) as u64
+    };
+    let ms = wall / config.tsc_khz;
+    if mismatches == 0 {
+        println!(
+            "selftest: PASS: {} MiB verified on {} vCPU(s) in {} ms (fill {} MiB/s, verify {} MiB/s)",
+            bytes >> 20,
+            config.ncpus,
+            ms,
+            rate(fill),
+            rate(verify),
+        );
+        services::exit(exit_code::PASS)
+    }
+    let (cpu, first) = reports
+        .iter()
+        .enumerate()
+        .find(|(_, r)| r.mismatches.load(Ordering::Relaxed) > 0)
+        .map(|(i, r)| (i, r.first_bad.load(Ordering::Relaxed)))
+        .unwrap_or((0, 0));
+    println!(
+        "selftest: FAIL: {mismatches} of {} words differ; first at {first:#x} (vCPU {cpu})",
+        bytes / 8
+    );
+    services::exit(exit_code::FAIL)
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    use core::fmt::Write as _;
+    // No console lock here: the panicking CPU may hold it.
+    struct Raw;
+    impl core::fmt::Write for Raw {
+        fn write_str(&mut self, s: &str) -> core::fmt::Result {
+            services::console_write(s.as_bytes());
+            Ok(())
+        }
+    }
+    let _ = writeln!(Raw, "firmware: panic on vCPU {}: {info}", cpu::apic_id());
+    services::exit(exit_code::PANIC)
+}

@@ -1,0 +1,66 @@
+//! The MMIO guest-services page: how CPL3 code reaches the VMM (guest-abi `services`).
+
+use guest_abi::{layout::SERVICES_GPA, services};
+
+fn reg(offset: u64) -> u64 {
+    SERVICES_GPA + offset
+}
+
+fn write64(offset: u64, value: u64) {
+    // SAFETY: the services page is identity-mapped, has no memslot behind it, and every
+    // access exits to the VMM; the write touches no guest memory.
+    unsafe { core::ptr::write_volatile(reg(offset) as *mut u64, value) }
+}
+
+fn read64(offset: u64) -> u64 {
+    // SAFETY: as for `write64`; the VMM supplies the value read.
+    unsafe { core::ptr::read_volatile(reg(offset) as *const u64) }
+}
+
+/// Appends bytes to the console, up to eight per exit.
+pub fn console_write(bytes: &[u8]) {
+    let mut chunks = bytes.chunks_exact(8);
+    for chunk in &mut chunks {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        write64(services::CONSOLE, u64::from_le_bytes(word));
+    }
+    let mut tail = chunks.remainder();
+    while !tail.is_empty() {
+        let addr = reg(services::CONSOLE);
+        // SAFETY: as for `write64`; the access width tells the VMM how many bytes follow.
+        unsafe {
+            if let Some((head, rest)) = tail.split_first_chunk::<4>() {
+                core::ptr::write_volatile(addr as *mut u32, u32::from_le_bytes(*head));
+                tail = rest;
+            } else if let Some((head, rest)) = tail.split_first_chunk::<2>() {
+                core::ptr::write_volatile(addr as *mut u16, u16::from_le_bytes(*head));
+                tail = rest;
+            } else if let Some((&byte, rest)) = tail.split_first() {
+                core::ptr::write_volatile(addr as *mut u8, byte);
+                tail = rest;
+            }
+        }
+    }
+}
+
+/// Stops the VM with `code` as the VMM's exit status.
+pub fn exit(code: u64) -> ! {
+    write64(services::EXIT, code);
+    crate::cpu::halt()
+}
+
+/// Reports a boot milestone for the VMM to timestamp.
+pub fn event(event: services::Event) {
+    write64(services::EVENT, event.0);
+}
+
+/// Makes a hypercall with up to three arguments and returns its result.
+#[allow(dead_code)]
+pub fn hypercall(nr: u64, args: [u64; 3]) -> u64 {
+    write64(services::HCALL_ARG0, args[0]);
+    write64(services::HCALL_ARG1, args[1]);
+    write64(services::HCALL_ARG2, args[2]);
+    write64(services::HCALL, nr);
+    read64(services::HCALL_RESULT)
+}

@@ -1,0 +1,67 @@
+//! Starting the application processors with INIT-SIPI-SIPI through the x2APIC.
+//!
+//! The in-kernel xAPIC drops IPIs on these machines unless the VMM refreshes the APs'
+//! LAPIC state, while x2APIC ICR writes work (DESIGN §2), so the boot CPU switches its
+//! APIC to x2APIC mode first.
+
+use crate::{boot, cpu, globals};
+use core::sync::atomic::Ordering;
+use guest_abi::layout;
+
+const MSR_APIC_BASE: u32 = 0x1b;
+const APIC_BASE_EXTD: u64 = 1 << 10;
+const APIC_BASE_ENABLE: u64 = 1 << 11;
+const MSR_X2APIC_ICR: u32 = 0x830;
+const ICR_INIT_ASSERT: u64 = 0x4500;
+const ICR_STARTUP: u64 = 0x4600;
+
+/// Why the APs did not all come up.
+pub struct ApTimeout {
+    /// APs that did reach CPL3.
+    pub online: u32,
+}
+
+/// Starts CPUs 1..ncpus and waits until each has reached CPL3.
+pub fn start_aps(ncpus: u32, tsc_khz: u64) -> Result<(), ApTimeout> {
+    let code = boot::ap_trampoline_code();
+    // SAFETY: the trampoline page is reserved RAM below 1 MiB, identity-mapped, and no AP
+    // runs yet; the code is a few dozen bytes, far less than the page.
+    unsafe {
+        core::ptr::copy_nonoverlapping(
+            code.as_ptr(),
+            layout::AP_TRAMPOLINE as *mut u8,
+            code.len(),
+        );
+    }
+    let base = cpu::rdmsr(MSR_APIC_BASE);
+    cpu::wrmsr(MSR_APIC_BASE, base | APIC_BASE_ENABLE | APIC_BASE_EXTD);
+    let vector = layout::AP_TRAMPOLINE >> 12;
+    for apic_id in 1..u64::from(ncpus) {
+        let dest = apic_id << 32;
+        cpu::wrmsr(MSR_X2APIC_ICR, dest | ICR_INIT_ASSERT);
+        cpu::wrmsr(MSR_X2APIC_ICR, dest | ICR_STARTUP | vector);
+        cpu::wrmsr(MSR_X2APIC_ICR, dest | ICR_STARTUP | vector);
+    }
+    let online = &globals::get().aps_online;
+    let deadline = cpu::Deadline::after_ms(2000, tsc_khz);
+    while online.load(Ordering::Acquire) < ncpus - 1 {
+        if deadline.passed() {
+            return Err(ApTimeout {
+                online: online.load(Ordering::Acquire),
+            });
+        }
+        core::hint::spin_loop();
+    }
+    Ok(())
+}
+
+/// Where an AP goes once at CPL3: check in, wait for work, do it, park.
+pub fn ap_main(cpu_index: usize) -> ! {
+    let g = globals::get();
+    g.aps_online.fetch_add(1, Ordering::AcqRel);
+    while !g.go.load(Ordering::Acquire) {
+        core::hint::spin_loop();
+    }
+    crate::workloads::run_share(cpu_index);
+    cpu::halt()
+}

@@ -1,0 +1,36 @@
+//! Built-in workloads, chosen by the VMM through fw_cfg (`--workload NAME`).
+
+pub mod selftest;
+
+use crate::globals;
+use core::sync::atomic::Ordering;
+
+/// The workloads this firmware knows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Workload {
+    /// Fill all free RAM with a position-dependent pattern and verify it.
+    SelfTest,
+    /// Stay up, halted, until the VMM stops the VM.
+    Idle,
+}
+
+impl Workload {
+    /// Parses a workload name (surrounding whitespace ignored).
+    pub fn from_name(name: &[u8]) -> Option<Workload> {
+        match name.trim_ascii() {
+            b"selftest" => Some(Workload::SelfTest),
+            b"idle" => Some(Workload::Idle),
+            _ => None,
+        }
+    }
+}
+
+/// What an AP does once released: park (idle) or its share of the self-test.
+pub fn run_share(cpu_index: usize) {
+    let g = globals::get();
+    if g.idle.load(Ordering::Relaxed) {
+        return;
+    }
+    let ncpus = g.ncpus.load(Ordering::Acquire) as usize;
+    selftest::run_share(cpu_index, ncpus);
+}
