@@ -134,6 +134,8 @@ sevm_enter_long_mode:
 .section .text.boot64, "ax"
 .code64
 
+// The first 64-bit instruction of every CPU.
+.global sevm_entry64
 sevm_entry64:
     mov ax, {SEL_KDATA}
     mov ds, ax

@@ -66,7 +66,10 @@ pub fn set_map(map: &MemoryMap) {
     // SAFETY: only the boot CPU calls this, before releasing the APs (release store of
     // `go`); nobody holds a reference into `map` yet.
     unsafe {
-        core::ptr::write(core::ptr::addr_of!(get().map) as *mut MemoryMap, map.clone());
+        core::ptr::write(
+            core::ptr::addr_of!(get().map) as *mut MemoryMap,
+            map.clone(),
+        );
     }
 }
 

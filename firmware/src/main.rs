@@ -21,6 +21,7 @@ mod console;
 mod cpu;
 mod fwcfg;
 mod globals;
+mod paging;
 mod services;
 mod smp;
 mod workloads;
@@ -70,13 +71,18 @@ fn parse_decimal(text: &[u8]) -> Option<u64> {
 }
 
 fn read_config() -> Config {
-    let fw = fwcfg::FwCfg::probe()
-        .unwrap_or_else(|e| fail(exit_code::BAD_CONFIG, format_args!("{e}")));
+    let fw =
+        fwcfg::FwCfg::probe().unwrap_or_else(|e| fail(exit_code::BAD_CONFIG, format_args!("{e}")));
 
     let mut e820 = [0u8; fwcfg_abi::E820_ENTRY_SIZE * MAX_REGIONS];
     let size = fw
         .read_file(fwcfg_abi::FILE_E820, &mut e820)
-        .unwrap_or_else(|e| fail(exit_code::BAD_CONFIG, format_args!("{}: {e}", fwcfg_abi::FILE_E820)));
+        .unwrap_or_else(|e| {
+            fail(
+                exit_code::BAD_CONFIG,
+                format_args!("{}: {e}", fwcfg_abi::FILE_E820),
+            )
+        });
     let entries = e820[..size.min(e820.len())]
         .chunks_exact(fwcfg_abi::E820_ENTRY_SIZE)
         .filter_map(|e| {
@@ -100,12 +106,20 @@ fn read_config() -> Config {
         .ok()
         .and_then(|n| parse_decimal(text.get(..n)?))
         .filter(|&khz| khz > 0)
-        .unwrap_or_else(|| fail(exit_code::BAD_CONFIG, format_args!("no usable {}", fwcfg_abi::FILE_TSC_KHZ)));
+        .unwrap_or_else(|| {
+            fail(
+                exit_code::BAD_CONFIG,
+                format_args!("no usable {}", fwcfg_abi::FILE_TSC_KHZ),
+            )
+        });
 
     let mut name = [0u8; 32];
     let workload = match fw.read_file(fwcfg_abi::FILE_WORKLOAD, &mut name) {
         Err(fwcfg::FwCfgError::NoSuchFile) => Workload::SelfTest,
-        Err(e) => fail(exit_code::BAD_CONFIG, format_args!("{}: {e}", fwcfg_abi::FILE_WORKLOAD)),
+        Err(e) => fail(
+            exit_code::BAD_CONFIG,
+            format_args!("{}: {e}", fwcfg_abi::FILE_WORKLOAD),
+        ),
         Ok(n) => {
             let name = name.get(..n).unwrap_or(&name);
             Workload::from_name(name).unwrap_or_else(|| {
@@ -137,13 +151,14 @@ fn bsp_main() -> ! {
         );
     }
     let config = read_config();
+    paging::map_high_ram(config.map.top());
     let mib = |b: u64| b >> 20;
     println!(
-        "firmware: {} vCPU(s), {} MiB RAM, {} MiB usable, workload {:?}",
+        "firmware: {} vCPU(s), {} MiB RAM, {} MiB usable, workload {}",
         config.ncpus,
         mib(config.map.regions().iter().map(|r| r.size).sum()),
         mib(config.map.bytes(RegionKind::Usable)),
-        config.workload,
+        config.workload.name(),
     );
     services::event(Event::CONFIGURED);
 
@@ -194,7 +209,8 @@ fn selftest(config: &Config) -> ! {
     let verify = max(|r| r.verify_ticks.load(Ordering::Relaxed));
     // MiB/s from bytes and TSC ticks, in integers (no floating point needed).
     let rate = |ticks: u64| {
-        (u128::from(bytes) * u128::from(config.tsc_khz) * 1000 / u128::from(ticks.max(1)) >> 20) as u64
+        ((u128::from(bytes) * u128::from(config.tsc_khz) * 1000 / u128::from(ticks.max(1))) >> 20)
+            as u64
     };
     let ms = wall / config.tsc_khz;
     if mismatches == 0 {

@@ -27,11 +27,7 @@ pub fn start_aps(ncpus: u32, tsc_khz: u64) -> Result<(), ApTimeout> {
     // SAFETY: the trampoline page is reserved RAM below 1 MiB, identity-mapped, and no AP
     // runs yet; the code is a few dozen bytes, far less than the page.
     unsafe {
-        core::ptr::copy_nonoverlapping(
-            code.as_ptr(),
-            layout::AP_TRAMPOLINE as *mut u8,
-            code.len(),
-        );
+        core::ptr::copy_nonoverlapping(code.as_ptr(), layout::AP_TRAMPOLINE as *mut u8, code.len());
     }
     let base = cpu::rdmsr(MSR_APIC_BASE);
     cpu::wrmsr(MSR_APIC_BASE, base | APIC_BASE_ENABLE | APIC_BASE_EXTD);

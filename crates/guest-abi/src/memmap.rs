@@ -69,7 +69,10 @@ impl core::fmt::Display for MapError {
         match self {
             MapError::TooManyRegions => write!(f, "more than {MAX_REGIONS} memory regions"),
             MapError::ReservationNotInRam(b, s) => {
-                write!(f, "reserved area {b:#x}+{s:#x} is not backed by RAM (too little memory?)")
+                write!(
+                    f,
+                    "reserved area {b:#x}+{s:#x} is not backed by RAM (too little memory?)"
+                )
             }
             MapError::RangeOverflow(b, s) => write!(f, "RAM range {b:#x}+{s:#x} overflows"),
         }
@@ -80,7 +83,11 @@ impl core::fmt::Display for MapError {
 pub fn firmware_reservations(helper_size: u64) -> [(u64, u64, RegionKind); 5] {
     [
         (0, layout::PAGE_SIZE, RegionKind::Firmware),
-        (layout::AP_TRAMPOLINE, layout::PAGE_SIZE, RegionKind::Firmware),
+        (
+            layout::AP_TRAMPOLINE,
+            layout::PAGE_SIZE,
+            RegionKind::Firmware,
+        ),
         (
             layout::FW_AREA_BASE,
             layout::FW_AREA_END - layout::FW_AREA_BASE,
@@ -159,7 +166,9 @@ impl MemoryMap {
 
     /// The usable regions, sorted by address.
     pub fn usable(&self) -> impl Iterator<Item = &Region> + '_ {
-        self.regions().iter().filter(|r| r.kind == RegionKind::Usable)
+        self.regions()
+            .iter()
+            .filter(|r| r.kind == RegionKind::Usable)
     }
 
     /// Total bytes of the given kind.
@@ -334,7 +343,11 @@ mod tests {
     #[test]
     fn unaligned_overlapping_and_unsorted_ram_is_normalised() {
         let map = MemoryMap::build(
-            [(64 * MIB + 5, 64 * MIB), (0, 70 * MIB), (1 << 32, 3 * MIB + 7)],
+            [
+                (64 * MIB + 5, 64 * MIB),
+                (0, 70 * MIB),
+                (1 << 32, 3 * MIB + 7),
+            ],
             &[],
         )
         .unwrap();
@@ -347,7 +360,10 @@ mod tests {
     #[test]
     fn too_little_ram_for_the_reservations_is_an_error() {
         let err = MemoryMap::build([(0, 16 * MIB)], &firmware_reservations(2 * MIB)).unwrap_err();
-        assert_eq!(err, MapError::ReservationNotInRam(layout::HELPER_REGION_BASE, 2 * MIB));
+        assert_eq!(
+            err,
+            MapError::ReservationNotInRam(layout::HELPER_REGION_BASE, 2 * MIB)
+        );
     }
 
     #[test]

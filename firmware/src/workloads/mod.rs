@@ -15,6 +15,14 @@ pub enum Workload {
 }
 
 impl Workload {
+    /// The name used on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::SelfTest => "selftest",
+            Workload::Idle => "idle",
+        }
+    }
+
     /// Parses a workload name (surrounding whitespace ignored).
     pub fn from_name(name: &[u8]) -> Option<Workload> {
         match name.trim_ascii() {

@@ -1,0 +1,84 @@
+//! The command line.
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+/// sevmirror: a VMM for AMD SEV guests that live-migrates them through a migration helper
+/// running in a mirror VM that shares the guest's encryption context.
+#[derive(Parser, Debug)]
+#[command(name = "sevmirror", version, about, long_about = None)]
+pub struct Cli {
+    /// Log more (repeat for more detail); SEVMIRROR_LOG=debug works too.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// What to do.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run a VM with the built-in firmware (or --firmware FILE).
+    Run(RunArgs),
+    /// List the footer GUID table of a firmware image (ours or OVMF's).
+    Inspect(InspectArgs),
+    /// Write the embedded firmware image to a file.
+    Firmware(FirmwareArgs),
+}
+
+/// `sevmirror run`.
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Guest RAM, e.g. 256M or 2G (a bare number means MiB; at least 64M, a multiple of 2M).
+    #[arg(long, default_value = "256M", value_parser = parse_mem)]
+    pub mem: u64,
+
+    /// Number of vCPUs (1 to 32).
+    #[arg(long, default_value_t = 1)]
+    pub vcpus: u32,
+
+    /// Firmware image to boot instead of the embedded one.
+    #[arg(long, value_name = "FILE")]
+    pub firmware: Option<PathBuf>,
+
+    /// Where the guest console goes: "stdio", "none", or a file path.
+    #[arg(long, default_value = "stdio", value_name = "stdio|none|FILE")]
+    pub serial: String,
+
+    /// Built-in firmware workload: "selftest" (fill and verify all free RAM, exit with the
+    /// verdict) or "idle" (stay up until stopped).
+    #[arg(long, default_value = "selftest", value_name = "NAME")]
+    pub workload: String,
+
+    /// Extra fw_cfg file: name=NAME,file=PATH or name=NAME,string=TEXT (as QEMU's -fw_cfg).
+    #[arg(long = "fw-cfg", value_name = "SPEC")]
+    pub fw_cfg: Vec<String>,
+
+    /// Print boot milestones and exit counts on stderr when the VM stops.
+    #[arg(long)]
+    pub boot_trace: bool,
+}
+
+/// `sevmirror inspect`.
+#[derive(Args, Debug)]
+pub struct InspectArgs {
+    /// Firmware image, e.g. /usr/share/ovmf/OVMF.fd.
+    pub file: PathBuf,
+
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `sevmirror firmware`.
+#[derive(Args, Debug)]
+pub struct FirmwareArgs {
+    /// Where to write the image.
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+}
+
+fn parse_mem(s: &str) -> Result<u64, String> {
+    crate::size::parse_size(s).map_err(|e| e.to_string())
+}

@@ -1,0 +1,118 @@
+//! A firmware image as the VMM accepts it: size checks and what its GUID table declares.
+//!
+//! The file comes from the user (`--firmware FILE`) and is parsed defensively: every
+//! problem is an error naming the file's defect, never a panic.
+
+use fwtable::{guid, EntryValue, Table, TableError};
+use guest_abi::layout;
+
+/// Largest image that fits between the guest-services page and 4 GiB.
+pub const MAX_IMAGE_SIZE: u64 = 16 << 20;
+
+/// Why an image was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum FirmwareError {
+    /// The file is empty.
+    #[error("firmware image is empty")]
+    Empty,
+    /// The size is not a whole number of pages.
+    #[error("firmware image is {0} bytes, not a multiple of 4 KiB")]
+    Unaligned(usize),
+    /// The image would not fit below 4 GiB.
+    #[error("firmware image is {0} bytes; at most {max} MiB fit below 4 GiB", max = MAX_IMAGE_SIZE >> 20)]
+    TooLarge(usize),
+    /// The footer GUID table is missing or broken.
+    #[error("firmware GUID table")]
+    Table(#[source] TableError),
+    /// The table lacks the guest-services descriptor.
+    #[error("firmware declares no guest-services page (is it a sevmirror firmware? OVMF cannot run on this VMM)")]
+    NoServicesPage,
+    /// The declared services page overlaps RAM or the image.
+    #[error("firmware's guest-services page {0:#x} overlaps RAM or the image")]
+    BadServicesPage(u64),
+}
+
+/// A validated firmware image.
+#[derive(Clone)]
+pub struct Firmware {
+    image: Vec<u8>,
+    services_gpa: u64,
+}
+
+impl Firmware {
+    /// Checks `image` and reads what the VMM needs from its table.
+    pub fn load(image: Vec<u8>) -> Result<Firmware, FirmwareError> {
+        if image.is_empty() {
+            return Err(FirmwareError::Empty);
+        }
+        if !(image.len() as u64).is_multiple_of(layout::PAGE_SIZE) {
+            return Err(FirmwareError::Unaligned(image.len()));
+        }
+        if image.len() as u64 > MAX_IMAGE_SIZE {
+            return Err(FirmwareError::TooLarge(image.len()));
+        }
+        let table = Table::parse(&image).map_err(FirmwareError::Table)?;
+        let entry = table
+            .find(guid::SERVICES_DESCRIPTOR)
+            .map_err(FirmwareError::Table)?
+            .ok_or(FirmwareError::NoServicesPage)?;
+        let services_gpa = match EntryValue::decode(&image, &entry).map_err(FirmwareError::Table)? {
+            EntryValue::Services(d) => d.services_gpa,
+            _ => return Err(FirmwareError::NoServicesPage),
+        };
+        let rom_base = (1u64 << 32) - image.len() as u64;
+        if services_gpa < layout::LOW_RAM_LIMIT || services_gpa + layout::PAGE_SIZE > rom_base {
+            return Err(FirmwareError::BadServicesPage(services_gpa));
+        }
+        Ok(Firmware {
+            image,
+            services_gpa,
+        })
+    }
+
+    /// The image bytes.
+    pub fn image(&self) -> &[u8] {
+        &self.image
+    }
+
+    /// Guest-physical address of the guest-services page.
+    pub fn services_gpa(&self) -> u64 {
+        self.services_gpa
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_images_are_refused_with_a_reason() {
+        let cases: [(Vec<u8>, &str); 4] = [
+            (vec![], "empty"),
+            (vec![0; 4095], "multiple of 4 KiB"),
+            (vec![0; 17 << 20], "16 MiB"),
+            (vec![0; 1 << 20], "GUID table"),
+        ];
+        for (image, want) in cases {
+            let msg = Firmware::load(image).err().unwrap().to_string();
+            assert!(msg.contains(want), "{msg}");
+        }
+    }
+
+    #[test]
+    fn an_image_without_a_services_descriptor_is_not_ours() {
+        let mut image = vec![0u8; 64 << 10];
+        let data = fwtable::SevArea { base: 0, size: 0 }.encode();
+        fwtable::place_in_image(&mut image, &[(guid::SEV_SECRET_BLOCK, &data)]).unwrap();
+        assert!(matches!(
+            Firmware::load(image),
+            Err(FirmwareError::NoServicesPage)
+        ));
+    }
+
+    #[test]
+    fn the_embedded_image_declares_its_services_page() {
+        let fw = Firmware::load(firmware_image::IMAGE.to_vec()).unwrap();
+        assert_eq!(fw.services_gpa(), layout::SERVICES_GPA);
+    }
+}

@@ -1,0 +1,287 @@
+//! The only place that issues KVM ioctls: thin, typed wrappers around kvm-ioctls.
+
+pub mod cpuid;
+pub mod kick;
+
+use kvm_bindings::{
+    kvm_regs, kvm_run, kvm_sregs, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES,
+};
+use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
+use std::os::fd::{AsRawFd, RawFd};
+
+/// Flag of a read-only memory slot (`KVM_MEM_READONLY`).
+const KVM_MEM_READONLY: u32 = 1 << 1;
+/// Flag of a slot with dirty-page logging (`KVM_MEM_LOG_DIRTY_PAGES`).
+const KVM_MEM_LOG_DIRTY_PAGES: u32 = 1 << 0;
+
+/// A failed KVM operation.
+#[derive(Debug, thiserror::Error)]
+pub enum KvmError {
+    /// /dev/kvm could not be opened.
+    #[error("cannot open /dev/kvm (is KVM available and are you allowed to use it?)")]
+    Open(#[source] kvm_ioctls::Error),
+    /// KVM_CREATE_VM failed.
+    #[error("cannot create a KVM VM")]
+    CreateVm(#[source] kvm_ioctls::Error),
+    /// KVM_CREATE_IRQCHIP failed.
+    #[error("cannot create the in-kernel interrupt controller")]
+    CreateIrqchip(#[source] kvm_ioctls::Error),
+    /// KVM_SET_USER_MEMORY_REGION failed.
+    #[error("cannot map memory slot {slot} at {gpa:#x} ({size:#x} bytes)")]
+    MapMemory {
+        /// Slot number.
+        slot: u32,
+        /// Guest-physical base.
+        gpa: u64,
+        /// Size.
+        size: u64,
+        /// The ioctl error.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    /// KVM_GET_SUPPORTED_CPUID failed.
+    #[error("cannot read the supported CPUID")]
+    SupportedCpuid(#[source] kvm_ioctls::Error),
+    /// KVM_GET_TSC_KHZ failed.
+    #[error("cannot read the TSC frequency of vCPU {0}")]
+    TscKhz(u32, #[source] kvm_ioctls::Error),
+    /// KVM_CREATE_VCPU failed.
+    #[error("cannot create vCPU {0}")]
+    CreateVcpu(u32, #[source] kvm_ioctls::Error),
+    /// KVM_SET_CPUID2 failed.
+    #[error("cannot set the CPUID of vCPU {0}")]
+    SetCpuid(u32, #[source] kvm_ioctls::Error),
+    /// KVM_GET_LAPIC / KVM_SET_LAPIC failed.
+    #[error("cannot refresh the local APIC of vCPU {0}")]
+    Lapic(u32, #[source] kvm_ioctls::Error),
+    /// Reading or writing vCPU registers failed.
+    #[error("cannot access the registers of vCPU {0}")]
+    Registers(u32, #[source] kvm_ioctls::Error),
+    /// KVM_RUN failed with something other than EINTR/EAGAIN.
+    #[error("KVM_RUN failed on vCPU {0}")]
+    Run(u32, #[source] kvm_ioctls::Error),
+}
+
+/// The system KVM handle.
+pub struct KvmSystem {
+    kvm: Kvm,
+}
+
+impl KvmSystem {
+    /// Opens /dev/kvm.
+    pub fn open() -> Result<Self, KvmError> {
+        Ok(KvmSystem {
+            kvm: Kvm::new().map_err(KvmError::Open)?,
+        })
+    }
+
+    /// Whether /dev/kvm exists on this machine (for tests that need it).
+    pub fn available() -> bool {
+        std::path::Path::new("/dev/kvm").exists()
+    }
+
+    /// Creates an empty VM.
+    pub fn create_vm(&self) -> Result<KvmVm, KvmError> {
+        let fd = self.kvm.create_vm().map_err(KvmError::CreateVm)?;
+        Ok(KvmVm { fd })
+    }
+
+    /// KVM's supported CPUID, adjusted for vCPU `vcpu_id` (see [`cpuid::patch`]).
+    pub fn cpuid_for(&self, vcpu_id: u32) -> Result<kvm_bindings::CpuId, KvmError> {
+        let mut cpuid = self
+            .kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(KvmError::SupportedCpuid)?;
+        cpuid::patch(cpuid.as_mut_slice(), vcpu_id, cpuid::host_leaf1_ecx());
+        Ok(cpuid)
+    }
+}
+
+/// One KVM VM.
+pub struct KvmVm {
+    fd: VmFd,
+}
+
+/// A memory slot to map: guest-physical range backed by host memory.
+#[derive(Clone, Copy, Debug)]
+pub struct Slot {
+    /// Slot number.
+    pub slot: u32,
+    /// Guest-physical base.
+    pub gpa: u64,
+    /// Size in bytes.
+    pub size: u64,
+    /// Host virtual address of the backing memory.
+    pub host_addr: u64,
+    /// Whether the guest may only read it.
+    pub read_only: bool,
+    /// Whether KVM logs writes to it.
+    pub log_dirty: bool,
+}
+
+impl KvmVm {
+    /// Creates the in-kernel LAPIC/IOAPIC/PIC (needed for INIT-SIPI-SIPI).
+    pub fn create_irqchip(&self) -> Result<(), KvmError> {
+        self.fd.create_irq_chip().map_err(KvmError::CreateIrqchip)
+    }
+
+    /// Maps (or remaps, with new flags) a memory slot.
+    ///
+    /// # Safety
+    /// `slot.host_addr .. + slot.size` must be a mapping that stays valid for as long as
+    /// this VM exists or until the slot is remapped elsewhere.
+    pub unsafe fn map(&self, slot: Slot) -> Result<(), KvmError> {
+        let mut flags = 0;
+        if slot.read_only {
+            flags |= KVM_MEM_READONLY;
+        }
+        if slot.log_dirty {
+            flags |= KVM_MEM_LOG_DIRTY_PAGES;
+        }
+        let region = kvm_userspace_memory_region {
+            slot: slot.slot,
+            flags,
+            guest_phys_addr: slot.gpa,
+            memory_size: slot.size,
+            userspace_addr: slot.host_addr,
+        };
+        // SAFETY: the caller guarantees the host range outlives the mapping.
+        unsafe { self.fd.set_user_memory_region(region) }.map_err(|source| KvmError::MapMemory {
+            slot: slot.slot,
+            gpa: slot.gpa,
+            size: slot.size,
+            source,
+        })
+    }
+
+    /// Creates vCPU `id` with the given CPUID.
+    pub fn create_vcpu(&self, id: u32, cpuid: &kvm_bindings::CpuId) -> Result<KvmVcpu, KvmError> {
+        let fd = self
+            .fd
+            .create_vcpu(u64::from(id))
+            .map_err(|e| KvmError::CreateVcpu(id, e))?;
+        fd.set_cpuid2(cpuid)
+            .map_err(|e| KvmError::SetCpuid(id, e))?;
+        Ok(KvmVcpu { id, fd })
+    }
+
+    /// The VM file descriptor (for capabilities that take a VM fd as argument).
+    pub fn raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+/// What KVM_RUN returned.
+pub enum RunResult<'a> {
+    /// The vCPU exited with this reason.
+    Exit(VcpuExit<'a>),
+    /// The run was interrupted by a signal (a kick) or `immediate_exit`.
+    Interrupted,
+    /// KVM asks to run again (an AP's first run may return EAGAIN here).
+    Again,
+}
+
+/// One vCPU.
+pub struct KvmVcpu {
+    id: u32,
+    fd: VcpuFd,
+}
+
+impl KvmVcpu {
+    /// The vCPU index.
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// Runs the vCPU until it exits.
+    pub fn run(&mut self) -> Result<RunResult<'_>, KvmError> {
+        let id = self.id;
+        match self.fd.run() {
+            Ok(exit) => Ok(RunResult::Exit(exit)),
+            Err(e) if e.errno() == libc::EINTR => Ok(RunResult::Interrupted),
+            Err(e) if e.errno() == libc::EAGAIN => Ok(RunResult::Again),
+            Err(e) => Err(KvmError::Run(id, e)),
+        }
+    }
+
+    /// Sets or clears `immediate_exit` in this vCPU's run page.
+    pub fn set_immediate_exit(&mut self, on: bool) {
+        self.fd.set_kvm_immediate_exit(u8::from(on));
+    }
+
+    /// The run page, for registering with [`kick::RunRegistration`].
+    pub fn run_page(&mut self) -> *mut kvm_run {
+        self.fd.get_kvm_run()
+    }
+
+    /// Completes a pending I/O or MMIO exit without running guest code, so the registers
+    /// can be read and written consistently (after such an exit KVM would otherwise
+    /// finish the instruction first and lose a new RIP; DESIGN §2).
+    pub fn settle(&mut self) -> Result<(), KvmError> {
+        self.set_immediate_exit(true);
+        let result = match self.fd.run() {
+            Ok(_) => Ok(()),
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Ok(()),
+            Err(e) => Err(KvmError::Run(self.id, e)),
+        };
+        self.set_immediate_exit(false);
+        result
+    }
+
+    /// General-purpose registers.
+    pub fn regs(&self) -> Result<kvm_regs, KvmError> {
+        self.fd
+            .get_regs()
+            .map_err(|e| KvmError::Registers(self.id, e))
+    }
+
+    /// Sets the general-purpose registers.
+    pub fn set_regs(&self, regs: &kvm_regs) -> Result<(), KvmError> {
+        self.fd
+            .set_regs(regs)
+            .map_err(|e| KvmError::Registers(self.id, e))
+    }
+
+    /// Segment and control registers.
+    pub fn sregs(&self) -> Result<kvm_sregs, KvmError> {
+        self.fd
+            .get_sregs()
+            .map_err(|e| KvmError::Registers(self.id, e))
+    }
+
+    /// Sets the segment and control registers.
+    pub fn set_sregs(&self, sregs: &kvm_sregs) -> Result<(), KvmError> {
+        self.fd
+            .set_sregs(sregs)
+            .map_err(|e| KvmError::Registers(self.id, e))
+    }
+
+    /// Reads and writes back the local APIC state. After all vCPUs exist this makes KVM
+    /// rebuild its APIC map; without it xAPIC IPIs to APs are dropped here (DESIGN §2).
+    pub fn refresh_lapic(&self) -> Result<(), KvmError> {
+        let lapic = self
+            .fd
+            .get_lapic()
+            .map_err(|e| KvmError::Lapic(self.id, e))?;
+        self.fd
+            .set_lapic(&lapic)
+            .map_err(|e| KvmError::Lapic(self.id, e))
+    }
+
+    /// The guest TSC frequency in kHz.
+    pub fn tsc_khz(&self) -> Result<u32, KvmError> {
+        self.fd
+            .get_tsc_khz()
+            .map_err(|e| KvmError::TscKhz(self.id, e))
+    }
+
+    /// Details of the last KVM_EXIT_INTERNAL_ERROR: sub-error and data words.
+    pub fn internal_error(&mut self) -> (u32, Vec<u64>) {
+        let run = self.fd.get_kvm_run();
+        // SAFETY: after KVM_EXIT_INTERNAL_ERROR the `internal` member of the union is the
+        // one KVM filled in; ndata is clamped to the array length.
+        let internal = unsafe { run.__bindgen_anon_1.internal };
+        let n = (internal.ndata as usize).min(internal.data.len());
+        (internal.suberror, internal.data[..n].to_vec())
+    }
+}

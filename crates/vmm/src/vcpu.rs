@@ -1,0 +1,463 @@
+//! One thread per vCPU: run it, route its exits to the devices, obey commands.
+//!
+//! Commands arrive on a channel together with a kick (see [`crate::kvm::kick`]), so a
+//! vCPU stuck in KVM_RUN still sees them. Terminal outcomes (guest exit, guest fault,
+//! vCPU failure) are reported as [`VmEvent`]s and end the thread.
+
+use crate::{
+    console::ConsoleOut,
+    devices::{
+        services::{FaultReport, ServicesLatch, ServicesRequest},
+        PioBus, PioOutcome,
+    },
+    kvm::{
+        kick::{Kicker, RunRegistration},
+        KvmError, KvmVcpu, RunResult,
+    },
+};
+use guest_abi::{layout, services::Event};
+use kvm_ioctls::VcpuExit;
+use std::{
+    os::unix::thread::JoinHandleExt,
+    sync::{
+        mpsc::{Receiver, Sender},
+        Arc,
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+/// Why a vCPU stopped working.
+#[derive(Debug, thiserror::Error)]
+pub enum VcpuError {
+    /// The guest triple-faulted.
+    #[error("guest triple fault (KVM_EXIT_SHUTDOWN) near rip {rip:#x}")]
+    TripleFault {
+        /// Last known instruction pointer.
+        rip: u64,
+    },
+    /// KVM could not emulate an instruction (on these machines all guest CPL0 code is
+    /// emulated, and the emulator lacks many instructions).
+    #[error("KVM could not emulate the instruction at rip {rip:#x} (CPL{cpl}; sub-error {suberror}, data {data:x?})")]
+    Emulation {
+        /// Instruction pointer.
+        rip: u64,
+        /// Privilege level.
+        cpl: u8,
+        /// KVM's sub-error code.
+        suberror: u32,
+        /// KVM's diagnostic words (the instruction bytes for emulation failures).
+        data: Vec<u64>,
+    },
+    /// VM entry failed.
+    #[error("VM entry failed (hardware reason {reason:#x}) at rip {rip:#x}")]
+    FailEntry {
+        /// Hardware failure reason.
+        reason: u64,
+        /// Instruction pointer.
+        rip: u64,
+    },
+    /// An exit the VMM does not handle.
+    #[error("unexpected exit {exit} at rip {rip:#x}")]
+    UnexpectedExit {
+        /// Exit description.
+        exit: String,
+        /// Instruction pointer.
+        rip: u64,
+    },
+    /// A KVM ioctl failed.
+    #[error(transparent)]
+    Kvm(#[from] KvmError),
+}
+
+/// Something that happened to the VM, reported to its owner.
+#[derive(Debug)]
+pub enum VmEvent {
+    /// The guest asked to stop with this status.
+    GuestExit {
+        /// Reporting vCPU.
+        vcpu: u32,
+        /// Exit status.
+        status: u64,
+    },
+    /// The guest reported a fatal exception.
+    Fault {
+        /// Reporting vCPU.
+        vcpu: u32,
+        /// The exception.
+        report: FaultReport,
+    },
+    /// A vCPU could not go on.
+    Failed {
+        /// The vCPU.
+        vcpu: u32,
+        /// What went wrong.
+        error: VcpuError,
+    },
+    /// A boot milestone, with the time since the VM started.
+    Milestone {
+        /// Reporting vCPU.
+        vcpu: u32,
+        /// The milestone.
+        event: Event,
+        /// Time since start.
+        at: Duration,
+    },
+    /// A vCPU acknowledged a pause.
+    Paused {
+        /// The vCPU.
+        vcpu: u32,
+    },
+    /// The process received a termination signal.
+    Signal(i32),
+}
+
+/// Orders for a vCPU thread.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VcpuCommand {
+    /// Stop running guest code and wait (acknowledged with [`VmEvent::Paused`]).
+    Pause,
+    /// Run again after a pause.
+    Resume,
+    /// End the thread.
+    Stop,
+}
+
+/// Exit counts of one vCPU.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ExitStats {
+    /// Port I/O exits.
+    pub pio: u64,
+    /// MMIO exits.
+    pub mmio: u64,
+    /// Other exits.
+    pub other: u64,
+}
+
+/// What the vCPU thread shares with the rest of the VMM.
+pub struct VcpuContext {
+    /// Port devices.
+    pub bus: Arc<PioBus>,
+    /// Guest console.
+    pub console: ConsoleOut,
+    /// Base of the guest-services page.
+    pub services_gpa: u64,
+    /// Where events go.
+    pub events: Sender<VmEvent>,
+    /// When the VM started (for milestones).
+    pub started: Instant,
+}
+
+/// The controlling end of a vCPU thread.
+pub struct VcpuHandle {
+    id: u32,
+    thread: Option<JoinHandle<ExitStats>>,
+    kicker: Kicker,
+    commands: Sender<VcpuCommand>,
+}
+
+impl VcpuHandle {
+    /// Starts a thread running `vcpu`.
+    pub fn spawn(
+        vcpu: KvmVcpu,
+        ctx: VcpuContext,
+        commands: Sender<VcpuCommand>,
+        inbox: Receiver<VcpuCommand>,
+    ) -> std::io::Result<VcpuHandle> {
+        let id = vcpu.id();
+        crate::kvm::kick::install_handler();
+        let thread = std::thread::Builder::new()
+            .name(format!("vcpu{id}"))
+            .spawn(move || VcpuThread::new(vcpu, ctx, inbox).run())?;
+        let kicker = Kicker::new(thread.as_pthread_t());
+        Ok(VcpuHandle {
+            id,
+            thread: Some(thread),
+            kicker,
+            commands,
+        })
+    }
+
+    /// The vCPU index.
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// Sends a command and kicks the thread out of KVM_RUN to see it.
+    pub fn command(&self, cmd: VcpuCommand) {
+        if self.commands.send(cmd).is_ok() && self.thread.is_some() {
+            self.kicker.kick();
+        }
+    }
+
+    /// Stops the thread and waits for it (kicking until it is gone, at most `timeout`).
+    /// Returns its exit counts, or `None` if it did not stop in time.
+    pub fn stop(&mut self, timeout: Duration) -> Option<ExitStats> {
+        let thread = self.thread.as_ref()?;
+        let _ = self.commands.send(VcpuCommand::Stop);
+        let deadline = Instant::now() + timeout;
+        while !thread.is_finished() {
+            if Instant::now() > deadline {
+                log::warn!("vCPU {} did not stop within {timeout:?}", self.id);
+                return None;
+            }
+            self.kicker.kick();
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        self.thread.take()?.join().ok()
+    }
+}
+
+impl Drop for VcpuHandle {
+    fn drop(&mut self) {
+        self.stop(Duration::from_secs(2));
+    }
+}
+
+/// Where the loop goes after an exit.
+enum Flow {
+    Continue,
+    /// Report this and end the thread.
+    End(VmEvent),
+    /// The vCPU halted with interrupts off: wait for commands.
+    Halted,
+}
+
+struct VcpuThread {
+    vcpu: KvmVcpu,
+    ctx: VcpuContext,
+    inbox: Receiver<VcpuCommand>,
+    latch: ServicesLatch,
+    stats: ExitStats,
+}
+
+impl VcpuThread {
+    fn new(vcpu: KvmVcpu, ctx: VcpuContext, inbox: Receiver<VcpuCommand>) -> Self {
+        VcpuThread {
+            vcpu,
+            ctx,
+            inbox,
+            latch: ServicesLatch::default(),
+            stats: ExitStats::default(),
+        }
+    }
+
+    fn run(mut self) -> ExitStats {
+        // SAFETY: the run page belongs to `self.vcpu`, which outlives the registration
+        // (dropped at the end of this function, before `self`).
+        let _registration = unsafe { RunRegistration::register(self.vcpu.run_page()) };
+        let id = self.vcpu.id();
+        loop {
+            if !self.obey_commands(false) {
+                return self.stats;
+            }
+            let flow = match self.vcpu.run() {
+                Ok(RunResult::Exit(exit)) => {
+                    Self::handle_exit(&self.ctx, &mut self.latch, &mut self.stats, id, exit)
+                }
+                Ok(RunResult::Interrupted) => {
+                    self.vcpu.set_immediate_exit(false);
+                    Flow::Continue
+                }
+                Ok(RunResult::Again) => Flow::Continue,
+                Err(e) => Flow::End(VmEvent::Failed {
+                    vcpu: id,
+                    error: e.into(),
+                }),
+            };
+            match flow {
+                Flow::Continue => {}
+                Flow::Halted => {
+                    if !self.obey_commands(true) {
+                        return self.stats;
+                    }
+                }
+                Flow::End(event) => {
+                    let event = self.with_diagnostics(event);
+                    let _ = self.ctx.events.send(event);
+                    return self.stats;
+                }
+            }
+        }
+    }
+
+    /// Handles queued commands; with `block`, waits for one. Returns false on Stop.
+    fn obey_commands(&mut self, mut block: bool) -> bool {
+        loop {
+            let cmd = if block {
+                match self.inbox.recv() {
+                    Ok(c) => c,
+                    Err(_) => return false,
+                }
+            } else {
+                match self.inbox.try_recv() {
+                    Ok(c) => c,
+                    Err(std::sync::mpsc::TryRecvError::Empty) => return true,
+                    Err(std::sync::mpsc::TryRecvError::Disconnected) => return false,
+                }
+            };
+            match cmd {
+                VcpuCommand::Stop => return false,
+                VcpuCommand::Pause => {
+                    let _ = self.ctx.events.send(VmEvent::Paused {
+                        vcpu: self.vcpu.id(),
+                    });
+                    block = true;
+                }
+                VcpuCommand::Resume => block = false,
+            }
+        }
+    }
+
+    /// Fills in the guest RIP (and emulation details) of a failure.
+    fn with_diagnostics(&mut self, event: VmEvent) -> VmEvent {
+        let rip = self.vcpu.regs().map(|r| r.rip).unwrap_or(0);
+        let cpl = self.vcpu.sregs().map(|s| s.cs.dpl).unwrap_or(0);
+        match event {
+            VmEvent::Failed { vcpu, error } => {
+                let error = match error {
+                    VcpuError::TripleFault { .. } => VcpuError::TripleFault { rip },
+                    VcpuError::Emulation { .. } => {
+                        let (suberror, data) = self.vcpu.internal_error();
+                        VcpuError::Emulation {
+                            rip,
+                            cpl,
+                            suberror,
+                            data,
+                        }
+                    }
+                    VcpuError::FailEntry { reason, .. } => VcpuError::FailEntry { reason, rip },
+                    VcpuError::UnexpectedExit { exit, .. } => {
+                        VcpuError::UnexpectedExit { exit, rip }
+                    }
+                    other => other,
+                };
+                VmEvent::Failed { vcpu, error }
+            }
+            other => other,
+        }
+    }
+
+    fn handle_exit(
+        ctx: &VcpuContext,
+        latch: &mut ServicesLatch,
+        stats: &mut ExitStats,
+        id: u32,
+        exit: VcpuExit<'_>,
+    ) -> Flow {
+        let fail = |error| Flow::End(VmEvent::Failed { vcpu: id, error });
+        match exit {
+            VcpuExit::IoOut(port, data) => {
+                stats.pio += 1;
+                match ctx.bus.write(port, data) {
+                    PioOutcome::Handled => Flow::Continue,
+                    PioOutcome::DebugExit(status) => {
+                        Flow::End(VmEvent::GuestExit { vcpu: id, status })
+                    }
+                }
+            }
+            VcpuExit::IoIn(port, data) => {
+                stats.pio += 1;
+                ctx.bus.read(port, data);
+                Flow::Continue
+            }
+            VcpuExit::MmioWrite(addr, data) => {
+                stats.mmio += 1;
+                match addr
+                    .checked_sub(ctx.services_gpa)
+                    .filter(|&o| o < layout::PAGE_SIZE)
+                {
+                    Some(offset) => Self::services_write(ctx, latch, id, offset, data),
+                    None => {
+                        log::debug!(
+                            "vCPU {id}: ignored MMIO write of {} bytes at {addr:#x}",
+                            data.len()
+                        );
+                        Flow::Continue
+                    }
+                }
+            }
+            VcpuExit::MmioRead(addr, data) => {
+                stats.mmio += 1;
+                let value = match addr
+                    .checked_sub(ctx.services_gpa)
+                    .filter(|&o| o < layout::PAGE_SIZE)
+                {
+                    Some(offset) => latch.read(offset),
+                    None => u64::MAX,
+                };
+                let bytes = value.to_le_bytes();
+                let n = data.len().min(8);
+                data[..n].copy_from_slice(&bytes[..n]);
+                Flow::Continue
+            }
+            VcpuExit::Hlt => {
+                stats.other += 1;
+                Flow::Halted
+            }
+            VcpuExit::Shutdown => fail(VcpuError::TripleFault { rip: 0 }),
+            VcpuExit::InternalError => fail(VcpuError::Emulation {
+                rip: 0,
+                cpl: 0,
+                suberror: 0,
+                data: Vec::new(),
+            }),
+            VcpuExit::FailEntry(reason, _) => fail(VcpuError::FailEntry { reason, rip: 0 }),
+            VcpuExit::SystemEvent(kind, _) => {
+                stats.other += 1;
+                // KVM_SYSTEM_EVENT_SHUTDOWN = 1; anything else (reset, crash) is a failure.
+                if kind == 1 {
+                    Flow::End(VmEvent::GuestExit {
+                        vcpu: id,
+                        status: 0,
+                    })
+                } else {
+                    fail(VcpuError::UnexpectedExit {
+                        exit: format!("system event {kind}"),
+                        rip: 0,
+                    })
+                }
+            }
+            other => fail(VcpuError::UnexpectedExit {
+                exit: format!("{other:?}"),
+                rip: 0,
+            }),
+        }
+    }
+
+    fn services_write(
+        ctx: &VcpuContext,
+        latch: &mut ServicesLatch,
+        id: u32,
+        offset: u64,
+        data: &[u8],
+    ) -> Flow {
+        match latch.write(offset, data) {
+            ServicesRequest::None => Flow::Continue,
+            ServicesRequest::Console(bytes) => {
+                ctx.console.write(bytes);
+                Flow::Continue
+            }
+            ServicesRequest::Exit(status) => Flow::End(VmEvent::GuestExit { vcpu: id, status }),
+            ServicesRequest::Fault(report) => Flow::End(VmEvent::Fault { vcpu: id, report }),
+            ServicesRequest::Event(event) => {
+                let _ = ctx.events.send(VmEvent::Milestone {
+                    vcpu: id,
+                    event,
+                    at: ctx.started.elapsed(),
+                });
+                Flow::Continue
+            }
+            ServicesRequest::Hypercall { nr, .. } => {
+                log::debug!("vCPU {id}: unsupported hypercall {nr}");
+                latch.set_result(u64::MAX);
+                Flow::Continue
+            }
+            ServicesRequest::Doorbell(_) => Flow::Continue,
+            ServicesRequest::Unknown { offset } => {
+                log::debug!("vCPU {id}: write to undefined services register {offset:#x}");
+                Flow::Continue
+            }
+        }
+    }
+}
