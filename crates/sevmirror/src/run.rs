@@ -90,8 +90,14 @@ pub fn run(args: &RunArgs) -> anyhow::Result<i32> {
             );
         }
         for (i, s) in vm.exit_stats().iter().enumerate() {
+            let kvm: Vec<String> = s.kvm.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            let kvm = if kvm.is_empty() {
+                "n/a".to_string()
+            } else {
+                kvm.join(", ")
+            };
             eprintln!(
-                "boot-trace: vCPU {i} exits: {} port I/O, {} MMIO, {} other",
+                "boot-trace: vCPU {i} exits to the VMM: {} port I/O, {} MMIO, {} other; KVM counters: {kvm}",
                 s.pio, s.mmio, s.other
             );
         }

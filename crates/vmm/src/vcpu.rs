@@ -124,8 +124,10 @@ pub enum VcpuCommand {
 }
 
 /// Exit counts of one vCPU.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct ExitStats {
+    /// KVM's own counters (`exits`, `insn_emulation`) where the kernel reports them.
+    pub kvm: Vec<(String, u64)>,
     /// Port I/O exits.
     pub pio: u64,
     /// MMIO exits.
@@ -246,10 +248,16 @@ impl VcpuThread {
         // SAFETY: the run page belongs to `self.vcpu`, which outlives the registration
         // (dropped at the end of this function, before `self`).
         let _registration = unsafe { RunRegistration::register(self.vcpu.run_page()) };
+        self.run_loop();
+        self.stats.kvm = self.vcpu.kvm_counters();
+        self.stats
+    }
+
+    fn run_loop(&mut self) {
         let id = self.vcpu.id();
         loop {
             if !self.obey_commands(false) {
-                return self.stats;
+                return;
             }
             let flow = match self.vcpu.run() {
                 Ok(RunResult::Exit(exit)) => {
@@ -269,13 +277,13 @@ impl VcpuThread {
                 Flow::Continue => {}
                 Flow::Halted => {
                     if !self.obey_commands(true) {
-                        return self.stats;
+                        return;
                     }
                 }
                 Flow::End(event) => {
                     let event = self.with_diagnostics(event);
                     let _ = self.ctx.events.send(event);
-                    return self.stats;
+                    return;
                 }
             }
         }

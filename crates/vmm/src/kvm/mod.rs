@@ -2,6 +2,7 @@
 
 pub mod cpuid;
 pub mod kick;
+pub mod stats;
 
 use kvm_bindings::{
     kvm_regs, kvm_run, kvm_sregs, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES,
@@ -273,6 +274,11 @@ impl KvmVcpu {
         self.fd
             .get_tsc_khz()
             .map_err(|e| KvmError::TscKhz(self.id, e))
+    }
+
+    /// KVM's counters of this vCPU: exits and emulated instructions, where reported.
+    pub fn kvm_counters(&self) -> Vec<(String, u64)> {
+        stats::read(&self.fd, &["exits", "insn_emulation"])
     }
 
     /// Details of the last KVM_EXIT_INTERNAL_ERROR: sub-error and data words.
