@@ -1,0 +1,19 @@
+//! The AMD SEV platform as sevmirror's VMM sees it.
+//!
+//! [`backend::SevBackend`] is the one interface the VMM uses, with the command set KVM
+//! exposes (`KVM_MEMORY_ENCRYPT_OP`) plus the platform commands of `/dev/sev`. Two
+//! implementations stand behind it: the emulated PSP (the development machines have no
+//! SEV hardware; it is faithful at every boundary the host can observe, DESIGN §2) and
+//! the hardware backend (the real ioctls).
+//!
+//! This crate must not depend on the VMM; the VMM hands it guest memory through
+//! [`backend::LaunchMemory`]. Trust: session blobs, certificates, secret packets and the
+//! platform state directory are untrusted input and are validated before use.
+
+pub mod backend;
+pub mod policy;
+pub mod status;
+
+pub use backend::{SevBackend, SevError};
+pub use policy::Policy;
+pub use status::SevStatus;
