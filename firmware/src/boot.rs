@@ -40,6 +40,7 @@ core::arch::global_asm!(
     SVC_WRMSR = const svc::WRMSR,
     SVC_RDMSR = const svc::RDMSR,
     SVC_HALT = const svc::HALT,
+    SVC_VMMCALL = const svc::VMMCALL,
 );
 
 extern "C" {

@@ -250,7 +250,8 @@ sevm_exc_common:
     jne sevm_fault
 
     // A service call from CPL3: rax = service, rdi/rsi/rdx = arguments, result in rax.
-    // Like a function call, it may clobber rcx, rdx, rsi, rdi, r8-r11.
+    // Like a function call, it may clobber rcx, rdx, rsi, rdi, r8-r11 (r8 is also the
+    // fourth argument).
     cmp rax, {SVC_OUT}
     je sevm_svc_out
     cmp rax, {SVC_IN}
@@ -261,6 +262,8 @@ sevm_exc_common:
     je sevm_svc_rdmsr
     cmp rax, {SVC_HALT}
     je sevm_park
+    cmp rax, {SVC_VMMCALL}
+    je sevm_svc_vmmcall
     mov rax, -1
 sevm_svc_return:
     add qword ptr [rsp + 16], 4
@@ -310,6 +313,16 @@ sevm_svc_rdmsr:
     rdmsr
     shl rdx, 32
     or rax, rdx
+    jmp sevm_svc_return
+
+sevm_svc_vmmcall:
+    push rbx
+    mov rax, rdi
+    mov rbx, rsi
+    mov rcx, rdx
+    mov rdx, r8
+    vmmcall
+    pop rbx
     jmp sevm_svc_return
 
 // A fatal exception: report it through the services page (the VMM stops the VM) and park.

@@ -5,6 +5,11 @@ use guest_abi::svc;
 
 /// Asks CPL0 for service `nr` (see guest-abi's `svc` module) and returns its result.
 fn call(nr: u64, a0: u64, a1: u64, a2: u64) -> u64 {
+    call4(nr, a0, a1, a2, 0)
+}
+
+/// Like [`call`], with a fourth argument in r8.
+fn call4(nr: u64, a0: u64, a1: u64, a2: u64, a3: u64) -> u64 {
     let ret: u64;
     // SAFETY: `ud2` + marker traps to the CPL0 #UD handler in boot.s, which performs the
     // service and resumes after the marker. It clobbers only the registers listed here
@@ -20,7 +25,7 @@ fn call(nr: u64, a0: u64, a1: u64, a2: u64) -> u64 {
             inlateout("rsi") a1 => _,
             inlateout("rdx") a2 => _,
             lateout("rcx") _,
-            lateout("r8") _,
+            inlateout("r8") a3 => _,
             lateout("r9") _,
             lateout("r10") _,
             lateout("r11") _,
@@ -53,6 +58,11 @@ pub fn wrmsr(msr: u32, value: u64) {
 /// Reads a model-specific register.
 pub fn rdmsr(msr: u32) -> u64 {
     call(svc::RDMSR, msr.into(), 0, 0)
+}
+
+/// A KVM hypercall by VMMCALL (from CPL0, where KVM accepts it).
+pub fn vmmcall(nr: u64, args: [u64; 3]) -> u64 {
+    call4(svc::VMMCALL, nr, args[0], args[1], args[2])
 }
 
 /// Parks this CPU for good (`cli; hlt` at CPL0); the VMM can still stop it.

@@ -23,6 +23,7 @@ mod fwcfg;
 mod globals;
 mod paging;
 mod services;
+mod sev;
 mod smp;
 mod workloads;
 
@@ -150,6 +151,16 @@ fn bsp_main() -> ! {
             format_args!("the CPU does not report {missing}; the VMM must pass the host's CPUID bits through"),
         );
     }
+    let sev = sev::detect();
+    if sev.is_some() {
+        // fw_cfg DMA goes through this page: the host must be able to read it.
+        if let Err(e) = sev::map_gpa_range(layout::FWCFG_DMA_PAGE, 1, sev::Visibility::Shared) {
+            fail(
+                exit_code::BAD_CONFIG,
+                format_args!("the host refused to share the fw_cfg DMA page (error {e:#x})"),
+            );
+        }
+    }
     let config = read_config();
     paging::map_high_ram(config.map.top());
     let mib = |b: u64| b >> 20;
@@ -160,6 +171,10 @@ fn bsp_main() -> ! {
         mib(config.map.bytes(RegionKind::Usable)),
         config.workload.name(),
     );
+    if let Some(s) = sev {
+        println!("firmware: SEV active{}", if s.es { " with SEV-ES" } else { "" });
+        sev::report_secrets();
+    }
     services::event(Event::CONFIGURED);
 
     let g = globals::get();

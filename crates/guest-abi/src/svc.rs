@@ -2,7 +2,7 @@
 //!
 //! CPL3 executes `ud2` followed by the two marker bytes [`MARKER`]; the CPL0 #UD handler
 //! recognises the marker, performs the service named in `rax` with arguments in `rdi`,
-//! `rsi`, `rdx`, puts the result in `rax` and resumes after the marker. Guest CPL0 is
+//! `rsi`, `rdx`, `r8`, puts the result in `rax` and resumes after the marker. Guest CPL0 is
 //! emulated on these machines (~40 µs per call), so services are for rare operations only:
 //! port I/O for fw_cfg, MSRs for the local APIC, halting a CPU.
 
@@ -21,5 +21,9 @@ pub const WRMSR: u64 = 3;
 pub const RDMSR: u64 = 4;
 /// Park this CPU with interrupts off (`cli; hlt` forever). Never returns.
 pub const HALT: u64 = 5;
+/// `vmmcall` with KVM's hypercall ABI (rax = number, rbx/rcx/rdx = arguments): rdi =
+/// number, rsi, rdx, r8 = arguments; returns the hypercall's result. Only where the VMM
+/// advertises hypercall exits: on the development machines VMMCALL never exits (DESIGN §2).
+pub const VMMCALL: u64 = 6;
 /// Value returned for an unknown service number.
 pub const UNKNOWN: u64 = u64::MAX;
