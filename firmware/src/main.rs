@@ -30,7 +30,7 @@ mod workloads;
 use core::sync::atomic::Ordering;
 use guest_abi::{
     fwcfg as fwcfg_abi, layout,
-    memmap::{firmware_reservations, MemoryMap, RegionKind, MAX_REGIONS},
+    memmap::{firmware_reservations, MemoryMap, PageAllocator, RegionKind, MAX_REGIONS},
     services::{exit_code, Event},
 };
 use workloads::Workload;
@@ -200,6 +200,15 @@ fn bsp_main() -> ! {
             cpu::halt()
         }
         Workload::SelfTest => selftest(&config),
+        Workload::Canary => {
+            let mut alloc = PageAllocator::new(&config.map);
+            if workloads::canary::run(&mut alloc, sev.is_some()).is_none() {
+                fail(exit_code::FAIL, format_args!("canary: no memory"));
+            }
+            services::event(Event::WORKLOAD_START);
+            globals::release_aps_idle();
+            cpu::halt()
+        }
     }
 }
 

@@ -74,6 +74,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<i32> {
             firmware,
             console,
             fw_cfg_files: files,
+            sev: None,
         },
     )?;
     signals::forward_termination(vm.event_sender());

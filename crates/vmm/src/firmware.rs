@@ -37,6 +37,7 @@ pub enum FirmwareError {
 pub struct Firmware {
     image: Vec<u8>,
     services_gpa: u64,
+    secret_area: Option<(u64, u64)>,
 }
 
 impl Firmware {
@@ -64,15 +65,35 @@ impl Firmware {
         if services_gpa < layout::LOW_RAM_LIMIT || services_gpa + layout::PAGE_SIZE > rom_base {
             return Err(FirmwareError::BadServicesPage(services_gpa));
         }
+        let secret_area = match table
+            .find(guid::SEV_SECRET_BLOCK)
+            .map_err(FirmwareError::Table)?
+        {
+            Some(entry) => {
+                match EntryValue::decode(&image, &entry).map_err(FirmwareError::Table)? {
+                    EntryValue::SevSecretBlock(a) if a.size > 0 => {
+                        Some((u64::from(a.base), u64::from(a.size)))
+                    }
+                    _ => None,
+                }
+            }
+            None => None,
+        };
         Ok(Firmware {
             image,
             services_gpa,
+            secret_area,
         })
     }
 
     /// The image bytes.
     pub fn image(&self) -> &[u8] {
         &self.image
+    }
+
+    /// The SEV secret area (base, size) the image declares, if any.
+    pub fn secret_area(&self) -> Option<(u64, u64)> {
+        self.secret_area
     }
 
     /// Guest-physical address of the guest-services page.
@@ -114,5 +135,9 @@ mod tests {
     fn the_embedded_image_declares_its_services_page() {
         let fw = Firmware::load(firmware_image::IMAGE.to_vec()).unwrap();
         assert_eq!(fw.services_gpa(), layout::SERVICES_GPA);
+        assert_eq!(
+            fw.secret_area(),
+            Some((layout::SEV_SECRET_BASE, layout::SEV_SECRET_SIZE))
+        );
     }
 }

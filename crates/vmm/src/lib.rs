@@ -14,6 +14,8 @@ pub mod devices;
 pub mod firmware;
 pub mod kvm;
 pub mod memory;
+pub mod runstate;
+pub mod sev;
 pub mod vcpu;
 pub mod vm;
 

@@ -14,6 +14,8 @@ use crate::{
         kick::{Kicker, RunRegistration},
         KvmError, KvmVcpu, RunResult,
     },
+    memory::HostView,
+    sev::{map_gpa_range, MSR_SEV_STATUS},
 };
 use guest_abi::{layout, services::Event};
 use kvm_ioctls::VcpuExit;
@@ -148,6 +150,10 @@ pub struct VcpuContext {
     pub events: Sender<VmEvent>,
     /// When the VM started (for milestones).
     pub started: Instant,
+    /// The host's view of guest RAM (page conversions are recorded in it).
+    pub view: HostView,
+    /// The SEV_STATUS MSR value, for an SEV guest.
+    pub sev_status: Option<u64>,
 }
 
 /// The controlling end of a vCPU thread.
@@ -213,6 +219,22 @@ impl VcpuHandle {
 impl Drop for VcpuHandle {
     fn drop(&mut self) {
         self.stop(Duration::from_secs(2));
+    }
+}
+
+/// `-KVM_ENOSYS`, for hypercalls the VMM does not provide.
+const HC_ENOSYS: u64 = (-1000i64) as u64;
+
+/// Runs a hypercall from either transport (VMMCALL exit or the services page).
+fn hypercall(ctx: &VcpuContext, nr: u64, args: [u64; 3]) -> u64 {
+    match nr {
+        guest_abi::services::hcall::MAP_GPA_RANGE if ctx.sev_status.is_some() => {
+            map_gpa_range(&ctx.view, args)
+        }
+        _ => {
+            log::debug!("unsupported hypercall {nr}");
+            HC_ENOSYS
+        }
     }
 }
 
@@ -411,6 +433,28 @@ impl VcpuThread {
                 data: Vec::new(),
             }),
             VcpuExit::FailEntry(reason, _) => fail(VcpuError::FailEntry { reason, rip: 0 }),
+            VcpuExit::X86Rdmsr(msr) => {
+                stats.other += 1;
+                match (msr.index, ctx.sev_status) {
+                    (MSR_SEV_STATUS, Some(value)) => {
+                        *msr.data = value;
+                        *msr.error = 0;
+                    }
+                    // Anything else the filter sent here: #GP, as for a missing MSR.
+                    _ => *msr.error = 1,
+                }
+                Flow::Continue
+            }
+            VcpuExit::X86Wrmsr(msr) => {
+                stats.other += 1;
+                *msr.error = 1;
+                Flow::Continue
+            }
+            VcpuExit::Hypercall(call) => {
+                stats.other += 1;
+                *call.ret = hypercall(ctx, call.nr, [call.args[0], call.args[1], call.args[2]]);
+                Flow::Continue
+            }
             VcpuExit::SystemEvent(kind, _) => {
                 stats.other += 1;
                 // KVM_SYSTEM_EVENT_SHUTDOWN = 1; anything else (reset, crash) is a failure.
@@ -456,9 +500,8 @@ impl VcpuThread {
                 });
                 Flow::Continue
             }
-            ServicesRequest::Hypercall { nr, .. } => {
-                log::debug!("vCPU {id}: unsupported hypercall {nr}");
-                latch.set_result(u64::MAX);
+            ServicesRequest::Hypercall { nr, args } => {
+                latch.set_result(hypercall(ctx, nr, args));
                 Flow::Continue
             }
             ServicesRequest::Doorbell(_) => Flow::Continue,

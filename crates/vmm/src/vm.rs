@@ -5,10 +5,12 @@ use crate::{
     devices::{fw_cfg, services::FaultReport, PioBus},
     firmware::Firmware,
     kvm::{KvmError, KvmSystem, KvmVcpu, KvmVm, Slot},
-    memory::{GuestRam, HostView, MemoryError, Rom},
+    memory::{Encrypted, GuestRam, HostView, MemoryError, PageStates, Rom, Visibility},
+    sev::{self, LaunchPhase, SevConfig, SevGuest},
     vcpu::{ExitStats, VcpuCommand, VcpuContext, VcpuError, VcpuHandle, VmEvent},
 };
 use guest_abi::{fwcfg as fwcfg_abi, layout, services::Event};
+use sev_platform::SevError;
 use std::{
     sync::{
         mpsc::{self, Receiver, Sender},
@@ -38,6 +40,35 @@ pub enum VmError {
     /// `start` was called twice.
     #[error("the VM is already running")]
     AlreadyStarted,
+    /// The SEV platform refused a command.
+    #[error(transparent)]
+    Sev(#[from] SevError),
+    /// An SEV operation on a VM that is not an SEV guest.
+    #[error("the VM is not an SEV guest")]
+    NotSev,
+    /// The SEV launch has not finished (LAUNCH_FINISH), so the guest cannot run yet.
+    #[error(
+        "the SEV launch is not finished (phase {0:?}): measure, inject secrets, then continue"
+    )]
+    LaunchNotFinished(LaunchPhase),
+    /// The firmware declares no SEV secret area.
+    #[error("the firmware declares no SEV secret area, so there is nowhere to inject a secret")]
+    NoSecretArea,
+    /// A secret does not fit the firmware's secret area.
+    #[error("a secret of {len} bytes at {gpa:#x} does not fit the firmware's secret area {base:#x}+{size:#x}")]
+    SecretOutsideArea {
+        /// Where it was to go.
+        gpa: u64,
+        /// Its length.
+        len: usize,
+        /// Secret area base.
+        base: u64,
+        /// Secret area size.
+        size: u64,
+    },
+    /// The CPUID table could not take the SEV leaf.
+    #[error("cannot add the SEV CPUID leaf")]
+    Cpuid,
 }
 
 /// What the user asked for.
@@ -52,6 +83,8 @@ pub struct VmConfig {
     pub console: ConsoleOut,
     /// Extra fw_cfg files (name, contents), e.g. the workload name.
     pub fw_cfg_files: Vec<(String, Vec<u8>)>,
+    /// Run as an SEV guest on this platform.
+    pub sev: Option<SevConfig>,
 }
 
 /// How a VM run ended.
@@ -93,10 +126,13 @@ pub struct Vm {
     // Field order matters for drop: vCPU threads stop before the VM and its memory go.
     handles: Vec<VcpuHandle>,
     pending: Vec<KvmVcpu>,
-    _vm: KvmVm,
-    ram: Arc<GuestRam>,
-    _rom: Rom,
-    bus: Arc<PioBus>,
+    pub(crate) sev: Option<SevGuest>,
+    pub(crate) kvm_vm: KvmVm,
+    pub(crate) ram: Arc<GuestRam>,
+    pub(crate) rom: Rom,
+    fw_cfg: Option<fw_cfg::FwCfg>,
+    page_states: Option<Arc<PageStates>>,
+    pub(crate) firmware_secret_area: Option<(u64, u64)>,
     console: ConsoleOut,
     services_gpa: u64,
     events_tx: Sender<VmEvent>,
@@ -115,6 +151,9 @@ impl Vm {
         let rom = Rom::new(config.firmware.image())?;
         let vm = kvm.create_vm()?;
         vm.create_irqchip()?;
+        // KVM_SEV_INIT must come before any vCPU exists.
+        let sev = config.sev.map(|c| SevGuest::init(&vm, c)).transpose()?;
+        let transport = sev.as_ref().map(|s| s.config.transport);
         let mut slot = 0;
         for r in ram.regions() {
             // SAFETY: the RAM mapping is owned by `ram`, which the Vm keeps alive longer
@@ -146,7 +185,9 @@ impl Vm {
 
         let mut vcpus = Vec::new();
         for id in 0..config.vcpus {
-            vcpus.push(vm.create_vcpu(id, &kvm.cpuid_for(id)?)?);
+            let mut cpuid = kvm.cpuid_for(id)?;
+            sev::patch_cpuid(&mut cpuid, transport)?;
+            vcpus.push(vm.create_vcpu(id, &cpuid)?);
         }
         for v in &vcpus[1..] {
             v.refresh_lapic()?;
@@ -167,19 +208,20 @@ impl Vm {
         for (name, data) in config.fw_cfg_files {
             dev.add_file(&name, data)?;
         }
-        let bus = Arc::new(PioBus::new(
-            config.console.clone(),
-            dev,
-            HostView::new(ram.clone()),
-        ));
+        let page_states = sev
+            .as_ref()
+            .map(|_| Arc::new(PageStates::new(ram.pages(), Visibility::Private)));
         let (events_tx, events_rx) = mpsc::channel();
         Ok(Vm {
             handles: Vec::new(),
             pending: vcpus,
-            _vm: vm,
+            sev,
+            kvm_vm: vm,
             ram,
-            _rom: rom,
-            bus,
+            rom,
+            fw_cfg: Some(dev),
+            page_states,
+            firmware_secret_area: config.firmware.secret_area(),
             console: config.console,
             services_gpa: config.firmware.services_gpa(),
             events_tx,
@@ -189,9 +231,23 @@ impl Vm {
         })
     }
 
-    /// The host's view of guest RAM.
+    /// The host's view of guest RAM (ciphertext for an SEV guest's private pages).
     pub fn host_view(&self) -> HostView {
-        HostView::new(self.ram.clone())
+        match (&self.sev, &self.page_states) {
+            (Some(sev), Some(states)) => HostView::encrypted(
+                self.ram.clone(),
+                Encrypted {
+                    states: states.clone(),
+                    cipher: sev.config.backend.page_cipher(sev.vm_ref),
+                },
+            ),
+            _ => HostView::new(self.ram.clone()),
+        }
+    }
+
+    /// The KVM VM file descriptor (how the SEV platform names this VM).
+    pub fn kvm_fd(&self) -> std::os::fd::RawFd {
+        self.kvm_vm.raw_fd()
     }
 
     /// A sender other parts of the process can report events with (e.g. signals).
@@ -201,18 +257,26 @@ impl Vm {
 
     /// Starts one thread per vCPU.
     pub fn start(&mut self) -> Result<(), VmError> {
-        if self.pending.is_empty() {
-            return Err(VmError::AlreadyStarted);
+        if let Some(phase) = self.sev_phase().filter(|&p| p != LaunchPhase::Finished) {
+            return Err(VmError::LaunchNotFinished(phase));
         }
+        let Some(fw_cfg) = self.fw_cfg.take() else {
+            return Err(VmError::AlreadyStarted);
+        };
+        let view = self.host_view();
+        let bus = Arc::new(PioBus::new(self.console.clone(), fw_cfg, view.clone()));
+        let sev_status = self.sev.as_ref().map(SevGuest::status_msr);
         let started = Instant::now();
         for vcpu in self.pending.drain(..) {
             let (tx, rx) = mpsc::channel();
             let ctx = VcpuContext {
-                bus: self.bus.clone(),
+                bus: bus.clone(),
                 console: self.console.clone(),
                 services_gpa: self.services_gpa,
                 events: self.events_tx.clone(),
                 started,
+                view: view.clone(),
+                sev_status,
             };
             self.handles
                 .push(VcpuHandle::spawn(vcpu, ctx, tx, rx).map_err(VmError::Thread)?);
@@ -268,5 +332,8 @@ impl Vm {
 impl Drop for Vm {
     fn drop(&mut self) {
         self.stop();
+        if let Some(sev) = &self.sev {
+            sev.config.backend.vm_destroyed(sev.vm_ref);
+        }
     }
 }

@@ -32,6 +32,7 @@ fn vm(
             firmware: Firmware::load(image).expect("valid firmware"),
             console,
             fw_cfg_files: vec![(fwcfg::FILE_WORKLOAD.into(), workload.as_bytes().to_vec())],
+            sev: None,
         },
     )
     .expect("create VM");
@@ -175,6 +176,7 @@ fn kvm_too_little_ram_is_refused_before_boot() {
             firmware: Firmware::load(firmware_image::IMAGE.to_vec()).unwrap(),
             console: ConsoleOut::capture().0,
             fw_cfg_files: vec![],
+            sev: None,
         },
     )
     .err()

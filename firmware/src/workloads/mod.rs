@@ -1,5 +1,6 @@
 //! Built-in workloads, chosen by the VMM through fw_cfg (`--workload NAME`).
 
+pub mod canary;
 pub mod selftest;
 
 use crate::globals;
@@ -12,6 +13,9 @@ pub enum Workload {
     SelfTest,
     /// Stay up, halted, until the VMM stops the VM.
     Idle,
+    /// Write a known canary into one private and one shared page, then idle: shows what
+    /// the host can and cannot see of guest memory.
+    Canary,
 }
 
 impl Workload {
@@ -20,6 +24,7 @@ impl Workload {
         match self {
             Workload::SelfTest => "selftest",
             Workload::Idle => "idle",
+            Workload::Canary => "canary",
         }
     }
 
@@ -28,6 +33,7 @@ impl Workload {
         match name.trim_ascii() {
             b"selftest" => Some(Workload::SelfTest),
             b"idle" => Some(Workload::Idle),
+            b"canary" => Some(Workload::Canary),
             _ => None,
         }
     }

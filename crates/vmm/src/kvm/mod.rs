@@ -58,6 +58,9 @@ pub enum KvmError {
     /// Reading or writing vCPU registers failed.
     #[error("cannot access the registers of vCPU {0}")]
     Registers(u32, #[source] kvm_ioctls::Error),
+    /// Enabling a capability or filter failed.
+    #[error("cannot enable {0}")]
+    Capability(&'static str, #[source] kvm_ioctls::Error),
     /// KVM_RUN failed with something other than EINTR/EAGAIN.
     #[error("KVM_RUN failed on vCPU {0}")]
     Run(u32, #[source] kvm_ioctls::Error),
@@ -87,7 +90,8 @@ impl KvmSystem {
         Ok(KvmVm { fd })
     }
 
-    /// KVM's supported CPUID, adjusted for vCPU `vcpu_id` (see [`cpuid::patch`]).
+    /// KVM's supported CPUID, adjusted for vCPU `vcpu_id` (see [`cpuid::patch`]); the
+    /// caller adds the SEV leaves.
     pub fn cpuid_for(&self, vcpu_id: u32) -> Result<kvm_bindings::CpuId, KvmError> {
         let mut cpuid = self
             .kvm
@@ -153,6 +157,46 @@ impl KvmVm {
             size: slot.size,
             source,
         })
+    }
+
+    /// Makes guest reads of `msrs` exit to the VMM (KVM_CAP_X86_USER_SPACE_MSR with an
+    /// MSR filter); the VMM answers them (SEV_STATUS on the emulated platform).
+    pub fn trap_msr_reads(&self, msrs: &[u32]) -> Result<(), KvmError> {
+        use kvm_ioctls::{MsrFilterDefaultAction, MsrFilterRange, MsrFilterRangeFlags};
+        let cap = kvm_bindings::kvm_enable_cap {
+            cap: kvm_bindings::KVM_CAP_X86_USER_SPACE_MSR,
+            args: [u64::from(kvm_bindings::KVM_MSR_EXIT_REASON_FILTER), 0, 0, 0],
+            ..Default::default()
+        };
+        self.fd
+            .enable_cap(&cap)
+            .map_err(|e| KvmError::Capability("KVM_CAP_X86_USER_SPACE_MSR", e))?;
+        // A zero bit denies the read, which the capability turns into an exit.
+        let deny = [0u8; 1];
+        let ranges: Vec<MsrFilterRange<'_>> = msrs
+            .iter()
+            .map(|&base| MsrFilterRange {
+                flags: MsrFilterRangeFlags::READ,
+                base,
+                msr_count: 1,
+                bitmap: &deny,
+            })
+            .collect();
+        self.fd
+            .set_msr_filter(MsrFilterDefaultAction::ALLOW, &ranges)
+            .map_err(|e| KvmError::Capability("KVM_X86_SET_MSR_FILTER", e))
+    }
+
+    /// Makes hypercall `nr` exit to the VMM (KVM_CAP_EXIT_HYPERCALL).
+    pub fn enable_hypercall_exit(&self, nr: u64) -> Result<(), KvmError> {
+        let cap = kvm_bindings::kvm_enable_cap {
+            cap: kvm_bindings::KVM_CAP_EXIT_HYPERCALL,
+            args: [1 << nr, 0, 0, 0],
+            ..Default::default()
+        };
+        self.fd
+            .enable_cap(&cap)
+            .map_err(|e| KvmError::Capability("KVM_CAP_EXIT_HYPERCALL", e))
     }
 
     /// Creates vCPU `id` with the given CPUID.

@@ -2,8 +2,14 @@
 //! pages), the firmware ROM, and [`HostView`], the only way the VMM reads or writes guest
 //! RAM.
 
+mod launch;
+mod view;
+
+pub use launch::LaunchView;
+pub use view::{Encrypted, HostView, PageStates, Visibility};
+
 use guest_abi::layout;
-use std::{ffi::CString, fs::File, os::fd::FromRawFd, sync::Arc};
+use std::{ffi::CString, fs::File, os::fd::FromRawFd};
 use vm_memory::{
     Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
     MmapRegion,
@@ -127,6 +133,65 @@ impl GuestRam {
             .collect()
     }
 
+    /// Number of 4 KiB pages of RAM.
+    pub fn pages(&self) -> u64 {
+        self.size / layout::PAGE_SIZE
+    }
+
+    /// The RAM page number of `gpa` (RAM laid end to end), if `gpa` is RAM.
+    pub fn page_index(&self, gpa: u64) -> Option<u64> {
+        let mut base = 0;
+        for r in self.mem.iter() {
+            let start = r.start_addr().0;
+            if gpa >= start && gpa - start < r.len() {
+                return Some((base + gpa - start) / layout::PAGE_SIZE);
+            }
+            base += r.len();
+        }
+        None
+    }
+
+    /// The guest-physical address of RAM page `index` (the inverse of `page_index`).
+    pub fn page_gpa(&self, index: u64) -> Option<u64> {
+        let mut offset = index.checked_mul(layout::PAGE_SIZE)?;
+        for r in self.mem.iter() {
+            if offset < r.len() {
+                return Some(r.start_addr().0 + offset);
+            }
+            offset -= r.len();
+        }
+        None
+    }
+
+    /// Host address of [gpa, gpa + len) if it lies in one RAM region.
+    fn host_addr(&self, gpa: u64, len: u64) -> Option<u64> {
+        self.mem.iter().find_map(|r| {
+            let start = r.start_addr().0;
+            let off = gpa.checked_sub(start)?;
+            (off.checked_add(len)? <= r.len()).then(|| r.as_ptr() as u64 + off)
+        })
+    }
+
+    /// Reads guest RAM as stored (for the host view and the platform only).
+    fn read_raw(&self, gpa: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
+        self.mem
+            .read_slice(buf, GuestAddress(gpa))
+            .map_err(|_| MemoryError::OutOfRange {
+                gpa,
+                len: buf.len(),
+            })
+    }
+
+    /// Writes guest RAM as stored (for the host view and the platform only).
+    fn write_raw(&self, gpa: u64, data: &[u8]) -> Result<(), MemoryError> {
+        self.mem
+            .write_slice(data, GuestAddress(gpa))
+            .map_err(|_| MemoryError::OutOfRange {
+                gpa,
+                len: data.len(),
+            })
+    }
+
     /// Touches every page so the guest's first accesses do not pay the host's page-fault
     /// cost (slow on these machines, DESIGN §2).
     pub fn prefault(&self) -> std::io::Result<()> {
@@ -149,44 +214,6 @@ impl GuestRam {
     }
 }
 
-/// The host's view of guest RAM: every VMM access to guest memory goes through here.
-///
-/// For a plain guest it reads and writes the bytes as they are. (A SEV guest's view
-/// translates private pages; see the sev platform.)
-#[derive(Clone)]
-pub struct HostView {
-    ram: Arc<GuestRam>,
-}
-
-impl HostView {
-    /// A view of `ram`.
-    pub fn new(ram: Arc<GuestRam>) -> Self {
-        HostView { ram }
-    }
-
-    /// Copies guest memory at `gpa` into `buf`.
-    pub fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
-        self.ram
-            .mem
-            .read_slice(buf, GuestAddress(gpa))
-            .map_err(|_| MemoryError::OutOfRange {
-                gpa,
-                len: buf.len(),
-            })
-    }
-
-    /// Copies `data` into guest memory at `gpa`.
-    pub fn write(&self, gpa: u64, data: &[u8]) -> Result<(), MemoryError> {
-        self.ram
-            .mem
-            .write_slice(data, GuestAddress(gpa))
-            .map_err(|_| MemoryError::OutOfRange {
-                gpa,
-                len: data.len(),
-            })
-    }
-}
-
 /// The firmware image, mapped read-only below 4 GiB.
 pub struct Rom {
     region: MmapRegion,
@@ -203,6 +230,18 @@ impl Rom {
             gpa: (1u64 << 32) - image.len() as u64,
             region,
         })
+    }
+
+    /// The image bytes.
+    pub fn bytes(&self) -> &[u8] {
+        // SAFETY: the mapping is `size()` bytes, owned by `self`; the host never writes it
+        // after `new`, and the guest sees it through a read-only memory slot.
+        unsafe { std::slice::from_raw_parts(self.region.as_ptr(), self.region.size()) }
+    }
+
+    /// Guest-physical range of the image.
+    pub fn gpa_range(&self) -> std::ops::Range<u64> {
+        self.gpa..self.gpa + self.region.size() as u64
     }
 
     /// The ROM as a memory slot would need it.
@@ -240,18 +279,5 @@ mod tests {
             let msg = GuestRam::new(size).err().unwrap().to_string();
             assert!(msg.contains(why), "{msg}");
         }
-    }
-
-    #[test]
-    fn host_view_reads_back_what_it_wrote_and_rejects_holes() {
-        let ram = Arc::new(GuestRam::new(64 * MIB).unwrap());
-        let view = HostView::new(ram.clone());
-        view.write(0x1234, b"canary").unwrap();
-        let mut buf = [0u8; 6];
-        view.read(0x1234, &mut buf).unwrap();
-        assert_eq!(&buf, b"canary");
-        assert!(view.read(64 * MIB - 2, &mut buf).is_err());
-        assert!(view.write(layout::SERVICES_GPA, b"x").is_err());
-        assert_eq!(ram.regions().len(), 1);
     }
 }

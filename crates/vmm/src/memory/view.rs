@@ -1,0 +1,301 @@
+//! [`HostView`]: how the VMM reads and writes guest RAM.
+//!
+//! For a plain guest the view is the bytes as stored. For an SEV guest it is what the
+//! host of a real SEV machine would see: pages the guest keeps private read back as
+//! ciphertext and host writes to them land decrypted (garbled for the guest); pages the
+//! guest announced as shared are plain. On the emulated platform the platform's
+//! [`PageCipher`] produces the ciphertext; on SEV hardware the memory already is
+//! ciphertext and no cipher is given. The private/shared state is the VMM's record of the
+//! guest's announcements (`KVM_HC_MAP_GPA_RANGE`), as QEMU keeps it.
+
+use super::{GuestRam, MemoryError};
+use guest_abi::layout::PAGE_SIZE;
+use sev_platform::backend::PageCipher;
+use std::sync::{
+    atomic::{AtomicU64, Ordering},
+    Arc,
+};
+
+/// Whether the guest keeps a page encrypted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Visibility {
+    /// Encrypted with the guest's key: the host sees ciphertext.
+    Private,
+    /// Shared with the host in the clear.
+    Shared,
+}
+
+/// One bit per RAM page: set = private.
+pub struct PageStates {
+    bits: Vec<AtomicU64>,
+    pages: u64,
+}
+
+impl PageStates {
+    /// States for `pages` pages, all `initial`.
+    pub fn new(pages: u64, initial: Visibility) -> Self {
+        let fill = match initial {
+            Visibility::Private => u64::MAX,
+            Visibility::Shared => 0,
+        };
+        PageStates {
+            bits: (0..pages.div_ceil(64))
+                .map(|_| AtomicU64::new(fill))
+                .collect(),
+            pages,
+        }
+    }
+
+    /// The state of RAM page `index` (out-of-range pages count as private).
+    pub fn get(&self, index: u64) -> Visibility {
+        match self.bits.get((index / 64) as usize) {
+            Some(w)
+                if index < self.pages && w.load(Ordering::Acquire) & (1 << (index % 64)) == 0 =>
+            {
+                Visibility::Shared
+            }
+            _ => Visibility::Private,
+        }
+    }
+
+    /// Sets pages [first, first + count) to `v`; pages past the end are ignored.
+    pub fn set(&self, first: u64, count: u64, v: Visibility) {
+        let end = first.saturating_add(count).min(self.pages);
+        for index in first..end {
+            let word = &self.bits[(index / 64) as usize];
+            let bit = 1u64 << (index % 64);
+            match v {
+                Visibility::Private => word.fetch_or(bit, Ordering::AcqRel),
+                Visibility::Shared => word.fetch_and(!bit, Ordering::AcqRel),
+            };
+        }
+    }
+
+    /// Number of shared pages.
+    pub fn shared_count(&self) -> u64 {
+        (0..self.pages)
+            .filter(|&i| self.get(i) == Visibility::Shared)
+            .count() as u64
+    }
+}
+
+/// What the host sees of an SEV guest's memory.
+#[derive(Clone)]
+pub struct Encrypted {
+    /// The guest's private/shared record.
+    pub states: Arc<PageStates>,
+    /// The emulated platform's transform (None on hardware, where memory is ciphertext).
+    pub cipher: Option<Arc<dyn PageCipher>>,
+}
+
+/// The host's view of guest RAM: every VMM access to guest memory goes through here.
+#[derive(Clone)]
+pub struct HostView {
+    ram: Arc<GuestRam>,
+    encrypted: Option<Encrypted>,
+}
+
+impl HostView {
+    /// The view of a plain guest's RAM.
+    pub fn new(ram: Arc<GuestRam>) -> Self {
+        HostView {
+            ram,
+            encrypted: None,
+        }
+    }
+
+    /// The view of an SEV guest's RAM.
+    pub fn encrypted(ram: Arc<GuestRam>, encrypted: Encrypted) -> Self {
+        HostView {
+            ram,
+            encrypted: Some(encrypted),
+        }
+    }
+
+    /// The guest's private/shared record, for an SEV guest.
+    pub fn page_states(&self) -> Option<&Arc<PageStates>> {
+        self.encrypted.as_ref().map(|e| &e.states)
+    }
+
+    /// Records that the guest made [gpa, gpa + len) private or shared. The range must be
+    /// page-aligned RAM of an SEV guest; nothing changes otherwise.
+    pub fn convert(&self, gpa: u64, len: u64, v: Visibility) -> Result<(), MemoryError> {
+        let bad = || MemoryError::OutOfRange {
+            gpa,
+            len: len as usize,
+        };
+        let e = self.encrypted.as_ref().ok_or_else(bad)?;
+        if !gpa.is_multiple_of(PAGE_SIZE)
+            || !len.is_multiple_of(PAGE_SIZE)
+            || self.ram.host_addr(gpa, len).is_none()
+        {
+            return Err(bad());
+        }
+        let first = self.ram.page_index(gpa).ok_or_else(bad)?;
+        e.states.set(first, len / PAGE_SIZE, v);
+        Ok(())
+    }
+
+    /// Calls `f(page_gpa, offset_in_page, range_in_buffer)` for each page [gpa, gpa + len)
+    /// touches, after checking the whole range is RAM.
+    fn pages(
+        &self,
+        gpa: u64,
+        len: usize,
+        mut f: impl FnMut(u64, usize, std::ops::Range<usize>) -> Result<(), MemoryError>,
+    ) -> Result<(), MemoryError> {
+        let out_of_range = || MemoryError::OutOfRange { gpa, len };
+        let end = gpa.checked_add(len as u64).ok_or_else(out_of_range)?;
+        if len > 0 && self.ram.host_addr(gpa, len as u64).is_none() {
+            return Err(out_of_range());
+        }
+        let mut at = gpa;
+        while at < end {
+            let page = at & !(PAGE_SIZE - 1);
+            let next = (page + PAGE_SIZE).min(end);
+            f(
+                page,
+                (at - page) as usize,
+                (at - gpa) as usize..(next - gpa) as usize,
+            )?;
+            at = next;
+        }
+        Ok(())
+    }
+
+    /// The cipher and state record if the page at `page_gpa` is private and transformed.
+    fn private_cipher(&self, page_gpa: u64) -> Option<&Arc<dyn PageCipher>> {
+        let e = self.encrypted.as_ref()?;
+        let index = self.ram.page_index(page_gpa)?;
+        match e.states.get(index) {
+            Visibility::Private => e.cipher.as_ref(),
+            Visibility::Shared => None,
+        }
+    }
+
+    /// Copies guest memory at `gpa` into `buf`, as the host sees it.
+    pub fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
+        self.pages(gpa, buf.len(), |page, off, range| {
+            match self.private_cipher(page) {
+                None => self.ram.read_raw(page + off as u64, &mut buf[range]),
+                Some(cipher) => {
+                    let mut p = [0u8; PAGE_SIZE as usize];
+                    self.ram.read_raw(page, &mut p)?;
+                    cipher.encrypt_page(page, &mut p);
+                    buf[range.clone()].copy_from_slice(&p[off..off + range.len()]);
+                    Ok(())
+                }
+            }
+        })
+    }
+
+    /// Copies `data` into guest memory at `gpa`, as a host write would land.
+    pub fn write(&self, gpa: u64, data: &[u8]) -> Result<(), MemoryError> {
+        self.pages(gpa, data.len(), |page, off, range| {
+            match self.private_cipher(page) {
+                None => self.ram.write_raw(page + off as u64, &data[range]),
+                Some(cipher) => {
+                    let mut p = [0u8; PAGE_SIZE as usize];
+                    self.ram.read_raw(page, &mut p)?;
+                    cipher.encrypt_page(page, &mut p);
+                    p[off..off + range.len()].copy_from_slice(&data[range]);
+                    cipher.decrypt_page(page, &mut p);
+                    self.ram.write_raw(page, &p)
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    /// A toy cipher: XOR with a byte derived from the page address.
+    struct Xor;
+
+    impl PageCipher for Xor {
+        fn encrypt_page(&self, gpa: u64, page: &mut [u8; 4096]) {
+            page.iter_mut().for_each(|b| *b ^= 0x5a ^ (gpa >> 12) as u8);
+        }
+        fn decrypt_page(&self, gpa: u64, page: &mut [u8; 4096]) {
+            self.encrypt_page(gpa, page);
+        }
+    }
+
+    fn sev_view() -> (HostView, Arc<GuestRam>, Arc<PageStates>) {
+        let ram = Arc::new(GuestRam::new(64 * MIB).unwrap());
+        let states = Arc::new(PageStates::new(ram.pages(), Visibility::Private));
+        let view = HostView::encrypted(
+            ram.clone(),
+            Encrypted {
+                states: states.clone(),
+                cipher: Some(Arc::new(Xor)),
+            },
+        );
+        (view, ram, states)
+    }
+
+    #[test]
+    fn plain_view_reads_back_what_it_wrote_and_rejects_holes() {
+        let ram = Arc::new(GuestRam::new(64 * MIB).unwrap());
+        let view = HostView::new(ram.clone());
+        view.write(0x1234, b"canary").unwrap();
+        let mut buf = [0u8; 6];
+        view.read(0x1234, &mut buf).unwrap();
+        assert_eq!(&buf, b"canary");
+        assert!(view.read(64 * MIB - 2, &mut buf).is_err());
+        assert!(view.write(guest_abi::layout::SERVICES_GPA, b"x").is_err());
+    }
+
+    #[test]
+    fn private_pages_read_as_ciphertext_and_shared_pages_in_the_clear() {
+        let (view, ram, states) = sev_view();
+        // What the guest wrote (the platform's raw access stands in for the guest here).
+        ram.write_raw(0x3000, b"guest secret").unwrap();
+        let mut seen = [0u8; 12];
+        view.read(0x3000, &mut seen).unwrap();
+        assert_ne!(&seen, b"guest secret");
+        states.set(3, 1, Visibility::Shared);
+        view.read(0x3000, &mut seen).unwrap();
+        assert_eq!(&seen, b"guest secret");
+    }
+
+    #[test]
+    fn host_writes_to_private_pages_land_decrypted_and_spanning_reads_work() {
+        let (view, ram, states) = sev_view();
+        view.write(0x1ff8, b"0123456789abcdef").unwrap();
+        let mut raw = [0u8; 16];
+        ram.read_raw(0x1ff8, &mut raw).unwrap();
+        assert_ne!(
+            &raw, b"0123456789abcdef",
+            "the guest must not see host plaintext"
+        );
+        let mut back = [0u8; 16];
+        view.read(0x1ff8, &mut back).unwrap();
+        assert_eq!(
+            &back, b"0123456789abcdef",
+            "the host reads back its own bytes"
+        );
+        states.set(0, 16, Visibility::Shared);
+        view.write(0x1ff8, b"shared plaintext").unwrap();
+        ram.read_raw(0x1ff8, &mut raw).unwrap();
+        assert_eq!(&raw, b"shared plaintext");
+    }
+
+    #[test]
+    fn page_states_track_conversions_and_ignore_out_of_range() {
+        let s = PageStates::new(130, Visibility::Private);
+        s.set(64, 3, Visibility::Shared);
+        s.set(129, 1000, Visibility::Shared);
+        assert_eq!(s.get(63), Visibility::Private);
+        assert_eq!(s.get(65), Visibility::Shared);
+        assert_eq!(s.get(129), Visibility::Shared);
+        assert_eq!(s.get(5000), Visibility::Private);
+        assert_eq!(s.shared_count(), 4);
+        s.set(64, 1, Visibility::Private);
+        assert_eq!(s.shared_count(), 3);
+    }
+}

@@ -1,0 +1,367 @@
+//! SEV guests in the VMM: the launch sequence (a typestate: start, measure, secrets,
+//! finish), what the guest sees of SEV (CPUID 0x8000001F, the SEV_STATUS MSR), and the
+//! guest's page-conversion hypercall.
+
+use crate::{
+    kvm::KvmVm,
+    memory::{HostView, LaunchView, Visibility},
+    vm::{Vm, VmError},
+};
+use guest_abi::{layout, services::hcall};
+use kvm_bindings::kvm_cpuid_entry2;
+use sev_platform::{
+    backend::{GuestStatus, LaunchMeasurement, LaunchSession, SecretHeader, VmRef},
+    Policy, SevBackend, SevError,
+};
+use std::sync::Arc;
+
+/// SEV_STATUS (AMD APM vol. 2 §15.34.10): bit 0 SEV enabled, bit 1 SEV-ES enabled.
+pub const MSR_SEV_STATUS: u32 = 0xc001_0131;
+/// KVM's paravirtual feature bit for KVM_HC_MAP_GPA_RANGE (leaf 0x40000001 EAX).
+pub const KVM_FEATURE_HC_MAP_GPA_RANGE: u32 = 1 << 16;
+/// `-KVM_EINVAL` as the guest reads it.
+const HC_EINVAL: u64 = (-22i64) as u64;
+
+/// How the guest reaches the host for hypercalls.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HypercallTransport {
+    /// The guest-services page (works everywhere, the only way on kvm_pvm).
+    ServicesPage,
+    /// VMMCALL, seen as KVM_EXIT_HYPERCALL (SEV hardware hosts).
+    Vmmcall,
+}
+
+/// What the user asked for an SEV guest.
+#[derive(Clone)]
+pub struct SevConfig {
+    /// The platform.
+    pub backend: Arc<dyn SevBackend>,
+    /// The guest policy.
+    pub policy: Policy,
+    /// The guest owner's DH certificate and session; without them the platform makes
+    /// its own transport keys.
+    pub session: Option<LaunchSession>,
+    /// How the guest announces page conversions.
+    pub transport: HypercallTransport,
+}
+
+/// Where an SEV guest is in its launch (SEV API spec 0.24 §6 guest states).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LaunchPhase {
+    /// KVM_SEV_INIT done; LAUNCH_START not yet.
+    Initialized,
+    /// LAUNCH_START and LAUNCH_UPDATE_DATA done (LUPDATE).
+    Updating,
+    /// LAUNCH_MEASURE done (LSECRET).
+    Measured,
+    /// LAUNCH_FINISH done: the guest may run.
+    Finished,
+}
+
+/// The VMM's record of an SEV guest.
+pub(crate) struct SevGuest {
+    pub(crate) config: SevConfig,
+    pub(crate) vm_ref: VmRef,
+    pub(crate) handle: Option<u32>,
+    pub(crate) phase: LaunchPhase,
+    pub(crate) measurement: Option<LaunchMeasurement>,
+}
+
+impl SevGuest {
+    /// KVM_SEV_INIT on a fresh VM and the SEV_STATUS MSR exit.
+    pub(crate) fn init(kvm_vm: &KvmVm, config: SevConfig) -> Result<SevGuest, VmError> {
+        let vm_ref = VmRef(kvm_vm.raw_fd());
+        config.backend.init_vm(vm_ref, false)?;
+        kvm_vm.trap_msr_reads(&[MSR_SEV_STATUS])?;
+        if config.transport == HypercallTransport::Vmmcall {
+            kvm_vm.enable_hypercall_exit(hcall::MAP_GPA_RANGE)?;
+        }
+        Ok(SevGuest {
+            config,
+            vm_ref,
+            handle: None,
+            phase: LaunchPhase::Initialized,
+            measurement: None,
+        })
+    }
+
+    /// The value of SEV_STATUS for this guest.
+    pub(crate) fn status_msr(&self) -> u64 {
+        1
+    }
+}
+
+/// Adjusts a vCPU's CPUID for SEV (or, with `None`, hides SEV from a plain guest):
+/// leaf 0x8000001F advertises SEV with a C-bit position of 0 — on the emulated platform
+/// encryption happens at the host boundary, so the guest's page tables need no C-bit —
+/// and KVM's MAP_GPA_RANGE feature bit says which hypercall transport to use.
+pub fn patch_cpuid(
+    cpuid: &mut kvm_bindings::CpuId,
+    sev: Option<HypercallTransport>,
+) -> Result<(), VmError> {
+    let leaf = 0x8000_001f;
+    let mut found = false;
+    for e in cpuid.as_mut_slice() {
+        match e.function {
+            0x8000_0000 if sev.is_some() => e.eax = e.eax.max(leaf),
+            0x8000_001f => {
+                found = true;
+                // EAX bit 1: SEV; EBX[5:0] C-bit position, [11:6] physical address
+                // reduction; ECX: encrypted guests supported; EDX: minimum SEV ASID.
+                (e.eax, e.ebx, e.ecx, e.edx) = match sev {
+                    Some(_) => (1 << 1, 0, 15, 1),
+                    None => (0, 0, 0, 0),
+                };
+            }
+            0x4000_0001 => {
+                e.eax &= !KVM_FEATURE_HC_MAP_GPA_RANGE;
+                if sev == Some(HypercallTransport::Vmmcall) {
+                    e.eax |= KVM_FEATURE_HC_MAP_GPA_RANGE;
+                }
+            }
+            _ => {}
+        }
+    }
+    if !found && sev.is_some() {
+        cpuid
+            .push(kvm_cpuid_entry2 {
+                function: leaf,
+                eax: 1 << 1,
+                ecx: 15,
+                edx: 1,
+                ..Default::default()
+            })
+            .map_err(|_| VmError::Cpuid)?;
+    }
+    Ok(())
+}
+
+/// Carries out KVM_HC_MAP_GPA_RANGE (`Documentation/virt/kvm/x86/hypercalls.rst`):
+/// args = gpa, page count, attributes (bits 3:0 page size 4K/2M/1G, bit 4 encrypted).
+/// Returns 0, or `-KVM_EINVAL` for a malformed or out-of-RAM range (nothing changes then).
+pub fn map_gpa_range(view: &HostView, args: [u64; 3]) -> u64 {
+    let [gpa, npages, attrs] = args;
+    let page_size = match attrs & 0xf {
+        0 => layout::PAGE_SIZE,
+        1 => layout::LARGE_PAGE_SIZE,
+        2 => 1 << 30,
+        _ => return HC_EINVAL,
+    };
+    if attrs & !0x1f != 0 || !gpa.is_multiple_of(page_size) {
+        return HC_EINVAL;
+    }
+    let Some(len) = npages.checked_mul(page_size) else {
+        return HC_EINVAL;
+    };
+    let v = if attrs & hcall::MAP_GPA_RANGE_ENCRYPTED != 0 {
+        Visibility::Private
+    } else {
+        Visibility::Shared
+    };
+    match view.convert(gpa, len, v) {
+        Ok(()) => 0,
+        Err(_) => HC_EINVAL,
+    }
+}
+
+/// LAUNCH_START and the firmware's LAUNCH_UPDATE_DATA are done: the guest is in LUPDATE.
+pub struct LaunchStarted(());
+
+/// LAUNCH_MEASURE is done: the guest owner may check the measurement and inject
+/// secrets before the launch finishes.
+pub struct LaunchMeasured {
+    measurement: LaunchMeasurement,
+}
+
+impl LaunchMeasured {
+    /// The 48 bytes LAUNCH_MEASURE returned.
+    pub fn measurement(&self) -> LaunchMeasurement {
+        self.measurement
+    }
+}
+
+fn sev_mut(vm: &mut Vm) -> Result<&mut SevGuest, VmError> {
+    vm.sev.as_mut().ok_or(VmError::NotSev)
+}
+
+impl Vm {
+    /// LAUNCH_START with the configured policy and session, then LAUNCH_UPDATE_DATA over
+    /// the whole firmware image, as QEMU does for OVMF's flash.
+    pub fn sev_launch_start(&mut self) -> Result<LaunchStarted, VmError> {
+        let rom_range = self.rom.gpa_range();
+        let view = LaunchView::new(&self.ram, &self.rom);
+        let sev = self.sev.as_mut().ok_or(VmError::NotSev)?;
+        let handle = sev.config.backend.launch_start(
+            sev.vm_ref,
+            sev.config.policy,
+            sev.config.session.as_ref(),
+        )?;
+        sev.handle = Some(handle);
+        sev.phase = LaunchPhase::Updating;
+        sev.config.backend.launch_update_data(
+            sev.vm_ref,
+            &view,
+            rom_range.start,
+            rom_range.end - rom_range.start,
+        )?;
+        Ok(LaunchStarted(()))
+    }
+
+    /// LAUNCH_MEASURE.
+    pub fn sev_launch_measure(
+        &mut self,
+        _started: LaunchStarted,
+    ) -> Result<LaunchMeasured, VmError> {
+        let sev = sev_mut(self)?;
+        let measurement = sev.config.backend.launch_measure(sev.vm_ref)?;
+        sev.phase = LaunchPhase::Measured;
+        sev.measurement = Some(measurement);
+        Ok(LaunchMeasured { measurement })
+    }
+
+    /// LAUNCH_SECRET: the packet is verified by the platform and decrypted into guest
+    /// memory at `gpa` (default: the firmware's secret area), which must lie inside the
+    /// secret area the firmware declares.
+    pub fn sev_inject_secret(
+        &mut self,
+        _measured: &LaunchMeasured,
+        header: &SecretHeader,
+        secret: &[u8],
+        gpa: Option<u64>,
+    ) -> Result<(), VmError> {
+        let (base, size) = self.firmware_secret_area.ok_or(VmError::NoSecretArea)?;
+        let gpa = gpa.unwrap_or(base);
+        let fits = gpa >= base
+            && (gpa - base)
+                .checked_add(secret.len() as u64)
+                .is_some_and(|end| end <= size);
+        if !fits {
+            return Err(VmError::SecretOutsideArea {
+                gpa,
+                len: secret.len(),
+                base,
+                size,
+            });
+        }
+        let view = LaunchView::new(&self.ram, &self.rom);
+        let sev = self.sev.as_ref().ok_or(VmError::NotSev)?;
+        sev.config
+            .backend
+            .launch_secret(sev.vm_ref, &view, header, secret, gpa)?;
+        Ok(())
+    }
+
+    /// LAUNCH_FINISH: after this the guest may run and nothing more is measured.
+    pub fn sev_launch_finish(&mut self, _measured: LaunchMeasured) -> Result<(), VmError> {
+        let sev = sev_mut(self)?;
+        sev.config.backend.launch_finish(sev.vm_ref)?;
+        sev.phase = LaunchPhase::Finished;
+        Ok(())
+    }
+
+    /// The platform's view of this guest (`query-sev`), if it is an SEV guest.
+    pub fn sev_status(&self) -> Option<Result<GuestStatus, SevError>> {
+        let sev = self.sev.as_ref()?;
+        Some(sev.config.backend.guest_status(sev.vm_ref))
+    }
+
+    /// The launch measurement, once taken.
+    pub fn sev_measurement(&self) -> Option<LaunchMeasurement> {
+        self.sev.as_ref()?.measurement
+    }
+
+    /// Where the launch stands, for an SEV guest.
+    pub fn sev_phase(&self) -> Option<LaunchPhase> {
+        self.sev.as_ref().map(|s| s.phase)
+    }
+
+    /// The guest's policy, for an SEV guest.
+    pub fn sev_policy(&self) -> Option<Policy> {
+        self.sev.as_ref().map(|s| s.config.policy)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::{Encrypted, GuestRam, PageStates};
+
+    fn view() -> (HostView, Arc<PageStates>) {
+        let ram = Arc::new(GuestRam::new(64 << 20).unwrap());
+        let states = Arc::new(PageStates::new(ram.pages(), Visibility::Private));
+        let view = HostView::encrypted(
+            ram,
+            Encrypted {
+                states: states.clone(),
+                cipher: None,
+            },
+        );
+        (view, states)
+    }
+
+    #[test]
+    fn map_gpa_range_converts_pages_both_ways() {
+        let (view, states) = view();
+        assert_eq!(map_gpa_range(&view, [0x15_8000, 2, 0]), 0);
+        assert_eq!(states.get(0x158), Visibility::Shared);
+        assert_eq!(states.get(0x159), Visibility::Shared);
+        assert_eq!(states.get(0x15a), Visibility::Private);
+        assert_eq!(
+            map_gpa_range(&view, [0x15_8000, 1, hcall::MAP_GPA_RANGE_ENCRYPTED]),
+            0
+        );
+        assert_eq!(states.get(0x158), Visibility::Private);
+        // One 2 MiB page.
+        assert_eq!(map_gpa_range(&view, [0x20_0000, 1, 1]), 0);
+        assert_eq!(states.shared_count(), 1 + 512);
+    }
+
+    #[test]
+    fn map_gpa_range_rejects_bad_requests_without_changing_anything() {
+        let (view, states) = view();
+        for args in [
+            [0x1001, 1, 0],              // unaligned
+            [0x1000, 1, 3],              // bad page size
+            [0x1000, 1, 1 << 5],         // unknown attribute
+            [64 << 20, 1, 0],            // past RAM
+            [0x1000, u64::MAX, 0],       // overflow
+            [0xfe00_0000, 1, 0],         // MMIO hole
+            [(64 << 20) - 0x1000, 2, 0], // runs past the end
+        ] {
+            assert_eq!(map_gpa_range(&view, args), HC_EINVAL, "{args:x?}");
+        }
+        assert_eq!(states.shared_count(), 0);
+    }
+
+    #[test]
+    fn cpuid_advertises_sev_only_to_sev_guests() {
+        let mut cpuid = kvm_bindings::CpuId::from_entries(&[
+            kvm_cpuid_entry2 {
+                function: 0x8000_0000,
+                eax: 0x8000_0008,
+                ..Default::default()
+            },
+            kvm_cpuid_entry2 {
+                function: 0x4000_0001,
+                eax: KVM_FEATURE_HC_MAP_GPA_RANGE | 1,
+                ..Default::default()
+            },
+        ])
+        .unwrap();
+        let mut plain = cpuid.clone();
+        patch_cpuid(&mut plain, None).unwrap();
+        assert!(plain.as_slice().iter().all(|e| e.function != 0x8000_001f));
+        assert_eq!(
+            plain.as_slice()[1].eax,
+            1,
+            "MAP_GPA_RANGE hidden: VMMCALL hangs here"
+        );
+
+        patch_cpuid(&mut cpuid, Some(HypercallTransport::ServicesPage)).unwrap();
+        let e = cpuid.as_slice();
+        assert_eq!(e[0].eax, 0x8000_001f);
+        let sev = e.iter().find(|e| e.function == 0x8000_001f).unwrap();
+        assert_eq!(sev.eax & 2, 2);
+        assert_eq!(sev.ebx & 0x3f, 0, "no C-bit on the emulated platform");
+    }
+}
