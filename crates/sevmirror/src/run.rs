@@ -77,7 +77,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<i32> {
             sev: None,
         },
     )?;
-    signals::forward_termination(vm.event_sender());
+    signals::forward_termination(vm.event_sink());
     vm.start()?;
     let outcome = vm.wait();
     vm.stop();

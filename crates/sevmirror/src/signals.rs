@@ -3,8 +3,7 @@
 //! vCPU thread starts keeps signal handling out of the vCPU threads (which use their own
 //! real-time signal for kicks).
 
-use std::sync::mpsc::Sender;
-use vmm::vcpu::VmEvent;
+use vmm::vcpu::{EventSink, VmEvent};
 
 fn termination_set() -> libc::sigset_t {
     // SAFETY: sigemptyset/sigaddset initialise the set they are given.
@@ -27,17 +26,15 @@ pub fn block_termination() {
 }
 
 /// Starts the thread that turns SIGINT/SIGTERM into [`VmEvent::Signal`].
-pub fn forward_termination(events: Sender<VmEvent>) {
+pub fn forward_termination(events: EventSink) {
     let spawned = std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || loop {
             let set = termination_set();
             let mut sig = 0;
             // SAFETY: `set` and `sig` are valid; the signals are blocked in all threads.
-            if unsafe { libc::sigwait(&set, &mut sig) } == 0
-                && events.send(VmEvent::Signal(sig)).is_err()
-            {
-                return;
+            if unsafe { libc::sigwait(&set, &mut sig) } == 0 {
+                events(VmEvent::Signal(sig));
             }
         });
     if let Err(e) = spawned {

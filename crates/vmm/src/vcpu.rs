@@ -114,6 +114,9 @@ pub enum VmEvent {
     Signal(i32),
 }
 
+/// Where a VM's events go: a channel, or the owner's own dispatcher.
+pub type EventSink = Arc<dyn Fn(VmEvent) + Send + Sync>;
+
 /// Orders for a vCPU thread.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum VcpuCommand {
@@ -147,7 +150,9 @@ pub struct VcpuContext {
     /// Base of the guest-services page.
     pub services_gpa: u64,
     /// Where events go.
-    pub events: Sender<VmEvent>,
+    pub events: EventSink,
+    /// Where pause acknowledgements go.
+    pub acks: Sender<u32>,
     /// When the VM started (for milestones).
     pub started: Instant,
     /// The host's view of guest RAM (page conversions are recorded in it).
@@ -304,7 +309,7 @@ impl VcpuThread {
                 }
                 Flow::End(event) => {
                     let event = self.with_diagnostics(event);
-                    let _ = self.ctx.events.send(event);
+                    (self.ctx.events)(event);
                     return;
                 }
             }
@@ -329,7 +334,8 @@ impl VcpuThread {
             match cmd {
                 VcpuCommand::Stop => return false,
                 VcpuCommand::Pause => {
-                    let _ = self.ctx.events.send(VmEvent::Paused {
+                    let _ = self.ctx.acks.send(self.vcpu.id());
+                    (self.ctx.events)(VmEvent::Paused {
                         vcpu: self.vcpu.id(),
                     });
                     block = true;
@@ -493,7 +499,7 @@ impl VcpuThread {
             ServicesRequest::Exit(status) => Flow::End(VmEvent::GuestExit { vcpu: id, status }),
             ServicesRequest::Fault(report) => Flow::End(VmEvent::Fault { vcpu: id, report }),
             ServicesRequest::Event(event) => {
-                let _ = ctx.events.send(VmEvent::Milestone {
+                (ctx.events)(VmEvent::Milestone {
                     vcpu: id,
                     event,
                     at: ctx.started.elapsed(),

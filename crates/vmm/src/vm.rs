@@ -7,7 +7,7 @@ use crate::{
     kvm::{KvmError, KvmSystem, KvmVcpu, KvmVm, Slot},
     memory::{Encrypted, GuestRam, HostView, MemoryError, PageStates, Rom, Visibility},
     sev::{self, LaunchPhase, SevConfig, SevGuest},
-    vcpu::{ExitStats, VcpuCommand, VcpuContext, VcpuError, VcpuHandle, VmEvent},
+    vcpu::{EventSink, ExitStats, VcpuCommand, VcpuContext, VcpuError, VcpuHandle, VmEvent},
 };
 use guest_abi::{fwcfg as fwcfg_abi, layout, services::Event};
 use sev_platform::SevError;
@@ -135,8 +135,10 @@ pub struct Vm {
     pub(crate) firmware_secret_area: Option<(u64, u64)>,
     console: ConsoleOut,
     services_gpa: u64,
-    events_tx: Sender<VmEvent>,
-    events_rx: Receiver<VmEvent>,
+    events: EventSink,
+    inbox: Option<Receiver<VmEvent>>,
+    acks_tx: Sender<u32>,
+    acks_rx: Receiver<u32>,
     milestones: Vec<Milestone>,
     stats: Vec<ExitStats>,
 }
@@ -212,6 +214,7 @@ impl Vm {
             .as_ref()
             .map(|_| Arc::new(PageStates::new(ram.pages(), Visibility::Private)));
         let (events_tx, events_rx) = mpsc::channel();
+        let (acks_tx, acks_rx) = mpsc::channel();
         Ok(Vm {
             handles: Vec::new(),
             pending: vcpus,
@@ -224,8 +227,12 @@ impl Vm {
             firmware_secret_area: config.firmware.secret_area(),
             console: config.console,
             services_gpa: config.firmware.services_gpa(),
-            events_tx,
-            events_rx,
+            events: Arc::new(move |e| {
+                let _ = events_tx.send(e);
+            }),
+            inbox: Some(events_rx),
+            acks_tx,
+            acks_rx,
             milestones: Vec::new(),
             stats: Vec::new(),
         })
@@ -250,9 +257,17 @@ impl Vm {
         self.kvm_vm.raw_fd()
     }
 
-    /// A sender other parts of the process can report events with (e.g. signals).
-    pub fn event_sender(&self) -> Sender<VmEvent> {
-        self.events_tx.clone()
+    /// Where the VM's events go: `wait` sees them unless the owner routes them itself
+    /// with [`Vm::route_events`].
+    pub fn event_sink(&self) -> EventSink {
+        self.events.clone()
+    }
+
+    /// Sends the VM's events (vCPU outcomes, milestones) to `sink` instead of `wait`.
+    /// Call before `start`.
+    pub fn route_events(&mut self, sink: EventSink) {
+        self.events = sink;
+        self.inbox = None;
     }
 
     /// Starts one thread per vCPU.
@@ -273,7 +288,8 @@ impl Vm {
                 bus: bus.clone(),
                 console: self.console.clone(),
                 services_gpa: self.services_gpa,
-                events: self.events_tx.clone(),
+                events: self.events.clone(),
+                acks: self.acks_tx.clone(),
                 started,
                 view: view.clone(),
                 sev_status,
@@ -288,8 +304,8 @@ impl Vm {
     /// milestones on the way.
     pub fn wait(&mut self) -> VmOutcome {
         loop {
-            let Ok(event) = self.events_rx.recv() else {
-                // Unreachable while `self` holds a sender; treat as a failure regardless.
+            let Some(Ok(event)) = self.inbox.as_ref().map(Receiver::recv) else {
+                // Events are routed elsewhere (or the channel is gone): nothing to wait for.
                 return VmOutcome::Signal(0);
             };
             match event {
@@ -304,6 +320,37 @@ impl Vm {
                 VmEvent::Paused { .. } => {}
             }
         }
+    }
+
+    /// Stops running guest code on every vCPU and waits until each has acknowledged
+    /// (at most `timeout`). Returns whether all did.
+    pub fn pause(&mut self, timeout: Duration) -> bool {
+        while self.acks_rx.try_recv().is_ok() {}
+        for h in &self.handles {
+            h.command(VcpuCommand::Pause);
+        }
+        let deadline = Instant::now() + timeout;
+        let mut acked = 0;
+        while acked < self.handles.len() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.acks_rx.recv_timeout(left) {
+                Ok(_) => acked += 1,
+                Err(_) => return false,
+            }
+        }
+        true
+    }
+
+    /// Lets paused vCPUs run again.
+    pub fn resume(&mut self) {
+        for h in &self.handles {
+            h.command(VcpuCommand::Resume);
+        }
+    }
+
+    /// Whether the vCPU threads have been started.
+    pub fn started(&self) -> bool {
+        self.fw_cfg.is_none()
     }
 
     /// Stops every vCPU thread and collects their exit counts.

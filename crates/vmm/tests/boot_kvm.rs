@@ -183,3 +183,35 @@ fn kvm_too_little_ram_is_refused_before_boot() {
     .unwrap();
     assert!(err.to_string().contains("at least 64 MiB"), "{err}");
 }
+
+#[test]
+fn kvm_pause_and_resume_mid_selftest_keeps_memory_intact() {
+    let Some(kvm) = kvm() else { return };
+    let (mut vm, out) = vm(&kvm, firmware_image::IMAGE.to_vec(), 512, 2, "selftest");
+    vm.start().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !text(&out).contains("firmware:") {
+        assert!(
+            Instant::now() < deadline,
+            "guest never printed:\n{}",
+            text(&out)
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(
+        vm.pause(Duration::from_secs(2)),
+        "vCPUs did not acknowledge the pause"
+    );
+    let before = text(&out);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(text(&out), before, "a paused guest kept printing");
+    vm.resume();
+    let outcome = vm.wait();
+    assert!(
+        matches!(outcome, VmOutcome::GuestExit(0)),
+        "{outcome:?}\n{}",
+        text(&out)
+    );
+    assert!(text(&out).contains("selftest: PASS"));
+}
