@@ -1,0 +1,270 @@
+//! The mirror-helper descriptor: the firmware's GUID-table entry (GUID
+//! `316739c7-2233-4c79-8605-f42df59c6913`) that tells the VMM where the measured helper
+//! entry point is and where each helper vCPU's mailbox lives.
+
+use crate::{le32, le64, put32, put64};
+
+/// The descriptor, version 1 (72 bytes, little-endian).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HelperDescriptor {
+    /// Most helper vCPUs the firmware has mailboxes and stacks for.
+    pub max_vcpus: u16,
+    /// Record windows per helper vCPU.
+    pub windows_per_vcpu: u16,
+    /// GPA of the 32-bit protected-mode entry point (in the measured image); ESI holds
+    /// the helper vCPU index at entry.
+    pub entry32: u32,
+    /// Most records per request.
+    pub max_batch: u32,
+    /// GPA of the anchor page the entry point reads.
+    pub anchor_gpa: u64,
+    /// First byte of the helper region (reserved in every memory map).
+    pub region_base: u64,
+    /// Size of the region's fixed part; a per-page version table follows it, sized by
+    /// guest RAM (INFO reports the whole region).
+    pub region_static_size: u64,
+    /// GPA of helper vCPU 0's control page.
+    pub mailbox_gpa: u64,
+    /// Bytes from one helper vCPU's mailbox to the next.
+    pub mailbox_stride: u64,
+    /// Bytes per record window (a window follows the control page).
+    pub window_size: u64,
+    /// GPA the helper writes to ring the doorbell (an MMIO page with no memslot).
+    pub doorbell_gpa: u64,
+}
+
+/// Why a descriptor was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DescriptorError {
+    /// Not exactly [`HelperDescriptor::SIZE`] bytes.
+    Length(usize),
+    /// A version this code does not know.
+    Version(u16),
+    /// A field is out of range or the layout overlaps itself.
+    Layout(&'static str),
+}
+
+impl core::fmt::Display for DescriptorError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            DescriptorError::Length(n) => {
+                write!(
+                    f,
+                    "helper descriptor is {n} bytes, expected {}",
+                    HelperDescriptor::SIZE
+                )
+            }
+            DescriptorError::Version(v) => {
+                write!(
+                    f,
+                    "helper descriptor version {v} is not supported (this VMM knows version 1)"
+                )
+            }
+            DescriptorError::Layout(why) => write!(f, "helper descriptor is inconsistent: {why}"),
+        }
+    }
+}
+
+impl HelperDescriptor {
+    /// Encoded size.
+    pub const SIZE: usize = 72;
+    /// The version this code writes and reads.
+    pub const VERSION: u16 = 1;
+
+    /// Encodes the descriptor.
+    pub fn encode(&self) -> [u8; Self::SIZE] {
+        let mut b = [0u8; Self::SIZE];
+        b[0..2].copy_from_slice(&Self::VERSION.to_le_bytes());
+        b[2..4].copy_from_slice(&(Self::SIZE as u16).to_le_bytes());
+        b[4..6].copy_from_slice(&self.max_vcpus.to_le_bytes());
+        b[6..8].copy_from_slice(&self.windows_per_vcpu.to_le_bytes());
+        put32(&mut b, 8, self.entry32);
+        put32(&mut b, 12, self.max_batch);
+        put64(&mut b, 16, self.anchor_gpa);
+        put64(&mut b, 24, self.region_base);
+        put64(&mut b, 32, self.region_static_size);
+        put64(&mut b, 40, self.mailbox_gpa);
+        put64(&mut b, 48, self.mailbox_stride);
+        put64(&mut b, 56, self.window_size);
+        put64(&mut b, 64, self.doorbell_gpa);
+        b
+    }
+
+    /// Decodes and checks a descriptor from untrusted bytes.
+    pub fn decode(b: &[u8]) -> Result<HelperDescriptor, DescriptorError> {
+        if b.len() < 4 {
+            return Err(DescriptorError::Length(b.len()));
+        }
+        let version = u16::from_le_bytes([b[0], b[1]]);
+        if version != Self::VERSION {
+            return Err(DescriptorError::Version(version));
+        }
+        if b.len() != Self::SIZE || usize::from(u16::from_le_bytes([b[2], b[3]])) != Self::SIZE {
+            return Err(DescriptorError::Length(b.len()));
+        }
+        let d = HelperDescriptor {
+            max_vcpus: u16::from_le_bytes([b[4], b[5]]),
+            windows_per_vcpu: u16::from_le_bytes([b[6], b[7]]),
+            entry32: le32(b, 8),
+            max_batch: le32(b, 12),
+            anchor_gpa: le64(b, 16),
+            region_base: le64(b, 24),
+            region_static_size: le64(b, 32),
+            mailbox_gpa: le64(b, 40),
+            mailbox_stride: le64(b, 48),
+            window_size: le64(b, 56),
+            doorbell_gpa: le64(b, 64),
+        };
+        d.check()?;
+        Ok(d)
+    }
+
+    fn check(&self) -> Result<(), DescriptorError> {
+        let page = crate::PAGE_SIZE as u64;
+        let err = |why| Err(DescriptorError::Layout(why));
+        if self.max_vcpus == 0 || usize::from(self.max_vcpus) > crate::MAX_HELPER_VCPUS {
+            return err("max_vcpus out of range");
+        }
+        if self.windows_per_vcpu == 0
+            || usize::from(self.windows_per_vcpu) > crate::WINDOWS_PER_VCPU
+        {
+            return err("windows_per_vcpu out of range");
+        }
+        if self.max_batch == 0 || self.max_batch as usize > crate::MAX_BATCH {
+            return err("max_batch out of range");
+        }
+        let aligned = [
+            self.anchor_gpa,
+            self.region_base,
+            self.region_static_size,
+            self.mailbox_gpa,
+            self.mailbox_stride,
+            self.window_size,
+        ];
+        if aligned.iter().any(|v| v % page != 0) {
+            return err("an address or size is not page-aligned");
+        }
+        if self.window_size < u64::from(self.max_batch) * crate::record::PAGE_RECORD_SIZE as u64 {
+            return err("a window cannot hold max_batch page records");
+        }
+        let per_vcpu = page + u64::from(self.windows_per_vcpu) * self.window_size;
+        if self.mailbox_stride < per_vcpu {
+            return err("mailboxes overlap");
+        }
+        let Some(region_end) = self.region_base.checked_add(self.region_static_size) else {
+            return err("region overflows");
+        };
+        let mailboxes_end = u64::from(self.max_vcpus)
+            .checked_mul(self.mailbox_stride)
+            .and_then(|n| n.checked_add(self.mailbox_gpa));
+        let inside = |a: u64| a >= self.region_base && a < region_end;
+        if !inside(self.anchor_gpa)
+            || !inside(self.mailbox_gpa)
+            || mailboxes_end.is_none_or(|e| e > region_end)
+        {
+            return err("anchor or mailboxes lie outside the helper region");
+        }
+        Ok(())
+    }
+
+    /// GPA of helper vCPU `vcpu`'s control page.
+    pub fn control_gpa(&self, vcpu: u16) -> u64 {
+        self.mailbox_gpa + u64::from(vcpu) * self.mailbox_stride
+    }
+
+    /// GPA of window `window` of helper vCPU `vcpu`.
+    pub fn window_gpa(&self, vcpu: u16, window: u16) -> u64 {
+        self.control_gpa(vcpu) + crate::PAGE_SIZE as u64 + u64::from(window) * self.window_size
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> HelperDescriptor {
+        HelperDescriptor {
+            max_vcpus: 2,
+            windows_per_vcpu: 2,
+            entry32: 0xfff0_1000,
+            max_batch: 256,
+            anchor_gpa: 0x100_0000,
+            region_base: 0x100_0000,
+            region_static_size: 0x80_0000,
+            mailbox_gpa: 0x101_0000,
+            mailbox_stride: 0x21_0000,
+            window_size: 0x10_3000,
+            doorbell_gpa: 0xfe00_0080,
+        }
+    }
+
+    #[test]
+    fn round_trips_and_locates_windows() {
+        let d = sample();
+        assert_eq!(HelperDescriptor::decode(&d.encode()), Ok(d));
+        assert_eq!(
+            d.window_gpa(1, 1),
+            0x101_0000 + 0x21_0000 + 0x1000 + 0x10_3000
+        );
+    }
+
+    #[test]
+    fn rejects_bad_versions_sizes_and_layouts() {
+        let mut b = sample().encode();
+        assert_eq!(
+            HelperDescriptor::decode(&b[..70]),
+            Err(DescriptorError::Length(70))
+        );
+        b[0] = 2;
+        assert_eq!(
+            HelperDescriptor::decode(&b),
+            Err(DescriptorError::Version(2))
+        );
+        for bad in [
+            HelperDescriptor {
+                max_vcpus: 0,
+                ..sample()
+            },
+            HelperDescriptor {
+                max_vcpus: 9,
+                ..sample()
+            },
+            HelperDescriptor {
+                window_size: 0x1000,
+                ..sample()
+            },
+            HelperDescriptor {
+                mailbox_stride: 0x1000,
+                ..sample()
+            },
+            HelperDescriptor {
+                anchor_gpa: 0x200_0000,
+                ..sample()
+            },
+            HelperDescriptor {
+                region_static_size: 0x20_0000,
+                ..sample()
+            },
+            HelperDescriptor {
+                mailbox_gpa: 0x101_0800,
+                ..sample()
+            },
+            HelperDescriptor {
+                region_base: !0xfff,
+                ..sample()
+            },
+        ] {
+            assert!(
+                matches!(
+                    HelperDescriptor::decode(&bad.encode()),
+                    Err(DescriptorError::Layout(_))
+                ),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            HelperDescriptor::decode(&[]),
+            Err(DescriptorError::Length(0))
+        );
+    }
+}

@@ -1,0 +1,213 @@
+//! Keys, sealing and opening of records, and the manifest hash.
+//!
+//! - Key: HKDF-SHA256 (RFC 5869) with the 32-byte migration secret as input key material,
+//!   the session id and the source helper's random nonce as salt, and a fixed label as
+//!   info. The nonce makes every session's key fresh even if a host replays a session id,
+//!   so sequence numbers (GCM nonces) never repeat under one key.
+//! - Records: AES-256-GCM; nonce = lane ‖ sequence number; AAD = label ‖ session id ‖
+//!   record header, binding GPA, round, version, lane and sequence to the payload.
+//! - Manifest: SHA-256 over a label and (GPA u64 LE ‖ version u32 LE) of every private
+//!   page in increasing GPA order.
+
+use aes_gcm::{
+    aead::{AeadInPlace, KeyInit},
+    Aes256Gcm, Nonce, Tag,
+};
+use helper_abi::{record::RecordHeader, MIGRATION_SECRET_LEN};
+use sha2::{Digest, Sha256};
+
+/// HKDF info for the record key.
+const KEY_INFO: &[u8] = b"sevmirror migration v1: record key (AES-256-GCM)";
+/// AAD prefix of every record.
+const AAD_LABEL: &[u8; 20] = b"sevmirror-record-v1\0";
+/// Prefix of the manifest hash.
+const MANIFEST_LABEL: &[u8] = b"sevmirror-manifest-v1";
+
+/// A record did not authenticate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AuthFailed;
+
+/// The session's record key, ready to seal or open.
+#[derive(Clone)]
+pub struct RecordKey {
+    cipher: Aes256Gcm,
+    session_id: [u8; 16],
+}
+
+impl core::fmt::Debug for RecordKey {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("RecordKey")
+            .field("key", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Derives the 32-byte record key.
+pub fn derive_key(
+    secret: &[u8; MIGRATION_SECRET_LEN],
+    session_id: &[u8; 16],
+    source_nonce: &[u8; 16],
+) -> [u8; 32] {
+    let mut salt = [0u8; 32];
+    salt[..16].copy_from_slice(session_id);
+    salt[16..].copy_from_slice(source_nonce);
+    let hk = hkdf::Hkdf::<Sha256>::new(Some(&salt), secret);
+    let mut key = [0u8; 32];
+    // 32 bytes is far below HKDF-SHA256's 8160-byte limit.
+    let _ = hk.expand(KEY_INFO, &mut key);
+    key
+}
+
+impl RecordKey {
+    /// A key for `session_id` from the derived key bytes.
+    pub fn new(key: &[u8; 32], session_id: [u8; 16]) -> Self {
+        RecordKey {
+            cipher: Aes256Gcm::new(key.into()),
+            session_id,
+        }
+    }
+
+    fn aad(&self, header: &RecordHeader) -> [u8; 20 + 16 + helper_abi::record::HEADER_SIZE] {
+        let mut aad = [0u8; 20 + 16 + helper_abi::record::HEADER_SIZE];
+        aad[..20].copy_from_slice(AAD_LABEL);
+        aad[20..36].copy_from_slice(&self.session_id);
+        aad[36..].copy_from_slice(&header.encode());
+        aad
+    }
+
+    /// Encrypts `payload` in place and returns the tag.
+    pub fn seal(&self, header: &RecordHeader, payload: &mut [u8]) -> [u8; 16] {
+        let nonce = header.nonce();
+        // Encryption only fails for payloads beyond GCM's limit (64 GiB); ours are <= 4 KiB.
+        match self.cipher.encrypt_in_place_detached(
+            Nonce::from_slice(&nonce),
+            &self.aad(header),
+            payload,
+        ) {
+            Ok(tag) => tag.into(),
+            Err(_) => [0; 16],
+        }
+    }
+
+    /// Verifies the tag and decrypts `payload` in place. On failure `payload` is
+    /// unspecified and must not be used.
+    pub fn open(
+        &self,
+        header: &RecordHeader,
+        payload: &mut [u8],
+        tag: &[u8; 16],
+    ) -> Result<(), AuthFailed> {
+        let nonce = header.nonce();
+        self.cipher
+            .decrypt_in_place_detached(
+                Nonce::from_slice(&nonce),
+                &self.aad(header),
+                payload,
+                Tag::from_slice(tag),
+            )
+            .map_err(|_| AuthFailed)
+    }
+}
+
+/// Incremental manifest hash over (GPA, version) pairs in increasing GPA order.
+pub struct ManifestHash {
+    hasher: Sha256,
+    pages: u64,
+}
+
+impl Default for ManifestHash {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ManifestHash {
+    /// An empty manifest.
+    pub fn new() -> Self {
+        let mut hasher = Sha256::new();
+        hasher.update(MANIFEST_LABEL);
+        ManifestHash { hasher, pages: 0 }
+    }
+
+    /// Adds one page.
+    pub fn add(&mut self, gpa: u64, version: u32) {
+        let mut b = [0u8; 12];
+        b[..8].copy_from_slice(&gpa.to_le_bytes());
+        b[8..].copy_from_slice(&version.to_le_bytes());
+        self.hasher.update(b);
+        self.pages += 1;
+    }
+
+    /// Pages added and the hash.
+    pub fn finish(self) -> (u64, [u8; 32]) {
+        (self.pages, self.hasher.finalize().into())
+    }
+}
+
+/// Zeroes key material in a way the compiler keeps.
+pub fn wipe(bytes: &mut [u8]) {
+    for b in bytes.iter_mut() {
+        // SAFETY: `b` is a valid, exclusive reference to one byte.
+        unsafe { core::ptr::write_volatile(b, 0) };
+    }
+    core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use helper_abi::record::Kind;
+
+    fn header(seq: u64) -> RecordHeader {
+        RecordHeader {
+            kind: Kind::PAGE,
+            lane: 0,
+            flags: 0,
+            round: 1,
+            gpa: 0x5000,
+            version: 1,
+            len: 4096,
+            seq,
+        }
+    }
+
+    #[test]
+    fn keys_depend_on_secret_session_and_nonce() {
+        let k = derive_key(&[1; 32], &[2; 16], &[3; 16]);
+        assert_ne!(k, derive_key(&[9; 32], &[2; 16], &[3; 16]));
+        assert_ne!(k, derive_key(&[1; 32], &[9; 16], &[3; 16]));
+        assert_ne!(k, derive_key(&[1; 32], &[2; 16], &[9; 16]));
+        assert_eq!(k, derive_key(&[1; 32], &[2; 16], &[3; 16]));
+    }
+
+    #[test]
+    fn sealed_pages_open_only_with_the_same_key_session_and_header() {
+        let key = RecordKey::new(&derive_key(&[1; 32], &[2; 16], &[3; 16]), [2; 16]);
+        let mut page = [0x42u8; 4096];
+        let tag = key.seal(&header(1), &mut page);
+        assert_ne!(page, [0x42; 4096], "sealed payload is ciphertext");
+        let mut copy = page;
+        key.open(&header(1), &mut copy, &tag).unwrap();
+        assert_eq!(copy, [0x42; 4096]);
+        // A different header (here: sequence number) or session fails.
+        let mut copy = page;
+        assert_eq!(key.open(&header(2), &mut copy, &tag), Err(AuthFailed));
+        let other = RecordKey::new(&derive_key(&[1; 32], &[2; 16], &[3; 16]), [7; 16]);
+        let mut copy = page;
+        assert_eq!(other.open(&header(1), &mut copy, &tag), Err(AuthFailed));
+        let mut copy = page;
+        copy[100] ^= 1;
+        assert_eq!(key.open(&header(1), &mut copy, &tag), Err(AuthFailed));
+    }
+
+    #[test]
+    fn manifests_differ_when_any_version_differs() {
+        let mut a = ManifestHash::new();
+        let mut b = ManifestHash::new();
+        for (gpa, v) in [(0x1000, 1), (0x2000, 3)] {
+            a.add(gpa, v);
+            b.add(gpa, if gpa == 0x2000 { 2 } else { v });
+        }
+        assert_ne!(a.finish(), b.finish());
+    }
+}
