@@ -1,10 +1,14 @@
 //! CPL0: the assembly that boots each CPU and serves CPL3's rare requests (boot.s).
 
 use guest_abi::{layout, layout::selector, services, svc};
+use helper_abi::region;
 
 const _: () = assert!(layout::KSTACK_SIZE == 1 << 13);
 const _: () = assert!(layout::USTACK_SIZE == 1 << 16);
 const _: () = assert!(layout::TSS_STRIDE == 1 << 7);
+const _: () = assert!(
+    region::KSTACK_SIZE == layout::KSTACK_SIZE && region::USTACK_SIZE == layout::USTACK_SIZE
+);
 
 core::arch::global_asm!(
     include_str!("boot.s"),
@@ -41,6 +45,16 @@ core::arch::global_asm!(
     SVC_RDMSR = const svc::RDMSR,
     SVC_HALT = const svc::HALT,
     SVC_VMMCALL = const svc::VMMCALL,
+    HELPER_ANCHOR = const layout::HELPER_REGION_BASE + region::ANCHOR,
+    ANCHOR_MAGIC_LO = const region::anchor::MAGIC & 0xffff_ffff,
+    ANCHOR_MAGIC_HI = const region::anchor::MAGIC >> 32,
+    ANCHOR_CR3 = const region::anchor::CR3,
+    ANCHOR_GDTR = const region::anchor::GDTR,
+    ANCHOR_IDTR = const region::anchor::IDTR,
+    ANCHOR_VCPUS = const region::anchor::VCPUS,
+    ANCHOR_KSTACKS = const region::anchor::KSTACKS,
+    ANCHOR_USTACKS = const region::anchor::USTACKS,
+    ANCHOR_CONTEXT = const region::anchor::CONTEXT,
 );
 
 extern "C" {

@@ -128,6 +128,46 @@ sevm_enter_long_mode:
     .long sevm_entry64
     .word {SEL_KCODE64}
 
+// The migration helper's measured entry point. A mirror vCPU starts here in 32-bit flat
+// protected mode, paging off (what a VMM can set up without the guest's secrets), with
+// ESI = helper vCPU index. Everything else comes from the anchor page that helper_init
+// wrote into the helper region at boot.
+.global sevm_helper_entry32
+sevm_helper_entry32:
+    cli
+    mov edi, esi
+    lgdt [sevm_ap16_gdtr]
+    mov ax, {SEL_KDATA}
+    mov ds, ax
+    mov es, ax
+    mov ss, ax
+    mov fs, ax
+    mov gs, ax
+    mov ebx, {HELPER_ANCHOR}
+    cmp dword ptr [ebx], {ANCHOR_MAGIC_LO}
+    jne 9f
+    cmp dword ptr [ebx + 4], {ANCHOR_MAGIC_HI}
+    jne 9f
+    mov eax, cr4
+    or eax, 0x620
+    mov cr4, eax
+    mov eax, [ebx + {ANCHOR_CR3}]
+    mov cr3, eax
+    mov ecx, 0xc0000080
+    rdmsr
+    or eax, 0x100
+    wrmsr
+    mov eax, cr0
+    and eax, 0xfffffffb
+    or eax, 0x80010033
+    mov cr0, eax
+    .byte 0xea
+    .long sevm_helper_entry64
+    .word {SEL_KCODE64}
+9:  cli
+    hlt
+    jmp 9b
+
 // ---------------------------------------------------------------------------------------
 // 64-bit CPL0: per-CPU set-up, then IRETQ to the Rust entry at CPL3.
 // ---------------------------------------------------------------------------------------
@@ -221,6 +261,50 @@ sevm_park:
     cli
     hlt
     jmp sevm_park
+
+// The helper's 64-bit set-up: its own stacks, GDT, TSS and IDT from the anchor, then
+// IRETQ to sevm_helper_rust_entry(index, context) at CPL3.
+sevm_helper_entry64:
+    mov ax, {SEL_KDATA}
+    mov ds, ax
+    mov es, ax
+    mov ss, ax
+    xor eax, eax
+    mov fs, ax
+    mov gs, ax
+    mov ebx, {HELPER_ANCHOR}
+    mov r15d, edi
+    cmp r15, [rbx + {ANCHOR_VCPUS}]
+    jae sevm_park
+    mov rax, r15
+    shl rax, {KSTACK_SHIFT}
+    add rax, [rbx + {ANCHOR_KSTACKS}]
+    lea rsp, [rax + {KSTACK_SIZE}]
+    lgdt [rbx + {ANCHOR_GDTR}]
+    // Mark this vCPU's TSS available again: a later mirror may enter with the same index.
+    mov rax, [rbx + {ANCHOR_GDTR} + 2]
+    mov rcx, r15
+    shl rcx, 4
+    add rax, rcx
+    mov byte ptr [rax + {SEL_TSS0} + 5], 0x89
+    mov eax, r15d
+    shl eax, 4
+    add eax, {SEL_TSS0}
+    ltr ax
+    lidt [rbx + {ANCHOR_IDTR}]
+    mov rax, r15
+    shl rax, {USTACK_SHIFT}
+    add rax, [rbx + {ANCHOR_USTACKS}]
+    add rax, {USTACK_SIZE} - 8
+    push {SEL_UDATA}
+    push rax
+    push 2
+    push {SEL_UCODE64}
+    lea rax, [rip + sevm_helper_rust_entry]
+    push rax
+    mov rdi, r15
+    mov rsi, [rbx + {ANCHOR_CONTEXT}]
+    iretq
 
 // Exception stubs, 16 bytes apart: push a zero error code where the CPU pushes none,
 // push the vector, join the common path.

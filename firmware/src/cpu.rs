@@ -96,6 +96,7 @@ pub fn missing_features() -> impl Iterator<Item = &'static str> {
         (19, "sse4.1"),
         (20, "sse4.2"),
         (23, "popcnt"),
+        (30, "rdrand"),
     ]
     .into_iter()
     .filter(move |&(bit, _)| ecx & (1 << bit) == 0)

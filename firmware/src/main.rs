@@ -21,6 +21,7 @@ mod console;
 mod cpu;
 mod fwcfg;
 mod globals;
+mod helper;
 mod paging;
 mod services;
 mod sev;
@@ -53,6 +54,9 @@ fn fail(code: u64, what: core::fmt::Arguments<'_>) -> ! {
 
 /// The configuration the VMM passes through fw_cfg.
 struct Config {
+    /// Guest RAM as the host describes it (normalised).
+    ram: MemoryMap,
+    /// RAM with the firmware's reservations carved out.
     map: MemoryMap,
     ncpus: u32,
     tsc_khz: u64,
@@ -92,8 +96,18 @@ fn read_config() -> Config {
             let kind = u32::from_le_bytes(e.get(16..20)?.try_into().ok()?);
             (kind == fwcfg_abi::E820_RAM).then_some((base, len))
         });
-    let map = MemoryMap::build(entries, &firmware_reservations(0))
+    let ram = MemoryMap::build(entries, &[])
         .unwrap_or_else(|e| fail(exit_code::BAD_CONFIG, format_args!("memory map: {e}")));
+    let mut ranges = [(0u64, 0u64); MAX_REGIONS];
+    for (slot, r) in ranges.iter_mut().zip(ram.regions()) {
+        *slot = (r.base, r.size);
+    }
+    let helper_size = helper::region_size(&ranges[..ram.regions().len()]);
+    let map = MemoryMap::build(
+        ram.regions().iter().map(|r| (r.base, r.size)),
+        &firmware_reservations(helper_size),
+    )
+    .unwrap_or_else(|e| fail(exit_code::BAD_CONFIG, format_args!("memory map: {e}")));
 
     let mut n = [0u8; 2];
     let ncpus = match fw.read(fwcfg_abi::KEY_NB_CPUS, &mut n) {
@@ -135,6 +149,7 @@ fn read_config() -> Config {
         }
     };
     Config {
+        ram,
         map,
         ncpus,
         tsc_khz,
@@ -152,6 +167,7 @@ fn bsp_main() -> ! {
         );
     }
     let sev = sev::detect();
+    sev::init_shared_list();
     if sev.is_some() {
         // fw_cfg DMA goes through this page: the host must be able to read it.
         if let Err(e) = sev::map_gpa_range(layout::FWCFG_DMA_PAGE, 1, sev::Visibility::Shared) {
@@ -163,6 +179,24 @@ fn bsp_main() -> ! {
     }
     let config = read_config();
     paging::map_high_ram(config.map.top());
+    let ram: [(u64, u64); MAX_REGIONS] = core::array::from_fn(|i| {
+        config
+            .ram
+            .regions()
+            .get(i)
+            .map_or((0, 0), |r| (r.base, r.size))
+    });
+    match helper::init(
+        &ram[..config.ram.regions().len()],
+        config.ram.top(),
+        sev.is_some(),
+    ) {
+        Ok((base, size)) => println!(
+            "firmware: migration helper ready: region {base:#x}+{size:#x} ({} KiB)",
+            size >> 10
+        ),
+        Err(e) => println!("firmware: migration helper unavailable: {e}"),
+    }
     let mib = |b: u64| b >> 20;
     println!(
         "firmware: {} vCPU(s), {} MiB RAM, {} MiB usable, workload {}",
@@ -172,7 +206,10 @@ fn bsp_main() -> ! {
         config.workload.name(),
     );
     if let Some(s) = sev {
-        println!("firmware: SEV active{}", if s.es { " with SEV-ES" } else { "" });
+        println!(
+            "firmware: SEV active{}",
+            if s.es { " with SEV-ES" } else { "" }
+        );
         sev::report_secrets();
     }
     services::event(Event::CONFIGURED);

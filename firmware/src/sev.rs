@@ -4,6 +4,7 @@
 use crate::{cpu, println, services};
 use core::arch::x86_64::__cpuid;
 use guest_abi::{layout, services::hcall};
+use mirror_helper::shared_list::SharedList;
 use sha2::{Digest, Sha256};
 
 /// SEV_STATUS (AMD APM vol. 2, "Secure Encrypted Virtualization").
@@ -14,7 +15,8 @@ const CPUID_KVM_FEATURES: u32 = 0x4000_0001;
 const KVM_FEATURE_HC_MAP_GPA_RANGE: u32 = 1 << 16;
 /// GUID of the standard SEV launch-secret table (edk2 `SevLaunchSecret.h`, Linux
 /// `drivers/virt/coco/efi_secret`): `1e74f542-71dd-4d66-963e-ef4287ff173b`.
-pub const SECRET_TABLE_GUID: fwtable::Guid = fwtable::Guid::parse("1e74f542-71dd-4d66-963e-ef4287ff173b");
+pub const SECRET_TABLE_GUID: fwtable::Guid =
+    fwtable::Guid::parse("1e74f542-71dd-4d66-963e-ef4287ff173b");
 
 /// How this guest runs under SEV.
 #[derive(Clone, Copy, Debug)]
@@ -46,7 +48,10 @@ fn vmmcall_transport() -> bool {
 
 /// Whether a page is encrypted with the guest's key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[allow(dead_code, reason = "pages only become shared so far; the helper converts back")]
+#[allow(
+    dead_code,
+    reason = "pages only become shared so far; the helper converts back"
+)]
 pub enum Visibility {
     /// Encrypted (private to the guest).
     Private,
@@ -54,9 +59,56 @@ pub enum Visibility {
     Shared,
 }
 
+/// Starts the guest's record of shared pages (empty: everything private). Boot CPU,
+/// before the first conversion.
+pub fn init_shared_list() {
+    let mut page = [0u8; layout::PAGE_SIZE as usize];
+    SharedList::new().encode(&mut page);
+    // SAFETY: the list page is reserved RAM of the SEV area, identity-mapped, and only
+    // the boot CPU touches it until the APs start.
+    unsafe {
+        core::ptr::copy_nonoverlapping(
+            page.as_ptr(),
+            layout::SEV_SHARED_LIST as *mut u8,
+            page.len(),
+        )
+    };
+}
+
+/// The shared list after the conversion, or None if it would not fit.
+fn updated_shared_list(gpa: u64, pages: u64, v: Visibility) -> Option<SharedList> {
+    let mut page = [0u8; layout::PAGE_SIZE as usize];
+    // SAFETY: as in `init_shared_list`; conversions happen on the boot CPU only.
+    unsafe {
+        core::ptr::copy_nonoverlapping(
+            layout::SEV_SHARED_LIST as *const u8,
+            page.as_mut_ptr(),
+            page.len(),
+        )
+    };
+    let mut list = SharedList::decode(&page);
+    list.set(gpa, pages, v == Visibility::Shared).ok()?;
+    Some(list)
+}
+
+fn store_shared_list(list: &SharedList) {
+    let mut page = [0u8; layout::PAGE_SIZE as usize];
+    list.encode(&mut page);
+    // SAFETY: as in `init_shared_list`.
+    unsafe {
+        core::ptr::copy_nonoverlapping(
+            page.as_ptr(),
+            layout::SEV_SHARED_LIST as *mut u8,
+            page.len(),
+        )
+    };
+}
+
 /// Tells the host that `pages` 4 KiB pages at `gpa` change visibility
-/// (KVM_HC_MAP_GPA_RANGE); returns the host's error code on failure.
+/// (KVM_HC_MAP_GPA_RANGE) and records it in the guest's shared list; returns the
+/// host's error code on failure (u64::MAX if the list is full).
 pub fn map_gpa_range(gpa: u64, pages: u64, v: Visibility) -> Result<(), u64> {
+    let list = updated_shared_list(gpa, pages, v).ok_or(u64::MAX)?;
     let attrs = hcall::MAP_GPA_RANGE_PAGE_SZ_4K
         | match v {
             Visibility::Private => hcall::MAP_GPA_RANGE_ENCRYPTED,
@@ -69,7 +121,10 @@ pub fn map_gpa_range(gpa: u64, pages: u64, v: Visibility) -> Result<(), u64> {
         services::hypercall(hcall::MAP_GPA_RANGE, args)
     };
     match ret {
-        0 => Ok(()),
+        0 => {
+            store_shared_list(&list);
+            Ok(())
+        }
         e => Err(e),
     }
 }
@@ -79,7 +134,10 @@ fn secret_area() -> Option<(u64, u64)> {
     // SAFETY: the firmware image is mapped read-only at FW_IMAGE_BASE for its full size
     // and never changes.
     let rom = unsafe {
-        core::slice::from_raw_parts(layout::FW_IMAGE_BASE as *const u8, layout::FW_IMAGE_SIZE as usize)
+        core::slice::from_raw_parts(
+            layout::FW_IMAGE_BASE as *const u8,
+            layout::FW_IMAGE_SIZE as usize,
+        )
     };
     let table = fwtable::Table::parse(rom).ok()?;
     let entry = table.find(fwtable::guid::SEV_SECRET_BLOCK).ok()??;

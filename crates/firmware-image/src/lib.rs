@@ -52,6 +52,10 @@ mod tests {
             other => panic!("{other:?}"),
         }
         let report = fwtable::report(IMAGE).unwrap();
-        assert_eq!(report.entries.len(), 5);
+        assert_eq!(report.entries.len(), 6);
+        let helper = table.find(guid::MIRROR_HELPER_DESCRIPTOR).unwrap().unwrap();
+        let d = helper_abi::descriptor::HelperDescriptor::decode(helper.data).unwrap();
+        assert_eq!(u64::from(d.entry32), crate::symbols::HELPER_ENTRY32);
+        assert_eq!(d.region_base, layout::HELPER_REGION_BASE);
     }
 }

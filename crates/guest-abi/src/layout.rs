@@ -72,13 +72,16 @@ pub const SEV_SECRET_SIZE: u64 = 0x1000;
 pub const SEV_HASH_TABLE_BASE: u64 = 0x80_1000;
 /// Size of the hash table area.
 pub const SEV_HASH_TABLE_SIZE: u64 = 0x1000;
+/// Page where the guest records the pages it shares with the host (private, migrated
+/// with the guest; the migration helper reads it to know which pages are private).
+pub const SEV_SHARED_LIST: u64 = 0x80_2000;
 /// End of the SEV area.
 pub const SEV_AREA_END: u64 = 0x81_0000;
 
-/// Base of the region reserved for the mirror migration helper.
+/// Base of the region reserved for the mirror migration helper. Its size grows with RAM
+/// (see helper-abi's `region` module); it always ends below [`MIN_RAM`] plus a
+/// thousandth of RAM.
 pub const HELPER_REGION_BASE: u64 = 0x100_0000;
-/// Most the helper region may span.
-pub const HELPER_REGION_MAX: u64 = 0x80_0000;
 
 /// Guest-physical address of the MMIO guest-services page (no memslot behind it).
 pub const SERVICES_GPA: u64 = 0xFE00_0000;
@@ -117,5 +120,4 @@ const _: () = assert!(FWCFG_DMA_PAGE + PAGE_SIZE <= KSTACKS);
 const _: () = assert!(KSTACKS + KSTACK_SIZE * MAX_VCPUS as u64 <= USTACKS);
 const _: () = assert!(FW_AREA_END <= SEV_AREA_BASE);
 const _: () = assert!(SEV_AREA_END <= HELPER_REGION_BASE);
-const _: () = assert!(HELPER_REGION_BASE + HELPER_REGION_MAX <= MIN_RAM);
 const _: () = assert!(selector::TSS0 as u64 + 16 * MAX_VCPUS as u64 <= PAGE_SIZE);

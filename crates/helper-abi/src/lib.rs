@@ -16,6 +16,7 @@ extern crate std;
 pub mod descriptor;
 pub mod mailbox;
 pub mod record;
+pub mod region;
 
 /// Version of this ABI (descriptor, mailbox and record formats).
 pub const ABI_VERSION: u16 = 1;
@@ -24,7 +25,7 @@ pub const ABI_VERSION: u16 = 1;
 pub const PAGE_SIZE: usize = 4096;
 
 /// Most helper vCPUs a firmware provides mailboxes for.
-pub const MAX_HELPER_VCPUS: usize = 4;
+pub const MAX_HELPER_VCPUS: usize = 3;
 
 /// Most pages in one EXPORT or IMPORT request (records in one window).
 pub const MAX_BATCH: usize = 256;

@@ -1,0 +1,337 @@
+//! The migration helper runtime: what `helper_init` prepares at boot, and the loop a
+//! mirror vCPU runs at CPL3 once the measured entry point (boot.s,
+//! `sevm_helper_entry32`) has brought it into long mode.
+//!
+//! The helper region (helper-abi `region`) is reserved in every memory map the firmware
+//! hands on, so nothing the guest does after boot reaches it. It holds the helper's own
+//! page tables, descriptor tables, stacks, its shared state and version table (private),
+//! and one mailbox per helper vCPU (shared with the host). The helper keeps no state in
+//! the guest's own firmware areas: the guest keeps running while the helper works.
+
+use crate::sev;
+use core::sync::atomic::AtomicU32;
+use guest_abi::{layout, layout::selector, services};
+use helper_abi::{region, MAX_BATCH, MAX_HELPER_VCPUS, PAGE_SIZE, WINDOWS_PER_VCPU};
+use mirror_helper::{
+    engine::Entropy, GuestMemory, Helper, HelperLayout, LaneState, Mailbox, SessionState,
+};
+
+/// The helper's shared state (at region + CONTEXT): valid when zeroed, written once by
+/// `init` before any helper vCPU exists.
+#[repr(C)]
+pub struct HelperContext {
+    session: SessionState,
+    layout: HelperLayout,
+    versions_gpa: u64,
+    versions_len: u64,
+    region: (u64, u64),
+}
+
+const _: () = assert!(core::mem::size_of::<HelperContext>() <= PAGE_SIZE);
+
+/// Why the helper could not be prepared (the guest then runs without one).
+#[derive(Clone, Copy, Debug)]
+pub enum InitError {
+    /// The region does not lie in the first RAM range.
+    NoRoom(u64),
+    /// The RAM map is not one the helper can track.
+    Layout,
+    /// The host refused to share the mailboxes.
+    Share(u64),
+}
+
+impl core::fmt::Display for InitError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            InitError::NoRoom(size) => write!(f, "no room for the {size:#x}-byte helper region"),
+            InitError::Layout => f.write_str("the RAM map has too many ranges for the helper"),
+            InitError::Share(e) => write!(
+                f,
+                "the host refused to share the helper mailboxes (error {e:#x})"
+            ),
+        }
+    }
+}
+
+/// The helper region's size for this RAM.
+pub fn region_size(ram: &[(u64, u64)]) -> u64 {
+    region::region_size(ram.iter().map(|r| r.1 / PAGE_SIZE as u64).sum())
+}
+
+fn base() -> u64 {
+    layout::HELPER_REGION_BASE
+}
+
+fn zero(gpa: u64, len: u64) {
+    // SAFETY: callers pass ranges inside the helper region, which is reserved RAM that
+    // only this code (on the boot CPU, before any helper vCPU exists) touches.
+    unsafe { core::ptr::write_bytes(gpa as *mut u8, 0, len as usize) };
+}
+
+fn write64(gpa: u64, v: u64) {
+    // SAFETY: as for `zero`.
+    unsafe { core::ptr::write_unaligned(gpa as *mut u64, v) };
+}
+
+fn write16(gpa: u64, v: u16) {
+    // SAFETY: as for `zero`.
+    unsafe { core::ptr::write_unaligned(gpa as *mut u16, v) };
+}
+
+/// Prepares the helper region: page tables, descriptor tables, stacks, state, and
+/// shares the mailboxes with the host (under SEV). `ram` is the host's RAM list as
+/// page-aligned ranges; `top` the end of RAM. Boot CPU only.
+pub fn init(ram: &[(u64, u64)], top: u64, sev_active: bool) -> Result<(u64, u64), InitError> {
+    let size = region_size(ram);
+    let b = base();
+    if !ram.iter().any(|&(s, l)| s <= b && b + size <= s + l) {
+        return Err(InitError::NoRoom(size));
+    }
+    let pages: u64 = ram.iter().map(|r| r.1 / PAGE_SIZE as u64).sum();
+    let helper_layout = HelperLayout::new(
+        ram,
+        (b, size),
+        layout::SEV_SHARED_LIST,
+        (layout::SEV_SECRET_BASE, layout::SEV_SECRET_SIZE),
+    )
+    .map_err(|_| InitError::Layout)?;
+
+    zero(b, region::MAILBOXES);
+    zero(b + region::STATIC_SIZE, size - region::STATIC_SIZE);
+
+    // Page tables: identity map of [0, 4 GiB) and RAM above, 2 MiB pages, user-accessible
+    // (the helper runs at CPL3), A/D clear.
+    let pml4 = b + region::PAGE_TABLES;
+    let pdpt = pml4 + PAGE_SIZE as u64;
+    let pd0 = pdpt + PAGE_SIZE as u64;
+    let gibs = top
+        .max(1 << 32)
+        .div_ceil(1 << 30)
+        .min(region::PAGE_DIRECTORIES);
+    write64(pml4, pdpt | 7);
+    for g in 0..gibs {
+        let pd = pd0 + g * PAGE_SIZE as u64;
+        for i in 0..512 {
+            write64(pd + 8 * i, ((g << 30) + (i << 21)) | 0x87);
+        }
+        write64(pdpt + 8 * g, pd | 7);
+    }
+
+    // GDT: the fixed selectors of the boot GDT, then one TSS per helper vCPU.
+    let gdt = b + region::GDT;
+    let fixed: [u64; 6] = [
+        0,
+        0x00af_9b00_0000_ffff,
+        0x00cf_9300_0000_ffff,
+        0x00cf_f300_0000_ffff,
+        0x00af_fb00_0000_ffff,
+        0x00cf_9b00_0000_ffff,
+    ];
+    for (i, d) in fixed.iter().enumerate() {
+        write64(gdt + 8 * i as u64, *d);
+    }
+    for cpu in 0..MAX_HELPER_VCPUS as u64 {
+        let tss = b + region::TSS + cpu * 0x80;
+        let kstack = b + region::KSTACKS + cpu * region::KSTACK_SIZE;
+        write64(tss + 4, kstack + region::KSTACK_SIZE);
+        write64(tss + 36, kstack + region::KSTACK_SIZE / 2);
+        write16(tss + 102, 104);
+        let desc = gdt + u64::from(selector::TSS0) + 16 * cpu;
+        let lo = 0x67
+            | (tss & 0xffff) << 16
+            | ((tss >> 16) & 0xff) << 32
+            | 0x89 << 40
+            | ((tss >> 24) & 0xff) << 56;
+        write64(desc, lo);
+        write64(desc + 8, tss >> 32);
+    }
+
+    // IDT: the exception gates the firmware built (they point into the image).
+    // SAFETY: the firmware IDT is initialised by boot.s before any Rust runs; both
+    // ranges are reserved RAM and do not overlap.
+    unsafe {
+        core::ptr::copy_nonoverlapping(
+            layout::IDT as *const u8,
+            (b + region::IDT) as *mut u8,
+            32 * 16,
+        )
+    };
+
+    // The shared state the helper vCPUs use.
+    let ctx = (b + region::CONTEXT) as *mut HelperContext;
+    // SAFETY: the context page is reserved, zeroed and not yet used by any helper vCPU.
+    unsafe {
+        ctx.write(HelperContext {
+            session: SessionState::new(),
+            layout: helper_layout,
+            versions_gpa: b + region::STATIC_SIZE,
+            versions_len: pages,
+            region: (b, size),
+        })
+    };
+
+    // The anchor the entry point reads.
+    let a = b + region::ANCHOR;
+    write64(a + region::anchor::CR3, pml4);
+    write16(
+        a + region::anchor::GDTR,
+        selector::TSS0 + 16 * MAX_HELPER_VCPUS as u16 - 1,
+    );
+    write64(a + region::anchor::GDTR + 2, gdt);
+    write16(a + region::anchor::IDTR, 256 * 16 - 1);
+    write64(a + region::anchor::IDTR + 2, b + region::IDT);
+    write64(a + region::anchor::VCPUS, MAX_HELPER_VCPUS as u64);
+    write64(a + region::anchor::KSTACKS, b + region::KSTACKS);
+    write64(a + region::anchor::USTACKS, b + region::USTACKS);
+    write64(a + region::anchor::CONTEXT, b + region::CONTEXT);
+    write64(a + region::anchor::MAGIC_OFF, region::anchor::MAGIC);
+
+    if sev_active {
+        let mailbox_pages = MAX_HELPER_VCPUS as u64 * region::MAILBOX_STRIDE / PAGE_SIZE as u64;
+        sev::map_gpa_range(
+            b + region::MAILBOXES,
+            mailbox_pages,
+            sev::Visibility::Shared,
+        )
+        .map_err(InitError::Share)?;
+    }
+    Ok((b, size))
+}
+
+/// Guest memory as the helper reaches it: through its identity map.
+struct Direct;
+
+impl GuestMemory for Direct {
+    fn read_page(&self, gpa: u64, out: &mut [u8; PAGE_SIZE]) {
+        // SAFETY: the engine only names page-aligned RAM (checked against the layout);
+        // the helper's page tables map all RAM.
+        unsafe { core::ptr::copy_nonoverlapping(gpa as *const u8, out.as_mut_ptr(), PAGE_SIZE) };
+    }
+
+    fn write_page(&self, gpa: u64, data: &[u8; PAGE_SIZE]) {
+        // SAFETY: as for `read_page`.
+        unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), gpa as *mut u8, PAGE_SIZE) };
+    }
+}
+
+/// One helper vCPU's mailbox pages (shared with the host).
+struct Pages {
+    control: u64,
+}
+
+impl Pages {
+    fn window(&self, w: usize) -> u64 {
+        self.control + PAGE_SIZE as u64 + w as u64 * region::WINDOW_SIZE
+    }
+
+    fn copy_in(src: u64, out: &mut [u8]) {
+        // SAFETY: callers stay inside this vCPU's mailbox (the engine bounds offsets by
+        // the page and window sizes); it is mapped and shared memory the host may change
+        // at any time, which is why it is only ever copied.
+        unsafe { core::ptr::copy_nonoverlapping(src as *const u8, out.as_mut_ptr(), out.len()) };
+    }
+
+    fn copy_out(dst: u64, data: &[u8]) {
+        // SAFETY: as for `copy_in`.
+        unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), dst as *mut u8, data.len()) };
+    }
+}
+
+impl Mailbox for Pages {
+    fn read_control(&self, at: usize, out: &mut [u8]) {
+        if at + out.len() <= PAGE_SIZE {
+            Self::copy_in(self.control + at as u64, out);
+        }
+    }
+
+    fn write_control(&self, at: usize, data: &[u8]) {
+        if at + data.len() <= PAGE_SIZE {
+            Self::copy_out(self.control + at as u64, data);
+        }
+    }
+
+    fn read_window(&self, w: usize, at: usize, out: &mut [u8]) {
+        if w < WINDOWS_PER_VCPU && at + out.len() <= region::WINDOW_SIZE as usize {
+            Self::copy_in(self.window(w) + at as u64, out);
+        }
+    }
+
+    fn write_window(&self, w: usize, at: usize, data: &[u8]) {
+        if w < WINDOWS_PER_VCPU && at + data.len() <= region::WINDOW_SIZE as usize {
+            Self::copy_out(self.window(w) + at as u64, data);
+        }
+    }
+
+    fn windows(&self) -> usize {
+        WINDOWS_PER_VCPU
+    }
+
+    fn window_size(&self) -> usize {
+        region::WINDOW_SIZE as usize
+    }
+}
+
+/// RDRAND, retried a few times as Intel and AMD recommend.
+struct Rdrand;
+
+impl Entropy for Rdrand {
+    fn fill(&mut self, out: &mut [u8]) -> bool {
+        for chunk in out.chunks_mut(8) {
+            let mut v = 0u64;
+            // SAFETY: RDRAND is available (checked at boot, `cpu::missing_features`) and
+            // only writes `v`.
+            let ok = (0..10).any(|_| unsafe { core::arch::x86_64::_rdrand64_step(&mut v) } == 1);
+            if !ok {
+                return false;
+            }
+            chunk.copy_from_slice(&v.to_le_bytes()[..chunk.len()]);
+        }
+        true
+    }
+}
+
+fn ring_doorbell(status: u64) {
+    // SAFETY: the services page is mapped in the helper's page tables and has no memslot:
+    // the write exits to the VMM, which runs this vCPU again with the next request.
+    unsafe {
+        core::ptr::write_volatile(
+            (layout::SERVICES_GPA + services::DOORBELL) as *mut u64,
+            status,
+        )
+    };
+}
+
+/// Where a helper vCPU enters Rust, at CPL3 in the mirror VM (from boot.s).
+#[no_mangle]
+extern "C" fn sevm_helper_rust_entry(index: u64, context: u64) -> ! {
+    // SAFETY: `context` comes from the anchor written by `init` (it is the context page,
+    // initialised before any helper vCPU could start); the versions table lies in the
+    // reserved region and holds `versions_len` u32 counters, zeroed by `init`.
+    let (ctx, versions) = unsafe {
+        let ctx = &*(context as *const HelperContext);
+        let versions = core::slice::from_raw_parts(
+            ctx.versions_gpa as *const AtomicU32,
+            ctx.versions_len as usize,
+        );
+        (ctx, versions)
+    };
+    let mut lane = LaneState::new(index as u8);
+    let pages = Pages {
+        control: base() + region::MAILBOXES + index * region::MAILBOX_STRIDE,
+    };
+    ring_doorbell(0);
+    loop {
+        let mut helper = Helper {
+            layout: &ctx.layout,
+            memory: &Direct,
+            session: &ctx.session,
+            versions,
+            lane: &mut lane,
+            entropy: Rdrand,
+            region: ctx.region,
+            max_batch: MAX_BATCH as u32,
+        };
+        helper.serve(&pages);
+        ring_doorbell(1);
+    }
+}
