@@ -25,6 +25,9 @@ pub enum Command {
     Inspect(InspectArgs),
     /// Write the embedded firmware image to a file.
     Firmware(FirmwareArgs),
+    /// Send one QMP command to a running VM's control socket (`run --api PATH`) and print
+    /// the result as JSON.
+    Ctl(CtlArgs),
 }
 
 /// `sevmirror run`.
@@ -77,6 +80,25 @@ pub struct FirmwareArgs {
     /// Where to write the image.
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
+}
+
+/// `sevmirror ctl`.
+#[derive(Args, Debug)]
+pub struct CtlArgs {
+    /// The VM's control socket.
+    #[arg(long, value_name = "PATH")]
+    pub api: PathBuf,
+
+    /// Seconds to wait for the connection and for the reply.
+    #[arg(long, default_value = "30", value_name = "SECS", value_parser = crate::qmp::ctl::parse_timeout)]
+    pub timeout: std::time::Duration,
+
+    /// The QMP command, e.g. query-status, query-sev, cont, migrate, query-migrate.
+    pub command: String,
+
+    /// The command's arguments as one JSON object, e.g. '{"uri":"tcp:127.0.0.1:4444"}'.
+    #[arg(value_name = "ARGS-JSON", value_parser = crate::qmp::ctl::parse_args_json)]
+    pub args: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 fn parse_mem(s: &str) -> Result<u64, String> {

@@ -2,6 +2,7 @@
 
 mod cli;
 mod inspect;
+mod qmp;
 mod run;
 mod signals;
 mod size;
@@ -26,6 +27,9 @@ fn main() {
         Command::Firmware(args) => std::fs::write(&args.out, firmware_image::IMAGE)
             .map(|()| 0)
             .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", args.out.display())),
+        Command::Ctl(args) => {
+            qmp::ctl::run(&args.api, args.timeout, &args.command, args.args.clone())
+        }
     };
     match result {
         Ok(code) => std::process::exit(code),
