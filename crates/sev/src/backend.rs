@@ -177,6 +177,15 @@ pub struct PlatformCerts {
     pub chain: Vec<u8>,
 }
 
+impl PlatformCerts {
+    /// PEK ‖ OCA ‖ CEK: the certificate buffer PDH_CERT_EXPORT itself fills (AMD SEV API
+    /// spec 0.24 §5.10; virtee `pdh_cert_export` reads it as `[Certificate; 3]`), which
+    /// QEMU's `query-sev-capabilities` returns base64-encoded as `cert-chain`.
+    pub fn firmware_chain(&self) -> &[u8] {
+        self.chain.get(self.pdh.len()..).unwrap_or(&[])
+    }
+}
+
 /// What the guest owner supplies to LAUNCH_START: their Diffie-Hellman certificate and the
 /// session blob, as raw bytes (QEMU's `dh-cert-file` / `session-file` after base64).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -338,6 +347,28 @@ impl SevError {
     }
 }
 
+/// Who refused an operation, and with which code: the kernel (an errno, before the
+/// firmware sees the command) or the firmware (a status). Lets pure functions say how
+/// they fail without building the [`SevError`] themselves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The kernel's checks refused it with this errno.
+    Errno(i32),
+    /// The firmware refused it with this status.
+    Status(SevStatus),
+}
+
+impl Refusal {
+    /// The error for `command` (firmware name, e.g. "LAUNCH_SECRET") or `op` (kernel
+    /// name, e.g. "KVM_SEV_LAUNCH_SECRET").
+    pub fn into_error(self, command: &'static str, op: &'static str) -> SevError {
+        match self {
+            Refusal::Errno(errno) => SevError::Kernel { op, errno },
+            Refusal::Status(status) => SevError::Firmware { command, status },
+        }
+    }
+}
+
 /// An SEV platform: launch commands for guests plus platform management.
 pub trait SevBackend: Send + Sync {
     /// Which implementation this is.
@@ -356,9 +387,20 @@ pub trait SevBackend: Send + Sync {
     fn init_vm(&self, vm: VmRef, es: bool) -> Result<(), SevError>;
     /// KVM_SEV_LAUNCH_START: returns the guest handle. Without a session the platform
     /// generates the transport keys itself (the guest then cannot receive secrets).
-    fn launch_start(&self, vm: VmRef, policy: Policy, session: Option<&LaunchSession>) -> Result<u32, SevError>;
+    fn launch_start(
+        &self,
+        vm: VmRef,
+        policy: Policy,
+        session: Option<&LaunchSession>,
+    ) -> Result<u32, SevError>;
     /// KVM_SEV_LAUNCH_UPDATE_DATA: measure and encrypt [gpa, gpa + len) in place.
-    fn launch_update_data(&self, vm: VmRef, mem: &dyn LaunchMemory, gpa: u64, len: u64) -> Result<(), SevError>;
+    fn launch_update_data(
+        &self,
+        vm: VmRef,
+        mem: &dyn LaunchMemory,
+        gpa: u64,
+        len: u64,
+    ) -> Result<(), SevError>;
     /// KVM_SEV_LAUNCH_MEASURE.
     fn launch_measure(&self, vm: VmRef) -> Result<LaunchMeasurement, SevError>;
     /// KVM_SEV_LAUNCH_SECRET: verify the packet and decrypt `secret` into guest memory at `gpa`.
@@ -375,9 +417,21 @@ pub trait SevBackend: Send + Sync {
     /// KVM_SEV_GUEST_STATUS.
     fn guest_status(&self, vm: VmRef) -> Result<GuestStatus, SevError>;
     /// KVM_SEV_DBG_DECRYPT: read guest memory in the clear (fails with NODBG).
-    fn dbg_decrypt(&self, vm: VmRef, mem: &dyn LaunchMemory, gpa: u64, out: &mut [u8]) -> Result<(), SevError>;
+    fn dbg_decrypt(
+        &self,
+        vm: VmRef,
+        mem: &dyn LaunchMemory,
+        gpa: u64,
+        out: &mut [u8],
+    ) -> Result<(), SevError>;
     /// KVM_SEV_DBG_ENCRYPT: write guest memory through the guest's key (fails with NODBG).
-    fn dbg_encrypt(&self, vm: VmRef, mem: &dyn LaunchMemory, gpa: u64, data: &[u8]) -> Result<(), SevError>;
+    fn dbg_encrypt(
+        &self,
+        vm: VmRef,
+        mem: &dyn LaunchMemory,
+        gpa: u64,
+        data: &[u8],
+    ) -> Result<(), SevError>;
 
     /// KVM_CAP_VM_COPY_ENC_CONTEXT_FROM on `mirror` with `owner`: the mirror shares the
     /// owner's ASID and key (kernel rules and errno values, DESIGN §2).

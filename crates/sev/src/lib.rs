@@ -11,9 +11,23 @@
 //! platform state directory are untrusted input and are validated before use.
 
 pub mod backend;
+pub mod certs;
+pub mod crypto;
+pub mod emulated;
+pub mod hw;
+pub mod identity;
+pub mod measure;
+pub mod memcrypt;
+pub mod memory;
+pub mod owner;
 pub mod policy;
+pub mod secret;
+pub mod secret_table;
+pub mod session;
 pub mod status;
 
 pub use backend::{SevBackend, SevError};
+pub use emulated::EmulatedPsp;
+pub use identity::PlatformIdentity;
 pub use policy::Policy;
 pub use status::SevStatus;

@@ -60,7 +60,11 @@ impl fmt::Display for Policy {
             (Self::DOMAIN, "DOMAIN"),
             (Self::SEV, "SEV"),
         ];
-        let set: Vec<&str> = names.iter().filter(|(b, _)| self.has(*b)).map(|(_, n)| *n).collect();
+        let set: Vec<&str> = names
+            .iter()
+            .filter(|(b, _)| self.has(*b))
+            .map(|(_, n)| *n)
+            .collect();
         if !set.is_empty() {
             write!(f, " ({})", set.join("|"))?;
         }
