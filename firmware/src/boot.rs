@@ -45,6 +45,8 @@ core::arch::global_asm!(
     SVC_RDMSR = const svc::RDMSR,
     SVC_HALT = const svc::HALT,
     SVC_VMMCALL = const svc::VMMCALL,
+    SVC_SLEEP_UNTIL = const svc::SLEEP_UNTIL,
+    TIMER_VECTOR = const svc::TIMER_VECTOR,
     HELPER_ANCHOR = const layout::HELPER_REGION_BASE + region::ANCHOR,
     ANCHOR_MAGIC_LO = const region::anchor::MAGIC & 0xffff_ffff,
     ANCHOR_MAGIC_HI = const region::anchor::MAGIC >> 32,

@@ -95,6 +95,23 @@ sevm_bsp_entry32:
     inc ecx
     cmp ecx, 32
     jb 6b
+    // The timer interrupt used by SLEEP_UNTIL, and the APIC's spurious vector. (No stack
+    // yet, so no call: the gate writer is a macro.)
+    .macro gate32 vector, handler
+    mov edi, {IDT} + 16 * \vector
+    mov eax, offset \handler
+    and eax, 0xffff
+    or eax, {SEL_KCODE64} << 16
+    mov [edi], eax
+    mov eax, offset \handler
+    and eax, 0xffff0000
+    or eax, 0x8e00
+    mov [edi + 4], eax
+    mov dword ptr [edi + 8], 0
+    mov dword ptr [edi + 12], 0
+    .endm
+    gate32 {TIMER_VECTOR}, sevm_timer_irq
+    gate32 0xff, sevm_spurious_irq
     jmp sevm_enter_long_mode
 
 // APs arrive here from the real-mode trampoline, on the ROM GDT.
@@ -348,6 +365,8 @@ sevm_exc_common:
     je sevm_park
     cmp rax, {SVC_VMMCALL}
     je sevm_svc_vmmcall
+    cmp rax, {SVC_SLEEP_UNTIL}
+    je sevm_svc_sleep
     mov rax, -1
 sevm_svc_return:
     add qword ptr [rsp + 16], 4
@@ -398,6 +417,51 @@ sevm_svc_rdmsr:
     shl rdx, 32
     or rax, rdx
     jmp sevm_svc_return
+
+// Sleep until TSC >= rdi: x2APIC on, LVT timer in TSC-deadline mode on TIMER_VECTOR,
+// arm IA32_TSC_DEADLINE, then sti; hlt (the interrupt shadow of sti makes this race-free).
+sevm_svc_sleep:
+    mov ecx, 0x1b
+    rdmsr
+    or eax, 0xc00
+    wrmsr
+    // Spurious-vector register: APIC software-enabled, spurious vector 0xff.
+    mov ecx, 0x80f
+    mov eax, 0x1ff
+    xor edx, edx
+    wrmsr
+    mov ecx, 0x832
+    mov eax, 0x40000 | {TIMER_VECTOR}
+    xor edx, edx
+    wrmsr
+    mov ecx, 0x6e0
+    mov rax, rdi
+    mov rdx, rdi
+    shr rdx, 32
+    wrmsr
+    sti
+    hlt
+    cli
+    xor eax, eax
+    jmp sevm_svc_return
+
+// A spurious APIC interrupt: nothing to acknowledge.
+sevm_spurious_irq:
+    iretq
+
+// The timer interrupt: acknowledge it (x2APIC EOI) and return to the sleeper.
+sevm_timer_irq:
+    push rax
+    push rcx
+    push rdx
+    mov ecx, 0x80b
+    xor eax, eax
+    xor edx, edx
+    wrmsr
+    pop rdx
+    pop rcx
+    pop rax
+    iretq
 
 sevm_svc_vmmcall:
     push rbx

@@ -74,6 +74,12 @@ pub fn halt() -> ! {
     }
 }
 
+/// Sleeps (halted, costing the host nothing) until the TSC reaches `deadline`, or
+/// another interrupt wakes the CPU.
+pub fn sleep_until(deadline: u64) {
+    call(svc::SLEEP_UNTIL, deadline, 0, 0);
+}
+
 /// Reads the time-stamp counter.
 pub fn rdtsc() -> u64 {
     // SAFETY: RDTSC has no side effects and is allowed at CPL3 (CR4.TSD is clear).

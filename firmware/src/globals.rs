@@ -38,6 +38,10 @@ pub struct Globals {
     pub seed: AtomicU64,
     /// TSC rate in kHz.
     pub tsc_khz: AtomicU64,
+    /// The dirty workload's progress: generation << 32 | position.
+    pub dirty_state: AtomicU64,
+    /// The dirty workload's pattern seed.
+    pub dirty_seed: AtomicU64,
     /// The memory map, written by the boot CPU before `go`.
     pub map: MemoryMap,
     /// One report per CPU.

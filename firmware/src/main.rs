@@ -54,6 +54,8 @@ fn fail(code: u64, what: core::fmt::Arguments<'_>) -> ! {
 
 /// The configuration the VMM passes through fw_cfg.
 struct Config {
+    /// Pages per second for the dirty workload.
+    dirty_rate: u64,
     /// Guest RAM as the host describes it (normalised).
     ram: MemoryMap,
     /// RAM with the firmware's reservations carved out.
@@ -148,7 +150,18 @@ fn read_config() -> Config {
             })
         }
     };
+    let mut text = [0u8; 32];
+    let dirty_rate = match fw.read_file(fwcfg_abi::FILE_DIRTY_RATE, &mut text) {
+        Ok(n) => parse_decimal(text.get(..n).unwrap_or(&[])).unwrap_or_else(|| {
+            fail(
+                exit_code::BAD_CONFIG,
+                format_args!("{} is not a number", fwcfg_abi::FILE_DIRTY_RATE),
+            )
+        }),
+        Err(_) => 1000,
+    };
     Config {
+        dirty_rate,
         ram,
         map,
         ncpus,
@@ -237,6 +250,10 @@ fn bsp_main() -> ! {
             cpu::halt()
         }
         Workload::SelfTest => selftest(&config),
+        Workload::Dirty => {
+            globals::release_aps_idle();
+            workloads::dirty::run(config.dirty_rate, config.tsc_khz)
+        }
         Workload::Canary => {
             let mut alloc = PageAllocator::new(&config.map);
             if workloads::canary::run(&mut alloc, sev.is_some()).is_none() {

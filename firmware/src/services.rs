@@ -55,6 +55,11 @@ pub fn event(event: services::Event) {
     write64(services::EVENT, event.0);
 }
 
+/// Takes the host's pending request to the workload, if any.
+pub fn take_request() -> services::Request {
+    services::Request(read64(services::REQUEST))
+}
+
 /// Makes a hypercall with up to three arguments and returns its result.
 #[allow(dead_code)]
 pub fn hypercall(nr: u64, args: [u64; 3]) -> u64 {

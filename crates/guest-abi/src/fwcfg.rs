@@ -59,5 +59,7 @@ pub const E820_RESERVED: u32 = 2;
 
 /// Name of the built-in workload to run (text, e.g. `selftest`).
 pub const FILE_WORKLOAD: &str = "opt/sevmirror/workload";
+/// Pages per second the `dirty` workload writes (decimal text; 0 = as fast as it can).
+pub const FILE_DIRTY_RATE: &str = "opt/sevmirror/dirty-rate";
 /// TSC frequency in kHz (decimal text), for the firmware's timings.
 pub const FILE_TSC_KHZ: &str = "opt/sevmirror/tsc-khz";

@@ -35,6 +35,22 @@ pub const FAULT_ADDR: u64 = 0x058;
 pub const EVENT: u64 = 0x060;
 /// Migration-helper doorbell: the helper vCPU writes its status when a request is done.
 pub const DOORBELL: u64 = 0x080;
+/// Host request to the workload (read): a [`Request`] code, or 0 for none; reading
+/// takes the request.
+pub const REQUEST: u64 = 0x088;
+
+/// What the host may ask a running workload to do (read from [`REQUEST`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Request(pub u64);
+
+impl Request {
+    /// Nothing pending.
+    pub const NONE: Request = Request(0);
+    /// Verify memory now, report, and keep running.
+    pub const VERIFY: Request = Request(1);
+    /// Verify memory now, report, and stop with the verdict as exit status.
+    pub const VERIFY_AND_EXIT: Request = Request(2);
+}
 
 /// Hypercall numbers; they follow KVM's `include/uapi/linux/kvm_para.h`.
 pub mod hcall {

@@ -25,5 +25,10 @@ pub const HALT: u64 = 5;
 /// number, rsi, rdx, r8 = arguments; returns the hypercall's result. Only where the VMM
 /// advertises hypercall exits: on the development machines VMMCALL never exits (DESIGN §2).
 pub const VMMCALL: u64 = 6;
+/// Sleep until the TSC reaches rdi (x2APIC TSC-deadline timer, `sti; hlt`): the vCPU
+/// costs the host nothing meanwhile. Returns when the timer (or another interrupt) fires.
+pub const SLEEP_UNTIL: u64 = 7;
+/// Interrupt vector of the firmware's timer.
+pub const TIMER_VECTOR: u64 = 0x40;
 /// Value returned for an unknown service number.
 pub const UNKNOWN: u64 = u64::MAX;

@@ -50,9 +50,15 @@ pub struct RunArgs {
     pub serial: String,
 
     /// Built-in firmware workload: "selftest" (fill and verify all free RAM, exit with the
-    /// verdict) or "idle" (stay up until stopped).
+    /// verdict), "idle" (stay up until stopped), "dirty" (keep rewriting pages at
+    /// --dirty-rate, verify on request) or "canary" (one private and one shared page with
+    /// a known pattern, then idle).
     #[arg(long, default_value = "selftest", value_name = "NAME")]
     pub workload: String,
+
+    /// Pages per second the `dirty` workload rewrites (0: as fast as it can).
+    #[arg(long, default_value_t = 1000, value_name = "PAGES")]
+    pub dirty_rate: u64,
 
     /// Extra fw_cfg file: name=NAME,file=PATH or name=NAME,string=TEXT (as QEMU's -fw_cfg).
     #[arg(long = "fw-cfg", value_name = "SPEC")]

@@ -5,6 +5,7 @@
 
 use fwtable::{guid, EntryValue, Table, TableError};
 use guest_abi::layout;
+use helper_abi::descriptor::HelperDescriptor;
 
 /// Largest image that fits between the guest-services page and 4 GiB.
 pub const MAX_IMAGE_SIZE: u64 = 16 << 20;
@@ -27,6 +28,9 @@ pub enum FirmwareError {
     /// The table lacks the guest-services descriptor.
     #[error("firmware declares no guest-services page (is it a sevmirror firmware? OVMF cannot run on this VMM)")]
     NoServicesPage,
+    /// The migration-helper descriptor is malformed.
+    #[error("firmware's migration-helper descriptor: {0}")]
+    Helper(helper_abi::descriptor::DescriptorError),
     /// The declared services page overlaps RAM or the image.
     #[error("firmware's guest-services page {0:#x} overlaps RAM or the image")]
     BadServicesPage(u64),
@@ -38,6 +42,7 @@ pub struct Firmware {
     image: Vec<u8>,
     services_gpa: u64,
     secret_area: Option<(u64, u64)>,
+    helper: Option<HelperDescriptor>,
 }
 
 impl Firmware {
@@ -79,10 +84,20 @@ impl Firmware {
             }
             None => None,
         };
+        let helper = match table
+            .find(guid::MIRROR_HELPER_DESCRIPTOR)
+            .map_err(FirmwareError::Table)?
+        {
+            Some(entry) => {
+                Some(HelperDescriptor::decode(entry.data).map_err(FirmwareError::Helper)?)
+            }
+            None => None,
+        };
         Ok(Firmware {
             image,
             services_gpa,
             secret_area,
+            helper,
         })
     }
 
@@ -94,6 +109,11 @@ impl Firmware {
     /// The SEV secret area (base, size) the image declares, if any.
     pub fn secret_area(&self) -> Option<(u64, u64)> {
         self.secret_area
+    }
+
+    /// The migration helper the image declares, if any.
+    pub fn helper(&self) -> Option<&HelperDescriptor> {
+        self.helper.as_ref()
     }
 
     /// Guest-physical address of the guest-services page.
@@ -135,6 +155,10 @@ mod tests {
     fn the_embedded_image_declares_its_services_page() {
         let fw = Firmware::load(firmware_image::IMAGE.to_vec()).unwrap();
         assert_eq!(fw.services_gpa(), layout::SERVICES_GPA);
+        assert_eq!(
+            fw.helper().map(|h| h.region_base),
+            Some(layout::HELPER_REGION_BASE)
+        );
         assert_eq!(
             fw.secret_area(),
             Some((layout::SEV_SECRET_BASE, layout::SEV_SECRET_SIZE))

@@ -14,6 +14,7 @@ pub mod devices;
 pub mod firmware;
 pub mod kvm;
 pub mod memory;
+pub mod mirror;
 pub mod runstate;
 pub mod sev;
 pub mod vcpu;

@@ -22,6 +22,7 @@ use kvm_ioctls::VcpuExit;
 use std::{
     os::unix::thread::JoinHandleExt,
     sync::{
+        atomic::{AtomicU64, Ordering},
         mpsc::{Receiver, Sender},
         Arc,
     },
@@ -159,6 +160,9 @@ pub struct VcpuContext {
     pub view: HostView,
     /// The SEV_STATUS MSR value, for an SEV guest.
     pub sev_status: Option<u64>,
+    /// A pending request to the workload (guest-abi `services::Request`), taken when the
+    /// guest reads it.
+    pub guest_request: Arc<AtomicU64>,
 }
 
 /// The controlling end of a vCPU thread.
@@ -419,6 +423,9 @@ impl VcpuThread {
                     .checked_sub(ctx.services_gpa)
                     .filter(|&o| o < layout::PAGE_SIZE)
                 {
+                    Some(guest_abi::services::REQUEST) => {
+                        ctx.guest_request.swap(0, Ordering::AcqRel)
+                    }
                     Some(offset) => latch.read(offset),
                     None => u64::MAX,
                 };

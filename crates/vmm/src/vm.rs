@@ -129,12 +129,14 @@ pub struct Vm {
     pub(crate) sev: Option<SevGuest>,
     pub(crate) kvm_vm: KvmVm,
     pub(crate) ram: Arc<GuestRam>,
-    pub(crate) rom: Rom,
+    pub(crate) rom: Arc<Rom>,
     fw_cfg: Option<fw_cfg::FwCfg>,
     page_states: Option<Arc<PageStates>>,
     pub(crate) firmware_secret_area: Option<(u64, u64)>,
+    pub(crate) helper: Option<helper_abi::descriptor::HelperDescriptor>,
     console: ConsoleOut,
-    services_gpa: u64,
+    pub(crate) services_gpa: u64,
+    guest_request: Arc<std::sync::atomic::AtomicU64>,
     events: EventSink,
     inbox: Option<Receiver<VmEvent>>,
     acks_tx: Sender<u32>,
@@ -221,12 +223,14 @@ impl Vm {
             sev,
             kvm_vm: vm,
             ram,
-            rom,
+            rom: Arc::new(rom),
             fw_cfg: Some(dev),
+            helper: config.firmware.helper().copied(),
             page_states,
             firmware_secret_area: config.firmware.secret_area(),
             console: config.console,
             services_gpa: config.firmware.services_gpa(),
+            guest_request: Arc::default(),
             events: Arc::new(move |e| {
                 let _ = events_tx.send(e);
             }),
@@ -293,6 +297,7 @@ impl Vm {
                 started,
                 view: view.clone(),
                 sev_status,
+                guest_request: self.guest_request.clone(),
             };
             self.handles
                 .push(VcpuHandle::spawn(vcpu, ctx, tx, rx).map_err(VmError::Thread)?);
@@ -346,6 +351,13 @@ impl Vm {
         for h in &self.handles {
             h.command(VcpuCommand::Resume);
         }
+    }
+
+    /// Leaves a request for the guest's workload (e.g. verify memory); the workload takes
+    /// it the next time it looks, replacing any request not yet taken.
+    pub fn request_guest(&self, request: guest_abi::services::Request) {
+        self.guest_request
+            .store(request.0, std::sync::atomic::Ordering::Release);
     }
 
     /// Whether the vCPU threads have been started.

@@ -215,3 +215,60 @@ fn kvm_pause_and_resume_mid_selftest_keeps_memory_intact() {
     );
     assert!(text(&out).contains("selftest: PASS"));
 }
+
+#[test]
+fn kvm_dirty_workload_keeps_writing_and_verifies_on_request() {
+    let Some(kvm) = kvm() else { return };
+    let (console, out) = ConsoleOut::capture();
+    let mut vm = Vm::new(
+        &kvm,
+        VmConfig {
+            mem_size: 128 << 20,
+            vcpus: 1,
+            firmware: Firmware::load(firmware_image::IMAGE.to_vec()).unwrap(),
+            console,
+            fw_cfg_files: vec![
+                (fwcfg::FILE_WORKLOAD.into(), b"dirty".to_vec()),
+                (fwcfg::FILE_DIRTY_RATE.into(), b"20000".to_vec()),
+            ],
+            sev: None,
+        },
+    )
+    .unwrap();
+    vm.start().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !text(&out).contains("dirty: ") {
+        assert!(Instant::now() < deadline, "{}", text(&out));
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    vm.request_guest(guest_abi::services::Request::VERIFY);
+    while !text(&out).contains("verify PASS") {
+        assert!(Instant::now() < deadline, "{}", text(&out));
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Pausing in the middle of a page write and resuming must not confuse the check.
+    assert!(vm.pause(Duration::from_secs(2)));
+    vm.resume();
+    vm.request_guest(guest_abi::services::Request::VERIFY_AND_EXIT);
+    let outcome = vm.wait();
+    assert!(
+        matches!(outcome, VmOutcome::GuestExit(0)),
+        "{outcome:?}\n{}",
+        text(&out)
+    );
+    let log = text(&out);
+    let gen = |line: &str| -> u64 {
+        line.split("generation ")
+            .nth(1)
+            .unwrap()
+            .split(',')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let checks: Vec<&str> = log.lines().filter(|l| l.contains("verify PASS")).collect();
+    assert_eq!(checks.len(), 2, "{log}");
+    assert!(gen(checks[1]) >= gen(checks[0]));
+}

@@ -1,6 +1,7 @@
 //! Built-in workloads, chosen by the VMM through fw_cfg (`--workload NAME`).
 
 pub mod canary;
+pub mod dirty;
 pub mod selftest;
 
 use crate::globals;
@@ -16,6 +17,8 @@ pub enum Workload {
     /// Write a known canary into one private and one shared page, then idle: shows what
     /// the host can and cannot see of guest memory.
     Canary,
+    /// Keep rewriting pages at a set rate; verify them on the host's request.
+    Dirty,
 }
 
 impl Workload {
@@ -25,6 +28,7 @@ impl Workload {
             Workload::SelfTest => "selftest",
             Workload::Idle => "idle",
             Workload::Canary => "canary",
+            Workload::Dirty => "dirty",
         }
     }
 
@@ -34,6 +38,7 @@ impl Workload {
             b"selftest" => Some(Workload::SelfTest),
             b"idle" => Some(Workload::Idle),
             b"canary" => Some(Workload::Canary),
+            b"dirty" => Some(Workload::Dirty),
             _ => None,
         }
     }

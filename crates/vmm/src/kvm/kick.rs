@@ -86,3 +86,70 @@ impl Kicker {
         }
     }
 }
+
+/// A per-thread timer that kicks the calling thread (out of KVM_RUN) when it expires,
+/// so a vCPU that never exits (a hung helper, a VMMCALL on kvm_pvm) cannot hang the VMM.
+pub struct Watchdog {
+    timer: libc::timer_t,
+    thread: libc::pid_t,
+}
+
+// SAFETY: a timer_t is a kernel handle usable from any thread; the timer always signals
+// the thread recorded in `thread`, and callers check `is_for_current_thread`.
+unsafe impl Send for Watchdog {}
+
+impl Watchdog {
+    /// A disarmed watchdog for the calling thread.
+    pub fn for_current_thread() -> std::io::Result<Watchdog> {
+        install_handler();
+        // SAFETY: gettid has no preconditions.
+        let thread = unsafe { libc::gettid() };
+        // SAFETY: `ev` is fully initialised (zeroed, then the fields SIGEV_THREAD_ID uses);
+        // `timer` receives the new handle on success.
+        unsafe {
+            let mut ev: libc::sigevent = std::mem::zeroed();
+            ev.sigev_notify = libc::SIGEV_THREAD_ID;
+            ev.sigev_signo = signal();
+            ev.sigev_notify_thread_id = thread;
+            let mut timer: libc::timer_t = ptr::null_mut();
+            if libc::timer_create(libc::CLOCK_MONOTONIC, &mut ev, &mut timer) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(Watchdog { timer, thread })
+        }
+    }
+
+    /// Whether this watchdog signals the calling thread.
+    pub fn is_for_current_thread(&self) -> bool {
+        // SAFETY: gettid has no preconditions.
+        self.thread == unsafe { libc::gettid() }
+    }
+
+    /// Fires once after `after` (zero disarms).
+    pub fn arm(&self, after: std::time::Duration) {
+        let spec = libc::itimerspec {
+            it_interval: libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            },
+            it_value: libc::timespec {
+                tv_sec: after.as_secs() as libc::time_t,
+                tv_nsec: after.subsec_nanos() as libc::c_long,
+            },
+        };
+        // SAFETY: `timer` is a live timer owned by `self`; `spec` is initialised.
+        unsafe { libc::timer_settime(self.timer, 0, &spec, ptr::null_mut()) };
+    }
+
+    /// Stops a pending expiry.
+    pub fn disarm(&self) {
+        self.arm(std::time::Duration::ZERO);
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        // SAFETY: `timer` is a live timer owned by `self`, deleted once.
+        unsafe { libc::timer_delete(self.timer) };
+    }
+}

@@ -1,0 +1,463 @@
+//! Mirror VMs: a second KVM VM that shares a running SEV guest's memory and encryption
+//! context (`KVM_CAP_VM_COPY_ENC_CONTEXT_FROM`, applied by the SEV platform) and runs the
+//! migration helper — code measured at launch as part of the guest's firmware — on its
+//! own vCPUs.
+//!
+//! A helper vCPU starts at the firmware's declared 32-bit entry point (the only state a
+//! VMM can give it without guest secrets) and from then on serves mailbox requests at
+//! CPL3. A call is synchronous: the VMM writes the request into the shared control page,
+//! runs the vCPU until the helper rings the doorbell (an MMIO write, so an exit), and
+//! reads the response. No interrupt controller, no polling.
+
+use crate::{
+    devices::services::{FaultReport, ServicesLatch, ServicesRequest},
+    kvm::{
+        kick::{RunRegistration, Watchdog},
+        KvmError, KvmSystem, KvmVcpu, KvmVm, RunResult, Slot,
+    },
+    memory::{GuestRam, HostView, MemoryError, Rom},
+    sev::{patch_cpuid, HypercallTransport},
+    vm::Vm,
+};
+use guest_abi::layout::{selector, PAGE_SIZE};
+use helper_abi::{
+    descriptor::HelperDescriptor,
+    mailbox::{Op, Request, Response, Status, GPA_LIST_OFFSET, REQUEST_OFFSET, RESPONSE_OFFSET},
+};
+use kvm_bindings::kvm_segment;
+use kvm_ioctls::VcpuExit;
+use sev_platform::{backend::VmRef, SevBackend, SevError};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+/// How long a helper request may take before the VMM gives up on the helper.
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why a mirror could not be attached.
+#[derive(Debug, thiserror::Error)]
+pub enum MirrorError {
+    /// The owner is not an SEV guest (the kernel answers EINVAL to the same request).
+    #[error(
+        "a mirror VM shares an SEV guest's encryption context, and this VM is not an SEV guest"
+    )]
+    NotSev,
+    /// The firmware declares no helper.
+    #[error("the firmware declares no migration helper, so a mirror VM would have nothing measured to run")]
+    NoHelper,
+    /// More helper vCPUs than the firmware provides.
+    #[error("{asked} helper vCPUs requested; the firmware provides mailboxes for {max}")]
+    TooManyHelpers {
+        /// Requested.
+        asked: u16,
+        /// Provided.
+        max: u16,
+    },
+    /// The owner's SEV launch has not finished.
+    #[error("the guest has not finished its SEV launch yet")]
+    NotLaunched,
+    /// The platform refused to share the encryption context.
+    #[error("the SEV platform refused to copy the encryption context to the mirror")]
+    CopyContext(#[source] SevError),
+    /// A KVM operation failed.
+    #[error(transparent)]
+    Kvm(#[from] KvmError),
+    /// A helper vCPU did not come up.
+    #[error("helper vCPU {0} did not start")]
+    Start(u16, #[source] HelperError),
+}
+
+/// Why a helper call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HelperError {
+    /// The mailbox is not reachable through the host view.
+    #[error("cannot reach the helper mailbox")]
+    Mailbox(#[source] MemoryError),
+    /// The helper did not answer in time.
+    #[error("the helper did not answer within {0:?}")]
+    Timeout(Duration),
+    /// The helper faulted.
+    #[error("the helper faulted: {0}")]
+    Fault(FaultReport),
+    /// The helper panicked or exited.
+    #[error("the helper stopped (status {0})")]
+    Stopped(u64),
+    /// The helper's vCPU exited in a way a helper never should.
+    #[error("unexpected exit from the helper vCPU: {exit} at rip {rip:#x}")]
+    UnexpectedExit {
+        /// What happened.
+        exit: String,
+        /// Where.
+        rip: u64,
+    },
+    /// The response does not belong to the request.
+    #[error("the helper's response is for request {got}, not {want}")]
+    StaleResponse {
+        /// Expected id.
+        want: u32,
+        /// Seen id.
+        got: u32,
+    },
+    /// The helper refused the request.
+    #[error("the helper refused {op}: {status}{}", index.map_or(String::new(), |i| format!(" (item {i})")))]
+    Refused {
+        /// The operation.
+        op: &'static str,
+        /// Its status.
+        status: Status,
+        /// The offending GPA or record, when the status names one.
+        index: Option<u32>,
+    },
+    /// A KVM operation failed.
+    #[error(transparent)]
+    Kvm(#[from] KvmError),
+    /// The watchdog timer could not be created.
+    #[error("cannot create the helper watchdog timer")]
+    Watchdog(#[source] std::io::Error),
+}
+
+/// One helper vCPU of a mirror, with its mailbox.
+pub struct HelperVcpu {
+    index: u16,
+    vcpu: KvmVcpu,
+    view: HostView,
+    descriptor: HelperDescriptor,
+    services_gpa: u64,
+    latch: ServicesLatch,
+    next_id: u32,
+    watchdog: Option<Watchdog>,
+    timeout: Duration,
+    last: Response,
+}
+
+impl HelperVcpu {
+    /// The helper vCPU's index (its lane).
+    pub fn index(&self) -> u16 {
+        self.index
+    }
+
+    /// The most recent response (its statistics are the helper's).
+    pub fn last_response(&self) -> &Response {
+        &self.last
+    }
+
+    /// Sets how long a call may take.
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        self.timeout = timeout;
+    }
+
+    /// GPA of record window `window`.
+    pub fn window_gpa(&self, window: u16) -> u64 {
+        self.descriptor.window_gpa(self.index, window)
+    }
+
+    /// Bytes per record window.
+    pub fn window_size(&self) -> usize {
+        self.descriptor.window_size as usize
+    }
+
+    /// Copies `out.len()` bytes at `offset` of record window `window`.
+    pub fn read_window(
+        &self,
+        window: u16,
+        offset: usize,
+        out: &mut [u8],
+    ) -> Result<(), HelperError> {
+        self.view
+            .read(self.window_gpa(window) + offset as u64, out)
+            .map_err(HelperError::Mailbox)
+    }
+
+    /// Copies `data` to `offset` of record window `window`.
+    pub fn write_window(&self, window: u16, offset: usize, data: &[u8]) -> Result<(), HelperError> {
+        self.view
+            .write(self.window_gpa(window) + offset as u64, data)
+            .map_err(HelperError::Mailbox)
+    }
+
+    /// Sends a request (with an EXPORT's GPA list) and waits for the response. A refusal
+    /// by the helper is `Ok` with its status; use [`HelperVcpu::call_ok`] to treat it as an
+    /// error.
+    pub fn call(&mut self, mut req: Request, gpas: &[u64]) -> Result<Response, HelperError> {
+        req.id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1);
+        let control = self.descriptor.control_gpa(self.index);
+        self.view
+            .write(control + REQUEST_OFFSET as u64, &req.encode())
+            .map_err(HelperError::Mailbox)?;
+        if !gpas.is_empty() {
+            let list: Vec<u8> = gpas.iter().flat_map(|g| g.to_le_bytes()).collect();
+            self.view
+                .write(control + GPA_LIST_OFFSET as u64, &list)
+                .map_err(HelperError::Mailbox)?;
+        }
+        self.run_until_doorbell()?;
+        let mut raw = [0u8; Response::SIZE];
+        self.view
+            .read(control + RESPONSE_OFFSET as u64, &mut raw)
+            .map_err(HelperError::Mailbox)?;
+        let resp = Response::decode(&raw);
+        if resp.id != req.id {
+            return Err(HelperError::StaleResponse {
+                want: req.id,
+                got: resp.id,
+            });
+        }
+        self.last = resp;
+        Ok(resp)
+    }
+
+    /// Like [`HelperVcpu::call`], with a refusal as an error.
+    pub fn call_ok(&mut self, req: Request, gpas: &[u64]) -> Result<Response, HelperError> {
+        let op = Op(req.op).name().unwrap_or("request");
+        let resp = self.call(req, gpas)?;
+        match resp.status() {
+            Status::OK => Ok(resp),
+            status => Err(HelperError::Refused {
+                op,
+                status,
+                index: match status {
+                    Status::BAD_GPA
+                    | Status::BAD_RECORD
+                    | Status::AUTH_FAILED
+                    | Status::REORDER
+                    | Status::REPLAY
+                    | Status::INCOMPLETE => Some(resp.index),
+                    _ => None,
+                },
+            }),
+        }
+    }
+
+    /// Runs the vCPU until the helper rings the doorbell.
+    fn run_until_doorbell(&mut self) -> Result<(), HelperError> {
+        if !self
+            .watchdog
+            .as_ref()
+            .is_some_and(Watchdog::is_for_current_thread)
+        {
+            self.watchdog = Some(Watchdog::for_current_thread().map_err(HelperError::Watchdog)?);
+        }
+        // SAFETY: the run page belongs to `self.vcpu`, which outlives this registration
+        // (dropped at the end of this function).
+        let _registration = unsafe { RunRegistration::register(self.vcpu.run_page()) };
+        let deadline = Instant::now() + self.timeout;
+        if let Some(w) = &self.watchdog {
+            w.arm(self.timeout);
+        }
+        let result = self.run_loop(deadline);
+        if let Some(w) = &self.watchdog {
+            w.disarm();
+        }
+        result
+    }
+
+    fn run_loop(&mut self, deadline: Instant) -> Result<(), HelperError> {
+        let doorbell = self.descriptor.doorbell_gpa;
+        let services = self.services_gpa;
+        loop {
+            let failure = match self.vcpu.run()? {
+                RunResult::Exit(VcpuExit::MmioWrite(addr, _)) if addr == doorbell => return Ok(()),
+                RunResult::Exit(VcpuExit::MmioWrite(addr, data))
+                    if addr.wrapping_sub(services) < PAGE_SIZE =>
+                {
+                    match self.latch.write(addr - services, data) {
+                        ServicesRequest::Fault(report) => Some(HelperError::Fault(report)),
+                        ServicesRequest::Exit(status) => Some(HelperError::Stopped(status)),
+                        ServicesRequest::Console(bytes) => {
+                            log::debug!(
+                                "helper {}: {}",
+                                self.index,
+                                String::from_utf8_lossy(bytes)
+                            );
+                            None
+                        }
+                        _ => None,
+                    }
+                }
+                RunResult::Exit(VcpuExit::MmioRead(_, data)) => {
+                    data.fill(0xff);
+                    None
+                }
+                RunResult::Exit(exit) => Some(HelperError::UnexpectedExit {
+                    exit: format!("{exit:?}"),
+                    rip: 0,
+                }),
+                RunResult::Interrupted => {
+                    self.vcpu.set_immediate_exit(false);
+                    (Instant::now() >= deadline).then_some(HelperError::Timeout(self.timeout))
+                }
+                RunResult::Again => None,
+            };
+            if let Some(mut error) = failure {
+                if let HelperError::UnexpectedExit { rip, .. } = &mut error {
+                    *rip = self.vcpu.regs().map(|r| r.rip).unwrap_or(0);
+                }
+                return Err(error);
+            }
+        }
+    }
+}
+
+/// A mirror VM with its helper vCPUs.
+pub struct Mirror {
+    // Drop order: vCPUs, then the VM, then the memory they map.
+    helpers: Vec<HelperVcpu>,
+    kvm_vm: KvmVm,
+    backend: Arc<dyn SevBackend>,
+    descriptor: HelperDescriptor,
+    info: Response,
+    _ram: Arc<GuestRam>,
+    _rom: Arc<Rom>,
+}
+
+impl Mirror {
+    /// The helper vCPUs.
+    pub fn helpers_mut(&mut self) -> &mut [HelperVcpu] {
+        &mut self.helpers
+    }
+
+    /// Takes the helper vCPUs out (e.g. to run them on their own threads).
+    pub fn take_helpers(&mut self) -> Vec<HelperVcpu> {
+        std::mem::take(&mut self.helpers)
+    }
+
+    /// The firmware's helper descriptor.
+    pub fn descriptor(&self) -> &HelperDescriptor {
+        &self.descriptor
+    }
+
+    /// What INFO reported when the helper started (region, limits).
+    pub fn info(&self) -> &Response {
+        &self.info
+    }
+}
+
+impl Drop for Mirror {
+    fn drop(&mut self) {
+        self.helpers.clear();
+        self.backend.vm_destroyed(VmRef(self.kvm_vm.raw_fd()));
+    }
+}
+
+fn flat32(selector: u16, type_: u8) -> kvm_segment {
+    kvm_segment {
+        base: 0,
+        limit: 0xffff_ffff,
+        selector,
+        type_,
+        present: 1,
+        dpl: 0,
+        db: 1,
+        s: 1,
+        l: 0,
+        g: 1,
+        avl: 0,
+        unusable: 0,
+        padding: 0,
+    }
+}
+
+impl Vm {
+    /// Creates a mirror VM on this guest's memory, shares its SEV context with it, and
+    /// starts `helpers` helper vCPUs at the firmware's declared entry point.
+    pub fn attach_mirror(&self, kvm: &KvmSystem, helpers: u16) -> Result<Mirror, MirrorError> {
+        let sev = self.sev.as_ref().ok_or(MirrorError::NotSev)?;
+        if self.sev_phase() != Some(crate::sev::LaunchPhase::Finished) {
+            return Err(MirrorError::NotLaunched);
+        }
+        let descriptor = *self.helper.as_ref().ok_or(MirrorError::NoHelper)?;
+        if helpers == 0 || helpers > descriptor.max_vcpus {
+            return Err(MirrorError::TooManyHelpers {
+                asked: helpers,
+                max: descriptor.max_vcpus,
+            });
+        }
+        let mirror = kvm.create_vm()?;
+        let rom = self.rom.region();
+        for (slot, (r, read_only)) in (0u32..).zip(
+            self.ram
+                .regions()
+                .into_iter()
+                .map(|r| (r, false))
+                .chain(std::iter::once((rom, true))),
+        ) {
+            // SAFETY: the RAM and ROM mappings are kept alive by the Mirror (it holds
+            // Arcs to both) for as long as the mirror VM exists.
+            unsafe {
+                mirror.map(Slot {
+                    slot,
+                    gpa: r.gpa,
+                    size: r.size,
+                    host_addr: r.host_addr,
+                    read_only,
+                    log_dirty: false,
+                })?;
+            }
+        }
+        let backend = sev.config.backend.clone();
+        backend
+            .copy_enc_context_from(VmRef(mirror.raw_fd()), sev.vm_ref)
+            .map_err(MirrorError::CopyContext)?;
+        let view = self.host_view();
+        let mut vcpus = Vec::new();
+        for index in 0..helpers {
+            let mut cpuid = kvm.cpuid_for(u32::from(index))?;
+            patch_cpuid(&mut cpuid, Some(HypercallTransport::ServicesPage)).map_err(|_| {
+                MirrorError::Kvm(KvmError::SupportedCpuid(kvm_ioctls::Error::new(
+                    libc::E2BIG,
+                )))
+            })?;
+            let vcpu = mirror.create_vcpu(u32::from(index), &cpuid)?;
+            let mut sregs = vcpu.sregs()?;
+            sregs.cs = flat32(selector::KERNEL_CODE32, 0xb);
+            let data = flat32(selector::KERNEL_DATA, 0x3);
+            (sregs.ds, sregs.es, sregs.fs, sregs.gs, sregs.ss) = (data, data, data, data, data);
+            sregs.cr0 = 0x11; // PE | ET
+            sregs.cr3 = 0;
+            sregs.cr4 = 0;
+            sregs.efer = 0;
+            vcpu.set_sregs(&sregs)?;
+            let mut regs = vcpu.regs()?;
+            regs.rip = u64::from(descriptor.entry32);
+            regs.rsi = u64::from(index);
+            regs.rflags = 2;
+            vcpu.set_regs(&regs)?;
+            let mut helper = HelperVcpu {
+                index,
+                vcpu,
+                view: view.clone(),
+                descriptor,
+                services_gpa: self.services_gpa,
+                latch: ServicesLatch::default(),
+                next_id: 1,
+                watchdog: None,
+                timeout: DEFAULT_CALL_TIMEOUT,
+                last: Response::default(),
+            };
+            helper
+                .run_until_doorbell()
+                .map_err(|e| MirrorError::Start(index, e))?;
+            vcpus.push(helper);
+        }
+        let info = vcpus[0]
+            .call_ok(
+                Request {
+                    op: Op::INFO.0,
+                    ..Request::default()
+                },
+                &[],
+            )
+            .map_err(|e| MirrorError::Start(0, e))?;
+        Ok(Mirror {
+            helpers: vcpus,
+            kvm_vm: mirror,
+            backend,
+            descriptor,
+            info,
+            _ram: self.ram.clone(),
+            _rom: self.rom.clone(),
+        })
+    }
+}
