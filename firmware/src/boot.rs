@@ -46,6 +46,7 @@ core::arch::global_asm!(
     SVC_HALT = const svc::HALT,
     SVC_VMMCALL = const svc::VMMCALL,
     SVC_SLEEP_UNTIL = const svc::SLEEP_UNTIL,
+    SVC_CPUID = const svc::CPUID,
     TIMER_VECTOR = const svc::TIMER_VECTOR,
     HELPER_ANCHOR = const layout::HELPER_REGION_BASE + region::ANCHOR,
     ANCHOR_MAGIC_LO = const region::anchor::MAGIC & 0xffff_ffff,

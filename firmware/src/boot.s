@@ -367,6 +367,8 @@ sevm_exc_common:
     je sevm_svc_vmmcall
     cmp rax, {SVC_SLEEP_UNTIL}
     je sevm_svc_sleep
+    cmp rax, {SVC_CPUID}
+    je sevm_svc_cpuid
     mov rax, -1
 sevm_svc_return:
     add qword ptr [rsp + 16], 4
@@ -462,6 +464,18 @@ sevm_timer_irq:
     pop rcx
     pop rax
     iretq
+
+sevm_svc_cpuid:
+    push rbx
+    mov eax, edi
+    mov ecx, esi
+    cpuid
+    shl rbx, 32
+    or rax, rbx
+    shl rdx, 32
+    or rdx, rcx
+    pop rbx
+    jmp sevm_svc_return
 
 sevm_svc_vmmcall:
     push rbx

@@ -35,6 +35,32 @@ fn call4(nr: u64, a0: u64, a1: u64, a2: u64, a3: u64) -> u64 {
     ret
 }
 
+/// CPUID as the VMM configured it, executed at CPL0 (eax, ebx, ecx, edx). A CPUID at
+/// CPL3 reports the host CPU on the development machines.
+pub fn vmm_cpuid(leaf: u32, subleaf: u32) -> [u32; 4] {
+    let (lo, hi): (u64, u64);
+    // SAFETY: as in `call4`; the CPUID service returns its results in rax and rdx.
+    unsafe {
+        core::arch::asm!(
+            "ud2",
+            ".byte {m0}, {m1}",
+            m0 = const svc::MARKER[0],
+            m1 = const svc::MARKER[1],
+            inlateout("rax") svc::CPUID => lo,
+            inlateout("rdi") u64::from(leaf) => _,
+            inlateout("rsi") u64::from(subleaf) => _,
+            lateout("rdx") hi,
+            lateout("rcx") _,
+            lateout("r8") _,
+            lateout("r9") _,
+            lateout("r10") _,
+            lateout("r11") _,
+            options(nostack),
+        );
+    }
+    [lo as u32, (lo >> 32) as u32, hi as u32, (hi >> 32) as u32]
+}
+
 /// Writes a 16-bit word to an I/O port.
 pub fn outw(port: u16, value: u16) {
     call(svc::OUT, port.into(), 2, value.into());
@@ -88,11 +114,13 @@ pub fn rdtsc() -> u64 {
 
 /// The initial APIC ID of this CPU, which the VMM makes equal to the vCPU index.
 pub fn apic_id() -> u32 {
-    __cpuid(1).ebx >> 24
+    vmm_cpuid(1, 0)[1] >> 24
 }
 
 /// Names of the instruction-set extensions this image was built for that the CPU lacks
-/// (checked before any of them is used: the VMM must pass the host's bits through).
+/// (checked before any of them is used). This CPUID runs at CPL3, where the Rust code
+/// runs: natively on kvm_pvm (the host CPU answers), through the VMM's table elsewhere
+/// (which is why the VMM passes the host's bits through).
 pub fn missing_features() -> impl Iterator<Item = &'static str> {
     let ecx = __cpuid(1).ecx;
     [

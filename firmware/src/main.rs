@@ -204,10 +204,13 @@ fn bsp_main() -> ! {
         config.ram.top(),
         sev.is_some(),
     ) {
-        Ok((base, size)) => println!(
-            "firmware: migration helper ready: region {base:#x}+{size:#x} ({} KiB)",
-            size >> 10
-        ),
+        Ok((base, size)) => {
+            println!(
+                "firmware: migration helper ready: region {base:#x}+{size:#x} ({} KiB)",
+                size >> 10
+            );
+            services::event(Event::HELPER_READY);
+        }
         Err(e) => println!("firmware: migration helper unavailable: {e}"),
     }
     let mib = |b: u64| b >> 20;

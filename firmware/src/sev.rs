@@ -2,7 +2,6 @@
 //! conversions to the host, and reading the guest owner's launch secret.
 
 use crate::{cpu, println, services};
-use core::arch::x86_64::__cpuid;
 use guest_abi::{layout, services::hcall};
 use mirror_helper::shared_list::SharedList;
 use sha2::{Digest, Sha256};
@@ -26,9 +25,12 @@ pub struct Sev {
 }
 
 /// Detects SEV: CPUID 0x8000001F says the CPU has it, then SEV_STATUS says it is active.
-/// The MSR is only read when CPUID allows it, so a plain VM never takes a #GP here.
+/// The MSR is only read when CPUID allows it, so a plain VM never takes a #GP here. CPUID
+/// goes through CPL0 (see `cpu::vmm_cpuid`).
 pub fn detect() -> Option<Sev> {
-    if __cpuid(0x8000_0000).eax < 0x8000_001f || __cpuid(0x8000_001f).eax & (1 << 1) == 0 {
+    if cpu::vmm_cpuid(0x8000_0000, 0)[0] < 0x8000_001f
+        || cpu::vmm_cpuid(0x8000_001f, 0)[0] & (1 << 1) == 0
+    {
         return None;
     }
     let status = cpu::rdmsr(MSR_SEV_STATUS);
@@ -41,9 +43,9 @@ pub fn detect() -> Option<Sev> {
 /// development machines it does not: VMMCALL never exits there (DESIGN §2), and the
 /// guest-services page carries the same call instead.
 fn vmmcall_transport() -> bool {
-    let sig = __cpuid(0x4000_0000);
-    let kvm = [sig.ebx, sig.ecx, sig.edx] == [0x4b4d_564b, 0x564b_4d56, 0x4d];
-    kvm && __cpuid(CPUID_KVM_FEATURES).eax & KVM_FEATURE_HC_MAP_GPA_RANGE != 0
+    let sig = cpu::vmm_cpuid(0x4000_0000, 0);
+    let kvm = [sig[1], sig[2], sig[3]] == [0x4b4d_564b, 0x564b_4d56, 0x4d];
+    kvm && cpu::vmm_cpuid(CPUID_KVM_FEATURES, 0)[0] & KVM_FEATURE_HC_MAP_GPA_RANGE != 0
 }
 
 /// Whether a page is encrypted with the guest's key.

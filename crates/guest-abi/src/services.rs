@@ -77,6 +77,8 @@ impl Event {
     pub const WORKLOAD_START: Event = Event(4);
     /// The workload finished its main phase (for the self-test: verified memory).
     pub const WORKLOAD_DONE: Event = Event(5);
+    /// The migration helper's region is prepared: a mirror may start helper vCPUs.
+    pub const HELPER_READY: Event = Event(6);
 
     /// A short name for logs, or `None` for an unknown code.
     pub fn name(self) -> Option<&'static str> {
@@ -86,6 +88,7 @@ impl Event {
             Event::APS_STARTED => "aps-started",
             Event::WORKLOAD_START => "workload-start",
             Event::WORKLOAD_DONE => "workload-done",
+            Event::HELPER_READY => "helper-ready",
             _ => return None,
         })
     }

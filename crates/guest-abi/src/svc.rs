@@ -28,6 +28,11 @@ pub const VMMCALL: u64 = 6;
 /// Sleep until the TSC reaches rdi (x2APIC TSC-deadline timer, `sti; hlt`): the vCPU
 /// costs the host nothing meanwhile. Returns when the timer (or another interrupt) fires.
 pub const SLEEP_UNTIL: u64 = 7;
+/// `cpuid` as the VMM configured it: rdi = leaf, rsi = subleaf; returns
+/// rax = ebx << 32 | eax and rdx = edx << 32 | ecx. On the development machines a CPUID at
+/// CPL3 runs natively and reports the host's values, not the VMM's (KVM_SET_CPUID2 only
+/// governs the emulated CPL0), so guest configuration such as SEV is read through here.
+pub const CPUID: u64 = 8;
 /// Interrupt vector of the firmware's timer.
 pub const TIMER_VECTOR: u64 = 0x40;
 /// Value returned for an unknown service number.

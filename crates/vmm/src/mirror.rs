@@ -32,6 +32,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+/// How long `attach_mirror` waits for a booting guest to prepare its helper.
+pub const HELPER_READY_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// How long a helper request may take before the VMM gives up on the helper.
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -57,6 +60,9 @@ pub enum MirrorError {
     /// The owner's SEV launch has not finished.
     #[error("the guest has not finished its SEV launch yet")]
     NotLaunched,
+    /// The guest's firmware has not prepared its helper (it is still booting, or failed).
+    #[error("the guest's firmware did not report its migration helper ready within {0:?}")]
+    HelperNotReady(Duration),
     /// The platform refused to share the encryption context.
     #[error("the SEV platform refused to copy the encryption context to the mirror")]
     CopyContext(#[source] SevError),
@@ -368,6 +374,13 @@ impl Vm {
             return Err(MirrorError::NotLaunched);
         }
         let descriptor = *self.helper.as_ref().ok_or(MirrorError::NoHelper)?;
+        let deadline = Instant::now() + HELPER_READY_TIMEOUT;
+        while !self.helper_ready.load(std::sync::atomic::Ordering::Acquire) {
+            if Instant::now() >= deadline {
+                return Err(MirrorError::HelperNotReady(HELPER_READY_TIMEOUT));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
         if helpers == 0 || helpers > descriptor.max_vcpus {
             return Err(MirrorError::TooManyHelpers {
                 asked: helpers,

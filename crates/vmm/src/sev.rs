@@ -265,6 +265,16 @@ impl Vm {
         Some(sev.config.backend.guest_status(sev.vm_ref))
     }
 
+    /// KVM_SEV_DBG_DECRYPT: guest memory in the clear (refused under a NODBG policy).
+    pub fn sev_dbg_decrypt(&self, gpa: u64, out: &mut [u8]) -> Result<(), VmError> {
+        let view = LaunchView::new(&self.ram, &self.rom);
+        let sev = self.sev.as_ref().ok_or(VmError::NotSev)?;
+        sev.config
+            .backend
+            .dbg_decrypt(sev.vm_ref, &view, gpa, out)?;
+        Ok(())
+    }
+
     /// The launch measurement, once taken.
     pub fn sev_measurement(&self) -> Option<LaunchMeasurement> {
         self.sev.as_ref()?.measurement

@@ -163,6 +163,8 @@ pub struct VcpuContext {
     /// A pending request to the workload (guest-abi `services::Request`), taken when the
     /// guest reads it.
     pub guest_request: Arc<AtomicU64>,
+    /// Set once the firmware reports its migration helper ready.
+    pub helper_ready: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The controlling end of a vCPU thread.
@@ -506,6 +508,9 @@ impl VcpuThread {
             ServicesRequest::Exit(status) => Flow::End(VmEvent::GuestExit { vcpu: id, status }),
             ServicesRequest::Fault(report) => Flow::End(VmEvent::Fault { vcpu: id, report }),
             ServicesRequest::Event(event) => {
+                if event == Event::HELPER_READY {
+                    ctx.helper_ready.store(true, Ordering::Release);
+                }
                 (ctx.events)(VmEvent::Milestone {
                     vcpu: id,
                     event,

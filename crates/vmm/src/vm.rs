@@ -137,6 +137,7 @@ pub struct Vm {
     console: ConsoleOut,
     pub(crate) services_gpa: u64,
     guest_request: Arc<std::sync::atomic::AtomicU64>,
+    pub(crate) helper_ready: Arc<std::sync::atomic::AtomicBool>,
     events: EventSink,
     inbox: Option<Receiver<VmEvent>>,
     acks_tx: Sender<u32>,
@@ -231,6 +232,7 @@ impl Vm {
             console: config.console,
             services_gpa: config.firmware.services_gpa(),
             guest_request: Arc::default(),
+            helper_ready: Arc::default(),
             events: Arc::new(move |e| {
                 let _ = events_tx.send(e);
             }),
@@ -298,6 +300,7 @@ impl Vm {
                 view: view.clone(),
                 sev_status,
                 guest_request: self.guest_request.clone(),
+                helper_ready: self.helper_ready.clone(),
             };
             self.handles
                 .push(VcpuHandle::spawn(vcpu, ctx, tx, rx).map_err(VmError::Thread)?);
