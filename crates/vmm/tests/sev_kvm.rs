@@ -239,7 +239,7 @@ fn kvm_sev_the_host_sees_private_memory_only_as_ciphertext() {
         TEST_GUID.parse().unwrap(),
         b"launch secret that must not leak".to_vec(),
     );
-    let (mut vm, out) = owned_guest(&kvm, &psp, "canary", &[secret.clone()]);
+    let (mut vm, out) = owned_guest(&kvm, &psp, "canary", std::slice::from_ref(&secret));
     let (private, shared) = canary_pages(&wait_for(&out, "canary: private page"));
     let view = vm.host_view();
     let hits = find_all(&view, canary, ram);
