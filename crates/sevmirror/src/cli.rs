@@ -67,6 +67,62 @@ pub struct RunArgs {
     /// Print boot milestones and exit counts on stderr when the VM stops.
     #[arg(long)]
     pub boot_trace: bool,
+
+    /// QMP control socket to create (QEMU's protocol and command names; see `sevmirror ctl`).
+    #[arg(long, value_name = "SOCKET")]
+    pub api: Option<PathBuf>,
+
+    /// Do not run the guest until `cont` arrives on the control socket (QEMU's -S). An SEV
+    /// guest stops after LAUNCH_MEASURE, so its owner can check the measurement and inject
+    /// secrets first.
+    #[arg(long)]
+    pub paused: bool,
+
+    #[command(flatten)]
+    pub sev: SevArgs,
+}
+
+/// The SEV options of `sevmirror run` (QEMU `sev-guest` conventions).
+#[derive(Args, Debug)]
+pub struct SevArgs {
+    /// Run the guest under AMD SEV: its memory is encrypted and its launch measured.
+    #[arg(long)]
+    pub sev: bool,
+
+    /// Guest policy (SEV API §3; decimal or 0x hex). QEMU's default, 0x1, forbids
+    /// debugging (DBG_DECRYPT).
+    #[arg(long, default_value = "0x1", value_parser = parse_u32, requires = "sev")]
+    pub policy: u32,
+
+    /// Guest owner's Diffie-Hellman certificate, base64 (QEMU's dh-cert-file; from
+    /// `sevmirror owner session` or `sevctl session`).
+    #[arg(long, value_name = "FILE", requires_all = ["sev", "session_file"])]
+    pub dh_cert_file: Option<PathBuf>,
+
+    /// Launch session blob, base64 (QEMU's session-file).
+    #[arg(long, value_name = "FILE", requires_all = ["sev", "dh_cert_file"])]
+    pub session_file: Option<PathBuf>,
+
+    /// Where the emulated platform keeps its identity (default: $SEVMIRROR_PLATFORM_DIR,
+    /// else $XDG_STATE_HOME/sevmirror/platform, else ~/.local/state/sevmirror/platform).
+    #[arg(long, value_name = "DIR")]
+    pub platform_dir: Option<PathBuf>,
+
+    /// SEV platform: "hw" (/dev/sev and KVM) or "emulated" (the software PSP). Default: hw
+    /// when /dev/sev exists, otherwise emulated.
+    #[arg(long, value_name = "hw|emulated")]
+    pub sev_backend: Option<String>,
+
+    /// How the guest announces page conversions: "services" (the guest-services page;
+    /// works everywhere) or "vmmcall" (KVM_HC_MAP_GPA_RANGE by VMMCALL, as on SEV hosts;
+    /// it hangs on kvm_pvm).
+    #[arg(
+        long,
+        default_value = "services",
+        value_name = "services|vmmcall",
+        requires = "sev"
+    )]
+    pub hypercall: String,
 }
 
 /// `sevmirror inspect`.
@@ -105,6 +161,16 @@ pub struct CtlArgs {
     /// The command's arguments as one JSON object, e.g. '{"uri":"tcp:127.0.0.1:4444"}'.
     #[arg(value_name = "ARGS-JSON", value_parser = crate::qmp::ctl::parse_args_json)]
     pub args: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// A u32 in decimal or with a 0x prefix.
+pub fn parse_u32(s: &str) -> Result<u32, String> {
+    let t = s.trim();
+    let parsed = match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+        Some(hex) => u32::from_str_radix(hex, 16),
+        None => t.parse(),
+    };
+    parsed.map_err(|_| format!("{s:?} is not a 32-bit number (decimal or 0x hex)"))
 }
 
 fn parse_mem(s: &str) -> Result<u64, String> {

@@ -2,6 +2,7 @@
 
 mod cli;
 mod inspect;
+mod machine;
 mod qmp;
 mod run;
 mod signals;

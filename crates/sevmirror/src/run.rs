@@ -1,10 +1,21 @@
-//! `sevmirror run`: boot a VM and wait for it to end.
+//! `sevmirror run`: build a VM (launching it under SEV if asked), serve its control
+//! socket, and run it until it ends.
 
-use crate::{cli::RunArgs, signals};
+use crate::{
+    cli::{RunArgs, SevArgs},
+    machine::{Ending, Machine, Trace},
+    qmp::QmpServer,
+    signals,
+};
 use anyhow::{bail, Context};
 use guest_abi::fwcfg;
-use std::{fs::File, io::Write};
-use vmm::{vm::VmOutcome, ConsoleOut, Firmware, KvmSystem, Vm, VmConfig};
+use sev_platform::{emulated::EmulatedPsp, hw::HwBackend, identity, owner, Policy, SevBackend};
+use std::{fs::File, io::Write, path::PathBuf, sync::Arc};
+use vmm::{
+    sev::{HypercallTransport, SevConfig},
+    vm::VmOutcome,
+    ConsoleOut, Firmware, KvmSystem, Vm, VmConfig,
+};
 
 /// Loads `--firmware FILE`, or the embedded image.
 pub fn load_firmware(path: Option<&std::path::Path>) -> anyhow::Result<Firmware> {
@@ -53,17 +64,108 @@ pub fn fw_cfg_file(spec: &str) -> anyhow::Result<(String, Vec<u8>)> {
     }
 }
 
+/// The SEV platform `--sev-backend` names (default: hardware when /dev/sev exists).
+pub fn sev_backend(
+    backend: Option<&str>,
+    platform_dir: Option<&PathBuf>,
+) -> anyhow::Result<Arc<dyn SevBackend>> {
+    let explicit = backend.is_some();
+    let choice = backend.unwrap_or(if HwBackend::available() {
+        "hw"
+    } else {
+        "emulated"
+    });
+    match choice {
+        "hw" => Ok(Arc::new(HwBackend::open()?)),
+        "emulated" => {
+            let dir = match platform_dir {
+                Some(d) => d.clone(),
+                None => {
+                    identity::default_dir().context("cannot find a platform state directory")?
+                }
+            };
+            if !explicit {
+                log::warn!(
+                    "no /dev/sev: using the emulated SEV platform (identity in {})",
+                    dir.display()
+                );
+            }
+            Ok(Arc::new(EmulatedPsp::open(&dir)?))
+        }
+        other => bail!("--sev-backend {other:?}: expected hw or emulated"),
+    }
+}
+
+fn sev_config(args: &SevArgs) -> anyhow::Result<Option<SevConfig>> {
+    if !args.sev {
+        return Ok(None);
+    }
+    let backend = sev_backend(args.sev_backend.as_deref(), args.platform_dir.as_ref())?;
+    let read = |p: &PathBuf| {
+        std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))
+    };
+    let session = match (&args.dh_cert_file, &args.session_file) {
+        (Some(cert), Some(session)) => Some(
+            owner::launch_session_from_base64(&read(cert)?, &read(session)?)
+                .context("the guest owner's session files are not usable")?,
+        ),
+        _ => None,
+    };
+    let transport = match args.hypercall.as_str() {
+        "services" => HypercallTransport::ServicesPage,
+        "vmmcall" => HypercallTransport::Vmmcall,
+        other => bail!("--hypercall {other:?}: expected services or vmmcall"),
+    };
+    Ok(Some(SevConfig {
+        backend,
+        policy: Policy(args.policy),
+        session,
+        transport,
+    }))
+}
+
+fn print_trace(trace: &Trace) {
+    for m in &trace.milestones {
+        eprintln!(
+            "boot-trace: vCPU {} {} at {:.3} ms",
+            m.vcpu,
+            m.event.name().unwrap_or("event"),
+            m.at.as_secs_f64() * 1e3
+        );
+    }
+    for (i, s) in trace.exits.iter().enumerate() {
+        let kvm: Vec<String> = s.kvm.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        let kvm = if kvm.is_empty() {
+            "n/a".to_string()
+        } else {
+            kvm.join(", ")
+        };
+        eprintln!(
+            "boot-trace: vCPU {i} exits to the VMM: {} port I/O, {} MMIO, {} other; KVM counters: {kvm}",
+            s.pio, s.mmio, s.other
+        );
+    }
+}
+
 /// Runs the VM; returns the process exit code.
 pub fn run(args: &RunArgs) -> anyhow::Result<i32> {
     let firmware = load_firmware(args.firmware.as_deref())?;
     let console = console(&args.serial)?;
-    let mut files = vec![(
-        fwcfg::FILE_WORKLOAD.to_string(),
-        args.workload.clone().into_bytes(),
-    )];
+    let mut files = vec![
+        (
+            fwcfg::FILE_WORKLOAD.to_string(),
+            args.workload.clone().into_bytes(),
+        ),
+        (
+            fwcfg::FILE_DIRTY_RATE.to_string(),
+            args.dirty_rate.to_string().into_bytes(),
+        ),
+    ];
     for spec in &args.fw_cfg {
         files.push(fw_cfg_file(spec)?);
     }
+    let sev = sev_config(&args.sev)?;
+    let backend = sev.as_ref().map(|s| s.backend.clone());
     let kvm = KvmSystem::open()?;
     signals::block_termination();
     let mut vm = Vm::new(
@@ -74,46 +176,46 @@ pub fn run(args: &RunArgs) -> anyhow::Result<i32> {
             firmware,
             console,
             fw_cfg_files: files,
-            sev: None,
+            sev,
         },
     )?;
-    signals::forward_termination(vm.event_sink());
-    vm.start()?;
-    let outcome = vm.wait();
-    vm.stop();
-    if args.boot_trace {
-        for m in vm.milestones() {
-            eprintln!(
-                "boot-trace: vCPU {} {} at {:.3} ms",
-                m.vcpu,
-                m.event.name().unwrap_or("event"),
-                m.at.as_secs_f64() * 1e3
-            );
+    let launch = match backend {
+        Some(_) => {
+            let started = vm.sev_launch_start().context("SEV launch")?;
+            Some(vm.sev_launch_measure(started).context("SEV launch")?)
         }
-        for (i, s) in vm.exit_stats().iter().enumerate() {
-            let kvm: Vec<String> = s.kvm.iter().map(|(k, v)| format!("{k} {v}")).collect();
-            let kvm = if kvm.is_empty() {
-                "n/a".to_string()
-            } else {
-                kvm.join(", ")
-            };
-            eprintln!(
-                "boot-trace: vCPU {i} exits to the VMM: {} port I/O, {} MMIO, {} other; KVM counters: {kvm}",
-                s.pio, s.mmio, s.other
-            );
-        }
+        None => None,
+    };
+    let mut machine = Machine::new(vm, launch, backend);
+    let _server = match &args.api {
+        Some(path) => Some(
+            QmpServer::bind(path, machine.controller(), machine.qmp_events())
+                .with_context(|| format!("cannot serve the control socket {}", path.display()))?,
+        ),
+        None => None,
+    };
+    signals::forward_termination(machine.event_sink());
+    if !args.paused {
+        machine.start().map_err(|e| anyhow::anyhow!("{}", e.desc))?;
     }
-    Ok(match outcome {
-        VmOutcome::GuestExit(status) => i32::from(vmm::devices::services::exit_status(status)),
-        VmOutcome::Fault { vcpu, report } => {
+    let (ending, trace) = machine.run();
+    if args.boot_trace {
+        print_trace(&trace);
+    }
+    Ok(match ending {
+        Ending::Quit => 0,
+        Ending::Vm(VmOutcome::GuestExit(status)) => {
+            i32::from(vmm::devices::services::exit_status(status))
+        }
+        Ending::Vm(VmOutcome::Fault { vcpu, report }) => {
             eprintln!("sevmirror: vCPU {vcpu}: {report}");
             1
         }
-        VmOutcome::Failed { vcpu, error } => {
+        Ending::Vm(VmOutcome::Failed { vcpu, error }) => {
             eprintln!("sevmirror: vCPU {vcpu}: {error}");
             1
         }
-        VmOutcome::Signal(sig) => {
+        Ending::Vm(VmOutcome::Signal(sig)) => {
             eprintln!("sevmirror: stopped by {}", signals::name(sig));
             0
         }
