@@ -56,6 +56,8 @@ fn fail(code: u64, what: core::fmt::Arguments<'_>) -> ! {
 struct Config {
     /// Pages per second for the dirty workload.
     dirty_rate: u64,
+    /// This boot only prepares a migration target.
+    incoming: bool,
     /// Guest RAM as the host describes it (normalised).
     ram: MemoryMap,
     /// RAM with the firmware's reservations carved out.
@@ -160,7 +162,9 @@ fn read_config() -> Config {
         }),
         Err(_) => 1000,
     };
+    let incoming = fw.find(fwcfg_abi::FILE_INCOMING).is_ok();
     Config {
+        incoming,
         dirty_rate,
         ram,
         map,
@@ -229,6 +233,12 @@ fn bsp_main() -> ! {
         sev::report_secrets();
     }
     services::event(Event::CONFIGURED);
+    if config.incoming {
+        // A migration target: the guest's state arrives through the helper; this CPU's
+        // registers will be replaced, so it only waits.
+        println!("firmware: waiting for an incoming migration");
+        cpu::halt();
+    }
 
     let g = globals::get();
     globals::set_map(&config.map);

@@ -61,5 +61,8 @@ pub const E820_RESERVED: u32 = 2;
 pub const FILE_WORKLOAD: &str = "opt/sevmirror/workload";
 /// Pages per second the `dirty` workload writes (decimal text; 0 = as fast as it can).
 pub const FILE_DIRTY_RATE: &str = "opt/sevmirror/dirty-rate";
+/// Present (any contents) on a migration target: the firmware prepares its helper and
+/// parks instead of running a workload; the guest it will run arrives by migration.
+pub const FILE_INCOMING: &str = "opt/sevmirror/incoming";
 /// TSC frequency in kHz (decimal text), for the firmware's timings.
 pub const FILE_TSC_KHZ: &str = "opt/sevmirror/tsc-khz";

@@ -12,6 +12,7 @@ use crate::{
     },
     kvm::{
         kick::{Kicker, RunRegistration},
+        state::VcpuState,
         KvmError, KvmVcpu, RunResult,
     },
     memory::HostView,
@@ -119,7 +120,7 @@ pub enum VmEvent {
 pub type EventSink = Arc<dyn Fn(VmEvent) + Send + Sync>;
 
 /// Orders for a vCPU thread.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum VcpuCommand {
     /// Stop running guest code and wait (acknowledged with [`VmEvent::Paused`]).
     Pause,
@@ -127,6 +128,10 @@ pub enum VcpuCommand {
     Resume,
     /// End the thread.
     Stop,
+    /// Send back the vCPU's state (while paused).
+    Save(Sender<Result<VcpuState, KvmError>>),
+    /// Load a state into the vCPU (while paused).
+    Restore(Box<VcpuState>, Sender<Result<(), KvmError>>),
 }
 
 /// Exit counts of one vCPU.
@@ -338,6 +343,12 @@ impl VcpuThread {
                 }
             };
             match cmd {
+                VcpuCommand::Save(reply) => {
+                    let _ = reply.send(self.vcpu.save_state());
+                }
+                VcpuCommand::Restore(state, reply) => {
+                    let _ = reply.send(self.vcpu.restore_state(&state));
+                }
                 VcpuCommand::Stop => return false,
                 VcpuCommand::Pause => {
                     let _ = self.ctx.acks.send(self.vcpu.id());

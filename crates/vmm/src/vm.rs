@@ -4,6 +4,7 @@ use crate::{
     console::ConsoleOut,
     devices::{fw_cfg, services::FaultReport, PioBus},
     firmware::Firmware,
+    kvm::state::VcpuState,
     kvm::{KvmError, KvmSystem, KvmVcpu, KvmVm, Slot},
     memory::{Encrypted, GuestRam, HostView, MemoryError, PageStates, Rom, Visibility},
     sev::{self, LaunchPhase, SevConfig, SevGuest},
@@ -34,6 +35,9 @@ pub enum VmError {
     /// A fw_cfg file could not be added.
     #[error(transparent)]
     FwCfg(#[from] fw_cfg::FwCfgError),
+    /// A vCPU did not answer a command.
+    #[error("vCPU {0} did not answer (is it paused?)")]
+    VcpuUnresponsive(u32),
     /// A vCPU thread could not be started.
     #[error("cannot start a vCPU thread")]
     Thread(#[source] std::io::Error),
@@ -127,7 +131,7 @@ pub struct Vm {
     handles: Vec<VcpuHandle>,
     pending: Vec<KvmVcpu>,
     pub(crate) sev: Option<SevGuest>,
-    pub(crate) kvm_vm: KvmVm,
+    pub(crate) kvm_vm: Arc<KvmVm>,
     pub(crate) ram: Arc<GuestRam>,
     pub(crate) rom: Arc<Rom>,
     fw_cfg: Option<fw_cfg::FwCfg>,
@@ -222,7 +226,7 @@ impl Vm {
             handles: Vec::new(),
             pending: vcpus,
             sev,
-            kvm_vm: vm,
+            kvm_vm: Arc::new(vm),
             ram,
             rom: Arc::new(rom),
             fw_cfg: Some(dev),
@@ -349,6 +353,48 @@ impl Vm {
         true
     }
 
+    /// The state of every vCPU, in index order. The vCPUs must be paused.
+    pub fn save_vcpus(&mut self) -> Result<Vec<VcpuState>, VmError> {
+        let mut out = Vec::new();
+        for h in &self.handles {
+            let (tx, rx) = mpsc::channel();
+            h.command(VcpuCommand::Save(tx));
+            out.push(
+                rx.recv_timeout(Duration::from_secs(5))
+                    .map_err(|_| VmError::VcpuUnresponsive(h.id()))??,
+            );
+        }
+        Ok(out)
+    }
+
+    /// Loads states into the vCPUs (one per vCPU, in index order). The vCPUs must be paused.
+    pub fn restore_vcpus(&mut self, states: Vec<VcpuState>) -> Result<(), VmError> {
+        if states.len() != self.handles.len() {
+            return Err(VmError::VcpuCount(states.len() as u32));
+        }
+        for (h, state) in self.handles.iter().zip(states) {
+            let (tx, rx) = mpsc::channel();
+            h.command(VcpuCommand::Restore(Box::new(state), tx));
+            rx.recv_timeout(Duration::from_secs(5))
+                .map_err(|_| VmError::VcpuUnresponsive(h.id()))??;
+        }
+        Ok(())
+    }
+
+    /// Dirty-page tracking of guest RAM (for live migration).
+    pub fn dirty_tracker(&self) -> DirtyTracker {
+        DirtyTracker {
+            vm: self.kvm_vm.clone(),
+            ram: self.ram.clone(),
+        }
+    }
+
+    /// Touches every page of guest RAM now, so that later first touches are fast (a
+    /// migration target prepares this way while it waits).
+    pub fn prefault_ram(&self) -> std::io::Result<()> {
+        self.ram.prefault()
+    }
+
     /// Lets paused vCPUs run again.
     pub fn resume(&mut self) {
         for h in &self.handles {
@@ -388,6 +434,61 @@ impl Vm {
     /// Exit counts of the stopped vCPUs.
     pub fn exit_stats(&self) -> &[ExitStats] {
         &self.stats
+    }
+}
+
+/// Which guest pages were written since the last look (KVM dirty logging on the RAM
+/// slots). Dirty logging with D bits already set in guest page tables would report reads
+/// too (DESIGN §2); the firmware leaves them clear.
+pub struct DirtyTracker {
+    vm: Arc<KvmVm>,
+    ram: Arc<GuestRam>,
+}
+
+impl DirtyTracker {
+    fn set(&self, on: bool) -> Result<(), KvmError> {
+        for (slot, r) in (0u32..).zip(self.ram.regions()) {
+            // SAFETY: the same mapping as at VM creation, kept alive by `ram` (and by the
+            // VM itself); only the flags change.
+            unsafe {
+                self.vm.map(Slot {
+                    slot,
+                    gpa: r.gpa,
+                    size: r.size,
+                    host_addr: r.host_addr,
+                    read_only: false,
+                    log_dirty: on,
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts logging writes to guest RAM.
+    pub fn start(&self) -> Result<(), KvmError> {
+        self.set(true)
+    }
+
+    /// Stops logging.
+    pub fn stop(&self) -> Result<(), KvmError> {
+        self.set(false)
+    }
+
+    /// The GPAs of pages written since the last call (or since `start`), in order.
+    pub fn take(&self) -> Result<Vec<u64>, KvmError> {
+        let mut out = Vec::new();
+        for (slot, r) in (0u32..).zip(self.ram.regions()) {
+            let bitmap = self.vm.dirty_log(slot, r.size)?;
+            for (w, &word) in bitmap.iter().enumerate() {
+                let mut bits = word;
+                while bits != 0 {
+                    let b = bits.trailing_zeros() as u64;
+                    out.push(r.gpa + (w as u64 * 64 + b) * layout::PAGE_SIZE);
+                    bits &= bits - 1;
+                }
+            }
+        }
+        Ok(out)
     }
 }
 

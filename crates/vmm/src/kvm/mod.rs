@@ -2,6 +2,7 @@
 
 pub mod cpuid;
 pub mod kick;
+pub mod state;
 pub mod stats;
 
 use kvm_bindings::{
@@ -58,6 +59,9 @@ pub enum KvmError {
     /// Reading or writing vCPU registers failed.
     #[error("cannot access the registers of vCPU {0}")]
     Registers(u32, #[source] kvm_ioctls::Error),
+    /// KVM_GET_DIRTY_LOG failed.
+    #[error("cannot read the dirty log of memory slot {0}")]
+    DirtyLog(u32, #[source] kvm_ioctls::Error),
     /// Enabling a capability or filter failed.
     #[error("cannot enable {0}")]
     Capability(&'static str, #[source] kvm_ioctls::Error),
@@ -197,6 +201,14 @@ impl KvmVm {
         self.fd
             .enable_cap(&cap)
             .map_err(|e| KvmError::Capability("KVM_CAP_EXIT_HYPERCALL", e))
+    }
+
+    /// The dirty bitmap of `slot` (one bit per 4 KiB page, `size` bytes of slot) since the
+    /// last call; reading it clears it.
+    pub fn dirty_log(&self, slot: u32, size: u64) -> Result<Vec<u64>, KvmError> {
+        self.fd
+            .get_dirty_log(slot, size as usize)
+            .map_err(|e| KvmError::DirtyLog(slot, e))
     }
 
     /// Creates vCPU `id` with the given CPUID.
