@@ -294,11 +294,15 @@ mod tests {
     use super::*;
 
     fn sample() -> VcpuState {
-        let mut regs = kvm_regs::default();
-        regs.rip = 0xfff0_1234;
-        regs.rax = 7;
-        let mut sregs = kvm_sregs::default();
-        sregs.cr3 = 0x10_0000;
+        let regs = kvm_regs {
+            rip: 0xfff0_1234,
+            rax: 7,
+            ..Default::default()
+        };
+        let sregs = kvm_sregs {
+            cr3: 0x10_0000,
+            ..Default::default()
+        };
         VcpuState {
             regs,
             sregs,
