@@ -72,6 +72,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "SOCKET")]
     pub api: Option<PathBuf>,
 
+    /// Helper vCPUs to start in the mirror VM of an SEV guest (0: no mirror). The mirror
+    /// shares the guest's encryption context and runs the firmware's migration helper.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub helpers: u16,
+
     /// Do not run the guest until `cont` arrives on the control socket (QEMU's -S). An SEV
     /// guest stops after LAUNCH_MEASURE, so its owner can check the measurement and inject
     /// secrets first.

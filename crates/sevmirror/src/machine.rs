@@ -83,6 +83,10 @@ pub struct Trace {
 /// The machine: a VM with its run state.
 pub struct Machine {
     trace: Trace,
+    kvm: Arc<vmm::KvmSystem>,
+    helpers: u16,
+    mirror: Option<vmm::mirror::Mirror>,
+    mirror_failed: bool,
     vm: Vm,
     state: RunState,
     launch: Option<LaunchMeasured>,
@@ -109,9 +113,11 @@ impl Machine {
     /// A machine around `vm`, which is built but not started. `launch` is the measured
     /// SEV launch when the guest waits for its owner (`--paused`).
     pub fn new(
+        kvm: Arc<vmm::KvmSystem>,
         mut vm: Vm,
         launch: Option<LaunchMeasured>,
         backend: Option<Arc<dyn SevBackend>>,
+        helpers: u16,
     ) -> Machine {
         let (tx, inbox) = mpsc::channel();
         let sink = tx.clone();
@@ -123,6 +129,10 @@ impl Machine {
         }));
         Machine {
             trace: Trace::default(),
+            kvm,
+            helpers,
+            mirror: None,
+            mirror_failed: false,
             vm,
             state: RunState::Prelaunch,
             launch,
@@ -273,6 +283,59 @@ impl Machine {
         }))
     }
 
+    /// Attaches the mirror VM once the guest's firmware has its helper ready.
+    fn attach_mirror(&mut self) {
+        if self.backend.is_none() || self.helpers == 0 || self.mirror.is_some() {
+            return;
+        }
+        match self.vm.attach_mirror(&self.kvm, self.helpers) {
+            Ok(m) => {
+                log::info!(
+                    "mirror VM attached: {} helper vCPU(s), helper region {:#x}+{:#x}",
+                    self.helpers,
+                    m.info().region_base,
+                    m.info().region_size
+                );
+                self.mirror = Some(m);
+            }
+            Err(e) => {
+                log::warn!("cannot attach the migration helper's mirror VM: {e}");
+                self.mirror_failed = true;
+            }
+        }
+    }
+
+    fn helper_info(&mut self) -> HelperInfo {
+        let Some(m) = &mut self.mirror else {
+            return HelperInfo {
+                state: if self.mirror_failed { HelperState::Failed } else { HelperState::None },
+                vcpus: 0,
+                region_base: 0,
+                region_size: 0,
+                descriptor_version: 0,
+                requests: 0,
+                bytes_sealed: 0,
+                bytes_opened: 0,
+            };
+        };
+        let (base, size) = (m.info().region_base, m.info().region_size);
+        let version = u32::from(helper_abi::descriptor::HelperDescriptor::VERSION);
+        let helpers = m.helpers_mut();
+        let last = |f: fn(&helper_abi::mailbox::Response) -> u64| {
+            helpers.iter().map(|h| f(h.last_response())).max().unwrap_or(0)
+        };
+        HelperInfo {
+            state: HelperState::Ready,
+            vcpus: helpers.len() as u32,
+            region_base: base,
+            region_size: size,
+            descriptor_version: version,
+            requests: last(|r| r.requests),
+            bytes_sealed: last(|r| r.bytes_sealed),
+            bytes_opened: last(|r| r.bytes_opened),
+        }
+    }
+
     fn execute(&mut self, cmd: QmpCommand) -> Result<QmpReply, ControlError> {
         match cmd {
             QmpCommand::QueryStatus => Ok(QmpReply::Status(StatusInfo {
@@ -295,16 +358,7 @@ impl Machine {
             },
             QmpCommand::SevInjectLaunchSecret(args) => self.inject_secret(args),
             QmpCommand::QuerySevCapabilities => self.capabilities(),
-            QmpCommand::QueryHelper => Ok(QmpReply::Helper(HelperInfo {
-                state: HelperState::None,
-                vcpus: 0,
-                region_base: 0,
-                region_size: 0,
-                descriptor_version: 0,
-                requests: 0,
-                bytes_sealed: 0,
-                bytes_opened: 0,
-            })),
+            QmpCommand::QueryHelper => Ok(QmpReply::Helper(self.helper_info())),
             QmpCommand::Migrate(_)
             | QmpCommand::QueryMigrate
             | QmpCommand::MigrateCancel
@@ -341,6 +395,9 @@ impl Machine {
                             self.trace
                                 .milestones
                                 .push(vmm::vm::Milestone { vcpu, event, at });
+                            if event == guest_abi::services::Event::HELPER_READY {
+                                self.attach_mirror();
+                            }
                             continue;
                         }
                         VmEvent::Paused { .. } => continue,
@@ -358,6 +415,7 @@ impl Machine {
                 }
             }
         };
+        self.mirror = None;
         self.vm.stop();
         self.trace.exits = self.vm.exit_stats().to_vec();
         (ending, self.trace)

@@ -166,7 +166,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<i32> {
     }
     let sev = sev_config(&args.sev)?;
     let backend = sev.as_ref().map(|s| s.backend.clone());
-    let kvm = KvmSystem::open()?;
+    let kvm = Arc::new(KvmSystem::open()?);
     signals::block_termination();
     let mut vm = Vm::new(
         &kvm,
@@ -186,7 +186,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<i32> {
         }
         None => None,
     };
-    let mut machine = Machine::new(vm, launch, backend);
+    let mut machine = Machine::new(kvm, vm, launch, backend, args.helpers);
     let _server = match &args.api {
         Some(path) => Some(
             QmpServer::bind(path, machine.controller(), machine.qmp_events())
