@@ -25,9 +25,19 @@ pub enum Command {
     Inspect(InspectArgs),
     /// Write the embedded firmware image to a file.
     Firmware(FirmwareArgs),
+    /// Measure: the migration helper's sealing and opening speed.
+    Bench(crate::bench::BenchArgs),
     /// Send one QMP command to a running VM's control socket (`run --api PATH`) and print
     /// the result as JSON.
     Ctl(CtlArgs),
+    /// The SEV platform: status, certificate export, factory reset, PDH rotation.
+    Platform(crate::platform_cmd::PlatformArgs),
+    /// The guest owner's side of an SEV launch: session, measurement check, secrets
+    /// (files interchangeable with sevctl's).
+    Owner(crate::owner_cmd::OwnerArgs),
+    /// Print the SEV launch digest of a firmware image (ours or OVMF), as QEMU+OVMF
+    /// launches measure it.
+    Measure(crate::measure_cmd::MeasureArgs),
 }
 
 /// `sevmirror run`.
@@ -176,6 +186,11 @@ pub fn parse_u32(s: &str) -> Result<u32, String> {
         None => t.parse(),
     };
     parsed.map_err(|_| format!("{s:?} is not a 32-bit number (decimal or 0x hex)"))
+}
+
+/// A memory size argument (see `size::parse_size`).
+pub fn parse_mem_arg(s: &str) -> Result<u64, String> {
+    parse_mem(s)
 }
 
 fn parse_mem(s: &str) -> Result<u64, String> {

@@ -308,7 +308,11 @@ impl Machine {
     fn helper_info(&mut self) -> HelperInfo {
         let Some(m) = &mut self.mirror else {
             return HelperInfo {
-                state: if self.mirror_failed { HelperState::Failed } else { HelperState::None },
+                state: if self.mirror_failed {
+                    HelperState::Failed
+                } else {
+                    HelperState::None
+                },
                 vcpus: 0,
                 region_base: 0,
                 region_size: 0,
@@ -322,7 +326,11 @@ impl Machine {
         let version = u32::from(helper_abi::descriptor::HelperDescriptor::VERSION);
         let helpers = m.helpers_mut();
         let last = |f: fn(&helper_abi::mailbox::Response) -> u64| {
-            helpers.iter().map(|h| f(h.last_response())).max().unwrap_or(0)
+            helpers
+                .iter()
+                .map(|h| f(h.last_response()))
+                .max()
+                .unwrap_or(0)
         };
         HelperInfo {
             state: HelperState::Ready,

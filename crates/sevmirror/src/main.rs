@@ -1,8 +1,12 @@
 //! The `sevmirror` command.
 
+mod bench;
 mod cli;
 mod inspect;
 mod machine;
+mod measure_cmd;
+mod owner_cmd;
+mod platform_cmd;
 mod qmp;
 mod run;
 mod signals;
@@ -24,6 +28,9 @@ fn main() {
         .init();
     let result = match &cli.command {
         Command::Run(args) => run::run(args),
+        Command::Bench(args) => match &args.what {
+            bench::BenchCommand::Helper(a) => bench::helper(a).map(|()| 0),
+        },
         Command::Inspect(args) => inspect::run(args).map(|()| 0),
         Command::Firmware(args) => std::fs::write(&args.out, firmware_image::IMAGE)
             .map(|()| 0)
@@ -31,6 +38,9 @@ fn main() {
         Command::Ctl(args) => {
             qmp::ctl::run(&args.api, args.timeout, &args.command, args.args.clone())
         }
+        Command::Platform(args) => platform_cmd::run(args).map(|()| 0),
+        Command::Owner(args) => owner_cmd::run(args).map(|()| 0),
+        Command::Measure(args) => measure_cmd::run(args).map(|()| 0),
     };
     match result {
         Ok(code) => std::process::exit(code),

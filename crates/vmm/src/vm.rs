@@ -248,6 +248,11 @@ impl Vm {
         })
     }
 
+    /// Guest RAM regions (guest-physical ranges and their host mappings).
+    pub fn ram_regions(&self) -> Vec<crate::memory::RamRegion> {
+        self.ram.regions()
+    }
+
     /// The host's view of guest RAM (ciphertext for an SEV guest's private pages).
     pub fn host_view(&self) -> HostView {
         match (&self.sev, &self.page_states) {
