@@ -69,10 +69,10 @@ fn boot_selftest(vcpus: u32) {
         .iter()
         .filter_map(|m| m.event.name())
         .collect();
-    assert!(
-        names.starts_with(&["cpl3-entry", "configured"]),
-        "{names:?}"
-    );
+    assert_eq!(names.first(), Some(&"cpl3-entry"), "{names:?}");
+    for want in ["helper-ready", "configured", "workload-start", "workload-done"] {
+        assert!(names.contains(&want), "{want} missing: {names:?}");
+    }
 }
 
 #[test]
