@@ -1,0 +1,34 @@
+//! The migration stream between two sevmirror processes: the frames that carry a guest
+//! from a source VMM to a target VMM, and the codec that reads them from a byte stream.
+//!
+//! - [`frames`] is the wire specification (sequence diagram, receiver state diagram,
+//!   version policy, the byte layout of every frame) and the typed frames with their
+//!   encoders and decoders.
+//! - [`codec`] reads frames from any [`std::io::Read`] into a caller-provided buffer.
+//! - [`uri`] parses the `tcp:HOST:PORT` migration URIs that QMP `migrate` and
+//!   `--incoming` take.
+//! - [`fuzzing`] is the path the `migration_frames` fuzz target and the seed replay test
+//!   drive.
+//!
+//! This crate is pure: no KVM, no guest memory, no sockets, no threads; the only I/O is
+//! through the `Read` and `Write` values callers hand in. It must not depend on the VMM
+//! or the SEV platform crates (the VMM depends on it, not the other way round).
+//!
+//! Trust: every byte read from the peer is hostile until a decoder accepted it. Decoders
+//! check magic, version, type and the per-type length cap before a byte of payload is
+//! read, and never panic. This crate checks framing only: the sealed page records and
+//! the manifest inside PageBatch and Manifest frames are authenticated by the target's
+//! migration helper (helper-abi), not here, and the cross-frame rules that need the
+//! target's own configuration (memory layout, helper region, vCPU indices, lanes) are the
+//! migration engine's.
+
+#![forbid(unsafe_code)]
+
+pub mod codec;
+pub mod frames;
+pub mod fuzzing;
+pub mod uri;
+
+pub use codec::{CodecError, FrameReader, Incoming};
+pub use frames::{Frame, FrameError, MessageType, ReceiverState, PROTOCOL_VERSION};
+pub use uri::{Uri, UriError};
