@@ -209,6 +209,15 @@ impl CodecError {
         )
     }
 
+    /// Did the read time out (a read timeout on the underlying socket)?
+    pub fn is_timeout(&self) -> bool {
+        matches!(
+            self,
+            CodecError::Io { source, .. }
+                if matches!(source.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut)
+        )
+    }
+
     /// The failure code to put in the Abort that answers this error.
     pub fn failure_code(&self) -> FailureCode {
         match self {

@@ -10,9 +10,12 @@
 //! - [`fuzzing`] is the path the `migration_frames` fuzz target and the seed replay test
 //!   drive.
 //!
+//! - [`engine`] is the precopy sender and the verifying receiver, as sequential state
+//!   machines over the stream; they reach the VM through traits the VMM implements.
+//!
 //! This crate is pure: no KVM, no guest memory, no sockets, no threads; the only I/O is
-//! through the `Read` and `Write` values callers hand in. It must not depend on the VMM
-//! or the SEV platform crates (the VMM depends on it, not the other way round).
+//! through the `Read` and `Write` values callers hand in. It does not depend on the VMM
+//! or the SEV platform crates.
 //!
 //! Trust: every byte read from the peer is hostile until a decoder accepted it. Decoders
 //! check magic, version, type and the per-type length cap before a byte of payload is
@@ -25,6 +28,7 @@
 #![forbid(unsafe_code)]
 
 pub mod codec;
+pub mod engine;
 pub mod frames;
 pub mod fuzzing;
 pub mod uri;

@@ -323,6 +323,14 @@ impl Hello {
         p
     }
 
+    /// Whether `base..end` lies in guest RAM, outside the helper region (the pages a
+    /// migration may carry).
+    pub fn migratable(&self, base: u64, end: u64) -> bool {
+        let h = &self.helper_region;
+        let in_helper = h.size != 0 && h.end().is_some_and(|h_end| base < h_end && h.base < end);
+        base < end && covered(&self.ram, base, end) && !in_helper
+    }
+
     /// Writes the frame, with `self.version` in its header.
     pub fn encode(&self, w: &mut impl Write) -> Result<(), FrameError> {
         self.validate()?;

@@ -1,0 +1,158 @@
+//! The migration engine: precopy on the source, apply-and-verify on the target, as
+//! sequential state machines over a byte stream.
+//!
+//! The engine knows the protocol and the precopy policy; it reaches the VM only through
+//! the traits here, which the VMM implements (and tests implement over plain memory and
+//! the real helper logic of `mirror-helper`). It never sees plaintext of private pages:
+//! those leave the source only as records sealed by the source's helper and enter the
+//! target only through the target's helper, which verifies them.
+//!
+//! Failure rules: any error before the source pauses its guest leaves the guest running;
+//! after the pause, the source resumes it unless the target confirmed it runs the guest
+//! (`Ack::Completed`). The target runs the guest only after its helper verified the
+//! manifest and every frame until `Done` was accepted.
+
+pub mod source;
+pub mod target;
+
+#[cfg(test)]
+mod tests;
+
+use crate::{
+    codec::CodecError,
+    frames::{FailureCode, FrameError},
+};
+use std::{sync::Mutex, time::Duration};
+
+pub use source::{Sealer, SourceOptions, SourceVm};
+pub use target::{LocalGuest, Opener, TargetVm};
+
+/// Why a migration failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MigrationError {
+    /// The stream failed (I/O, framing, or a frame in the wrong place).
+    #[error("migration stream")]
+    Stream(#[from] CodecError),
+    /// Writing to the peer failed.
+    #[error("cannot send to the peer")]
+    Send(#[from] FrameError),
+    /// The target refused the guest.
+    #[error("the target refused the migration ({code}): {reason}")]
+    Refused {
+        /// Why, as a code.
+        code: FailureCode,
+        /// Why, in words.
+        reason: String,
+    },
+    /// The peer gave up.
+    #[error("the peer aborted the migration ({code}): {reason}")]
+    Aborted {
+        /// Why, as a code.
+        code: FailureCode,
+        /// Why, in words.
+        reason: String,
+    },
+    /// The two sides do not describe the same guest.
+    #[error("the source and the target do not match: {0}")]
+    Incompatible(String),
+    /// A frame breaks a rule the codec cannot check alone.
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+    /// The helper refused a record or the manifest.
+    #[error("integrity check failed: {0}")]
+    Integrity(String),
+    /// The VM could not do its part.
+    #[error("the VM: {0}")]
+    Vm(String),
+    /// The operator cancelled.
+    #[error("the migration was cancelled")]
+    Cancelled,
+    /// The target never confirmed.
+    #[error("the target did not confirm the migration within {0:?}")]
+    NoConfirmation(Duration),
+}
+
+impl MigrationError {
+    /// The status byte to tell the peer.
+    pub fn code(&self) -> FailureCode {
+        match self {
+            MigrationError::Stream(e) => e.failure_code(),
+            MigrationError::Send(_) | MigrationError::NoConfirmation(_) => FailureCode::Protocol,
+            MigrationError::Refused { code, .. } | MigrationError::Aborted { code, .. } => *code,
+            MigrationError::Incompatible(_) => FailureCode::Incompatible,
+            MigrationError::Protocol(_) => FailureCode::Protocol,
+            MigrationError::Integrity(_) => FailureCode::Integrity,
+            MigrationError::Vm(_) => FailureCode::Internal,
+            MigrationError::Cancelled => FailureCode::Cancelled,
+        }
+    }
+
+    /// The error and its causes on one line.
+    pub fn chain(&self) -> String {
+        let mut s = self.to_string();
+        let mut e: &dyn std::error::Error = self;
+        while let Some(next) = e.source() {
+            s.push_str(": ");
+            s.push_str(&next.to_string());
+            e = next;
+        }
+        s
+    }
+}
+
+/// Where a migration stands (QEMU's `MigrationStatus` subset).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Status {
+    /// Nothing started.
+    #[default]
+    None,
+    /// Connecting, exchanging Hello.
+    Setup,
+    /// Copying.
+    Active,
+    /// Done: the target runs the guest.
+    Completed,
+    /// Failed; see `error`.
+    Failed,
+    /// Cancelled by the operator.
+    Cancelled,
+}
+
+/// Live figures, shared with `query-migrate`.
+#[derive(Clone, Debug, Default)]
+pub struct Progress {
+    /// The status.
+    pub status: Status,
+    /// Bytes of guest RAM.
+    pub total_bytes: u64,
+    /// Bytes put on the stream so far.
+    pub transferred_bytes: u64,
+    /// Bytes still to send (the dirty set after the last round).
+    pub remaining_bytes: u64,
+    /// Pages sent (sealed or plain).
+    pub pages: u64,
+    /// Pages sent as zero-page flags.
+    pub zero_pages: u64,
+    /// Precopy rounds started.
+    pub rounds: u32,
+    /// Pages dirtied per second in the last round.
+    pub dirty_rate: u64,
+    /// Stream bytes per second in the last round.
+    pub throughput: u64,
+    /// Milliseconds from the start to Hello accepted.
+    pub setup_ms: u64,
+    /// Milliseconds the guest did not run (source: pause to confirmation).
+    pub downtime_ms: Option<u64>,
+    /// Milliseconds the last round's dirty set would take at the last throughput.
+    pub expected_downtime_ms: u64,
+    /// Milliseconds since the start.
+    pub total_ms: u64,
+    /// Why it failed.
+    pub error: Option<String>,
+}
+
+/// Updates shared progress without ever failing (a poisoned lock still holds figures).
+pub(crate) fn update(progress: &Mutex<Progress>, f: impl FnOnce(&mut Progress)) {
+    let mut p = progress.lock().unwrap_or_else(|e| e.into_inner());
+    f(&mut p);
+}
