@@ -93,6 +93,14 @@ pub struct RunArgs {
     #[arg(long)]
     pub paused: bool,
 
+    /// Wait for a guest migrating in on tcp:HOST:PORT (QEMU's -incoming) instead of
+    /// booting one: the firmware starts only its migration helper and parks, and the
+    /// guest runs once the source's stream is verified. Port 0 picks a free port
+    /// (`query-migrate` shows it). An SEV target is attested and given the migration
+    /// secret like any launch (--paused, then the owner's secret, then cont).
+    #[arg(long, value_name = "tcp:HOST:PORT", value_parser = parse_uri)]
+    pub incoming: Option<migration::uri::Uri>,
+
     #[command(flatten)]
     pub sev: SevArgs,
 }
@@ -176,6 +184,11 @@ pub struct CtlArgs {
     /// The command's arguments as one JSON object, e.g. '{"uri":"tcp:127.0.0.1:4444"}'.
     #[arg(value_name = "ARGS-JSON", value_parser = crate::qmp::ctl::parse_args_json)]
     pub args: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+fn parse_uri(s: &str) -> Result<migration::uri::Uri, String> {
+    s.parse()
+        .map_err(|e: migration::uri::UriError| e.to_string())
 }
 
 /// A u32 in decimal or with a 0x prefix.

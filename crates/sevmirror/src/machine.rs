@@ -5,13 +5,24 @@
 //! and its run state have a single owner and need no locks. The QMP layer only decodes
 //! and encodes; this module turns [`QmpCommand`]s into VM operations.
 
-use crate::qmp::{
-    ControlError, Controller, EventSender, HelperInfo, HelperState, QmpCommand, QmpEvent, QmpReply,
-    RunState as QmpRunState, SevCapability, SevGuestType, SevInfo, SevLaunchMeasureInfo, SevState,
-    ShutdownCause, StatusInfo,
+use crate::{
+    migrate::{
+        self,
+        guest::{Layout, MachineLink, VmSource},
+        Direction, Ended, Job, MachineReply, MachineRequest, Parameters,
+    },
+    qmp::{
+        ControlError, Controller, EventSender, HelperInfo, HelperState, MigrationInfo,
+        MigrationStatus, QmpCommand, QmpEvent, QmpReply, RunState as QmpRunState, SevCapability,
+        SevGuestType, SevInfo, SevLaunchMeasureInfo, SevState, ShutdownCause, StatusInfo,
+    },
 };
 use base64::{engine::general_purpose::STANDARD as B64, Engine};
-use sev_platform::{backend::SecretHeader, SevBackend};
+use migration::{
+    engine::{LocalGuest, MigrationError, SourceOptions},
+    frames::{GpaRange, GuestMode, Hello, PROTOCOL_VERSION},
+};
+use sev_platform::{backend::SecretHeader, Policy, SevBackend};
 use std::{
     sync::{
         mpsc::{self, Receiver, Sender},
@@ -20,6 +31,7 @@ use std::{
     time::Duration,
 };
 use vmm::{
+    kvm::state::VcpuState,
     runstate::{self, RunEvent, RunState},
     sev::LaunchMeasured,
     vcpu::VmEvent,
@@ -38,6 +50,10 @@ pub enum Input {
     Vm(VmEvent),
     /// A control command and where its reply goes.
     Control(QmpCommand, Sender<Result<QmpReply, ControlError>>),
+    /// A migration thread needs the VM.
+    Migration(MachineRequest, Sender<Result<MachineReply, String>>),
+    /// A migration thread finished.
+    MigrationEnded(Ended),
 }
 
 /// The `Controller` the QMP server calls: it forwards each command to the machine loop
@@ -69,6 +85,20 @@ pub enum Ending {
     Vm(VmOutcome),
     /// `quit` on the control socket.
     Quit,
+    /// The incoming migration failed; the guest never ran here.
+    IncomingFailed(String),
+}
+
+/// What the machine is, beyond its VM.
+pub struct MachineOptions {
+    /// Helper vCPUs to attach to an SEV guest's mirror (0: none).
+    pub helpers: u16,
+    /// The VM waits for an incoming migration (`--incoming`).
+    pub incoming: bool,
+    /// SHA-256 of the firmware image (both sides of a migration must boot the same).
+    pub firmware_digest: [u8; 32],
+    /// The guest's policy (SEV).
+    pub policy: Option<Policy>,
 }
 
 /// What the machine saw on the way, for `--boot-trace`.
@@ -84,7 +114,7 @@ pub struct Trace {
 pub struct Machine {
     trace: Trace,
     kvm: Arc<vmm::KvmSystem>,
-    helpers: u16,
+    options: MachineOptions,
     mirror: Option<vmm::mirror::Mirror>,
     mirror_failed: bool,
     vm: Vm,
@@ -94,6 +124,11 @@ pub struct Machine {
     events: EventSender,
     inbox: Receiver<Input>,
     tx: Sender<Input>,
+    params: Parameters,
+    job: Option<Job>,
+    /// Whether the guest ran when the outgoing migration started (it runs again if the
+    /// migration fails).
+    was_running: bool,
 }
 
 fn qmp_state(s: RunState) -> QmpRunState {
@@ -117,7 +152,7 @@ impl Machine {
         mut vm: Vm,
         launch: Option<LaunchMeasured>,
         backend: Option<Arc<dyn SevBackend>>,
-        helpers: u16,
+        options: MachineOptions,
     ) -> Machine {
         let (tx, inbox) = mpsc::channel();
         let sink = tx.clone();
@@ -130,17 +165,41 @@ impl Machine {
         Machine {
             trace: Trace::default(),
             kvm,
-            helpers,
             mirror: None,
             mirror_failed: false,
             vm,
-            state: RunState::Prelaunch,
+            state: if options.incoming {
+                RunState::InMigrate
+            } else {
+                RunState::Prelaunch
+            },
+            options,
             launch,
             backend,
             events: EventSender::new(),
             inbox,
             tx,
+            params: Parameters::default(),
+            job: None,
+            was_running: false,
         }
+    }
+
+    /// Waits on `listener` for the source of an incoming migration (`--incoming`).
+    pub fn listen(&mut self, listener: std::net::TcpListener) -> std::io::Result<()> {
+        // First touches of guest RAM are slow here (DESIGN §2): pay them while waiting.
+        let prefault = self.vm.prefault_job();
+        std::thread::Builder::new()
+            .name("prefault".into())
+            .spawn(move || {
+                let t0 = std::time::Instant::now();
+                match prefault() {
+                    Ok(()) => log::info!("guest RAM prefaulted in {:?}", t0.elapsed()),
+                    Err(e) => log::warn!("cannot prefault guest RAM: {e}"),
+                }
+            })?;
+        self.job = Some(migrate::start_incoming(listener, self.tx.clone())?);
+        Ok(())
     }
 
     /// The controller for a QMP server.
@@ -173,7 +232,7 @@ impl Machine {
 
     fn cont(&mut self) -> Result<(), ControlError> {
         match self.state {
-            RunState::Prelaunch => {
+            RunState::Prelaunch | RunState::InMigrate if !self.vm.started() => {
                 if let Some(measured) = self.launch.take() {
                     self.vm
                         .sev_launch_finish(measured)
@@ -184,11 +243,13 @@ impl Machine {
                     .map_err(|e| ControlError::generic(format!("cannot start the guest: {e}")))?;
             }
             RunState::Paused => self.vm.resume(),
-            RunState::Running => return Ok(()),
+            RunState::Running | RunState::InMigrate => return Ok(()),
             other => return Err(ControlError::not_permitted("cont", qmp_state(other))),
         }
         self.transition(RunEvent::Continue)?;
-        self.events.send(&QmpEvent::Resume);
+        if self.state == RunState::Running {
+            self.events.send(&QmpEvent::Resume);
+        }
         Ok(())
     }
 
@@ -285,14 +346,15 @@ impl Machine {
 
     /// Attaches the mirror VM once the guest's firmware has its helper ready.
     fn attach_mirror(&mut self) {
-        if self.backend.is_none() || self.helpers == 0 || self.mirror.is_some() {
+        let helpers = self.options.helpers;
+        if self.backend.is_none() || helpers == 0 || self.mirror.is_some() {
             return;
         }
-        match self.vm.attach_mirror(&self.kvm, self.helpers) {
+        match self.vm.attach_mirror(&self.kvm, helpers) {
             Ok(m) => {
                 log::info!(
                     "mirror VM attached: {} helper vCPU(s), helper region {:#x}+{:#x}",
-                    self.helpers,
+                    helpers,
                     m.info().region_base,
                     m.info().region_size
                 );
@@ -367,12 +429,349 @@ impl Machine {
             QmpCommand::SevInjectLaunchSecret(args) => self.inject_secret(args),
             QmpCommand::QuerySevCapabilities => self.capabilities(),
             QmpCommand::QueryHelper => Ok(QmpReply::Helper(self.helper_info())),
-            QmpCommand::Migrate(_)
-            | QmpCommand::QueryMigrate
-            | QmpCommand::MigrateCancel
-            | QmpCommand::MigrateSetParameters(_) => Err(ControlError::generic(
-                "live migration is not available in this build yet",
-            )),
+            QmpCommand::Migrate(m) => self.migrate(&m.uri).map(|()| QmpReply::Empty),
+            QmpCommand::QueryMigrate => Ok(QmpReply::Migration(self.query_migrate())),
+            QmpCommand::MigrateCancel => {
+                if let Some(job) = self.job.as_ref().filter(|j| j.active()) {
+                    job.cancel();
+                }
+                Ok(QmpReply::Empty)
+            }
+            QmpCommand::MigrateSetParameters(p) => {
+                if let Some(ms) = p.downtime_limit {
+                    self.params.downtime_limit = Duration::from_millis(ms);
+                }
+                if let Some(bps) = p.max_bandwidth {
+                    self.params
+                        .max_bandwidth
+                        .store(bps, std::sync::atomic::Ordering::Relaxed);
+                }
+                Ok(QmpReply::Empty)
+            }
+        }
+    }
+
+    /// Why this guest cannot leave, if it cannot.
+    fn blocked_reasons(&self) -> Vec<String> {
+        let mut reasons = Vec::new();
+        if let Some(p) = self.options.policy {
+            if p.has(Policy::NOSEND) {
+                reasons.push(format!(
+                    "the guest owner's policy {:#x} has NOSEND (bit 3): this guest must not be migrated",
+                    p.0
+                ));
+            }
+            if p.has(Policy::ES) {
+                reasons.push(
+                    "SEV-ES guests keep their vCPU state encrypted; sevmirror does not migrate it yet"
+                        .to_string(),
+                );
+            }
+        }
+        if self.options.incoming {
+            reasons.push("this VM waits for an incoming migration".to_string());
+        }
+        reasons
+    }
+
+    fn query_migrate(&self) -> MigrationInfo {
+        let blocked = self.blocked_reasons();
+        let mut info = match &self.job {
+            Some(job) => {
+                let p = job
+                    .progress
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
+                let mut info =
+                    migrate::report::info(&p, job.cancelled() && job.active(), job.listening);
+                if job.direction == Direction::Incoming
+                    && p.status == migration::engine::Status::None
+                {
+                    // Listening, nothing received yet: QEMU says "setup".
+                    info.status = Some(MigrationStatus::Setup);
+                }
+                info
+            }
+            None => MigrationInfo::default(),
+        };
+        if !blocked.is_empty() && !self.options.incoming {
+            info.blocked_reasons = Some(blocked);
+        }
+        info
+    }
+
+    /// The helper region, for an SEV guest with its mirror attached.
+    fn helper_region(&self) -> Option<(u64, u64)> {
+        self.mirror
+            .as_ref()
+            .map(|m| (m.info().region_base, m.info().region_size))
+    }
+
+    fn layout(&self) -> Layout {
+        Layout {
+            ram: self
+                .vm
+                .ram_regions()
+                .iter()
+                .map(|r| (r.gpa, r.size))
+                .collect(),
+            helper_region: self.helper_region(),
+        }
+    }
+
+    fn local_guest(&self, layout: &Layout) -> LocalGuest {
+        let (base, size) = layout.helper_region.unwrap_or((0, 0));
+        LocalGuest {
+            mode: if self.backend.is_some() {
+                GuestMode::Sev
+            } else {
+                GuestMode::Plain
+            },
+            ram: migrate::gpa_ranges(layout),
+            firmware_digest: self.options.firmware_digest,
+            helper_region: GpaRange { base, size },
+            vcpus: self.vm.vcpu_count() as u32,
+        }
+    }
+
+    /// Takes the helper vCPUs out of the mirror for a migration thread.
+    fn borrow_helpers(&mut self) -> Result<Option<(Vec<vmm::mirror::HelperVcpu>, usize)>, String> {
+        if self.backend.is_none() {
+            return Ok(None);
+        }
+        let Some(m) = self.mirror.as_mut() else {
+            return Err(if self.mirror_failed {
+                "the migration helper failed to start (see the log)".to_string()
+            } else if self.options.helpers == 0 {
+                "the VM runs without a migration helper (--helpers 0)".to_string()
+            } else {
+                "the migration helper is not ready yet (the guest is still booting)".to_string()
+            });
+        };
+        let batch = m.info().max_batch as usize;
+        let helpers = m.take_helpers();
+        if helpers.is_empty() {
+            return Err("the helper vCPUs are busy with another migration".to_string());
+        }
+        Ok(Some((helpers, batch)))
+    }
+
+    fn migrate(&mut self, uri: &str) -> Result<(), ControlError> {
+        if self.job.as_ref().is_some_and(Job::active) {
+            return Err(ControlError::generic(
+                "There's a migration process in progress",
+            ));
+        }
+        if let Some(reason) = self.blocked_reasons().into_iter().next() {
+            return Err(ControlError::generic(format!("cannot migrate: {reason}")));
+        }
+        if !matches!(self.state, RunState::Running | RunState::Paused) {
+            return Err(ControlError::not_permitted(
+                "migrate",
+                qmp_state(self.state),
+            ));
+        }
+        let uri: migration::uri::Uri = uri
+            .parse()
+            .map_err(|e: migration::uri::UriError| ControlError::generic(e.to_string()))?;
+        let helpers = self
+            .borrow_helpers()
+            .map_err(|why| ControlError::generic(format!("cannot migrate: {why}")))?;
+        let layout = self.layout();
+        let local = self.local_guest(&layout);
+        let hello = Hello {
+            version: PROTOCOL_VERSION,
+            mode: local.mode,
+            mem_size: layout.ram.iter().map(|r| r.1).sum(),
+            ram: local.ram,
+            firmware_digest: local.firmware_digest,
+            helper_region: local.helper_region,
+            lanes: helpers.as_ref().map_or(0, |h| h.0.len() as u16),
+            session_id: [0; 16],
+            helper_nonce: [0; 16],
+            page_size: helper_abi::PAGE_SIZE as u32,
+            vcpus: local.vcpus,
+        };
+        let source = VmSource::new(
+            self.vm.host_view(),
+            self.vm.dirty_tracker(),
+            layout,
+            MachineLink::new(self.tx.clone()),
+        );
+        let plan = migrate::Outgoing {
+            uri,
+            hello,
+            source,
+            helpers,
+            options: SourceOptions {
+                downtime_limit: self.params.downtime_limit,
+                ..SourceOptions::default()
+            },
+            max_bandwidth: self.params.max_bandwidth.clone(),
+        };
+        match migrate::start_outgoing(plan, self.tx.clone()) {
+            Ok(job) => {
+                self.was_running = self.state == RunState::Running;
+                self.job = Some(job);
+                self.events.send(&QmpEvent::Migration {
+                    status: MigrationStatus::Setup,
+                });
+                Ok(())
+            }
+            Err(e) => Err(ControlError::generic(format!(
+                "cannot start the migration thread: {e}"
+            ))),
+        }
+    }
+
+    /// Serves a migration thread's request.
+    fn serve_migration(&mut self, request: MachineRequest) -> Result<MachineReply, String> {
+        match request {
+            MachineRequest::Pause => {
+                if self.state == RunState::Running && !self.vm.pause(PAUSE_TIMEOUT) {
+                    return Err("the vCPUs did not stop in time".into());
+                }
+                self.transition(RunEvent::StopAndCopy).map_err(|e| e.desc)?;
+                self.events.send(&QmpEvent::Stop);
+                Ok(MachineReply::Done)
+            }
+            MachineRequest::Resume => {
+                self.resume_after_failure();
+                Ok(MachineReply::Done)
+            }
+            MachineRequest::SaveState => {
+                let vcpus = self
+                    .vm
+                    .save_vcpus()
+                    .map_err(|e| format!("cannot save the vCPUs: {e}"))?
+                    .iter()
+                    .map(VcpuState::to_bytes)
+                    .collect();
+                let device = self
+                    .vm
+                    .device_state()
+                    .map_err(|e| format!("cannot save the devices: {e}"))?;
+                Ok(MachineReply::State { vcpus, device })
+            }
+            MachineRequest::PrepareIncoming => self.prepare_incoming(),
+            MachineRequest::Run { vcpus, device } => self.run_received(vcpus, &device),
+        }
+    }
+
+    /// After a failed outgoing migration: the guest runs again if it ran before.
+    fn resume_after_failure(&mut self) {
+        if self.state != RunState::FinishMigrate {
+            return;
+        }
+        if self.was_running {
+            self.vm.resume();
+            let _ = self.transition(RunEvent::MigrationFailed);
+            self.events.send(&QmpEvent::Resume);
+        } else {
+            // It was paused before: back to paused, as QEMU does.
+            self.state = RunState::Paused;
+        }
+    }
+
+    fn prepare_incoming(&mut self) -> Result<MachineReply, String> {
+        if !self.options.incoming || self.state != RunState::InMigrate {
+            return Err(format!(
+                "the VM is {}, not waiting for a migration",
+                self.state
+            ));
+        }
+        if !self.vm.started() {
+            return Err(if self.launch.is_some() {
+                "the guest owner has not finished this VM's launch yet (inject the migration secret, then cont)".into()
+            } else {
+                "the VM has not started yet (cont)".into()
+            });
+        }
+        let helpers = self.borrow_helpers()?;
+        let layout = self.layout();
+        let local = self.local_guest(&layout);
+        Ok(MachineReply::Incoming {
+            local,
+            layout,
+            view: self.vm.host_view(),
+            helpers,
+        })
+    }
+
+    fn run_received(&mut self, vcpus: Vec<Vec<u8>>, device: &[u8]) -> Result<MachineReply, String> {
+        let states = vcpus
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                VcpuState::from_bytes(b)
+                    .map_err(|e| format!("the state of vCPU {i} is unusable: {e}"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if !self.vm.pause(PAUSE_TIMEOUT) {
+            return Err("the parked vCPUs did not stop in time".into());
+        }
+        self.vm
+            .restore_vcpus(states)
+            .map_err(|e| format!("cannot load the vCPU state: {e}"))?;
+        self.vm
+            .restore_device_state(device)
+            .map_err(|e| format!("cannot load the device state: {e}"))?;
+        self.vm.resume();
+        self.transition(RunEvent::MigrationDone)
+            .map_err(|e| e.desc)?;
+        // The workload checks its memory on arrival (the dirty workload's verify).
+        self.vm.request_guest(guest_abi::services::Request::VERIFY);
+        self.events.send(&QmpEvent::Resume);
+        Ok(MachineReply::Done)
+    }
+
+    /// A migration thread ended; returns how the machine ends because of it, if it does.
+    fn migration_ended(&mut self, ended: Ended) -> Option<Ending> {
+        if let Some(m) = self.mirror.as_mut() {
+            m.return_helpers(ended.helpers);
+        }
+        let cancelled = self.job.as_ref().is_some_and(Job::cancelled);
+        if let Some(job) = self.job.as_mut() {
+            job.join();
+        }
+        match (ended.direction, ended.result) {
+            (Direction::Outgoing, Ok(())) => {
+                let _ = self.transition(RunEvent::MigrationDone);
+                self.events.send(&QmpEvent::Migration {
+                    status: MigrationStatus::Completed,
+                });
+                log::info!("migration completed: the guest runs on the target");
+                None
+            }
+            (Direction::Outgoing, Err(e)) => {
+                self.resume_after_failure();
+                let status = if cancelled || matches!(e, MigrationError::Cancelled) {
+                    MigrationStatus::Cancelled
+                } else {
+                    MigrationStatus::Failed
+                };
+                log::warn!(
+                    "migration {}: {}; the guest stays here",
+                    status.name(),
+                    e.chain()
+                );
+                self.events.send(&QmpEvent::Migration { status });
+                None
+            }
+            (Direction::Incoming, Ok(())) => {
+                self.events.send(&QmpEvent::Migration {
+                    status: MigrationStatus::Completed,
+                });
+                log::info!("incoming migration completed: the guest runs here");
+                None
+            }
+            (Direction::Incoming, Err(e)) => {
+                self.events.send(&QmpEvent::Migration {
+                    status: MigrationStatus::Failed,
+                });
+                Some(Ending::IncomingFailed(e.chain()))
+            }
         }
     }
 
@@ -383,6 +782,14 @@ impl Machine {
                 break Ending::Quit;
             };
             match input {
+                Input::Migration(request, reply) => {
+                    let _ = reply.send(self.serve_migration(request));
+                }
+                Input::MigrationEnded(ended) => {
+                    if let Some(ending) = self.migration_ended(ended) {
+                        break ending;
+                    }
+                }
                 Input::Control(cmd, reply) => {
                     let quit = matches!(cmd, QmpCommand::Quit);
                     let _ = reply.send(self.execute(cmd));
@@ -423,6 +830,12 @@ impl Machine {
                 }
             }
         };
+        if let Some(mut job) = self.job.take() {
+            job.cancel();
+            // Unblock a thread waiting for the VM: its requests now fail.
+            drop(self.inbox);
+            job.join();
+        }
         self.mirror = None;
         self.vm.stop();
         self.trace.exits = self.vm.exit_stats().to_vec();

@@ -5,6 +5,7 @@ mod cli;
 mod inspect;
 mod machine;
 mod measure_cmd;
+mod migrate;
 mod owner_cmd;
 mod platform_cmd;
 mod qmp;

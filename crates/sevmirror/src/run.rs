@@ -3,7 +3,7 @@
 
 use crate::{
     cli::{RunArgs, SevArgs},
-    machine::{Ending, Machine, Trace},
+    machine::{Ending, Machine, MachineOptions, Trace},
     qmp::QmpServer,
     signals,
 };
@@ -164,7 +164,23 @@ pub fn run(args: &RunArgs) -> anyhow::Result<i32> {
     for spec in &args.fw_cfg {
         files.push(fw_cfg_file(spec)?);
     }
+    if args.incoming.is_some() {
+        files.push((fwcfg::FILE_INCOMING.to_string(), Vec::new()));
+    }
+    // Bind first: a busy port is an error before anything is launched.
+    let listener = match &args.incoming {
+        Some(uri) => Some(
+            crate::migrate::listen(uri)
+                .with_context(|| format!("--incoming {uri}: cannot listen"))?,
+        ),
+        None => None,
+    };
+    let firmware_digest: [u8; 32] = {
+        use sha2::{Digest, Sha256};
+        Sha256::digest(firmware.image()).into()
+    };
     let sev = sev_config(&args.sev)?;
+    let policy = sev.as_ref().map(|s| s.policy);
     let backend = sev.as_ref().map(|s| s.backend.clone());
     let kvm = Arc::new(KvmSystem::open()?);
     signals::block_termination();
@@ -186,7 +202,21 @@ pub fn run(args: &RunArgs) -> anyhow::Result<i32> {
         }
         None => None,
     };
-    let mut machine = Machine::new(kvm, vm, launch, backend, args.helpers);
+    let options = MachineOptions {
+        helpers: args.helpers,
+        incoming: listener.is_some(),
+        firmware_digest,
+        policy,
+    };
+    let mut machine = Machine::new(kvm, vm, launch, backend, options);
+    if let Some(listener) = listener {
+        if let Ok(addr) = listener.local_addr() {
+            log::info!("waiting for an incoming migration on {addr}");
+        }
+        machine
+            .listen(listener)
+            .context("cannot start the incoming migration thread")?;
+    }
     let _server = match &args.api {
         Some(path) => Some(
             QmpServer::bind(path, machine.controller(), machine.qmp_events())
@@ -204,6 +234,10 @@ pub fn run(args: &RunArgs) -> anyhow::Result<i32> {
     }
     Ok(match ending {
         Ending::Quit => 0,
+        Ending::IncomingFailed(why) => {
+            eprintln!("sevmirror: the incoming migration failed: {why}");
+            1
+        }
         Ending::Vm(VmOutcome::GuestExit(status)) => {
             i32::from(vmm::devices::services::exit_status(status))
         }

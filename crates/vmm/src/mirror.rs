@@ -329,6 +329,12 @@ impl Mirror {
         std::mem::take(&mut self.helpers)
     }
 
+    /// Gives back helper vCPUs taken with [`Mirror::take_helpers`].
+    pub fn return_helpers(&mut self, helpers: Vec<HelperVcpu>) {
+        self.helpers.extend(helpers);
+        self.helpers.sort_by_key(HelperVcpu::index);
+    }
+
     /// The firmware's helper descriptor.
     pub fn descriptor(&self) -> &HelperDescriptor {
         &self.descriptor

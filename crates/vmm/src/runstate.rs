@@ -88,6 +88,9 @@ pub fn next(from: RunState, event: RunEvent) -> Result<RunState, BadTransition> 
     match (from, event) {
         (S::Prelaunch | S::Paused, E::Continue) => Ok(S::Running),
         (S::Running, E::Continue) => Ok(S::Running),
+        // As in QEMU: `cont` on an incoming VM lets it run once the migration lands (here
+        // it also finishes an SEV launch, so the parked firmware can start its helper).
+        (S::InMigrate, E::Continue) => Ok(S::InMigrate),
         (S::Running | S::Paused, E::Stop) => Ok(S::Paused),
         (S::Running | S::Paused, E::StopAndCopy) => Ok(S::FinishMigrate),
         (S::FinishMigrate, E::MigrationDone) => Ok(S::PostMigrate),
@@ -97,9 +100,10 @@ pub fn next(from: RunState, event: RunEvent) -> Result<RunState, BadTransition> 
         (S::Running | S::Paused | S::FinishMigrate | S::Prelaunch, E::GuestExit) => Ok(S::Shutdown),
         (_, E::Failure) => Ok(S::InternalError),
         (
-            S::Prelaunch | S::InMigrate | S::PostMigrate | S::Shutdown | S::InternalError,
+            S::Prelaunch | S::PostMigrate | S::Shutdown | S::InternalError,
             E::Continue | E::Stop | E::StopAndCopy,
         )
+        | (S::InMigrate, E::Stop | E::StopAndCopy)
         | (S::FinishMigrate, E::Continue | E::Stop | E::StopAndCopy)
         | (
             S::Prelaunch | S::Running | S::Paused | S::PostMigrate | S::Shutdown | S::InternalError,
@@ -167,7 +171,7 @@ mod tests {
                 Some(S::InternalError),
             ],
             [
-                None,
+                Some(S::InMigrate),
                 None,
                 None,
                 Some(S::Running),

@@ -73,6 +73,12 @@ pub enum VmError {
     /// The CPUID table could not take the SEV leaf.
     #[error("cannot add the SEV CPUID leaf")]
     Cpuid,
+    /// An operation that needs running vCPUs before `start`.
+    #[error("the VM has not started")]
+    NotStarted,
+    /// A device-state blob from the source cannot be loaded.
+    #[error("cannot load the device state")]
+    DeviceState(#[from] crate::devices::state::DeviceStateError),
 }
 
 /// What the user asked for.
@@ -135,6 +141,7 @@ pub struct Vm {
     pub(crate) ram: Arc<GuestRam>,
     pub(crate) rom: Arc<Rom>,
     fw_cfg: Option<fw_cfg::FwCfg>,
+    bus: Option<Arc<PioBus>>,
     page_states: Option<Arc<PageStates>>,
     pub(crate) firmware_secret_area: Option<(u64, u64)>,
     pub(crate) helper: Option<helper_abi::descriptor::HelperDescriptor>,
@@ -230,6 +237,7 @@ impl Vm {
             ram,
             rom: Arc::new(rom),
             fw_cfg: Some(dev),
+            bus: None,
             helper: config.firmware.helper().copied(),
             page_states,
             firmware_secret_area: config.firmware.secret_area(),
@@ -246,6 +254,11 @@ impl Vm {
             milestones: Vec::new(),
             stats: Vec::new(),
         })
+    }
+
+    /// Number of vCPUs.
+    pub fn vcpu_count(&self) -> usize {
+        self.handles.len() + self.pending.len()
     }
 
     /// Guest RAM regions (guest-physical ranges and their host mappings).
@@ -295,6 +308,7 @@ impl Vm {
         };
         let view = self.host_view();
         let bus = Arc::new(PioBus::new(self.console.clone(), fw_cfg, view.clone()));
+        self.bus = Some(bus.clone());
         let sev_status = self.sev.as_ref().map(SevGuest::status_msr);
         let started = Instant::now();
         for vcpu in self.pending.drain(..) {
@@ -386,6 +400,26 @@ impl Vm {
         Ok(())
     }
 
+    /// The devices' state as the migration stream carries it.
+    pub fn device_state(&self) -> Result<Vec<u8>, VmError> {
+        Ok(self
+            .bus
+            .as_ref()
+            .ok_or(VmError::NotStarted)?
+            .state()
+            .encode())
+    }
+
+    /// Loads a device-state blob from [`Vm::device_state`] (the vCPUs must be paused).
+    pub fn restore_device_state(&self, blob: &[u8]) -> Result<(), VmError> {
+        let state = crate::devices::state::DeviceState::decode(blob)?;
+        self.bus
+            .as_ref()
+            .ok_or(VmError::NotStarted)?
+            .set_state(&state)?;
+        Ok(())
+    }
+
     /// Dirty-page tracking of guest RAM (for live migration).
     pub fn dirty_tracker(&self) -> DirtyTracker {
         DirtyTracker {
@@ -398,6 +432,12 @@ impl Vm {
     /// migration target prepares this way while it waits).
     pub fn prefault_ram(&self) -> std::io::Result<()> {
         self.ram.prefault()
+    }
+
+    /// Like [`Vm::prefault_ram`], as a job for another thread (it keeps the memory alive).
+    pub fn prefault_job(&self) -> impl FnOnce() -> std::io::Result<()> + Send + 'static {
+        let ram = self.ram.clone();
+        move || ram.prefault()
     }
 
     /// Lets paused vCPUs run again.

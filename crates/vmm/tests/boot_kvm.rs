@@ -70,7 +70,12 @@ fn boot_selftest(vcpus: u32) {
         .filter_map(|m| m.event.name())
         .collect();
     assert_eq!(names.first(), Some(&"cpl3-entry"), "{names:?}");
-    for want in ["helper-ready", "configured", "workload-start", "workload-done"] {
+    for want in [
+        "helper-ready",
+        "configured",
+        "workload-start",
+        "workload-done",
+    ] {
         assert!(names.contains(&want), "{want} missing: {names:?}");
     }
 }

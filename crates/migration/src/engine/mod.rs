@@ -24,8 +24,8 @@ use crate::{
 };
 use std::{sync::Mutex, time::Duration};
 
-pub use source::{Sealer, SourceOptions, SourceVm};
-pub use target::{LocalGuest, Opener, TargetVm};
+pub use source::{migrate, Sealer, SourceOptions, SourceVm};
+pub use target::{receive, LocalGuest, Opener, TargetVm};
 
 /// Why a migration failed.
 #[derive(Debug, thiserror::Error)]

@@ -4,6 +4,7 @@
 pub mod fw_cfg;
 pub mod serial;
 pub mod services;
+pub mod state;
 
 use crate::{console::ConsoleOut, memory::HostView};
 use std::sync::{Mutex, MutexGuard};
@@ -41,6 +42,24 @@ impl PioBus {
             serial: Mutex::new(serial::SerialPort::new(console)),
             fw_cfg: Mutex::new(fw_cfg),
             view,
+        }
+    }
+
+    /// The devices' migratable state.
+    pub fn state(&self) -> state::DeviceState {
+        state::DeviceState {
+            serial: lock(&self.serial).state(),
+        }
+    }
+
+    /// Loads state saved by [`PioBus::state`] (the vCPUs must be paused).
+    pub fn set_state(&self, s: &state::DeviceState) -> Result<(), state::DeviceStateError> {
+        if lock(&self.serial).set_state(&s.serial) {
+            Ok(())
+        } else {
+            Err(state::DeviceStateError::Malformed(
+                "more UART input than its FIFO holds",
+            ))
         }
     }
 

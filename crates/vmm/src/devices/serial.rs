@@ -2,7 +2,7 @@
 //! waits for interrupts, so the interrupt line is a no-op.
 
 use crate::console::{ConsoleOut, ConsoleWriter};
-use vm_superio::{Serial, Trigger};
+use vm_superio::{serial::SerialState, Serial, Trigger};
 
 /// First port of COM1.
 pub const COM1_BASE: u16 = 0x3f8;
@@ -23,13 +23,37 @@ impl Trigger for NoIrq {
 /// COM1, writing to the shared console.
 pub struct SerialPort {
     uart: Serial<NoIrq, vm_superio::serial::NoEvents, ConsoleWriter>,
+    console: ConsoleOut,
 }
 
 impl SerialPort {
     /// A UART whose transmitted bytes go to `console`.
     pub fn new(console: ConsoleOut) -> Self {
         SerialPort {
-            uart: Serial::new(NoIrq, ConsoleWriter(console)),
+            uart: Serial::new(NoIrq, ConsoleWriter(console.clone())),
+            console,
+        }
+    }
+
+    /// The registers and unread input (for migration).
+    pub fn state(&self) -> SerialState {
+        self.uart.state()
+    }
+
+    /// Loads registers and input saved by [`SerialPort::state`]; false (and no change)
+    /// when the input does not fit the FIFO.
+    pub fn set_state(&mut self, state: &SerialState) -> bool {
+        match Serial::from_state(
+            state,
+            NoIrq,
+            vm_superio::serial::NoEvents,
+            ConsoleWriter(self.console.clone()),
+        ) {
+            Ok(uart) => {
+                self.uart = uart;
+                true
+            }
+            Err(_) => false,
         }
     }
 
@@ -60,6 +84,17 @@ mod tests {
         assert_eq!(&*buf.lock().unwrap(), b"hi\n");
         // LSR: transmitter holding register empty and transmitter empty.
         assert_eq!(port.read(5) & 0x60, 0x60);
+    }
+
+    #[test]
+    fn a_saved_state_loads_into_a_fresh_port() {
+        let (console, _) = ConsoleOut::capture();
+        let mut a = SerialPort::new(console.clone());
+        a.write(3, 0x1b); // LCR
+        a.write(7, 0x42); // scratch
+        let mut b = SerialPort::new(console);
+        assert!(b.set_state(&a.state()));
+        assert_eq!((b.read(3), b.read(7)), (0x1b, 0x42));
     }
 
     #[test]

@@ -117,6 +117,18 @@ impl HostView {
         self.encrypted.as_ref().map(|e| &e.states)
     }
 
+    /// Whether the guest keeps the page at `gpa` private (always shared for a plain guest;
+    /// private for an SEV guest's pages outside RAM).
+    pub fn visibility(&self, gpa: u64) -> Visibility {
+        match &self.encrypted {
+            None => Visibility::Shared,
+            Some(e) => match self.ram.page_index(gpa) {
+                Some(index) => e.states.get(index),
+                None => Visibility::Private,
+            },
+        }
+    }
+
     /// Records that the guest made [gpa, gpa + len) private or shared. The range must be
     /// page-aligned RAM of an SEV guest; nothing changes otherwise.
     pub fn convert(&self, gpa: u64, len: u64, v: Visibility) -> Result<(), MemoryError> {
