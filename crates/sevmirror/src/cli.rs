@@ -19,6 +19,10 @@ pub struct Cli {
 /// What to do.
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// The whole story on this machine: attest an SEV guest and a target VM as their
+    /// owner, live-migrate the running guest through the mirror helper, check it on
+    /// arrival, and report.
+    Demo(crate::demo::DemoArgs),
     /// Run a VM with the built-in firmware (or --firmware FILE).
     Run(RunArgs),
     /// List the footer GUID table of a firmware image (ours or OVMF's).

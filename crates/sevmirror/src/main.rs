@@ -2,6 +2,7 @@
 
 mod bench;
 mod cli;
+mod demo;
 mod inspect;
 mod machine;
 mod measure_cmd;
@@ -10,6 +11,7 @@ mod owner_cmd;
 mod platform_cmd;
 mod qmp;
 mod run;
+mod scenario;
 mod signals;
 mod size;
 
@@ -28,6 +30,7 @@ fn main() {
         .format_timestamp_millis()
         .init();
     let result = match &cli.command {
+        Command::Demo(args) => demo::run(args),
         Command::Run(args) => run::run(args),
         Command::Bench(args) => match &args.what {
             bench::BenchCommand::Helper(a) => bench::helper(a).map(|()| 0),
