@@ -606,9 +606,9 @@ impl Machine {
             helpers,
             options: SourceOptions {
                 downtime_limit: self.params.downtime_limit,
+                max_bandwidth: self.params.max_bandwidth.clone(),
                 ..SourceOptions::default()
             },
-            max_bandwidth: self.params.max_bandwidth.clone(),
         };
         match migrate::start_outgoing(plan, self.tx.clone()) {
             Ok(job) => {

@@ -158,6 +158,16 @@ impl HelperVcpu {
         self.descriptor.window_gpa(self.index, window)
     }
 
+    /// Record windows this vCPU has.
+    pub fn windows(&self) -> u16 {
+        self.descriptor.windows_per_vcpu
+    }
+
+    /// The host's view of the guest's memory (windows and control pages are shared).
+    pub fn view(&self) -> &HostView {
+        &self.view
+    }
+
     /// Bytes per record window.
     pub fn window_size(&self) -> usize {
         self.descriptor.window_size as usize

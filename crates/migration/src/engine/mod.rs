@@ -24,7 +24,7 @@ use crate::{
 };
 use std::{sync::Mutex, time::Duration};
 
-pub use source::{migrate, Sealer, SourceOptions, SourceVm};
+pub use source::{migrate, RecordSink, Sealed, Sealer, SourceOptions, SourceVm};
 pub use target::{receive, LocalGuest, Opener, TargetVm};
 
 /// Why a migration failed.

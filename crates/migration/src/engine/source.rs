@@ -6,19 +6,24 @@ use super::{update, MigrationError, Progress, Status};
 use crate::{
     codec::{FrameReader, Incoming},
     frames::{
-        Abort, Ack, DeviceState, Done, Frame, Hello, HelloAck, Manifest, PageBatch, PageData,
-        PlainPage, PlainPages, RoundEnd, SharedRange, SharedRanges, VcpuState, MAX_PAYLOAD_LEN,
+        Abort, Ack, DeviceState, Done, Frame, FrameError, Hello, HelloAck, Manifest, MessageType,
+        PageBatchHeader, PageData, PlainPage, PlainPages, RoundEnd, SharedRange, SharedRanges,
+        VcpuState, MAX_PAYLOAD_LEN,
     },
 };
 use helper_abi::PAGE_SIZE;
 use std::{
-    io::{Read, Write},
+    io::{BufWriter, Read, Write},
+    os::fd::{AsFd, BorrowedFd},
     sync::{
-        atomic::{AtomicBool, Ordering},
-        Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex,
     },
     time::{Duration, Instant},
 };
+
+/// Bytes buffered before a write to the stream.
+const STREAM_BUFFER: usize = 1 << 20;
 
 /// Pages per PlainPages frame.
 const PLAIN_BATCH: usize = 256;
@@ -51,24 +56,52 @@ pub trait SourceVm {
 }
 
 /// The source's migration helper: seals private pages into records (SEV only).
+///
+/// Sealing is pipelined: the engine submits batches to lanes (helper vCPUs, each with
+/// `depth()` record windows) and sends each finished batch while later ones are sealed.
 pub trait Sealer {
     /// Helper vCPUs (lanes).
     fn lanes(&self) -> usize;
-    /// Most pages per request.
+    /// Most pages per batch.
     fn max_batch(&self) -> usize;
-    /// Seals `gpas` on `lane` in `round`, appending the records to `out`.
-    fn seal(
-        &mut self,
-        lane: usize,
-        round: u32,
-        gpas: &[u64],
-        out: &mut Vec<u8>,
-    ) -> Result<(), String>;
-    /// The sealed manifest, made on lane 0 once everything was sealed.
+    /// Batches one lane may have sealed or sealing but not yet sent (its windows).
+    fn depth(&self) -> usize;
+    /// Starts sealing `gpas` on `lane` in `round`.
+    fn submit(&mut self, lane: usize, round: u32, gpas: &[u64]) -> Result<(), String>;
+    /// Waits for the next finished batch of any lane (each lane's in submission order).
+    fn wait(&mut self) -> Result<Sealed, String>;
+    /// Writes a finished batch's records to `out` (straight from the helper's window
+    /// where it can) and frees its window.
+    fn send(&mut self, batch: &Sealed, out: &mut dyn RecordSink) -> std::io::Result<()>;
+    /// The sealed manifest, made on lane 0 once everything was sealed and sent.
     fn manifest(
         &mut self,
         round: u32,
     ) -> Result<[u8; helper_abi::record::MANIFEST_RECORD_SIZE], String>;
+}
+
+/// A batch of records a lane finished sealing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sealed {
+    /// The lane.
+    pub lane: usize,
+    /// The round it was sealed in.
+    pub round: u32,
+    /// Records in it.
+    pub count: u32,
+    /// Bytes of records.
+    pub bytes: usize,
+    /// Which of the lane's windows holds them.
+    pub window: usize,
+}
+
+/// Where a batch's records go: the stream, right after the batch's frame header.
+pub trait RecordSink {
+    /// The stream's descriptor, to write straight from guest memory (None: use
+    /// `write_all`).
+    fn fd(&self) -> Option<BorrowedFd<'_>>;
+    /// Writes bytes to the stream.
+    fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()>;
 }
 
 /// Precopy policy.
@@ -82,6 +115,9 @@ pub struct SourceOptions {
     pub confirm_timeout: Duration,
     /// Pages per helper request (at most the helper's limit).
     pub batch: usize,
+    /// Bytes per second on the stream, 0 for no limit; read continuously, so a change
+    /// applies to a running migration.
+    pub max_bandwidth: Arc<AtomicU64>,
 }
 
 impl Default for SourceOptions {
@@ -91,20 +127,54 @@ impl Default for SourceOptions {
             max_rounds: 30,
             confirm_timeout: Duration::from_secs(60),
             batch: helper_abi::MAX_BATCH,
+            max_bandwidth: Arc::new(AtomicU64::new(0)),
         }
     }
 }
 
-/// A `Write` that counts bytes.
-struct Counting<W> {
+/// A `Write` that counts bytes and keeps to the bandwidth limit.
+struct Metered<W> {
     inner: W,
     bytes: u64,
+    limit: Arc<AtomicU64>,
+    /// Start, bytes and limit of the current accounting window (a new limit starts one).
+    window: (Instant, u64, u64),
 }
 
-impl<W: Write> Write for Counting<W> {
+impl<W> Metered<W> {
+    fn new(inner: W, limit: Arc<AtomicU64>) -> Self {
+        Metered {
+            inner,
+            bytes: 0,
+            limit,
+            window: (Instant::now(), 0, 0),
+        }
+    }
+
+    /// Counts `n` bytes sent and sleeps as long as the limit requires.
+    fn account(&mut self, n: u64) {
+        self.bytes += n;
+        let limit = self.limit.load(Ordering::Relaxed);
+        let now = Instant::now();
+        if limit != self.window.2 {
+            self.window = (now, 0, limit);
+        }
+        self.window.1 += n;
+        if limit == 0 {
+            return;
+        }
+        let due = Duration::from_secs_f64(self.window.1 as f64 / limit as f64);
+        let wait = due.saturating_sub(now.duration_since(self.window.0));
+        if !wait.is_zero() {
+            std::thread::sleep(wait);
+        }
+    }
+}
+
+impl<W: Write> Write for Metered<W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let n = self.inner.write(buf)?;
-        self.bytes += n as u64;
+        self.account(n as u64);
         Ok(n)
     }
 
@@ -113,9 +183,22 @@ impl<W: Write> Write for Counting<W> {
     }
 }
 
-struct Source<'a, R, W> {
+/// The stream under the buffer, for records sent straight from guest memory.
+struct Direct<'a, W: Write + AsFd>(&'a mut BufWriter<W>);
+
+impl<W: Write + AsFd> RecordSink for Direct<'_, W> {
+    fn fd(&self) -> Option<BorrowedFd<'_>> {
+        Some(self.0.get_ref().as_fd())
+    }
+
+    fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.0.get_mut().write_all(bytes)
+    }
+}
+
+struct Source<'a, R, W: Write + AsFd> {
     reader: FrameReader<R>,
-    out: Counting<W>,
+    out: Metered<BufWriter<W>>,
     vm: &'a mut dyn SourceVm,
     sealer: Option<&'a mut dyn Sealer>,
     options: &'a SourceOptions,
@@ -124,7 +207,6 @@ struct Source<'a, R, W> {
     started: Instant,
     paused_at: Option<Instant>,
     buf: Vec<u8>,
-    records: Vec<u8>,
 }
 
 /// Migrates the guest: `hello` describes it; `reader`/`writer` are the two directions of
@@ -132,7 +214,7 @@ struct Source<'a, R, W> {
 /// target cannot hang the source). On any failure the guest is running again when this
 /// returns.
 #[allow(clippy::too_many_arguments)]
-pub fn migrate<'a, R: Read, W: Write>(
+pub fn migrate<'a, R: Read, W: Write + AsFd>(
     reader: R,
     writer: W,
     hello: &Hello,
@@ -151,10 +233,12 @@ pub fn migrate<'a, R: Read, W: Write>(
     });
     let mut s = Source {
         reader: FrameReader::new(reader, Incoming::FromTarget),
-        out: Counting {
-            inner: writer,
-            bytes: 0,
-        },
+        // Small frames and plain-page entries go out in large writes: a syscall per 4 KiB
+        // page is what made plain migration slow on this machine.
+        out: Metered::new(
+            BufWriter::with_capacity(STREAM_BUFFER, writer),
+            options.max_bandwidth.clone(),
+        ),
         vm,
         sealer,
         options,
@@ -163,7 +247,6 @@ pub fn migrate<'a, R: Read, W: Write>(
         started: Instant::now(),
         paused_at: None,
         buf: vec![0u8; MAX_PAYLOAD_LEN],
-        records: Vec::with_capacity(MAX_PAYLOAD_LEN),
     };
     let result = s.run(hello);
     s.vm.stop_dirty_log();
@@ -209,7 +292,7 @@ pub fn migrate<'a, R: Read, W: Write>(
     result
 }
 
-impl<R: Read, W: Write> Source<'_, R, W> {
+impl<R: Read, W: Write + AsFd> Source<'_, R, W> {
     fn check_cancel(&self) -> Result<(), MigrationError> {
         if self.cancel.load(Ordering::Relaxed) {
             return Err(MigrationError::Cancelled);
@@ -357,6 +440,69 @@ impl<R: Read, W: Write> Source<'_, R, W> {
         }
     }
 
+    /// Seals `private` on every lane, a few batches ahead of the stream, and sends each
+    /// batch as it is ready.
+    fn send_sealed(&mut self, round: u32, private: &[u64]) -> Result<(), MigrationError> {
+        let Some(sealer) = self.sealer.as_deref_mut() else {
+            return Ok(());
+        };
+        let lanes = sealer.lanes().max(1);
+        let depth = sealer.depth().max(1);
+        let batch = self.options.batch.min(sealer.max_batch()).max(1);
+        let mut chunks = private.chunks(batch).enumerate().peekable();
+        let mut in_flight = vec![0usize; lanes];
+        let mut outstanding = 0usize;
+        let sealing = |e: String| MigrationError::Integrity(e);
+        loop {
+            // Keep every lane busy: batch i goes to lane i % lanes.
+            while let Some(&(i, chunk)) = chunks.peek() {
+                let lane = i % lanes;
+                if in_flight[lane] >= depth {
+                    break;
+                }
+                if self.cancel.load(Ordering::Relaxed) {
+                    break;
+                }
+                sealer.submit(lane, round, chunk).map_err(sealing)?;
+                in_flight[lane] += 1;
+                outstanding += 1;
+                chunks.next();
+            }
+            if outstanding == 0 {
+                break;
+            }
+            let done = sealer.wait().map_err(sealing)?;
+            in_flight[done.lane] -= 1;
+            outstanding -= 1;
+            let lane = u16::try_from(done.lane)
+                .map_err(|_| MigrationError::Vm(format!("lane {} out of range", done.lane)))?;
+            let records_len = u32::try_from(done.bytes)
+                .map_err(|_| MigrationError::Vm(format!("a {}-byte batch", done.bytes)))?;
+            PageBatchHeader {
+                lane,
+                round: done.round,
+                count: done.count,
+                records_len,
+            }
+            .encode(&mut self.out)?;
+            let sent = |source| {
+                MigrationError::Send(FrameError::Write {
+                    kind: MessageType::PageBatch,
+                    source,
+                })
+            };
+            // The header is buffered; the records go out after it, from the window.
+            self.out.inner.flush().map_err(sent)?;
+            sealer
+                .send(&done, &mut Direct(&mut self.out.inner))
+                .map_err(sent)?;
+            self.out.account(done.bytes as u64);
+            let transferred = self.out.bytes;
+            update(self.progress, |p| p.transferred_bytes = transferred);
+        }
+        self.check_cancel()
+    }
+
     /// Sends one round's pages: the shared set first (SEV), then sealed batches for
     /// private pages and plain frames for the rest.
     fn send_pages(&mut self, round: u32, pages: &[u64]) -> Result<(), MigrationError> {
@@ -398,27 +544,11 @@ impl<R: Read, W: Write> Source<'_, R, W> {
                 pages: entries,
             }
             .encode(&mut self.out)?;
+            // query-migrate shows the bytes moving during a round, not only after it.
+            let transferred = self.out.bytes;
+            update(self.progress, |p| p.transferred_bytes = transferred);
         }
-        if let Some(sealer) = self.sealer.as_deref_mut() {
-            let lanes = sealer.lanes().max(1);
-            let batch = self.options.batch.min(sealer.max_batch()).max(1);
-            for (i, chunk) in private.chunks(batch).enumerate() {
-                if self.cancel.load(Ordering::Relaxed) {
-                    return Err(MigrationError::Cancelled);
-                }
-                let lane = i % lanes;
-                self.records.clear();
-                sealer
-                    .seal(lane, round, chunk, &mut self.records)
-                    .map_err(MigrationError::Integrity)?;
-                PageBatch {
-                    lane: lane as u16,
-                    round,
-                    records: &self.records,
-                }
-                .encode(&mut self.out)?;
-            }
-        }
+        self.send_sealed(round, &private)?;
         let (n, transferred) = (pages.len() as u64, self.out.bytes);
         update(self.progress, |p| {
             p.pages += n;

@@ -12,7 +12,7 @@ use crate::{
 };
 use helper_abi::{record::MANIFEST_RECORD_SIZE, PAGE_SIZE};
 use std::{
-    io::{Read, Write},
+    io::{BufReader, Read, Write},
     sync::Mutex,
     time::Instant,
 };
@@ -112,8 +112,12 @@ pub trait Opener {
     fn lanes(&self) -> usize;
     /// Derives the session keys (fails without the guest owner's migration secret).
     fn keys(&mut self, session_id: &[u8; 16], source_nonce: &[u8; 16]) -> Result<(), String>;
-    /// Verifies the records and writes their pages privately.
-    fn open(&mut self, lane: usize, records: &[u8]) -> Result<(), String>;
+    /// Starts verifying a batch of records on `lane` and writing their pages privately
+    /// (each lane's batches in order). A refusal of this or an earlier batch may show
+    /// here or at the next `drain`.
+    fn submit(&mut self, lane: usize, records: &[u8]) -> Result<(), String>;
+    /// Waits until every submitted batch was opened; the first refusal, if any.
+    fn drain(&mut self) -> Result<(), String>;
     /// Verifies the source's manifest against the pages accepted.
     fn verify_manifest(
         &mut self,
@@ -138,7 +142,11 @@ pub fn receive<'a, R: Read, W: Write>(
             ..Progress::default()
         }
     });
-    let mut reader = FrameReader::new(reader, Incoming::FromSource);
+    // Headers and small frames come out of one buffer; large payloads bypass it.
+    let mut reader = FrameReader::new(
+        BufReader::with_capacity(1 << 16, reader),
+        Incoming::FromSource,
+    );
     let mut buf = vec![0u8; MAX_PAYLOAD_LEN];
     let mut ctx = Receive {
         vm,
@@ -163,7 +171,13 @@ pub fn receive<'a, R: Read, W: Write>(
         }
         Err(e) => {
             if !matches!(e, MigrationError::Aborted { .. }) {
-                let reason: String = e.chain().chars().take(1000).collect();
+                // The source words a refusal itself ("the target refused the migration
+                // (code): …"): send it only the reason, not this side's whole message.
+                let reason = match e {
+                    MigrationError::Refused { reason, .. } => reason.clone(),
+                    other => other.chain(),
+                };
+                let reason: String = reason.chars().take(1000).collect();
                 let _ = if ctx.hello.is_some() && ctx.state == ReceiverState::default() {
                     HelloAck::Refused {
                         code: e.code(),
@@ -299,6 +313,10 @@ impl Receive<'_> {
                     }
                 }
                 let ranges: Vec<(u64, u64)> = s.ranges.iter().map(|r| (r.gpa, r.pages)).collect();
+                // Batches of the previous round land before the page states change.
+                if let Some(opener) = self.opener.as_deref_mut() {
+                    opener.drain().map_err(MigrationError::Integrity)?;
+                }
                 self.vm.set_shared(&ranges).map_err(MigrationError::Vm)?;
             }
             Frame::PlainPages(p) => {
@@ -340,7 +358,7 @@ impl Receive<'_> {
                     )));
                 }
                 opener
-                    .open(lane, b.records)
+                    .submit(lane, b.records)
                     .map_err(MigrationError::Integrity)?;
                 let (n, bytes) = (b.count().map_or(0, u64::from), b.records.len() as u64);
                 update(self.progress, |p| {
@@ -384,6 +402,7 @@ impl Receive<'_> {
                         hello.lanes
                     )));
                 }
+                opener.drain().map_err(MigrationError::Integrity)?;
                 opener
                     .verify_manifest(lane, &m.record)
                     .map_err(MigrationError::Integrity)?;

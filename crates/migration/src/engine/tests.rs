@@ -3,7 +3,7 @@
 //! can tamper with the stream the way a hostile host could.
 
 use super::{
-    source::{migrate, Sealer, SourceOptions, SourceVm},
+    source::{migrate, RecordSink, Sealed, Sealer, SourceOptions, SourceVm},
     target::{receive, LocalGuest, Opener, TargetVm},
     MigrationError, Progress, Status,
 };
@@ -96,6 +96,8 @@ struct FakeHelper {
     session: SessionState,
     versions: Vec<AtomicU32>,
     lanes: Vec<(LaneState, Windows)>,
+    /// Sealed batches not yet sent, oldest first.
+    done: std::collections::VecDeque<(Sealed, Vec<u8>)>,
 }
 
 impl FakeHelper {
@@ -116,6 +118,7 @@ impl FakeHelper {
                     )
                 })
                 .collect(),
+            done: Default::default(),
         }
     }
 
@@ -156,13 +159,10 @@ impl Sealer for FakeHelper {
     fn max_batch(&self) -> usize {
         32
     }
-    fn seal(
-        &mut self,
-        lane: usize,
-        round: u32,
-        gpas: &[u64],
-        out: &mut Vec<u8>,
-    ) -> Result<(), String> {
+    fn depth(&self) -> usize {
+        2
+    }
+    fn submit(&mut self, lane: usize, round: u32, gpas: &[u64]) -> Result<(), String> {
         let r = self.ok(
             lane,
             Request {
@@ -173,10 +173,28 @@ impl Sealer for FakeHelper {
             },
             gpas,
         )?;
-        let start = out.len();
-        out.resize(start + r.bytes as usize, 0);
-        self.lanes[lane].1.read_window(0, 0, &mut out[start..]);
+        let mut records = vec![0u8; r.bytes as usize];
+        self.lanes[lane].1.read_window(0, 0, &mut records);
+        let sealed = Sealed {
+            lane,
+            round,
+            count: r.count,
+            bytes: records.len(),
+            window: 0,
+        };
+        self.done.push_back((sealed, records));
         Ok(())
+    }
+    fn wait(&mut self) -> Result<Sealed, String> {
+        self.done
+            .front()
+            .map(|d| d.0)
+            .ok_or_else(|| "nothing in flight".to_string())
+    }
+    fn send(&mut self, batch: &Sealed, out: &mut dyn RecordSink) -> std::io::Result<()> {
+        let (sealed, records) = self.done.pop_front().expect("send after wait");
+        assert_eq!(&sealed, batch);
+        out.write_all(&records)
     }
     fn manifest(&mut self, round: u32) -> Result<[u8; MANIFEST_RECORD_SIZE], String> {
         self.ok(
@@ -212,7 +230,7 @@ impl Opener for FakeHelper {
         )
         .map(|_| ())
     }
-    fn open(&mut self, lane: usize, records: &[u8]) -> Result<(), String> {
+    fn submit(&mut self, lane: usize, records: &[u8]) -> Result<(), String> {
         let count = helper_abi::record::walk(records, records.len()).count() as u32;
         self.lanes[lane].1.write_window(0, 0, records);
         self.ok(
@@ -226,6 +244,9 @@ impl Opener for FakeHelper {
             &[],
         )
         .map(|_| ())
+    }
+    fn drain(&mut self) -> Result<(), String> {
+        Ok(())
     }
     fn verify_manifest(
         &mut self,
@@ -811,8 +832,9 @@ fn a_target_with_other_memory_or_firmware_or_no_secret_refuses_before_anything_m
 
     let o = run(true, 1, None, RAM, Tamper::None);
     assert_safe_failure(&o, "no secret");
-    let msg = o.source.as_ref().unwrap_err().to_string();
+    let msg = o.source.as_ref().unwrap_err().chain();
     assert!(msg.contains("NO_SECRET"), "{msg}");
+    assert_eq!(msg.matches("refused the migration").count(), 1, "{msg}");
 
     let o = run(true, 1, Some([0x11; 32]), RAM, Tamper::None);
     assert_safe_failure(&o, "other secret");

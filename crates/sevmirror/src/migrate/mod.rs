@@ -10,7 +10,6 @@
 pub mod guest;
 pub mod lanes;
 pub mod report;
-mod throttle;
 
 use crate::machine::Input;
 use guest::{Layout, MachineLink, VmSource, VmTarget};
@@ -31,7 +30,6 @@ use std::{
     thread::JoinHandle,
     time::{Duration, Instant},
 };
-use throttle::Throttled;
 use vmm::{memory::HostView, mirror::HelperVcpu};
 
 /// How long the source waits to connect.
@@ -178,10 +176,8 @@ pub struct Outgoing {
     pub source: VmSource,
     /// The helper vCPUs and their batch limit (SEV).
     pub helpers: Option<(Vec<HelperVcpu>, usize)>,
-    /// Precopy policy.
+    /// Precopy policy and bandwidth cap.
     pub options: SourceOptions,
-    /// Bandwidth cap.
-    pub max_bandwidth: Arc<AtomicU64>,
 }
 
 /// Records the end of a failed migration in its figures.
@@ -233,6 +229,14 @@ fn clone_stream(s: &TcpStream) -> Result<TcpStream, MigrationError> {
         .map_err(|e| MigrationError::Vm(format!("cannot duplicate the socket: {e}")))
 }
 
+/// Drops the job's handle on the connection once the migration is over, so the
+/// connection closes with the thread's own ends instead of staying open for good.
+fn close(socket: &Mutex<Option<TcpStream>>) {
+    if let Ok(mut s) = socket.lock() {
+        s.take();
+    }
+}
+
 /// Starts an outgoing migration on its own thread; its end arrives as
 /// [`Input::MigrationEnded`].
 pub fn start_outgoing(plan: Outgoing, tx: Sender<Input>) -> std::io::Result<Job> {
@@ -253,10 +257,14 @@ pub fn start_outgoing(plan: Outgoing, tx: Sender<Input>) -> std::io::Result<Job>
                     mut source,
                     helpers,
                     options,
-                    max_bandwidth,
                 } = plan;
-                let mut lanes = helpers.map(|(h, batch)| HelperLanes::new(h, batch));
+                // The lanes live outside the attempt so their vCPUs come back whatever
+                // happens inside it.
+                let mut lanes = None;
                 let result = (|| {
+                    if let Some((h, batch)) = helpers {
+                        lanes = Some(lanes_for(h, batch)?);
+                    }
                     let stream = connect(&uri)?;
                     prepare_stream(&stream)?;
                     if let Ok(mut s) = socket.lock() {
@@ -271,7 +279,7 @@ pub fn start_outgoing(plan: Outgoing, tx: Sender<Input>) -> std::io::Result<Job>
                             .start_source(hello.session_id)
                             .map_err(MigrationError::Integrity)?;
                     }
-                    let writer = Throttled::new(clone_stream(&stream)?, max_bandwidth);
+                    let writer = clone_stream(&stream)?;
                     engine::migrate(
                         stream,
                         writer,
@@ -283,10 +291,12 @@ pub fn start_outgoing(plan: Outgoing, tx: Sender<Input>) -> std::io::Result<Job>
                         &cancel,
                     )
                 })();
+                let returned = lanes.map(HelperLanes::into_helpers).unwrap_or_default();
                 let result = match result {
                     Err(_) if cancel.load(Ordering::Relaxed) => Err(MigrationError::Cancelled),
                     other => other,
                 };
+                close(&socket);
                 if let Err(e) = &result {
                     let status = if matches!(e, MigrationError::Cancelled) {
                         Status::Cancelled
@@ -295,11 +305,10 @@ pub fn start_outgoing(plan: Outgoing, tx: Sender<Input>) -> std::io::Result<Job>
                     };
                     mark_failed(&progress, status, e);
                 }
-                let helpers = lanes.map(HelperLanes::into_helpers).unwrap_or_default();
                 let _ = tx.send(Input::MigrationEnded(Ended {
                     direction: Direction::Outgoing,
                     result,
-                    helpers,
+                    helpers: returned,
                 }));
             })?
     };
@@ -334,6 +343,7 @@ pub fn start_incoming(listener: TcpListener, tx: Sender<Input>) -> std::io::Resu
                 let mut helpers = Vec::new();
                 let result =
                     receive_one(&listener, &link, &progress, &socket, &cancel, &mut helpers);
+                close(&socket);
                 if let Err(e) = &result {
                     mark_failed(&progress, Status::Failed, e);
                 }
@@ -429,9 +439,12 @@ fn receive_one(
             });
         }
     };
-    let mut lanes = helpers.map(|(h, batch)| HelperLanes::new(h, batch));
-    let mut target = VmTarget::new(view, layout, local, link.clone());
     let writer = clone_stream(&stream)?;
+    let mut lanes = match helpers {
+        Some((h, batch)) => Some(lanes_for(h, batch)?),
+        None => None,
+    };
+    let mut target = VmTarget::new(view, layout, local, link.clone());
     let result = engine::receive(
         stream,
         writer,
@@ -443,6 +456,17 @@ fn receive_one(
         *helpers_out = l.into_helpers();
     }
     result
+}
+
+/// Puts the helper vCPUs on their lanes' threads (if a thread cannot be created, the
+/// vCPUs already handed over are lost to this VM's later migrations).
+fn lanes_for(helpers: Vec<HelperVcpu>, batch: usize) -> Result<HelperLanes, MigrationError> {
+    let count = helpers.len();
+    HelperLanes::new(helpers, batch).map_err(|e| {
+        MigrationError::Vm(format!(
+            "cannot start threads for {count} helper vCPU(s): {e}"
+        ))
+    })
 }
 
 /// The Hello's description of a VM's RAM.

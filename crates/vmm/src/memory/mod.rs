@@ -32,6 +32,20 @@ pub enum MemoryError {
     /// Mapping the RAM or ROM failed.
     #[error("cannot map guest memory")]
     Map(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// A transfer between guest memory and a stream failed.
+    #[error("cannot move guest memory {gpa:#x}+{len:#x} to or from the stream")]
+    Stream {
+        /// First byte.
+        gpa: u64,
+        /// Length.
+        len: usize,
+        /// Why.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A direct transfer of private memory was asked for.
+    #[error("guest page {0:#x} is private: only shared memory moves straight to a stream")]
+    NotShared(u64),
     /// An access fell outside guest RAM.
     #[error("guest-physical range {gpa:#x}+{len:#x} is not RAM")]
     OutOfRange {
@@ -189,6 +203,23 @@ impl GuestRam {
             .map_err(|_| MemoryError::OutOfRange {
                 gpa,
                 len: data.len(),
+            })
+    }
+
+    /// Writes `len` bytes at `gpa` to `out` straight from the mapping (no copy in
+    /// between). For the host view's shared-memory path only.
+    fn write_raw_to<F: vm_memory::WriteVolatile>(
+        &self,
+        gpa: u64,
+        len: usize,
+        out: &mut F,
+    ) -> Result<(), MemoryError> {
+        self.mem
+            .write_all_volatile_to(GuestAddress(gpa), out, len)
+            .map_err(|e| MemoryError::Stream {
+                gpa,
+                len,
+                source: Box::new(e),
             })
     }
 

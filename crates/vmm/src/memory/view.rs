@@ -185,6 +185,23 @@ impl HostView {
         }
     }
 
+    /// Writes `len` bytes of shared guest memory at `gpa` (e.g. a helper's record window)
+    /// to `out` straight from guest memory, with no copy in between. Every page must be
+    /// shared (any page of a plain guest is): private memory only leaves as the host
+    /// sees it, through [`HostView::read`].
+    pub fn write_shared_to<F: vm_memory::WriteVolatile>(
+        &self,
+        gpa: u64,
+        len: usize,
+        out: &mut F,
+    ) -> Result<(), MemoryError> {
+        self.pages(gpa, len, |page, _, _| match self.visibility(page) {
+            Visibility::Shared => Ok(()),
+            Visibility::Private => Err(MemoryError::NotShared(page)),
+        })?;
+        self.ram.write_raw_to(gpa, len, out)
+    }
+
     /// Copies guest memory at `gpa` into `buf`, as the host sees it.
     pub fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
         self.pages(gpa, buf.len(), |page, off, range| {
@@ -295,6 +312,25 @@ mod tests {
         view.write(0x1ff8, b"shared plaintext").unwrap();
         ram.read_raw(0x1ff8, &mut raw).unwrap();
         assert_eq!(&raw, b"shared plaintext");
+    }
+
+    #[test]
+    fn only_shared_memory_goes_straight_to_a_stream() {
+        let (view, ram, states) = sev_view();
+        ram.write_raw(0x5000, b"window records").unwrap();
+        let mut out = Vec::new();
+        assert!(matches!(
+            view.write_shared_to(0x5000, 14, &mut out),
+            Err(MemoryError::NotShared(0x5000))
+        ));
+        assert!(out.is_empty(), "nothing of a private page may leave");
+        states.set(5, 2, Visibility::Shared);
+        view.write_shared_to(0x5000, 14, &mut out).unwrap();
+        assert_eq!(out, b"window records");
+        // A range that runs into a private page is refused as a whole.
+        let mut more = Vec::new();
+        assert!(view.write_shared_to(0x6ff0, 0x20, &mut more).is_err());
+        assert!(more.is_empty());
     }
 
     #[test]
