@@ -551,3 +551,42 @@ fn garbage_requests_never_panic_or_write_memory() {
         "garbage must never be written to guest memory"
     );
 }
+
+#[test]
+fn touch_reads_without_keys_and_changes_nothing() {
+    // A target before its owner gave it the secret: no keys, and no session to start.
+    let mut dst = Guest::new(None, |p| p as u8);
+    let before = dst.ram.0.borrow().clone();
+    let touch = |g: &mut Guest, gpas: &[u64]| {
+        g.call(
+            0,
+            Request {
+                op: Op::TOUCH.0,
+                count: gpas.len() as u32,
+                ..Default::default()
+            },
+            gpas,
+        )
+    };
+    let pages: Vec<u64> = all_pages().into_iter().take(64).collect();
+    let r = touch(&mut dst, &pages);
+    assert_eq!(r.status(), Status::OK);
+    assert_eq!(r.count, 64);
+    assert_eq!(*dst.ram.0.borrow(), before, "touching wrote guest memory");
+    assert!(dst
+        .mailbox
+        .windows
+        .borrow()
+        .iter()
+        .all(|w| w.iter().all(|&b| b == 0)));
+    // The same GPA rules as EXPORT.
+    assert_eq!(touch(&mut dst, &[0x3008]).status(), Status::BAD_GPA);
+    assert_eq!(touch(&mut dst, &[REGION.0]).status(), Status::BAD_GPA);
+    let too_many: Vec<u64> = (0..65).map(|i| i * PAGE_SIZE as u64).collect();
+    assert_eq!(touch(&mut dst, &too_many).status(), Status::BATCH_TOO_LARGE);
+    // And it starts no session: keys can still be derived once the secret is there.
+    assert_eq!(
+        dst.keys(Role::TARGET, SESSION, [1; 16]).status(),
+        Status::NO_SECRET
+    );
+}

@@ -39,6 +39,9 @@ pub enum BenchCommand {
     /// Pages per second the migration helper seals (EXPORT) and opens (IMPORT), against
     /// batch size and helper vCPUs, next to this machine's AES-256-GCM speed.
     Helper(HelperBenchArgs),
+    /// Live migration over loopback: plain, through 1..N helper vCPUs, and QEMU's plain
+    /// precopy where installed, next to this machine's AES-256-GCM and TCP limits.
+    Migrate(crate::bench_migrate::MigrateBenchArgs),
 }
 
 /// `sevmirror bench helper`.

@@ -1,6 +1,7 @@
 //! The `sevmirror` command.
 
 mod bench;
+mod bench_migrate;
 mod cli;
 mod demo;
 mod inspect;
@@ -34,6 +35,7 @@ fn main() {
         Command::Run(args) => run::run(args),
         Command::Bench(args) => match &args.what {
             bench::BenchCommand::Helper(a) => bench::helper(a).map(|()| 0),
+            bench::BenchCommand::Migrate(a) => bench_migrate::run(a).map(|()| 0),
         },
         Command::Inspect(args) => inspect::run(args).map(|()| 0),
         Command::Firmware(args) => std::fs::write(&args.out, firmware_image::IMAGE)

@@ -63,6 +63,8 @@ pub struct Outcome {
     pub source_state: String,
     /// See `source_state`.
     pub target_state: String,
+    /// CPU seconds the source and target processes used from `migrate` to completion.
+    pub cpu_s: f64,
 }
 
 impl Outcome {
@@ -234,6 +236,29 @@ impl Owner {
     }
 }
 
+/// CPU seconds (user + system) process `pid` has used so far; 0 if unknown.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // The command name may hold spaces; fields resume after its closing parenthesis.
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after the name.
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i).and_then(|f| f.parse::<u64>().ok()))
+        .sum();
+    // SAFETY: sysconf only reads a system constant.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if hz <= 0 {
+        return 0.0;
+    }
+    ticks as f64 / hz as f64
+}
+
 /// Polls `check` every 20 ms until it returns Some or `timeout` passes.
 fn wait_for<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + timeout;
@@ -385,6 +410,8 @@ impl Stage {
         if let Some(ms) = self.config.downtime_limit_ms {
             source.execute("migrate-set-parameters", json!({ "downtime-limit": ms }))?;
         }
+        let cpu = |s: &Vmm, t: &Vmm| cpu_seconds(s.child.id()) + cpu_seconds(t.child.id());
+        let cpu_before = cpu(&source, &target);
         source.execute("migrate", json!({ "uri": format!("tcp:127.0.0.1:{port}") }))?;
         let migration = loop {
             let info = source.execute("query-migrate", Value::Null)?;
@@ -394,6 +421,7 @@ impl Stage {
                 _ => std::thread::sleep(Duration::from_millis(25)),
             }
         };
+        let cpu_s = cpu(&source, &target) - cpu_before;
         let status = migration["status"].as_str().unwrap_or("").to_string();
         let check = if status == "completed" {
             wait_for(VERIFY_TIMEOUT, || {
@@ -413,6 +441,7 @@ impl Stage {
             target_state: target.status(),
             migration,
             status,
+            cpu_s,
         };
         if !outcome.passed() {
             log::warn!(
