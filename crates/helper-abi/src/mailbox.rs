@@ -34,10 +34,6 @@ impl Op {
     pub const FINISH: Op = Op(5);
     /// Forget the session: keys, counters, versions.
     pub const RESET: Op = Op(6);
-    /// Read the listed pages and discard them: maps guest memory into the mirror ahead
-    /// of an incoming migration (first touches are slow on some hosts). Needs no keys
-    /// and moves no data.
-    pub const TOUCH: Op = Op(7);
 
     /// Short name for logs.
     pub fn name(self) -> Option<&'static str> {
@@ -48,7 +44,6 @@ impl Op {
             Op::IMPORT => "IMPORT",
             Op::FINISH => "FINISH",
             Op::RESET => "RESET",
-            Op::TOUCH => "TOUCH",
             _ => return None,
         })
     }

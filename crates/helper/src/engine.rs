@@ -112,7 +112,6 @@ impl<M: GuestMemory, E: Entropy> Helper<'_, M, E> {
             Op::IMPORT => self.import(&req, mailbox, &mut resp),
             Op::FINISH => self.finish(&req, mailbox, &mut resp),
             Op::RESET => self.reset(),
-            Op::TOUCH => self.touch(&req, mailbox, &mut resp),
             _ => Err(Status::BAD_REQUEST.into()),
         };
         if let Err(Refusal(status, index)) = result {
@@ -460,32 +459,6 @@ impl<M: GuestMemory, E: Entropy> Helper<'_, M, E> {
                 Ordering::Relaxed,
             )
             .map_err(|_| Status::BUSY)?;
-        Ok(())
-    }
-
-    fn touch(
-        &mut self,
-        req: &Request,
-        mailbox: &impl Mailbox,
-        resp: &mut Response,
-    ) -> Result<(), Refusal> {
-        let count = req.count as usize;
-        if count > self.max_batch as usize || count > MAX_BATCH {
-            return Err(Status::BATCH_TOO_LARGE.into());
-        }
-        let mut raw = [0u8; 8 * MAX_BATCH];
-        mailbox.read_control(GPA_LIST_OFFSET, &mut raw[..8 * count]);
-        let mut page = [0u8; PAGE_SIZE];
-        for (i, chunk) in raw[..8 * count].chunks_exact(8).enumerate() {
-            let mut b = [0u8; 8];
-            b.copy_from_slice(chunk);
-            let gpa = u64::from_le_bytes(b);
-            self.layout
-                .migratable(gpa)
-                .ok_or(Refusal(Status::BAD_GPA, i as u32))?;
-            self.memory.read_page(gpa, &mut page);
-        }
-        resp.count = count as u32;
         Ok(())
     }
 

@@ -54,10 +54,6 @@ pub enum Input {
     Migration(MachineRequest, Sender<Result<MachineReply, String>>),
     /// A migration thread finished.
     MigrationEnded(Ended),
-    /// Helper vCPUs lent to a background job come back.
-    HelpersBack(Vec<vmm::mirror::HelperVcpu>),
-    /// The host finished prefaulting guest RAM (incoming).
-    Prefaulted,
 }
 
 /// The `Controller` the QMP server calls: it forwards each command to the machine loop
@@ -136,10 +132,6 @@ pub struct Machine {
     /// The firmware of an incoming VM reached its CONFIGURED milestone: it has parked
     /// (or is about to) and writes no more guest memory.
     parked: bool,
-    /// The helper vCPUs are mapping guest memory ahead of an incoming migration.
-    touching: bool,
-    /// The host has prefaulted guest RAM (the mirror maps it only after that).
-    prefaulted: bool,
 }
 
 fn qmp_state(s: RunState) -> QmpRunState {
@@ -194,8 +186,6 @@ impl Machine {
             job: None,
             was_running: false,
             parked: false,
-            touching: false,
-            prefaulted: false,
         }
     }
 
@@ -203,7 +193,6 @@ impl Machine {
     pub fn listen(&mut self, listener: std::net::TcpListener) -> std::io::Result<()> {
         // First touches of guest RAM are slow here (DESIGN §2): pay them while waiting.
         let prefault = self.vm.prefault_job();
-        let done = self.tx.clone();
         std::thread::Builder::new()
             .name("prefault".into())
             .spawn(move || {
@@ -212,7 +201,6 @@ impl Machine {
                     Ok(()) => log::info!("guest RAM prefaulted in {:?}", t0.elapsed()),
                     Err(e) => log::warn!("cannot prefault guest RAM: {e}"),
                 }
-                let _ = done.send(Input::Prefaulted);
             })?;
         self.job = Some(migrate::start_incoming(listener, self.tx.clone())?);
         Ok(())
@@ -375,29 +363,11 @@ impl Machine {
                     m.info().region_size
                 );
                 self.mirror = Some(m);
-                if self.options.incoming && self.prefaulted {
-                    self.touch_ahead();
-                }
             }
             Err(e) => {
                 log::warn!("cannot attach the migration helper's mirror VM: {e}");
                 self.mirror_failed = true;
             }
-        }
-    }
-
-    /// Lends the helper vCPUs to a background pass that maps guest memory into the
-    /// mirror (an incoming VM, while it waits for the source).
-    fn touch_ahead(&mut self) {
-        let Some(m) = self.mirror.as_mut() else {
-            return;
-        };
-        let batch = m.info().max_batch as usize;
-        let helpers = m.take_helpers();
-        let pages = self.layout().pages();
-        match migrate::touch_in_background(helpers, pages, batch, self.tx.clone()) {
-            Ok(()) => self.touching = true,
-            Err(e) => log::warn!("cannot map guest memory ahead of the migration: {e}"),
         }
     }
 
@@ -573,9 +543,6 @@ impl Machine {
     fn borrow_helpers(&mut self) -> Result<Option<(Vec<vmm::mirror::HelperVcpu>, usize)>, String> {
         if self.backend.is_none() {
             return Ok(None);
-        }
-        if self.touching {
-            return Err("the helper is mapping guest memory ahead of the migration".to_string());
         }
         let Some(m) = self.mirror.as_mut() else {
             return Err(if self.mirror_failed {
@@ -829,18 +796,6 @@ impl Machine {
             match input {
                 Input::Migration(request, reply) => {
                     let _ = reply.send(self.serve_migration(request));
-                }
-                Input::Prefaulted => {
-                    self.prefaulted = true;
-                    if self.mirror.is_some() {
-                        self.touch_ahead();
-                    }
-                }
-                Input::HelpersBack(helpers) => {
-                    self.touching = false;
-                    if let Some(m) = self.mirror.as_mut() {
-                        m.return_helpers(helpers);
-                    }
                 }
                 Input::MigrationEnded(ended) => {
                     if let Some(ending) = self.migration_ended(ended) {

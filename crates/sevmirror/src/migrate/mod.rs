@@ -469,59 +469,6 @@ fn lanes_for(helpers: Vec<HelperVcpu>, batch: usize) -> Result<HelperLanes, Migr
     })
 }
 
-/// Maps every page of guest RAM into the mirror ahead of an incoming migration: each
-/// helper vCPU reads its share (TOUCH) on its own thread. First touches of the mirror's
-/// mappings cost about four times the opening itself on these hosts (measured with
-/// `bench helper`), so the target pays them while it waits instead of during the
-/// migration. The helper vCPUs come back as [`Input::HelpersBack`].
-pub fn touch_in_background(
-    helpers: Vec<HelperVcpu>,
-    pages: Vec<u64>,
-    batch: usize,
-    tx: Sender<Input>,
-) -> std::io::Result<()> {
-    std::thread::Builder::new()
-        .name("mirror-touch".into())
-        .spawn(move || {
-            let t0 = Instant::now();
-            let lanes = helpers.len().max(1);
-            let share = pages.len().div_ceil(lanes).max(1);
-            let back: Vec<HelperVcpu> = std::thread::scope(|s| {
-                let threads: Vec<_> = helpers
-                    .into_iter()
-                    .zip(pages.chunks(share).chain(std::iter::repeat(&[][..])))
-                    .map(|(mut h, mine)| {
-                        s.spawn(move || {
-                            for chunk in mine.chunks(batch.max(1)) {
-                                let req = helper_abi::mailbox::Request {
-                                    op: helper_abi::mailbox::Op::TOUCH.0,
-                                    count: chunk.len() as u32,
-                                    ..Default::default()
-                                };
-                                if let Err(e) = h.call_ok(req, chunk) {
-                                    log::warn!(
-                                        "helper {}: cannot map guest memory ahead: {e}",
-                                        h.index()
-                                    );
-                                    break;
-                                }
-                            }
-                            h
-                        })
-                    })
-                    .collect();
-                threads.into_iter().filter_map(|t| t.join().ok()).collect()
-            });
-            log::info!(
-                "mirror: {} pages mapped ahead of the migration in {:?}",
-                pages.len(),
-                t0.elapsed()
-            );
-            let _ = tx.send(Input::HelpersBack(back));
-        })
-        .map(drop)
-}
-
 /// The Hello's description of a VM's RAM.
 pub fn gpa_ranges(layout: &Layout) -> Vec<GpaRange> {
     layout
