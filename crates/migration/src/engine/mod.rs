@@ -100,6 +100,15 @@ impl MigrationError {
     }
 }
 
+impl From<crate::frames::Abort> for MigrationError {
+    fn from(a: crate::frames::Abort) -> Self {
+        MigrationError::Aborted {
+            code: a.code,
+            reason: a.reason,
+        }
+    }
+}
+
 /// Where a migration stands (QEMU's `MigrationStatus` subset).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Status {

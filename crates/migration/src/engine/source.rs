@@ -315,12 +315,7 @@ impl<R: Read, W: Write + AsFd> Source<'_, R, W> {
             Frame::HelloAck(HelloAck::Refused { code, reason }) => {
                 return Err(MigrationError::Refused { code, reason })
             }
-            Frame::Abort(a) => {
-                return Err(MigrationError::Aborted {
-                    code: a.code,
-                    reason: a.reason,
-                })
-            }
+            Frame::Abort(a) => return Err(a.into()),
             other => {
                 return Err(MigrationError::Protocol(format!(
                     "expected HelloAck, got {}",
@@ -425,10 +420,7 @@ impl<R: Read, W: Write + AsFd> Source<'_, R, W> {
             Ok(Frame::Ack(Ack::Failed { code, reason })) => {
                 Err(MigrationError::Aborted { code, reason })
             }
-            Ok(Frame::Abort(a)) => Err(MigrationError::Aborted {
-                code: a.code,
-                reason: a.reason,
-            }),
+            Ok(Frame::Abort(a)) => Err(a.into()),
             Ok(other) => Err(MigrationError::Protocol(format!(
                 "expected the target's Ack, got {}",
                 other.message_type()

@@ -409,12 +409,7 @@ impl Receive<'_> {
                 self.manifest_ok = true;
             }
             Frame::Done(_) => return Ok(true),
-            Frame::Abort(a) => {
-                return Err(MigrationError::Aborted {
-                    code: a.code,
-                    reason: a.reason,
-                })
-            }
+            Frame::Abort(a) => return Err(a.into()),
             other => {
                 return Err(MigrationError::Protocol(format!(
                     "{} frame from the source",
