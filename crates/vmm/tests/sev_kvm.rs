@@ -70,8 +70,12 @@ fn wait_for(out: &Arc<Mutex<Vec<u8>>>, what: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let t = text(out);
-        if let Some(line) = t.lines().find(|l| l.contains(what)) {
-            return line.to_string();
+        // Only whole lines: the console arrives a few bytes at a time.
+        if let Some(line) = t
+            .split_inclusive('\n')
+            .find(|l| l.ends_with('\n') && l.contains(what))
+        {
+            return line.trim_end().to_string();
         }
         assert!(
             Instant::now() < deadline,
