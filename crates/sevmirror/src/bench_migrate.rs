@@ -213,17 +213,22 @@ fn spawn_qemu(
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     let mut child = cmd.spawn().context("cannot start qemu-system-x86_64")?;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(qmp) = QmpClient::connect(&sock, Some(Duration::from_secs(60))) {
-            return Ok(Qemu { child, qmp });
+    let qmp = scenario::wait_for(Duration::from_secs(20), || {
+        if let Ok(Some(_)) = child.try_wait() {
+            return Some(None);
         }
-        if Instant::now() > deadline || matches!(child.try_wait(), Ok(Some(_))) {
+        QmpClient::connect(&sock, Some(Duration::from_secs(60)))
+            .ok()
+            .map(Some)
+    })
+    .flatten();
+    match qmp {
+        Some(qmp) => Ok(Qemu { child, qmp }),
+        None => {
             let _ = child.kill();
             let _ = child.wait();
-            bail!("QEMU ({name}) did not start");
+            bail!("QEMU ({name}) did not start")
         }
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -275,12 +280,12 @@ fn qemu_row(args: &MigrateBenchArgs, prealloc: bool) -> anyhow::Result<Row> {
     // Its console is not visible under QEMU: the guest has filled its memory once the
     // process holds it all.
     let pid = source.child.id();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while rss(pid) < args.mem * 95 / 100 {
-        if Instant::now() > deadline {
-            bail!("the QEMU guest did not fill its memory in time");
-        }
-        std::thread::sleep(Duration::from_millis(100));
+    if scenario::wait_for(Duration::from_secs(60), || {
+        (rss(pid) >= args.mem * 95 / 100).then_some(())
+    })
+    .is_none()
+    {
+        bail!("the QEMU guest did not fill its memory in time");
     }
     std::thread::sleep(Duration::from_millis(500));
     source.qmp.execute(
@@ -307,13 +312,7 @@ fn qemu_row(args: &MigrateBenchArgs, prealloc: bool) -> anyhow::Result<Row> {
         .execute("query-status", Value::Null)
         .ok()
         .and_then(|v| v["status"].as_str().map(str::to_string));
-    let n = |path: &[&str]| {
-        let mut v = &info;
-        for k in path {
-            v = &v[*k];
-        }
-        v.as_u64().unwrap_or(0)
-    };
+    let n = |path: &[&str]| scenario::json_u64(&info, path);
     let total_ms = n(&["total-time"]);
     Ok(Row {
         name: if prealloc { "qemu-prealloc" } else { "qemu" }.to_string(),

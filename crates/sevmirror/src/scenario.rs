@@ -69,11 +69,7 @@ pub struct Outcome {
 
 impl Outcome {
     fn number(&self, path: &[&str]) -> u64 {
-        let mut v = &self.migration;
-        for key in path {
-            v = &v[*key];
-        }
-        v.as_u64().unwrap_or(0)
+        json_u64(&self.migration, path)
     }
 
     /// Milliseconds from `migrate` to completion (the source's count).
@@ -259,8 +255,16 @@ pub fn cpu_seconds(pid: u32) -> f64 {
     ticks as f64 / hz as f64
 }
 
+/// The number at `path` in a QMP reply (0 where it is missing).
+pub fn json_u64(reply: &Value, path: &[&str]) -> u64 {
+    path.iter()
+        .fold(reply, |v, key| &v[*key])
+        .as_u64()
+        .unwrap_or(0)
+}
+
 /// Polls `check` every 20 ms until it returns Some or `timeout` passes.
-fn wait_for<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
+pub fn wait_for<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(v) = check() {

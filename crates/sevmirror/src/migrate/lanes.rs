@@ -19,15 +19,9 @@ use vmm::{
     mirror::{HelperError, HelperVcpu},
 };
 
+/// The error and its causes on one line.
 fn describe(e: HelperError) -> String {
-    let mut s = e.to_string();
-    let mut source = std::error::Error::source(&e);
-    while let Some(next) = source {
-        s.push_str(": ");
-        s.push_str(&next.to_string());
-        source = next.source();
-    }
-    s
+    format!("{:#}", anyhow::Error::new(e))
 }
 
 /// A request for a lane's thread.
