@@ -3,12 +3,10 @@
 //! vCPUs, QEMU's plain precopy where it is installed — next to the machine's limits
 //! (AES-256-GCM on one core, loopback TCP). Figures are printed, never asserted.
 
-use crate::{
-    qmp::QmpClient,
-    scenario::{self, Config, Outcome, Stage},
-};
+use crate::scenario::{self, Config, Outcome, Stage};
 use anyhow::{bail, Context};
 use clap::Args;
+use qmp::QmpClient;
 use serde::Serialize;
 use serde_json::{json, Value};
 use std::{

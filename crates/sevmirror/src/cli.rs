@@ -179,14 +179,14 @@ pub struct CtlArgs {
     pub api: PathBuf,
 
     /// Seconds to wait for the connection and for the reply.
-    #[arg(long, default_value = "30", value_name = "SECS", value_parser = crate::qmp::ctl::parse_timeout)]
+    #[arg(long, default_value = "30", value_name = "SECS", value_parser = crate::ctl::parse_timeout)]
     pub timeout: std::time::Duration,
 
     /// The QMP command, e.g. query-status, query-sev, cont, migrate, query-migrate.
     pub command: String,
 
     /// The command's arguments as one JSON object, e.g. '{"uri":"tcp:127.0.0.1:4444"}'.
-    #[arg(value_name = "ARGS-JSON", value_parser = crate::qmp::ctl::parse_args_json)]
+    #[arg(value_name = "ARGS-JSON", value_parser = crate::ctl::parse_args_json)]
     pub args: Option<serde_json::Map<String, serde_json::Value>>,
 }
 

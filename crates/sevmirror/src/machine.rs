@@ -5,22 +5,20 @@
 //! and its run state have a single owner and need no locks. The QMP layer only decodes
 //! and encodes; this module turns [`QmpCommand`]s into VM operations.
 
-use crate::{
-    migrate::{
-        self,
-        guest::{Layout, MachineLink, VmSource},
-        Direction, Ended, Job, MachineReply, MachineRequest, Parameters,
-    },
-    qmp::{
-        ControlError, Controller, EventSender, HelperInfo, HelperState, MigrationInfo,
-        MigrationStatus, QmpCommand, QmpEvent, QmpReply, RunState as QmpRunState, SevCapability,
-        SevGuestType, SevInfo, SevLaunchMeasureInfo, SevState, ShutdownCause, StatusInfo,
-    },
+use crate::migrate::{
+    self,
+    guest::{Layout, MachineLink, VmSource},
+    Direction, Ended, Job, MachineReply, MachineRequest, Parameters,
 };
 use base64::{engine::general_purpose::STANDARD as B64, Engine};
 use migration::{
     engine::{LocalGuest, MigrationError, SourceOptions},
     frames::{GpaRange, GuestMode, Hello, PROTOCOL_VERSION},
+};
+use qmp::{
+    ControlError, Controller, EventSender, HelperInfo, HelperState, MigrationInfo, MigrationStatus,
+    QmpCommand, QmpEvent, QmpReply, RunState as QmpRunState, SevCapability, SevGuestType, SevInfo,
+    SevLaunchMeasureInfo, SevState, ShutdownCause, StatusInfo,
 };
 use sev_platform::{backend::SecretHeader, Policy, SevBackend};
 use std::{
@@ -303,7 +301,7 @@ impl Machine {
 
     fn inject_secret(
         &mut self,
-        args: crate::qmp::SevInjectLaunchSecret,
+        args: qmp::SevInjectLaunchSecret,
     ) -> Result<QmpReply, ControlError> {
         let Some(measured) = &self.launch else {
             return Err(ControlError::generic(format!(

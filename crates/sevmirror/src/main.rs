@@ -3,6 +3,7 @@
 mod bench;
 mod bench_migrate;
 mod cli;
+mod ctl;
 mod demo;
 mod inspect;
 mod machine;
@@ -10,7 +11,6 @@ mod measure_cmd;
 mod migrate;
 mod owner_cmd;
 mod platform_cmd;
-mod qmp;
 mod run;
 mod scenario;
 mod signals;
@@ -41,9 +41,7 @@ fn main() {
         Command::Firmware(args) => std::fs::write(&args.out, firmware_image::IMAGE)
             .map(|()| 0)
             .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", args.out.display())),
-        Command::Ctl(args) => {
-            qmp::ctl::run(&args.api, args.timeout, &args.command, args.args.clone())
-        }
+        Command::Ctl(args) => ctl::run(&args.api, args.timeout, &args.command, args.args.clone()),
         Command::Platform(args) => platform_cmd::run(args).map(|()| 0),
         Command::Owner(args) => owner_cmd::run(args).map(|()| 0),
         Command::Measure(args) => measure_cmd::run(args).map(|()| 0),

@@ -4,11 +4,11 @@
 use crate::{
     cli::{RunArgs, SevArgs},
     machine::{Ending, Machine, MachineOptions, Trace},
-    qmp::QmpServer,
     signals,
 };
 use anyhow::{bail, Context};
 use guest_abi::fwcfg;
+use qmp::QmpServer;
 use sev_platform::{emulated::EmulatedPsp, hw::HwBackend, identity, owner, Policy, SevBackend};
 use std::{fs::File, io::Write, path::PathBuf, sync::Arc};
 use vmm::{

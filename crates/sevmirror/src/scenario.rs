@@ -6,8 +6,8 @@
 //! The owner's side runs in this process (it holds the TEK/TIK and the secret); the
 //! VMMs are child processes that only ever receive what a host receives.
 
-use crate::qmp::QmpClient;
 use anyhow::{bail, Context};
+use qmp::QmpClient;
 use serde_json::{json, Value};
 use sev_platform::{
     crypto::{random_bytes, TransportKeys},

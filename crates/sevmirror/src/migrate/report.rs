@@ -1,7 +1,7 @@
 //! `query-migrate`: the engine's figures in QEMU's `MigrationInfo` shape.
 
-use crate::qmp::{InetAddress, MigrationInfo, MigrationStats, MigrationStatus};
 use migration::engine::{Progress, Status};
+use qmp::{InetAddress, MigrationInfo, MigrationStats, MigrationStatus};
 
 /// QEMU's status name for an engine status.
 pub fn status(s: Status) -> MigrationStatus {

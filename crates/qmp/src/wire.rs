@@ -455,7 +455,7 @@ fn accept_capabilities(args: &CapabilitiesArgs) -> Result<(), ControlError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::qmp::reply::{MigrationStatus, QmpReply, RunState, ShutdownCause, StatusInfo};
+    use crate::reply::{MigrationStatus, QmpReply, RunState, ShutdownCause, StatusInfo};
     use std::sync::Mutex;
     use std::time::Duration;
 

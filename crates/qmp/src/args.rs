@@ -46,6 +46,7 @@ pub(crate) enum ArgError {
 
 impl ArgError {
     /// The member path this error is about, if any.
+    #[cfg(test)]
     pub(crate) fn path(&self) -> Option<&str> {
         match self {
             ArgError::Missing { path }

@@ -513,7 +513,7 @@ fn read_loop(shared: &Shared, id: u64, mut conn: UnixStream, tx: &SyncSender<Str
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::qmp::{ControlError, QmpCommand, QmpReply};
+    use crate::{ControlError, QmpCommand, QmpReply};
     use std::io::{BufRead, BufReader};
 
     struct Nop;

@@ -1,4 +1,5 @@
-//! The control socket: QEMU's machine protocol (QMP) on a UNIX socket, server and client.
+//! QEMU's machine protocol (QMP) on a UNIX socket, server and client: the control socket of
+//! a sevmirror VMM, as a library with no knowledge of the VMM behind it.
 //!
 //! Existing QMP tooling (`qmp-shell`, `socat`, libvirt-style scripts, `sevctl` walk-throughs)
 //! talks to sevmirror as it talks to QEMU: same framing, same command names and field
@@ -17,38 +18,33 @@
 //!   sees JSON, and this module never sees VMM types.
 //! - [`server`]: [`QmpServer`] on a UNIX socket (mode 0600, a thread pair per client) and
 //!   [`EventSender`], which broadcasts [`QmpEvent`]s to every negotiated client.
-//! - [`client`]: [`QmpClient`], used by `sevmirror ctl` ([`ctl`]), the demo and tests.
+//! - [`client`]: [`QmpClient`], used by `sevmirror ctl`, the harness and tests.
+//!
+//! Dependencies: serde, serde_json, thiserror, log and std only. This crate must not depend
+//! on the VMM (`vmm`), the SEV platform or the binary: the binary owns the adapter that maps
+//! [`QmpCommand`]s to the VMM controller's commands and its replies back.
 //!
 //! Trust: a client of the socket may stop, resume, migrate or quit the VM, so the socket
 //! is created 0600 and its directory should be private too. Its input is still parsed as
 //! hostile: every request is length-capped before parsing, nesting is bounded by the
 //! JSON parser, and no input reaches a panic.
 
-// The server half is wired into `sevmirror run` by the VMM work (issues 4–6); until then
-// the binary itself only uses the client, and the test crate includes this module.
-#![allow(dead_code)]
+#![forbid(unsafe_code)]
 
 mod args;
 pub mod client;
 pub mod command;
-pub mod ctl;
 pub mod error;
 pub mod reply;
 pub mod server;
 pub mod wire;
 
-// The VMM-facing API, re-exported for `run` (unused by the binary until it is wired in).
-#[allow(unused_imports)]
 pub use client::{ClientError, QmpClient, QmpErrorReply, ReceivedEvent};
-#[allow(unused_imports)]
 pub use command::{Controller, Migrate, MigrateSetParameters, QmpCommand, SevInjectLaunchSecret};
-#[allow(unused_imports)]
 pub use error::{ControlError, ErrorClass};
-#[allow(unused_imports)]
 pub use reply::{
     HelperInfo, HelperState, InetAddress, MigrationInfo, MigrationStats, MigrationStatus, QmpEvent,
     QmpReply, RunState, SevCapability, SevGuestType, SevInfo, SevLaunchMeasureInfo, SevState,
     ShutdownCause, StatusInfo,
 };
-#[allow(unused_imports)]
 pub use server::{EventSender, QmpServer, ServerError};

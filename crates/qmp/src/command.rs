@@ -326,7 +326,7 @@ fn decode_migrate_set_parameters(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::qmp::error::ErrorClass;
+    use crate::error::ErrorClass;
     use serde_json::json;
 
     fn dec(name: &str, args: Value) -> Result<Decoded, ControlError> {
@@ -562,7 +562,7 @@ mod tests {
 
     #[test]
     fn reply_kinds_match_commands() {
-        use crate::qmp::reply::{MigrationInfo, RunState, StatusInfo};
+        use crate::reply::{MigrationInfo, RunState, StatusInfo};
         let status = QmpReply::Status(StatusInfo {
             status: RunState::Running,
         });

@@ -4,7 +4,7 @@
 //! `sevmirror: CLASS: desc` on stderr, exit 1. A connection problem: one line from
 //! `main`, exit 1. Malformed `ARGS-JSON` or `--timeout`: a usage error from clap, exit 2.
 
-use super::client::{ClientError, QmpClient};
+use qmp::{ClientError, QmpClient};
 use serde_json::{Map, Value};
 use std::io::Write;
 use std::path::Path;
