@@ -12,10 +12,13 @@
 //!
 //! - [`engine`] is the precopy sender and the verifying receiver, as sequential state
 //!   machines over the stream; they reach the VM through traits the VMM implements.
+//! - [`transport`] makes the TCP connection the stream runs on: connect, listen, accept,
+//!   socket set-up.
 //!
-//! This crate is pure: no KVM, no guest memory, no sockets, no threads; the only I/O is
-//! through the `Read` and `Write` values callers hand in. It does not depend on the VMM
-//! or the SEV platform crates.
+//! No KVM, no guest memory, no threads: the engine's only I/O is through the `Read` and
+//! `Write` values callers hand in, and [`transport`] is the only code that opens sockets.
+//! This crate must not depend on the VMM, the SEV platform crates or the binary (the
+//! architecture test in `crates/harness/tests/layering.rs` enforces it).
 //!
 //! Trust: every byte read from the peer is hostile until a decoder accepted it. Decoders
 //! check magic, version, type and the per-type length cap before a byte of payload is
@@ -31,6 +34,7 @@ pub mod codec;
 pub mod engine;
 pub mod frames;
 pub mod fuzzing;
+pub mod transport;
 pub mod uri;
 
 pub use codec::{CodecError, FrameReader, Incoming};

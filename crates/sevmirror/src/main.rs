@@ -1,19 +1,17 @@
 //! The `sevmirror` command.
 
+mod adapter;
 mod bench;
 mod bench_migrate;
 mod cli;
 mod ctl;
 mod demo;
 mod inspect;
-mod machine;
 mod measure_cmd;
-mod migrate;
 mod owner_cmd;
 mod platform_cmd;
 mod run;
 mod scenario;
-mod signals;
 mod size;
 
 use clap::Parser;

@@ -2,19 +2,20 @@
 //! socket, and run it until it ends.
 
 use crate::{
+    adapter::{self, QmpAdapter},
     cli::{RunArgs, SevArgs},
-    machine::{Ending, Machine, MachineOptions, Trace},
-    signals,
 };
 use anyhow::{bail, Context};
 use guest_abi::fwcfg;
-use qmp::QmpServer;
+use qmp::{EventSender, QmpServer};
 use sev_platform::{emulated::EmulatedPsp, hw::HwBackend, identity, owner, Policy, SevBackend};
 use std::{fs::File, io::Write, path::PathBuf, sync::Arc};
 use vmm::{
+    control::{Ending, MachineBuilder, Trace},
+    process,
     sev::{HypercallTransport, SevConfig},
     vm::VmOutcome,
-    ConsoleOut, Firmware, KvmSystem, Vm, VmConfig,
+    ConsoleOut, Firmware, KvmSystem, VmConfig,
 };
 
 /// Loads `--firmware FILE`, or the embedded image.
@@ -164,78 +165,54 @@ pub fn run(args: &RunArgs) -> anyhow::Result<i32> {
     for spec in &args.fw_cfg {
         files.push(fw_cfg_file(spec)?);
     }
-    if args.incoming.is_some() {
-        files.push((fwcfg::FILE_INCOMING.to_string(), Vec::new()));
-    }
     // Bind first: a busy port is an error before anything is launched.
     let listener = match &args.incoming {
         Some(uri) => Some(
-            crate::migrate::listen(uri)
+            migration::transport::listen(uri)
                 .with_context(|| format!("--incoming {uri}: cannot listen"))?,
         ),
         None => None,
     };
-    let firmware_digest: [u8; 32] = {
-        use sha2::{Digest, Sha256};
-        Sha256::digest(firmware.image()).into()
-    };
     let sev = sev_config(&args.sev)?;
-    let policy = sev.as_ref().map(|s| s.policy);
-    let backend = sev.as_ref().map(|s| s.backend.clone());
     let kvm = Arc::new(KvmSystem::open()?);
-    signals::block_termination();
-    let mut vm = Vm::new(
-        &kvm,
-        VmConfig {
-            mem_size: args.mem,
-            vcpus: args.vcpus,
-            firmware,
-            console,
-            fw_cfg_files: files,
-            sev,
-        },
-    )?;
-    let launch = match backend {
-        Some(_) => {
-            let started = vm.sev_launch_start().context("SEV launch")?;
-            Some(vm.sev_launch_measure(started).context("SEV launch")?)
-        }
-        None => None,
-    };
-    let options = MachineOptions {
-        helpers: args.helpers,
-        incoming: listener.is_some(),
-        firmware_digest,
-        policy,
-    };
-    let mut machine = Machine::new(kvm, vm, launch, backend, options);
+    process::block_termination();
+    let mut builder = MachineBuilder::new(VmConfig {
+        mem_size: args.mem,
+        vcpus: args.vcpus,
+        firmware,
+        console,
+        fw_cfg_files: files,
+        sev,
+    })
+    .helpers(args.helpers);
     if let Some(listener) = listener {
-        if let Ok(addr) = listener.local_addr() {
-            log::info!("waiting for an incoming migration on {addr}");
-        }
-        machine
-            .listen(listener)
-            .context("cannot start the incoming migration thread")?;
+        builder = builder.incoming(listener);
     }
+    let mut controller = builder.build(kvm)?;
+    let events = EventSender::new();
+    let sender = events.clone();
+    controller.on_event(Box::new(move |e| sender.send(&adapter::event(e))));
     let _server = match &args.api {
         Some(path) => Some(
-            QmpServer::bind(path, machine.controller(), machine.qmp_events())
+            QmpServer::bind(path, Arc::new(QmpAdapter::new(controller.handle())), events)
                 .with_context(|| format!("cannot serve the control socket {}", path.display()))?,
         ),
         None => None,
     };
-    signals::forward_termination(machine.event_sink());
+    process::forward_termination(controller.event_sink());
     if !args.paused {
-        machine.start().map_err(|e| anyhow::anyhow!("{}", e.desc))?;
+        controller
+            .start()
+            .map_err(|e| anyhow::anyhow!("{}", adapter::error(&e).desc))?;
     }
-    let (ending, trace) = machine.run();
+    let (ending, trace) = controller.run();
     if args.boot_trace {
         print_trace(&trace);
     }
     Ok(match ending {
         Ending::Quit => 0,
         Ending::IncomingFailed(why) => {
-            eprintln!("sevmirror: the incoming migration failed: {why}");
+            eprintln!("sevmirror: the incoming migration failed: {}", why.chain());
             1
         }
         Ending::Vm(VmOutcome::GuestExit(status)) => {
@@ -250,7 +227,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<i32> {
             1
         }
         Ending::Vm(VmOutcome::Signal(sig)) => {
-            eprintln!("sevmirror: stopped by {}", signals::name(sig));
+            eprintln!("sevmirror: stopped by {}", process::signal_name(sig));
             0
         }
     })

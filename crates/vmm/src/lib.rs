@@ -10,12 +10,14 @@
 //! the VMM.
 
 pub mod console;
+pub mod control;
 pub mod devices;
 pub mod firmware;
 pub mod kvm;
 pub mod memory;
+pub mod migrate;
 pub mod mirror;
-pub mod runstate;
+pub mod process;
 pub mod sev;
 pub mod vcpu;
 pub mod vm;

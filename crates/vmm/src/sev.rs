@@ -169,6 +169,7 @@ pub struct LaunchStarted(());
 
 /// LAUNCH_MEASURE is done: the guest owner may check the measurement and inject
 /// secrets before the launch finishes.
+#[derive(Debug)]
 pub struct LaunchMeasured {
     measurement: LaunchMeasurement,
 }
@@ -177,6 +178,14 @@ impl LaunchMeasured {
     /// The 48 bytes LAUNCH_MEASURE returned.
     pub fn measurement(&self) -> LaunchMeasurement {
         self.measurement
+    }
+
+    /// A measured launch for the controller's state tests (no VM behind it).
+    #[cfg(test)]
+    pub(crate) fn for_tests() -> LaunchMeasured {
+        LaunchMeasured {
+            measurement: LaunchMeasurement([0; 48]),
+        }
     }
 }
 

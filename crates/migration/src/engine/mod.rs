@@ -27,6 +27,12 @@ use std::{sync::Mutex, time::Duration};
 pub use source::{migrate, RecordSink, Sealed, Sealer, SourceOptions, SourceVm};
 pub use target::{receive, LocalGuest, Opener, TargetVm};
 
+/// The error of a VM or helper behind the engine's traits ([`SourceVm`], [`TargetVm`],
+/// [`Sealer`], [`Opener`]): the implementation's own `thiserror` enum, boxed. Boxing keeps
+/// the traits object-safe and this crate independent of the VMM, while the error keeps its
+/// type (callers may downcast it) and its chain of causes.
+pub type PartError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 /// Why a migration failed.
 #[derive(Debug, thiserror::Error)]
 pub enum MigrationError {
@@ -58,12 +64,31 @@ pub enum MigrationError {
     /// A frame breaks a rule the codec cannot check alone.
     #[error("protocol violation: {0}")]
     Protocol(String),
-    /// The helper refused a record or the manifest.
+    /// A record or the manifest breaks a rule of the stream (checked by the engine).
     #[error("integrity check failed: {0}")]
     Integrity(String),
+    /// The migration helper refused a record or the manifest, or could not serve.
+    #[error("the migration helper")]
+    Helper(#[source] PartError),
     /// The VM could not do its part.
-    #[error("the VM: {0}")]
-    Vm(String),
+    #[error("the VM")]
+    Vm(#[source] PartError),
+    /// The connection to the peer could not be made or set up.
+    #[error("the migration connection")]
+    Transport(#[from] crate::transport::TransportError),
+    /// An SEV guest was to migrate without its helper, or a plain guest with one.
+    #[error("an SEV guest needs its helper, a plain guest none")]
+    HelperMismatch,
+    /// The helper finished a batch the stream cannot describe.
+    #[error(
+        "the helper returned a batch of {bytes} bytes on lane {lane}, more than a frame carries"
+    )]
+    OversizedBatch {
+        /// The lane.
+        lane: usize,
+        /// Bytes of records.
+        bytes: usize,
+    },
     /// The operator cancelled.
     #[error("the migration was cancelled")]
     Cancelled,
@@ -81,23 +106,31 @@ impl MigrationError {
             MigrationError::Refused { code, .. } | MigrationError::Aborted { code, .. } => *code,
             MigrationError::Incompatible(_) => FailureCode::Incompatible,
             MigrationError::Protocol(_) => FailureCode::Protocol,
-            MigrationError::Integrity(_) => FailureCode::Integrity,
-            MigrationError::Vm(_) => FailureCode::Internal,
+            MigrationError::Integrity(_) | MigrationError::Helper(_) => FailureCode::Integrity,
+            MigrationError::Vm(_)
+            | MigrationError::Transport(_)
+            | MigrationError::HelperMismatch
+            | MigrationError::OversizedBatch { .. } => FailureCode::Internal,
             MigrationError::Cancelled => FailureCode::Cancelled,
         }
     }
 
     /// The error and its causes on one line.
     pub fn chain(&self) -> String {
-        let mut s = self.to_string();
-        let mut e: &dyn std::error::Error = self;
-        while let Some(next) = e.source() {
-            s.push_str(": ");
-            s.push_str(&next.to_string());
-            e = next;
-        }
-        s
+        chain(self)
     }
+}
+
+/// An error and its causes on one line, `: `-separated.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut e = e;
+    while let Some(next) = e.source() {
+        s.push_str(": ");
+        s.push_str(&next.to_string());
+        e = next;
+    }
+    s
 }
 
 impl From<crate::frames::Abort> for MigrationError {

@@ -2,7 +2,7 @@
 //! the downtime budget, then device and vCPU state, the helper's manifest, and the wait
 //! for the target's confirmation.
 
-use super::{update, MigrationError, Progress, Status};
+use super::{update, MigrationError, PartError, Progress, Status};
 use crate::{
     codec::{FrameReader, Incoming},
     frames::{
@@ -38,21 +38,21 @@ pub trait SourceVm {
     /// The pages the guest shares with the host, as (gpa, pages) runs (SEV only).
     fn shared_ranges(&self) -> Vec<(u64, u64)>;
     /// A page as the host sees it (only plain guests' and shared pages are read).
-    fn read_page(&self, gpa: u64, out: &mut [u8; PAGE_SIZE]) -> Result<(), String>;
+    fn read_page(&self, gpa: u64, out: &mut [u8; PAGE_SIZE]) -> Result<(), PartError>;
     /// Starts logging the guest's writes.
-    fn start_dirty_log(&mut self) -> Result<(), String>;
+    fn start_dirty_log(&mut self) -> Result<(), PartError>;
     /// Pages written since the last call (migratable ones only).
-    fn take_dirty(&mut self) -> Result<Vec<u64>, String>;
+    fn take_dirty(&mut self) -> Result<Vec<u64>, PartError>;
     /// Stops logging.
     fn stop_dirty_log(&mut self);
     /// Stops the guest's vCPUs.
-    fn pause(&mut self) -> Result<(), String>;
+    fn pause(&mut self) -> Result<(), PartError>;
     /// Lets them run again.
     fn resume(&mut self);
     /// The devices' state.
-    fn device_state(&mut self) -> Result<Vec<u8>, String>;
+    fn device_state(&mut self) -> Result<Vec<u8>, PartError>;
     /// Each vCPU's state, in index order.
-    fn vcpu_states(&mut self) -> Result<Vec<Vec<u8>>, String>;
+    fn vcpu_states(&mut self) -> Result<Vec<Vec<u8>>, PartError>;
 }
 
 /// The source's migration helper: seals private pages into records (SEV only).
@@ -67,9 +67,9 @@ pub trait Sealer {
     /// Batches one lane may have sealed or sealing but not yet sent (its windows).
     fn depth(&self) -> usize;
     /// Starts sealing `gpas` on `lane` in `round`.
-    fn submit(&mut self, lane: usize, round: u32, gpas: &[u64]) -> Result<(), String>;
+    fn submit(&mut self, lane: usize, round: u32, gpas: &[u64]) -> Result<(), PartError>;
     /// Waits for the next finished batch of any lane (each lane's in submission order).
-    fn wait(&mut self) -> Result<Sealed, String>;
+    fn wait(&mut self) -> Result<Sealed, PartError>;
     /// Writes a finished batch's records to `out` (straight from the helper's window
     /// where it can) and frees its window.
     fn send(&mut self, batch: &Sealed, out: &mut dyn RecordSink) -> std::io::Result<()>;
@@ -77,7 +77,7 @@ pub trait Sealer {
     fn manifest(
         &mut self,
         round: u32,
-    ) -> Result<[u8; helper_abi::record::MANIFEST_RECORD_SIZE], String>;
+    ) -> Result<[u8; helper_abi::record::MANIFEST_RECORD_SIZE], PartError>;
 }
 
 /// A batch of records a lane finished sealing.
@@ -302,14 +302,13 @@ impl<R: Read, W: Write + AsFd> Source<'_, R, W> {
 
     fn run(&mut self, hello: &Hello) -> Result<(), MigrationError> {
         if self.sealer.is_some() != (hello.mode == crate::frames::GuestMode::Sev) {
-            return Err(MigrationError::Vm(
-                "an SEV guest needs its helper, a plain guest none".into(),
-            ));
+            return Err(MigrationError::HelperMismatch);
         }
         hello.encode(&mut self.out)?;
-        self.out
-            .flush()
-            .map_err(|e| MigrationError::Vm(format!("cannot send: {e}")))?;
+        self.out.flush().map_err(|source| FrameError::Write {
+            kind: MessageType::Hello,
+            source,
+        })?;
         match self.reader.read_frame(&mut self.buf)? {
             Frame::HelloAck(HelloAck::Accepted) => {}
             Frame::HelloAck(HelloAck::Refused { code, reason }) => {
@@ -401,13 +400,14 @@ impl<R: Read, W: Write + AsFd> Source<'_, R, W> {
             .encode(&mut self.out)?;
         }
         if let Some(sealer) = self.sealer.as_deref_mut() {
-            let record = sealer.manifest(round).map_err(MigrationError::Integrity)?;
+            let record = sealer.manifest(round).map_err(MigrationError::Helper)?;
             Manifest { record }.encode(&mut self.out)?;
         }
         Done.encode(&mut self.out)?;
-        self.out
-            .flush()
-            .map_err(|e| MigrationError::Vm(format!("cannot send: {e}")))?;
+        self.out.flush().map_err(|source| FrameError::Write {
+            kind: MessageType::Done,
+            source,
+        })?;
         let transferred = self.out.bytes;
         update(self.progress, |p| {
             p.rounds = round;
@@ -444,7 +444,6 @@ impl<R: Read, W: Write + AsFd> Source<'_, R, W> {
         let mut chunks = private.chunks(batch).enumerate().peekable();
         let mut in_flight = vec![0usize; lanes];
         let mut outstanding = 0usize;
-        let sealing = |e: String| MigrationError::Integrity(e);
         loop {
             // Keep every lane busy: batch i goes to lane i % lanes.
             while let Some(&(i, chunk)) = chunks.peek() {
@@ -455,7 +454,9 @@ impl<R: Read, W: Write + AsFd> Source<'_, R, W> {
                 if self.cancel.load(Ordering::Relaxed) {
                     break;
                 }
-                sealer.submit(lane, round, chunk).map_err(sealing)?;
+                sealer
+                    .submit(lane, round, chunk)
+                    .map_err(MigrationError::Helper)?;
                 in_flight[lane] += 1;
                 outstanding += 1;
                 chunks.next();
@@ -463,13 +464,15 @@ impl<R: Read, W: Write + AsFd> Source<'_, R, W> {
             if outstanding == 0 {
                 break;
             }
-            let done = sealer.wait().map_err(sealing)?;
+            let done = sealer.wait().map_err(MigrationError::Helper)?;
             in_flight[done.lane] -= 1;
             outstanding -= 1;
-            let lane = u16::try_from(done.lane)
-                .map_err(|_| MigrationError::Vm(format!("lane {} out of range", done.lane)))?;
-            let records_len = u32::try_from(done.bytes)
-                .map_err(|_| MigrationError::Vm(format!("a {}-byte batch", done.bytes)))?;
+            let oversized = |_| MigrationError::OversizedBatch {
+                lane: done.lane,
+                bytes: done.bytes,
+            };
+            let lane = u16::try_from(done.lane).map_err(oversized)?;
+            let records_len = u32::try_from(done.bytes).map_err(oversized)?;
             PageBatchHeader {
                 lane,
                 round: done.round,

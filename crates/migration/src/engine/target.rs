@@ -2,12 +2,12 @@
 //! come (sealed ones through its helper, which verifies them), and runs the guest only
 //! after the helper verified the manifest and every frame up to Done was accepted.
 
-use super::{update, MigrationError, Progress, Status};
+use super::{chain, update, MigrationError, PartError, Progress, Status};
 use crate::{
     codec::{FrameReader, Incoming},
     frames::{
-        Abort, Ack, FailureCode, Frame, GpaRange, GuestMode, Hello, HelloAck, PageData,
-        ReceiverState, MAX_PAYLOAD_LEN,
+        Abort, Ack, FailureCode, Frame, FrameError, GpaRange, GuestMode, Hello, HelloAck,
+        MessageType, PageData, ReceiverState, MAX_PAYLOAD_LEN,
     },
 };
 use helper_abi::{record::MANIFEST_RECORD_SIZE, PAGE_SIZE};
@@ -23,13 +23,13 @@ pub trait TargetVm {
     fn local(&self) -> LocalGuest;
     /// Replaces the record of shared pages (SEV): these become shared, all other
     /// migratable pages private.
-    fn set_shared(&mut self, ranges: &[(u64, u64)]) -> Result<(), String>;
+    fn set_shared(&mut self, ranges: &[(u64, u64)]) -> Result<(), PartError>;
     /// Whether the page is shared (a plain guest's pages all are).
     fn is_shared(&self, gpa: u64) -> bool;
     /// Writes a page as the host (None: a zero page).
-    fn write_page(&mut self, gpa: u64, data: Option<&[u8; PAGE_SIZE]>) -> Result<(), String>;
+    fn write_page(&mut self, gpa: u64, data: Option<&[u8; PAGE_SIZE]>) -> Result<(), PartError>;
     /// Loads the vCPU and device state and runs the guest.
-    fn finish(&mut self, vcpus: Vec<Vec<u8>>, device: Vec<u8>) -> Result<(), String>;
+    fn finish(&mut self, vcpus: Vec<Vec<u8>>, device: Vec<u8>) -> Result<(), PartError>;
 }
 
 /// What the target knows of its own guest: the source must describe the same one.
@@ -111,19 +111,19 @@ pub trait Opener {
     /// Helper vCPUs (lanes).
     fn lanes(&self) -> usize;
     /// Derives the session keys (fails without the guest owner's migration secret).
-    fn keys(&mut self, session_id: &[u8; 16], source_nonce: &[u8; 16]) -> Result<(), String>;
+    fn keys(&mut self, session_id: &[u8; 16], source_nonce: &[u8; 16]) -> Result<(), PartError>;
     /// Starts verifying a batch of records on `lane` and writing their pages privately
     /// (each lane's batches in order). A refusal of this or an earlier batch may show
     /// here or at the next `drain`.
-    fn submit(&mut self, lane: usize, records: &[u8]) -> Result<(), String>;
+    fn submit(&mut self, lane: usize, records: &[u8]) -> Result<(), PartError>;
     /// Waits until every submitted batch was opened; the first refusal, if any.
-    fn drain(&mut self) -> Result<(), String>;
+    fn drain(&mut self) -> Result<(), PartError>;
     /// Verifies the source's manifest against the pages accepted.
     fn verify_manifest(
         &mut self,
         lane: usize,
         record: &[u8; MANIFEST_RECORD_SIZE],
-    ) -> Result<(), String>;
+    ) -> Result<(), PartError>;
 }
 
 /// Receives a guest. On success it runs (the VM's `finish` was called and the source was
@@ -233,9 +233,10 @@ impl Receive<'_> {
         self.hello = Some(hello.clone());
         self.accept(&hello)?;
         HelloAck::Accepted.encode(writer)?;
-        writer
-            .flush()
-            .map_err(|e| MigrationError::Vm(format!("cannot answer the source: {e}")))?;
+        writer.flush().map_err(|source| FrameError::Write {
+            kind: MessageType::HelloAck,
+            source,
+        })?;
         self.state = self
             .state
             .next(crate::frames::MessageType::Hello)
@@ -283,9 +284,9 @@ impl Receive<'_> {
             }
             opener
                 .keys(&hello.session_id, &hello.helper_nonce)
-                .map_err(|reason| MigrationError::Refused {
+                .map_err(|e| MigrationError::Refused {
                     code: FailureCode::NotReady,
-                    reason,
+                    reason: chain(&*e),
                 })?;
         }
         Ok(())
@@ -315,7 +316,7 @@ impl Receive<'_> {
                 let ranges: Vec<(u64, u64)> = s.ranges.iter().map(|r| (r.gpa, r.pages)).collect();
                 // Batches of the previous round land before the page states change.
                 if let Some(opener) = self.opener.as_deref_mut() {
-                    opener.drain().map_err(MigrationError::Integrity)?;
+                    opener.drain().map_err(MigrationError::Helper)?;
                 }
                 self.vm.set_shared(&ranges).map_err(MigrationError::Vm)?;
             }
@@ -359,7 +360,7 @@ impl Receive<'_> {
                 }
                 opener
                     .submit(lane, b.records)
-                    .map_err(MigrationError::Integrity)?;
+                    .map_err(MigrationError::Helper)?;
                 let (n, bytes) = (b.count().map_or(0, u64::from), b.records.len() as u64);
                 update(self.progress, |p| {
                     p.pages += n;
@@ -402,10 +403,10 @@ impl Receive<'_> {
                         hello.lanes
                     )));
                 }
-                opener.drain().map_err(MigrationError::Integrity)?;
+                opener.drain().map_err(MigrationError::Helper)?;
                 opener
                     .verify_manifest(lane, &m.record)
-                    .map_err(MigrationError::Integrity)?;
+                    .map_err(MigrationError::Helper)?;
                 self.manifest_ok = true;
             }
             Frame::Done(_) => return Ok(true),

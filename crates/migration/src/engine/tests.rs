@@ -5,7 +5,7 @@
 use super::{
     source::{migrate, RecordSink, Sealed, Sealer, SourceOptions, SourceVm},
     target::{receive, LocalGuest, Opener, TargetVm},
-    MigrationError, Progress, Status,
+    MigrationError, PartError, Progress, Status,
 };
 use crate::{
     codec::{FrameReader, Incoming},
@@ -143,11 +143,11 @@ impl FakeHelper {
         Response::decode(&raw)
     }
 
-    fn ok(&mut self, lane: usize, req: Request, gpas: &[u64]) -> Result<Response, String> {
+    fn ok(&mut self, lane: usize, req: Request, gpas: &[u64]) -> Result<Response, PartError> {
         let r = self.call(lane, req, gpas);
         match r.status() {
             HStatus::OK => Ok(r),
-            s => Err(format!("helper: {s} (item {})", r.index)),
+            s => Err(format!("helper: {s} (item {})", r.index).into()),
         }
     }
 }
@@ -162,7 +162,7 @@ impl Sealer for FakeHelper {
     fn depth(&self) -> usize {
         2
     }
-    fn submit(&mut self, lane: usize, round: u32, gpas: &[u64]) -> Result<(), String> {
+    fn submit(&mut self, lane: usize, round: u32, gpas: &[u64]) -> Result<(), PartError> {
         let r = self.ok(
             lane,
             Request {
@@ -185,18 +185,18 @@ impl Sealer for FakeHelper {
         self.done.push_back((sealed, records));
         Ok(())
     }
-    fn wait(&mut self) -> Result<Sealed, String> {
+    fn wait(&mut self) -> Result<Sealed, PartError> {
         self.done
             .front()
             .map(|d| d.0)
-            .ok_or_else(|| "nothing in flight".to_string())
+            .ok_or_else(|| "nothing in flight".into())
     }
     fn send(&mut self, batch: &Sealed, out: &mut dyn RecordSink) -> std::io::Result<()> {
         let (sealed, records) = self.done.pop_front().expect("send after wait");
         assert_eq!(&sealed, batch);
         out.write_all(&records)
     }
-    fn manifest(&mut self, round: u32) -> Result<[u8; MANIFEST_RECORD_SIZE], String> {
+    fn manifest(&mut self, round: u32) -> Result<[u8; MANIFEST_RECORD_SIZE], PartError> {
         self.ok(
             0,
             Request {
@@ -216,7 +216,7 @@ impl Opener for FakeHelper {
     fn lanes(&self) -> usize {
         self.lanes.len()
     }
-    fn keys(&mut self, session_id: &[u8; 16], nonce: &[u8; 16]) -> Result<(), String> {
+    fn keys(&mut self, session_id: &[u8; 16], nonce: &[u8; 16]) -> Result<(), PartError> {
         self.ok(
             0,
             Request {
@@ -230,7 +230,7 @@ impl Opener for FakeHelper {
         )
         .map(|_| ())
     }
-    fn submit(&mut self, lane: usize, records: &[u8]) -> Result<(), String> {
+    fn submit(&mut self, lane: usize, records: &[u8]) -> Result<(), PartError> {
         let count = helper_abi::record::walk(records, records.len()).count() as u32;
         self.lanes[lane].1.write_window(0, 0, records);
         self.ok(
@@ -245,14 +245,14 @@ impl Opener for FakeHelper {
         )
         .map(|_| ())
     }
-    fn drain(&mut self) -> Result<(), String> {
+    fn drain(&mut self) -> Result<(), PartError> {
         Ok(())
     }
     fn verify_manifest(
         &mut self,
         lane: usize,
         record: &[u8; MANIFEST_RECORD_SIZE],
-    ) -> Result<(), String> {
+    ) -> Result<(), PartError> {
         self.lanes[lane].1.write_window(0, 0, record);
         self.ok(
             lane,
@@ -333,18 +333,18 @@ impl SourceVm for FakeSource {
     fn shared_ranges(&self) -> Vec<(u64, u64)> {
         vec![(SHARED_PAGE, 1)]
     }
-    fn read_page(&self, gpa: u64, out: &mut [u8; PAGE_SIZE]) -> Result<(), String> {
+    fn read_page(&self, gpa: u64, out: &mut [u8; PAGE_SIZE]) -> Result<(), PartError> {
         if self.sev && self.is_private(gpa) {
-            return Err(format!("the host must not read private page {gpa:#x}"));
+            return Err(format!("the host must not read private page {gpa:#x}").into());
         }
         out.copy_from_slice(&self.ram.lock().unwrap()[gpa as usize..][..PAGE_SIZE]);
         Ok(())
     }
-    fn start_dirty_log(&mut self) -> Result<(), String> {
+    fn start_dirty_log(&mut self) -> Result<(), PartError> {
         self.logging = true;
         Ok(())
     }
-    fn take_dirty(&mut self) -> Result<Vec<u64>, String> {
+    fn take_dirty(&mut self) -> Result<Vec<u64>, PartError> {
         // The guest keeps running: a few pages change between looks, unless paused.
         if !self.paused {
             for k in 0..6u64 {
@@ -359,7 +359,7 @@ impl SourceVm for FakeSource {
     fn stop_dirty_log(&mut self) {
         self.logging = false;
     }
-    fn pause(&mut self) -> Result<(), String> {
+    fn pause(&mut self) -> Result<(), PartError> {
         self.paused = true;
         Ok(())
     }
@@ -367,10 +367,10 @@ impl SourceVm for FakeSource {
         self.paused = false;
         self.resumed = true;
     }
-    fn device_state(&mut self) -> Result<Vec<u8>, String> {
+    fn device_state(&mut self) -> Result<Vec<u8>, PartError> {
         Ok(b"devices".to_vec())
     }
-    fn vcpu_states(&mut self) -> Result<Vec<Vec<u8>>, String> {
+    fn vcpu_states(&mut self) -> Result<Vec<Vec<u8>>, PartError> {
         Ok(vec![b"vcpu0".to_vec(), b"vcpu1".to_vec()])
     }
 }
@@ -407,7 +407,7 @@ impl TargetVm for FakeTarget {
             vcpus: 2,
         }
     }
-    fn set_shared(&mut self, ranges: &[(u64, u64)]) -> Result<(), String> {
+    fn set_shared(&mut self, ranges: &[(u64, u64)]) -> Result<(), PartError> {
         self.shared = ranges
             .iter()
             .flat_map(|&(g, n)| (0..n).map(move |i| g + i * 4096))
@@ -417,7 +417,7 @@ impl TargetVm for FakeTarget {
     fn is_shared(&self, gpa: u64) -> bool {
         !self.sev || self.shared.contains(&gpa)
     }
-    fn write_page(&mut self, gpa: u64, data: Option<&[u8; PAGE_SIZE]>) -> Result<(), String> {
+    fn write_page(&mut self, gpa: u64, data: Option<&[u8; PAGE_SIZE]>) -> Result<(), PartError> {
         let mut ram = self.ram.lock().unwrap();
         let page = ram
             .get_mut(gpa as usize..gpa as usize + PAGE_SIZE)
@@ -428,7 +428,7 @@ impl TargetVm for FakeTarget {
         }
         Ok(())
     }
-    fn finish(&mut self, vcpus: Vec<Vec<u8>>, device: Vec<u8>) -> Result<(), String> {
+    fn finish(&mut self, vcpus: Vec<Vec<u8>>, device: Vec<u8>) -> Result<(), PartError> {
         self.ran = Some((vcpus, device));
         Ok(())
     }
@@ -773,7 +773,7 @@ fn a_record_replayed_from_an_earlier_round_is_refused() {
     let o = run(true, 1, Some([0x5e; 32]), RAM, Tamper::Frames(edit));
     assert_safe_failure(&o, "replay");
     assert!(
-        matches!(o.target, Err(MigrationError::Integrity(_))),
+        matches!(o.target, Err(MigrationError::Helper(_))),
         "{:?}",
         o.target.err()
     );

@@ -4,24 +4,99 @@
 //! windows, so the engine sends batch k from one window while the lane seals batch k+1
 //! into the other. Sealed records go to the socket straight from the window.
 
+use crate::{
+    memory::{HostView, MemoryError},
+    mirror::{HelperError, HelperVcpu},
+};
 use helper_abi::{
     mailbox::{Op, Request, Response, Role},
     record::MANIFEST_RECORD_SIZE,
 };
-use migration::engine::{Opener, RecordSink, Sealed, Sealer};
+use migration::engine::{Opener, PartError, RecordSink, Sealed, Sealer};
 use std::{
     collections::VecDeque,
     sync::mpsc::{self, Receiver, Sender},
     thread::JoinHandle,
 };
-use vmm::{
-    memory::HostView,
-    mirror::{HelperError, HelperVcpu},
-};
 
-/// The error and its causes on one line.
-fn describe(e: HelperError) -> String {
-    format!("{:#}", anyhow::Error::new(e))
+/// Why a lane could not seal or open.
+#[derive(Debug, thiserror::Error)]
+pub enum LaneError {
+    /// Lanes need at least one helper vCPU.
+    #[error("no helper vCPUs")]
+    NoHelpers,
+    /// A lane's thread could not be started.
+    #[error("cannot start a thread for helper vCPU {lane}")]
+    Thread {
+        /// The lane.
+        lane: u16,
+        /// The spawn error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The helper vCPU failed or refused the request.
+    #[error("helper vCPU {lane}")]
+    Helper {
+        /// The lane.
+        lane: usize,
+        /// What the helper (or its vCPU) reported.
+        #[source]
+        source: HelperError,
+    },
+    /// The engine named a lane that does not exist.
+    #[error("lane {lane} of {lanes} helper vCPUs")]
+    NoSuchLane {
+        /// The lane asked for.
+        lane: usize,
+        /// Lanes there are.
+        lanes: usize,
+    },
+    /// A lane's thread is gone.
+    #[error("helper vCPU {0} has stopped")]
+    Stopped(usize),
+    /// Every lane's thread is gone.
+    #[error("every helper vCPU has stopped")]
+    AllStopped,
+    /// The engine asked for more batches than a lane has windows.
+    #[error("lane {0} has no free record window")]
+    NoFreeWindow(usize),
+    /// The helper claims more record bytes than its window holds.
+    #[error("helper vCPU {lane} reports {bytes} bytes of records in a {size}-byte window")]
+    Overfull {
+        /// The lane.
+        lane: usize,
+        /// Bytes claimed.
+        bytes: usize,
+        /// Window size.
+        size: usize,
+    },
+    /// A received batch is larger than a record window.
+    #[error("a batch of {len} bytes does not fit the helper's {size}-byte window")]
+    TooLarge {
+        /// The batch.
+        len: usize,
+        /// Window size.
+        size: usize,
+    },
+    /// Records could not be written into a window.
+    #[error("cannot fill the record window")]
+    Fill(#[source] MemoryError),
+    /// The sealed manifest could not be read back.
+    #[error("cannot read the manifest")]
+    Manifest(#[source] MemoryError),
+    /// A batch was already refused (the engine stops at the first refusal).
+    #[error("an earlier batch was refused")]
+    AlreadyRefused,
+}
+
+/// The first refusal seen while opening, until the engine has been told.
+enum Refusal {
+    /// None so far.
+    None,
+    /// Seen, not yet reported.
+    Pending(LaneError),
+    /// Reported.
+    Reported,
 }
 
 /// A request for a lane's thread.
@@ -35,7 +110,7 @@ struct Done {
     lane: usize,
     window: usize,
     round: u32,
-    result: Result<Response, String>,
+    result: Result<Response, LaneError>,
 }
 
 /// One helper vCPU on its thread.
@@ -59,15 +134,20 @@ pub struct HelperLanes {
     max_batch: usize,
     in_flight: usize,
     /// The first refusal seen while opening (target).
-    refused: Option<String>,
+    refused: Refusal,
 }
 
 fn serve(mut helper: HelperVcpu, jobs: Receiver<Job>, done: Sender<Done>) -> HelperVcpu {
-    let lane = usize::from(helper.index());
+    let lane = helper.index();
     while let Ok(job) = jobs.recv() {
-        let result = helper.call_ok(job.req, &job.gpas).map_err(describe);
+        let result = helper
+            .call_ok(job.req, &job.gpas)
+            .map_err(|source| LaneError::Helper {
+                lane: usize::from(lane),
+                source,
+            });
         let answer = Done {
-            lane,
+            lane: usize::from(lane),
             window: job.req.window as usize,
             round: job.req.round,
             result,
@@ -82,10 +162,10 @@ fn serve(mut helper: HelperVcpu, jobs: Receiver<Job>, done: Sender<Done>) -> Hel
 impl HelperLanes {
     /// Lanes over `helpers` (each moves to its own thread), at most `max_batch` pages per
     /// request (the helper's limit, from INFO).
-    pub fn new(helpers: Vec<HelperVcpu>, max_batch: usize) -> std::io::Result<HelperLanes> {
+    pub fn new(helpers: Vec<HelperVcpu>, max_batch: usize) -> Result<HelperLanes, LaneError> {
         let view = match helpers.first() {
             Some(h) => h.view().clone(),
-            None => return Err(std::io::Error::other("no helper vCPUs")),
+            None => return Err(LaneError::NoHelpers),
         };
         let (done_tx, done) = mpsc::channel();
         let mut lanes = Vec::with_capacity(helpers.len());
@@ -94,9 +174,11 @@ impl HelperLanes {
             let window_size = h.window_size();
             let (jobs, rx) = mpsc::channel();
             let done_tx = done_tx.clone();
+            let lane = h.index();
             let thread = std::thread::Builder::new()
-                .name(format!("helper-{}", h.index()))
-                .spawn(move || serve(h, rx, done_tx))?;
+                .name(format!("helper-{lane}"))
+                .spawn(move || serve(h, rx, done_tx))
+                .map_err(|source| LaneError::Thread { lane, source })?;
             lanes.push(Lane {
                 jobs: Some(jobs),
                 thread: Some(thread),
@@ -112,7 +194,7 @@ impl HelperLanes {
             view,
             max_batch: max_batch.max(1),
             in_flight: 0,
-            refused: None,
+            refused: Refusal::None,
         })
     }
 
@@ -128,41 +210,38 @@ impl HelperLanes {
             .collect()
     }
 
-    fn lane(&mut self, lane: usize) -> Result<&mut Lane, String> {
-        let n = self.lanes.len();
+    fn lane(&mut self, lane: usize) -> Result<&mut Lane, LaneError> {
+        let lanes = self.lanes.len();
         self.lanes
             .get_mut(lane)
-            .ok_or_else(|| format!("lane {lane} of {n} helper vCPUs"))
+            .ok_or(LaneError::NoSuchLane { lane, lanes })
     }
 
     /// Hands a request to a lane's thread.
-    fn start(&mut self, lane: usize, req: Request, gpas: Vec<u64>) -> Result<(), String> {
+    fn start(&mut self, lane: usize, req: Request, gpas: Vec<u64>) -> Result<(), LaneError> {
         let jobs = self
             .lane(lane)?
             .jobs
             .as_ref()
-            .ok_or("the lane has stopped")?;
+            .ok_or(LaneError::Stopped(lane))?;
         jobs.send(Job { req, gpas })
-            .map_err(|_| format!("helper vCPU {lane} has stopped"))?;
+            .map_err(|_| LaneError::Stopped(lane))?;
         self.in_flight += 1;
         Ok(())
     }
 
     /// The next answer of any lane.
-    fn next(&mut self) -> Result<Done, String> {
+    fn next(&mut self) -> Result<Done, LaneError> {
         if let Some(d) = self.early.pop_front() {
             return Ok(d);
         }
-        let d = self
-            .done
-            .recv()
-            .map_err(|_| "every helper vCPU has stopped".to_string())?;
+        let d = self.done.recv().map_err(|_| LaneError::AllStopped)?;
         self.in_flight -= 1;
         Ok(d)
     }
 
     /// Runs one request on `lane` and waits for its answer (nothing else in flight).
-    fn call(&mut self, lane: usize, req: Request) -> Result<Response, String> {
+    fn call(&mut self, lane: usize, req: Request) -> Result<Response, LaneError> {
         self.start(lane, req, Vec::new())?;
         loop {
             let d = self.next()?;
@@ -174,7 +253,7 @@ impl HelperLanes {
     }
 
     /// Clears every lane and the session (a new migration starts from nothing).
-    fn reset(&mut self) -> Result<(), String> {
+    fn reset(&mut self) -> Result<(), LaneError> {
         for lane in 0..self.lanes.len() {
             self.call(
                 lane,
@@ -189,7 +268,7 @@ impl HelperLanes {
 
     /// Clears every lane and the session, then derives the source's keys for
     /// `session_id`; returns the helper's nonce for the Hello.
-    pub fn start_source(&mut self, session_id: [u8; 16]) -> Result<[u8; 16], String> {
+    pub fn start_source(&mut self, session_id: [u8; 16]) -> Result<[u8; 16], LaneError> {
         self.reset()?;
         let resp = self.call(
             0,
@@ -204,12 +283,9 @@ impl HelperLanes {
     }
 
     /// Takes a free window of `lane`.
-    fn take_window(&mut self, lane: usize) -> Result<(usize, u64, usize), String> {
+    fn take_window(&mut self, lane: usize) -> Result<(usize, u64, usize), LaneError> {
         let l = self.lane(lane)?;
-        let w = l
-            .free
-            .pop()
-            .ok_or_else(|| format!("lane {lane} has no free record window"))?;
+        let w = l.free.pop().ok_or(LaneError::NoFreeWindow(lane))?;
         Ok((w, l.windows[w], l.window_size))
     }
 
@@ -236,9 +312,9 @@ impl Sealer for HelperLanes {
         self.lanes.first().map_or(1, |l| l.windows.len().max(1))
     }
 
-    fn submit(&mut self, lane: usize, round: u32, gpas: &[u64]) -> Result<(), String> {
+    fn submit(&mut self, lane: usize, round: u32, gpas: &[u64]) -> Result<(), PartError> {
         let (window, _, _) = self.take_window(lane)?;
-        self.start(
+        Ok(self.start(
             lane,
             Request {
                 op: Op::EXPORT.0,
@@ -248,19 +324,21 @@ impl Sealer for HelperLanes {
                 ..Request::default()
             },
             gpas.to_vec(),
-        )
+        )?)
     }
 
-    fn wait(&mut self) -> Result<Sealed, String> {
+    fn wait(&mut self) -> Result<Sealed, PartError> {
         let d = self.next()?;
         let resp = d.result?;
         let size = self.lane(d.lane)?.window_size;
         let bytes = resp.bytes as usize;
         if bytes > size {
-            return Err(format!(
-                "helper vCPU {} reports {bytes} bytes of records in a {size}-byte window",
-                d.lane
-            ));
+            return Err(LaneError::Overfull {
+                lane: d.lane,
+                bytes,
+                size,
+            }
+            .into());
         }
         Ok(Sealed {
             lane: d.lane,
@@ -287,12 +365,11 @@ impl Sealer for HelperLanes {
             None => {
                 let mut copy = vec![0u8; batch.bytes];
                 self.view.read(gpa, &mut copy).and_then(|()| {
-                    out.write_all(&copy)
-                        .map_err(|e| vmm::memory::MemoryError::Stream {
-                            gpa,
-                            len: batch.bytes,
-                            source: Box::new(e),
-                        })
+                    out.write_all(&copy).map_err(|e| MemoryError::Stream {
+                        gpa,
+                        len: batch.bytes,
+                        source: Box::new(e),
+                    })
                 })
             }
         };
@@ -300,7 +377,7 @@ impl Sealer for HelperLanes {
         result.map_err(std::io::Error::other)
     }
 
-    fn manifest(&mut self, round: u32) -> Result<[u8; MANIFEST_RECORD_SIZE], String> {
+    fn manifest(&mut self, round: u32) -> Result<[u8; MANIFEST_RECORD_SIZE], PartError> {
         let (window, gpa, _) = self.take_window(0)?;
         let result = self.call(
             0,
@@ -315,27 +392,38 @@ impl Sealer for HelperLanes {
         let read = result.and_then(|_| {
             self.view
                 .read(gpa, &mut record)
-                .map_err(|e| format!("cannot read the manifest: {e}"))
+                .map_err(LaneError::Manifest)
         });
         self.free_window(0, window);
-        read.map(|()| record)
+        Ok(read.map(|()| record)?)
     }
 }
 
 impl HelperLanes {
     /// Collects finished opens until at most `keep` are in flight; remembers the first
     /// refusal.
-    fn settle(&mut self, keep: usize) -> Result<(), String> {
+    fn settle(&mut self, keep: usize) -> Result<(), LaneError> {
         while self.in_flight > keep {
             let d = self.next()?;
             self.free_window(d.lane, d.window);
             if let Err(e) = d.result {
-                self.refused.get_or_insert(e);
+                self.refuse(e);
             }
         }
-        match &self.refused {
-            Some(e) => Err(e.clone()),
-            None => Ok(()),
+        match std::mem::replace(&mut self.refused, Refusal::Reported) {
+            Refusal::None => {
+                self.refused = Refusal::None;
+                Ok(())
+            }
+            Refusal::Pending(e) => Err(e),
+            Refusal::Reported => Err(LaneError::AlreadyRefused),
+        }
+    }
+
+    /// Keeps the first refusal.
+    fn refuse(&mut self, e: LaneError) {
+        if matches!(self.refused, Refusal::None) {
+            self.refused = Refusal::Pending(e);
         }
     }
 }
@@ -345,45 +433,47 @@ impl Opener for HelperLanes {
         self.lanes.len()
     }
 
-    fn keys(&mut self, session_id: &[u8; 16], source_nonce: &[u8; 16]) -> Result<(), String> {
+    fn keys(&mut self, session_id: &[u8; 16], source_nonce: &[u8; 16]) -> Result<(), PartError> {
         self.reset()?;
-        self.call(
-            0,
-            Request {
-                op: Op::KEYS.0,
-                role: Role::TARGET.0,
-                session_id: *session_id,
-                peer_nonce: *source_nonce,
-                ..Request::default()
-            },
-        )
-        .map(drop)
+        Ok(self
+            .call(
+                0,
+                Request {
+                    op: Op::KEYS.0,
+                    role: Role::TARGET.0,
+                    session_id: *session_id,
+                    peer_nonce: *source_nonce,
+                    ..Request::default()
+                },
+            )
+            .map(drop)?)
     }
 
-    fn submit(&mut self, lane: usize, records: &[u8]) -> Result<(), String> {
+    fn submit(&mut self, lane: usize, records: &[u8]) -> Result<(), PartError> {
         // Wait for one of this lane's windows to come free.
         while self.lane(lane)?.free.is_empty() {
             let d = self.next()?;
             self.free_window(d.lane, d.window);
             if let Err(e) = d.result {
-                self.refused.get_or_insert(e);
+                self.refuse(e);
             }
         }
         self.settle(usize::MAX)?;
         let (window, gpa, size) = self.take_window(lane)?;
         if records.len() > size {
             self.free_window(lane, window);
-            return Err(format!(
-                "a batch of {} bytes does not fit the helper's {size}-byte window",
-                records.len()
-            ));
+            return Err(LaneError::TooLarge {
+                len: records.len(),
+                size,
+            }
+            .into());
         }
         if let Err(e) = self.view.write(gpa, records) {
             self.free_window(lane, window);
-            return Err(format!("cannot fill the record window: {e}"));
+            return Err(LaneError::Fill(e).into());
         }
         let count = helper_abi::record::walk(records, records.len()).count() as u32;
-        self.start(
+        Ok(self.start(
             lane,
             Request {
                 op: Op::IMPORT.0,
@@ -393,24 +483,24 @@ impl Opener for HelperLanes {
                 ..Request::default()
             },
             Vec::new(),
-        )
+        )?)
     }
 
-    fn drain(&mut self) -> Result<(), String> {
-        self.settle(0)
+    fn drain(&mut self) -> Result<(), PartError> {
+        Ok(self.settle(0)?)
     }
 
     fn verify_manifest(
         &mut self,
         lane: usize,
         record: &[u8; MANIFEST_RECORD_SIZE],
-    ) -> Result<(), String> {
-        self.drain()?;
+    ) -> Result<(), PartError> {
+        self.settle(0)?;
         let (window, gpa, _) = self.take_window(lane)?;
         let result = self
             .view
             .write(gpa, record)
-            .map_err(|e| format!("cannot fill the record window: {e}"))
+            .map_err(LaneError::Fill)
             .and_then(|()| {
                 self.call(
                     lane,
@@ -423,6 +513,6 @@ impl Opener for HelperLanes {
                 )
             });
         self.free_window(lane, window);
-        result.map(drop)
+        Ok(result.map(drop)?)
     }
 }

@@ -1,9 +1,12 @@
-//! Termination signals: SIGINT and SIGTERM are blocked in every thread and collected by
-//! one thread with `sigwait`, which reports them as VM events. Blocking them before any
-//! vCPU thread starts keeps signal handling out of the vCPU threads (which use their own
-//! real-time signal for kicks).
+//! The VMM process: termination signals and the system facts programs built on the VMM
+//! need, so that they themselves need no `unsafe`.
+//!
+//! SIGINT and SIGTERM are blocked in every thread and collected by one thread with
+//! `sigwait`, which reports them as VM events. Blocking them before any vCPU thread starts
+//! keeps signal handling out of the vCPU threads (which use their own real-time signal for
+//! kicks).
 
-use vmm::vcpu::{EventSink, VmEvent};
+use crate::vcpu::{EventSink, VmEvent};
 
 fn termination_set() -> libc::sigset_t {
     // SAFETY: sigemptyset/sigaddset initialise the set they are given.
@@ -43,10 +46,31 @@ pub fn forward_termination(events: EventSink) {
 }
 
 /// The signal's name.
-pub fn name(sig: i32) -> &'static str {
+pub fn signal_name(sig: i32) -> &'static str {
     match sig {
         libc::SIGINT => "SIGINT",
         libc::SIGTERM => "SIGTERM",
         _ => "a signal",
+    }
+}
+
+/// Clock ticks per second (`sysconf(_SC_CLK_TCK)`), the unit of the CPU times in
+/// `/proc/PID/stat`; `None` if the system does not say.
+pub fn clock_ticks_per_second() -> Option<u64> {
+    // SAFETY: sysconf only reads a system constant.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    u64::try_from(hz).ok().filter(|&hz| hz > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_clock_ticks_and_the_signals_have_names() {
+        assert!(clock_ticks_per_second().is_some_and(|hz| hz >= 100));
+        assert_eq!(signal_name(libc::SIGTERM), "SIGTERM");
+        assert_eq!(signal_name(libc::SIGINT), "SIGINT");
+        assert_eq!(signal_name(libc::SIGHUP), "a signal");
     }
 }

@@ -1,45 +1,62 @@
 //! The VM as the migration engine sees it: memory through the host view and dirty log
 //! (read on the migration thread), everything that touches vCPUs through requests to
-//! the machine loop, which owns the VM.
+//! the controller, which owns the VM.
 
-use super::{MachineReply, MachineRequest};
-use crate::machine::Input;
-use helper_abi::PAGE_SIZE;
-use migration::engine::{LocalGuest, SourceVm, TargetVm};
-use std::{
-    sync::mpsc::{self, Sender},
-    time::Duration,
-};
-use vmm::{
-    memory::{HostView, Visibility},
+use super::{MachineError, MachineLink, MachineReply, MachineRequest};
+use crate::{
+    kvm::KvmError,
+    memory::{HostView, MemoryError, Visibility},
     vm::DirtyTracker,
 };
+use helper_abi::PAGE_SIZE;
+use migration::engine::{LocalGuest, PartError, SourceVm, TargetVm};
 
-/// How long the machine loop may take to pause, save or load the VM.
-const MACHINE_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// The migration thread's line to the machine loop.
-#[derive(Clone)]
-pub struct MachineLink {
-    tx: Sender<Input>,
-}
-
-impl MachineLink {
-    /// A link over the machine's inbox.
-    pub fn new(tx: Sender<Input>) -> MachineLink {
-        MachineLink { tx }
-    }
-
-    /// Asks the machine loop to do `request` and waits for its answer.
-    pub fn ask(&self, request: MachineRequest) -> Result<MachineReply, String> {
-        let (reply, answer) = mpsc::channel();
-        self.tx
-            .send(Input::Migration(request, reply))
-            .map_err(|_| "the VM has stopped".to_string())?;
-        answer
-            .recv_timeout(MACHINE_TIMEOUT)
-            .map_err(|_| "the VM did not answer in time".to_string())?
-    }
+/// Why the VM could not do its part of a migration.
+#[derive(Debug, thiserror::Error)]
+pub enum VmPartError {
+    /// A guest page could not be read through the host view.
+    #[error("cannot read guest page {gpa:#x}")]
+    ReadPage {
+        /// The page.
+        gpa: u64,
+        /// The view's error.
+        #[source]
+        source: MemoryError,
+    },
+    /// A guest page could not be written through the host view.
+    #[error("cannot write guest page {gpa:#x}")]
+    WritePage {
+        /// The page.
+        gpa: u64,
+        /// The view's error.
+        #[source]
+        source: MemoryError,
+    },
+    /// A range could not be recorded as private or shared.
+    #[error("cannot record {gpa:#x}+{len:#x} as {visibility:?}")]
+    Convert {
+        /// First byte.
+        gpa: u64,
+        /// Length.
+        len: u64,
+        /// What it was to become.
+        visibility: Visibility,
+        /// The view's error.
+        #[source]
+        source: MemoryError,
+    },
+    /// Dirty logging could not be started.
+    #[error("cannot start dirty logging")]
+    StartDirtyLog(#[source] KvmError),
+    /// The dirty log could not be read.
+    #[error("cannot read the dirty log")]
+    DirtyLog(#[source] KvmError),
+    /// The controller refused or failed a request.
+    #[error(transparent)]
+    Machine(#[from] MachineError),
+    /// The controller answered with the wrong kind of reply.
+    #[error("the VM answered {0} with another kind of reply")]
+    UnexpectedReply(&'static str),
 }
 
 /// Guest RAM, page aligned: (base, size) runs.
@@ -136,30 +153,25 @@ impl SourceVm for VmSource {
         runs
     }
 
-    fn read_page(&self, gpa: u64, out: &mut [u8; PAGE_SIZE]) -> Result<(), String> {
+    fn read_page(&self, gpa: u64, out: &mut [u8; PAGE_SIZE]) -> Result<(), PartError> {
         self.view
             .read(gpa, out)
-            .map_err(|e| format!("cannot read guest page {gpa:#x}: {e}"))
+            .map_err(|source| VmPartError::ReadPage { gpa, source }.into())
     }
 
-    fn start_dirty_log(&mut self) -> Result<(), String> {
-        self.tracker
-            .start()
-            .map_err(|e| format!("cannot start dirty logging: {e}"))?;
+    fn start_dirty_log(&mut self) -> Result<(), PartError> {
+        self.tracker.start().map_err(VmPartError::StartDirtyLog)?;
         self.logging = true;
         // Pages written before logging started are in the first round anyway; clear
         // whatever KVM recorded so the first look only shows writes from now on.
         self.tracker
             .take()
             .map(drop)
-            .map_err(|e| format!("cannot read the dirty log: {e}"))
+            .map_err(|e| VmPartError::DirtyLog(e).into())
     }
 
-    fn take_dirty(&mut self) -> Result<Vec<u64>, String> {
-        let mut dirty = self
-            .tracker
-            .take()
-            .map_err(|e| format!("cannot read the dirty log: {e}"))?;
+    fn take_dirty(&mut self) -> Result<Vec<u64>, PartError> {
+        let mut dirty = self.tracker.take().map_err(VmPartError::DirtyLog)?;
         dirty.retain(|&gpa| !self.layout.in_helper_region(gpa));
         Ok(dirty)
     }
@@ -172,8 +184,11 @@ impl SourceVm for VmSource {
         }
     }
 
-    fn pause(&mut self) -> Result<(), String> {
-        self.link.ask(MachineRequest::Pause).map(drop)
+    fn pause(&mut self) -> Result<(), PartError> {
+        self.link
+            .ask(MachineRequest::Pause)
+            .map(drop)
+            .map_err(|e| VmPartError::Machine(e).into())
     }
 
     fn resume(&mut self) {
@@ -182,24 +197,28 @@ impl SourceVm for VmSource {
         }
     }
 
-    fn device_state(&mut self) -> Result<Vec<u8>, String> {
-        match self.link.ask(MachineRequest::SaveState)? {
+    fn device_state(&mut self) -> Result<Vec<u8>, PartError> {
+        match self
+            .link
+            .ask(MachineRequest::SaveState)
+            .map_err(VmPartError::Machine)?
+        {
             MachineReply::State { vcpus, device } => {
                 self.vcpus = Some(vcpus);
                 Ok(device)
             }
-            _ => Err("the VM returned no state".into()),
+            _ => Err(VmPartError::UnexpectedReply("save-state").into()),
         }
     }
 
-    fn vcpu_states(&mut self) -> Result<Vec<Vec<u8>>, String> {
+    fn vcpu_states(&mut self) -> Result<Vec<Vec<u8>>, PartError> {
         match self.vcpus.take() {
             Some(v) => Ok(v),
             None => {
                 self.device_state()?;
                 self.vcpus
                     .take()
-                    .ok_or_else(|| "the VM returned no vCPU state".into())
+                    .ok_or_else(|| VmPartError::UnexpectedReply("save-state").into())
             }
         }
     }
@@ -230,11 +249,16 @@ impl TargetVm for VmTarget {
         self.local.clone()
     }
 
-    fn set_shared(&mut self, ranges: &[(u64, u64)]) -> Result<(), String> {
-        let convert = |gpa: u64, len: u64, v: Visibility| {
+    fn set_shared(&mut self, ranges: &[(u64, u64)]) -> Result<(), PartError> {
+        let convert = |gpa: u64, len: u64, visibility: Visibility| {
             self.view
-                .convert(gpa, len, v)
-                .map_err(|e| format!("cannot record {gpa:#x}+{len:#x} as {v:?}: {e}"))
+                .convert(gpa, len, visibility)
+                .map_err(|source| VmPartError::Convert {
+                    gpa,
+                    len,
+                    visibility,
+                    source,
+                })
         };
         // The helper region keeps the target's own (its mailboxes are shared).
         for (base, size) in self.layout.migratable_runs() {
@@ -250,17 +274,18 @@ impl TargetVm for VmTarget {
         self.view.visibility(gpa) == Visibility::Shared
     }
 
-    fn write_page(&mut self, gpa: u64, data: Option<&[u8; PAGE_SIZE]>) -> Result<(), String> {
+    fn write_page(&mut self, gpa: u64, data: Option<&[u8; PAGE_SIZE]>) -> Result<(), PartError> {
         let zero = [0u8; PAGE_SIZE];
         self.view
             .write(gpa, data.unwrap_or(&zero))
-            .map_err(|e| format!("cannot write guest page {gpa:#x}: {e}"))
+            .map_err(|source| VmPartError::WritePage { gpa, source }.into())
     }
 
-    fn finish(&mut self, vcpus: Vec<Vec<u8>>, device: Vec<u8>) -> Result<(), String> {
+    fn finish(&mut self, vcpus: Vec<Vec<u8>>, device: Vec<u8>) -> Result<(), PartError> {
         self.link
             .ask(MachineRequest::Run { vcpus, device })
             .map(drop)
+            .map_err(|e| VmPartError::Machine(e).into())
     }
 }
 

@@ -1,0 +1,103 @@
+//! Building a controller: the launch sequence every program that runs a VM shares — the
+//! VM, an SEV launch up to LAUNCH_MEASURE (the owner may then attest and inject secrets),
+//! and, for a migration target, the listener and its prefault.
+
+use super::{Controller, Incoming, State};
+use crate::{
+    vm::{VmConfig, VmError},
+    KvmSystem, Vm,
+};
+use guest_abi::fwcfg;
+use std::{net::TcpListener, sync::Arc};
+
+/// Why a controller could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    /// The VM could not be built.
+    #[error(transparent)]
+    Vm(VmError),
+    /// LAUNCH_START or LAUNCH_MEASURE failed.
+    #[error("SEV launch")]
+    SevLaunch(#[source] VmError),
+    /// The incoming migration's thread could not start.
+    #[error("cannot start the incoming migration thread")]
+    Incoming(#[source] std::io::Error),
+}
+
+/// The launch sequence: what to build, then [`MachineBuilder::build`].
+pub struct MachineBuilder {
+    config: VmConfig,
+    helpers: u16,
+    incoming: Option<TcpListener>,
+}
+
+impl MachineBuilder {
+    /// A VM of `config`, with no mirror helper and no incoming migration.
+    pub fn new(config: VmConfig) -> MachineBuilder {
+        MachineBuilder {
+            config,
+            helpers: 0,
+            incoming: None,
+        }
+    }
+
+    /// Starts `helpers` helper vCPUs in the mirror of an SEV guest, once its firmware has
+    /// the migration helper ready (0: no mirror).
+    pub fn helpers(mut self, helpers: u16) -> MachineBuilder {
+        self.helpers = helpers;
+        self
+    }
+
+    /// Makes the VM a migration target that waits on `listener` (bound by the caller, so
+    /// a busy port is an error before anything is built). Its firmware starts only its
+    /// helper and parks.
+    pub fn incoming(mut self, listener: TcpListener) -> MachineBuilder {
+        self.incoming = Some(listener);
+        self
+    }
+
+    /// Builds the VM, launches an SEV guest up to LAUNCH_MEASURE, and starts waiting for
+    /// an incoming migration if asked. Nothing runs yet: [`Controller::start`] (or the
+    /// `cont` command) starts the guest, then [`Controller::run`].
+    pub fn build(self, kvm: Arc<KvmSystem>) -> Result<Controller, LaunchError> {
+        let MachineBuilder {
+            mut config,
+            helpers,
+            incoming,
+        } = self;
+        if incoming.is_some() {
+            config
+                .fw_cfg_files
+                .push((fwcfg::FILE_INCOMING.to_string(), Vec::new()));
+        }
+        // Both sides of a migration must boot the same firmware; the Hello compares this.
+        let firmware_digest: [u8; 32] = {
+            use sha2::{Digest, Sha256};
+            Sha256::digest(config.firmware.image()).into()
+        };
+        let backend = config.sev.as_ref().map(|s| s.backend.clone());
+        let mut vm = Vm::new(&kvm, config).map_err(LaunchError::Vm)?;
+        let launch = match backend {
+            Some(_) => {
+                let started = vm.sev_launch_start().map_err(LaunchError::SevLaunch)?;
+                Some(
+                    vm.sev_launch_measure(started)
+                        .map_err(LaunchError::SevLaunch)?,
+                )
+            }
+            None => None,
+        };
+        let state = match incoming {
+            Some(_) => State::Incoming(Incoming::Unstarted { launch }),
+            None => State::Prelaunch { launch },
+        };
+        let mut controller = Controller::new(kvm, vm, state, backend, helpers, firmware_digest);
+        if let Some(listener) = incoming {
+            if let Ok(addr) = listener.local_addr() {
+                log::info!("waiting for an incoming migration on {addr}");
+            }
+            controller.listen(listener).map_err(LaunchError::Incoming)?;
+        }
+        Ok(controller)
+    }
+}
