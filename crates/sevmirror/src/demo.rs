@@ -2,10 +2,9 @@
 //! guest under load, its live migration through the mirror helper to a second VMM, and
 //! the guest's own check of its memory on arrival.
 
-use crate::scenario::{Config, Outcome, Stage};
 use clap::Args;
+use harness::scenario::{Config, Report, Stage};
 use indicatif::{ProgressBar, ProgressStyle};
-use serde_json::json;
 use std::{io::IsTerminal, time::Duration};
 
 /// `sevmirror demo`.
@@ -26,26 +25,6 @@ pub struct DemoArgs {
     /// Print one JSON object (verdict, sizes, rounds, times, throughput) instead of text.
     #[arg(long)]
     pub json: bool,
-}
-
-/// The report's numbers as JSON.
-pub fn report_json(o: &Outcome, helpers: u16, dirty_rate: u64) -> serde_json::Value {
-    json!({
-        "verdict": if o.passed() { "pass" } else { "fail" },
-        "status": o.status,
-        "mem_bytes": o.mem_bytes(),
-        "helpers": helpers,
-        "dirty_rate_pages_s": dirty_rate,
-        "rounds": o.rounds(),
-        "total_ms": o.total_ms(),
-        "downtime_ms": o.downtime_ms(),
-        "transferred_bytes": o.transferred(),
-        "throughput_gib_s": (o.throughput_gib_s() * 1000.0).round() / 1000.0,
-        "target_verify": o.verify_line,
-        "source_state": o.source_state,
-        "target_state": o.target_state,
-        "error": o.migration.get("error-desc"),
-    })
 }
 
 fn progress_bar(total: u64) -> Option<ProgressBar> {
@@ -72,6 +51,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<i32> {
         sev: true,
         downtime_limit_ms: None,
         warmup: Duration::from_millis(500),
+        exe: std::env::current_exe()?,
     };
     let say = |line: &str| {
         if !args.json {
@@ -106,35 +86,15 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<i32> {
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
+    let report = Report {
+        outcome: &outcome,
+        helpers: args.helpers,
+        dirty_rate: args.dirty_rate,
+    };
     if args.json {
-        println!("{}", report_json(&outcome, args.helpers, args.dirty_rate));
+        println!("{}", report.json());
     } else {
-        print_report(&outcome);
+        println!("{report}");
     }
     Ok(if outcome.passed() { 0 } else { 1 })
-}
-
-fn print_report(o: &Outcome) {
-    println!("migration {}:", o.status);
-    println!(
-        "  guest RAM        {} MiB, sent in {} round(s), {:.1} MiB on the wire",
-        o.mem_bytes() >> 20,
-        o.rounds(),
-        o.transferred() as f64 / (1 << 20) as f64
-    );
-    println!(
-        "  total time       {} ms ({:.2} GiB/s of guest RAM)",
-        o.total_ms(),
-        o.throughput_gib_s()
-    );
-    println!("  downtime         {} ms", o.downtime_ms());
-    println!("  source / target  {} / {}", o.source_state, o.target_state);
-    match &o.verify_line {
-        Some(line) => println!("  target guest     {}", line.trim()),
-        None => println!("  target guest     did not report a memory check"),
-    }
-    if let Some(e) = o.migration.get("error-desc").and_then(|e| e.as_str()) {
-        println!("  error            {e}");
-    }
-    println!("verdict: {}", if o.passed() { "PASS" } else { "FAIL" });
 }

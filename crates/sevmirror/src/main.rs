@@ -1,8 +1,11 @@
-//! The `sevmirror` command.
+//! The `sevmirror` command: command-line parsing and one small module per subcommand, each
+//! calling the libraries (`vmm` for VMs, `qmp` for the control socket, `sev-platform` for
+//! the platform and the guest owner, `harness` for the demo and the benchmarks).
+
+#![forbid(unsafe_code)]
 
 mod adapter;
 mod bench;
-mod bench_migrate;
 mod cli;
 mod ctl;
 mod demo;
@@ -11,7 +14,6 @@ mod measure_cmd;
 mod owner_cmd;
 mod platform_cmd;
 mod run;
-mod scenario;
 mod size;
 
 use clap::Parser;
@@ -31,10 +33,7 @@ fn main() {
     let result = match &cli.command {
         Command::Demo(args) => demo::run(args),
         Command::Run(args) => run::run(args),
-        Command::Bench(args) => match &args.what {
-            bench::BenchCommand::Helper(a) => bench::helper(a).map(|()| 0),
-            bench::BenchCommand::Migrate(a) => bench_migrate::run(a).map(|()| 0),
-        },
+        Command::Bench(args) => bench::run(args).map(|()| 0),
         Command::Inspect(args) => inspect::run(args).map(|()| 0),
         Command::Firmware(args) => std::fs::write(&args.out, firmware_image::IMAGE)
             .map(|()| 0)

@@ -2,17 +2,21 @@
 //! process with a control socket, the guest owner's steps are `sevmirror owner …`
 //! commands, and the host drives everything with `sevmirror ctl`. Each test lives in its
 //! own temp dir (sockets, consoles, an emulated SEV platform) and picks its ports from the
-//! kernel, so the tests run in parallel.
+//! kernel, so the tests run in parallel. The VMM processes and the recording relay are
+//! the harness's (`harness::process`, `harness::relay`), shared with the demo.
 
+use harness::{
+    process::{Channel, OnDrop, Spawn, VmmProcess},
+    relay::Relay,
+};
 use serde_json::{json, Value};
 use std::{
     fs::File,
-    io::{Read, Write},
-    net::{Shutdown, TcpListener, TcpStream},
+    io::Read,
+    net::TcpListener,
     path::{Path, PathBuf},
-    process::{Child, Command, ExitStatus, Output, Stdio},
-    sync::mpsc,
-    time::{Duration, Instant},
+    process::{Command, Output},
+    time::Duration,
 };
 use tempfile::TempDir;
 
@@ -36,14 +40,6 @@ fn kvm_present(test: &str) -> bool {
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
-}
-
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < PATIENCE, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// A test's world: a temp dir holding the emulated SEV platform, the owner's files, the
@@ -85,15 +81,17 @@ impl Lab {
         self.path(name).to_str().unwrap().to_string()
     }
 
-    fn command(&self) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_sevmirror"));
-        c.env("SEVMIRROR_PLATFORM_DIR", self.path("platform"))
-            .env_remove("SEVMIRROR_LOG");
-        c
+    fn env(&self) -> Vec<(String, String)> {
+        vec![("SEVMIRROR_PLATFORM_DIR".into(), self.p("platform"))]
     }
 
     fn sevmirror(&self, args: &[&str]) -> Output {
-        self.command().args(args).output().unwrap()
+        Command::new(env!("CARGO_BIN_EXE_sevmirror"))
+            .envs(self.env())
+            .env_remove("SEVMIRROR_LOG")
+            .args(args)
+            .output()
+            .unwrap()
     }
 
     /// Runs `sevmirror A… B…`, requires success, returns stdout.
@@ -109,6 +107,18 @@ impl Lab {
         text(&o.stdout)
     }
 
+    /// How the harness starts this lab's VMMs: driven by `sevmirror ctl`, killed when a
+    /// test ends (or panics).
+    fn spawner(&self) -> Spawn {
+        Spawn {
+            exe: env!("CARGO_BIN_EXE_sevmirror").into(),
+            dir: self.dir.path().to_path_buf(),
+            env: self.env(),
+            channel: Channel::Ctl,
+            on_drop: OnDrop::Kill,
+        }
+    }
+
     /// Starts `sevmirror run` with `mem` of RAM and `args`; returns once its control
     /// socket is up.
     fn spawn(&self, name: &str, mem: &str, args: &[&str]) -> Vm {
@@ -119,28 +129,12 @@ impl Lab {
 
     /// Starts `sevmirror run` with `mem` of RAM and `args`.
     fn start(&self, name: &str, mem: &str, args: &[&str]) -> Vm {
-        let mut vm = Vm {
-            name: name.to_string(),
-            api: self.path(&format!("{name}.sock")),
-            serial: self.path(&format!("{name}.console")),
-            stderr: self.path(&format!("{name}.stderr")),
+        let mut all = vec!["--mem", mem];
+        all.extend_from_slice(args);
+        Vm {
+            process: VmmProcess::start(&self.spawner(), name, &all).unwrap(),
             owner: self.path(&format!("{name}-owner")),
-            child: None,
-        };
-        vm.child = Some(
-            self.command()
-                .args(["run", "--mem", mem, "--api"])
-                .arg(&vm.api)
-                .arg("--serial")
-                .arg(&vm.serial)
-                .args(args)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(File::create(&vm.stderr).unwrap())
-                .spawn()
-                .unwrap(),
-        );
-        vm
+        }
     }
 
     /// A plain (unencrypted) guest running `workload`.
@@ -183,7 +177,7 @@ impl Lab {
 
     /// `owner verify` of `vm`'s launch measurement against the embedded firmware (or
     /// `firmware`); returns whether it passed.
-    fn verify(&self, vm: &Vm, policy: &str, firmware: Option<&Path>) -> bool {
+    fn verify(&self, vm: &mut Vm, policy: &str, firmware: Option<&Path>) -> bool {
         let m = vm.measurement();
         let tik = vm.owner_file("vm_tik.bin");
         let mut args = vec![
@@ -213,7 +207,7 @@ impl Lab {
 
     /// The owner's secret packet for `vm` (the migration secret plus `extra`
     /// GUID:FILE secrets), injected; then `cont`.
-    fn give_secrets_and_cont(&self, vm: &Vm, extra: &[String]) {
+    fn give_secrets_and_cont(&self, vm: &mut Vm, extra: &[String]) {
         let m = vm.measurement();
         let (tek, tik, mig) = (
             vm.owner_file("vm_tek.bin"),
@@ -247,12 +241,12 @@ impl Lab {
     /// An SEV guest its owner attested and gave the migration secret (and `extra`),
     /// running `args` (a workload, or --incoming).
     fn sev_running(&self, name: &str, args: &[&str], extra: &[String]) -> Vm {
-        let vm = self.sev_paused(name, "0x1", args);
+        let mut vm = self.sev_paused(name, "0x1", args);
         assert!(
-            self.verify(&vm, "0x1", None),
+            self.verify(&mut vm, "0x1", None),
             "{name}: measurement mismatch"
         );
-        self.give_secrets_and_cont(&vm, extra);
+        self.give_secrets_and_cont(&mut vm, extra);
         vm
     }
 
@@ -269,73 +263,44 @@ impl Lab {
     }
 }
 
-/// One `sevmirror run` process; killed (and reaped) when dropped, also on a panic.
+/// One `sevmirror run` process (the harness's), with where its owner's files are.
 struct Vm {
-    name: String,
-    api: PathBuf,
-    serial: PathBuf,
-    stderr: PathBuf,
+    process: VmmProcess,
     owner: PathBuf,
-    child: Option<Child>,
-}
-
-impl Drop for Vm {
-    fn drop(&mut self) {
-        self.kill();
-    }
 }
 
 impl Vm {
+    fn name(&self) -> String {
+        self.process.name().to_string()
+    }
+
     fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.process.kill();
     }
 
-    fn exited(&mut self) -> Option<ExitStatus> {
-        self.child.as_mut().and_then(|c| c.try_wait().unwrap())
+    fn wait_exit(&mut self) -> std::process::ExitStatus {
+        self.process.wait_exit(PATIENCE).unwrap()
     }
 
-    fn wait_exit(&mut self) -> ExitStatus {
-        let mut status = None;
-        wait_until(&format!("{} to exit", self.name), || {
-            status = self.exited();
-            status.is_some()
-        });
-        self.child = None;
-        status.unwrap()
-    }
-
-    /// Waits for the control socket, which appears just before the guest starts.
     fn wait_api(&mut self) {
-        let start = Instant::now();
-        while !self.api.exists() {
-            if let Some(status) = self.exited() {
-                panic!("{} exited with {status}: {}", self.name, self.stderr());
-            }
-            assert!(
-                start.elapsed() < PATIENCE,
-                "{}: no control socket",
-                self.name
-            );
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        let name = self.name();
+        self.process
+            .wait_api(PATIENCE)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
     }
 
     fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+        self.process.stderr_text()
     }
 
     fn console(&self) -> String {
-        std::fs::read_to_string(&self.serial).unwrap_or_default()
+        self.process.console()
     }
 
     fn wait_console(&self, what: &str) -> String {
-        wait_until(&format!("{what:?} on {}'s console", self.name), || {
-            self.console().contains(what)
-        });
-        self.console()
+        self.process
+            .wait_console(what, PATIENCE)
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     fn owner_file(&self, name: &str) -> String {
@@ -343,75 +308,53 @@ impl Vm {
     }
 
     /// `sevmirror ctl`: the result, or the error text it printed.
-    fn try_ctl(&self, cmd: &str, args: Option<Value>) -> Result<Value, String> {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_sevmirror"));
-        c.arg("ctl").arg("--api").arg(&self.api).arg(cmd);
-        if let Some(a) = args {
-            c.arg(a.to_string());
-        }
-        let o = c.output().unwrap();
-        if o.status.success() {
-            Ok(serde_json::from_slice(&o.stdout).unwrap())
-        } else {
-            Err(text(&o.stderr))
-        }
+    fn try_ctl(&mut self, cmd: &str, args: Option<Value>) -> Result<Value, String> {
+        self.process.execute(cmd, args).map_err(|e| e.to_string())
     }
 
-    fn ctl(&self, cmd: &str, args: Option<Value>) -> Value {
+    fn ctl(&mut self, cmd: &str, args: Option<Value>) -> Value {
+        let name = self.name();
         self.try_ctl(cmd, args)
-            .unwrap_or_else(|e| panic!("{}: {cmd}: {e}", self.name))
+            .unwrap_or_else(|e| panic!("{name}: {cmd}: {e}"))
     }
 
-    fn status(&self) -> String {
+    fn status(&mut self) -> String {
         self.ctl("query-status", None)["status"]
             .as_str()
             .unwrap()
             .to_string()
     }
 
-    fn measurement(&self) -> String {
-        self.ctl("query-sev-launch-measure", None)["data"]
-            .as_str()
-            .unwrap()
-            .to_string()
+    fn measurement(&mut self) -> String {
+        self.process.measurement().unwrap()
     }
 
     /// The port a `--incoming tcp:127.0.0.1:0` target listens on.
-    fn port(&self) -> u16 {
-        let info = self.ctl("query-migrate", None);
-        info["socket-address"][0]["port"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no listening port in {info}"))
-            .parse()
-            .unwrap()
+    fn port(&mut self) -> u16 {
+        self.process.port().unwrap()
     }
 
-    fn slow_down(&self, bytes_per_sec: u64) {
-        self.ctl(
-            "migrate-set-parameters",
-            Some(json!({ "max-bandwidth": bytes_per_sec })),
-        );
+    fn slow_down(&mut self, bytes_per_sec: u64) {
+        self.process.set_max_bandwidth(bytes_per_sec).unwrap();
     }
 
-    fn migrate(&self, port: u16) {
-        self.ctl(
-            "migrate",
-            Some(json!({ "uri": format!("tcp:127.0.0.1:{port}") })),
-        );
+    fn migrate(&mut self, port: u16) {
+        self.process.migrate(port).unwrap();
     }
 
     /// Waits until the outgoing migration is under way and has moved some memory, which
     /// `query-migrate` shows while the first pass over RAM still runs.
-    fn wait_migration_active(&self) {
-        let mut info = Value::Null;
-        wait_until("an active migration that moved pages", || {
-            info = self.ctl("query-migrate", None);
+    fn wait_migration_active(&mut self) {
+        let info = harness::wait_for(PATIENCE, || {
+            let info = self.ctl("query-migrate", None);
             assert!(
                 matches!(info["status"].as_str(), Some("setup" | "active")),
                 "the migration ended early: {info}"
             );
-            info["status"] == "active" && info["ram"]["transferred"].as_u64() > Some(0)
-        });
+            (info["status"] == "active" && info["ram"]["transferred"].as_u64() > Some(0))
+                .then_some(info)
+        })
+        .expect("timed out waiting for an active migration that moved pages");
         assert_eq!(
             info["ram"]["dirty-sync-count"], 0,
             "no progress was shown during the first pass: {info}"
@@ -419,40 +362,33 @@ impl Vm {
     }
 
     /// Waits for the outgoing migration to end; returns the final `query-migrate`.
-    fn wait_migration_end(&self) -> Value {
-        let mut info = Value::Null;
-        wait_until("the migration to end", || {
-            info = self.ctl("query-migrate", None);
-            matches!(
-                info["status"].as_str(),
-                Some("completed" | "failed" | "cancelled")
-            )
-        });
-        info
+    fn wait_migration_end(&mut self) -> Value {
+        self.process.wait_migration_end(PATIENCE, |_| {}).unwrap()
     }
 
     /// Migrates to `target` on `port` and requires success (see `expect_completed`).
-    fn migrate_and_complete(&self, target: &Vm, port: u16) {
+    fn migrate_and_complete(&mut self, target: &mut Vm, port: u16) {
         self.migrate(port);
         self.expect_completed(target);
     }
 
     /// The outgoing migration completes: the guest runs on `target` and the source is
     /// stopped for good.
-    fn expect_completed(&self, target: &Vm) {
+    fn expect_completed(&mut self, target: &mut Vm) {
         let info = self.wait_migration_end();
         assert_eq!(info["status"], "completed", "{info}");
         assert_eq!(target.status(), "running");
         // The source's run state follows a moment after the migration's status (as in
         // QEMU, "finish-migrate" may still show in between).
-        wait_until("the source to show postmigrate", || {
+        harness::wait_for(PATIENCE, || {
             let status = self.status();
             assert!(
                 matches!(status.as_str(), "finish-migrate" | "postmigrate"),
                 "the source is {status} after a completed migration"
             );
-            status == "postmigrate"
-        });
+            (status == "postmigrate").then_some(())
+        })
+        .expect("timed out waiting for the source to show postmigrate");
     }
 }
 
@@ -460,11 +396,11 @@ impl Vm {
 fn assert_incoming_failed(target: &mut Vm) {
     let status = target.wait_exit();
     let err = target.stderr();
-    assert_eq!(status.code(), Some(1), "{}: {err}", target.name);
+    assert_eq!(status.code(), Some(1), "{}: {err}", target.name());
     assert!(
         err.contains("sevmirror: the incoming migration failed"),
         "{}: {err}",
-        target.name
+        target.name()
     );
     let console = target.console();
     assert!(console.contains("firmware: reset"), "no console: {console}");
@@ -478,58 +414,15 @@ fn assert_memory_intact(target: &Vm) {
     assert!(!console.contains("verify FAIL"), "{console}");
 }
 
-/// A TCP relay between source and target that records what the source sends.
-struct Relay {
-    port: u16,
-    capture: mpsc::Receiver<Vec<u8>>,
-}
-
-impl Relay {
-    /// Everything the source sent, once it closed the connection.
-    fn sent(&self) -> Vec<u8> {
-        self.capture
-            .recv_timeout(PATIENCE)
-            .expect("the source did not close the migration connection")
-    }
-}
-
+/// A recording relay to loopback port `to`.
 fn relay(to: u16) -> Relay {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let (done, capture) = mpsc::channel();
-    std::thread::spawn(move || {
-        let (mut from_source, _) = listener.accept().unwrap();
-        // The target may not listen yet: connect the moment it does.
-        let start = Instant::now();
-        let mut to_target = loop {
-            match TcpStream::connect(("127.0.0.1", to)) {
-                Ok(s) => break s,
-                Err(e) if start.elapsed() > PATIENCE => panic!("cannot reach the target: {e}"),
-                Err(_) => std::thread::sleep(Duration::from_millis(1)),
-            }
-        };
-        let (mut back_from, mut back_to) = (
-            to_target.try_clone().unwrap(),
-            from_source.try_clone().unwrap(),
-        );
-        std::thread::spawn(move || {
-            let _ = std::io::copy(&mut back_from, &mut back_to);
-            let _ = back_to.shutdown(Shutdown::Write);
-        });
-        let (mut sent, mut buf, mut forwarding) = (Vec::new(), vec![0u8; 1 << 16], true);
-        loop {
-            let n = match from_source.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
-            };
-            sent.extend_from_slice(&buf[..n]);
-            // Once the target is gone, keep recording what the source still sends.
-            forwarding = forwarding && to_target.write_all(&buf[..n]).is_ok();
-        }
-        let _ = to_target.shutdown(Shutdown::Write);
-        let _ = done.send(sent);
-    });
-    Relay { port, capture }
+    Relay::start(to, PATIENCE).unwrap()
+}
+
+/// Everything the source sent through `wire`, once it closed the connection.
+fn sent(wire: &Relay) -> Vec<u8> {
+    wire.sent(PATIENCE)
+        .expect("the source did not close the migration connection")
 }
 
 /// A port nobody listens on right now.
@@ -558,14 +451,14 @@ fn kvm_a_plain_guest_moves_to_the_target_with_its_memory_intact() {
         return;
     }
     let lab = Lab::new();
-    let src = lab.plain("src", "dirty");
+    let mut src = lab.plain("src", "dirty");
     src.wait_console("filled; rewriting");
     // The source is already waiting (through a relay) when the target starts, so the
     // stream arrives while the target's firmware may still be booting: the guest must
     // arrive intact all the same.
     let port = free_port();
     let wire = relay(port);
-    src.migrate(wire.port);
+    src.migrate(wire.port());
     let mut dst = lab.start(
         "dst",
         "128M",
@@ -573,7 +466,7 @@ fn kvm_a_plain_guest_moves_to_the_target_with_its_memory_intact() {
     );
     dst.wait_api();
 
-    src.expect_completed(&dst);
+    src.expect_completed(&mut dst);
     assert_memory_intact(&dst);
     // The target stays the guest's home: the source cannot run it again.
     assert!(src.try_ctl("cont", None).is_err());
@@ -597,7 +490,7 @@ fn kvm_an_sev_guests_secrets_and_private_memory_never_cross_the_wire_in_the_clea
         k
     };
     std::fs::write(lab.path("disk.key"), &disk_key).unwrap();
-    let src = lab.sev_running(
+    let mut src = lab.sev_running(
         "src",
         &["--workload", "canary"],
         &[format!("{DISK_GUID}:{}", lab.p("disk.key"))],
@@ -607,12 +500,12 @@ fn kvm_an_sev_guests_secrets_and_private_memory_never_cross_the_wire_in_the_clea
         console.contains(&format!("sev: secret {DISK_GUID}: 64 bytes")),
         "{console}"
     );
-    let dst = lab.sev_target("dst");
+    let mut dst = lab.sev_target("dst");
     let wire = relay(dst.port());
 
-    src.migrate_and_complete(&dst, wire.port);
+    src.migrate_and_complete(&mut dst, wire.port());
 
-    let sent = wire.sent();
+    let sent = sent(&wire);
     let migration_secret = std::fs::read(lab.path("mig.bin")).unwrap();
     assert_eq!(migration_secret.len(), 32);
     assert!(
@@ -648,10 +541,11 @@ fn kvm_when_the_target_dies_mid_migration_the_guest_keeps_running_and_can_move_l
         return;
     }
     let lab = Lab::sev();
-    let src = lab.sev_dirty_source();
+    let mut src = lab.sev_dirty_source();
     let mut doomed = lab.sev_target("doomed");
     src.slow_down(SLOW_BYTES_PER_SEC);
-    src.migrate(doomed.port());
+    let port = doomed.port();
+    src.migrate(port);
     src.wait_migration_active();
     doomed.kill();
 
@@ -661,8 +555,9 @@ fn kvm_when_the_target_dies_mid_migration_the_guest_keeps_running_and_can_move_l
     assert_eq!(src.status(), "running");
 
     src.slow_down(0);
-    let dst = lab.sev_target("dst");
-    src.migrate_and_complete(&dst, dst.port());
+    let mut dst = lab.sev_target("dst");
+    let port = dst.port();
+    src.migrate_and_complete(&mut dst, port);
     assert_memory_intact(&dst);
 }
 
@@ -677,7 +572,8 @@ fn kvm_when_the_source_dies_mid_migration_the_target_gives_up_without_running_a_
     let mut src = lab.sev_dirty_source();
     let mut dst = lab.sev_target("dst");
     src.slow_down(SLOW_BYTES_PER_SEC);
-    src.migrate(dst.port());
+    let port = dst.port();
+    src.migrate(port);
     src.wait_migration_active();
     src.kill();
 
@@ -709,7 +605,7 @@ fn kvm_a_target_booted_from_other_firmware_fails_attestation_and_gets_no_guest()
         return;
     }
     let lab = Lab::sev();
-    let src = lab.sev_dirty_source();
+    let mut src = lab.sev_dirty_source();
 
     lab.ok(&["firmware", "--out"], &[&lab.p("fw.bin")]);
     let image = std::fs::read(lab.path("fw.bin")).unwrap();
@@ -721,16 +617,17 @@ fn kvm_a_target_booted_from_other_firmware_fails_attestation_and_gets_no_guest()
         &["--incoming", "tcp:127.0.0.1:0", "--firmware", &other],
     );
     assert!(
-        !lab.verify(&dst, "0x1", None),
+        !lab.verify(&mut dst, "0x1", None),
         "the owner accepted a target that booted other firmware"
     );
     // The measurement differs because of the image and nothing else.
-    assert!(lab.verify(&dst, "0x1", Some(&lab.path("other.bin"))));
+    assert!(lab.verify(&mut dst, "0x1", Some(&lab.path("other.bin"))));
 
     // The host runs the target anyway, without the owner's secret.
     dst.ctl("cont", None);
     dst.wait_console("waiting for an incoming migration");
-    src.migrate(dst.port());
+    let port = dst.port();
+    src.migrate(port);
     let info = src.wait_migration_end();
     assert_eq!(info["status"], "failed", "{info}");
     let why = info["error-desc"].as_str().unwrap();
@@ -745,14 +642,15 @@ fn kvm_a_target_without_the_migration_secret_is_refused() {
         return;
     }
     let lab = Lab::sev();
-    let src = lab.sev_dirty_source();
+    let mut src = lab.sev_dirty_source();
     // Same firmware, and the owner would accept it, but it never got the secret.
     let mut dst = lab.sev_paused("dst", "0x1", &["--incoming", "tcp:127.0.0.1:0"]);
-    assert!(lab.verify(&dst, "0x1", None));
+    assert!(lab.verify(&mut dst, "0x1", None));
     dst.ctl("cont", None);
     dst.wait_console("waiting for an incoming migration");
 
-    src.migrate(dst.port());
+    let port = dst.port();
+    src.migrate(port);
     let info = src.wait_migration_end();
     assert_eq!(info["status"], "failed", "{info}");
     let why = info["error-desc"].as_str().unwrap();
@@ -767,17 +665,17 @@ fn kvm_a_target_with_other_memory_is_refused_before_any_page_moves() {
         return;
     }
     let lab = Lab::new();
-    let src = lab.plain("src", "dirty");
+    let mut src = lab.plain("src", "dirty");
     src.wait_console("filled; rewriting");
     let mut dst = lab.plain_target("dst", "64M");
     let wire = relay(dst.port());
 
-    src.migrate(wire.port);
+    src.migrate(wire.port());
     let info = src.wait_migration_end();
     assert_eq!(info["status"], "failed", "{info}");
     let why = info["error-desc"].as_str().unwrap();
     assert!(why.contains("guest RAM"), "{why}");
-    let sent = wire.sent().len();
+    let sent = sent(&wire).len();
     assert!(sent < PAGE, "{sent} bytes crossed before the refusal");
     assert_eq!(src.status(), "running");
     assert_incoming_failed(&mut dst);
@@ -789,11 +687,12 @@ fn kvm_migrate_cancel_leaves_the_guest_running_on_the_source() {
         return;
     }
     let lab = Lab::new();
-    let src = lab.plain("src", "dirty");
+    let mut src = lab.plain("src", "dirty");
     src.wait_console("filled; rewriting");
     let mut abandoned = lab.plain_target("abandoned", "128M");
     src.slow_down(SLOW_BYTES_PER_SEC);
-    src.migrate(abandoned.port());
+    let port = abandoned.port();
+    src.migrate(port);
     src.wait_migration_active();
     src.ctl("migrate_cancel", None);
 
@@ -804,8 +703,9 @@ fn kvm_migrate_cancel_leaves_the_guest_running_on_the_source() {
 
     // Nothing was lost: the guest still moves, whole.
     src.slow_down(0);
-    let dst = lab.plain_target("dst", "128M");
-    src.migrate_and_complete(&dst, dst.port());
+    let mut dst = lab.plain_target("dst", "128M");
+    let port = dst.port();
+    src.migrate_and_complete(&mut dst, port);
     assert_memory_intact(&dst);
 }
 
@@ -815,9 +715,9 @@ fn kvm_a_guest_whose_owner_forbids_sending_cannot_be_migrated() {
         return;
     }
     let lab = Lab::sev();
-    let src = lab.sev_paused("src", "0x9", &["--workload", "idle"]);
-    assert!(lab.verify(&src, "0x9", None));
-    lab.give_secrets_and_cont(&src, &[]);
+    let mut src = lab.sev_paused("src", "0x9", &["--workload", "idle"]);
+    assert!(lab.verify(&mut src, "0x9", None));
+    lab.give_secrets_and_cont(&mut src, &[]);
     src.wait_console("idle: halted");
 
     let info = src.ctl("query-migrate", None);

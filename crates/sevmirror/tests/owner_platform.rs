@@ -4,6 +4,7 @@
 //! whole owner round trip through `sevmirror run --sev --paused` and its control socket
 //! where KVM is present.
 
+use harness::process::{Channel, OnDrop, Spawn, VmmProcess};
 use sev_platform::{
     backend::{LaunchMeasurement, LaunchSession, SecretHeader, VmRef},
     certs::{SevCert, Usage, CERT_SIZE},
@@ -16,8 +17,8 @@ use std::{
     io::{BufRead, BufReader},
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
-    process::{Child, Command, Output, Stdio},
-    time::{Duration, Instant},
+    process::{Command, Output},
+    time::Duration,
 };
 
 const MIGRATION_GUID: &str = "dd785603-80b4-4e8d-abcf-5b10f9a32dde";
@@ -1019,30 +1020,21 @@ fn kvm_and_sev_run() -> bool {
     true
 }
 
-/// `sevmirror run` in the background; killed on drop.
-struct Vmm(Child);
-
-impl Drop for Vmm {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+/// How the harness starts `sevmirror run` here: driven by `sevmirror ctl`, killed when the
+/// test ends (or panics).
+fn spawner(dir: &Path) -> Spawn {
+    Spawn {
+        exe: env!("CARGO_BIN_EXE_sevmirror").into(),
+        dir: dir.to_path_buf(),
+        env: Vec::new(),
+        channel: Channel::Ctl,
+        on_drop: OnDrop::Kill,
     }
 }
 
-fn ctl(api: &str, cmd: &str, args: Option<&str>) -> serde_json::Value {
-    let mut v = vec!["ctl", "--api", api, cmd];
-    if let Some(a) = args {
-        v.push(a);
-    }
-    serde_json::from_str(&ok(&v)).unwrap()
-}
-
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+fn ctl(vmm: &mut VmmProcess, cmd: &str, args: Option<&str>) -> serde_json::Value {
+    let args = args.map(|a| serde_json::from_str(a).unwrap());
+    vmm.execute(cmd, args).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// The whole owner round trip with sevmirror's own tools: export PDH → owner session →
@@ -1056,17 +1048,14 @@ fn kvm_owner_round_trip_through_run_and_the_control_socket() {
     }
     let e = Env::new();
     e.session("0x1");
-    let api = e.p("api.sock");
-    let serial = e.p("serial.log");
-    let child = Command::new(env!("CARGO_BIN_EXE_sevmirror"))
-        .args([
-            "run",
+    let mut vmm = VmmProcess::spawn(
+        &spawner(&e.path("")),
+        "vm",
+        &[
             "--mem",
             "128M",
             "--workload",
             "idle",
-            "--serial",
-            &serial,
             "--sev",
             "--sev-backend",
             "emulated",
@@ -1079,27 +1068,13 @@ fn kvm_owner_round_trip_through_run_and_the_control_socket() {
             "--session-file",
             &e.p("session/vm_session.b64"),
             "--paused",
-            "--api",
-            &api,
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut vmm = Vmm(child);
-    wait_until("the control socket", Duration::from_secs(30), || {
-        if let Ok(Some(status)) = vmm.0.try_wait() {
-            let mut err = String::new();
-            if let Some(mut s) = vmm.0.stderr.take() {
-                std::io::Read::read_to_string(&mut s, &mut err).unwrap();
-            }
-            panic!("run exited with {status}: {err}");
-        }
-        Path::new(&api).exists()
-    });
-    let sev = ctl(&api, "query-sev", None);
+        ],
+        Duration::from_secs(30),
+    )
+    .unwrap_or_else(|err| panic!("{err}"));
+    let sev = ctl(&mut vmm, "query-sev", None);
     assert_eq!(sev["state"], "launch-secret", "{sev}");
-    let m = ctl(&api, "query-sev-launch-measure", None)["data"]
+    let m = ctl(&mut vmm, "query-sev-launch-measure", None)["data"]
         .as_str()
         .unwrap()
         .to_string();
@@ -1140,8 +1115,8 @@ fn kvm_owner_round_trip_through_run_and_the_control_socket() {
         &mig,
         "--json",
     ]);
-    ctl(&api, "sev-inject-launch-secret", Some(packet.trim()));
-    ctl(&api, "cont", None);
+    ctl(&mut vmm, "sev-inject-launch-secret", Some(packet.trim()));
+    ctl(&mut vmm, "cont", None);
     let want = [
         (DISK_GUID.to_string(), hex(&Sha256::digest(key))),
         (
@@ -1149,22 +1124,25 @@ fn kvm_owner_round_trip_through_run_and_the_control_socket() {
             hex(&Sha256::digest(std::fs::read(&mig).unwrap())),
         ),
     ];
-    wait_until("the guest's secret lines", Duration::from_secs(30), || {
-        let log = std::fs::read_to_string(&serial).unwrap_or_default();
-        want.iter().all(|(guid, sha)| {
-            BufReader::new(log.as_bytes())
-                .lines()
-                .map_while(Result::ok)
-                .any(|l| l.contains(&format!("sev: secret {guid}")) && l.contains(sha))
-        })
-    });
-    let log = std::fs::read_to_string(&serial).unwrap();
+    harness::wait_for(Duration::from_secs(30), || {
+        let log = vmm.console();
+        want.iter()
+            .all(|(guid, sha)| {
+                BufReader::new(log.as_bytes())
+                    .lines()
+                    .map_while(Result::ok)
+                    .any(|l| l.contains(&format!("sev: secret {guid}")) && l.contains(sha))
+            })
+            .then_some(())
+    })
+    .expect("timed out waiting for the guest's secret lines");
+    let log = vmm.console();
     for line in log.lines().filter(|l| l.contains("sev: secret")) {
         println!("guest: {line}");
     }
-    let sev = ctl(&api, "query-sev", None);
+    let sev = ctl(&mut vmm, "query-sev", None);
     assert_eq!(sev["state"], "running", "{sev}");
-    ctl(&api, "quit", None);
-    let status = vmm.0.wait().unwrap();
+    ctl(&mut vmm, "quit", None);
+    let status = vmm.wait_exit(Duration::from_secs(30)).unwrap();
     assert!(status.success(), "{status}");
 }

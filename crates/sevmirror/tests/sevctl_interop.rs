@@ -6,6 +6,7 @@
 //! in `/tmp/sevctl-install/bin`; without it every test prints SKIPPED and passes. CI
 //! installs it with `cargo install sevctl --version 0.6.2 --locked`.
 
+use harness::process::{Channel, OnDrop, Spawn, VmmProcess};
 use sev_platform::{
     backend::{LaunchMeasurement, LaunchSession, SecretHeader, VmRef},
     crypto::TransportKeys,
@@ -15,8 +16,8 @@ use sev_platform::{
 use sha2::{Digest, Sha256};
 use std::{
     path::{Path, PathBuf},
-    process::{Child, Command, Output, Stdio},
-    time::{Duration, Instant},
+    process::{Command, Output},
+    time::Duration,
 };
 
 const DISK_GUID: &str = "736869e5-84f0-4973-92ec-06879ce3da0b";
@@ -431,27 +432,9 @@ fn sevctl_secret_build_and_ours_are_the_same_packet() {
 
 // ---------------------------------------------------------------- through `run` (KVM)
 
-struct Vmm(Child);
-
-impl Drop for Vmm {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn ctl(api: &str, cmd: &str, args: Option<&str>) -> serde_json::Value {
-    let mut v = vec!["ctl", "--api", api, cmd];
-    v.extend(args);
-    serde_json::from_str(&sevmirror(&v)).unwrap()
-}
-
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+fn ctl(vmm: &mut VmmProcess, cmd: &str, args: Option<&str>) -> serde_json::Value {
+    let args = args.map(|a| serde_json::from_str(a).unwrap());
+    vmm.execute(cmd, args).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// The owner round trip with sevctl's tools only: `sevctl session` on our exported PDH →
@@ -472,16 +455,21 @@ fn kvm_sevctl_round_trip_through_run() {
     let e = Env::new(bin);
     e.export();
     e.sevctl(&["session", &e.p("export/pdh.cert"), "1"]);
-    let (api, serial) = (e.p("api.sock"), e.p("serial.log"));
-    let mut vmm = Vmm(Command::new(env!("CARGO_BIN_EXE_sevmirror"))
-        .args([
-            "run",
+    let spawn = Spawn {
+        exe: env!("CARGO_BIN_EXE_sevmirror").into(),
+        dir: e.path(""),
+        env: Vec::new(),
+        channel: Channel::Ctl,
+        on_drop: OnDrop::Kill,
+    };
+    let mut vmm = VmmProcess::spawn(
+        &spawn,
+        "vm",
+        &[
             "--mem",
             "128M",
             "--workload",
             "idle",
-            "--serial",
-            &serial,
             "--sev",
             "--sev-backend",
             "emulated",
@@ -494,19 +482,12 @@ fn kvm_sevctl_round_trip_through_run() {
             "--session-file",
             &e.p("vm_session.b64"),
             "--paused",
-            "--api",
-            &api,
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap());
-    wait_until("the control socket", Duration::from_secs(30), || {
-        assert!(vmm.0.try_wait().unwrap().is_none(), "run exited early");
-        Path::new(&api).exists()
-    });
-    let sev = ctl(&api, "query-sev", None);
-    let blob = ctl(&api, "query-sev-launch-measure", None)["data"]
+        ],
+        Duration::from_secs(30),
+    )
+    .unwrap_or_else(|err| panic!("{err}"));
+    let sev = ctl(&mut vmm, "query-sev", None);
+    let blob = ctl(&mut vmm, "query-sev-launch-measure", None)["data"]
         .as_str()
         .unwrap()
         .to_string();
@@ -553,15 +534,16 @@ fn kvm_sevctl_round_trip_through_run() {
         "secret": owner::encode_base64(&std::fs::read(&payload).unwrap()),
     })
     .to_string();
-    ctl(&api, "sev-inject-launch-secret", Some(&args));
-    ctl(&api, "cont", None);
+    ctl(&mut vmm, "sev-inject-launch-secret", Some(&args));
+    ctl(&mut vmm, "cont", None);
     let sha = hex(&Sha256::digest(b"sevctl-built secret for the VM!!"));
-    wait_until("the guest's secret line", Duration::from_secs(30), || {
-        std::fs::read_to_string(&serial)
-            .unwrap_or_default()
+    harness::wait_for(Duration::from_secs(30), || {
+        vmm.console()
             .lines()
             .any(|l| l.contains(&format!("sev: secret {DISK_GUID}")) && l.contains(&sha))
-    });
-    ctl(&api, "quit", None);
-    assert!(vmm.0.wait().unwrap().success());
+            .then_some(())
+    })
+    .expect("timed out waiting for the guest's secret line");
+    ctl(&mut vmm, "quit", None);
+    assert!(vmm.wait_exit(Duration::from_secs(30)).unwrap().success());
 }

@@ -3,46 +3,40 @@
 //! vCPUs, QEMU's plain precopy where it is installed — next to the machine's limits
 //! (AES-256-GCM on one core, loopback TCP). Figures are printed, never asserted.
 
-use crate::scenario::{self, Config, Outcome, Stage};
-use anyhow::{bail, Context};
-use clap::Args;
+use crate::{
+    cpu_seconds, json_u64,
+    scenario::{Config, Outcome, Stage},
+    wait_for, HarnessError, Result,
+};
 use qmp::QmpClient;
 use serde::Serialize;
 use serde_json::{json, Value};
 use std::{
+    fmt,
     io::{Read, Write},
     net::{TcpListener, TcpStream},
-    path::Path,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
-/// `sevmirror bench migrate`.
-#[derive(Args, Debug)]
-pub struct MigrateBenchArgs {
+/// What `bench migrate` measures.
+#[derive(Clone, Debug)]
+pub struct MigrateBench {
     /// Guest RAM of every run.
-    #[arg(long, default_value = "1G", value_parser = crate::cli::parse_mem_arg)]
     pub mem: u64,
     /// Measure helper migration with 1 to N helper vCPUs.
-    #[arg(long, default_value_t = 2, value_name = "N")]
     pub helpers: u16,
-    /// Pages per second the guest rewrites while it migrates (it first fills all its
-    /// memory with data; 1 is idle).
-    #[arg(long, default_value_t = 1, value_name = "PAGES")]
+    /// Pages per second the guest rewrites while it migrates (1 is idle).
     pub dirty_rate: u64,
     /// Runs per configuration; the row is the median by total time.
-    #[arg(long, default_value_t = 1, value_name = "N")]
     pub runs: u32,
-    /// Seconds to wait between runs: freed memory stays fast for a while on these
-    /// machines, and a run right after another would measure that instead.
-    #[arg(long, default_value_t = 8, value_name = "SECS")]
-    pub settle: u64,
-    /// Skip QEMU even where qemu-system-x86_64 is installed.
-    #[arg(long)]
+    /// Pause between runs: freed memory stays fast for a while on these machines.
+    pub settle: Duration,
+    /// Skip QEMU even where it is installed.
     pub no_qemu: bool,
-    /// Print one JSON object instead of a table.
-    #[arg(long)]
-    pub json: bool,
+    /// The `sevmirror` executable that runs each VMM.
+    pub exe: PathBuf,
 }
 
 /// One configuration's figures.
@@ -76,23 +70,33 @@ pub struct Limits {
     pub tcp_gib_s: f64,
 }
 
+/// The figures of `bench migrate`.
 #[derive(Debug, Serialize)]
-struct Report {
-    mem_bytes: u64,
-    dirty_rate_pages_s: u64,
-    runs: u32,
-    cpus: usize,
-    rows: Vec<Row>,
-    limits: Limits,
+pub struct MigrateReport {
+    /// Guest RAM.
+    pub mem_bytes: u64,
+    /// Pages per second the guest rewrote.
+    pub dirty_rate_pages_s: u64,
+    /// Runs per row.
+    pub runs: u32,
+    /// CPUs of this machine.
+    pub cpus: usize,
+    /// One row per configuration.
+    pub rows: Vec<Row>,
+    /// The machine's limits.
+    pub limits: Limits,
 }
 
 const GIB: f64 = (1u64 << 30) as f64;
 
 /// Loopback TCP throughput: one connection, 1 MiB writes, `total` bytes.
-pub fn tcp_gib_s(total: usize) -> anyhow::Result<f64> {
+pub fn tcp_gib_s(total: usize) -> Result<f64> {
     const CHUNK: usize = 1 << 20;
-    let listener = TcpListener::bind("127.0.0.1:0").context("cannot listen on loopback")?;
-    let addr = listener.local_addr()?;
+    let listener =
+        TcpListener::bind("127.0.0.1:0").map_err(HarnessError::io("cannot listen on loopback"))?;
+    let addr = listener
+        .local_addr()
+        .map_err(HarnessError::io("cannot listen on loopback"))?;
     let reader = std::thread::spawn(move || -> std::io::Result<usize> {
         let (mut s, _) = listener.accept()?;
         let mut buf = vec![0u8; CHUNK];
@@ -104,20 +108,24 @@ pub fn tcp_gib_s(total: usize) -> anyhow::Result<f64> {
             }
         }
     });
-    let mut s = TcpStream::connect(addr).context("cannot connect on loopback")?;
+    let mut s = TcpStream::connect(addr).map_err(HarnessError::io("cannot connect on loopback"))?;
     let data = vec![0x5au8; CHUNK];
     let t0 = Instant::now();
     let mut sent = 0;
     while sent < total {
-        s.write_all(&data)?;
+        s.write_all(&data)
+            .map_err(HarnessError::io("cannot write on loopback"))?;
         sent += CHUNK;
     }
     drop(s);
     let got = reader
         .join()
-        .map_err(|_| anyhow::anyhow!("the loopback reader panicked"))??;
+        .map_err(|_| HarnessError::Unexpected("the loopback reader panicked".into()))?
+        .map_err(HarnessError::io("cannot read on loopback"))?;
     if got != sent {
-        bail!("loopback lost bytes: {got} of {sent}");
+        return Err(HarnessError::Unexpected(format!(
+            "loopback lost bytes: {got} of {sent}"
+        )));
     }
     Ok(sent as f64 / t0.elapsed().as_secs_f64() / GIB)
 }
@@ -147,8 +155,8 @@ fn measure(
     runs: u32,
     settle: Duration,
     first: &mut bool,
-    mut f: impl FnMut() -> anyhow::Result<Row>,
-) -> anyhow::Result<Row> {
+    mut f: impl FnMut() -> Result<Row>,
+) -> Result<Row> {
     let mut rows = Vec::new();
     for _ in 0..runs.max(1) {
         if !std::mem::take(first) {
@@ -156,7 +164,7 @@ fn measure(
         }
         rows.push(f()?);
     }
-    median(rows).context("no run")
+    median(rows).ok_or_else(|| HarnessError::Unexpected("no run".into()))
 }
 
 /// A QEMU process with its QMP socket.
@@ -191,7 +199,7 @@ fn spawn_qemu(
     mem: u64,
     dirty_rate: u64,
     extra: &[String],
-) -> anyhow::Result<Qemu> {
+) -> Result<Qemu> {
     let sock = dir.join(format!("{name}.qmp"));
     let mut cmd = Command::new("qemu-system-x86_64");
     cmd.args(["-accel", "kvm", "-cpu", "host,-arch-capabilities"])
@@ -210,8 +218,10 @@ fn spawn_qemu(
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    let mut child = cmd.spawn().context("cannot start qemu-system-x86_64")?;
-    let qmp = scenario::wait_for(Duration::from_secs(20), || {
+    let mut child = cmd
+        .spawn()
+        .map_err(HarnessError::io("cannot start qemu-system-x86_64"))?;
+    let qmp = wait_for(Duration::from_secs(20), || {
         if let Ok(Some(_)) = child.try_wait() {
             return Some(None);
         }
@@ -225,7 +235,9 @@ fn spawn_qemu(
         None => {
             let _ = child.kill();
             let _ = child.wait();
-            bail!("QEMU ({name}) did not start")
+            Err(HarnessError::Unexpected(format!(
+                "QEMU ({name}) did not start"
+            )))
         }
     }
 }
@@ -241,19 +253,24 @@ fn rss(pid: u32) -> u64 {
         .map_or(0, |kb| kb << 10)
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+fn free_port() -> Result<u16> {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(HarnessError::io("cannot find a free port"))
 }
 
 /// QEMU's own plain precopy of our firmware's dirty workload (it fills its RAM, then
 /// rewrites at the given rate), max-bandwidth unlimited; `prealloc` prefaults the
 /// target's RAM (-mem-prealloc).
-fn qemu_row(args: &MigrateBenchArgs, prealloc: bool) -> anyhow::Result<Row> {
+fn qemu_row(args: &MigrateBench, prealloc: bool) -> Result<Row> {
     let dir = tempfile::Builder::new()
         .prefix("sevmirror-bench-qemu-")
-        .tempdir()?;
+        .tempdir()
+        .map_err(HarnessError::io("cannot create a working directory"))?;
     let firmware = dir.path().join("firmware.bin");
-    std::fs::write(&firmware, firmware_image::IMAGE)?;
+    std::fs::write(&firmware, firmware_image::IMAGE)
+        .map_err(HarnessError::io("cannot write the firmware image"))?;
     let port = free_port()?;
     let mut incoming = vec!["-incoming".to_string(), format!("tcp:127.0.0.1:{port}")];
     if prealloc {
@@ -278,27 +295,42 @@ fn qemu_row(args: &MigrateBenchArgs, prealloc: bool) -> anyhow::Result<Row> {
     // Its console is not visible under QEMU: the guest has filled its memory once the
     // process holds it all.
     let pid = source.child.id();
-    if scenario::wait_for(Duration::from_secs(60), || {
+    if wait_for(Duration::from_secs(60), || {
         (rss(pid) >= args.mem * 95 / 100).then_some(())
     })
     .is_none()
     {
-        bail!("the QEMU guest did not fill its memory in time");
+        return Err(HarnessError::Timeout(
+            "the QEMU guest to fill its memory".into(),
+        ));
     }
     std::thread::sleep(Duration::from_millis(500));
-    source.qmp.execute(
-        "migrate-set-parameters",
-        json!({ "max-bandwidth": 100u64 << 30 }),
-    )?;
-    let cpu = |s: &Qemu, t: &Qemu| {
-        scenario::cpu_seconds(s.child.id()) + scenario::cpu_seconds(t.child.id())
+    let qmp = |what: &str| {
+        let command = what.to_string();
+        move |source| HarnessError::Qmp {
+            vmm: "QEMU".into(),
+            command,
+            source,
+        }
     };
+    source
+        .qmp
+        .execute(
+            "migrate-set-parameters",
+            json!({ "max-bandwidth": 100u64 << 30 }),
+        )
+        .map_err(qmp("migrate-set-parameters"))?;
+    let cpu = |s: &Qemu, t: &Qemu| cpu_seconds(s.child.id()) + cpu_seconds(t.child.id());
     let cpu_before = cpu(&source, &target);
     source
         .qmp
-        .execute("migrate", json!({ "uri": format!("tcp:127.0.0.1:{port}") }))?;
+        .execute("migrate", json!({ "uri": format!("tcp:127.0.0.1:{port}") }))
+        .map_err(qmp("migrate"))?;
     let info = loop {
-        let info = source.qmp.execute("query-migrate", Value::Null)?;
+        let info = source
+            .qmp
+            .execute("query-migrate", Value::Null)
+            .map_err(qmp("query-migrate"))?;
         match info["status"].as_str() {
             Some("completed" | "failed" | "cancelled") => break info,
             _ => std::thread::sleep(Duration::from_millis(25)),
@@ -310,7 +342,7 @@ fn qemu_row(args: &MigrateBenchArgs, prealloc: bool) -> anyhow::Result<Row> {
         .execute("query-status", Value::Null)
         .ok()
         .and_then(|v| v["status"].as_str().map(str::to_string));
-    let n = |path: &[&str]| scenario::json_u64(&info, path);
+    let n = |path: &[&str]| json_u64(&info, path);
     let total_ms = n(&["total-time"]);
     Ok(Row {
         name: if prealloc { "qemu-prealloc" } else { "qemu" }.to_string(),
@@ -340,17 +372,14 @@ fn qemu_installed() -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// `sevmirror bench migrate`.
-pub fn run(args: &MigrateBenchArgs) -> anyhow::Result<()> {
+/// Runs `bench migrate`; `say` hears each step and row.
+pub fn run(args: &MigrateBench, mut say: impl FnMut(String)) -> Result<MigrateReport> {
     if args.helpers == 0 || usize::from(args.helpers) > helper_abi::MAX_HELPER_VCPUS {
-        bail!("--helpers must be 1 to {}", helper_abi::MAX_HELPER_VCPUS);
+        return Err(HarnessError::Usage(format!(
+            "--helpers must be 1 to {}",
+            helper_abi::MAX_HELPER_VCPUS
+        )));
     }
-    let say = |line: String| {
-        if !args.json {
-            eprintln!("bench: {line}");
-        }
-    };
-    let settle = Duration::from_secs(args.settle);
     let mut first = true;
     let mut rows = Vec::new();
     let config = |sev: bool, helpers: u16| Config {
@@ -361,74 +390,99 @@ pub fn run(args: &MigrateBenchArgs) -> anyhow::Result<()> {
         sev,
         downtime_limit_ms: None,
         warmup: Duration::from_millis(500),
+        exe: args.exe.clone(),
     };
-    let ours = |name: String, sev: bool, helpers: u16| -> anyhow::Result<Row> {
+    let ours = |name: String, sev: bool, helpers: u16| -> Result<Row> {
         let outcome = Stage::new(config(sev, helpers))?.run(|_| {})?;
         Ok(row_from(name, &outcome))
     };
-    let mut push = |row: Row| {
+    let mut push = |row: Row, say: &mut dyn FnMut(String)| {
         say(format!(
             "{}: {:.2} GiB/s, {} ms, downtime {} ms, {:.2} CPU s, {}",
             row.name, row.throughput_gib_s, row.total_ms, row.downtime_ms, row.cpu_s, row.verdict
         ));
         rows.push(row);
     };
-    push(measure(args.runs, settle, &mut first, || {
-        ours("plain".into(), false, 1)
-    })?);
+    push(
+        measure(args.runs, args.settle, &mut first, || {
+            ours("plain".into(), false, 1)
+        })?,
+        &mut say,
+    );
     for n in 1..=args.helpers {
-        push(measure(args.runs, settle, &mut first, || {
-            ours(format!("helper-{n}"), true, n)
-        })?);
+        push(
+            measure(args.runs, args.settle, &mut first, || {
+                ours(format!("helper-{n}"), true, n)
+            })?,
+            &mut say,
+        );
     }
     if !args.no_qemu && qemu_installed() {
         for prealloc in [false, true] {
-            match measure(args.runs, settle, &mut first, || qemu_row(args, prealloc)) {
-                Ok(row) => push(row),
-                Err(e) => say(format!("QEMU run skipped: {e:#}")),
+            match measure(args.runs, args.settle, &mut first, || {
+                qemu_row(args, prealloc)
+            }) {
+                Ok(row) => push(row, &mut say),
+                Err(e) => say(format!("QEMU run skipped: {}", chain(&e))),
             }
         }
     } else if !args.no_qemu {
         say("qemu-system-x86_64 is not installed (Debian: qemu-system-x86): no QEMU row".into());
     }
     let limits = Limits {
-        aes_gcm_gib_s: crate::bench::aes_gcm_mib_s(Duration::from_secs(1)) / 1024.0,
+        aes_gcm_gib_s: crate::bench_helper::aes_gcm_mib_s(Duration::from_secs(1)) / 1024.0,
         tcp_gib_s: tcp_gib_s(4 << 30)?,
     };
-    let report = Report {
+    Ok(MigrateReport {
         mem_bytes: args.mem,
         dirty_rate_pages_s: args.dirty_rate,
         runs: args.runs,
         cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
         rows,
         limits,
-    };
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-        return Ok(());
+    })
+}
+
+/// An error and its causes on one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut e = e;
+    while let Some(next) = e.source() {
+        s.push_str(": ");
+        s.push_str(&next.to_string());
+        e = next;
     }
-    println!(
-        "live migration over loopback, {} MiB guest, dirty workload at {} pages/s, {} CPU(s), median of {} run(s)",
-        args.mem >> 20,
-        args.dirty_rate,
-        report.cpus,
-        args.runs
-    );
-    println!(
-        "{:<14} {:>9} {:>9} {:>10} {:>7} {:>7} {:>10}",
-        "", "GiB/s", "total ms", "downtime", "CPU s", "rounds", "verdict"
-    );
-    for r in &report.rows {
-        println!(
-            "{:<14} {:>9.2} {:>9} {:>10} {:>7.2} {:>7} {:>10}",
-            r.name, r.throughput_gib_s, r.total_ms, r.downtime_ms, r.cpu_s, r.rounds, r.verdict
-        );
+    s
+}
+
+impl fmt::Display for MigrateReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "live migration over loopback, {} MiB guest, dirty workload at {} pages/s, {} CPU(s), median of {} run(s)",
+            self.mem_bytes >> 20,
+            self.dirty_rate_pages_s,
+            self.cpus,
+            self.runs
+        )?;
+        writeln!(
+            f,
+            "{:<14} {:>9} {:>9} {:>10} {:>7} {:>7} {:>10}",
+            "", "GiB/s", "total ms", "downtime", "CPU s", "rounds", "verdict"
+        )?;
+        for r in &self.rows {
+            writeln!(
+                f,
+                "{:<14} {:>9.2} {:>9} {:>10} {:>7.2} {:>7} {:>10}",
+                r.name, r.throughput_gib_s, r.total_ms, r.downtime_ms, r.cpu_s, r.rounds, r.verdict
+            )?;
+        }
+        write!(
+            f,
+            "limits: AES-256-GCM one core {:.2} GiB/s (the helper's code, in-process); loopback TCP {:.2} GiB/s",
+            self.limits.aes_gcm_gib_s, self.limits.tcp_gib_s
+        )
     }
-    println!(
-        "limits: AES-256-GCM one core {:.2} GiB/s (the helper's code, in-process); loopback TCP {:.2} GiB/s",
-        report.limits.aes_gcm_gib_s, report.limits.tcp_gib_s
-    );
-    Ok(())
 }
 
 #[cfg(test)]

@@ -1,0 +1,412 @@
+//! `sevmirror bench helper`: figures, printed, never asserted.
+//!
+//! It measures the migration helper itself: an SEV guest (on the emulated
+//! platform) fills its memory with data, a mirror VM's helper vCPUs seal every private page
+//! (EXPORT) in batches of several sizes, and a second guest's helper opens them (IMPORT).
+//! Next to it, the same AES-256-GCM code sealing pages in this process: the helper's limit.
+
+use crate::{HarnessError, Result};
+use guest_abi::{fwcfg, layout};
+use helper_abi::{
+    mailbox::{Op, Request, Role},
+    record::PAGE_RECORD_SIZE,
+    MIGRATION_SECRET_GUID,
+};
+use serde::Serialize;
+use sev_platform::{emulated::EmulatedPsp, owner, Policy, SevBackend};
+use std::{
+    fmt,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+use vmm::{
+    memory::Visibility,
+    mirror::{HelperVcpu, Mirror},
+    sev::{HypercallTransport, SevConfig},
+    ConsoleOut, Firmware, KvmSystem, Vm, VmConfig,
+};
+
+/// What `bench helper` measures.
+#[derive(Clone, Debug)]
+pub struct HelperBench {
+    /// Guest RAM (filled with data before measuring).
+    pub mem: u64,
+    /// Most helper vCPUs to measure with (1..=N).
+    pub helpers: u16,
+    /// Batch sizes to measure.
+    pub batches: Vec<u32>,
+}
+
+/// One measurement.
+#[derive(Debug, Serialize)]
+pub struct HelperRow {
+    /// "export" or "import".
+    pub op: &'static str,
+    /// Helper vCPUs.
+    pub helpers: u16,
+    /// Pages per request.
+    pub batch: u32,
+    /// Pages moved.
+    pub pages: u64,
+    /// Pages per second.
+    pub pages_per_s: f64,
+    /// MiB of guest memory per second.
+    pub mib_per_s: f64,
+}
+
+/// The figures of `bench helper`.
+#[derive(Debug, Serialize)]
+pub struct HelperReport {
+    /// One row per operation, helper count and batch size.
+    pub rows: Vec<HelperRow>,
+    /// AES-256-GCM over 4 KiB pages in this process, one core, with the helper's code.
+    pub aes_gcm_mib_s: f64,
+    /// Guest RAM.
+    pub mem_bytes: u64,
+    /// Pages the helper sealed and opened in each row.
+    #[serde(skip)]
+    pub private_pages: usize,
+}
+
+/// A guest whose memory is full of data, launched by an owner with a migration secret.
+fn guest(
+    kvm: &KvmSystem,
+    psp: &Arc<EmulatedPsp>,
+    mem: u64,
+    workload: &str,
+    helpers: u16,
+) -> Result<(Vm, Mirror)> {
+    let policy = Policy(0);
+    let session =
+        owner::session(&psp.export_certs()?.pdh, policy).map_err(|source| HarnessError::Owner {
+            what: "cannot make a session",
+            source,
+        })?;
+    let backend: Arc<dyn SevBackend> = psp.clone();
+    let (console, out) = ConsoleOut::capture();
+    let mut vm = Vm::new(
+        kvm,
+        VmConfig {
+            mem_size: mem,
+            vcpus: 1,
+            firmware: Firmware::load(firmware_image::IMAGE.to_vec())?,
+            console,
+            fw_cfg_files: vec![
+                (fwcfg::FILE_WORKLOAD.into(), workload.as_bytes().to_vec()),
+                (fwcfg::FILE_DIRTY_RATE.into(), b"1".to_vec()),
+            ],
+            sev: Some(SevConfig {
+                backend,
+                policy,
+                session: Some(session.launch_session()),
+                transport: HypercallTransport::ServicesPage,
+            }),
+        },
+    )?;
+    let started = vm.sev_launch_start()?;
+    let measured = vm.sev_launch_measure(started)?;
+    let secret = owner::secret(
+        &session.keys,
+        &measured.measurement(),
+        &[(
+            fwtable::Guid::from_bytes(MIGRATION_SECRET_GUID),
+            vec![0x42; 32],
+        )],
+    )
+    .map_err(|source| HarnessError::Owner {
+        what: "cannot build the secret",
+        source,
+    })?;
+    vm.sev_inject_secret(&measured, &secret.header, &secret.ciphertext, None)?;
+    vm.sev_launch_finish(measured)?;
+    vm.start()?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let ready = if workload == "dirty" {
+        "dirty: "
+    } else {
+        "helper ready"
+    };
+    while !String::from_utf8_lossy(&out.lock().unwrap_or_else(|p| p.into_inner())).contains(ready) {
+        if Instant::now() > deadline {
+            return Err(HarnessError::Timeout(format!(
+                "the {workload} guest to come up"
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mirror = vm.attach_mirror(kvm, helpers)?;
+    Ok((vm, mirror))
+}
+
+/// The pages the helper may seal: RAM outside its region that the guest keeps private.
+fn private_pages(vm: &Vm, region: (u64, u64)) -> Vec<u64> {
+    let view = vm.host_view();
+    let states = view.page_states().cloned();
+    let mem = vm.ram_regions();
+    let mut out = Vec::new();
+    let mut index = 0u64;
+    for r in mem {
+        for p in 0..r.size / layout::PAGE_SIZE {
+            let gpa = r.gpa + p * layout::PAGE_SIZE;
+            let private = states
+                .as_ref()
+                .is_none_or(|s| s.get(index) == Visibility::Private);
+            if private && !(gpa >= region.0 && gpa < region.0 + region.1) {
+                out.push(gpa);
+            }
+            index += 1;
+        }
+    }
+    out
+}
+
+fn keys(h: &mut HelperVcpu, role: Role, nonce: [u8; 16]) -> Result<[u8; 16]> {
+    let r = h.call_ok(
+        Request {
+            op: Op::KEYS.0,
+            role: role.0,
+            session_id: [0xbe; 16],
+            peer_nonce: nonce,
+            ..Request::default()
+        },
+        &[],
+    )?;
+    Ok(r.nonce)
+}
+
+fn reset(h: &mut HelperVcpu) -> Result<()> {
+    h.call_ok(
+        Request {
+            op: Op::RESET.0,
+            ..Request::default()
+        },
+        &[],
+    )?;
+    Ok(())
+}
+
+/// Exports `pages` split across `helpers` (one thread each), keeping each batch's
+/// records when `keep`; returns the elapsed time and the records per lane.
+fn export(
+    helpers: &mut [HelperVcpu],
+    pages: &[u64],
+    batch: u32,
+    keep: bool,
+) -> Result<(Duration, Vec<Vec<Vec<u8>>>)> {
+    let n = helpers.len();
+    let per = pages.len().div_ceil(n);
+    let t0 = Instant::now();
+    let results: Vec<Result<Vec<Vec<u8>>>> = std::thread::scope(|s| {
+        let handles: Vec<_> = helpers
+            .iter_mut()
+            .zip(pages.chunks(per))
+            .map(|(h, share)| {
+                s.spawn(move || -> Result<Vec<Vec<u8>>> {
+                    let mut kept = Vec::new();
+                    for chunk in share.chunks(batch as usize) {
+                        let r = h.call_ok(
+                            Request {
+                                op: Op::EXPORT.0,
+                                count: chunk.len() as u32,
+                                round: 1,
+                                ..Request::default()
+                            },
+                            chunk,
+                        )?;
+                        if keep {
+                            let mut records = vec![0u8; r.bytes as usize];
+                            h.read_window(0, 0, &mut records)?;
+                            kept.push(records);
+                        }
+                    }
+                    Ok(kept)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(HarnessError::Unexpected("a helper thread panicked".into()))
+                })
+            })
+            .collect()
+    });
+    let elapsed = t0.elapsed();
+    let lanes = results.into_iter().collect::<Result<Vec<_>>>()?;
+    Ok((elapsed, lanes))
+}
+
+fn import(helpers: &mut [HelperVcpu], lanes: &[Vec<Vec<u8>>]) -> Result<Duration> {
+    let t0 = Instant::now();
+    let results: Vec<Result<()>> = std::thread::scope(|s| {
+        let handles: Vec<_> = helpers
+            .iter_mut()
+            .zip(lanes)
+            .map(|(h, batches)| {
+                s.spawn(move || -> Result<()> {
+                    for records in batches {
+                        h.write_window(1, 0, records)?;
+                        let count = helper_abi::record::walk(records, records.len()).count() as u32;
+                        h.call_ok(
+                            Request {
+                                op: Op::IMPORT.0,
+                                window: 1,
+                                count,
+                                bytes: records.len() as u32,
+                                ..Request::default()
+                            },
+                            &[],
+                        )?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(HarnessError::Unexpected("a helper thread panicked".into()))
+                })
+            })
+            .collect()
+    });
+    results.into_iter().collect::<Result<()>>()?;
+    Ok(t0.elapsed())
+}
+
+/// AES-256-GCM over 4 KiB pages in this process, with the helper's own code: MiB/s.
+pub fn aes_gcm_mib_s(duration: Duration) -> f64 {
+    use helper_abi::record::{Kind, RecordHeader};
+    let key = mirror_helper::crypto::RecordKey::new(&[7; 32], [1; 16]);
+    let mut page = [0x5au8; 4096];
+    let t0 = Instant::now();
+    let mut n = 0u64;
+    while t0.elapsed() < duration {
+        for _ in 0..256 {
+            let header = RecordHeader {
+                kind: Kind::PAGE,
+                lane: 0,
+                flags: 0,
+                round: 1,
+                gpa: n * 4096,
+                version: 1,
+                len: 4096,
+                seq: n,
+            };
+            std::hint::black_box(key.seal(&header, &mut page));
+            n += 1;
+        }
+    }
+    (n * 4096) as f64 / t0.elapsed().as_secs_f64() / (1 << 20) as f64
+}
+
+fn row(op: &'static str, helpers: u16, batch: u32, pages: u64, t: Duration) -> HelperRow {
+    let s = t.as_secs_f64().max(1e-9);
+    HelperRow {
+        op,
+        helpers,
+        batch,
+        pages,
+        pages_per_s: pages as f64 / s,
+        mib_per_s: (pages * 4096) as f64 / s / (1 << 20) as f64,
+    }
+}
+
+/// Runs `bench helper`; `progress` hears each step.
+pub fn run(bench: &HelperBench, mut progress: impl FnMut(&str)) -> Result<HelperReport> {
+    if bench.helpers == 0 || bench.helpers as usize > helper_abi::MAX_HELPER_VCPUS {
+        return Err(HarnessError::Usage(format!(
+            "--helpers must be 1 to {}",
+            helper_abi::MAX_HELPER_VCPUS
+        )));
+    }
+    if let Some(b) = bench
+        .batches
+        .iter()
+        .find(|&&b| b == 0 || b as usize > helper_abi::MAX_BATCH)
+    {
+        return Err(HarnessError::Usage(format!(
+            "batch size {b} is out of range (1 to {})",
+            helper_abi::MAX_BATCH
+        )));
+    }
+    let kvm = KvmSystem::open()?;
+    let dir = tempfile::tempdir().map_err(HarnessError::io(
+        "cannot create a temporary platform directory",
+    ))?;
+    let psp = Arc::new(EmulatedPsp::open(&dir.path().join("platform"))?);
+    progress("starting the source guest and filling its memory");
+    let (src_vm, mut src) = guest(&kvm, &psp, bench.mem, "dirty", bench.helpers)?;
+    progress("starting the target guest");
+    let (_dst_vm, mut dst) = guest(&kvm, &psp, bench.mem, "idle", bench.helpers)?;
+    let region = (src.info().region_base, src.info().region_size);
+    let pages = private_pages(&src_vm, region);
+    let mut rows = Vec::new();
+    for n in 1..=bench.helpers {
+        for &batch in &bench.batches {
+            let (s, d) = (
+                &mut src.helpers_mut()[..n as usize],
+                &mut dst.helpers_mut()[..n as usize],
+            );
+            for h in s.iter_mut().chain(d.iter_mut()) {
+                reset(h)?;
+            }
+            // Export twice: timed without keeping records (the helper's speed), then in a
+            // fresh session keeping them for the timed import.
+            keys(&mut s[0], Role::SOURCE, [0; 16])?;
+            let (t, _) = export(s, &pages, batch, false)?;
+            rows.push(row("export", n, batch, pages.len() as u64, t));
+            progress(&format!(
+                "export: {n} helper(s), batch {batch}: {:.0} MiB/s",
+                rows.last().map_or(0.0, |r| r.mib_per_s)
+            ));
+            reset(&mut s[0])?;
+            let nonce = keys(&mut s[0], Role::SOURCE, [0; 16])?;
+            keys(&mut d[0], Role::TARGET, nonce)?;
+            let (_, lanes) = export(s, &pages, batch, true)?;
+            let t = import(d, &lanes)?;
+            rows.push(row("import", n, batch, pages.len() as u64, t));
+            progress(&format!(
+                "import: {n} helper(s), batch {batch}: {:.0} MiB/s",
+                rows.last().map_or(0.0, |r| r.mib_per_s)
+            ));
+        }
+    }
+    Ok(HelperReport {
+        rows,
+        aes_gcm_mib_s: aes_gcm_mib_s(Duration::from_secs(1)),
+        mem_bytes: bench.mem,
+        private_pages: pages.len(),
+    })
+}
+
+impl fmt::Display for HelperReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "migration helper, {} MiB guest ({} private pages), record {} bytes per page",
+            self.mem_bytes >> 20,
+            self.private_pages,
+            PAGE_RECORD_SIZE
+        )?;
+        writeln!(
+            f,
+            "{:<7} {:>7} {:>6} {:>12} {:>10}",
+            "op", "helpers", "batch", "pages/s", "MiB/s"
+        )?;
+        for r in &self.rows {
+            writeln!(
+                f,
+                "{:<7} {:>7} {:>6} {:>12.0} {:>10.0}",
+                r.op, r.helpers, r.batch, r.pages_per_s, r.mib_per_s
+            )?;
+        }
+        write!(
+            f,
+            "AES-256-GCM, one core, 4 KiB pages, same code in-process: {:.0} MiB/s",
+            self.aes_gcm_mib_s
+        )
+    }
+}

@@ -1,0 +1,126 @@
+//! The guest owner, in this process: it holds the transport keys of each launch and the
+//! migration secret, and gives a VM that secret only after its launch measurement matched
+//! the firmware the owner expects. The VMMs only ever see what a host sees.
+
+use crate::{process::VmmProcess, HarnessError, Result};
+use serde_json::{json, Value};
+use sev_platform::{
+    crypto::{random_bytes, TransportKeys},
+    measure::FirmwareVersion,
+    owner::{self, Measured},
+    Policy,
+};
+use std::path::{Path, PathBuf};
+
+/// The policy the owner asks for: QEMU's default (no debugging).
+pub const POLICY: Policy = Policy(Policy::NODBG);
+
+/// A guest owner with one migration secret for all its VMs.
+pub struct Owner {
+    pdh: Vec<u8>,
+    migration_secret: [u8; 32],
+}
+
+/// One launch session: the keys the owner keeps, the files the host gets.
+pub struct Session {
+    /// The transport keys (owner side only).
+    pub keys: TransportKeys,
+    /// The owner's DH certificate, base64 (`--dh-cert-file`).
+    pub godh: PathBuf,
+    /// The session blob, base64 (`--session-file`).
+    pub session: PathBuf,
+}
+
+impl Owner {
+    /// An owner of guests on the platform whose PDH is `pdh`, with a fresh migration secret.
+    pub fn new(pdh: Vec<u8>) -> Result<Owner> {
+        Ok(Owner {
+            pdh,
+            migration_secret: random_bytes::<32>()?,
+        })
+    }
+
+    /// Makes a session for the next VM, writing the host's two files into `dir`.
+    pub fn session(&self, dir: &Path, name: &str) -> Result<Session> {
+        let s = owner::session(&self.pdh, POLICY).map_err(|source| HarnessError::Owner {
+            what: "cannot make a session",
+            source,
+        })?;
+        let files = s
+            .write_files(dir, name)
+            .map_err(|source| HarnessError::Owner {
+                what: "cannot write the session",
+                source,
+            })?;
+        Ok(Session {
+            keys: s.keys,
+            godh: files.godh,
+            session: files.session,
+        })
+    }
+
+    /// The `run` options that launch a VM with `session` under this owner's policy.
+    pub fn run_args(session: &Session) -> Vec<String> {
+        vec![
+            "--sev".into(),
+            "--paused".into(),
+            "--policy".into(),
+            format!("{:#x}", POLICY.0),
+            "--dh-cert-file".into(),
+            session.godh.display().to_string(),
+            "--session-file".into(),
+            session.session.display().to_string(),
+        ]
+    }
+
+    /// Checks the VM's launch measurement and, only if it matches the embedded firmware,
+    /// injects the migration secret and lets the launch finish.
+    pub fn attest_and_start(&self, vm: &mut VmmProcess, keys: &TransportKeys) -> Result<()> {
+        let data = vm.measurement()?;
+        let sev = vm.execute("query-sev", None)?;
+        let field = |k: &str| sev[k].as_u64().and_then(|v| u8::try_from(v).ok());
+        let version = match (field("api-major"), field("api-minor"), field("build-id")) {
+            (Some(api_major), Some(api_minor), Some(build)) => FirmwareVersion {
+                api_major,
+                api_minor,
+                build,
+            },
+            _ => {
+                return Err(HarnessError::Unexpected(format!(
+                    "{}: query-sev has no platform version: {sev}",
+                    vm.name()
+                )))
+            }
+        };
+        let measurement = owner::verify(
+            Measured::Firmware(firmware_image::IMAGE),
+            version,
+            POLICY,
+            keys.tik(),
+            &data,
+        )
+        .map_err(|source| HarnessError::Owner {
+            what: "the launch measurement does not verify",
+            source,
+        })?;
+        let guid = fwtable::Guid::from_bytes(helper_abi::MIGRATION_SECRET_GUID);
+        let packet = owner::secret(
+            keys,
+            &measurement,
+            &[(guid, self.migration_secret.to_vec())],
+        )
+        .map_err(|source| HarnessError::Owner {
+            what: "cannot build the secret",
+            source,
+        })?;
+        vm.execute(
+            "sev-inject-launch-secret",
+            Some(json!({
+                "packet-header": packet.header_b64(),
+                "secret": packet.secret_b64(),
+            })),
+        )?;
+        vm.execute("cont", None::<Value>)?;
+        Ok(())
+    }
+}
