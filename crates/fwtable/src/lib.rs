@@ -24,6 +24,7 @@
 //! `default-features = false` for the core only.
 
 #![no_std]
+#![forbid(unsafe_code)]
 
 #[cfg(feature = "std")]
 extern crate std;

@@ -9,6 +9,7 @@
 //! guest writes to the services page are untrusted by the VMM and validated there.
 
 #![no_std]
+#![forbid(unsafe_code)]
 
 pub mod fwcfg;
 pub mod layout;

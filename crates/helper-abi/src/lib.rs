@@ -9,6 +9,7 @@
 //! mailbox as hostile: it copies a request out once and validates the copy.
 
 #![no_std]
+#![forbid(unsafe_code)]
 
 #[cfg(test)]
 extern crate std;

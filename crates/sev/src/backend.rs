@@ -5,16 +5,17 @@
 //! hardware backend is a thin layer over the ioctls and the emulated PSP answers with the
 //! same state checks, status codes and errno values.
 
-use crate::{policy::Policy, status::SevStatus};
-use std::{fmt, os::fd::RawFd, sync::Arc};
+use crate::{kvm::KvmOps, policy::Policy, status::SevStatus};
+use std::{fmt, sync::Arc};
 
 /// Size of a page as the platform measures and encrypts it.
 pub const PAGE_SIZE: usize = 4096;
 
-/// A KVM VM known to the platform, named by its VM file descriptor (the identity KVM
-/// uses; the emulated PSP keys its guests by it too).
+/// A KVM VM as the platform knows it: an identity the VMM assigns, unique among the VMs it
+/// creates (the emulated PSP keys its guests by it; the hardware backend finds the VM's
+/// KVM handle by it, see [`SevBackend::vm_created`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct VmRef(pub RawFd);
+pub struct VmRef(pub u64);
 
 /// Which implementation stands behind the trait.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -442,6 +443,13 @@ pub trait SevBackend: Send + Sync {
 
     /// The transform for the host's view of `vm`'s private pages (emulated platforms only).
     fn page_cipher(&self, vm: VmRef) -> Option<Arc<dyn PageCipher>>;
+    /// A KVM VM the platform will be asked about as `vm`, before any other call names
+    /// it: the hardware backend issues its KVM ioctls for `vm` through `kvm` until
+    /// [`SevBackend::vm_destroyed`]. The emulated PSP applies the kernel's rules itself and
+    /// needs no handle.
+    fn vm_created(&self, vm: VmRef, kvm: Arc<dyn KvmOps>) {
+        let _ = (vm, kvm);
+    }
     /// The VM is being destroyed: release its context (its ASID outlives it while
     /// mirrors hold it).
     fn vm_destroyed(&self, vm: VmRef);

@@ -6,8 +6,9 @@
 //! SEV hardware; it is faithful at every boundary the host can observe, DESIGN §2) and
 //! the hardware backend (the real ioctls).
 //!
-//! This crate must not depend on the VMM; the VMM hands it guest memory through
-//! [`backend::LaunchMemory`]. Trust: session blobs, certificates, secret packets and the
+//! This crate must not depend on the VMM (or the migration crate, or the binary); the VMM
+//! hands it guest memory through [`backend::LaunchMemory`] and its KVM VMs through
+//! [`kvm::KvmOps`]: the only ioctls issued here are the `/dev/sev` ones. Trust: session blobs, certificates, secret packets and the
 //! platform state directory are untrusted input and are validated before use.
 
 pub mod backend;
@@ -16,6 +17,7 @@ pub mod crypto;
 pub mod emulated;
 pub mod hw;
 pub mod identity;
+pub mod kvm;
 pub mod measure;
 pub mod memcrypt;
 pub mod memory;

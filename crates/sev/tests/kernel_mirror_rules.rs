@@ -9,7 +9,7 @@ use sev_platform::{
     memory::VecMemory,
     PlatformIdentity, Policy, SevBackend, SevError,
 };
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 const NR_MIGRATE_TEST_VCPUS: u32 = 4;
 const NR_MIGRATE_TEST_VMS: usize = 3;
@@ -20,9 +20,9 @@ fn psp() -> EmulatedPsp {
     EmulatedPsp::new(PlatformIdentity::generate().unwrap())
 }
 
-/// A fresh VM fd number (`vm_create_barebones`).
+/// A fresh VM (`vm_create_barebones`).
 fn new_vm(p: &EmulatedPsp) -> sev_platform::backend::VmRef {
-    static NEXT: AtomicI32 = AtomicI32::new(1000);
+    static NEXT: AtomicU64 = AtomicU64::new(1000);
     let vm = sev_platform::backend::VmRef(NEXT.fetch_add(1, Ordering::Relaxed));
     p.note_vm_created(vm);
     vm
@@ -312,7 +312,7 @@ fn test_sev_mirror_parameters() {
     );
     // Beyond the selftest, the other rules of sev_vm_copy_enc_context_from.
     assert_eq!(
-        errno(p.copy_enc_context_from(vm_no_vcpu, sev_platform::backend::VmRef(-5))),
+        errno(p.copy_enc_context_from(vm_no_vcpu, sev_platform::backend::VmRef(u64::MAX))),
         libc::EBADF
     );
     let mirror = aux_vm_create(&p, false);

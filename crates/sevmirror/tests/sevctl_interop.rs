@@ -165,7 +165,7 @@ struct Launched {
 
 fn launch(
     psp: &EmulatedPsp,
-    vm: i32,
+    vm: u64,
     policy: u32,
     session: &LaunchSession,
     image: &[u8],
@@ -308,7 +308,7 @@ fn sevctl_measurement_build_reproduces_our_psp_measurement() {
     }
     for (i, (path, image)) in images.iter().enumerate() {
         let psp = e.psp();
-        let l = launch(&psp, 10 + i as i32, 1, &e.session_files("ours"), image);
+        let l = launch(&psp, 10 + i as u64, 1, &e.session_files("ours"), image);
         let measure: serde_json::Value =
             serde_json::from_str(&sevmirror(&["measure", "--firmware", path, "--json"])).unwrap();
         let digest_b64 = measure["launch-digest-base64"].as_str().unwrap();

@@ -26,7 +26,7 @@ use helper_abi::{
 };
 use kvm_bindings::kvm_segment;
 use kvm_ioctls::VcpuExit;
-use sev_platform::{backend::VmRef, SevBackend, SevError};
+use sev_platform::{SevBackend, SevError};
 use std::{
     sync::Arc,
     time::{Duration, Instant},
@@ -320,7 +320,7 @@ impl HelperVcpu {
 pub struct Mirror {
     // Drop order: vCPUs, then the VM, then the memory they map.
     helpers: Vec<HelperVcpu>,
-    kvm_vm: KvmVm,
+    kvm_vm: Arc<KvmVm>,
     backend: Arc<dyn SevBackend>,
     descriptor: HelperDescriptor,
     info: Response,
@@ -359,7 +359,21 @@ impl Mirror {
 impl Drop for Mirror {
     fn drop(&mut self) {
         self.helpers.clear();
-        self.backend.vm_destroyed(VmRef(self.kvm_vm.raw_fd()));
+        self.backend.vm_destroyed(self.kvm_vm.sev_ref());
+    }
+}
+
+/// Tells the platform a VM is gone when dropped, unless disarmed (`vm` = None).
+struct Forget {
+    backend: Arc<dyn SevBackend>,
+    vm: Option<sev_platform::backend::VmRef>,
+}
+
+impl Drop for Forget {
+    fn drop(&mut self) {
+        if let Some(vm) = self.vm {
+            self.backend.vm_destroyed(vm);
+        }
     }
 }
 
@@ -403,7 +417,7 @@ impl Vm {
                 max: descriptor.max_vcpus,
             });
         }
-        let mirror = kvm.create_vm()?;
+        let mirror = Arc::new(kvm.create_vm()?);
         let rom = self.rom.region();
         for (slot, (r, read_only)) in (0u32..).zip(
             self.ram
@@ -426,8 +440,15 @@ impl Vm {
             }
         }
         let backend = sev.config.backend.clone();
+        backend.vm_created(mirror.sev_ref(), mirror.clone());
+        // Until the Mirror exists (its Drop does it), a failure makes the platform forget
+        // the mirror VM again.
+        let mut forget = Forget {
+            backend: backend.clone(),
+            vm: Some(mirror.sev_ref()),
+        };
         backend
-            .copy_enc_context_from(VmRef(mirror.raw_fd()), sev.vm_ref)
+            .copy_enc_context_from(mirror.sev_ref(), sev.vm_ref)
             .map_err(MirrorError::CopyContext)?;
         let view = self.host_view();
         let mut vcpus = Vec::new();
@@ -479,6 +500,7 @@ impl Vm {
                 &[],
             )
             .map_err(|e| MirrorError::Start(0, e))?;
+        forget.vm = None;
         Ok(Mirror {
             helpers: vcpus,
             kvm_vm: mirror,

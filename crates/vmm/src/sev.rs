@@ -68,9 +68,11 @@ pub(crate) struct SevGuest {
 }
 
 impl SevGuest {
-    /// KVM_SEV_INIT on a fresh VM and the SEV_STATUS MSR exit.
-    pub(crate) fn init(kvm_vm: &KvmVm, config: SevConfig) -> Result<SevGuest, VmError> {
-        let vm_ref = VmRef(kvm_vm.raw_fd());
+    /// Introduces the fresh VM to the platform, then KVM_SEV_INIT and the SEV_STATUS MSR
+    /// exit.
+    pub(crate) fn init(kvm_vm: &Arc<KvmVm>, config: SevConfig) -> Result<SevGuest, VmError> {
+        let vm_ref = kvm_vm.sev_ref();
+        config.backend.vm_created(vm_ref, kvm_vm.clone());
         config.backend.init_vm(vm_ref, false)?;
         kvm_vm.trap_msr_reads(&[MSR_SEV_STATUS])?;
         if config.transport == HypercallTransport::Vmmcall {

@@ -165,7 +165,7 @@ impl Vm {
         }
         let ram = Arc::new(GuestRam::new(config.mem_size)?);
         let rom = Rom::new(config.firmware.image())?;
-        let vm = kvm.create_vm()?;
+        let vm = Arc::new(kvm.create_vm()?);
         vm.create_irqchip()?;
         // KVM_SEV_INIT must come before any vCPU exists.
         let sev = config.sev.map(|c| SevGuest::init(&vm, c)).transpose()?;
@@ -233,7 +233,7 @@ impl Vm {
             handles: Vec::new(),
             pending: vcpus,
             sev,
-            kvm_vm: Arc::new(vm),
+            kvm_vm: vm,
             ram,
             rom: Arc::new(rom),
             fw_cfg: Some(dev),
@@ -261,9 +261,16 @@ impl Vm {
         self.handles.len() + self.pending.len()
     }
 
-    /// Guest RAM regions (guest-physical ranges and their host mappings).
-    pub fn ram_regions(&self) -> Vec<crate::memory::RamRegion> {
-        self.ram.regions()
+    /// Guest RAM: its guest-physical ranges (the host mappings stay inside the VMM).
+    pub fn ram_regions(&self) -> Vec<crate::memory::RamRange> {
+        self.ram
+            .regions()
+            .iter()
+            .map(|r| crate::memory::RamRange {
+                gpa: r.gpa,
+                size: r.size,
+            })
+            .collect()
     }
 
     /// The host's view of guest RAM (ciphertext for an SEV guest's private pages).
@@ -280,9 +287,9 @@ impl Vm {
         }
     }
 
-    /// The KVM VM file descriptor (how the SEV platform names this VM).
-    pub fn kvm_fd(&self) -> std::os::fd::RawFd {
-        self.kvm_vm.raw_fd()
+    /// How the SEV platform names this VM.
+    pub fn sev_ref(&self) -> sev_platform::backend::VmRef {
+        self.kvm_vm.sev_ref()
     }
 
     /// Where the VM's events go: `wait` sees them unless the owner routes them itself

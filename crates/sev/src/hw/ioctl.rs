@@ -1,11 +1,9 @@
-//! The kernel ABI the hardware backend speaks: ioctl numbers, command ids, the argument
-//! structs, and the only `unsafe` of the backend (the ioctl calls themselves).
+//! The kernel ABI the hardware backend speaks: command ids, the argument structs, and the
+//! `/dev/sev` ioctl (`SEV_ISSUE_CMD`, the only ioctl this crate issues; the KVM ones go
+//! through [`crate::kvm::KvmOps`], which the VMM implements in `vmm/src/kvm`).
 //!
 //! Checked against:
-//! - `include/uapi/linux/kvm.h` — `KVMIO`, `KVM_CHECK_EXTENSION`, `KVM_ENABLE_CAP`,
-//!   `struct kvm_enable_cap`, `KVM_MEMORY_ENCRYPT_OP`, `struct kvm_enc_region`,
-//!   `KVM_MEMORY_ENCRYPT_{,UN}REG_REGION`, `KVM_CAP_VM_COPY_ENC_CONTEXT_FROM` (197),
-//!   `KVM_CAP_VM_MOVE_ENC_CONTEXT_FROM` (206), `KVM_CAP_VM_TYPES` (235);
+//! - `include/uapi/linux/kvm.h` — `struct kvm_enable_cap`, `struct kvm_enc_region`;
 //! - `arch/x86/include/uapi/asm/kvm.h` — `enum sev_cmd_id`, `struct kvm_sev_cmd`,
 //!   `kvm_sev_init`, `kvm_sev_launch_start`, `kvm_sev_launch_update_data`,
 //!   `kvm_sev_launch_secret`, `kvm_sev_launch_measure`, `kvm_sev_guest_status`,
@@ -32,14 +30,13 @@ use kvm_bindings::{
 use std::{
     marker::PhantomData,
     mem::{offset_of, size_of},
-    os::fd::{AsRawFd, BorrowedFd, RawFd},
+    os::fd::{AsRawFd, BorrowedFd},
 };
 
 // ---------------------------------------------------------------------------------------
 // ioctl numbers (`include/uapi/asm-generic/ioctl.h`: dir << 30 | size << 16 | type << 8 | nr)
 // ---------------------------------------------------------------------------------------
 
-const IOC_NONE: u64 = 0;
 const IOC_WRITE: u64 = 1;
 const IOC_READ: u64 = 2;
 
@@ -47,27 +44,6 @@ const fn ioc(dir: u64, ty: u8, nr: u8, size: usize) -> libc::Ioctl {
     ((dir << 30) | ((size as u64) << 16) | ((ty as u64) << 8) | nr as u64) as libc::Ioctl
 }
 
-/// `KVMIO`, the KVM ioctl type byte.
-pub(crate) const KVMIO: u8 = 0xae;
-/// `KVM_CHECK_EXTENSION` = `_IO(KVMIO, 0x03)`; on a VM fd it answers for that VM.
-pub(crate) const KVM_CHECK_EXTENSION: libc::Ioctl = ioc(IOC_NONE, KVMIO, 0x03, 0);
-/// `KVM_ENABLE_CAP` = `_IOW(KVMIO, 0xa3, struct kvm_enable_cap)`.
-pub(crate) const KVM_ENABLE_CAP: libc::Ioctl =
-    ioc(IOC_WRITE, KVMIO, 0xa3, size_of::<kvm_enable_cap>());
-/// `KVM_MEMORY_ENCRYPT_OP` = `_IOWR(KVMIO, 0xba, unsigned long)` (the size field says
-/// `unsigned long`; the argument is a `struct kvm_sev_cmd *`).
-pub(crate) const KVM_MEMORY_ENCRYPT_OP: libc::Ioctl = ioc(
-    IOC_READ | IOC_WRITE,
-    KVMIO,
-    0xba,
-    size_of::<libc::c_ulong>(),
-);
-/// `KVM_MEMORY_ENCRYPT_REG_REGION` = `_IOR(KVMIO, 0xbb, struct kvm_enc_region)`.
-pub(crate) const KVM_MEMORY_ENCRYPT_REG_REGION: libc::Ioctl =
-    ioc(IOC_READ, KVMIO, 0xbb, size_of::<kvm_enc_region>());
-/// `KVM_MEMORY_ENCRYPT_UNREG_REGION` = `_IOR(KVMIO, 0xbc, struct kvm_enc_region)`.
-pub(crate) const KVM_MEMORY_ENCRYPT_UNREG_REGION: libc::Ioctl =
-    ioc(IOC_READ, KVMIO, 0xbc, size_of::<kvm_enc_region>());
 /// `SEV_ISSUE_CMD` = `_IOWR('S', 0x0, struct sev_issue_cmd)` on `/dev/sev`.
 pub(crate) const SEV_ISSUE_CMD: libc::Ioctl = ioc(
     IOC_READ | IOC_WRITE,
@@ -75,14 +51,6 @@ pub(crate) const SEV_ISSUE_CMD: libc::Ioctl = ioc(
     0x0,
     size_of::<SevIssueCmd<'static>>(),
 );
-
-/// `KVM_CAP_VM_COPY_ENC_CONTEXT_FROM` (kvm.h).
-pub(crate) const KVM_CAP_VM_COPY_ENC_CONTEXT_FROM: u32 = 197;
-/// `KVM_CAP_VM_MOVE_ENC_CONTEXT_FROM` (kvm.h).
-pub(crate) const KVM_CAP_VM_MOVE_ENC_CONTEXT_FROM: u32 = 206;
-/// `KVM_CAP_VM_TYPES` (kvm.h): `KVM_CHECK_EXTENSION` returns a bit mask of the VM types
-/// `KVM_CREATE_VM` accepts (Linux 6.10+, 0 before).
-pub(crate) const KVM_CAP_VM_TYPES: u32 = 235;
 
 /// `KVM_X86_DEFAULT_VM` (asm/kvm.h): a plain VM; SEV via legacy `KVM_SEV_INIT`/`ES_INIT`.
 pub const KVM_X86_DEFAULT_VM: u64 = 0;
@@ -441,6 +409,12 @@ impl<'a> SevCmd<'a> {
     pub(crate) fn fw_error(&self) -> u32 {
         self.raw.error
     }
+
+    /// The `kvm_sev_cmd` to hand to `KVM_MEMORY_ENCRYPT_OP`. Its `data` is 0 or points to
+    /// the payload whose type fixed `id`, borrowed for `'a` (see [`SevPayload`]).
+    pub(crate) fn raw_mut(&mut self) -> &mut kvm_sev_cmd {
+        &mut self.raw
+    }
 }
 
 fn fd_u32(fd: BorrowedFd<'_>) -> u32 {
@@ -710,6 +684,11 @@ impl<'a> EncRegion<'a> {
             _guest: PhantomData,
         }
     }
+
+    /// The `kvm_enc_region` to hand to the region ioctls.
+    pub(crate) fn raw(&self) -> &kvm_enc_region {
+        &self.raw
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -922,20 +901,6 @@ fn outcome(rc: libc::c_int) -> Outcome {
     Outcome { rc, errno }
 }
 
-/// `KVM_MEMORY_ENCRYPT_OP` on the VM fd `vm`.
-///
-/// `vm` must be a KVM VM file descriptor (the contract of [`crate::backend::VmRef`]).
-pub(crate) fn memory_encrypt_op(vm: RawFd, cmd: &mut SevCmd<'_>) -> Outcome {
-    // SAFETY: `cmd` is a live, exclusively borrowed `kvm_sev_cmd` (24 bytes, layout
-    // asserted); the kernel reads it and writes it back in place. Its `data` is 0 for a
-    // bare command or points to the payload whose type fixed `id` (`SevPayload`), borrowed
-    // for the command's lifetime, so every struct and buffer the kernel touches for this
-    // id is live and of the size it expects. On a VM fd nothing else is accessed; an fd
-    // that is not a KVM VM rejects the request number (ENOTTY/EINVAL) without touching it.
-    let rc = unsafe { libc::ioctl(vm, KVM_MEMORY_ENCRYPT_OP, &mut cmd.raw as *mut kvm_sev_cmd) };
-    outcome(rc)
-}
-
 /// Which of the two region ioctls.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum RegionOp {
@@ -943,39 +908,6 @@ pub(crate) enum RegionOp {
     Register,
     /// `KVM_MEMORY_ENCRYPT_UNREG_REGION`.
     Unregister,
-}
-
-/// `KVM_MEMORY_ENCRYPT_{,UN}REG_REGION` on the VM fd `vm`.
-pub(crate) fn enc_region(vm: RawFd, op: RegionOp, region: &EncRegion<'_>) -> Outcome {
-    let req = match op {
-        RegionOp::Register => KVM_MEMORY_ENCRYPT_REG_REGION,
-        RegionOp::Unregister => KVM_MEMORY_ENCRYPT_UNREG_REGION,
-    };
-    // SAFETY: `region` is a live 16-byte `kvm_enc_region` (layout asserted) that the
-    // kernel only reads; the range it names is guest memory alive for the region's
-    // lifetime (`LaunchMemory` contract), which the kernel pins, not dereferences here.
-    let rc = unsafe { libc::ioctl(vm, req, &region.raw as *const kvm_enc_region) };
-    outcome(rc)
-}
-
-/// `KVM_ENABLE_CAP(cap, args[0] = arg0)` with `flags` 0 on the VM fd `vm`.
-pub(crate) fn enable_cap(vm: RawFd, cap: u32, arg0: u64) -> Outcome {
-    let mut raw = kvm_enable_cap {
-        cap,
-        ..Default::default()
-    };
-    raw.args[0] = arg0;
-    // SAFETY: `raw` is a live 104-byte `kvm_enable_cap` (layout asserted) that the kernel
-    // only reads (`_IOW`); it carries no pointers (`args[0]` is a file descriptor number).
-    let rc = unsafe { libc::ioctl(vm, KVM_ENABLE_CAP, &raw as *const kvm_enable_cap) };
-    outcome(rc)
-}
-
-/// `KVM_CHECK_EXTENSION(cap)` on `fd` (`/dev/kvm` or a VM fd): the value, 0 if unknown.
-pub(crate) fn check_extension(fd: RawFd, cap: u32) -> Outcome {
-    // SAFETY: `_IO` request with an integer argument; the kernel dereferences nothing.
-    let rc = unsafe { libc::ioctl(fd, KVM_CHECK_EXTENSION, libc::c_ulong::from(cap)) };
-    outcome(rc)
 }
 
 /// `SEV_ISSUE_CMD` on `/dev/sev`.
@@ -995,24 +927,7 @@ mod tests {
 
     #[test]
     fn ioctl_numbers_match_the_header_encoding() {
-        assert_eq!(KVM_CHECK_EXTENSION, 0xae03);
-        assert_eq!(KVM_ENABLE_CAP, 0x4068_aea3);
-        assert_eq!(KVM_MEMORY_ENCRYPT_OP, 0xc008_aeba);
-        assert_eq!(KVM_MEMORY_ENCRYPT_REG_REGION, 0x8010_aebb);
-        assert_eq!(KVM_MEMORY_ENCRYPT_UNREG_REGION, 0x8010_aebc);
         assert_eq!(SEV_ISSUE_CMD, 0xc010_5300);
-        assert_eq!(KVM_CAP_VM_COPY_ENC_CONTEXT_FROM, 197);
-        assert_eq!(KVM_CAP_VM_MOVE_ENC_CONTEXT_FROM, 206);
-        assert_eq!(KVM_CAP_VM_TYPES, 235);
-        assert_eq!(
-            KVM_CAP_VM_COPY_ENC_CONTEXT_FROM,
-            kvm_bindings::KVM_CAP_VM_COPY_ENC_CONTEXT_FROM
-        );
-        assert_eq!(
-            KVM_CAP_VM_MOVE_ENC_CONTEXT_FROM,
-            kvm_bindings::KVM_CAP_VM_MOVE_ENC_CONTEXT_FROM
-        );
-        assert_eq!(KVM_CAP_VM_TYPES, kvm_bindings::KVM_CAP_VM_TYPES);
         assert_eq!(KVM_X86_SEV_VM, u64::from(kvm_bindings::KVM_X86_SEV_VM));
         assert_eq!(
             KVM_X86_SEV_ES_VM,

@@ -1,13 +1,14 @@
 //! The hardware SEV backend: [`SevBackend`] over the real ioctls — `/dev/sev`
-//! (`SEV_ISSUE_CMD`) for platform commands, `KVM_MEMORY_ENCRYPT_OP` on the VM fd for guest
-//! commands, `KVM_ENABLE_CAP` for the mirror and move capabilities.
+//! (`SEV_ISSUE_CMD`, issued here) for platform commands, and, through the VMM's
+//! [`KvmOps`] handle of each VM, `KVM_MEMORY_ENCRYPT_OP` for guest commands and
+//! `KVM_ENABLE_CAP` for the mirror and move capabilities.
 //!
 //! # What the VMM must do
 //!
-//! 1. **Create the VM with the type [`HwBackend::vm_type`] returns** (the argument of
-//!    `KVM_CREATE_VM`, e.g. `Kvm::create_vm_with_type`): `KVM_X86_SEV_VM` (2) or
-//!    `KVM_X86_SEV_ES_VM` (3) on kernels that list them in `KVM_CAP_VM_TYPES` (6.10+),
-//!    else `KVM_X86_DEFAULT_VM` (0). [`SevBackend::init_vm`] then issues `KVM_SEV_INIT2`
+//! 1. **Create the VM with the type [`vm_type_for`] returns** for the mask `/dev/kvm`
+//!    reports for `KVM_CAP_VM_TYPES` (the argument of `KVM_CREATE_VM`, e.g.
+//!    `Kvm::create_vm_with_type`): `KVM_X86_SEV_VM` (2) or `KVM_X86_SEV_ES_VM` (3) on
+//!    kernels that list them (6.10+), else `KVM_X86_DEFAULT_VM` (0). [`SevBackend::init_vm`] then issues `KVM_SEV_INIT2`
 //!    on the first kind and the legacy `KVM_SEV_INIT`/`KVM_SEV_ES_INIT` on the second; it
 //!    also falls back to the legacy command when `KVM_SEV_INIT2` says EINVAL because the
 //!    VM was created with the default type. For SEV-ES the two paths measure differently:
@@ -25,19 +26,22 @@
 //!    [`SevBackend::launch_finish`]. Register guest RAM with
 //!    [`HwBackend::register_region`] (QEMU does it for every RAM block) so the kernel pins
 //!    it for the guest's lifetime.
-//! 3. **File descriptors**: `VmRef` is the raw VM fd; it must stay open while commands run.
-//!    The kernel records the `/dev/sev` fd *number* at LAUNCH_START and issues later
-//!    firmware commands through it, so the `HwBackend` that launched a guest must live (and
-//!    keep `/dev/sev` open) as long as that guest. For `copy_enc_context_from` the mirror
-//!    must be a fresh VM (not SEV, no vCPUs); for `move_enc_context_from` the destination
-//!    must be a fresh VM of the same VM type as the source.
-//! 4. `vm_destroyed` does nothing: closing the VM fd makes the kernel DEACTIVATE and
-//!    DECOMMISSION the guest (after its last mirror is gone; mirrors hold a reference on
-//!    their owner).
+//! 3. **VMs**: introduce every VM with [`SevBackend::vm_created`] (its [`VmRef`] and the
+//!    VMM's [`KvmOps`] handle, which keeps the VM fd open); a `VmRef` the backend was not
+//!    given is EBADF, as a bad fd is for the kernel. The kernel records the `/dev/sev` fd
+//!    *number* at LAUNCH_START and issues later firmware commands through it, so the
+//!    `HwBackend` that launched a guest must live (and keep `/dev/sev` open) as long as
+//!    that guest. For `copy_enc_context_from` the mirror must be a fresh VM (not SEV, no
+//!    vCPUs); for `move_enc_context_from` the destination must be a fresh VM of the same
+//!    VM type as the source.
+//! 4. `vm_destroyed` drops the backend's handle: closing the VM fd makes the kernel
+//!    DEACTIVATE and DECOMMISSION the guest (after its last mirror is gone; mirrors hold a
+//!    reference on their owner).
 //!
 //! Operations that only need KVM (`copy_enc_context_from`, `move_enc_context_from`,
 //! `register_region`) work on a [`HwBackend::kvm_only`] backend, which opens `/dev/sev`
-//! only when a PSP command first needs it.
+//! only when a PSP command first needs it. The tests that run them against this machine's
+//! KVM live with the VMM (`crates/vmm/tests/sev_hw_kvm.rs`), which owns the KVM handles.
 
 mod errors;
 mod ioctl;
@@ -50,6 +54,10 @@ use crate::{
         BackendKind, GuestState, GuestStatus, LaunchMeasurement, LaunchMemory, LaunchSession,
         PageCipher, PlatformCerts, PlatformState, PlatformStatus, SecretHeader, SevBackend, VmRef,
     },
+    kvm::{
+        Errno, KvmOps, KVM_CAP_VM_COPY_ENC_CONTEXT_FROM, KVM_CAP_VM_MOVE_ENC_CONTEXT_FROM,
+        KVM_CAP_VM_TYPES,
+    },
     Policy, SevError,
 };
 use errors::result;
@@ -58,8 +66,9 @@ use ioctl::{
     LaunchSecret, LaunchStart, LaunchUpdateData, PdhCertExport, PspPayload, RegionOp, SevCmd,
     SevIssueCmd, SevPayload, SevUserDataStatus,
 };
-use kvm_bindings::{kvm_sev_guest_status, kvm_sev_init};
+use kvm_bindings::{kvm_enable_cap, kvm_sev_guest_status, kvm_sev_init};
 use std::{
+    collections::HashMap,
     fs::OpenOptions,
     io,
     os::{
@@ -67,13 +76,11 @@ use std::{
         unix::fs::OpenOptionsExt,
     },
     path::Path,
-    sync::{Arc, OnceLock},
+    sync::{Arc, Mutex, OnceLock},
 };
 
 /// The SEV firmware device.
 pub const SEV_DEVICE: &str = "/dev/sev";
-/// The KVM device (asked which VM types it supports).
-pub const KVM_DEVICE: &str = "/dev/kvm";
 
 /// Size of the LAUNCH_MEASURE blob (SEV API spec 0.24 §6.5: 32-byte HMAC, 16-byte nonce).
 const MEASUREMENT_LEN: usize = 48;
@@ -132,11 +139,20 @@ pub fn vm_type_for(supported_vm_types: u64, mode: SevMode) -> u64 {
 /// The hardware SEV platform.
 ///
 /// Cheap to share (`Arc<dyn SevBackend>`); the kernel serialises commands itself.
-#[derive(Debug)]
 pub struct HwBackend {
     /// `/dev/sev`, opened on construction ([`HwBackend::open`]) or on the first PSP command
     /// ([`HwBackend::kvm_only`]).
     sev: OnceLock<OwnedFd>,
+    /// The KVM handle of each VM the VMM introduced ([`SevBackend::vm_created`]).
+    vms: Mutex<HashMap<VmRef, Arc<dyn KvmOps>>>,
+}
+
+impl std::fmt::Debug for HwBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HwBackend")
+            .field("sev", &self.sev)
+            .finish_non_exhaustive()
+    }
 }
 
 impl HwBackend {
@@ -154,19 +170,13 @@ impl HwBackend {
     pub fn kvm_only() -> HwBackend {
         HwBackend {
             sev: OnceLock::new(),
+            vms: Mutex::new(HashMap::new()),
         }
     }
 
     /// Whether this machine has an SEV device (`/dev/sev` exists).
     pub fn available() -> bool {
         Path::new(SEV_DEVICE).exists()
-    }
-
-    /// The `KVM_CREATE_VM` type the VMM must create an SEV guest of `mode` with on this
-    /// kernel (see the module docs), asking `/dev/kvm` for `KVM_CAP_VM_TYPES`.
-    pub fn vm_type(mode: SevMode) -> Result<u64, SevError> {
-        let kvm = open_device(KVM_DEVICE)?;
-        Ok(vm_type_for(supported_vm_types(kvm.as_raw_fd()), mode))
     }
 
     /// `KVM_SEV_LAUNCH_UPDATE_VMSA`: encrypt and measure the VMSA of every vCPU of `vm`
@@ -185,7 +195,7 @@ impl HwBackend {
         gpa: u64,
         len: u64,
     ) -> Result<(), SevError> {
-        region_op(vm, RegionOp::Register, mem, gpa, len)
+        self.region_op(vm, RegionOp::Register, mem, gpa, len)
     }
 
     /// `KVM_MEMORY_ENCRYPT_UNREG_REGION`: undo [`HwBackend::register_region`] for exactly
@@ -197,7 +207,21 @@ impl HwBackend {
         gpa: u64,
         len: u64,
     ) -> Result<(), SevError> {
-        region_op(vm, RegionOp::Unregister, mem, gpa, len)
+        self.region_op(vm, RegionOp::Unregister, mem, gpa, len)
+    }
+
+    /// The KVM handle of `vm`; EBADF (as the kernel answers a bad fd) for a VM the VMM
+    /// never introduced.
+    fn kvm(&self, vm: VmRef, op: &'static str) -> Result<Arc<dyn KvmOps>, SevError> {
+        self.vms
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&vm)
+            .cloned()
+            .ok_or(SevError::Kernel {
+                op,
+                errno: libc::EBADF,
+            })
     }
 
     /// `/dev/sev`, opening it on first use.
@@ -213,18 +237,30 @@ impl HwBackend {
 
     /// `KVM_MEMORY_ENCRYPT_OP` with an argument struct; the command id comes from its type.
     fn encrypt_op<P: SevPayload>(&self, vm: VmRef, payload: &mut P) -> Result<(), SevError> {
+        let name = P::ID.kernel_name();
         let sev = self.sev_fd()?;
+        let kvm = self.kvm(vm, name)?;
         let mut cmd = SevCmd::new(payload, sev);
-        let out = ioctl::memory_encrypt_op(vm.0, &mut cmd);
-        result(P::ID.kernel_name(), out.rc, out.errno, cmd.fw_error())
+        // SAFETY: `cmd` was built from `payload`, whose type fixed the command id
+        // (`SevPayload`: exactly the uapi struct the kernel copies in and out for that id,
+        // every user pointer inside borrowed for the payload's lifetime), and `payload`
+        // is borrowed by `cmd` for the whole call. `sev_fd` is the open /dev/sev above.
+        let out = unsafe { kvm.memory_encrypt_op(cmd.raw_mut()) };
+        let fw = cmd.fw_error();
+        status(name, out, fw)
     }
 
     /// `KVM_MEMORY_ENCRYPT_OP` for a command without an argument struct.
     fn bare_op(&self, vm: VmRef, bare: BareSevCmd) -> Result<(), SevError> {
+        let name = bare.id().kernel_name();
         let sev = self.sev_fd()?;
+        let kvm = self.kvm(vm, name)?;
         let mut cmd = SevCmd::bare(bare, sev);
-        let out = ioctl::memory_encrypt_op(vm.0, &mut cmd);
-        result(bare.id().kernel_name(), out.rc, out.errno, cmd.fw_error())
+        // SAFETY: a bare command's `data` is 0: the kernel reads no argument struct for
+        // it (`BareSevCmd`); `sev_fd` is the open /dev/sev above.
+        let out = unsafe { kvm.memory_encrypt_op(cmd.raw_mut()) };
+        let fw = cmd.fw_error();
+        status(name, out, fw)
     }
 
     /// `SEV_ISSUE_CMD` with an argument struct.
@@ -248,6 +284,14 @@ fn psp_name(id: PspCmdId) -> &'static str {
     id.name().unwrap_or("SEV_ISSUE_CMD")
 }
 
+/// The backend's error for a KVM ioctl's outcome and the firmware status it wrote back.
+fn status(op: &'static str, out: Result<(), Errno>, fw_error: u32) -> Result<(), SevError> {
+    match out {
+        Ok(()) => result(op, 0, 0, fw_error),
+        Err(Errno(errno)) => result(op, -1, errno, fw_error),
+    }
+}
+
 /// Opens a device read-write and close-on-exec, with the errors a user can act on.
 fn open_device(path: &'static str) -> Result<OwnedFd, SevError> {
     match OpenOptions::new()
@@ -264,37 +308,57 @@ fn open_device(path: &'static str) -> Result<OwnedFd, SevError> {
             SevError::NoDevice(format!("{path} exists but no driver is behind it")),
         ),
         Err(e) => Err(SevError::Kernel {
-            op: if path == SEV_DEVICE {
-                "open /dev/sev"
-            } else {
-                "open /dev/kvm"
-            },
+            op: "open /dev/sev",
             errno: e.raw_os_error().unwrap_or(libc::EIO),
         }),
     }
 }
 
-/// `KVM_CHECK_EXTENSION(KVM_CAP_VM_TYPES)` on `fd`; 0 where the kernel does not know it.
-fn supported_vm_types(fd: i32) -> u64 {
-    let out = ioctl::check_extension(fd, ioctl::KVM_CAP_VM_TYPES);
-    u64::try_from(out.rc).unwrap_or(0)
+/// `KVM_CHECK_EXTENSION(KVM_CAP_VM_TYPES)` on a VM; 0 where the kernel does not know it.
+fn supported_vm_types(kvm: &dyn KvmOps) -> u64 {
+    u64::try_from(kvm.check_extension(KVM_CAP_VM_TYPES)).unwrap_or(0)
 }
 
-fn region_op(
-    vm: VmRef,
-    op: RegionOp,
-    mem: &dyn LaunchMemory,
-    gpa: u64,
-    len: u64,
-) -> Result<(), SevError> {
-    let range = GuestRange::resolve(mem, gpa, len)?;
-    let region = EncRegion::new(range);
-    let out = ioctl::enc_region(vm.0, op, &region);
-    let name = match op {
-        RegionOp::Register => "KVM_MEMORY_ENCRYPT_REG_REGION",
-        RegionOp::Unregister => "KVM_MEMORY_ENCRYPT_UNREG_REGION",
-    };
-    result(name, out.rc, out.errno, 0)
+impl HwBackend {
+    fn region_op(
+        &self,
+        vm: VmRef,
+        op: RegionOp,
+        mem: &dyn LaunchMemory,
+        gpa: u64,
+        len: u64,
+    ) -> Result<(), SevError> {
+        let name = match op {
+            RegionOp::Register => "KVM_MEMORY_ENCRYPT_REG_REGION",
+            RegionOp::Unregister => "KVM_MEMORY_ENCRYPT_UNREG_REGION",
+        };
+        // Memory first: a range the VMM has no mapping for never reaches the kernel.
+        let range = GuestRange::resolve(mem, gpa, len)?;
+        let region = EncRegion::new(range);
+        let kvm = self.kvm(vm, name)?;
+        let out = match op {
+            RegionOp::Register => kvm.register_enc_region(region.raw()),
+            RegionOp::Unregister => kvm.unregister_enc_region(region.raw()),
+        };
+        status(name, out, 0)
+    }
+
+    /// `KVM_ENABLE_CAP(cap)` on `dst` with `args[0]` = `src`'s VM fd, flags 0.
+    fn enable_cap_from(
+        &self,
+        op: &'static str,
+        cap: u32,
+        dst: VmRef,
+        src: VmRef,
+    ) -> Result<(), SevError> {
+        let (dst, src) = (self.kvm(dst, op)?, self.kvm(src, op)?);
+        let mut raw = kvm_enable_cap {
+            cap,
+            ..Default::default()
+        };
+        raw.args[0] = fd_arg(src.vm_fd());
+        status(op, dst.enable_cap(&raw), 0)
+    }
 }
 
 fn platform_status_from(raw: SevUserDataStatus) -> PlatformStatus {
@@ -380,7 +444,8 @@ impl SevBackend for HwBackend {
         let mode = if es { SevMode::SevEs } else { SevMode::Sev };
         // sev.c: KVM_SEV_INIT2 only on KVM_X86_SEV{,_ES}_VM, legacy INIT only on
         // KVM_X86_DEFAULT_VM; both are EINVAL on the other kind, with nothing changed.
-        if vm_type_for(supported_vm_types(vm.0), mode) != KVM_X86_DEFAULT_VM {
+        let kvm = self.kvm(vm, "KVM_SEV_INIT")?;
+        if vm_type_for(supported_vm_types(kvm.as_ref()), mode) != KVM_X86_DEFAULT_VM {
             let mut init = kvm_sev_init::default();
             match self.encrypt_op(vm, &mut init) {
                 Err(SevError::Kernel {
@@ -505,19 +570,23 @@ impl SevBackend for HwBackend {
     fn copy_enc_context_from(&self, mirror: VmRef, owner: VmRef) -> Result<(), SevError> {
         // KVM_ENABLE_CAP on the mirror's fd, args[0] = owner fd, flags 0 (sev.c
         // sev_vm_copy_enc_context_from). Needs no /dev/sev.
-        let out = ioctl::enable_cap(
-            mirror.0,
-            ioctl::KVM_CAP_VM_COPY_ENC_CONTEXT_FROM,
-            fd_arg(owner),
-        );
-        result("KVM_CAP_VM_COPY_ENC_CONTEXT_FROM", out.rc, out.errno, 0)
+        self.enable_cap_from(
+            "KVM_CAP_VM_COPY_ENC_CONTEXT_FROM",
+            KVM_CAP_VM_COPY_ENC_CONTEXT_FROM,
+            mirror,
+            owner,
+        )
     }
 
     fn move_enc_context_from(&self, dst: VmRef, src: VmRef) -> Result<(), SevError> {
         // KVM_ENABLE_CAP on the destination's fd, args[0] = source fd (sev.c
         // sev_vm_move_enc_context_from); the source is dead afterwards.
-        let out = ioctl::enable_cap(dst.0, ioctl::KVM_CAP_VM_MOVE_ENC_CONTEXT_FROM, fd_arg(src));
-        result("KVM_CAP_VM_MOVE_ENC_CONTEXT_FROM", out.rc, out.errno, 0)
+        self.enable_cap_from(
+            "KVM_CAP_VM_MOVE_ENC_CONTEXT_FROM",
+            KVM_CAP_VM_MOVE_ENC_CONTEXT_FROM,
+            dst,
+            src,
+        )
     }
 
     fn page_cipher(&self, _vm: VmRef) -> Option<Arc<dyn PageCipher>> {
@@ -525,16 +594,26 @@ impl SevBackend for HwBackend {
         None
     }
 
-    fn vm_destroyed(&self, _vm: VmRef) {
-        // The kernel deactivates and decommissions the guest when the VM fd is closed
-        // (sev_vm_destroy), after its last mirror is gone.
+    fn vm_created(&self, vm: VmRef, kvm: Arc<dyn KvmOps>) {
+        self.vms
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(vm, kvm);
+    }
+
+    fn vm_destroyed(&self, vm: VmRef) {
+        // Dropping the handle lets the VMM close the VM fd: the kernel then deactivates
+        // and decommissions the guest (sev_vm_destroy), after its last mirror is gone.
+        self.vms
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&vm);
     }
 }
 
-/// A VM fd as `args[0]`: the kernel reads it as an `unsigned int`. A negative "fd" becomes
-/// a value no open fd has, and the kernel answers EBADF.
-fn fd_arg(vm: VmRef) -> u64 {
-    u64::from(vm.0 as u32)
+/// A VM fd as `args[0]`: the kernel reads it as an `unsigned int`.
+fn fd_arg(fd: BorrowedFd<'_>) -> u64 {
+    u64::from(fd.as_raw_fd() as u32)
 }
 
 #[cfg(test)]
@@ -626,8 +705,24 @@ mod tests {
 
     #[test]
     fn fd_args_are_unsigned_ints() {
-        assert_eq!(fd_arg(VmRef(7)), 7);
-        assert_eq!(fd_arg(VmRef(-1)), u64::from(u32::MAX));
+        let null = std::fs::File::open("/dev/null").unwrap();
+        assert_eq!(fd_arg(null.as_fd()), null.as_raw_fd() as u64);
+    }
+
+    #[test]
+    fn vms_the_vmm_never_introduced_are_ebadf_before_any_ioctl() {
+        let hw = HwBackend::kvm_only();
+        let err = hw.copy_enc_context_from(VmRef(1), VmRef(2)).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                SevError::Kernel {
+                    op: "KVM_CAP_VM_COPY_ENC_CONTEXT_FROM",
+                    errno: libc::EBADF
+                }
+            ),
+            "{err:?}"
+        );
     }
 
     struct NoMemory;
@@ -654,7 +749,7 @@ mod tests {
         // A kvm_only backend on a fd that is not a VM: memory is resolved first.
         let hw = HwBackend::kvm_only();
         let err = hw
-            .register_region(VmRef(-1), &NoMemory, 0x1000, 0x2000)
+            .register_region(VmRef(u64::MAX), &NoMemory, 0x1000, 0x2000)
             .unwrap_err();
         assert!(matches!(
             err,

@@ -1,4 +1,6 @@
-//! The only place that issues KVM ioctls: thin, typed wrappers around kvm-ioctls.
+//! The only place that issues KVM ioctls: thin, typed wrappers around kvm-ioctls — the
+//! VMM's own, and the ones the SEV platform needs (its [`KvmOps`] trait, implemented here
+//! for [`KvmVm`]).
 
 pub mod cpuid;
 pub mod kick;
@@ -6,10 +8,21 @@ pub mod state;
 pub mod stats;
 
 use kvm_bindings::{
-    kvm_regs, kvm_run, kvm_sregs, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES,
+    kvm_enable_cap, kvm_enc_region, kvm_regs, kvm_run, kvm_sev_cmd, kvm_sregs,
+    kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES,
 };
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
-use std::os::fd::{AsRawFd, RawFd};
+use sev_platform::{
+    backend::VmRef,
+    kvm::{Errno, KvmOps, KVM_CAP_VM_TYPES},
+};
+use std::{
+    os::fd::{AsRawFd, BorrowedFd},
+    sync::atomic::{AtomicU64, Ordering},
+};
+
+/// The next VM's identity for the SEV platform.
+static NEXT_VM: AtomicU64 = AtomicU64::new(1);
 
 /// Flag of a read-only memory slot (`KVM_MEM_READONLY`).
 const KVM_MEM_READONLY: u32 = 1 << 1;
@@ -91,7 +104,18 @@ impl KvmSystem {
     /// Creates an empty VM.
     pub fn create_vm(&self) -> Result<KvmVm, KvmError> {
         let fd = self.kvm.create_vm().map_err(KvmError::CreateVm)?;
-        Ok(KvmVm { fd })
+        Ok(KvmVm {
+            fd,
+            id: VmRef(NEXT_VM.fetch_add(1, Ordering::Relaxed)),
+        })
+    }
+
+    /// The mask of VM types `KVM_CREATE_VM` accepts (`KVM_CAP_VM_TYPES`; 0 on kernels
+    /// before 6.10), from which the hardware SEV backend picks an SEV guest's type
+    /// (`sev_platform::hw::vm_type_for`).
+    pub fn supported_vm_types(&self) -> u64 {
+        let c = libc::c_ulong::from(KVM_CAP_VM_TYPES);
+        u64::try_from(self.kvm.check_extension_raw(c)).unwrap_or(0)
     }
 
     /// KVM's supported CPUID, adjusted for vCPU `vcpu_id` (see [`cpuid::patch`]); the
@@ -109,6 +133,7 @@ impl KvmSystem {
 /// One KVM VM.
 pub struct KvmVm {
     fd: VmFd,
+    id: VmRef,
 }
 
 /// A memory slot to map: guest-physical range backed by host memory.
@@ -222,9 +247,44 @@ impl KvmVm {
         Ok(KvmVcpu { id, fd })
     }
 
-    /// The VM file descriptor (for capabilities that take a VM fd as argument).
-    pub fn raw_fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
+    /// The VM's identity for the SEV platform (unique among this process's VMs).
+    pub fn sev_ref(&self) -> VmRef {
+        self.id
+    }
+}
+
+/// The KVM errno of a failed ioctl.
+fn errno(e: kvm_ioctls::Error) -> Errno {
+    Errno(e.errno())
+}
+
+impl KvmOps for KvmVm {
+    fn vm_fd(&self) -> BorrowedFd<'_> {
+        // SAFETY: the fd is owned by `self.fd` and stays open as long as `self`, which the
+        // returned borrow cannot outlive.
+        unsafe { BorrowedFd::borrow_raw(self.fd.as_raw_fd()) }
+    }
+
+    unsafe fn memory_encrypt_op(&self, cmd: &mut kvm_sev_cmd) -> Result<(), Errno> {
+        // kvm-ioctls' wrapper is a safe fn, but the kernel follows `cmd.data`: the caller's
+        // contract (this fn's `# Safety`) is what makes the call sound.
+        self.fd.encrypt_op_sev(cmd).map_err(errno)
+    }
+
+    fn register_enc_region(&self, region: &kvm_enc_region) -> Result<(), Errno> {
+        self.fd.register_enc_memory_region(region).map_err(errno)
+    }
+
+    fn unregister_enc_region(&self, region: &kvm_enc_region) -> Result<(), Errno> {
+        self.fd.unregister_enc_memory_region(region).map_err(errno)
+    }
+
+    fn enable_cap(&self, cap: &kvm_enable_cap) -> Result<(), Errno> {
+        self.fd.enable_cap(cap).map_err(errno)
+    }
+
+    fn check_extension(&self, cap: u32) -> i64 {
+        i64::from(self.fd.check_extension_raw(libc::c_ulong::from(cap)))
     }
 }
 

@@ -56,9 +56,18 @@ pub enum MemoryError {
     },
 }
 
-/// A region of guest RAM as KVM needs it.
+/// A range of guest RAM as the rest of the VMM sees it: guest-physical only.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RamRegion {
+pub struct RamRange {
+    /// Guest-physical base.
+    pub gpa: u64,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// A region of guest RAM as KVM needs it (with its host mapping; inside the VMM only).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct RamRegion {
     /// Guest-physical base.
     pub gpa: u64,
     /// Size in bytes.
@@ -136,7 +145,7 @@ impl GuestRam {
     }
 
     /// The RAM regions, for memory slots and the E820 map.
-    pub fn regions(&self) -> Vec<RamRegion> {
+    pub(crate) fn regions(&self) -> Vec<RamRegion> {
         self.mem
             .iter()
             .map(|r| RamRegion {
@@ -276,7 +285,7 @@ impl Rom {
     }
 
     /// The ROM as a memory slot would need it.
-    pub fn region(&self) -> RamRegion {
+    pub(crate) fn region(&self) -> RamRegion {
         RamRegion {
             gpa: self.gpa,
             size: self.region.size() as u64,
