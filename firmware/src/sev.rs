@@ -40,8 +40,8 @@ pub fn detect() -> Option<Sev> {
 }
 
 /// Whether the host takes hypercalls by VMMCALL (it says so in KVM's CPUID leaf). On the
-/// development machines it does not: VMMCALL never exits there (DESIGN §2), and the
-/// guest-services page carries the same call instead.
+/// development machines it does not: VMMCALL never exits there (docs/architecture.md
+/// §4), and the guest-services page carries the same call instead.
 fn vmmcall_transport() -> bool {
     let sig = cpu::vmm_cpuid(0x4000_0000, 0);
     let kvm = [sig[1], sig[2], sig[3]] == [0x4b4d_564b, 0x564b_4d56, 0x4d];

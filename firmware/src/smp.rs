@@ -1,7 +1,7 @@
 //! Starting the application processors with INIT-SIPI-SIPI through the x2APIC.
 //!
 //! The in-kernel xAPIC drops IPIs on these machines unless the VMM refreshes the APs'
-//! LAPIC state, while x2APIC ICR writes work (DESIGN §2), so the boot CPU switches its
+//! LAPIC state, while x2APIC ICR writes work (docs/architecture.md §4), so the boot CPU switches its
 //! APIC to x2APIC mode first.
 
 use crate::{boot, cpu, globals};

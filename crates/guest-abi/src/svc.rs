@@ -23,7 +23,7 @@ pub const RDMSR: u64 = 4;
 pub const HALT: u64 = 5;
 /// `vmmcall` with KVM's hypercall ABI (rax = number, rbx/rcx/rdx = arguments): rdi =
 /// number, rsi, rdx, r8 = arguments; returns the hypercall's result. Only where the VMM
-/// advertises hypercall exits: on the development machines VMMCALL never exits (DESIGN §2).
+/// advertises hypercall exits: on the development machines VMMCALL never exits (docs/architecture.md §4).
 pub const VMMCALL: u64 = 6;
 /// Sleep until the TSC reaches rdi (x2APIC TSC-deadline timer, `sti; hlt`): the vCPU
 /// costs the host nothing meanwhile. Returns when the timer (or another interrupt) fires.

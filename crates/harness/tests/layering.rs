@@ -1,5 +1,5 @@
 //! The architecture test: the crates' dependency edges, read from `cargo metadata`, keep the
-//! layering of docs/architecture.md ("Crate map"). A forbidden edge fails it, whoever adds
+//! layering of docs/architecture.md (§2, Crate map). A forbidden edge fails it, whoever adds
 //! it; the rule tables below are the place to change when the architecture does.
 //!
 //! Two workspaces are read: the host workspace (the root `Cargo.toml`) and the firmware's

@@ -20,7 +20,7 @@ pub struct VmRef(pub u64);
 /// Which implementation stands behind the trait.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BackendKind {
-    /// The software PSP of DESIGN §2.
+    /// The software PSP (docs/architecture.md §3, The emulated platform).
     Emulated,
     /// `/dev/sev` and `KVM_MEMORY_ENCRYPT_OP`.
     Hardware,
@@ -435,7 +435,7 @@ pub trait SevBackend: Send + Sync {
     ) -> Result<(), SevError>;
 
     /// KVM_CAP_VM_COPY_ENC_CONTEXT_FROM on `mirror` with `owner`: the mirror shares the
-    /// owner's ASID and key (kernel rules and errno values, DESIGN §2).
+    /// owner's ASID and key (kernel rules and errno values, docs/architecture.md §3.1).
     fn copy_enc_context_from(&self, mirror: VmRef, owner: VmRef) -> Result<(), SevError>;
     /// KVM_CAP_VM_MOVE_ENC_CONTEXT_FROM on `dst` with `src`: moves the context (and the
     /// source's mirrors); the source is dead afterwards.

@@ -1,5 +1,5 @@
-//! The emulated memory-encryption transform (DESIGN §2): what the host sees of an SEV
-//! guest's private page is AES-128-XTS under the guest's VEK (Volume Encryption Key).
+//! The emulated memory-encryption transform (docs/architecture.md §3): what the host sees
+//! of an SEV guest's private page is AES-128-XTS under the guest's VEK (Volume Encryption Key).
 //!
 //! One XTS data unit per 4 KiB page; the data unit number (the XTS "sector", IEEE P1619)
 //! is the guest page frame number `gpa >> 12`, encoded little-endian into the 16-byte

@@ -1,5 +1,5 @@
 //! The hardware SEV backend without KVM: the development machines have `/dev/kvm` but no
-//! `/dev/sev` (docs/architecture.md, "The emulated platform"), so opening `/dev/sev` fails
+//! `/dev/sev` (docs/architecture.md §3, The emulated platform), so opening `/dev/sev` fails
 //! with `NoDevice` and every PSP command says so. Where `/dev/sev` exists the first test
 //! runs a real PLATFORM_STATUS instead. The backend's KVM ioctls (the mirror and move
 //! capabilities, region registration) go through the VMM's KVM handles and are tested

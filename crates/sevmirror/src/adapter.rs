@@ -124,7 +124,7 @@ pub fn reply(r: Reply) -> QmpReply {
             cert_chain: B64.encode(&c.cert_chain),
             cpu0_id: B64.encode(&c.chip_id),
             // The emulated platform encrypts at the host boundary: no C-bit (see
-            // docs/architecture.md, "The emulated platform").
+            // docs/architecture.md §3, The emulated platform).
             cbitpos: 0,
             reduced_phys_bits: 0,
         }),

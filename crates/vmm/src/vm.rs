@@ -491,7 +491,7 @@ impl Vm {
 
 /// Which guest pages were written since the last look (KVM dirty logging on the RAM
 /// slots). Dirty logging with D bits already set in guest page tables would report reads
-/// too (DESIGN §2); the firmware leaves them clear.
+/// too (docs/architecture.md §4); the firmware leaves them clear.
 pub struct DirtyTracker {
     vm: Arc<KvmVm>,
     ram: Arc<GuestRam>,

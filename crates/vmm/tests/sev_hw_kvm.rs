@@ -1,7 +1,7 @@
 //! The hardware SEV backend's KVM ioctls against this machine's kernel, through the VMM's
 //! KVM handles (vmm/src/kvm is where every KVM ioctl is issued).
 //!
-//! There is no `/dev/sev` here (docs/architecture.md, "The emulated platform"), so these
+//! There is no `/dev/sev` here (docs/architecture.md §3, The emulated platform), so these
 //! tests show the backend really issues its KVM ioctls and reports the kernel's answer
 //! clearly: the mirror/move capabilities, issued on two plain KVM VMs, come back EINVAL
 //! because the owner is not an SEV VM; region registration on a plain VM is ENOTTY. Where

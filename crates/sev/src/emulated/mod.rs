@@ -1,6 +1,6 @@
 //! The emulated PSP: an [`SevBackend`] in software, faithful at the boundaries the host
-//! observes (DESIGN §2): the firmware's commands, state machines, status codes and byte
-//! formats (AMD SEV API spec 0.24), and the kernel's rules and errno values in front of
+//! observes (docs/architecture.md §3): the firmware's commands, state machines, status
+//! codes and byte formats (AMD SEV API spec 0.24), and the kernel's rules and errno values in front of
 //! them (`arch/x86/kvm/svm/sev.c`, `drivers/crypto/ccp/sev-dev.c`).
 //!
 //! # What it reports

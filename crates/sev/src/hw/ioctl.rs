@@ -18,7 +18,8 @@
 //! The KVM structs come from kvm-bindings 0.14 (its x86_64 bindings carry them); the
 //! `/dev/sev` structs are not there and are defined here. Every struct that carries a user
 //! pointer is wrapped in a `#[repr(C)]` struct with a lifetime, built only from borrowed
-//! buffers, so a buffer cannot be freed while the kernel may still point at it (STYLE §6).
+//! buffers, so a buffer cannot be freed while the kernel may still point at it (CONTRIBUTING.md,
+//! "unsafe").
 
 use crate::backend::{LaunchMemory, MemoryAccessError};
 use crate::SevError;

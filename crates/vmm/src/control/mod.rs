@@ -563,8 +563,8 @@ impl Controller {
 
     /// Waits on `listener` for the source of an incoming migration.
     fn listen(&mut self, listener: TcpListener) -> std::io::Result<()> {
-        // First touches of guest RAM are slow on this kind of host (docs/architecture.md,
-        // "Machine facts"): pay them while waiting.
+        // First touches of guest RAM are slow on this kind of host (docs/architecture.md
+        // §4, Machine facts): pay them while waiting.
         let prefault = self.vm.prefault_job();
         std::thread::Builder::new()
             .name("prefault".into())

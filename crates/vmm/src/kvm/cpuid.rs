@@ -1,7 +1,7 @@
 //! The CPUID table given to each vCPU (pure: no ioctls here).
 //!
 //! KVM_GET_SUPPORTED_CPUID on kvm_pvm hides AES, PCLMULQDQ, SSSE3 and SSE4.x although
-//! they execute correctly at guest CPL3 (DESIGN §2), and crypto code that checks CPUID
+//! they execute correctly at guest CPL3 (docs/architecture.md §4), and crypto code that checks CPUID
 //! would fall back to slow software paths. We pass the host's own bits for exactly these
 //! extensions through. AVX and XSAVE stay hidden: they need CR4.OSXSAVE, which the
 //! firmware does not set (its CPL0 part is emulated and must not use them).

@@ -4,7 +4,8 @@
 //! sets `immediate_exit` in that thread's own `kvm_run` page. If the thread is inside
 //! KVM_RUN, the signal makes it return EINTR; if it is about to enter, `immediate_exit`
 //! makes KVM_RUN return EINTR at once. Pause, stop and migration all rely on this, and on
-//! these machines a VMMCALL spins inside KVM_RUN until a signal arrives (DESIGN §2).
+//! these machines a VMMCALL spins inside KVM_RUN until a signal arrives
+//! (docs/architecture.md §4, Machine facts).
 
 use kvm_bindings::kvm_run;
 use std::{cell::Cell, ptr, sync::Once};

@@ -333,7 +333,7 @@ impl KvmVcpu {
 
     /// Completes a pending I/O or MMIO exit without running guest code, so the registers
     /// can be read and written consistently (after such an exit KVM would otherwise
-    /// finish the instruction first and lose a new RIP; DESIGN §2).
+    /// finish the instruction first and lose a new RIP; docs/architecture.md §4).
     pub fn settle(&mut self) -> Result<(), KvmError> {
         self.set_immediate_exit(true);
         let result = match self.fd.run() {
@@ -374,7 +374,8 @@ impl KvmVcpu {
     }
 
     /// Reads and writes back the local APIC state. After all vCPUs exist this makes KVM
-    /// rebuild its APIC map; without it xAPIC IPIs to APs are dropped here (DESIGN §2).
+    /// rebuild its APIC map; without it xAPIC IPIs to APs are dropped here
+    /// (docs/architecture.md §4).
     pub fn refresh_lapic(&self) -> Result<(), KvmError> {
         let lapic = self
             .fd

@@ -233,7 +233,7 @@ impl GuestRam {
     }
 
     /// Touches every page so the guest's first accesses do not pay the host's page-fault
-    /// cost (slow on these machines, DESIGN §2).
+    /// cost (slow on these machines, docs/architecture.md §4).
     pub fn prefault(&self) -> std::io::Result<()> {
         const MADV_POPULATE_WRITE: libc::c_int = 23;
         for r in self.regions() {
