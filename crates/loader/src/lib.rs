@@ -40,6 +40,7 @@ pub mod boot_params;
 pub mod bzimage;
 pub mod e820;
 pub mod elf;
+pub mod fuzzing;
 pub mod hashes;
 pub mod load;
 pub mod place;
