@@ -68,7 +68,11 @@ pub const SEV_AREA_BASE: u64 = 0x80_0000;
 pub const SEV_SECRET_BASE: u64 = 0x80_0000;
 /// Size of the secret area.
 pub const SEV_SECRET_SIZE: u64 = 0x1000;
-/// Page reserved for the kernel/initrd/cmdline hash table (QEMU's SEV hashes).
+/// Page reserved for the kernel/initrd/cmdline hash table (QEMU's SEV hashes). As in OVMF's
+/// AmdSev build (`PcdQemuHashTableBase`) it is RAM outside the image: for measured direct
+/// boot the VMM writes the 176-byte table (os-loader's `hashes` module) at its start and
+/// measures those bytes with a LAUNCH_UPDATE_DATA after the image's, so the launch digest
+/// is SHA-256(image ‖ table) wherever the page is, as sev-snp-measure computes it.
 pub const SEV_HASH_TABLE_BASE: u64 = 0x80_1000;
 /// Size of the hash table area.
 pub const SEV_HASH_TABLE_SIZE: u64 = 0x1000;

@@ -115,8 +115,13 @@ pub struct VerifyArgs {
 
     /// The expected launch digest instead of a firmware image: 64 hex digits, as
     /// `sevmirror measure` prints it.
-    #[arg(long, value_name = "HEX", value_parser = parse_digest)]
+    #[arg(long, value_name = "HEX", value_parser = parse_digest, conflicts_with = "kernel")]
     pub digest: Option<[u8; 32]>,
+
+    /// The kernel, initrd and command line the guest should have been booted with
+    /// (measured direct boot: the digest covers the firmware's SEV hashes table).
+    #[command(flatten)]
+    pub kernel: crate::measure_cmd::KernelArgs,
 
     /// The platform's API major version (QMP query-sev "api-major"; default: the emulated
     /// platform's).
@@ -324,7 +329,7 @@ fn session(args: &SessionArgs) -> anyhow::Result<()> {
 fn verify(args: &VerifyArgs) -> anyhow::Result<()> {
     let tik = read_key("TIK", &args.tik)?;
     let image;
-    let (measured, what) = match (&args.digest, &args.firmware) {
+    let (mut measured, mut what) = match (&args.digest, &args.firmware) {
         (Some(d), _) => (Measured::Digest(*d), String::from("the given digest")),
         (None, Some(path)) => {
             image = read_capped("firmware", path, crate::measure_cmd::MAX_FIRMWARE)?;
@@ -335,6 +340,15 @@ fn verify(args: &VerifyArgs) -> anyhow::Result<()> {
             String::from("the embedded firmware"),
         ),
     };
+    if let (Measured::Firmware(image), Some(kernel)) = (measured, &args.kernel.kernel) {
+        let table = crate::measure_cmd::kernel_hashes_table(image, &args.kernel)
+            .with_context(|| format!("cannot check a --kernel launch of {what}"))?;
+        measured = Measured::Digest(crate::measure_cmd::launch_digest(
+            image,
+            table.as_ref().map(|t| &t[..]),
+        ));
+        what = format!("{what} with kernel {}", kernel.display());
+    }
     let digest = match measured {
         Measured::Digest(d) => d,
         Measured::Firmware(image) => expected_digest(image),
