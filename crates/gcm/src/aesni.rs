@@ -123,21 +123,46 @@ fn keystream(ctx: &Ctx, ctr: &mut __m128i) -> [__m128i; N] {
     s
 }
 
-/// AES-CTR keystream for one step, stitched with the GHASH of `g` (8 blocks, already
-/// block-reversed, running hash folded in).
+/// Pins the order of a step's work (see `vaes512`): an empty asm statement that passes
+/// the AES states, the GHASH accumulators and the GHASH source pointer through
+/// registers, so AES rounds and GHASH products reach the CPU interleaved.
+macro_rules! fence {
+    ($s:ident, $acc:ident, $p:ident) => {
+        // SAFETY: the template is only a comment: no instruction, no memory access, no
+        // flags.
+        unsafe {
+            core::arch::asm!(
+                "/* fence {} {} {} {} {} {} {} {} {} {} {} {} */",
+                inout(xmm_reg) $s[0], inout(xmm_reg) $s[1],
+                inout(xmm_reg) $s[2], inout(xmm_reg) $s[3],
+                inout(xmm_reg) $s[4], inout(xmm_reg) $s[5],
+                inout(xmm_reg) $s[6], inout(xmm_reg) $s[7],
+                inout(xmm_reg) $acc.0, inout(xmm_reg) $acc.1, inout(xmm_reg) $acc.2,
+                inout(reg) $p,
+                options(pure, nomem, nostack, preserves_flags),
+            )
+        }
+    };
+}
+
+/// AES-CTR keystream for one step, stitched with the GHASH of the 8 blocks at `src`
+/// (with the running hash `y` folded into the first): one block's products after each
+/// of the first eight rounds, the reduction after the ninth.
 #[inline]
 #[target_feature(enable = "aes,pclmulqdq,ssse3")]
 fn keystream_ghash(
     ctx: &Ctx,
     key: &HwKey,
     ctr: &mut __m128i,
-    g: [__m128i; N],
+    src: &[u8; C],
+    y: __m128i,
 ) -> ([__m128i; N], __m128i) {
     let mut s = counters(ctr);
     for x in s.iter_mut() {
         *x = _mm_xor_si128(*x, ctx.rk[0]);
     }
     let mut acc = zero3();
+    let mut p = src.as_ptr();
     macro_rules! round {
         ($r:expr) => {
             for x in s.iter_mut() {
@@ -148,9 +173,15 @@ fn keystream_ghash(
     macro_rules! round_mul {
         ($r:expr) => {
             round!($r);
-            mul_acc(&mut acc, key, g[$r - 1], POWERS - N + $r - 1);
+            // SAFETY: `p` is `src`'s address (passed through the fence unchanged), and
+            // bytes 16*($r-1).. +16 lie within its C = 128 bytes.
+            let x = hw::bswap(unsafe { _mm_loadu_si128(p.add(16 * ($r - 1)).cast()) });
+            let x = if $r == 1 { _mm_xor_si128(x, y) } else { x };
+            mul_acc(&mut acc, key, x, POWERS - N + $r - 1);
+            fence!(s, acc, p);
         };
     }
+    fence!(s, acc, p);
     round_mul!(1);
     round_mul!(2);
     round_mul!(3);
@@ -197,7 +228,7 @@ fn step_seal(
             y
         }
         Some(prev) => {
-            let (ks, y) = keystream_ghash(ctx, key, ctr, ghash_input(load_all(prev), y));
+            let (ks, y) = keystream_ghash(ctx, key, ctr, prev, y);
             store_all(data, xor_all(load_all(data), ks));
             y
         }
@@ -213,9 +244,8 @@ fn step_open(
     y: __m128i,
     data: &mut [u8; C],
 ) -> __m128i {
-    let c = load_all(data);
-    let (ks, y) = keystream_ghash(ctx, key, ctr, ghash_input(c, y));
-    store_all(data, xor_all(c, ks));
+    let (ks, y) = keystream_ghash(ctx, key, ctr, data, y);
+    store_all(data, xor_all(load_all(data), ks));
     y
 }
 

@@ -164,17 +164,46 @@ fn keystream(ctx: &Ctx, ctr: &mut __m128i) -> [V; N] {
     s
 }
 
-/// AES-CTR keystream for one step, stitched with the GHASH of `g` (16 blocks, already
-/// block-reversed, running hash folded in): one vector's products after each of the
-/// first eight rounds, the reduction after the ninth.
+/// Pins the order of a step's work (see `vaes512`): an empty asm statement that passes
+/// the AES states, the GHASH accumulators and the GHASH source pointer through
+/// registers, so AES rounds and GHASH products reach the CPU interleaved.
+macro_rules! fence {
+    ($s:ident, $acc:ident, $p:ident) => {
+        // SAFETY: the template is only a comment: no instruction, no memory access, no
+        // flags.
+        unsafe {
+            core::arch::asm!(
+                "/* fence {} {} {} {} {} {} {} {} {} {} {} {} */",
+                inout(ymm_reg) $s[0], inout(ymm_reg) $s[1],
+                inout(ymm_reg) $s[2], inout(ymm_reg) $s[3],
+                inout(ymm_reg) $s[4], inout(ymm_reg) $s[5],
+                inout(ymm_reg) $s[6], inout(ymm_reg) $s[7],
+                inout(ymm_reg) $acc.0, inout(ymm_reg) $acc.1, inout(ymm_reg) $acc.2,
+                inout(reg) $p,
+                options(pure, nomem, nostack, preserves_flags),
+            )
+        }
+    };
+}
+
+/// AES-CTR keystream for one step, stitched with the GHASH of the 16 blocks at `src`
+/// (with the running hash `y` folded into the first): one vector's products after each
+/// of the first eight rounds, the reduction after the ninth.
 #[inline]
 #[target_feature(enable = "avx2,vaes,vpclmulqdq")]
-fn keystream_ghash(ctx: &Ctx, key: &HwKey, ctr: &mut __m128i, g: [V; N]) -> ([V; N], __m128i) {
+fn keystream_ghash(
+    ctx: &Ctx,
+    key: &HwKey,
+    ctr: &mut __m128i,
+    src: &[u8; C],
+    y: __m128i,
+) -> ([V; N], __m128i) {
     let mut s = counters(ctr);
     for x in s.iter_mut() {
         *x = _mm256_xor_si256(*x, ctx.rk[0]);
     }
     let mut acc = zero3();
+    let mut p = src.as_ptr();
     macro_rules! round {
         ($r:expr) => {
             for x in s.iter_mut() {
@@ -185,9 +214,19 @@ fn keystream_ghash(ctx: &Ctx, key: &HwKey, ctr: &mut __m128i, g: [V; N]) -> ([V;
     macro_rules! round_mul {
         ($r:expr) => {
             round!($r);
-            mul_acc(&mut acc, g[$r - 1], powers(key, 2 * ($r - 1)));
+            // SAFETY: `p` is `src`'s address (passed through the fence unchanged), and
+            // bytes 32*($r-1).. +32 lie within its C = 256 bytes.
+            let x = bswap(unsafe { _mm256_loadu_si256(p.add(32 * ($r - 1)).cast()) });
+            let x = if $r == 1 {
+                _mm256_xor_si256(x, _mm256_zextsi128_si256(y))
+            } else {
+                x
+            };
+            mul_acc(&mut acc, x, powers(key, 2 * ($r - 1)));
+            fence!(s, acc, p);
         };
     }
+    fence!(s, acc, p);
     round_mul!(1);
     round_mul!(2);
     round_mul!(3);
@@ -234,7 +273,7 @@ fn step_seal(
             y
         }
         Some(prev) => {
-            let (ks, y) = keystream_ghash(ctx, key, ctr, ghash_input(load_all(prev), y));
+            let (ks, y) = keystream_ghash(ctx, key, ctr, prev, y);
             store_all(data, xor_all(load_all(data), ks));
             y
         }
@@ -250,9 +289,8 @@ fn step_open(
     y: __m128i,
     data: &mut [u8; C],
 ) -> __m128i {
-    let c = load_all(data);
-    let (ks, y) = keystream_ghash(ctx, key, ctr, ghash_input(c, y));
-    store_all(data, xor_all(c, ks));
+    let (ks, y) = keystream_ghash(ctx, key, ctr, data, y);
+    store_all(data, xor_all(load_all(data), ks));
     y
 }
 

@@ -185,18 +185,45 @@ fn keystream(ctx: &Ctx, ctr: &mut __m128i) -> [V; 4] {
     s
 }
 
-/// AES-CTR keystream for one step, stitched with the GHASH of `g` (16 blocks, already
-/// block-reversed, running hash folded in). Returns the keystream and the new hash.
+/// Pins the order of a step's work: an empty asm statement that passes the AES states,
+/// the GHASH accumulators and the GHASH source pointer through registers, so the
+/// compiler cannot hoist all GHASH work above the AES rounds (which starves the AES
+/// chains on an in-order front end); the CPU gets them interleaved, round by round.
+macro_rules! fence {
+    ($s:ident, $acc:ident, $p:ident) => {
+        // SAFETY: the template is empty: no instruction, no memory access, no flags.
+        unsafe {
+            core::arch::asm!(
+                "/* fence {} {} {} {} {} {} {} {} */",
+                inout(zmm_reg) $s[0], inout(zmm_reg) $s[1],
+                inout(zmm_reg) $s[2], inout(zmm_reg) $s[3],
+                inout(zmm_reg) $acc.0, inout(zmm_reg) $acc.1, inout(zmm_reg) $acc.2,
+                inout(reg) $p,
+                options(pure, nomem, nostack, preserves_flags),
+            )
+        }
+    };
+}
+
+/// AES-CTR keystream for one step, stitched with the GHASH of the 16 blocks at `src`
+/// (with the running hash `y` folded into the first). Returns the keystream and the
+/// new hash.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,vaes,vpclmulqdq,avx2")]
-fn keystream_ghash(ctx: &Ctx, key: &HwKey, ctr: &mut __m128i, g: [V; 4]) -> ([V; 4], __m128i) {
+fn keystream_ghash(
+    ctx: &Ctx,
+    key: &HwKey,
+    ctr: &mut __m128i,
+    src: &[u8; C],
+    y: __m128i,
+) -> ([V; 4], __m128i) {
     let mut s = counters(ctr);
     for x in s.iter_mut() {
         *x = _mm512_xor_si512(*x, ctx.rk[0]);
     }
     let poly = poly();
     let mut acc = zero3();
-    let mut y = _mm_setzero_si128();
+    let mut p = src.as_ptr();
     macro_rules! round {
         ($r:expr) => {
             for x in s.iter_mut() {
@@ -204,20 +231,33 @@ fn keystream_ghash(ctx: &Ctx, key: &HwKey, ctr: &mut __m128i, g: [V; 4]) -> ([V;
             }
         };
     }
-    round!(1);
-    mul_acc(&mut acc, g[0], powers(key, 0));
-    round!(2);
-    mul_acc(&mut acc, g[1], powers(key, 4));
-    round!(3);
-    mul_acc(&mut acc, g[2], powers(key, 8));
-    round!(4);
-    mul_acc(&mut acc, g[3], powers(key, 12));
+    macro_rules! round_mul {
+        ($r:expr) => {
+            round!($r);
+            // SAFETY: `p` is `src`'s address (passed through the fence unchanged), and
+            // bytes 64*($r-1).. +64 lie within its C = 256 bytes.
+            let x = bswap(unsafe { _mm512_loadu_si512(p.add(64 * ($r - 1)).cast()) });
+            let x = if $r == 1 {
+                _mm512_xor_si512(x, _mm512_zextsi128_si512(y))
+            } else {
+                x
+            };
+            mul_acc(&mut acc, x, powers(key, 4 * ($r - 1)));
+            fence!(s, acc, p);
+        };
+    }
+    fence!(s, acc, p);
+    round_mul!(1);
+    round_mul!(2);
+    round_mul!(3);
+    round_mul!(4);
     round!(5);
     reduce_lo(&mut acc, poly);
+    fence!(s, acc, p);
     round!(6);
     let r = reduce_hi(&acc, poly);
     round!(7);
-    y = _mm_xor_si128(y, fold(r));
+    let y = fold(r);
     round!(8);
     round!(9);
     round!(10);
@@ -258,7 +298,7 @@ fn step_seal(
             y
         }
         Some(prev) => {
-            let (ks, y) = keystream_ghash(ctx, key, ctr, ghash_input(load4(prev), y));
+            let (ks, y) = keystream_ghash(ctx, key, ctr, prev, y);
             store4(data, xor4(load4(data), ks));
             y
         }
@@ -274,9 +314,8 @@ fn step_open(
     y: __m128i,
     data: &mut [u8; C],
 ) -> __m128i {
-    let c = load4(data);
-    let (ks, y) = keystream_ghash(ctx, key, ctr, ghash_input(c, y));
-    store4(data, xor4(c, ks));
+    let (ks, y) = keystream_ghash(ctx, key, ctr, data, y);
+    store4(data, xor4(load4(data), ks));
     y
 }
 
