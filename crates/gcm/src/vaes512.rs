@@ -208,6 +208,8 @@ macro_rules! fence {
 /// AES-CTR keystream for one step, stitched with the GHASH of the 16 blocks at `src`
 /// (with the running hash `y` folded into the first). Returns the keystream and the
 /// new hash.
+// The last fence's copy of the source pointer is not needed.
+#[allow(unused_assignments)]
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,vaes,vpclmulqdq,avx2")]
 fn keystream_ghash(
