@@ -86,13 +86,17 @@ fn main() {
         let gcm = Aes256Gcm::with_kernel(&key, kernel).expect("kernel checked above");
         let mut a = vec![0x42u8; len];
         let seal = rate(len, budget, |i| {
-            black_box(gcm.seal_in_place(&nonce(i), &aad, black_box(&mut a)).unwrap());
+            black_box(
+                gcm.seal_in_place(&nonce(i), &aad, black_box(&mut a))
+                    .unwrap(),
+            );
         });
         let mut b = vec![0x42u8; len];
         let n5 = nonce(5);
         let mut tag = gcm.seal_in_place(&n5, &aad, &mut b).unwrap();
         let both = rate(len, budget, |_| {
-            gcm.open_in_place(&n5, &aad, black_box(&mut b), &tag).unwrap();
+            gcm.open_in_place(&n5, &aad, black_box(&mut b), &tag)
+                .unwrap();
             tag = gcm.seal_in_place(&n5, &aad, black_box(&mut b)).unwrap();
         });
         let open = 1.0 / (1.0 / both - 1.0 / seal);

@@ -124,7 +124,7 @@ fn keystream(ctx: &Ctx, ctr: &mut __m128i) -> [__m128i; N] {
 }
 
 /// Pins the order of a step's work (see `vaes512`): an empty asm statement that passes
-/// the AES states, the GHASH accumulators and the GHASH source pointer through
+/// the AES states, the GHASH accumulators and the GHASH source offset through
 /// registers, so AES rounds and GHASH products reach the CPU interleaved.
 macro_rules! fence {
     ($s:ident, $acc:ident, $p:ident) => {
@@ -148,7 +148,7 @@ macro_rules! fence {
 /// AES-CTR keystream for one step, stitched with the GHASH of the 8 blocks at `src`
 /// (with the running hash `y` folded into the first): one block's products after each
 /// of the first eight rounds, the reduction after the ninth.
-// The last fence's copy of the source pointer is not needed.
+// The last fence's copy of the source offset is not needed.
 #[allow(unused_assignments)]
 #[inline]
 #[target_feature(enable = "aes,pclmulqdq,ssse3")]
@@ -164,7 +164,10 @@ fn keystream_ghash(
         *x = _mm_xor_si128(*x, ctx.rk[0]);
     }
     let mut acc = zero3();
-    let mut p = src.as_ptr();
+    let p = src.as_ptr();
+    // Zero, but the compiler cannot know: the loads of the GHASH source depend on it,
+    // so they stay after the fence that last passed it.
+    let mut o = 0usize;
     macro_rules! round {
         ($r:expr) => {
             for x in s.iter_mut() {
@@ -175,15 +178,15 @@ fn keystream_ghash(
     macro_rules! round_mul {
         ($r:expr) => {
             round!($r);
-            // SAFETY: `p` is `src`'s address (passed through the fence unchanged), and
+            // SAFETY: `p` is `src`'s address and `o` is 0 (the fences pass it unchanged);
             // bytes 16*($r-1).. +16 lie within its C = 128 bytes.
-            let x = hw::bswap(unsafe { _mm_loadu_si128(p.add(16 * ($r - 1)).cast()) });
+            let x = hw::bswap(unsafe { _mm_loadu_si128(p.add(o + 16 * ($r - 1)).cast()) });
             let x = if $r == 1 { _mm_xor_si128(x, y) } else { x };
             mul_acc(&mut acc, key, x, POWERS - N + $r - 1);
-            fence!(s, acc, p);
+            fence!(s, acc, o);
         };
     }
-    fence!(s, acc, p);
+    fence!(s, acc, o);
     round_mul!(1);
     round_mul!(2);
     round_mul!(3);
@@ -239,13 +242,7 @@ fn step_seal(
 
 #[inline]
 #[target_feature(enable = "aes,pclmulqdq,ssse3")]
-fn step_open(
-    ctx: &Ctx,
-    key: &HwKey,
-    ctr: &mut __m128i,
-    y: __m128i,
-    data: &mut [u8; C],
-) -> __m128i {
+fn step_open(ctx: &Ctx, key: &HwKey, ctr: &mut __m128i, y: __m128i, data: &mut [u8; C]) -> __m128i {
     let (ks, y) = keystream_ghash(ctx, key, ctr, data, y);
     store_all(data, xor_all(load_all(data), ks));
     y

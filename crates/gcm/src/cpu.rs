@@ -238,7 +238,12 @@ mod tests {
 
     #[test]
     fn kernels_need_their_instructions() {
-        let f = features(SSE_CRYPTO | AVX | OSXSAVE, ALL7_EBX & !AVX512BW, ALL7_ECX, 0xe7);
+        let f = features(
+            SSE_CRYPTO | AVX | OSXSAVE,
+            ALL7_EBX & !AVX512BW,
+            ALL7_ECX,
+            0xe7,
+        );
         assert_eq!(f.missing(Kernel::Vaes512), Some(Missing::Cpu("AVX-512BW")));
         assert_eq!(f.missing(Kernel::Vaes256), None);
         let f = features(SSE_CRYPTO | AVX | OSXSAVE, ALL7_EBX, VPCLMULQDQ, 0xe7);

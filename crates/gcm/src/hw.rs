@@ -159,23 +159,31 @@ fn expand_key(key: &[u8; 32]) -> [__m128i; 15] {
     }
     // Even round keys take RotWord(SubWord(w)) ^ Rcon of the last word of the previous
     // odd key; odd ones SubWord of the last word of the previous even key.
-    macro_rules! pair {
+    macro_rules! even {
         ($i:expr, $rcon:expr) => {
             let t = _mm_shuffle_epi32::<0xff>(_mm_aeskeygenassist_si128::<$rcon>(rk[$i - 1]));
             rk[$i] = expand_step(rk[$i - 2], t);
-            if $i + 1 < 15 {
-                let t = _mm_shuffle_epi32::<0xaa>(_mm_aeskeygenassist_si128::<0>(rk[$i]));
-                rk[$i + 1] = expand_step(rk[$i - 1], t);
-            }
         };
     }
-    pair!(2, 0x01);
-    pair!(4, 0x02);
-    pair!(6, 0x04);
-    pair!(8, 0x08);
-    pair!(10, 0x10);
-    pair!(12, 0x20);
-    pair!(14, 0x40);
+    macro_rules! odd {
+        ($i:expr) => {
+            let t = _mm_shuffle_epi32::<0xaa>(_mm_aeskeygenassist_si128::<0>(rk[$i - 1]));
+            rk[$i] = expand_step(rk[$i - 2], t);
+        };
+    }
+    even!(2, 0x01);
+    odd!(3);
+    even!(4, 0x02);
+    odd!(5);
+    even!(6, 0x04);
+    odd!(7);
+    even!(8, 0x08);
+    odd!(9);
+    even!(10, 0x10);
+    odd!(11);
+    even!(12, 0x20);
+    odd!(13);
+    even!(14, 0x40);
     rk
 }
 

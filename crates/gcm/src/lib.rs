@@ -139,12 +139,15 @@ impl Aes256Gcm {
         if data.len() > MAX_TEXT || aad.len() > MAX_AAD {
             return Err(Error::TooLong);
         }
+        // In each arm: the variant exists only after `with_kernel` confirmed the
+        // kernel's CPU features and XCR0 state, and the lengths are within
+        // MAX_TEXT/MAX_AAD, as the kernels' 32-bit counters require.
         Ok(match &self.inner {
-            // SAFETY (all three): the variant exists only after `with_kernel` confirmed
-            // the kernel's CPU features and XCR0 state; the lengths are within
-            // MAX_TEXT/MAX_AAD, as the kernels' counters require.
+            // SAFETY: see above (AVX-512F/BW/VL, VAES, VPCLMULQDQ, ZMM state).
             Inner::Vaes512(k) => unsafe { vaes512::seal(k, nonce, aad, data) },
+            // SAFETY: see above (AVX2, VAES, VPCLMULQDQ, YMM state).
             Inner::Vaes256(k) => unsafe { vaes256::seal(k, nonce, aad, data) },
+            // SAFETY: see above (AES-NI, PCLMULQDQ, SSSE3, SSE4.1).
             Inner::AesNi(k) => unsafe { aesni::seal(k, nonce, aad, data) },
             Inner::Portable(c) => c
                 .encrypt_in_place_detached(nonce.into(), aad, data)
@@ -166,9 +169,11 @@ impl Aes256Gcm {
             return Err(Error::TooLong);
         }
         let ok = match &self.inner {
-            // SAFETY (all three): as in `seal_in_place`.
+            // SAFETY: as in `seal_in_place`.
             Inner::Vaes512(k) => unsafe { vaes512::open(k, nonce, aad, data, tag) },
+            // SAFETY: as in `seal_in_place`.
             Inner::Vaes256(k) => unsafe { vaes256::open(k, nonce, aad, data, tag) },
+            // SAFETY: as in `seal_in_place`.
             Inner::AesNi(k) => unsafe { aesni::open(k, nonce, aad, data, tag) },
             Inner::Portable(c) => {
                 let ok = c

@@ -123,8 +123,7 @@ fn mul_acc(acc: &mut (V, V, V), x: V, h: V) {
 #[inline]
 #[target_feature(enable = "avx2,vpclmulqdq")]
 fn reduce_fold(acc: (V, V, V)) -> __m128i {
-    let poly =
-        _mm256_broadcastsi128_si256(hw::to_xmm(0xC200_0000_0000_0000_0000_0000_0000_0001));
+    let poly = _mm256_broadcastsi128_si256(hw::to_xmm(0xC200_0000_0000_0000_0000_0000_0000_0001));
     let t = _mm256_clmulepi64_epi128::<0x10>(acc.0, poly);
     let mi = _mm256_xor_si256(
         _mm256_xor_si256(acc.1, _mm256_shuffle_epi32::<0x4e>(acc.0)),
@@ -165,7 +164,7 @@ fn keystream(ctx: &Ctx, ctr: &mut __m128i) -> [V; N] {
 }
 
 /// Pins the order of a step's work (see `vaes512`): an empty asm statement that passes
-/// the AES states, the GHASH accumulators and the GHASH source pointer through
+/// the AES states, the GHASH accumulators and the GHASH source offset through
 /// registers, so AES rounds and GHASH products reach the CPU interleaved.
 macro_rules! fence {
     ($s:ident, $acc:ident, $p:ident) => {
@@ -189,7 +188,7 @@ macro_rules! fence {
 /// AES-CTR keystream for one step, stitched with the GHASH of the 16 blocks at `src`
 /// (with the running hash `y` folded into the first): one vector's products after each
 /// of the first eight rounds, the reduction after the ninth.
-// The last fence's copy of the source pointer is not needed.
+// The last fence's copy of the source offset is not needed.
 #[allow(unused_assignments)]
 #[inline]
 #[target_feature(enable = "avx2,vaes,vpclmulqdq")]
@@ -205,7 +204,10 @@ fn keystream_ghash(
         *x = _mm256_xor_si256(*x, ctx.rk[0]);
     }
     let mut acc = zero3();
-    let mut p = src.as_ptr();
+    let p = src.as_ptr();
+    // Zero, but the compiler cannot know: the loads of the GHASH source depend on it,
+    // so they stay after the fence that last passed it.
+    let mut o = 0usize;
     macro_rules! round {
         ($r:expr) => {
             for x in s.iter_mut() {
@@ -216,19 +218,19 @@ fn keystream_ghash(
     macro_rules! round_mul {
         ($r:expr) => {
             round!($r);
-            // SAFETY: `p` is `src`'s address (passed through the fence unchanged), and
+            // SAFETY: `p` is `src`'s address and `o` is 0 (the fences pass it unchanged);
             // bytes 32*($r-1).. +32 lie within its C = 256 bytes.
-            let x = bswap(unsafe { _mm256_loadu_si256(p.add(32 * ($r - 1)).cast()) });
+            let x = bswap(unsafe { _mm256_loadu_si256(p.add(o + 32 * ($r - 1)).cast()) });
             let x = if $r == 1 {
                 _mm256_xor_si256(x, _mm256_zextsi128_si256(y))
             } else {
                 x
             };
             mul_acc(&mut acc, x, powers(key, 2 * ($r - 1)));
-            fence!(s, acc, p);
+            fence!(s, acc, o);
         };
     }
-    fence!(s, acc, p);
+    fence!(s, acc, o);
     round_mul!(1);
     round_mul!(2);
     round_mul!(3);
@@ -284,13 +286,7 @@ fn step_seal(
 
 #[inline]
 #[target_feature(enable = "avx2,vaes,vpclmulqdq")]
-fn step_open(
-    ctx: &Ctx,
-    key: &HwKey,
-    ctr: &mut __m128i,
-    y: __m128i,
-    data: &mut [u8; C],
-) -> __m128i {
+fn step_open(ctx: &Ctx, key: &HwKey, ctr: &mut __m128i, y: __m128i, data: &mut [u8; C]) -> __m128i {
     let (ks, y) = keystream_ghash(ctx, key, ctr, data, y);
     store_all(data, xor_all(load_all(data), ks));
     y

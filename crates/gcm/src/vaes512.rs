@@ -186,7 +186,7 @@ fn keystream(ctx: &Ctx, ctr: &mut __m128i) -> [V; 4] {
 }
 
 /// Pins the order of a step's work: an empty asm statement that passes the AES states,
-/// the GHASH accumulators and the GHASH source pointer through registers, so the
+/// the GHASH accumulators and the GHASH source offset through registers, so the
 /// compiler cannot hoist all GHASH work above the AES rounds (which starves the AES
 /// chains on an in-order front end); the CPU gets them interleaved, round by round.
 macro_rules! fence {
@@ -208,7 +208,7 @@ macro_rules! fence {
 /// AES-CTR keystream for one step, stitched with the GHASH of the 16 blocks at `src`
 /// (with the running hash `y` folded into the first). Returns the keystream and the
 /// new hash.
-// The last fence's copy of the source pointer is not needed.
+// The last fence's copy of the source offset is not needed.
 #[allow(unused_assignments)]
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,vaes,vpclmulqdq,avx2")]
@@ -225,7 +225,10 @@ fn keystream_ghash(
     }
     let poly = poly();
     let mut acc = zero3();
-    let mut p = src.as_ptr();
+    let p = src.as_ptr();
+    // Zero, but the compiler cannot know: the loads of the GHASH source depend on it,
+    // so they stay after the fence that last passed it.
+    let mut o = 0usize;
     macro_rules! round {
         ($r:expr) => {
             for x in s.iter_mut() {
@@ -236,26 +239,26 @@ fn keystream_ghash(
     macro_rules! round_mul {
         ($r:expr) => {
             round!($r);
-            // SAFETY: `p` is `src`'s address (passed through the fence unchanged), and
+            // SAFETY: `p` is `src`'s address and `o` is 0 (the fences pass it unchanged);
             // bytes 64*($r-1).. +64 lie within its C = 256 bytes.
-            let x = bswap(unsafe { _mm512_loadu_si512(p.add(64 * ($r - 1)).cast()) });
+            let x = bswap(unsafe { _mm512_loadu_si512(p.add(o + 64 * ($r - 1)).cast()) });
             let x = if $r == 1 {
                 _mm512_xor_si512(x, _mm512_zextsi128_si512(y))
             } else {
                 x
             };
             mul_acc(&mut acc, x, powers(key, 4 * ($r - 1)));
-            fence!(s, acc, p);
+            fence!(s, acc, o);
         };
     }
-    fence!(s, acc, p);
+    fence!(s, acc, o);
     round_mul!(1);
     round_mul!(2);
     round_mul!(3);
     round_mul!(4);
     round!(5);
     reduce_lo(&mut acc, poly);
-    fence!(s, acc, p);
+    fence!(s, acc, o);
     round!(6);
     let r = reduce_hi(&acc, poly);
     round!(7);
@@ -309,13 +312,7 @@ fn step_seal(
 
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,vaes,vpclmulqdq,avx2")]
-fn step_open(
-    ctx: &Ctx,
-    key: &HwKey,
-    ctr: &mut __m128i,
-    y: __m128i,
-    data: &mut [u8; C],
-) -> __m128i {
+fn step_open(ctx: &Ctx, key: &HwKey, ctr: &mut __m128i, y: __m128i, data: &mut [u8; C]) -> __m128i {
     let (ks, y) = keystream_ghash(ctx, key, ctr, data, y);
     store4(data, xor4(load4(data), ks));
     y

@@ -28,7 +28,11 @@ fn every_kernel_agrees_with_portable_both_ways() {
     for len in lengths(&mut rng) {
         let key: [u8; 32] = rng.array();
         let nonce: [u8; 12] = rng.array();
-        let aad_len = if rng.below(4) == 0 { rng.below(600) } else { 68 };
+        let aad_len = if rng.below(4) == 0 {
+            rng.below(600)
+        } else {
+            68
+        };
         let aad = rng.bytes(aad_len);
         let pt = rng.bytes(len);
         let reference = Aes256Gcm::with_kernel(&key, Kernel::Portable).unwrap();
@@ -41,7 +45,9 @@ fn every_kernel_agrees_with_portable_both_ways() {
             let tag = gcm.seal_in_place(&nonce, &aad, &mut ct).unwrap();
             assert_eq!(tag, ref_tag, "{kernel}: tag, len {len}, aad {}", aad.len());
             assert_eq!(ct, ref_ct, "{kernel}: ciphertext, len {len}");
-            reference.open_in_place(&nonce, &aad, &mut ct, &tag).unwrap();
+            reference
+                .open_in_place(&nonce, &aad, &mut ct, &tag)
+                .unwrap();
             assert_eq!(ct, pt);
             // Seal with portable, open with the kernel.
             let mut buf = ref_ct.clone();
@@ -53,6 +59,9 @@ fn every_kernel_agrees_with_portable_both_ways() {
     }
     eprintln!("{cases} kernel/length cases agreed with portable");
 }
+
+/// Text, AAD, nonce and tag of a record someone changed.
+type Forgery = (Vec<u8>, Vec<u8>, [u8; 12], [u8; 16]);
 
 #[test]
 fn tampering_is_refused_and_leaves_zeros() {
@@ -66,7 +75,7 @@ fn tampering_is_refused_and_leaves_zeros() {
             let mut ct = rng.bytes(len);
             let tag = gcm.seal_in_place(&nonce, &aad, &mut ct).unwrap();
             // One flipped bit in the text, the AAD, the nonce or the tag.
-            let mut tries: Vec<(Vec<u8>, Vec<u8>, [u8; 12], [u8; 16])> = Vec::new();
+            let mut tries: Vec<Forgery> = Vec::new();
             if len > 0 {
                 let mut c = ct.clone();
                 c[rng.below(len)] ^= 1 << rng.below(8);
@@ -105,7 +114,9 @@ fn unaligned_buffers_work() {
     let reference = Aes256Gcm::with_kernel(&key, Kernel::Portable).unwrap();
     let pt = rng.bytes(4096 + 61);
     let mut ref_ct = pt.clone();
-    let ref_tag = reference.seal_in_place(&nonce, b"aad", &mut ref_ct).unwrap();
+    let ref_tag = reference
+        .seal_in_place(&nonce, b"aad", &mut ref_ct)
+        .unwrap();
     for kernel in common::kernels() {
         let gcm = Aes256Gcm::with_kernel(&key, kernel).unwrap();
         for off in 0..64 {
@@ -113,7 +124,11 @@ fn unaligned_buffers_work() {
             let buf = &mut storage[off..off + pt.len()];
             buf.copy_from_slice(&pt);
             let tag = gcm.seal_in_place(&nonce, b"aad", buf).unwrap();
-            assert_eq!((&*buf, tag), (&ref_ct[..], ref_tag), "{kernel}: offset {off}");
+            assert_eq!(
+                (&*buf, tag),
+                (&ref_ct[..], ref_tag),
+                "{kernel}: offset {off}"
+            );
             gcm.open_in_place(&nonce, b"aad", buf, &tag).unwrap();
             assert_eq!(&*buf, &pt[..]);
         }

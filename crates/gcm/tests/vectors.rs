@@ -102,7 +102,11 @@ fn check(kernel: Kernel, cases: &[Case]) -> (usize, usize) {
         } else {
             invalid += 1;
             assert_eq!(opened, Err(Error::AuthFailed), "{kernel}: {}", c.name);
-            assert!(buf.iter().all(|b| *b == 0), "{kernel}: {} not zeroed", c.name);
+            assert!(
+                buf.iter().all(|b| *b == 0),
+                "{kernel}: {} not zeroed",
+                c.name
+            );
         }
     }
     (valid, invalid)

@@ -20,8 +20,11 @@ pub fn kernels() -> Vec<Kernel> {
 }
 
 /// SplitMix64: deterministic, seeded per test so a failure can be replayed.
+// Not every test binary that includes this module draws random numbers.
+#[allow(dead_code)]
 pub struct Rng(pub u64);
 
+#[allow(dead_code)]
 impl Rng {
     pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
