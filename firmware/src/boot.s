@@ -7,6 +7,39 @@
 // Only plain integer instructions are used here. Intel syntax; the names in braces are
 // constants from guest-abi (see boot.rs).
 
+// CR4.OSXSAVE and XCR0 for the register state the helper's AES-GCM kernels use (x87,
+// SSE, AVX, AVX-512 opmask/ZMM), as far as this vCPU's CPUID (the VMM's table, at CPL0)
+// offers it; the kernels check CPUID.OSXSAVE and XGETBV at CPL3 before using ymm/zmm.
+// Without XSAVE in CPUID nothing changes (setting OSXSAVE would #GP). XSETBV at CPL0
+// works under kvm_pvm's emulator (XGETBV does not, so nothing here reads XCR0).
+// Clobbers eax, ebx, ecx, edx.
+.macro sevm_xstate
+    mov eax, 1
+    cpuid
+    test ecx, 1 << 26
+    jz .Lsevm_xstate_done\@
+    mov eax, cr4
+    or eax, 0x40000
+    mov cr4, eax
+    mov eax, 0xd
+    xor ecx, ecx
+    cpuid
+    mov edx, eax
+    mov eax, 3
+    test edx, 4
+    jz .Lsevm_xstate_set\@
+    or eax, 4
+    and edx, 0xe0
+    cmp edx, 0xe0
+    jne .Lsevm_xstate_set\@
+    or eax, 0xe0
+.Lsevm_xstate_set\@:
+    xor ecx, ecx
+    xor edx, edx
+    xsetbv
+.Lsevm_xstate_done\@:
+.endm
+
 // ---------------------------------------------------------------------------------------
 // 32-bit code: BSP set-up and the switch to long mode (BSP and APs).
 // ---------------------------------------------------------------------------------------
@@ -129,6 +162,7 @@ sevm_enter_long_mode:
     mov eax, cr4
     or eax, 0x620
     mov cr4, eax
+    sevm_xstate
     mov eax, {PML4}
     mov cr3, eax
     // EFER.LME
@@ -168,6 +202,8 @@ sevm_helper_entry32:
     mov eax, cr4
     or eax, 0x620
     mov cr4, eax
+    sevm_xstate
+    mov ebx, {HELPER_ANCHOR}
     mov eax, [ebx + {ANCHOR_CR3}]
     mov cr3, eax
     mov ecx, 0xc0000080

@@ -38,6 +38,8 @@ pub enum InitError {
     Layout,
     /// The host refused to share the mailboxes.
     Share(u64),
+    /// The AES-256-GCM kernel the helper would use failed its known-answer test.
+    SelfTest(record_gcm::SelfTestError),
 }
 
 impl core::fmt::Display for InitError {
@@ -49,6 +51,7 @@ impl core::fmt::Display for InitError {
                 f,
                 "the host refused to share the helper mailboxes (error {e:#x})"
             ),
+            InitError::SelfTest(e) => write!(f, "{e}"),
         }
     }
 }
@@ -82,6 +85,12 @@ fn write16(gpa: u64, v: u16) {
 /// shares the mailboxes with the host (under SEV). `ram` is the host's RAM list as
 /// page-aligned ranges; `top` the end of RAM. Boot CPU only.
 pub fn init(ram: &[(u64, u64)], top: u64, sev_active: bool) -> Result<(u64, u64), InitError> {
+    // The kernel the helper vCPUs will choose (same CPUID; their entry enables the same
+    // XCR0 state as this CPU's, boot.s `sevm_xstate`), checked on known answers before
+    // anything is set up: a helper that would seal wrongly must not report ready.
+    let kernel = record_gcm::Kernel::best();
+    record_gcm::self_test(kernel).map_err(InitError::SelfTest)?;
+    crate::println!("firmware: helper AES-256-GCM kernel {kernel}: self-test passed");
     let size = region_size(ram);
     let b = base();
     if !ram.iter().any(|&(s, l)| s <= b && b + size <= s + l) {

@@ -47,6 +47,8 @@ const FIRMWARE_MAY_USE: &[&str] = &[
     "guest-abi",
     "helper-abi",
     "mirror-helper",
+    "os-loader",
+    "record-gcm",
     // no_std crypto.
     "aes-gcm",
     "hkdf",

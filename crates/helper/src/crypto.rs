@@ -4,16 +4,15 @@
 //!   the session id and the source helper's random nonce as salt, and a fixed label as
 //!   info. The nonce makes every session's key fresh even if a host replays a session id,
 //!   so sequence numbers (GCM nonces) never repeat under one key.
-//! - Records: AES-256-GCM; nonce = lane ‖ sequence number; AAD = label ‖ session id ‖
-//!   record header, binding GPA, round, version, lane and sequence to the payload.
+//! - Records: AES-256-GCM (`record-gcm`: the fastest kernel the CPU and its XCR0 allow,
+//!   chosen when the key is made, i.e. once per session and lane); nonce = lane ‖
+//!   sequence number; AAD = label ‖ session id ‖ record header, binding GPA, round,
+//!   version, lane and sequence to the payload.
 //! - Manifest: SHA-256 over a label and (GPA u64 LE ‖ version u32 LE) of every private
 //!   page in increasing GPA order.
 
-use aes_gcm::{
-    aead::{AeadInPlace, KeyInit},
-    Aes256Gcm, Nonce, Tag,
-};
 use helper_abi::{record::RecordHeader, MIGRATION_SECRET_LEN};
+use record_gcm::{Aes256Gcm, Kernel};
 use sha2::{Digest, Sha256};
 
 /// HKDF info for the record key.
@@ -37,6 +36,7 @@ pub struct RecordKey {
 impl core::fmt::Debug for RecordKey {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("RecordKey")
+            .field("kernel", &self.cipher.kernel())
             .field("key", &"<redacted>")
             .finish()
     }
@@ -59,12 +59,30 @@ pub fn derive_key(
 }
 
 impl RecordKey {
-    /// A key for `session_id` from the derived key bytes.
+    /// A key for `session_id` from the derived key bytes, run by the fastest AES-GCM
+    /// kernel this CPU supports.
     pub fn new(key: &[u8; 32], session_id: [u8; 16]) -> Self {
         RecordKey {
-            cipher: Aes256Gcm::new(key.into()),
+            cipher: Aes256Gcm::new(key),
             session_id,
         }
+    }
+
+    /// As [`RecordKey::new`], run by `kernel` (benchmarks and tests).
+    pub fn with_kernel(
+        key: &[u8; 32],
+        session_id: [u8; 16],
+        kernel: Kernel,
+    ) -> Result<Self, record_gcm::Error> {
+        Ok(RecordKey {
+            cipher: Aes256Gcm::with_kernel(key, kernel)?,
+            session_id,
+        })
+    }
+
+    /// The AES-GCM kernel that runs this key.
+    pub fn kernel(&self) -> Kernel {
+        self.cipher.kernel()
     }
 
     fn aad(&self, header: &RecordHeader) -> [u8; 20 + 16 + helper_abi::record::HEADER_SIZE] {
@@ -77,34 +95,23 @@ impl RecordKey {
 
     /// Encrypts `payload` in place and returns the tag.
     pub fn seal(&self, header: &RecordHeader, payload: &mut [u8]) -> [u8; 16] {
-        let nonce = header.nonce();
         // Encryption only fails for payloads beyond GCM's limit (64 GiB); ours are <= 4 KiB.
-        match self.cipher.encrypt_in_place_detached(
-            Nonce::from_slice(&nonce),
-            &self.aad(header),
-            payload,
-        ) {
-            Ok(tag) => tag.into(),
-            Err(_) => [0; 16],
-        }
+        self.cipher
+            .seal_in_place(&header.nonce(), &self.aad(header), payload)
+            .unwrap_or([0; 16])
     }
 
     /// Verifies the tag and decrypts `payload` in place. On failure `payload` is
-    /// unspecified and must not be used.
+    /// zeroed. `payload` must be private memory: it holds plaintext before the tag is
+    /// checked.
     pub fn open(
         &self,
         header: &RecordHeader,
         payload: &mut [u8],
         tag: &[u8; 16],
     ) -> Result<(), AuthFailed> {
-        let nonce = header.nonce();
         self.cipher
-            .decrypt_in_place_detached(
-                Nonce::from_slice(&nonce),
-                &self.aad(header),
-                payload,
-                Tag::from_slice(tag),
-            )
+            .open_in_place(&header.nonce(), &self.aad(header), payload, tag)
             .map_err(|_| AuthFailed)
     }
 }
@@ -198,6 +205,30 @@ mod tests {
         let mut copy = page;
         copy[100] ^= 1;
         assert_eq!(key.open(&header(1), &mut copy, &tag), Err(AuthFailed));
+    }
+
+    #[test]
+    fn every_kernel_here_opens_what_every_other_sealed() {
+        let key = derive_key(&[1; 32], &[2; 16], &[3; 16]);
+        let keys: std::vec::Vec<RecordKey> = Kernel::ALL
+            .iter()
+            .filter_map(|k| RecordKey::with_kernel(&key, [2; 16], *k).ok())
+            .collect();
+        assert!(keys.iter().any(|k| k.kernel() == Kernel::Portable));
+        assert_eq!(RecordKey::new(&key, [2; 16]).kernel(), Kernel::best());
+        for sealer in &keys {
+            let mut page = [0x42u8; 4096];
+            let tag = sealer.seal(&header(7), &mut page);
+            for opener in &keys {
+                let mut copy = page;
+                opener.open(&header(7), &mut copy, &tag).unwrap();
+                assert_eq!(copy, [0x42; 4096], "{:?} -> {:?}", sealer, opener);
+                let mut copy = page;
+                copy[4095] ^= 1;
+                assert_eq!(opener.open(&header(7), &mut copy, &tag), Err(AuthFailed));
+                assert_eq!(copy, [0; 4096], "a refused record is zeroed");
+            }
+        }
     }
 
     #[test]

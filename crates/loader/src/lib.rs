@@ -32,6 +32,7 @@
 //! launch; the caller copies it out once and parses the copy.
 
 #![no_std]
+#![forbid(unsafe_code)]
 
 #[cfg(test)]
 extern crate std;
