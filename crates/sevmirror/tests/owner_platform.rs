@@ -175,6 +175,8 @@ fn launch(psp: &EmulatedPsp, policy: u32, session: &LaunchSession, image: &[u8])
     let secret_gpa = MEM_BASE + data.len() as u64;
     data.resize(data.len() + 0x2000, 0);
     let mem = VecMemory::with_data(MEM_BASE, data);
+    psp.note_vm_created(VM, sev_platform::backend::KvmVmType::Default)
+        .unwrap();
     psp.init_vm(VM, false).unwrap();
     psp.launch_start(VM, Policy(policy), Some(session)).unwrap();
     psp.launch_update_data(VM, &mem, MEM_BASE, image.len() as u64)
@@ -321,6 +323,8 @@ fn platform_rotate_pdh_changes_only_the_pdh_and_old_sessions_stop_working() {
     );
     check_chain(&pdh2, &chain2);
     let psp = e.psp();
+    psp.note_vm_created(VM, sev_platform::backend::KvmVmType::Default)
+        .unwrap();
     psp.init_vm(VM, false).unwrap();
     let err = psp
         .launch_start(VM, Policy(0), Some(&old.launch_session()))

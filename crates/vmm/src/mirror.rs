@@ -26,7 +26,10 @@ use helper_abi::{
 };
 use kvm_bindings::kvm_segment;
 use kvm_ioctls::VcpuExit;
-use sev_platform::{backend::VmRef, SevBackend, SevError};
+use sev_platform::{
+    backend::{KvmVmType, VmRef},
+    SevBackend, SevError,
+};
 use std::{
     sync::Arc,
     time::{Duration, Instant},
@@ -426,8 +429,10 @@ impl Vm {
             }
         }
         let backend = sev.config.backend.clone();
+        let mirror_ref = VmRef(mirror.raw_fd());
         backend
-            .copy_enc_context_from(VmRef(mirror.raw_fd()), sev.vm_ref)
+            .note_vm_created(mirror_ref, KvmVmType::Default)
+            .and_then(|()| backend.copy_enc_context_from(mirror_ref, sev.vm_ref))
             .map_err(MirrorError::CopyContext)?;
         let view = self.host_view();
         let mut vcpus = Vec::new();
@@ -439,6 +444,9 @@ impl Vm {
                 )))
             })?;
             let vcpu = mirror.create_vcpu(u32::from(index), &cpuid)?;
+            backend
+                .note_vcpu_created(mirror_ref)
+                .map_err(MirrorError::CopyContext)?;
             let mut sregs = vcpu.sregs()?;
             sregs.cs = flat32(selector::KERNEL_CODE32, 0xb);
             let data = flat32(selector::KERNEL_DATA, 0x3);

@@ -10,7 +10,7 @@ use crate::{
 use guest_abi::{layout, services::hcall};
 use kvm_bindings::kvm_cpuid_entry2;
 use sev_platform::{
-    backend::{GuestStatus, LaunchMeasurement, LaunchSession, SecretHeader, VmRef},
+    backend::{GuestStatus, KvmVmType, LaunchMeasurement, LaunchSession, SecretHeader, VmRef},
     Policy, SevBackend, SevError,
 };
 use std::sync::Arc;
@@ -71,6 +71,11 @@ impl SevGuest {
     /// KVM_SEV_INIT on a fresh VM and the SEV_STATUS MSR exit.
     pub(crate) fn init(kvm_vm: &KvmVm, config: SevConfig) -> Result<SevGuest, VmError> {
         let vm_ref = VmRef(kvm_vm.raw_fd());
+        // The VM exists for the platform from now on (the emulated one refuses commands
+        // on VM fds it was not told about, as the kernel does on a closed fd).
+        config
+            .backend
+            .note_vm_created(vm_ref, KvmVmType::Default)?;
         config.backend.init_vm(vm_ref, false)?;
         kvm_vm.trap_msr_reads(&[MSR_SEV_STATUS])?;
         if config.transport == HypercallTransport::Vmmcall {

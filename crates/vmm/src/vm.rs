@@ -204,6 +204,9 @@ impl Vm {
             let mut cpuid = kvm.cpuid_for(id)?;
             sev::patch_cpuid(&mut cpuid, transport)?;
             vcpus.push(vm.create_vcpu(id, &cpuid)?);
+            if let Some(s) = &sev {
+                s.config.backend.note_vcpu_created(s.vm_ref)?;
+            }
         }
         for v in &vcpus[1..] {
             v.refresh_lapic()?;

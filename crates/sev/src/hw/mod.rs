@@ -18,7 +18,7 @@
 //!    (`has_protected_state`).
 //! 2. **Order**: `init_vm` before creating any vCPU (sev.c refuses INIT with vCPUs); then
 //!    [`SevBackend::launch_start`], [`SevBackend::launch_update_data`] for the firmware
-//!    image, for SEV-ES [`HwBackend::launch_update_vmsa`] after all vCPUs exist and their
+//!    image, for SEV-ES [`SevBackend::launch_update_vmsa`] after all vCPUs exist and their
 //!    registers are set (mirror vCPUs included: they must be created after
 //!    `copy_enc_context_from` and get their VMSA before the owner's LAUNCH_FINISH), then
 //!    [`SevBackend::launch_measure`], [`SevBackend::launch_secret`],
@@ -47,9 +47,11 @@ pub use ioctl::{PspCmdId, SevCmdId, KVM_X86_DEFAULT_VM, KVM_X86_SEV_ES_VM, KVM_X
 
 use crate::{
     backend::{
-        BackendKind, GuestState, GuestStatus, LaunchMeasurement, LaunchMemory, LaunchSession,
-        PageCipher, PlatformCerts, PlatformState, PlatformStatus, SecretHeader, SevBackend, VmRef,
+        BackendKind, GuestState, GuestStatus, KvmVmType, LaunchMeasurement, LaunchMemory,
+        LaunchSession, PageCipher, PlatformCerts, PlatformState, PlatformStatus, SecretHeader,
+        SevBackend, VmRef,
     },
+    vmsa::{Vmsa, VmsaSlot},
     Policy, SevError,
 };
 use errors::result;
@@ -167,13 +169,6 @@ impl HwBackend {
     pub fn vm_type(mode: SevMode) -> Result<u64, SevError> {
         let kvm = open_device(KVM_DEVICE)?;
         Ok(vm_type_for(supported_vm_types(kvm.as_raw_fd()), mode))
-    }
-
-    /// `KVM_SEV_LAUNCH_UPDATE_VMSA`: encrypt and measure the VMSA of every vCPU of `vm`
-    /// (SEV-ES; after LAUNCH_UPDATE_DATA, before LAUNCH_MEASURE). Afterwards the host can
-    /// no longer read or set those vCPUs' registers.
-    pub fn launch_update_vmsa(&self, vm: VmRef) -> Result<(), SevError> {
-        self.bare_op(vm, BareSevCmd::LaunchUpdateVmsa)
     }
 
     /// `KVM_MEMORY_ENCRYPT_REG_REGION`: pin guest RAM [gpa, gpa + len) of `vm` for the
@@ -376,6 +371,15 @@ impl SevBackend for HwBackend {
         self.psp_bare(BarePspCmd::FactoryReset)
     }
 
+    fn note_vm_created(&self, _vm: VmRef, _vm_type: KvmVmType) -> Result<(), SevError> {
+        // The kernel knows its VMs and their types.
+        Ok(())
+    }
+
+    fn note_vcpu_created(&self, _vm: VmRef) -> Result<(), SevError> {
+        Ok(())
+    }
+
     fn init_vm(&self, vm: VmRef, es: bool) -> Result<(), SevError> {
         let mode = if es { SevMode::SevEs } else { SevMode::Sev };
         // sev.c: KVM_SEV_INIT2 only on KVM_X86_SEV{,_ES}_VM, legacy INIT only on
@@ -427,6 +431,13 @@ impl SevBackend for HwBackend {
             offset += chunk;
         }
         Ok(())
+    }
+
+    /// `KVM_SEV_LAUNCH_UPDATE_VMSA` (no argument struct): the kernel syncs every vCPU's
+    /// VMSA from the registers the VMM set and measures them in vCPU order. `vmsas` is the
+    /// state the VMM set; the kernel does not take it.
+    fn launch_update_vmsa(&self, vm: VmRef, _vmsas: &[Vmsa]) -> Result<(), SevError> {
+        self.bare_op(vm, BareSevCmd::LaunchUpdateVmsa)
     }
 
     fn launch_measure(&self, vm: VmRef) -> Result<LaunchMeasurement, SevError> {
@@ -522,6 +533,11 @@ impl SevBackend for HwBackend {
 
     fn page_cipher(&self, _vm: VmRef) -> Option<Arc<dyn PageCipher>> {
         // Real SEV memory is encrypted by the memory controller; the host view needs none.
+        None
+    }
+
+    fn protected_vcpu_state(&self, _vm: VmRef, _vcpu: u32) -> Option<Arc<VmsaSlot>> {
+        // The CPU keeps the VMSA; the kernel refuses register access itself.
         None
     }
 
