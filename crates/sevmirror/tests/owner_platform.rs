@@ -988,7 +988,42 @@ fn bad_inputs_are_one_clear_line_and_a_nonzero_exit() {
         (
             s(&["measure", "--firmware", &data, "--mode", "sev-es"]),
             2,
-            "VMSA",
+            "needs --vcpus",
+        ),
+        (
+            s(&["measure", "--firmware", &data, "--vcpus", "2"]),
+            2,
+            "only for an SEV-ES launch",
+        ),
+        (
+            s(&[
+                "measure",
+                "--firmware",
+                &data,
+                "--mode",
+                "sev-es",
+                "--vcpus",
+                "2",
+                "--vcpu-type",
+                "Skylake",
+            ]),
+            2,
+            "unknown vCPU type",
+        ),
+        (
+            s(&[
+                "measure",
+                "--firmware",
+                &data,
+                "--mode",
+                "sev-es",
+                "--vcpus",
+                "2",
+                "--vcpu-type",
+                "EPYC",
+            ]),
+            1,
+            "cannot compute the SEV-ES VMSAs",
         ),
         (
             s(&["measure", "--firmware", &data, "--mode", "snp"]),
