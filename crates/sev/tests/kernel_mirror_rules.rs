@@ -11,7 +11,7 @@ use sev_platform::{
     emulated::{EmulatedPsp, Migration, SevCommandId, MIN_SEV_ASID},
     measure::{expected_es_digest, verify_measurement},
     memory::VecMemory,
-    vmsa::{ResetVmsas, VcpuType, Vmsa, VmmType},
+    vmsa::{ResetVmsas, VcpuType, VmmType, Vmsa},
     PlatformIdentity, Policy, SevBackend, SevError,
 };
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -623,7 +623,10 @@ fn a_mirror_copied_before_launch_start_keeps_handle_zero() {
         p.copy_enc_context_from(late, owner).unwrap();
         assert_eq!(errno(p.guest_status(early)), libc::EBADF);
         let mem = VecMemory::new(0, PAGE_SIZE);
-        assert_eq!(errno(p.dbg_decrypt(early, &mem, 0, &mut [0; 16])), libc::EBADF);
+        assert_eq!(
+            errno(p.dbg_decrypt(early, &mem, 0, &mut [0; 16])),
+            libc::EBADF
+        );
         assert_eq!(p.guest_status(late).unwrap().handle, handle);
         if es {
             add_vcpus(&p, early, 1);
@@ -655,7 +658,10 @@ fn a_move_between_vms_of_different_types_is_einval() {
     p.launch_update_vmsa(typed, &vmsas(2)).unwrap();
     let default_dst = aux_vm_create(&p, false);
     add_vcpus(&p, default_dst, 2);
-    assert_eq!(errno(p.move_enc_context_from(default_dst, typed)), libc::EINVAL);
+    assert_eq!(
+        errno(p.move_enc_context_from(default_dst, typed)),
+        libc::EINVAL
+    );
     let typed_dst = new_vm_of(&p, KvmVmType::SevEs);
     add_vcpus(&p, typed_dst, 2);
     p.move_enc_context_from(typed_dst, typed).unwrap();

@@ -5,7 +5,7 @@
 
 use sev_platform::{
     measure::{expected_es_digest, launch_measurement, FirmwareVersion},
-    vmsa::{ResetVmsas, VcpuType, Vmsa, VmmType},
+    vmsa::{ResetVmsas, VcpuType, VmmType, Vmsa},
     Policy,
 };
 use sha2::{Digest, Sha256};
@@ -23,7 +23,12 @@ fn data(rel: &str) -> PathBuf {
 
 fn page(rel: &str) -> Vmsa {
     let bytes = std::fs::read(data(rel)).unwrap();
-    Vmsa::from_bytes(&bytes.as_slice().try_into().expect("a VMSA file is one page"))
+    Vmsa::from_bytes(
+        &bytes
+            .as_slice()
+            .try_into()
+            .expect("a VMSA file is one page"),
+    )
 }
 
 fn ours(vcpu_type: &str, vmm: VmmType) -> ResetVmsas {
@@ -36,7 +41,10 @@ fn ours(vcpu_type: &str, vmm: VmmType) -> ResetVmsas {
 
 fn assert_same(what: &str, ours: &Vmsa, theirs: &Vmsa) {
     let diff: Vec<String> = ours.diff(theirs).iter().map(|d| d.to_string()).collect();
-    assert!(diff.is_empty(), "{what}: ours vs theirs differ in {diff:#?}");
+    assert!(
+        diff.is_empty(),
+        "{what}: ours vs theirs differ in {diff:#?}"
+    );
     assert_eq!(ours.to_bytes(), theirs.to_bytes(), "{what}");
 }
 
@@ -48,8 +56,16 @@ fn vmsas_equal_sev_snp_measure_for_qemu_and_ec2() {
         ("snpm-EPYC-v4-ec2", "EPYC-v4", VmmType::Ec2),
     ] {
         let r = ours(vcpu_type, vmm);
-        assert_same(&format!("{dir} vCPU 0"), &r.vcpu(0), &page(&format!("{dir}/vmsa0.bin")));
-        assert_same(&format!("{dir} vCPU 1"), &r.vcpu(1), &page(&format!("{dir}/vmsa1.bin")));
+        assert_same(
+            &format!("{dir} vCPU 0"),
+            &r.vcpu(0),
+            &page(&format!("{dir}/vmsa0.bin")),
+        );
+        assert_same(
+            &format!("{dir} vCPU 1"),
+            &r.vcpu(1),
+            &page(&format!("{dir}/vmsa1.bin")),
+        );
     }
 }
 
@@ -60,8 +76,16 @@ fn vmsas_equal_sevctl_for_the_legacy_es_init() {
         ("sevctl-EPYC-Milan", "EPYC-Milan"),
     ] {
         let r = ours(vcpu_type, VmmType::QemuEsInit);
-        assert_same(&format!("{dir} vCPU 0"), &r.vcpu(0), &page(&format!("{dir}/vmsa0.bin")));
-        assert_same(&format!("{dir} vCPU 1"), &r.vcpu(1), &page(&format!("{dir}/vmsa1.bin")));
+        assert_same(
+            &format!("{dir} vCPU 0"),
+            &r.vcpu(0),
+            &page(&format!("{dir}/vmsa0.bin")),
+        );
+        assert_same(
+            &format!("{dir} vCPU 1"),
+            &r.vcpu(1),
+            &page(&format!("{dir}/vmsa1.bin")),
+        );
     }
     // And the two tools differ exactly in the FPU control words.
     let fields: Vec<_> = page("sevctl-EPYC-v4/vmsa0.bin")
@@ -103,8 +127,8 @@ fn digests_equal_sev_snp_measure_for_ovmf_at_1_2_4_vcpus() {
             panic!("bad line {line:?}")
         };
         let vmm = VmmType::from_name(vmm).unwrap();
-        let r = ResetVmsas::for_firmware(&image, VcpuType::from_name(vcpu_type).unwrap(), vmm)
-            .unwrap();
+        let r =
+            ResetVmsas::for_firmware(&image, VcpuType::from_name(vcpu_type).unwrap(), vmm).unwrap();
         assert_eq!(r.ap_entry.reset_address(), OVMF_AP_ENTRY);
         let ours = expected_es_digest(&image, &r.all(n.parse().unwrap()).unwrap());
         let hex: String = ours.iter().map(|b| format!("{b:02x}")).collect();
@@ -118,7 +142,10 @@ fn digests_equal_sev_snp_measure_for_ovmf_at_1_2_4_vcpus() {
 fn measurements_equal_sevctl_measurement_build() {
     let Some(image) = golden_ovmf() else { return };
     let tik: [u8; 16] = std::fs::read(data("tik.bin")).unwrap().try_into().unwrap();
-    let nonce: [u8; 16] = std::fs::read(data("nonce.bin")).unwrap().try_into().unwrap();
+    let nonce: [u8; 16] = std::fs::read(data("nonce.bin"))
+        .unwrap()
+        .try_into()
+        .unwrap();
     let fw = FirmwareVersion {
         api_major: 0,
         api_minor: 24,
@@ -132,6 +159,10 @@ fn measurements_equal_sevctl_measurement_build() {
         let digest = expected_es_digest(&image, &r.all(n).unwrap());
         let m = launch_measurement(&tik, fw, Policy(0x5), &digest, &nonce);
         let want = std::fs::read_to_string(data(file)).unwrap();
-        assert_eq!(sev_platform::owner::encode_base64(&m.0), want.trim(), "{file}");
+        assert_eq!(
+            sev_platform::owner::encode_base64(&m.0),
+            want.trim(),
+            "{file}"
+        );
     }
 }

@@ -15,7 +15,7 @@ use serde_json::json;
 use sev_platform::{
     measure::{expected_digest, expected_es_digest},
     owner::encode_base64,
-    vmsa::{ResetVmsas, VcpuType, Vmsa, VmmType},
+    vmsa::{ResetVmsas, VcpuType, VmmType, Vmsa},
 };
 use std::{
     io::Read,
@@ -331,7 +331,9 @@ mod tests {
                 vmm: VmmType::Qemu
             })
         );
-        assert!(launch_spec(Mode::Sev, &es).unwrap_err().contains("--vcpus, --vcpu-type"));
+        assert!(launch_spec(Mode::Sev, &es)
+            .unwrap_err()
+            .contains("--vcpus, --vcpu-type"));
         let no_type = EsArgs {
             vcpus: Some(2),
             ..EsArgs::default()
@@ -339,13 +341,19 @@ mod tests {
         assert!(launch_spec(Mode::SevEs, &no_type)
             .unwrap_err()
             .contains("--vcpu-type"));
-        assert!(launch_spec(Mode::SevEs, &none).unwrap_err().contains("--vcpus"));
+        assert!(launch_spec(Mode::SevEs, &none)
+            .unwrap_err()
+            .contains("--vcpus"));
         let zero = EsArgs {
             vcpus: Some(0),
             ..es.clone()
         };
-        assert!(launch_spec(Mode::SevEs, &zero).unwrap_err().contains("1 to"));
-        assert!(parse_vcpu_type("Skylake").unwrap_err().contains("EPYC-Genoa"));
+        assert!(launch_spec(Mode::SevEs, &zero)
+            .unwrap_err()
+            .contains("1 to"));
+        assert!(parse_vcpu_type("Skylake")
+            .unwrap_err()
+            .contains("EPYC-Genoa"));
         assert_eq!(parse_vmm_type("qemu-es-init"), Ok(VmmType::QemuEsInit));
         assert!(parse_vmm_type("gce").is_err());
     }

@@ -356,8 +356,7 @@ fn verify(args: &VerifyArgs) -> anyhow::Result<()> {
             (*d, String::from("the given digest"))
         }
         (None, firmware) => {
-            let spec =
-                measure_cmd::launch_spec(mode, &args.es).unwrap_or_else(|m| usage_error(&m));
+            let spec = measure_cmd::launch_spec(mode, &args.es).unwrap_or_else(|m| usage_error(&m));
             let (bytes, mut what) = match firmware {
                 Some(path) => {
                     image = measure_cmd::read_firmware(path)?;

@@ -12,7 +12,7 @@ use sev_platform::{
     backend::{KvmVmType, VmRef},
     memory::VecMemory,
     owner,
-    vmsa::{ResetVmsas, VcpuType, Vmsa, VmmType},
+    vmsa::{ResetVmsas, VcpuType, VmmType, Vmsa},
     EmulatedPsp, Policy, SevBackend,
 };
 use std::{
@@ -158,7 +158,9 @@ fn measure_es(fw: &str, vcpus: u32, vcpu_type: &str, extra: &[&str]) -> String {
 
 #[test]
 fn sev_snp_measure_seves_digests_equal_ours() {
-    let Some(snpm) = sev_snp_measure() else { return };
+    let Some(snpm) = sev_snp_measure() else {
+        return;
+    };
     let dir = tempdir();
     let mut checked = 0;
     for (label, fw) in firmwares(dir.path()) {
@@ -169,7 +171,14 @@ fn sev_snp_measure_seves_digests_equal_ours() {
                     &snpm,
                     dir.path(),
                     &[
-                        "--mode", "seves", "--vcpus", &ns, "--vcpu-type", vcpu_type, "--ovmf", &fw,
+                        "--mode",
+                        "seves",
+                        "--vcpus",
+                        &ns,
+                        "--vcpu-type",
+                        vcpu_type,
+                        "--ovmf",
+                        &fw,
                     ],
                 );
                 let ours = measure_es(&fw, n, vcpu_type, &[]);
@@ -183,8 +192,16 @@ fn sev_snp_measure_seves_digests_equal_ours() {
             &snpm,
             dir.path(),
             &[
-                "--mode", "seves", "--vcpus", "2", "--vcpu-type", "EPYC-v4", "--vmm-type", "ec2",
-                "--ovmf", &fw,
+                "--mode",
+                "seves",
+                "--vcpus",
+                "2",
+                "--vcpu-type",
+                "EPYC-v4",
+                "--vmm-type",
+                "ec2",
+                "--ovmf",
+                &fw,
             ],
         );
         let ours = measure_es(&fw, 2, "EPYC-v4", &["--vmm-type", "ec2"]);
@@ -198,7 +215,9 @@ fn sev_snp_measure_seves_digests_equal_ours() {
 
 #[test]
 fn sev_snp_measure_dumped_vmsas_equal_ours() {
-    let Some(snpm) = sev_snp_measure() else { return };
+    let Some(snpm) = sev_snp_measure() else {
+        return;
+    };
     let dir = tempdir();
     for (label, fw) in firmwares(dir.path()) {
         for vcpu_type in ["EPYC-v4", "EPYC-Genoa"] {
@@ -208,7 +227,14 @@ fn sev_snp_measure_dumped_vmsas_equal_ours() {
                 &snpm,
                 &theirs,
                 &[
-                    "--mode", "seves", "--vcpus", "3", "--vcpu-type", vcpu_type, "--ovmf", &fw,
+                    "--mode",
+                    "seves",
+                    "--vcpus",
+                    "3",
+                    "--vcpu-type",
+                    vcpu_type,
+                    "--ovmf",
+                    &fw,
                     "--dump-vmsa",
                 ],
             );
@@ -260,8 +286,8 @@ fn sevctl_vmsa_and_measurement_build_agree_with_ours() {
     std::fs::write(d.join("tik.bin"), b"0123456789abcdef").unwrap();
     std::fs::write(d.join("nonce.bin"), b"fedcba9876543210").unwrap();
     let (tik, nonce) = (*b"0123456789abcdef", *b"fedcba9876543210");
-    let fwv = EmulatedPsp::new(sev_platform::PlatformIdentity::generate().unwrap())
-        .firmware_version();
+    let fwv =
+        EmulatedPsp::new(sev_platform::PlatformIdentity::generate().unwrap()).firmware_version();
     let (major, minor, build) = (
         fwv.api_major.to_string(),
         fwv.api_minor.to_string(),
@@ -278,9 +304,21 @@ fn sevctl_vmsa_and_measurement_build_agree_with_ours() {
                     &sevctl,
                     &sc,
                     &[
-                        "vmsa", "build", &format!("vmsa{cpu}.bin"), "--cpu", cpu, "--family",
-                        family, "--model", model, "--stepping", stepping, "--firmware", &fw,
-                        "--userspace", "qemu",
+                        "vmsa",
+                        "build",
+                        &format!("vmsa{cpu}.bin"),
+                        "--cpu",
+                        cpu,
+                        "--family",
+                        family,
+                        "--model",
+                        model,
+                        "--stepping",
+                        stepping,
+                        "--firmware",
+                        &fw,
+                        "--userspace",
+                        "qemu",
                     ],
                 );
             }
@@ -321,11 +359,27 @@ fn sevctl_vmsa_and_measurement_build_agree_with_ours() {
                             &sevctl,
                             d,
                             &[
-                                "measurement", "build", "--api-major", &major, "--api-minor",
-                                &minor, "--build-id", &build, "--policy", "0x5", "--tik",
-                                "tik.bin", "--nonce", "nonce.bin", "--firmware", &fw,
-                                "--num-cpus", &ns, "--vmsa-cpu0",
-                                files.join("vmsa0.bin").to_str().unwrap(), "--vmsa-cpu1",
+                                "measurement",
+                                "build",
+                                "--api-major",
+                                &major,
+                                "--api-minor",
+                                &minor,
+                                "--build-id",
+                                &build,
+                                "--policy",
+                                "0x5",
+                                "--tik",
+                                "tik.bin",
+                                "--nonce",
+                                "nonce.bin",
+                                "--firmware",
+                                &fw,
+                                "--num-cpus",
+                                &ns,
+                                "--vmsa-cpu0",
+                                files.join("vmsa0.bin").to_str().unwrap(),
+                                "--vmsa-cpu1",
                                 files.join("vmsa1.bin").to_str().unwrap(),
                             ],
                         );
@@ -431,7 +485,11 @@ fn owner_verify_checks_an_es_launch_of_the_emulated_psp() {
             assert!(text(&o.stderr).contains("ES bit"), "{}", text(&o.stderr));
             let o = verify(&["--vcpus", "2"]);
             assert_eq!(o.status.code(), Some(2));
-            assert!(text(&o.stderr).contains("--vcpu-type"), "{}", text(&o.stderr));
+            assert!(
+                text(&o.stderr).contains("--vcpu-type"),
+                "{}",
+                text(&o.stderr)
+            );
         }
     }
 }

@@ -73,9 +73,7 @@ impl SevGuest {
         let vm_ref = VmRef(kvm_vm.raw_fd());
         // The VM exists for the platform from now on (the emulated one refuses commands
         // on VM fds it was not told about, as the kernel does on a closed fd).
-        config
-            .backend
-            .note_vm_created(vm_ref, KvmVmType::Default)?;
+        config.backend.note_vm_created(vm_ref, KvmVmType::Default)?;
         config.backend.init_vm(vm_ref, false)?;
         kvm_vm.trap_msr_reads(&[MSR_SEV_STATUS])?;
         if config.transport == HypercallTransport::Vmmcall {

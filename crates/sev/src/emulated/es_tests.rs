@@ -240,10 +240,12 @@ fn protected_state_is_per_vcpu_ciphertext_to_the_host_and_kept_between_runs() {
 fn a_platform_without_es_refuses_es_guests_and_stays_as_it_was() {
     let p = EmulatedPsp::with_es_support(PlatformIdentity::generate().unwrap(), EsSupport::Absent);
     assert!(!p.platform_status().unwrap().es);
-    assert!(EmulatedPsp::new(PlatformIdentity::generate().unwrap())
-        .platform_status()
-        .unwrap()
-        .es);
+    assert!(
+        EmulatedPsp::new(PlatformIdentity::generate().unwrap())
+            .platform_status()
+            .unwrap()
+            .es
+    );
     let before = p.platform_status().unwrap();
     assert_eq!(
         code(p.note_vm_created(VmRef(50), KvmVmType::SevEs)),
@@ -274,15 +276,24 @@ fn init2_must_match_the_vm_type() {
     let p = EmulatedPsp::new(PlatformIdentity::generate().unwrap());
     p.note_vm_created(VmRef(60), KvmVmType::SevEs).unwrap();
     p.note_vm_created(VmRef(61), KvmVmType::Sev).unwrap();
-    assert_eq!(code(p.init_vm(VmRef(60), false)), Refusal::Errno(libc::EINVAL));
-    assert_eq!(code(p.init_vm(VmRef(61), true)), Refusal::Errno(libc::EINVAL));
+    assert_eq!(
+        code(p.init_vm(VmRef(60), false)),
+        Refusal::Errno(libc::EINVAL)
+    );
+    assert_eq!(
+        code(p.init_vm(VmRef(61), true)),
+        Refusal::Errno(libc::EINVAL)
+    );
     assert_eq!(p.platform_status().unwrap().state, PlatformState::Uninit);
     p.init_vm(VmRef(60), true).unwrap();
     p.init_vm(VmRef(61), false).unwrap();
     assert!(p.asid(VmRef(60)).unwrap() < MIN_SEV_ASID);
     assert!(p.asid(VmRef(61)).unwrap() >= MIN_SEV_ASID);
     // INIT2 once only (`need_init`).
-    assert_eq!(code(p.init_vm(VmRef(60), true)), Refusal::Errno(libc::EINVAL));
+    assert_eq!(
+        code(p.init_vm(VmRef(60), true)),
+        Refusal::Errno(libc::EINVAL)
+    );
 }
 
 #[test]

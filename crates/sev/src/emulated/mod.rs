@@ -251,9 +251,10 @@ fn random_error(command: &'static str) -> SevError {
 impl Inner {
     /// The VM fd `vm`, or EBADF (`op`) if it is not open.
     fn vm_entry(&mut self, vm: VmRef, op: &'static str) -> Result<&mut VmEntry, SevError> {
-        self.vms
-            .get_mut(&vm)
-            .ok_or(SevError::Kernel { op, errno: libc::EBADF })
+        self.vms.get_mut(&vm).ok_or(SevError::Kernel {
+            op,
+            errno: libc::EBADF,
+        })
     }
 
     /// The kernel's gate in front of every `KVM_MEMORY_ENCRYPT_OP` on `vm`: EBADF on an
@@ -447,7 +448,10 @@ impl EmulatedPsp {
     pub fn protected_vcpus(&self, vm: VmRef) -> Option<(usize, usize)> {
         let inner = self.lock();
         let e = inner.vms.get(&vm)?;
-        Some((e.vcpus.iter().filter(|v| v.is_some()).count(), e.vcpus.len()))
+        Some((
+            e.vcpus.iter().filter(|v| v.is_some()).count(),
+            e.vcpus.len(),
+        ))
     }
 }
 

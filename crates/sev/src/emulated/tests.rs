@@ -299,9 +299,7 @@ fn launch_update_data_measures_plaintext_and_refuses_bad_requests() {
 fn launch_measure_once_from_lupdate() {
     let p = psp();
     p.init_vm(VM, false).unwrap();
-    refused(&p, VM, Refusal::Errno(libc::EBADF), || {
-        p.launch_measure(VM)
-    });
+    refused(&p, VM, Refusal::Errno(libc::EBADF), || p.launch_measure(VM));
     p.launch_start(VM, Policy(0), None).unwrap();
     let a = p.launch_measure(VM).unwrap();
     assert_eq!(p.guest_status(VM).unwrap().state, GuestState::LaunchSecret);

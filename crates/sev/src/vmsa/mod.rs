@@ -13,6 +13,7 @@
 //! [`reset`] builds the VMSAs a launch measures; [`VmsaSlot`] is where the emulated
 //! platform keeps an SEV-ES vCPU's state once it is protected.
 
+pub mod kvm;
 pub mod reset;
 
 use crate::{
@@ -569,9 +570,10 @@ mod tests {
         v.sev_features = 1 << 5;
         v.ic_ibs_extd_ctl = 0x1122_3344_5566_7788;
         let b = v.to_bytes();
-        assert_eq!(&b[0x10..0x20], &[
-            0x00, 0xf0, 0x9b, 0x00, 0xff, 0xff, 0, 0, 0, 0, 0xff, 0xff, 0, 0, 0, 0
-        ]);
+        assert_eq!(
+            &b[0x10..0x20],
+            &[0x00, 0xf0, 0x9b, 0x00, 0xff, 0xff, 0, 0, 0, 0, 0xff, 0xff, 0, 0, 0, 0]
+        );
         assert_eq!(&b[0x178..0x180], &0xfff0u64.to_le_bytes());
         assert_eq!(&b[0x310..0x318], &0x0080_0f12u64.to_le_bytes());
         assert_eq!(&b[0x3b0..0x3b8], &0x20u64.to_le_bytes());

@@ -41,7 +41,7 @@
 //! [`VmmType::Ec2`] is sev-snp-measure's `--vmm-type ec2` (CS 0x9a on the boot vCPU, SS
 //! 0x92, TR 0x83, RDX 0x600 whatever the vCPU type, no FPU state).
 
-use super::{Vmsa, VmcbSegment};
+use super::{VmcbSegment, Vmsa};
 use fwtable::{guid, SevEsResetBlock, Table, TableError};
 use std::fmt;
 
@@ -347,9 +347,15 @@ mod tests {
     fn boot_vcpu_starts_at_the_reset_vector_and_aps_at_the_reset_block() {
         let r = ovmf_like();
         let bsp = r.vcpu(0);
-        assert_eq!((bsp.cs.selector, bsp.cs.base, bsp.rip), (0xf000, 0xffff_0000, 0xfff0));
+        assert_eq!(
+            (bsp.cs.selector, bsp.cs.base, bsp.rip),
+            (0xf000, 0xffff_0000, 0xfff0)
+        );
         let ap = r.vcpu(3);
-        assert_eq!((ap.cs.selector, ap.cs.base, ap.rip), (0xf000, 0x80_0000, 0xb004));
+        assert_eq!(
+            (ap.cs.selector, ap.cs.base, ap.rip),
+            (0xf000, 0x80_0000, 0xb004)
+        );
         assert_eq!(bsp.rdx, 0x0080_0f12);
         // The APs differ from the boot vCPU only in where they start.
         let names: Vec<_> = bsp.diff(&ap).into_iter().map(|d| d.field).collect();
@@ -383,11 +389,17 @@ mod tests {
         let zero = [0u8; 4];
         let mut image = vec![0u8; 0x1000];
         fwtable::place_in_image(&mut image, &[(guid::SEV_ES_RESET_BLOCK, &zero)]).unwrap();
-        assert!(matches!(ap_reset_block(&image), Err(VmsaError::ZeroResetAddress)));
+        assert!(matches!(
+            ap_reset_block(&image),
+            Err(VmsaError::ZeroResetAddress)
+        ));
 
         let mut image = vec![0u8; 0x1000];
         fwtable::place_in_image(&mut image, &[(guid::SEV_SECRET_BLOCK, &[0u8; 8])]).unwrap();
-        assert!(matches!(ap_reset_block(&image), Err(VmsaError::NoResetBlock)));
+        assert!(matches!(
+            ap_reset_block(&image),
+            Err(VmsaError::NoResetBlock)
+        ));
 
         assert!(matches!(
             ap_reset_block(&[0u8; 0x1000]),
