@@ -5,7 +5,12 @@
 //! hardware backend is a thin layer over the ioctls and the emulated PSP answers with the
 //! same state checks, status codes and errno values.
 
-use crate::{kvm::KvmOps, policy::Policy, status::SevStatus};
+use crate::{
+    kvm::KvmOps,
+    policy::Policy,
+    status::SevStatus,
+    vmsa::{Vmsa, VmsaSlot},
+};
 use std::{fmt, sync::Arc};
 
 /// Size of a page as the platform measures and encrypts it.
@@ -16,6 +21,32 @@ pub const PAGE_SIZE: usize = 4096;
 /// KVM handle by it, see [`SevBackend::vm_created`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct VmRef(pub u64);
+
+/// The type a KVM VM was created with: the `KVM_CREATE_VM` argument (`KVM_X86_*_VM`,
+/// `arch/x86/include/uapi/asm/kvm.h`). It decides how the VM becomes an SEV VM: the legacy
+/// `KVM_SEV_INIT`/`KVM_SEV_ES_INIT` on a default VM, `KVM_SEV_INIT2` on an SEV-typed one
+/// (Linux 6.10+), and for SEV-ES whether the VMSAs carry the vCPUs' FPU state
+/// ([`crate::vmsa::reset`]). An intra-host move needs both VMs of the same type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum KvmVmType {
+    /// `KVM_X86_DEFAULT_VM` (0).
+    Default,
+    /// `KVM_X86_SEV_VM` (2).
+    Sev,
+    /// `KVM_X86_SEV_ES_VM` (3).
+    SevEs,
+}
+
+impl KvmVmType {
+    /// The `KVM_CREATE_VM` argument.
+    pub fn raw(self) -> u64 {
+        match self {
+            KvmVmType::Default => 0,
+            KvmVmType::Sev => 2,
+            KvmVmType::SevEs => 3,
+        }
+    }
+}
 
 /// Which implementation stands behind the trait.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -384,7 +415,31 @@ pub trait SevBackend: Send + Sync {
     /// FACTORY_RESET: new platform identity (OCA, PEK, PDH); fails while guests exist.
     fn factory_reset(&self) -> Result<(), SevError>;
 
-    /// KVM_SEV_INIT (or KVM_SEV_ES_INIT with `es`): make `vm` an SEV VM.
+    /// `KVM_CREATE_VM` made a VM of `vm_type`, which the VMM names `vm` from now on; `kvm`
+    /// is the VMM's handle of it. Called once per VM, before any other method names it:
+    /// both backends answer EBADF (as the kernel answers a closed fd) for a VM they were
+    /// not introduced to, or that [`SevBackend::vm_destroyed`] released. The hardware
+    /// backend issues its KVM ioctls for `vm` through `kvm`, and keeps the handle (so the
+    /// VM fd stays open) until `vm_destroyed`; it picks `KVM_SEV_INIT2` or the legacy init
+    /// by `vm_type`. The emulated PSP applies the kernel's rules itself and needs no
+    /// handle: it records the type (it decides the init command, the VMSAs' FPU state and
+    /// whether two VMs may move a context between them) and refuses a type it lacks
+    /// (EINVAL: `KVM_X86_SEV_ES_VM` without SEV-ES). Introducing a `vm` again names a new
+    /// VM: whatever the platform knew under it is released first, as by `vm_destroyed`.
+    fn vm_created(
+        &self,
+        vm: VmRef,
+        vm_type: KvmVmType,
+        kvm: Arc<dyn KvmOps>,
+    ) -> Result<(), SevError>;
+    /// `KVM_CREATE_VCPU` created the next vCPU of `vm`. vCPUs are indexed in creation
+    /// order, the order `KVM_SEV_LAUNCH_UPDATE_VMSA` measures them in; after the first,
+    /// SEV init and becoming a mirror are refused. EBADF for a VM the platform does not
+    /// know, EIO for one whose context was moved away.
+    fn vcpu_created(&self, vm: VmRef) -> Result<(), SevError>;
+
+    /// KVM_SEV_INIT (or KVM_SEV_ES_INIT with `es`; KVM_SEV_INIT2 on an SEV-typed VM):
+    /// make `vm` an SEV VM.
     fn init_vm(&self, vm: VmRef, es: bool) -> Result<(), SevError>;
     /// KVM_SEV_LAUNCH_START: returns the guest handle. Without a session the platform
     /// generates the transport keys itself (the guest then cannot receive secrets).
@@ -402,6 +457,17 @@ pub trait SevBackend: Send + Sync {
         gpa: u64,
         len: u64,
     ) -> Result<(), SevError>;
+    /// KVM_SEV_LAUNCH_UPDATE_VMSA (SEV-ES): encrypt and measure the VMSA of every vCPU of
+    /// `vm`, in vCPU index order, after the firmware's LAUNCH_UPDATE_DATA and before
+    /// LAUNCH_MEASURE; from then on those vCPUs' state is protected (per vCPU: one created
+    /// later is not). `vmsas[i]` is vCPU `i`'s register state as the kernel's
+    /// `sev_es_sync_vmsa` sees it, one per vCPU created (for the reset state:
+    /// [`crate::vmsa::ResetVmsas`]). The emulated platform measures these, after applying
+    /// what the kernel itself fixes (SEV features; no FPU state on a legacy
+    /// `KVM_SEV_ES_INIT` VM). On hardware the kernel builds them from the registers the VMM
+    /// set with `KVM_SET_REGS`/`KVM_SET_SREGS`/`KVM_SET_XSAVE`, so those must hold the same
+    /// state; the slice is not passed down.
+    fn launch_update_vmsa(&self, vm: VmRef, vmsas: &[Vmsa]) -> Result<(), SevError>;
     /// KVM_SEV_LAUNCH_MEASURE.
     fn launch_measure(&self, vm: VmRef) -> Result<LaunchMeasurement, SevError>;
     /// KVM_SEV_LAUNCH_SECRET: verify the packet and decrypt `secret` into guest memory at `gpa`.
@@ -443,13 +509,15 @@ pub trait SevBackend: Send + Sync {
 
     /// The transform for the host's view of `vm`'s private pages (emulated platforms only).
     fn page_cipher(&self, vm: VmRef) -> Option<Arc<dyn PageCipher>>;
-    /// A KVM VM the platform will be asked about as `vm`, before any other call names
-    /// it: the hardware backend issues its KVM ioctls for `vm` through `kvm` until
-    /// [`SevBackend::vm_destroyed`]. The emulated PSP applies the kernel's rules itself and
-    /// needs no handle.
-    fn vm_created(&self, vm: VmRef, kvm: Arc<dyn KvmOps>) {
-        let _ = (vm, kvm);
-    }
+    /// The protected state of vCPU `vcpu` (creation index) of `vm`, once
+    /// LAUNCH_UPDATE_VMSA has encrypted it, on the emulated platform: the VMM must then
+    /// refuse to read or set that vCPU's registers (EINVAL, as KVM does for a VM with
+    /// protected state), show only [`VmsaSlot::host_view`] (ciphertext) of it, and let the
+    /// emulation's vCPU runner alone move the state between the slot and KVM
+    /// ([`VmsaSlot::vmrun_load`], [`VmsaSlot::vmexit_save`]). `None` for a vCPU whose
+    /// state is not protected, and always on hardware, where the CPU keeps the VMSA and
+    /// the kernel refuses the register ioctls itself.
+    fn protected_vcpu_state(&self, vm: VmRef, vcpu: u32) -> Option<Arc<VmsaSlot>>;
     /// The VM is being destroyed: release its context (its ASID outlives it while
     /// mirrors hold it).
     fn vm_destroyed(&self, vm: VmRef);

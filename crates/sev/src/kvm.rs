@@ -2,18 +2,21 @@
 //!
 //! This crate issues no KVM ioctl itself: the VMM's `vmm/src/kvm` is the one home of KVM
 //! ioctls, and it implements [`KvmOps`] for each VM it creates over kvm-ioctls
-//! (`encrypt_op_sev`, `register_enc_memory_region`, `enable_cap`, `check_extension_raw`).
-//! The VMM introduces each VM to the platform with [`SevBackend::vm_created`]; the hardware
-//! backend keeps the handle until [`SevBackend::vm_destroyed`] and issues
-//! `KVM_MEMORY_ENCRYPT_OP`, the encrypted-region registration and the `ENABLE_CAP`s of
-//! mirrors and moves through it. The emulated PSP needs none of it: it applies the
-//! kernel's rules itself.
+//! (`encrypt_op_sev`, `register_enc_memory_region`, `enable_cap`).
+//! The VMM introduces each VM to the platform with [`SevBackend::vm_created`] (with the
+//! type it created the VM with, which decides the SEV init command) and each vCPU with
+//! [`SevBackend::vcpu_created`]; the hardware backend keeps the handle until
+//! [`SevBackend::vm_destroyed`] and issues `KVM_MEMORY_ENCRYPT_OP` (LAUNCH_UPDATE_VMSA
+//! included), the encrypted-region registration and the `ENABLE_CAP`s of mirrors and
+//! moves through it. The emulated PSP needs no handle (it applies the kernel's rules
+//! itself, from the VM type and the vCPUs it was told about).
 //!
 //! The argument structs (`kvm_sev_cmd` and the payloads it points at, `kvm_enc_region`,
 //! `kvm_enable_cap`) are kvm-bindings' types; the hardware backend builds them from
 //! borrowed buffers (`hw`), which is what makes [`KvmOps::memory_encrypt_op`] sound to call.
 //!
 //! [`SevBackend::vm_created`]: crate::SevBackend::vm_created
+//! [`SevBackend::vcpu_created`]: crate::SevBackend::vcpu_created
 //! [`SevBackend::vm_destroyed`]: crate::SevBackend::vm_destroyed
 
 use kvm_bindings::{kvm_enable_cap, kvm_enc_region, kvm_sev_cmd};
@@ -63,9 +66,6 @@ pub trait KvmOps: Send + Sync {
 
     /// `KVM_ENABLE_CAP` on the VM.
     fn enable_cap(&self, cap: &kvm_enable_cap) -> Result<(), Errno>;
-
-    /// `KVM_CHECK_EXTENSION(cap)` on the VM: the value, 0 where the kernel does not know it.
-    fn check_extension(&self, cap: u32) -> i64;
 }
 
 #[cfg(test)]

@@ -30,6 +30,7 @@ pub mod secret;
 pub mod secret_table;
 pub mod session;
 pub mod status;
+pub mod vmsa;
 
 pub use backend::{SevBackend, SevError};
 pub use emulated::EmulatedPsp;

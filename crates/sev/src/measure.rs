@@ -11,6 +11,7 @@ use crate::{
     backend::{LaunchMeasurement, PAGE_SIZE},
     crypto::{hmac_sha256, hmac_sha256_verify},
     policy::Policy,
+    vmsa::Vmsa,
 };
 use sha2::{Digest, Sha256};
 
@@ -64,6 +65,21 @@ impl LaunchDigest {
 /// `target/i386/sev.c`); `sevctl measurement build --firmware` computes the same.
 pub fn expected_digest(firmware_image: &[u8]) -> [u8; 32] {
     Sha256::digest(firmware_image).into()
+}
+
+/// The launch digest of an SEV-ES launch of `firmware_image` with no kernel hashes: the
+/// image (one LAUNCH_UPDATE_DATA, as for [`expected_digest`]) then every vCPU's VMSA in
+/// vCPU index order, the order `KVM_SEV_LAUNCH_UPDATE_VMSA` issues them
+/// (`kvm_for_each_vcpu`). `sev-snp-measure --mode seves` and `sevctl measurement build
+/// --num-cpus --vmsa-cpu0 --vmsa-cpu1` compute the same; [`crate::vmsa::ResetVmsas`]
+/// builds the VMSAs QEMU + KVM measure.
+pub fn expected_es_digest(firmware_image: &[u8], vmsas: &[Vmsa]) -> [u8; 32] {
+    let mut d = LaunchDigest::new();
+    d.update_data(firmware_image);
+    for v in vmsas {
+        d.update_vmsa(&v.to_bytes());
+    }
+    d.value()
 }
 
 /// The 32-byte LAUNCH_MEASURE HMAC.

@@ -1,12 +1,17 @@
 //! The kernel's mirror and intra-host move rules, reproduced by the emulated PSP: one
 //! test per case of the kernel selftest
 //! `tools/testing/selftests/kvm/x86/sev_migrate_tests.c`, plus the ASID-lifetime rule of
-//! `sev_vm_copy_enc_context_from` / `sev_vm_destroy` (`arch/x86/kvm/svm/sev.c`).
+//! `sev_vm_copy_enc_context_from` / `sev_vm_destroy` and the SEV-ES rules of
+//! `sev_mem_enc_ioctl`, `sev_launch_update_vmsa`, `is_cmd_allowed_from_mirror`,
+//! `sev_vm_move_enc_context_from` / `sev_check_source_vcpus` / `sev_migrate_from`
+//! (`arch/x86/kvm/svm/sev.c`), one test per rule.
 
 use sev_platform::{
-    backend::{GuestState, PAGE_SIZE},
+    backend::{GuestState, KvmVmType, VmRef, PAGE_SIZE},
     emulated::{EmulatedPsp, Migration, SevCommandId, MIN_SEV_ASID},
+    measure::{expected_es_digest, verify_measurement},
     memory::VecMemory,
+    vmsa::{ResetVmsas, VcpuType, VmmType, Vmsa},
     PlatformIdentity, Policy, SevBackend, SevError,
 };
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,12 +25,39 @@ fn psp() -> EmulatedPsp {
     EmulatedPsp::new(PlatformIdentity::generate().unwrap())
 }
 
-/// A fresh VM (`vm_create_barebones`).
-fn new_vm(p: &EmulatedPsp) -> sev_platform::backend::VmRef {
+/// A fresh VM identity, not yet introduced to the platform.
+fn fresh_vm() -> VmRef {
     static NEXT: AtomicU64 = AtomicU64::new(1000);
-    let vm = sev_platform::backend::VmRef(NEXT.fetch_add(1, Ordering::Relaxed));
-    p.note_vm_created(vm);
+    VmRef(NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A new VM of `vm_type` (`vm_create_barebones`, or `vm_create_with_type`).
+fn new_vm_of(p: &EmulatedPsp, vm_type: KvmVmType) -> VmRef {
+    let vm = fresh_vm();
+    p.add_vm(vm, vm_type).unwrap();
     vm
+}
+
+/// A new default-type VM (`vm_create_barebones`).
+fn new_vm(p: &EmulatedPsp) -> VmRef {
+    new_vm_of(p, KvmVmType::Default)
+}
+
+/// The reset VMSAs of `n` vCPUs (what QEMU would set; any firmware AP entry will do).
+fn vmsas(n: u32) -> Vec<Vmsa> {
+    ResetVmsas {
+        vcpu_type: VcpuType::from_name("EPYC-Milan").unwrap(),
+        vmm: VmmType::Qemu,
+        ap_entry: fwtable::SevEsResetBlock::from_raw(0x0080_b004),
+    }
+    .all(n)
+    .unwrap()
+}
+
+fn add_vcpus(p: &EmulatedPsp, vm: VmRef, n: u32) {
+    for _ in 0..n {
+        p.vcpu_created(vm).unwrap();
+    }
 }
 
 fn errno<T: std::fmt::Debug>(r: Result<T, SevError>) -> i32 {
@@ -36,28 +68,24 @@ fn errno<T: std::fmt::Debug>(r: Result<T, SevError>) -> i32 {
 
 /// `sev_vm_create(es)`: SEV(-ES) init, vCPUs, LAUNCH_START (`sev_vm_launch`), and for
 /// ES LAUNCH_UPDATE_VMSA. The guest stays in LUPDATE, as in the selftest.
-fn sev_vm_create(p: &EmulatedPsp, es: bool) -> sev_platform::backend::VmRef {
+fn sev_vm_create(p: &EmulatedPsp, es: bool) -> VmRef {
     let vm = new_vm(p);
     p.init_vm(vm, es).unwrap();
-    for _ in 0..NR_MIGRATE_TEST_VCPUS {
-        p.note_vcpu_created(vm).unwrap();
-    }
+    add_vcpus(p, vm, NR_MIGRATE_TEST_VCPUS);
     let policy = if es { Policy(Policy::ES) } else { Policy(0) };
     p.launch_start(vm, policy, None).unwrap();
     if es {
-        p.launch_update_vmsa(vm, &[[0u8; PAGE_SIZE]; NR_MIGRATE_TEST_VCPUS as usize])
+        p.launch_update_vmsa(vm, &vmsas(NR_MIGRATE_TEST_VCPUS))
             .unwrap();
     }
     vm
 }
 
 /// `aux_vm_create(with_vcpus)`.
-fn aux_vm_create(p: &EmulatedPsp, with_vcpus: bool) -> sev_platform::backend::VmRef {
+fn aux_vm_create(p: &EmulatedPsp, with_vcpus: bool) -> VmRef {
     let vm = new_vm(p);
     if with_vcpus {
-        for _ in 0..NR_MIGRATE_TEST_VCPUS {
-            p.note_vcpu_created(vm).unwrap();
-        }
+        add_vcpus(p, vm, NR_MIGRATE_TEST_VCPUS);
     }
     vm
 }
@@ -150,7 +178,7 @@ fn test_sev_migrate_parameters() {
     let sev_es_vm = sev_vm_create(&p, true);
     let sev_es_vm_no_vmsa = new_vm(&p);
     p.init_vm(sev_es_vm_no_vmsa, true).unwrap();
-    p.note_vcpu_created(sev_es_vm_no_vmsa).unwrap();
+    p.vcpu_created(sev_es_vm_no_vmsa).unwrap();
 
     assert_eq!(
         errno(p.move_enc_context_from(sev_vm, sev_es_vm)),
@@ -179,7 +207,7 @@ fn test_sev_migrate_parameters() {
 
 /// `verify_mirror_allowed_cmds`: every id in 0..KVM_SEV_NR_MAX except the four allowed
 /// ones is EINVAL on a mirror, before its arguments are looked at; GUEST_STATUS works.
-fn verify_mirror_allowed_cmds(p: &EmulatedPsp, vm: sev_platform::backend::VmRef) {
+fn verify_mirror_allowed_cmds(p: &EmulatedPsp, vm: VmRef) {
     for id in 0..=102u32 {
         let id = SevCommandId(id);
         match id {
@@ -220,12 +248,11 @@ fn sev_mirror(es: bool) {
     let src = sev_vm_create(&p, es);
     let dst = aux_vm_create(&p, false);
     p.copy_enc_context_from(dst, src).unwrap();
-    for _ in 0..NR_MIGRATE_TEST_VCPUS {
-        p.note_vcpu_created(dst).unwrap();
-    }
+    add_vcpus(&p, dst, NR_MIGRATE_TEST_VCPUS);
     if es {
-        p.launch_update_vmsa(dst, &[[0u8; PAGE_SIZE]; NR_MIGRATE_TEST_VCPUS as usize])
+        p.launch_update_vmsa(dst, &vmsas(NR_MIGRATE_TEST_VCPUS))
             .unwrap();
+        assert_eq!(p.protected_vcpus(dst), Some((4, 4)));
     }
     verify_mirror_allowed_cmds(&p, dst);
     // Same context: same handle, ASID, key.
@@ -249,32 +276,47 @@ fn test_sev_mirror_sev_es() {
     sev_mirror(true);
 }
 
-/// An ES mirror's vCPU VMSAs join the owner's launch digest; once the owner has been
-/// measured they can no longer be added (the firmware's LAUNCH_UPDATE_VMSA needs LUPDATE).
+/// An ES mirror's vCPU VMSAs join the owner's launch digest, in the order they are
+/// issued; once the owner has been measured a mirror vCPU can no longer get one (the
+/// firmware's LAUNCH_UPDATE_VMSA needs LUPDATE).
 #[test]
 fn es_mirror_vmsas_join_the_owners_measurement() {
     let p = psp();
     let owner = new_vm(&p);
     p.init_vm(owner, true).unwrap();
-    p.note_vcpu_created(owner).unwrap();
-    p.launch_start(owner, Policy(Policy::ES), None).unwrap();
+    p.vcpu_created(owner).unwrap();
+    let policy = Policy(Policy::ES);
+    let s = sev_platform::owner::session(&p.export_certs().unwrap().pdh, policy).unwrap();
+    p.launch_start(owner, policy, Some(&s.launch_session()))
+        .unwrap();
     let mirror = aux_vm_create(&p, false);
     p.copy_enc_context_from(mirror, owner).unwrap();
-    p.note_vcpu_created(mirror).unwrap();
-    p.launch_update_vmsa(mirror, &[[9u8; PAGE_SIZE]]).unwrap();
-    p.launch_update_vmsa(owner, &[[1u8; PAGE_SIZE]]).unwrap();
-    p.launch_measure(owner).unwrap();
+    p.vcpu_created(mirror).unwrap();
+    let late_mirror = aux_vm_create(&p, false);
+    p.copy_enc_context_from(late_mirror, owner).unwrap();
+    p.vcpu_created(late_mirror).unwrap();
+    let mut helper = vmsas(1)[0];
+    helper.rip = 0x1234;
+    p.launch_update_vmsa(mirror, &[helper]).unwrap();
+    p.launch_update_vmsa(owner, &vmsas(1)).unwrap();
+    let m = p.launch_measure(owner).unwrap();
+    // The digest: no data, the mirror's helper VMSA, then the owner's vCPU 0, both
+    // without FPU state (legacy KVM_SEV_ES_INIT).
+    let (mut helper_synced, mut owner_synced) = (helper, vmsas(1)[0]);
+    helper_synced.clear_fpu();
+    owner_synced.clear_fpu();
+    let want = expected_es_digest(&[], &[helper_synced, owner_synced]);
+    verify_measurement(s.keys.tik(), p.firmware_version(), policy, &want, &m).unwrap();
     assert_eq!(
         p.guest_status(mirror).unwrap().state,
         GuestState::LaunchSecret
     );
-    let late = p
-        .launch_update_vmsa(mirror, &[[9u8; PAGE_SIZE]])
-        .unwrap_err();
+    let late = p.launch_update_vmsa(late_mirror, &vmsas(1)).unwrap_err();
     assert_eq!(
         late.status(),
         Some(sev_platform::SevStatus::INVALID_GUEST_STATE)
     );
+    assert_eq!(p.protected_vcpus(late_mirror), Some((0, 1)));
 }
 
 /// Mirrors `test_sev_mirror_parameters`.
@@ -312,7 +354,7 @@ fn test_sev_mirror_parameters() {
     );
     // Beyond the selftest, the other rules of sev_vm_copy_enc_context_from.
     assert_eq!(
-        errno(p.copy_enc_context_from(vm_no_vcpu, sev_platform::backend::VmRef(u64::MAX))),
+        errno(p.copy_enc_context_from(vm_no_vcpu, VmRef(u64::MAX))),
         libc::EBADF
     );
     let mirror = aux_vm_create(&p, false);
@@ -433,4 +475,258 @@ fn owner_asid_outlives_the_owner_while_a_mirror_lives() {
     assert!(!p.asid_in_use(asid));
     p.init_vm(extra, false).unwrap();
     assert_eq!(p.asid(extra), Some(asid));
+}
+
+// ---------------------------------------------------------------------------------------
+// SEV-ES and the handle/fd rules (issue 12): one test per rule of sev.c.
+// ---------------------------------------------------------------------------------------
+
+/// `sev_vm_copy_enc_context_from` copies `es_active`: an ES owner's mirror measures VMSAs,
+/// a plain SEV owner's mirror has none to measure (`sev_launch_update_vmsa`: ENOTTY
+/// unless `sev_es_guest`), and the mirror cannot re-initialise itself as anything else.
+#[test]
+fn a_mirror_takes_its_owners_es_flag() {
+    let p = psp();
+    for es in [true, false] {
+        let owner = sev_vm_create(&p, es);
+        let mirror = aux_vm_create(&p, false);
+        p.copy_enc_context_from(mirror, owner).unwrap();
+        add_vcpus(&p, mirror, 1);
+        let r = p.launch_update_vmsa(mirror, &vmsas(1));
+        if es {
+            r.unwrap();
+            assert_eq!(p.protected_vcpus(mirror), Some((1, 1)));
+        } else {
+            assert_eq!(errno(r), libc::ENOTTY);
+            assert_eq!(p.protected_vcpus(mirror), Some((0, 1)));
+        }
+        assert_eq!(errno(p.init_vm(mirror, !es)), libc::EINVAL);
+        assert_eq!(
+            p.asid(mirror).map(|a| a < MIN_SEV_ASID),
+            Some(es),
+            "the mirror draws on the owner's ES ASID"
+        );
+    }
+}
+
+/// `is_cmd_allowed_from_mirror`: LAUNCH_UPDATE_VMSA is one of the four commands a mirror
+/// may issue, and on a mirror it protects the mirror's own vCPUs, not the owner's.
+#[test]
+fn launch_update_vmsa_is_one_of_the_four_mirror_commands() {
+    let p = psp();
+    let owner = new_vm(&p);
+    p.init_vm(owner, true).unwrap();
+    add_vcpus(&p, owner, 2);
+    p.launch_start(owner, Policy(Policy::ES), None).unwrap();
+    let mirror = aux_vm_create(&p, false);
+    p.copy_enc_context_from(mirror, owner).unwrap();
+    add_vcpus(&p, mirror, 1);
+    let allowed: Vec<u32> = (0..=102)
+        .map(SevCommandId)
+        .filter(|&id| p.check_encrypt_op(mirror, id).is_ok())
+        .map(|id| id.0)
+        .collect();
+    assert_eq!(allowed, [4, 16, 17, 18]);
+    p.launch_update_vmsa(mirror, &vmsas(1)).unwrap();
+    assert_eq!(p.protected_vcpus(mirror), Some((1, 1)));
+    assert_eq!(p.protected_vcpus(owner), Some((0, 2)));
+    p.launch_update_vmsa(owner, &vmsas(2)).unwrap();
+    assert_eq!(errno(p.launch_measure(mirror)), libc::EINVAL);
+    p.launch_measure(owner).unwrap();
+}
+
+/// `sev_check_source_vcpus`: an SEV-ES move needs as many vCPUs in the destination as in
+/// the source (a plain SEV move does not); a refused move changes nothing.
+#[test]
+fn an_es_move_needs_the_same_vcpu_count() {
+    let p = psp();
+    let src = sev_vm_create(&p, true);
+    let fewer = new_vm(&p);
+    add_vcpus(&p, fewer, NR_MIGRATE_TEST_VCPUS - 1);
+    let more = new_vm(&p);
+    add_vcpus(&p, more, NR_MIGRATE_TEST_VCPUS + 1);
+    assert_eq!(errno(p.move_enc_context_from(fewer, src)), libc::EINVAL);
+    assert_eq!(errno(p.move_enc_context_from(more, src)), libc::EINVAL);
+    assert_eq!(p.protected_vcpus(src), Some((4, 4)));
+    p.guest_status(src).unwrap();
+    let same = aux_vm_create(&p, true);
+    p.move_enc_context_from(same, src).unwrap();
+    // Plain SEV: any count.
+    let sev = sev_vm_create(&p, false);
+    let one = new_vm(&p);
+    add_vcpus(&p, one, 1);
+    p.move_enc_context_from(one, sev).unwrap();
+}
+
+/// `sev_check_source_vcpus` looks at every source vCPU's `guest_state_protected`: a vCPU
+/// created after LAUNCH_UPDATE_VMSA does not count, even with equal vCPU counts.
+#[test]
+fn an_es_move_needs_every_source_vcpu_protected_not_just_the_vm() {
+    let p = psp();
+    let src = sev_vm_create(&p, true);
+    p.vcpu_created(src).unwrap();
+    assert_eq!(p.protected_vcpus(src), Some((4, 5)));
+    let dst = new_vm(&p);
+    add_vcpus(&p, dst, NR_MIGRATE_TEST_VCPUS + 1);
+    assert_eq!(errno(p.move_enc_context_from(dst, src)), libc::EINVAL);
+    // Nothing moved: the source still owns the guest and its VMSAs.
+    p.guest_status(src).unwrap();
+    assert!(p.protected_vcpu_state(src, 0).is_some());
+    assert_eq!(errno(p.guest_status(dst)), libc::ENOTTY);
+}
+
+/// `sev_migrate_from` hands each source vCPU's VMSA to the destination vCPU of the same
+/// index and clears the source's; the source is dead.
+#[test]
+fn an_es_move_hands_each_vmsa_to_the_vcpu_of_the_same_index() {
+    let p = psp();
+    let src = new_vm(&p);
+    p.init_vm(src, true).unwrap();
+    add_vcpus(&p, src, 3);
+    p.launch_start(src, Policy(Policy::ES), None).unwrap();
+    let mut states = vmsas(3);
+    states[2].rbx = 0xbeef;
+    p.launch_update_vmsa(src, &states).unwrap();
+    let before: Vec<_> = (0..3)
+        .map(|i| p.protected_vcpu_state(src, i).unwrap().host_view())
+        .collect();
+    let dst = new_vm(&p);
+    add_vcpus(&p, dst, 3);
+    p.move_enc_context_from(dst, src).unwrap();
+    for i in 0..3 {
+        let slot = p.protected_vcpu_state(dst, i).unwrap();
+        assert_eq!(slot.host_view(), before[i as usize]);
+        assert_eq!(slot.vmrun_load().rbx, if i == 2 { 0xbeef } else { 0 });
+        assert!(p.protected_vcpu_state(src, i).is_none());
+    }
+    assert_eq!(errno(p.guest_status(src)), libc::EIO);
+    p.launch_measure(dst).unwrap();
+}
+
+/// `sev_vm_copy_enc_context_from` copies the owner's handle and `/dev/sev` fd as they are
+/// at the copy: a mirror copied before its owner's LAUNCH_START keeps handle 0 and fd 0,
+/// so every firmware command it issues later fails (`__sev_issue_cmd`: fd 0 is not
+/// `/dev/sev`, EBADF), while the owner goes on. The same holds for the owner itself before
+/// its LAUNCH_START.
+#[test]
+fn a_mirror_copied_before_launch_start_keeps_handle_zero() {
+    let p = psp();
+    for es in [false, true] {
+        let owner = new_vm(&p);
+        p.init_vm(owner, es).unwrap();
+        assert_eq!(errno(p.guest_status(owner)), libc::EBADF);
+        let early = aux_vm_create(&p, false);
+        p.copy_enc_context_from(early, owner).unwrap();
+        let policy = if es { Policy(Policy::ES) } else { Policy(0) };
+        let handle = p.launch_start(owner, policy, None).unwrap();
+        let late = aux_vm_create(&p, false);
+        p.copy_enc_context_from(late, owner).unwrap();
+        assert_eq!(errno(p.guest_status(early)), libc::EBADF);
+        let mem = VecMemory::new(0, PAGE_SIZE);
+        assert_eq!(
+            errno(p.dbg_decrypt(early, &mem, 0, &mut [0; 16])),
+            libc::EBADF
+        );
+        assert_eq!(p.guest_status(late).unwrap().handle, handle);
+        if es {
+            add_vcpus(&p, early, 1);
+            assert_eq!(errno(p.launch_update_vmsa(early, &vmsas(1))), libc::EBADF);
+            assert_eq!(p.protected_vcpus(early), Some((0, 1)));
+        }
+        // The owner is unaffected.
+        let g = p.guest_status(owner).unwrap();
+        assert_eq!((g.handle, g.state), (handle, GuestState::LaunchUpdate));
+    }
+}
+
+/// `sev_vm_move_enc_context_from`: both VMs must have the same KVM VM type (EINVAL).
+#[test]
+fn a_move_between_vms_of_different_types_is_einval() {
+    let p = psp();
+    let src = sev_vm_create(&p, true);
+    for t in [KvmVmType::Sev, KvmVmType::SevEs] {
+        let dst = new_vm_of(&p, t);
+        add_vcpus(&p, dst, NR_MIGRATE_TEST_VCPUS);
+        assert_eq!(errno(p.move_enc_context_from(dst, src)), libc::EINVAL);
+    }
+    p.guest_status(src).unwrap();
+    // INIT2 VMs move to VMs of their own type.
+    let typed = new_vm_of(&p, KvmVmType::SevEs);
+    p.init_vm(typed, true).unwrap();
+    add_vcpus(&p, typed, 2);
+    p.launch_start(typed, Policy(Policy::ES), None).unwrap();
+    p.launch_update_vmsa(typed, &vmsas(2)).unwrap();
+    let default_dst = aux_vm_create(&p, false);
+    add_vcpus(&p, default_dst, 2);
+    assert_eq!(
+        errno(p.move_enc_context_from(default_dst, typed)),
+        libc::EINVAL
+    );
+    let typed_dst = new_vm_of(&p, KvmVmType::SevEs);
+    add_vcpus(&p, typed_dst, 2);
+    p.move_enc_context_from(typed_dst, typed).unwrap();
+}
+
+/// `sev_launch_update_vmsa` loops over the vCPUs: with none it succeeds without a
+/// firmware call, whatever the firmware would have said (no handle yet, or past LUPDATE),
+/// and measures nothing.
+#[test]
+fn launch_update_vmsa_with_no_vcpus_succeeds_without_a_firmware_call() {
+    let p = psp();
+    let vm = new_vm(&p);
+    p.init_vm(vm, true).unwrap();
+    p.launch_update_vmsa(vm, &[]).unwrap(); // handle 0: a firmware call would be EBADF
+    let policy = Policy(Policy::ES);
+    let s = sev_platform::owner::session(&p.export_certs().unwrap().pdh, policy).unwrap();
+    p.launch_start(vm, policy, Some(&s.launch_session()))
+        .unwrap();
+    p.launch_update_vmsa(vm, &[]).unwrap();
+    let m = p.launch_measure(vm).unwrap();
+    p.launch_update_vmsa(vm, &[]).unwrap(); // LSECRET: the firmware would refuse
+    let nothing = expected_es_digest(&[], &[]);
+    verify_measurement(s.keys.tik(), p.firmware_version(), policy, &nothing, &m).unwrap();
+    // Still ENOTTY on a VM that is not SEV-ES, vCPUs or not.
+    let sev = new_vm(&p);
+    p.init_vm(sev, false).unwrap();
+    assert_eq!(errno(p.launch_update_vmsa(sev, &[])), libc::ENOTTY);
+}
+
+/// An ioctl on a VM fd that is not open fails with EBADF before anything else: never
+/// announced, or closed (`vm_destroyed`). Naming such a VM as the source of a copy or a
+/// move is EBADF too (`CLASS(fd)` / `file_is_kvm`).
+#[test]
+fn commands_on_a_closed_or_unknown_vm_are_ebadf() {
+    let p = psp();
+    let mem = VecMemory::new(0, PAGE_SIZE);
+    let unknown = fresh_vm();
+    let live = sev_vm_create(&p, true);
+    let closed = sev_vm_create(&p, false);
+    let mirror = aux_vm_create(&p, false);
+    p.copy_enc_context_from(mirror, closed).unwrap();
+    p.vm_destroyed(closed);
+    for vm in [unknown, closed] {
+        assert_eq!(errno(p.init_vm(vm, false)), libc::EBADF);
+        assert_eq!(errno(p.launch_start(vm, Policy(0), None)), libc::EBADF);
+        assert_eq!(errno(p.launch_update_data(vm, &mem, 0, 16)), libc::EBADF);
+        assert_eq!(errno(p.launch_update_vmsa(vm, &[])), libc::EBADF);
+        assert_eq!(errno(p.launch_measure(vm)), libc::EBADF);
+        assert_eq!(errno(p.launch_finish(vm)), libc::EBADF);
+        assert_eq!(errno(p.guest_status(vm)), libc::EBADF);
+        assert_eq!(errno(p.dbg_encrypt(vm, &mem, 0, &[1; 16])), libc::EBADF);
+        assert_eq!(errno(p.register_region(vm)), libc::EBADF);
+        assert_eq!(errno(p.vcpu_created(vm)), libc::EBADF);
+        for id in [SevCommandId::GUEST_STATUS, SevCommandId(99)] {
+            assert_eq!(errno(p.check_encrypt_op(vm, id)), libc::EBADF);
+        }
+        let fresh = new_vm(&p);
+        assert_eq!(errno(p.copy_enc_context_from(fresh, vm)), libc::EBADF);
+        assert_eq!(errno(p.copy_enc_context_from(vm, live)), libc::EBADF);
+        assert_eq!(errno(p.move_enc_context_from(fresh, vm)), libc::EBADF);
+        assert_eq!(errno(p.move_enc_context_from(vm, live)), libc::EBADF);
+        assert!(p.page_cipher(vm).is_none());
+        assert!(p.protected_vcpu_state(vm, 0).is_none());
+    }
+    // The closed owner's mirror still holds the context; the live VM is untouched.
+    p.guest_status(mirror).unwrap();
+    assert_eq!(p.protected_vcpus(live), Some((4, 4)));
 }

@@ -97,6 +97,8 @@ fn owner_round_trip_through_files() {
     .unwrap();
 
     let mem = guest();
+    psp.add_vm(VM, sev_platform::backend::KvmVmType::Default)
+        .unwrap();
     psp.init_vm(VM, false).unwrap();
     psp.launch_start(VM, policy, Some(&launch)).unwrap();
     psp.launch_update_data(VM, &mem, FW_BASE, firmware_image().len() as u64)
@@ -214,6 +216,8 @@ fn virtee_owner_side_interoperates() {
     };
 
     let mem = guest();
+    psp.add_vm(VM, sev_platform::backend::KvmVmType::Default)
+        .unwrap();
     psp.init_vm(VM, false).unwrap();
     psp.launch_start(VM, policy, Some(&launch)).unwrap();
     psp.launch_update_data(VM, &mem, FW_BASE, firmware_image().len() as u64)
@@ -272,6 +276,8 @@ fn golden_platform_session_measurement_and_secret() {
     let policy = Policy(u32::from_str_radix(text("policy.txt").trim(), 16).unwrap());
 
     let psp = EmulatedPsp::new(id);
+    psp.add_vm(VM, sev_platform::backend::KvmVmType::Default)
+        .unwrap();
     psp.init_vm(VM, false).unwrap();
     psp.launch_start(VM, policy, Some(&launch)).unwrap();
     let measurement = owner::verify(
@@ -329,6 +335,8 @@ fn regenerate_golden_files() {
     .unwrap();
     let psp = EmulatedPsp::new(id);
     let mem = guest();
+    psp.add_vm(VM, sev_platform::backend::KvmVmType::Default)
+        .unwrap();
     psp.init_vm(VM, false).unwrap();
     psp.launch_start(VM, policy, Some(&s.launch_session()))
         .unwrap();

@@ -39,8 +39,8 @@ pub enum Command {
     /// The guest owner's side of an SEV launch: session, measurement check, secrets
     /// (files interchangeable with sevctl's).
     Owner(crate::owner_cmd::OwnerArgs),
-    /// Print the SEV launch digest of a firmware image (ours or OVMF), as QEMU+OVMF
-    /// launches measure it.
+    /// Print the SEV or SEV-ES launch digest of a firmware image (ours or OVMF), as
+    /// QEMU+OVMF launches measure it.
     Measure(crate::measure_cmd::MeasureArgs),
 }
 

@@ -1,24 +1,35 @@
-//! `sevmirror measure`: the launch digest an SEV launch of a firmware image produces, as
-//! QEMU + OVMF users get it: QEMU hands the whole flash image to one LAUNCH_UPDATE_DATA
-//! (`sev_encrypt_flash`), so the digest is SHA-256 of the file
-//! (`sev_platform::measure::expected_digest`; `sevctl measurement build --firmware`
-//! computes the same). No VMSAs (SEV-ES).
+//! `sevmirror measure`: the launch digest an SEV or SEV-ES launch of a firmware image
+//! produces, as QEMU + OVMF users get it. The digest is SHA-256 over what the launch
+//! measures, in order:
 //!
-//! With `--kernel` (measured direct boot, QEMU's `-kernel/-initrd/-append` with
-//! `kernel-hashes=on`), QEMU then writes the SEV hashes table (`os_loader::hashes`: the
-//! SHA-256 of kernel, initrd and command line, padded to 176 bytes) into the page the
-//! firmware's footer entry 7255371f-3a3b-4b04-927b-1da6efa8d454 names and measures those
-//! 176 bytes with a second LAUNCH_UPDATE_DATA: the digest is SHA-256(firmware ‖ table),
-//! wherever the page is (`sev-snp-measure --mode sev` computes the same). A firmware
-//! without that entry, or with an empty one (Debian's OVMF.fd), cannot check a kernel;
-//! QEMU and sev-snp-measure refuse it, and so does this command.
+//! 1. The firmware: QEMU hands the whole flash image to one LAUNCH_UPDATE_DATA
+//!    (`sev_encrypt_flash`). For plain SEV without a kernel that is all
+//!    (`sev_platform::measure::expected_digest`; `sevctl measurement build --firmware`
+//!    computes the same).
+//! 2. With `--kernel` (measured direct boot, QEMU's `-kernel/-initrd/-append` with
+//!    `kernel-hashes=on`), the SEV hashes table (`os_loader::hashes`: the SHA-256 of
+//!    kernel, initrd and command line, padded to 176 bytes), which QEMU writes into the
+//!    page the firmware's footer entry 7255371f-3a3b-4b04-927b-1da6efa8d454 names and
+//!    measures with a second LAUNCH_UPDATE_DATA, wherever the page is. A firmware without that entry, or
+//!    with an empty one (Debian's OVMF.fd), cannot check a kernel; QEMU and sev-snp-measure
+//!    refuse it, and so does this command.
+//! 3. For SEV-ES (`--mode sev-es`), every vCPU's initial VMSA in vCPU order, which KVM
+//!    measures at LAUNCH_UPDATE_VMSA after all the data (`sev_platform::vmsa::ResetVmsas`).
+//!
+//! `sev-snp-measure --mode sev|seves [--kernel ...]` computes the same digests (for SEV-ES
+//! with the default `--vmm-type qemu`), and so does sevctl's `measurement build` with
+//! `sevctl vmsa build` files for SEV-ES without a kernel (`--vmm-type qemu-es-init`).
 
 use anyhow::{bail, Context};
-use clap::Args;
+use clap::{Args, CommandFactory};
 use fwtable::{guid, EntryValue, Table};
 use os_loader::hashes::{self, BlobHasher, SevHashes};
 use serde_json::json;
-use sev_platform::{measure::LaunchDigest, owner::encode_base64};
+use sev_platform::{
+    measure::LaunchDigest,
+    owner::encode_base64,
+    vmsa::{ResetVmsas, VcpuType, VmmType, Vmsa},
+};
 use std::{
     io::Read,
     path::{Path, PathBuf},
@@ -35,11 +46,16 @@ pub struct MeasureArgs {
     #[arg(long, value_name = "FILE")]
     pub firmware: PathBuf,
 
-    /// The launch type. Only "sev": SEV-ES digests also cover every vCPU's initial VMSA
-    /// (it depends on the VMM and the CPU model) and are not supported.
-    #[arg(long, value_name = "sev", default_value = "sev", value_parser = parse_mode)]
+    /// The launch type: "sev" (the firmware pages only) or "sev-es" (then every vCPU's
+    /// initial VMSA too: give --vcpus and --vcpu-type).
+    #[arg(long, value_name = "sev|sev-es", default_value = "sev", value_parser = parse_mode)]
     pub mode: Mode,
 
+    /// The SEV-ES options.
+    #[command(flatten)]
+    pub es: EsArgs,
+
+    /// The measured direct boot options.
     #[command(flatten)]
     pub kernel: KernelArgs,
 
@@ -49,8 +65,32 @@ pub struct MeasureArgs {
     pub json: bool,
 }
 
+/// What an SEV-ES digest depends on besides the firmware (`measure`, `owner verify`).
+#[derive(Args, Debug, Clone, Default)]
+pub struct EsArgs {
+    /// SEV-ES: the number of vCPUs the guest is launched with (QEMU -smp).
+    #[arg(long, value_name = "N")]
+    pub vcpus: Option<u32>,
+
+    /// SEV-ES: the vCPU model (QEMU -cpu), e.g. EPYC-v4, EPYC-Rome, EPYC-Milan,
+    /// EPYC-Genoa; its family/model/stepping is in every VMSA's RDX.
+    #[arg(long, value_name = "TYPE", value_parser = parse_vcpu_type)]
+    pub vcpu_type: Option<VcpuType>,
+
+    /// SEV-ES: whose reset state the VMSAs hold: "qemu" (QEMU on Linux >= 6.10 with
+    /// KVM_SEV_INIT2, sev-snp-measure's default), "qemu-es-init" (the legacy
+    /// KVM_SEV_ES_INIT: no FPU state, what sevctl's `vmsa build` makes) or "ec2".
+    #[arg(long, value_name = "VMM", value_parser = parse_vmm_type)]
+    pub vmm_type: Option<VmmType>,
+
+    /// SEV-ES: also write each measured VMSA to DIR/vmsa<N>.bin (created if missing), as
+    /// sev-snp-measure --dump-vmsa names them.
+    #[arg(long, value_name = "DIR")]
+    pub dump_vmsa: Option<PathBuf>,
+}
+
 /// The measured direct boot options of `measure` and `owner verify` (QEMU's `-kernel`,
-/// `-initrd`, `-append` with `kernel-hashes=on`).
+/// `-initrd`, `-append` with `kernel-hashes=on`), for SEV and SEV-ES alike.
 #[derive(Args, Debug, Default, Clone)]
 pub struct KernelArgs {
     /// Kernel booted directly (a bzImage, or an ELF guest OS): the digest then covers the
@@ -70,34 +110,165 @@ pub struct KernelArgs {
 /// What kind of launch to compute the digest of.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
-    /// Plain SEV: the firmware pages only.
+    /// Plain SEV: the firmware pages (and the kernel hashes) only.
     Sev,
+    /// SEV-ES: the firmware pages (and the kernel hashes), then the VMSAs.
+    SevEs,
 }
 
 impl Mode {
-    fn name(self) -> &'static str {
+    /// The command-line name.
+    pub fn name(self) -> &'static str {
         match self {
             Mode::Sev => "sev",
+            Mode::SevEs => "sev-es",
         }
     }
 }
 
-/// `--mode`: "sev"; SEV-ES and SNP are refused with the reason.
+/// `--mode`: "sev" or "sev-es" (also "seves", sev-snp-measure's spelling); SNP is refused
+/// with the reason.
 pub fn parse_mode(s: &str) -> Result<Mode, String> {
     match s.trim().to_ascii_lowercase().as_str() {
         "sev" => Ok(Mode::Sev),
-        "sev-es" | "es" | "seves" => Err(String::from(
-            "SEV-ES is not supported: its launch digest also covers each vCPU's initial VMSA, \
-             which depends on the VMM and CPU model; only \"sev\" is",
-        )),
+        "sev-es" | "es" | "seves" => Ok(Mode::SevEs),
         "sev-snp" | "snp" => Err(String::from(
-            "SEV-SNP is not supported (it has its own launch digest); only \"sev\" is",
+            "SEV-SNP is not supported (it has its own launch digest); \"sev\" and \"sev-es\" are",
         )),
-        _ => Err(format!("{s:?}: only \"sev\" is supported")),
+        _ => Err(format!("{s:?}: expected \"sev\" or \"sev-es\"")),
     }
 }
 
-/// Reads a firmware image, capped at [`MAX_FIRMWARE`].
+/// `--vcpu-type`.
+pub fn parse_vcpu_type(s: &str) -> Result<VcpuType, String> {
+    VcpuType::from_name(s).map_err(|e| e.to_string())
+}
+
+/// `--vmm-type`.
+pub fn parse_vmm_type(s: &str) -> Result<VmmType, String> {
+    VmmType::from_name(s).map_err(|e| e.to_string())
+}
+
+/// The launch mode with what its VMSAs depend on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LaunchSpec {
+    /// Plain SEV.
+    Sev,
+    /// SEV-ES with these vCPUs.
+    SevEs {
+        /// How many.
+        vcpus: u32,
+        /// Which model.
+        vcpu_type: VcpuType,
+        /// Whose reset state.
+        vmm: VmmType,
+    },
+}
+
+/// Checks that the SEV-ES options fit `mode`: all of --vcpus and --vcpu-type for sev-es,
+/// none of them for sev. The error is a usage message.
+pub fn launch_spec(mode: Mode, es: &EsArgs) -> Result<LaunchSpec, String> {
+    match mode {
+        Mode::Sev => {
+            let given: Vec<&str> = [
+                es.vcpus.map(|_| "--vcpus"),
+                es.vcpu_type.map(|_| "--vcpu-type"),
+                es.vmm_type.map(|_| "--vmm-type"),
+                es.dump_vmsa.as_ref().map(|_| "--dump-vmsa"),
+            ]
+            .into_iter()
+            .flatten()
+            .collect();
+            if given.is_empty() {
+                Ok(LaunchSpec::Sev)
+            } else {
+                Err(format!(
+                    "{}: only for an SEV-ES launch (--mode sev-es); a plain SEV digest has no VMSAs",
+                    given.join(", ")
+                ))
+            }
+        }
+        Mode::SevEs => {
+            let vcpus = es.vcpus.ok_or(
+                "--mode sev-es needs --vcpus N: every vCPU's VMSA is part of the launch digest",
+            )?;
+            let max = sev_platform::vmsa::reset::MAX_VCPUS;
+            if vcpus == 0 || vcpus > max {
+                return Err(format!("--vcpus {vcpus}: expected 1 to {max}"));
+            }
+            let vcpu_type = es.vcpu_type.ok_or(
+                "--mode sev-es needs --vcpu-type TYPE (e.g. EPYC-v4): the vCPU signature is in every VMSA",
+            )?;
+            Ok(LaunchSpec::SevEs {
+                vcpus,
+                vcpu_type,
+                vmm: es.vmm_type.unwrap_or_default(),
+            })
+        }
+    }
+}
+
+/// A computed launch digest and what it covers after the firmware.
+#[derive(Debug)]
+pub struct Computed {
+    /// The launch digest.
+    pub digest: [u8; 32],
+    /// The SEV hashes table measured after the firmware (with `--kernel`).
+    pub hashes_table: Option<[u8; hashes::PADDED_SIZE]>,
+    /// The VMSAs measured after the data, in vCPU order (none for SEV).
+    pub vmsas: Vec<Vmsa>,
+}
+
+/// The digest of launching `image` as `spec` says, booting `kernel` directly if it names
+/// one.
+pub fn compute(image: &[u8], spec: &LaunchSpec, kernel: &KernelArgs) -> anyhow::Result<Computed> {
+    let hashes_table = kernel_hashes_table(image, kernel)?;
+    let vmsas = match *spec {
+        LaunchSpec::Sev => Vec::new(),
+        LaunchSpec::SevEs {
+            vcpus,
+            vcpu_type,
+            vmm,
+        } => ResetVmsas::for_firmware(image, vcpu_type, vmm)
+            .and_then(|reset| reset.all(vcpus))
+            .context("cannot compute the SEV-ES VMSAs")?,
+    };
+    Ok(Computed {
+        digest: launch_digest(image, hashes_table.as_ref().map(|t| &t[..]), &vmsas),
+        hashes_table,
+        vmsas,
+    })
+}
+
+/// The launch digest: the firmware's LAUNCH_UPDATE_DATA, the hashes table's (if any),
+/// then LAUNCH_UPDATE_VMSA of every vCPU in order (SEV-ES; none for SEV).
+pub fn launch_digest(image: &[u8], table: Option<&[u8]>, vmsas: &[Vmsa]) -> [u8; 32] {
+    let mut d = LaunchDigest::new();
+    d.update_data(image);
+    if let Some(t) = table {
+        d.update_data(t);
+    }
+    for v in vmsas {
+        d.update_vmsa(&v.to_bytes());
+    }
+    d.value()
+}
+
+/// Writes `vmsas` to `dir/vmsa<N>.bin` (4096 bytes each).
+pub fn dump_vmsas(dir: &Path, vmsas: &[Vmsa]) -> anyhow::Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create directory {}", dir.display()))?;
+    let mut written = Vec::new();
+    for (i, v) in vmsas.iter().enumerate() {
+        let path = dir.join(format!("vmsa{i}.bin"));
+        std::fs::write(&path, v.to_bytes())
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        written.push(path);
+    }
+    Ok(written)
+}
+
+/// Reads a firmware image, capped at [`MAX_FIRMWARE`]; an empty file is an error.
 pub fn read_firmware(path: &Path) -> anyhow::Result<Vec<u8>> {
     let file = std::fs::File::open(path)
         .with_context(|| format!("cannot read firmware {}", path.display()))?;
@@ -205,48 +376,68 @@ pub fn kernel_hashes_table(
     Ok(Some(hashes.table()))
 }
 
-/// The launch digest: the firmware's LAUNCH_UPDATE_DATA, then the hashes table's.
-pub fn launch_digest(image: &[u8], table: Option<&[u8]>) -> [u8; 32] {
-    let mut d = LaunchDigest::new();
-    d.update_data(image);
-    if let Some(t) = table {
-        d.update_data(t);
-    }
-    d.value()
+/// Exits with a usage error (status 2), as clap does for malformed arguments.
+pub fn usage_error(msg: &str) -> ! {
+    crate::cli::Cli::command()
+        .error(clap::error::ErrorKind::ArgumentConflict, msg)
+        .exit()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Runs `sevmirror measure`.
 pub fn run(args: &MeasureArgs) -> anyhow::Result<()> {
+    let spec = launch_spec(args.mode, &args.es).unwrap_or_else(|m| usage_error(&m));
     let path = &args.firmware;
     let image = read_firmware(path)?;
-    if fwtable::report(&image).is_err() && args.kernel.kernel.is_none() {
+    // SEV-ES and --kernel need the footer table themselves and say so if it is missing.
+    if fwtable::report(&image).is_err() && spec == LaunchSpec::Sev && args.kernel.kernel.is_none() {
         log::warn!(
             "{} has no OVMF footer GUID table: QEMU cannot launch it under SEV (no reset vector or SEV metadata); the digest is that of the bytes",
             path.display()
         );
     }
-    let table = kernel_hashes_table(&image, &args.kernel)
-        .with_context(|| format!("cannot measure {} with --kernel", path.display()))?;
-    let digest = launch_digest(&image, table.as_ref().map(|t| &t[..]));
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    let computed = compute(&image, &spec, &args.kernel)
+        .with_context(|| format!("cannot measure {}", path.display()))?;
+    let files = match &args.es.dump_vmsa {
+        Some(dir) => dump_vmsas(dir, &computed.vmsas)?,
+        None => Vec::new(),
+    };
+    let digest = hex(&computed.digest);
     if args.json {
         let mut v = json!({
             "firmware": path.display().to_string(),
             "size": image.len(),
             "mode": args.mode.name(),
-            "launch-digest": hex,
-            "launch-digest-base64": encode_base64(&digest),
+            "launch-digest": digest,
+            "launch-digest-base64": encode_base64(&computed.digest),
         });
-        if let (Some(t), Some(k)) = (&table, &args.kernel.kernel) {
+        if let (Some(t), Some(k)) = (&computed.hashes_table, &args.kernel.kernel) {
             v["kernel"] = json!(k.display().to_string());
             v["initrd"] = json!(args.kernel.initrd.as_ref().map(|p| p.display().to_string()));
             v["append"] = json!(args.kernel.append);
-            v["kernel-hashes-table"] =
-                json!(t.iter().map(|b| format!("{b:02x}")).collect::<String>());
+            v["kernel-hashes-table"] = json!(hex(t));
+        }
+        if let LaunchSpec::SevEs {
+            vcpus,
+            vcpu_type,
+            vmm,
+        } = spec
+        {
+            v["vcpus"] = json!(vcpus);
+            v["vcpu-type"] = json!(vcpu_type.name);
+            v["vcpu-sig"] = json!(vcpu_type.signature());
+            v["vmm-type"] = json!(vmm.name());
+            v["vmsa-files"] = json!(files
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>());
         }
         println!("{v}");
     } else {
-        println!("{hex}");
+        println!("{digest}");
     }
     Ok(())
 }
@@ -254,14 +445,89 @@ pub fn run(args: &MeasureArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sev_platform::measure::{expected_digest, expected_es_digest};
+    use sha2::{Digest, Sha256};
 
     #[test]
-    fn only_sev_mode_is_accepted_and_es_says_why() {
+    fn modes_parse_and_snp_says_why() {
         assert_eq!(parse_mode("sev"), Ok(Mode::Sev));
         assert_eq!(parse_mode("SEV"), Ok(Mode::Sev));
-        assert!(parse_mode("sev-es").unwrap_err().contains("VMSA"));
+        assert_eq!(parse_mode("sev-es"), Ok(Mode::SevEs));
+        assert_eq!(parse_mode("seves"), Ok(Mode::SevEs));
         assert!(parse_mode("snp").unwrap_err().contains("not supported"));
         assert!(parse_mode("tdx").is_err());
+    }
+
+    #[test]
+    fn es_options_must_fit_the_mode() {
+        let none = EsArgs::default();
+        assert_eq!(launch_spec(Mode::Sev, &none), Ok(LaunchSpec::Sev));
+        let t = parse_vcpu_type("EPYC-Milan").unwrap();
+        let es = EsArgs {
+            vcpus: Some(2),
+            vcpu_type: Some(t),
+            ..EsArgs::default()
+        };
+        assert_eq!(
+            launch_spec(Mode::SevEs, &es),
+            Ok(LaunchSpec::SevEs {
+                vcpus: 2,
+                vcpu_type: t,
+                vmm: VmmType::Qemu
+            })
+        );
+        assert!(launch_spec(Mode::Sev, &es)
+            .unwrap_err()
+            .contains("--vcpus, --vcpu-type"));
+        let no_type = EsArgs {
+            vcpus: Some(2),
+            ..EsArgs::default()
+        };
+        assert!(launch_spec(Mode::SevEs, &no_type)
+            .unwrap_err()
+            .contains("--vcpu-type"));
+        assert!(launch_spec(Mode::SevEs, &none)
+            .unwrap_err()
+            .contains("--vcpus"));
+        let zero = EsArgs {
+            vcpus: Some(0),
+            ..es.clone()
+        };
+        assert!(launch_spec(Mode::SevEs, &zero)
+            .unwrap_err()
+            .contains("1 to"));
+        assert!(parse_vcpu_type("Skylake")
+            .unwrap_err()
+            .contains("EPYC-Genoa"));
+        assert_eq!(parse_vmm_type("qemu-es-init"), Ok(VmmType::QemuEsInit));
+        assert!(parse_vmm_type("gce").is_err());
+    }
+
+    fn es_spec(vcpus: u32) -> LaunchSpec {
+        LaunchSpec::SevEs {
+            vcpus,
+            vcpu_type: parse_vcpu_type("EPYC-v4").unwrap(),
+            vmm: VmmType::Qemu,
+        }
+    }
+
+    #[test]
+    fn es_digest_covers_the_vmsas_in_order() {
+        let image = firmware_image::IMAGE;
+        let no_kernel = KernelArgs::default();
+        let one = compute(image, &es_spec(1), &no_kernel).unwrap();
+        let two = compute(image, &es_spec(2), &no_kernel).unwrap();
+        assert_eq!(two.vmsas[0], one.vmsas[0]);
+        assert_ne!(two.vmsas[1], two.vmsas[0], "the AP starts elsewhere");
+        let mut bytes = image.to_vec();
+        bytes.extend_from_slice(&two.vmsas[0].to_bytes());
+        bytes.extend_from_slice(&two.vmsas[1].to_bytes());
+        assert_eq!(two.digest, expected_digest(&bytes));
+        assert_eq!(two.digest, expected_es_digest(image, &two.vmsas));
+        assert!(
+            compute(&[0u8; 4096], &es_spec(1), &no_kernel).is_err(),
+            "no reset block"
+        );
     }
 
     #[test]
@@ -275,18 +541,45 @@ mod tests {
     }
 
     #[test]
-    fn the_digest_is_the_image_then_the_table() {
-        use sha2::{Digest, Sha256};
+    fn the_digest_is_the_image_then_the_table_then_the_vmsas() {
         let table = SevHashes::of(b"k", b"", b"").table();
         let both: [u8; 32] = Sha256::new()
             .chain_update(b"image")
             .chain_update(table)
             .finalize()
             .into();
-        assert_eq!(launch_digest(b"image", Some(&table)), both);
+        assert_eq!(launch_digest(b"image", Some(&table), &[]), both);
         assert_eq!(
-            launch_digest(b"image", None),
-            sev_platform::measure::expected_digest(b"image")
+            launch_digest(b"image", None, &[]),
+            expected_digest(b"image")
         );
+
+        // SEV-ES with a kernel: both LAUNCH_UPDATE_DATA blobs come before every VMSA.
+        let dir = tempfile::tempdir().unwrap();
+        let kernel = dir.path().join("vmlinuz");
+        std::fs::write(&kernel, b"not a kernel, only bytes to hash").unwrap();
+        let args = KernelArgs {
+            kernel: Some(kernel),
+            ..KernelArgs::default()
+        };
+        let image = firmware_image::IMAGE;
+        let es = compute(image, &es_spec(2), &args).unwrap();
+        let table = es.hashes_table.expect("--kernel measures a table");
+        assert_eq!(
+            table,
+            SevHashes::of(b"not a kernel, only bytes to hash", b"", b"").table()
+        );
+        let want: [u8; 32] = Sha256::new()
+            .chain_update(image)
+            .chain_update(table)
+            .chain_update(es.vmsas[0].to_bytes())
+            .chain_update(es.vmsas[1].to_bytes())
+            .finalize()
+            .into();
+        assert_eq!(es.digest, want);
+        let sev = compute(image, &LaunchSpec::Sev, &args).unwrap();
+        assert_eq!(sev.hashes_table, Some(table));
+        assert!(sev.vmsas.is_empty());
+        assert_eq!(sev.digest, launch_digest(image, Some(&table), &[]));
     }
 }

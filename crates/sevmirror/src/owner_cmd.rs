@@ -15,7 +15,10 @@
 //!
 //! Every file read here is untrusted: sizes are capped before reading and checked after.
 
-use crate::cli::parse_u32;
+use crate::{
+    cli::parse_u32,
+    measure_cmd::{self, usage_error, EsArgs, LaunchSpec, Mode},
+};
 use anyhow::{bail, Context};
 use clap::{ArgGroup, Args, Subcommand};
 use fwtable::Guid;
@@ -24,7 +27,7 @@ use sev_platform::{
     certs::CERT_SIZE,
     crypto::TransportKeys,
     emulated,
-    measure::{expected_digest, FirmwareVersion},
+    measure::FirmwareVersion,
     owner::{self, Measured, OwnerError},
     secret::MAX_SECRET,
     Policy,
@@ -135,6 +138,14 @@ pub struct VerifyArgs {
     /// The platform's firmware build id (query-sev "build-id").
     #[arg(long, value_name = "B", value_parser = parse_u8, default_value_t = emulated::BUILD)]
     pub build: u8,
+
+    /// The launch type, "sev" or "sev-es" (default: what the policy's ES bit says).
+    #[arg(long, value_name = "sev|sev-es", value_parser = crate::measure_cmd::parse_mode)]
+    pub mode: Option<Mode>,
+
+    /// The SEV-ES options, as for `sevmirror measure`.
+    #[command(flatten)]
+    pub es: EsArgs,
 }
 
 /// One `--secret GUID:FILE`.
@@ -328,37 +339,64 @@ fn session(args: &SessionArgs) -> anyhow::Result<()> {
 
 fn verify(args: &VerifyArgs) -> anyhow::Result<()> {
     let tik = read_key("TIK", &args.tik)?;
-    let image;
-    let (mut measured, mut what) = match (&args.digest, &args.firmware) {
-        (Some(d), _) => (Measured::Digest(*d), String::from("the given digest")),
-        (None, Some(path)) => {
-            image = read_capped("firmware", path, crate::measure_cmd::MAX_FIRMWARE)?;
-            (Measured::Firmware(&image), path.display().to_string())
-        }
-        (None, None) => (
-            Measured::Firmware(firmware_image::IMAGE),
-            String::from("the embedded firmware"),
-        ),
+    let policy = Policy(args.policy);
+    let policy_mode = if policy.has(Policy::ES) {
+        Mode::SevEs
+    } else {
+        Mode::Sev
     };
-    if let (Measured::Firmware(image), Some(kernel)) = (measured, &args.kernel.kernel) {
-        let table = crate::measure_cmd::kernel_hashes_table(image, &args.kernel)
-            .with_context(|| format!("cannot check a --kernel launch of {what}"))?;
-        measured = Measured::Digest(crate::measure_cmd::launch_digest(
-            image,
-            table.as_ref().map(|t| &t[..]),
+    let mode = args.mode.unwrap_or(policy_mode);
+    if mode != policy_mode {
+        usage_error(&format!(
+            "--mode {} does not fit policy {policy}: the ES bit (0x4) decides whether the launch is SEV-ES",
+            mode.name()
         ));
-        what = format!("{what} with kernel {}", kernel.display());
     }
-    let digest = match measured {
-        Measured::Digest(d) => d,
-        Measured::Firmware(image) => expected_digest(image),
+    let image;
+    let (digest, what) = match (&args.digest, &args.firmware) {
+        (Some(d), _) => {
+            if measure_cmd::launch_spec(Mode::Sev, &args.es).is_err() {
+                usage_error("--digest is the whole launch digest: the SEV-ES options only apply to a firmware image");
+            }
+            (*d, String::from("the given digest"))
+        }
+        (None, firmware) => {
+            let spec = measure_cmd::launch_spec(mode, &args.es).unwrap_or_else(|m| usage_error(&m));
+            let (bytes, mut what) = match firmware {
+                Some(path) => {
+                    image = measure_cmd::read_firmware(path)?;
+                    (image.as_slice(), path.display().to_string())
+                }
+                None => (firmware_image::IMAGE, String::from("the embedded firmware")),
+            };
+            let computed = measure_cmd::compute(bytes, &spec, &args.kernel)
+                .with_context(|| format!("cannot compute the launch digest of {what}"))?;
+            if let Some(dir) = &args.es.dump_vmsa {
+                measure_cmd::dump_vmsas(dir, &computed.vmsas)?;
+            }
+            if let Some(kernel) = &args.kernel.kernel {
+                what = format!("{what} with kernel {}", kernel.display());
+            }
+            if let LaunchSpec::SevEs {
+                vcpus,
+                vcpu_type,
+                vmm,
+            } = spec
+            {
+                what = format!(
+                    "{what} with {vcpus} {} vCPU(s), {} reset state",
+                    vcpu_type.name,
+                    vmm.name()
+                );
+            }
+            (computed.digest, what)
+        }
     };
     let fw = FirmwareVersion {
         api_major: args.api_major,
         api_minor: args.api_minor,
         build: args.build,
     };
-    let policy = Policy(args.policy);
     let expected = format!(
         "launch digest {} ({what}), API {}.{} build {}, policy {:#x}",
         hex(&digest),
@@ -367,7 +405,7 @@ fn verify(args: &VerifyArgs) -> anyhow::Result<()> {
         fw.build,
         policy.0
     );
-    match owner::verify(measured, fw, policy, &tik, &args.measurement) {
+    match owner::verify(Measured::Digest(digest), fw, policy, &tik, &args.measurement) {
         Ok(_) => {
             println!("measurement OK: {expected}");
             Ok(())

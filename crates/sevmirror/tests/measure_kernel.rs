@@ -3,15 +3,20 @@
 //! SEV hashes table (Debian's OVMF.fd) is refused as that tool refuses it, and the owner's
 //! check accepts exactly the launch the emulated PSP measured (firmware, then the table).
 //!
-//! sev-snp-measure is looked up at `$SEV_SNP_MEASURE`, on `PATH`, in
-//! `/opt/snpm/bin` and in `target/ci/snpm/bin` (where `.ci/run` installs it); without it
-//! the comparisons print SKIPPED and pass.
+//! sev-snp-measure is looked up as `support::sev_snp_measure` says; without it the
+//! comparisons print SKIPPED and pass.
+
+mod support;
 
 use os_loader::hashes::{SevHashes, PADDED_SIZE};
-use sev_platform::{backend::VmRef, memory::VecMemory, owner, EmulatedPsp, Policy, SevBackend};
+use sev_platform::{
+    backend::{KvmVmType, VmRef},
+    memory::VecMemory,
+    owner, EmulatedPsp, Policy, SevBackend,
+};
 use sha2::{Digest, Sha256};
 use std::{
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, Output},
 };
 
@@ -48,28 +53,6 @@ fn fails(args: &[&str], needle: &str) -> String {
     assert!(err.starts_with("sevmirror: error: "), "{err}");
     assert!(err.contains(needle), "{needle:?} not in {err}");
     err
-}
-
-fn find_snp_measure() -> Option<PathBuf> {
-    let mut candidates: Vec<PathBuf> = Vec::new();
-    if let Some(p) = std::env::var_os("SEV_SNP_MEASURE") {
-        candidates.push(p.into());
-    }
-    if let Some(path) = std::env::var_os("PATH") {
-        candidates.extend(std::env::split_paths(&path).map(|d| d.join("sev-snp-measure")));
-    }
-    candidates.push("/opt/snpm/bin/sev-snp-measure".into());
-    candidates.push(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/ci/snpm/bin/sev-snp-measure"),
-    );
-    let found = candidates.into_iter().find(|p| p.is_file());
-    if found.is_none() {
-        eprintln!(
-            "SKIPPED: sev-snp-measure not found (set SEV_SNP_MEASURE or run .ci/run, which \
-             installs it into target/ci/snpm); the comparison did not run"
-        );
-    }
-    found
 }
 
 struct Files {
@@ -142,7 +125,7 @@ fn measure_with_a_kernel_equals_sev_snp_measure() {
     ];
     let plain = ok(&["measure", "--firmware", &fw]).trim().to_string();
     let mut seen = vec![plain];
-    let tool = find_snp_measure();
+    let tool = support::sev_snp_measure();
     for extra in cases {
         let mut args = vec!["measure", "--firmware", &fw, "--kernel", &kernel];
         args.extend_from_slice(extra);
@@ -158,6 +141,81 @@ fn measure_with_a_kernel_equals_sev_snp_measure() {
             assert!(o.status.success(), "sev-snp-measure: {}", text(&o.stderr));
             assert_eq!(ours, text(&o.stdout).trim(), "{extra:?}");
             eprintln!("{extra:?}: {ours} = sev-snp-measure");
+        }
+    }
+}
+
+/// SEV-ES with measured direct boot: the firmware, the hashes table, then every VMSA —
+/// as `sev-snp-measure --mode seves --kernel` computes it, and as the parts `--json` and
+/// `--dump-vmsa` show, hashed independently here.
+#[test]
+fn sev_es_measure_with_a_kernel_is_data_then_vmsas_as_sev_snp_measure_says() {
+    let f = Files::new();
+    let (fw, kernel, initrd) = inputs(&f);
+    let tool = support::sev_snp_measure();
+    let sev = ok(&["measure", "--firmware", &fw, "--kernel", &kernel]);
+    let cases: [(&str, &[&str]); 2] = [
+        ("1", &[]),
+        (
+            "2",
+            &["--initrd", &initrd, "--append", "console=ttyS0 quiet"],
+        ),
+    ];
+    for (vcpus, extra) in cases {
+        let dump = f.p(&format!("vmsa-{vcpus}"));
+        let mut args = vec![
+            "measure",
+            "--mode",
+            "sev-es",
+            "--vcpus",
+            vcpus,
+            "--vcpu-type",
+            "EPYC-v4",
+            "--firmware",
+            &fw,
+            "--kernel",
+            &kernel,
+        ];
+        args.extend_from_slice(extra);
+        let ours = ok(&args).trim().to_string();
+        assert_ne!(ours, sev.trim(), "the VMSAs are measured too");
+        args.extend_from_slice(&["--json", "--dump-vmsa", &dump]);
+        let v: serde_json::Value = serde_json::from_str(&ok(&args)).unwrap();
+        assert_eq!(v["launch-digest"], ours.as_str());
+        let table: Vec<u8> = (0..PADDED_SIZE)
+            .map(|i| {
+                let hex = &v["kernel-hashes-table"].as_str().unwrap()[2 * i..2 * i + 2];
+                u8::from_str_radix(hex, 16).unwrap()
+            })
+            .collect();
+        let mut h = Sha256::new()
+            .chain_update(std::fs::read(&fw).unwrap())
+            .chain_update(&table);
+        let n: usize = vcpus.parse().unwrap();
+        for i in 0..n {
+            let page = std::fs::read(Path::new(&dump).join(format!("vmsa{i}.bin"))).unwrap();
+            assert_eq!(page.len(), 4096);
+            h.update(&page);
+        }
+        let want: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(ours, want, "{vcpus} vCPUs {extra:?}");
+        if let Some(tool) = &tool {
+            let o = Command::new(tool)
+                .args([
+                    "--mode",
+                    "seves",
+                    "--vcpus",
+                    vcpus,
+                    "--vcpu-type",
+                    "EPYC-v4",
+                ])
+                .args(["--ovmf", &fw, "--kernel", &kernel])
+                .args(extra)
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "sev-snp-measure: {}", text(&o.stderr));
+            assert_eq!(ours, text(&o.stdout).trim(), "{vcpus} vCPUs {extra:?}");
+            eprintln!("seves {vcpus} vCPUs {extra:?}: {ours} = sev-snp-measure");
         }
     }
 }
@@ -203,7 +261,7 @@ fn a_firmware_without_a_hashes_table_is_refused_like_sev_snp_measure_does() {
             &["measure", "--firmware", ovmf, "--kernel", &kernel],
             "SEV hashes table entry is empty (base 0x0, size 0x0)",
         );
-        if let Some(tool) = find_snp_measure() {
+        if let Some(tool) = support::sev_snp_measure() {
             let o = Command::new(tool)
                 .args(["--mode", "sev", "--ovmf", ovmf, "--kernel", &kernel])
                 .output()
@@ -267,6 +325,7 @@ fn owner_verify_accepts_the_measured_kernel_launch_and_nothing_else() {
     data.extend_from_slice(&hashes.table());
     let mem = VecMemory::with_data(base, data);
     let vm = VmRef(3);
+    psp.add_vm(vm, KvmVmType::Default).unwrap();
     psp.init_vm(vm, false).unwrap();
     psp.launch_start(vm, Policy(1), Some(&session.launch_session()))
         .unwrap();

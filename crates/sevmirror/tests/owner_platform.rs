@@ -176,6 +176,8 @@ fn launch(psp: &EmulatedPsp, policy: u32, session: &LaunchSession, image: &[u8])
     let secret_gpa = MEM_BASE + data.len() as u64;
     data.resize(data.len() + 0x2000, 0);
     let mem = VecMemory::with_data(MEM_BASE, data);
+    psp.add_vm(VM, sev_platform::backend::KvmVmType::Default)
+        .unwrap();
     psp.init_vm(VM, false).unwrap();
     psp.launch_start(VM, Policy(policy), Some(session)).unwrap();
     psp.launch_update_data(VM, &mem, MEM_BASE, image.len() as u64)
@@ -322,6 +324,8 @@ fn platform_rotate_pdh_changes_only_the_pdh_and_old_sessions_stop_working() {
     );
     check_chain(&pdh2, &chain2);
     let psp = e.psp();
+    psp.add_vm(VM, sev_platform::backend::KvmVmType::Default)
+        .unwrap();
     psp.init_vm(VM, false).unwrap();
     let err = psp
         .launch_start(VM, Policy(0), Some(&old.launch_session()))
@@ -985,7 +989,42 @@ fn bad_inputs_are_one_clear_line_and_a_nonzero_exit() {
         (
             s(&["measure", "--firmware", &data, "--mode", "sev-es"]),
             2,
-            "VMSA",
+            "needs --vcpus",
+        ),
+        (
+            s(&["measure", "--firmware", &data, "--vcpus", "2"]),
+            2,
+            "only for an SEV-ES launch",
+        ),
+        (
+            s(&[
+                "measure",
+                "--firmware",
+                &data,
+                "--mode",
+                "sev-es",
+                "--vcpus",
+                "2",
+                "--vcpu-type",
+                "Skylake",
+            ]),
+            2,
+            "unknown vCPU type",
+        ),
+        (
+            s(&[
+                "measure",
+                "--firmware",
+                &data,
+                "--mode",
+                "sev-es",
+                "--vcpus",
+                "2",
+                "--vcpu-type",
+                "EPYC",
+            ]),
+            1,
+            "cannot compute the SEV-ES VMSAs",
         ),
         (
             s(&["measure", "--firmware", &data, "--mode", "snp"]),

@@ -175,6 +175,8 @@ fn launch(
     let secret_gpa = MEM_BASE + data.len() as u64;
     data.resize(data.len() + 0x2000, 0);
     let mem = VecMemory::with_data(MEM_BASE, data);
+    psp.add_vm(vm, sev_platform::backend::KvmVmType::Default)
+        .unwrap();
     psp.init_vm(vm, false).unwrap();
     psp.launch_start(vm, Policy(policy), Some(session))
         .expect("LAUNCH_START accepts the session");

@@ -66,6 +66,9 @@ pub enum MirrorError {
     /// The platform refused to share the encryption context.
     #[error("the SEV platform refused to copy the encryption context to the mirror")]
     CopyContext(#[source] SevError),
+    /// The platform refused the mirror VM or one of its vCPUs.
+    #[error("the SEV platform refused the mirror VM or one of its vCPUs")]
+    Platform(#[source] SevError),
     /// A KVM operation failed.
     #[error(transparent)]
     Kvm(#[from] KvmError),
@@ -440,13 +443,15 @@ impl Vm {
             }
         }
         let backend = sev.config.backend.clone();
-        backend.vm_created(mirror.sev_ref(), mirror.clone());
         // Until the Mirror exists (its Drop does it), a failure makes the platform forget
         // the mirror VM again.
         let mut forget = Forget {
             backend: backend.clone(),
             vm: Some(mirror.sev_ref()),
         };
+        backend
+            .vm_created(mirror.sev_ref(), mirror.vm_type(), mirror.clone())
+            .map_err(MirrorError::Platform)?;
         backend
             .copy_enc_context_from(mirror.sev_ref(), sev.vm_ref)
             .map_err(MirrorError::CopyContext)?;
@@ -460,6 +465,9 @@ impl Vm {
                 )))
             })?;
             let vcpu = mirror.create_vcpu(u32::from(index), &cpuid)?;
+            backend
+                .vcpu_created(mirror.sev_ref())
+                .map_err(MirrorError::Platform)?;
             let mut sregs = vcpu.sregs()?;
             sregs.cs = flat32(selector::KERNEL_CODE32, 0xb);
             let data = flat32(selector::KERNEL_DATA, 0x3);

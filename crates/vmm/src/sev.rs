@@ -72,24 +72,38 @@ impl SevGuest {
     /// exit.
     pub(crate) fn init(kvm_vm: &Arc<KvmVm>, config: SevConfig) -> Result<SevGuest, VmError> {
         let vm_ref = kvm_vm.sev_ref();
-        config.backend.vm_created(vm_ref, kvm_vm.clone());
-        config.backend.init_vm(vm_ref, false)?;
-        kvm_vm.trap_msr_reads(&[MSR_SEV_STATUS])?;
-        if config.transport == HypercallTransport::Vmmcall {
-            kvm_vm.enable_hypercall_exit(hcall::MAP_GPA_RANGE)?;
-        }
-        Ok(SevGuest {
+        // The VM exists for the platform from now on (both backends refuse commands on
+        // VMs they were not told about, as the kernel does on a closed fd) until the
+        // SevGuest is dropped, on the error paths below too.
+        config
+            .backend
+            .vm_created(vm_ref, kvm_vm.vm_type(), kvm_vm.clone())?;
+        let guest = SevGuest {
             config,
             vm_ref,
             handle: None,
             phase: LaunchPhase::Initialized,
             measurement: None,
-        })
+        };
+        guest.config.backend.init_vm(vm_ref, false)?;
+        kvm_vm.trap_msr_reads(&[MSR_SEV_STATUS])?;
+        if guest.config.transport == HypercallTransport::Vmmcall {
+            kvm_vm.enable_hypercall_exit(hcall::MAP_GPA_RANGE)?;
+        }
+        Ok(guest)
     }
 
     /// The value of SEV_STATUS for this guest.
     pub(crate) fn status_msr(&self) -> u64 {
         1
+    }
+}
+
+impl Drop for SevGuest {
+    /// The VM is gone for the platform (its context is released, or kept for its mirrors),
+    /// whether the VM ran or failed half-built.
+    fn drop(&mut self) {
+        self.config.backend.vm_destroyed(self.vm_ref);
     }
 }
 

@@ -204,6 +204,9 @@ impl Vm {
             let mut cpuid = kvm.cpuid_for(id)?;
             sev::patch_cpuid(&mut cpuid, transport)?;
             vcpus.push(vm.create_vcpu(id, &cpuid)?);
+            if let Some(s) = &sev {
+                s.config.backend.vcpu_created(s.vm_ref)?;
+            }
         }
         for v in &vcpus[1..] {
             v.refresh_lapic()?;
@@ -546,9 +549,7 @@ impl DirtyTracker {
 
 impl Drop for Vm {
     fn drop(&mut self) {
+        // The vCPUs stop before the SEV guest (its Drop tells the platform) and the VM go.
         self.stop();
-        if let Some(sev) = &self.sev {
-            sev.config.backend.vm_destroyed(sev.vm_ref);
-        }
     }
 }

@@ -8,10 +8,12 @@
 //! 1. **Create the VM with the type [`vm_type_for`] returns** for the mask `/dev/kvm`
 //!    reports for `KVM_CAP_VM_TYPES` (the argument of `KVM_CREATE_VM`, e.g.
 //!    `Kvm::create_vm_with_type`): `KVM_X86_SEV_VM` (2) or `KVM_X86_SEV_ES_VM` (3) on
-//!    kernels that list them (6.10+), else `KVM_X86_DEFAULT_VM` (0). [`SevBackend::init_vm`] then issues `KVM_SEV_INIT2`
-//!    on the first kind and the legacy `KVM_SEV_INIT`/`KVM_SEV_ES_INIT` on the second; it
-//!    also falls back to the legacy command when `KVM_SEV_INIT2` says EINVAL because the
-//!    VM was created with the default type. For SEV-ES the two paths measure differently:
+//!    kernels that list them (6.10+), else `KVM_X86_DEFAULT_VM` (0), and tell the backend
+//!    that type in [`SevBackend::vm_created`]. [`SevBackend::init_vm`] then issues
+//!    `KVM_SEV_INIT2` on the first kind and the legacy `KVM_SEV_INIT`/`KVM_SEV_ES_INIT`
+//!    on the second, as sev.c requires; an init whose mode is not the SEV VM type's is
+//!    EINVAL before any ioctl (the emulated platform's rule; sev.c would silently take the
+//!    type's mode). For SEV-ES the two paths measure differently:
 //!    `KVM_SEV_INIT2` puts the FPU/AVX state and GHCB protocol version 2 into the VMSA, the
 //!    legacy path does not (sev.c keeps the old measurement), so the guest owner must know
 //!    which one the host used. On an INIT2 SEV-ES VM KVM also refuses (rather than
@@ -19,16 +21,17 @@
 //!    (`has_protected_state`).
 //! 2. **Order**: `init_vm` before creating any vCPU (sev.c refuses INIT with vCPUs); then
 //!    [`SevBackend::launch_start`], [`SevBackend::launch_update_data`] for the firmware
-//!    image, for SEV-ES [`HwBackend::launch_update_vmsa`] after all vCPUs exist and their
+//!    image, for SEV-ES [`SevBackend::launch_update_vmsa`] after all vCPUs exist and their
 //!    registers are set (mirror vCPUs included: they must be created after
 //!    `copy_enc_context_from` and get their VMSA before the owner's LAUNCH_FINISH), then
 //!    [`SevBackend::launch_measure`], [`SevBackend::launch_secret`],
 //!    [`SevBackend::launch_finish`]. Register guest RAM with
 //!    [`HwBackend::register_region`] (QEMU does it for every RAM block) so the kernel pins
 //!    it for the guest's lifetime.
-//! 3. **VMs**: introduce every VM with [`SevBackend::vm_created`] (its [`VmRef`] and the
-//!    VMM's [`KvmOps`] handle, which keeps the VM fd open); a `VmRef` the backend was not
-//!    given is EBADF, as a bad fd is for the kernel. The kernel records the `/dev/sev` fd
+//! 3. **VMs**: introduce every VM with [`SevBackend::vm_created`] (its [`VmRef`], KVM
+//!    type and the VMM's [`KvmOps`] handle, which keeps the VM fd open) and each of its
+//!    vCPUs with [`SevBackend::vcpu_created`]; a `VmRef` the backend was not given is
+//!    EBADF, as a bad fd is for the kernel. The kernel records the `/dev/sev` fd
 //!    *number* at LAUNCH_START and issues later firmware commands through it, so the
 //!    `HwBackend` that launched a guest must live (and keep `/dev/sev` open) as long as
 //!    that guest. For `copy_enc_context_from` the mirror must be a fresh VM (not SEV, no
@@ -51,13 +54,12 @@ pub use ioctl::{PspCmdId, SevCmdId, KVM_X86_DEFAULT_VM, KVM_X86_SEV_ES_VM, KVM_X
 
 use crate::{
     backend::{
-        BackendKind, GuestState, GuestStatus, LaunchMeasurement, LaunchMemory, LaunchSession,
-        PageCipher, PlatformCerts, PlatformState, PlatformStatus, SecretHeader, SevBackend, VmRef,
+        BackendKind, GuestState, GuestStatus, KvmVmType, LaunchMeasurement, LaunchMemory,
+        LaunchSession, PageCipher, PlatformCerts, PlatformState, PlatformStatus, SecretHeader,
+        SevBackend, VmRef,
     },
-    kvm::{
-        Errno, KvmOps, KVM_CAP_VM_COPY_ENC_CONTEXT_FROM, KVM_CAP_VM_MOVE_ENC_CONTEXT_FROM,
-        KVM_CAP_VM_TYPES,
-    },
+    kvm::{Errno, KvmOps, KVM_CAP_VM_COPY_ENC_CONTEXT_FROM, KVM_CAP_VM_MOVE_ENC_CONTEXT_FROM},
+    vmsa::{Vmsa, VmsaSlot},
     Policy, SevError,
 };
 use errors::result;
@@ -76,7 +78,7 @@ use std::{
         unix::fs::OpenOptionsExt,
     },
     path::Path,
-    sync::{Arc, Mutex, OnceLock},
+    sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError},
 };
 
 /// The SEV firmware device.
@@ -87,7 +89,7 @@ const MEASUREMENT_LEN: usize = 48;
 /// Largest LAUNCH_UPDATE_DATA one ioctl takes (`len` is a `__u32`), page aligned.
 const MAX_UPDATE_CHUNK: u64 = 0xffff_f000;
 
-/// Which SEV flavour a guest uses (for [`HwBackend::vm_type`]).
+/// Which SEV flavour a guest uses (for [`vm_type_for`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SevMode {
     /// SEV: memory encryption.
@@ -107,10 +109,10 @@ impl SevMode {
     }
 
     /// The `KVM_X86_*_VM` type for `KVM_SEV_INIT2`.
-    fn init2_vm_type(self) -> u64 {
+    fn init2_vm_type(self) -> KvmVmType {
         match self {
-            SevMode::Sev => KVM_X86_SEV_VM,
-            SevMode::SevEs => KVM_X86_SEV_ES_VM,
+            SevMode::Sev => KvmVmType::Sev,
+            SevMode::SevEs => KvmVmType::SevEs,
         }
     }
 
@@ -127,13 +129,23 @@ impl SevMode {
 /// (KVM_CAP_VM_TYPES)` returned (0 on kernels before 6.10): the SEV VM type when the
 /// kernel supports it (then `KVM_SEV_INIT2` is used), else `KVM_X86_DEFAULT_VM` (legacy
 /// `KVM_SEV_INIT`/`KVM_SEV_ES_INIT`). The same choice QEMU makes (`sev_kvm_type`).
-pub fn vm_type_for(supported_vm_types: u64, mode: SevMode) -> u64 {
+pub fn vm_type_for(supported_vm_types: u64, mode: SevMode) -> KvmVmType {
     let t = mode.init2_vm_type();
-    if supported_vm_types & (1 << t) != 0 {
+    if supported_vm_types & (1 << t.raw()) != 0 {
         t
     } else {
-        KVM_X86_DEFAULT_VM
+        KvmVmType::Default
     }
+}
+
+/// What the backend knows of a VM the VMM introduced.
+struct HwVm {
+    /// The VMM's KVM handle: every KVM ioctl for the VM goes through it.
+    kvm: Arc<dyn KvmOps>,
+    /// The type it was created with: picks the init command.
+    vm_type: KvmVmType,
+    /// vCPUs created so far (LAUNCH_UPDATE_VMSA takes one VMSA per vCPU).
+    vcpus: usize,
 }
 
 /// The hardware SEV platform.
@@ -143,8 +155,8 @@ pub struct HwBackend {
     /// `/dev/sev`, opened on construction ([`HwBackend::open`]) or on the first PSP command
     /// ([`HwBackend::kvm_only`]).
     sev: OnceLock<OwnedFd>,
-    /// The KVM handle of each VM the VMM introduced ([`SevBackend::vm_created`]).
-    vms: Mutex<HashMap<VmRef, Arc<dyn KvmOps>>>,
+    /// Each VM the VMM introduced ([`SevBackend::vm_created`]).
+    vms: Mutex<HashMap<VmRef, HwVm>>,
 }
 
 impl std::fmt::Debug for HwBackend {
@@ -179,13 +191,6 @@ impl HwBackend {
         Path::new(SEV_DEVICE).exists()
     }
 
-    /// `KVM_SEV_LAUNCH_UPDATE_VMSA`: encrypt and measure the VMSA of every vCPU of `vm`
-    /// (SEV-ES; after LAUNCH_UPDATE_DATA, before LAUNCH_MEASURE). Afterwards the host can
-    /// no longer read or set those vCPUs' registers.
-    pub fn launch_update_vmsa(&self, vm: VmRef) -> Result<(), SevError> {
-        self.bare_op(vm, BareSevCmd::LaunchUpdateVmsa)
-    }
-
     /// `KVM_MEMORY_ENCRYPT_REG_REGION`: pin guest RAM [gpa, gpa + len) of `vm` for the
     /// guest's lifetime (the kernel unpins it when the VM is destroyed). Not on mirrors.
     pub fn register_region(
@@ -210,18 +215,29 @@ impl HwBackend {
         self.region_op(vm, RegionOp::Unregister, mem, gpa, len)
     }
 
-    /// The KVM handle of `vm`; EBADF (as the kernel answers a bad fd) for a VM the VMM
-    /// never introduced.
+    /// The VMs, whatever a panicking holder of the lock left: every change is one map
+    /// operation, complete or not made.
+    fn vms(&self) -> MutexGuard<'_, HashMap<VmRef, HwVm>> {
+        self.vms.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// `f` of what the backend knows of `vm`; EBADF (as the kernel answers a bad fd) for a
+    /// VM the VMM never introduced or already destroyed.
+    fn with_vm<T>(
+        &self,
+        vm: VmRef,
+        op: &'static str,
+        f: impl FnOnce(&mut HwVm) -> T,
+    ) -> Result<T, SevError> {
+        self.vms().get_mut(&vm).map(f).ok_or(SevError::Kernel {
+            op,
+            errno: libc::EBADF,
+        })
+    }
+
+    /// The KVM handle of `vm`; EBADF for a VM the backend does not know.
     fn kvm(&self, vm: VmRef, op: &'static str) -> Result<Arc<dyn KvmOps>, SevError> {
-        self.vms
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&vm)
-            .cloned()
-            .ok_or(SevError::Kernel {
-                op,
-                errno: libc::EBADF,
-            })
+        self.with_vm(vm, op, |v| v.kvm.clone())
     }
 
     /// `/dev/sev`, opening it on first use.
@@ -312,11 +328,6 @@ fn open_device(path: &'static str) -> Result<OwnedFd, SevError> {
             errno: e.raw_os_error().unwrap_or(libc::EIO),
         }),
     }
-}
-
-/// `KVM_CHECK_EXTENSION(KVM_CAP_VM_TYPES)` on a VM; 0 where the kernel does not know it.
-fn supported_vm_types(kvm: &dyn KvmOps) -> u64 {
-    u64::try_from(kvm.check_extension(KVM_CAP_VM_TYPES)).unwrap_or(0)
 }
 
 impl HwBackend {
@@ -440,24 +451,42 @@ impl SevBackend for HwBackend {
         self.psp_bare(BarePspCmd::FactoryReset)
     }
 
+    fn vm_created(
+        &self,
+        vm: VmRef,
+        vm_type: KvmVmType,
+        kvm: Arc<dyn KvmOps>,
+    ) -> Result<(), SevError> {
+        // The kernel itself refused KVM_CREATE_VM for a type it lacks. A handle this
+        // replaces is dropped: that VM is gone for the backend, as after vm_destroyed.
+        self.vms().insert(
+            vm,
+            HwVm {
+                kvm,
+                vm_type,
+                vcpus: 0,
+            },
+        );
+        Ok(())
+    }
+
+    fn vcpu_created(&self, vm: VmRef) -> Result<(), SevError> {
+        // The kernel knows the vCPUs; the count only checks LAUNCH_UPDATE_VMSA's slice.
+        self.with_vm(vm, "KVM_CREATE_VCPU", |v| v.vcpus += 1)
+    }
+
     fn init_vm(&self, vm: VmRef, es: bool) -> Result<(), SevError> {
         let mode = if es { SevMode::SevEs } else { SevMode::Sev };
-        // sev.c: KVM_SEV_INIT2 only on KVM_X86_SEV{,_ES}_VM, legacy INIT only on
-        // KVM_X86_DEFAULT_VM; both are EINVAL on the other kind, with nothing changed.
-        let kvm = self.kvm(vm, "KVM_SEV_INIT")?;
-        if vm_type_for(supported_vm_types(kvm.as_ref()), mode) != KVM_X86_DEFAULT_VM {
-            let mut init = kvm_sev_init::default();
-            match self.encrypt_op(vm, &mut init) {
-                Err(SevError::Kernel {
-                    errno: libc::EINVAL,
-                    ..
-                }) => {
-                    log::debug!("KVM_SEV_INIT2 refused (VM created as KVM_X86_DEFAULT_VM?); trying legacy init");
-                }
-                done => return done,
-            }
+        // sev.c: KVM_SEV_INIT2 only on KVM_X86_SEV{,_ES}_VM (whose type is the mode),
+        // legacy INIT/ES_INIT only on KVM_X86_DEFAULT_VM.
+        match self.with_vm(vm, "KVM_SEV_INIT", |v| v.vm_type)? {
+            KvmVmType::Default => self.bare_op(vm, mode.legacy_init()),
+            t if t == mode.init2_vm_type() => self.encrypt_op(vm, &mut kvm_sev_init::default()),
+            _ => Err(SevError::Kernel {
+                op: SevCmdId::INIT2.kernel_name(),
+                errno: libc::EINVAL,
+            }),
         }
-        self.bare_op(vm, mode.legacy_init())
     }
 
     fn launch_start(
@@ -492,6 +521,21 @@ impl SevBackend for HwBackend {
             offset += chunk;
         }
         Ok(())
+    }
+
+    /// `KVM_SEV_LAUNCH_UPDATE_VMSA` (no argument struct) through the VM's [`KvmOps`]: the
+    /// kernel syncs every vCPU's VMSA from the registers the VMM set and measures them in
+    /// vCPU order. `vmsas` is the state the VMM set; the kernel does not take it, but a
+    /// slice that is not one VMSA per vCPU is EINVAL here, as on the emulated platform.
+    fn launch_update_vmsa(&self, vm: VmRef, vmsas: &[Vmsa]) -> Result<(), SevError> {
+        let id = BareSevCmd::LaunchUpdateVmsa;
+        if self.with_vm(vm, id.id().kernel_name(), |v| v.vcpus)? != vmsas.len() {
+            return Err(SevError::Kernel {
+                op: id.id().kernel_name(),
+                errno: libc::EINVAL,
+            });
+        }
+        self.bare_op(vm, id)
     }
 
     fn launch_measure(&self, vm: VmRef) -> Result<LaunchMeasurement, SevError> {
@@ -594,20 +638,15 @@ impl SevBackend for HwBackend {
         None
     }
 
-    fn vm_created(&self, vm: VmRef, kvm: Arc<dyn KvmOps>) {
-        self.vms
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(vm, kvm);
+    fn protected_vcpu_state(&self, _vm: VmRef, _vcpu: u32) -> Option<Arc<VmsaSlot>> {
+        // The CPU keeps the VMSA; the kernel refuses register access itself.
+        None
     }
 
     fn vm_destroyed(&self, vm: VmRef) {
         // Dropping the handle lets the VMM close the VM fd: the kernel then deactivates
         // and decommissions the guest (sev_vm_destroy), after its last mirror is gone.
-        self.vms
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&vm);
+        self.vms().remove(&vm);
     }
 }
 
@@ -620,17 +659,22 @@ fn fd_arg(fd: BorrowedFd<'_>) -> u64 {
 mod tests {
     use super::*;
     use crate::backend::MemoryAccessError;
+    use kvm_bindings::{kvm_enc_region, kvm_sev_cmd};
 
     #[test]
     fn vm_type_follows_kvm_cap_vm_types() {
         let none = 0;
         let sev_only = 1 << KVM_X86_SEV_VM;
         let both = (1 << KVM_X86_SEV_VM) | (1 << KVM_X86_SEV_ES_VM) | 1;
-        assert_eq!(vm_type_for(none, SevMode::Sev), KVM_X86_DEFAULT_VM);
-        assert_eq!(vm_type_for(none, SevMode::SevEs), KVM_X86_DEFAULT_VM);
-        assert_eq!(vm_type_for(sev_only, SevMode::Sev), KVM_X86_SEV_VM);
-        assert_eq!(vm_type_for(sev_only, SevMode::SevEs), KVM_X86_DEFAULT_VM);
-        assert_eq!(vm_type_for(both, SevMode::SevEs), KVM_X86_SEV_ES_VM);
+        assert_eq!(vm_type_for(none, SevMode::Sev), KvmVmType::Default);
+        assert_eq!(vm_type_for(none, SevMode::SevEs), KvmVmType::Default);
+        assert_eq!(vm_type_for(sev_only, SevMode::Sev), KvmVmType::Sev);
+        assert_eq!(vm_type_for(sev_only, SevMode::SevEs), KvmVmType::Default);
+        assert_eq!(vm_type_for(both, SevMode::SevEs), KvmVmType::SevEs);
+        assert_eq!(
+            [KvmVmType::Default, KvmVmType::Sev, KvmVmType::SevEs].map(KvmVmType::raw),
+            [KVM_X86_DEFAULT_VM, KVM_X86_SEV_VM, KVM_X86_SEV_ES_VM]
+        );
         assert_eq!(
             SevMode::from_policy(Policy(Policy::ES | Policy::NODBG)),
             SevMode::SevEs
@@ -723,6 +767,100 @@ mod tests {
             ),
             "{err:?}"
         );
+    }
+
+    /// A VM that records the `KVM_MEMORY_ENCRYPT_OP` ids it is asked for and answers
+    /// ENOTTY (as KVM does on a VM that is not SEV), touching nothing the command points at.
+    struct RecordingVm {
+        fd: std::fs::File,
+        ids: Mutex<Vec<u32>>,
+    }
+
+    impl RecordingVm {
+        fn new() -> Arc<RecordingVm> {
+            Arc::new(RecordingVm {
+                fd: std::fs::File::open("/dev/null").unwrap(),
+                ids: Mutex::new(Vec::new()),
+            })
+        }
+
+        fn ids(&self) -> Vec<u32> {
+            self.ids.lock().unwrap().clone()
+        }
+    }
+
+    impl KvmOps for RecordingVm {
+        fn vm_fd(&self) -> BorrowedFd<'_> {
+            self.fd.as_fd()
+        }
+        unsafe fn memory_encrypt_op(&self, cmd: &mut kvm_sev_cmd) -> Result<(), Errno> {
+            self.ids.lock().unwrap().push(cmd.id);
+            Err(Errno(libc::ENOTTY))
+        }
+        fn register_enc_region(&self, _region: &kvm_enc_region) -> Result<(), Errno> {
+            Err(Errno(libc::ENOTTY))
+        }
+        fn unregister_enc_region(&self, _region: &kvm_enc_region) -> Result<(), Errno> {
+            Err(Errno(libc::ENOTTY))
+        }
+        fn enable_cap(&self, _cap: &kvm_enable_cap) -> Result<(), Errno> {
+            Err(Errno(libc::EINVAL))
+        }
+    }
+
+    /// A backend whose "/dev/sev" is /dev/null: the recording VMs never pass it on.
+    fn backend_without_psp() -> HwBackend {
+        let hw = HwBackend::kvm_only();
+        let null = std::fs::File::open("/dev/null").unwrap();
+        hw.sev.set(OwnedFd::from(null)).unwrap();
+        hw
+    }
+
+    #[test]
+    fn the_vm_type_picks_the_init_command_and_vmsas_go_through_kvm_ops() {
+        let hw = backend_without_psp();
+        let (legacy, init2, es2) = (RecordingVm::new(), RecordingVm::new(), RecordingVm::new());
+        hw.vm_created(VmRef(1), KvmVmType::Default, legacy.clone())
+            .unwrap();
+        hw.vm_created(VmRef(2), KvmVmType::Sev, init2.clone())
+            .unwrap();
+        hw.vm_created(VmRef(3), KvmVmType::SevEs, es2.clone())
+            .unwrap();
+        let enotty = |r: Result<(), SevError>| {
+            assert_eq!(r.unwrap_err().errno(), Some(libc::ENOTTY));
+        };
+        enotty(hw.init_vm(VmRef(1), true));
+        enotty(hw.init_vm(VmRef(2), false));
+        enotty(hw.init_vm(VmRef(3), true));
+        // The mode must be the SEV VM type's: refused before any ioctl.
+        for (vm, es) in [(VmRef(2), true), (VmRef(3), false)] {
+            assert_eq!(hw.init_vm(vm, es).unwrap_err().errno(), Some(libc::EINVAL));
+        }
+        assert_eq!(legacy.ids(), [SevCmdId::ES_INIT.0]);
+        assert_eq!(init2.ids(), [SevCmdId::INIT2.0]);
+        assert_eq!(es2.ids(), [SevCmdId::INIT2.0]);
+
+        // LAUNCH_UPDATE_VMSA: one VMSA per vCPU the VMM announced, then KvmOps.
+        hw.vcpu_created(VmRef(3)).unwrap();
+        let err = hw.launch_update_vmsa(VmRef(3), &[]).unwrap_err();
+        assert_eq!(err.errno(), Some(libc::EINVAL), "{err:?}");
+        enotty(hw.launch_update_vmsa(VmRef(3), &[Vmsa::zeroed()]));
+        assert_eq!(
+            es2.ids(),
+            [SevCmdId::INIT2.0, SevCmdId::LAUNCH_UPDATE_VMSA.0]
+        );
+
+        // Destroyed or never introduced: EBADF, and KVM is not asked.
+        hw.vm_destroyed(VmRef(3));
+        for r in [
+            hw.launch_update_vmsa(VmRef(3), &[Vmsa::zeroed()]),
+            hw.vcpu_created(VmRef(3)),
+            hw.init_vm(VmRef(4), false),
+            hw.launch_finish(VmRef(4)),
+        ] {
+            assert_eq!(r.unwrap_err().errno(), Some(libc::EBADF));
+        }
+        assert_eq!(es2.ids().len(), 2);
     }
 
     struct NoMemory;

@@ -13,7 +13,7 @@ use kvm_bindings::{
 };
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use sev_platform::{
-    backend::VmRef,
+    backend::{KvmVmType, VmRef},
     kvm::{Errno, KvmOps, KVM_CAP_VM_TYPES},
 };
 use std::{
@@ -101,12 +101,22 @@ impl KvmSystem {
         std::path::Path::new("/dev/kvm").exists()
     }
 
-    /// Creates an empty VM.
+    /// Creates an empty VM of the default type (`KVM_X86_DEFAULT_VM`).
     pub fn create_vm(&self) -> Result<KvmVm, KvmError> {
-        let fd = self.kvm.create_vm().map_err(KvmError::CreateVm)?;
+        self.create_vm_with_type(KvmVmType::Default)
+    }
+
+    /// Creates an empty VM of `vm_type` (the SEV types need a kernel that lists them in
+    /// [`KvmSystem::supported_vm_types`]).
+    pub fn create_vm_with_type(&self, vm_type: KvmVmType) -> Result<KvmVm, KvmError> {
+        let fd = self
+            .kvm
+            .create_vm_with_type(vm_type.raw())
+            .map_err(KvmError::CreateVm)?;
         Ok(KvmVm {
             fd,
             id: VmRef(NEXT_VM.fetch_add(1, Ordering::Relaxed)),
+            vm_type,
         })
     }
 
@@ -134,6 +144,7 @@ impl KvmSystem {
 pub struct KvmVm {
     fd: VmFd,
     id: VmRef,
+    vm_type: KvmVmType,
 }
 
 /// A memory slot to map: guest-physical range backed by host memory.
@@ -251,6 +262,11 @@ impl KvmVm {
     pub fn sev_ref(&self) -> VmRef {
         self.id
     }
+
+    /// The type the VM was created with (what the SEV platform must be told).
+    pub fn vm_type(&self) -> KvmVmType {
+        self.vm_type
+    }
 }
 
 /// The KVM errno of a failed ioctl.
@@ -281,10 +297,6 @@ impl KvmOps for KvmVm {
 
     fn enable_cap(&self, cap: &kvm_enable_cap) -> Result<(), Errno> {
         self.fd.enable_cap(cap).map_err(errno)
-    }
-
-    fn check_extension(&self, cap: u32) -> i64 {
-        i64::from(self.fd.check_extension_raw(libc::c_ulong::from(cap)))
     }
 }
 
