@@ -871,3 +871,157 @@ fn the_target_rejects_frames_that_break_the_rules_for_its_guest() {
     assert_safe_failure(&o, "plain private page");
     assert!(o.target.unwrap_err().to_string().contains("in the clear"));
 }
+
+/// Feeds a recorded stream to a fresh target (with the same migration secret) and
+/// returns what it did.
+fn replay_to_fresh_target(
+    stream: Vec<u8>,
+    lanes: usize,
+) -> (Result<(), MigrationError>, FakeTarget) {
+    let dst_ram = guest_ram(Some([0x5e; 32]), false);
+    let (mut feed, dst_sock) = UnixStream::pair().unwrap();
+    dst_sock
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let writer = std::thread::spawn(move || {
+        let _ = feed.write_all(&stream);
+        let _ = feed.shutdown(std::net::Shutdown::Write);
+        let mut sink = Vec::new();
+        let _ = feed.read_to_end(&mut sink);
+    });
+    let mut dst = FakeTarget {
+        ram: dst_ram.clone(),
+        sev: true,
+        mem_size: RAM,
+        shared: BTreeSet::new(),
+        ran: None,
+    };
+    let mut opener = FakeHelper::new(dst_ram, lanes);
+    let progress = Mutex::new(Progress::default());
+    let r = receive(
+        dst_sock.try_clone().unwrap(),
+        dst_sock,
+        &mut dst,
+        Some(&mut opener as &mut dyn Opener),
+        &progress,
+    );
+    let _ = writer.join();
+    (r, dst)
+}
+
+#[test]
+fn a_recorded_migration_replayed_to_a_fresh_target_never_runs_there() {
+    let o = run(true, 1, Some([0x5e; 32]), RAM, Tamper::None);
+    o.target.as_ref().unwrap();
+    let (r, dst) = replay_to_fresh_target(o.stream.clone(), 1);
+    assert!(
+        r.is_err() && dst.ran.is_none(),
+        "the recording cloned the guest"
+    );
+}
+
+#[test]
+fn a_private_page_redeclared_shared_and_sent_in_the_clear_is_refused() {
+    // In the last round the host declares the canary page (private, already imported)
+    // shared and sends its own bytes for it.
+    let edit = Arc::new(|_: usize, f: Frame<'_>, held: &mut Vec<Vec<u8>>| match &f {
+        Frame::DeviceState(_) if held.is_empty() => {
+            held.push(vec![]);
+            let shared = crate::frames::SharedRanges {
+                ranges: vec![
+                    crate::frames::SharedRange {
+                        gpa: SHARED_PAGE,
+                        pages: 1,
+                    },
+                    crate::frames::SharedRange {
+                        gpa: 5 * 4096,
+                        pages: 1,
+                    },
+                ],
+            };
+            let forged = [0x66u8; PAGE_SIZE];
+            let plain = crate::frames::PlainPages {
+                round: 99,
+                pages: vec![crate::frames::PlainPage {
+                    gpa: 5 * 4096,
+                    data: crate::frames::PageData::Bytes(&forged),
+                }],
+            };
+            let end = crate::frames::RoundEnd {
+                round: 99,
+                pages_sent: 1,
+                dirty_remaining: 0,
+            };
+            vec![
+                encode_frame(&Frame::SharedRanges(shared)),
+                encode_frame(&Frame::PlainPages(plain)),
+                encode_frame(&Frame::RoundEnd(end)),
+                encode_frame(&f),
+            ]
+        }
+        _ => vec![encode_frame(&f)],
+    });
+    let o = run(true, 1, Some([0x5e; 32]), RAM, Tamper::Frames(edit));
+    assert!(
+        o.target.is_err() && o.dst.ran.is_none(),
+        "the target ran the guest with host bytes in a private page"
+    );
+}
+
+fn tamper_test(what: &str, edit: Arc<FrameEdit>) {
+    let o = run(true, 1, Some([0x5e; 32]), RAM, Tamper::Frames(edit));
+    assert!(
+        o.target.is_err() && o.dst.ran.is_none(),
+        "{what}: the target ran the guest with the changed stream"
+    );
+}
+
+#[test]
+fn tampered_vcpu_state_is_refused() {
+    tamper_test(
+        "vCPU state",
+        Arc::new(|_: usize, f: Frame<'_>, _: &mut Vec<Vec<u8>>| match &f {
+            Frame::VcpuState(v) if v.index == 0 => {
+                vec![encode_frame(&Frame::VcpuState(crate::frames::VcpuState {
+                    index: 0,
+                    blob: b"evil0",
+                }))]
+            }
+            _ => vec![encode_frame(&f)],
+        }),
+    );
+}
+
+#[test]
+fn tampered_device_state_is_refused() {
+    tamper_test(
+        "device state",
+        Arc::new(|_: usize, f: Frame<'_>, _: &mut Vec<Vec<u8>>| match &f {
+            Frame::DeviceState(_) => vec![encode_frame(&Frame::DeviceState(
+                crate::frames::DeviceState {
+                    blob: b"evil devices",
+                },
+            ))],
+            _ => vec![encode_frame(&f)],
+        }),
+    );
+}
+
+#[test]
+fn a_tampered_hello_is_refused() {
+    // An optional field the target does not know: it skips it, but the Hello is not the
+    // one the source sent.
+    tamper_test(
+        "Hello",
+        Arc::new(|_: usize, f: Frame<'_>, _: &mut Vec<Vec<u8>>| match &f {
+            Frame::Hello(_) => {
+                let mut bytes = encode_frame(&f);
+                bytes.extend_from_slice(&[0x01, 0x80, 1, 0, 0x42]);
+                let len = u32::from_le_bytes(bytes[8..12].try_into().unwrap()) + 5;
+                bytes[8..12].copy_from_slice(&len.to_le_bytes());
+                vec![bytes]
+            }
+            _ => vec![encode_frame(&f)],
+        }),
+    );
+}
