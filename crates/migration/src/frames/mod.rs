@@ -250,12 +250,14 @@ use thiserror::Error;
 
 mod control;
 mod hello;
+mod helper;
 mod machine;
 mod pages;
 mod session;
 
 pub use control::{Abort, Ack, Done, FailureCode, HelloAck};
 pub use hello::{GpaRange, GuestMode, Hello, HelloField, HELLO_FIELD_OPTIONAL};
+pub use helper::{check_record, AbortToken, KeyConfirm, KeyReply, KeyShare, Ready, SharedList};
 pub use machine::{DeviceState, Manifest, VcpuState};
 pub use pages::{
     PageBatch, PageBatchHeader, PageData, PlainPage, PlainPages, RoundEnd, SharedRange,
@@ -263,8 +265,10 @@ pub use pages::{
 };
 pub use session::{ProtocolError, ReceiverState};
 
-/// The protocol version this build writes.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// The protocol version this build writes. Version 2: the helpers' authenticated key
+/// agreement, sealed shared list, device and vCPU state, the commit (Ready, Done with
+/// the commit record) and the target's abort token.
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// The oldest version this build reads: N-1, but never 0 (no version 0 exists).
 pub const MIN_PROTOCOL_VERSION: u16 = if PROTOCOL_VERSION > 1 {
@@ -307,14 +311,26 @@ pub const PLAIN_PAGES_HEADER_LEN: usize = 8;
 pub const PLAIN_ENTRY_HEADER_LEN: usize = 9;
 /// Most ranges in a SharedRanges frame.
 pub const MAX_SHARED_RANGES: usize = 65536;
-/// Cap on a DeviceState blob.
-pub const MAX_DEVICE_STATE_LEN: usize = 1 << 20;
-/// Cap on a VcpuState blob.
-pub const MAX_VCPU_STATE_LEN: usize = 64 << 10;
+/// Bytes a blob record adds to its blob (header and tag).
+pub const RECORD_OVERHEAD: usize = helper_abi::record::HEADER_SIZE + helper_abi::record::TAG_SIZE;
+/// Cap on a DeviceState blob: the VMM's state (1 MiB), and for SEV guests the helper's
+/// record around it.
+pub const MAX_DEVICE_STATE_LEN: usize = helper_abi::record::MAX_DEVICE_STATE_LEN + RECORD_OVERHEAD;
+/// Cap on a VcpuState blob: 64 KiB, and for SEV guests the record around it.
+pub const MAX_VCPU_STATE_LEN: usize = helper_abi::record::MAX_VCPU_STATE_LEN + RECORD_OVERHEAD;
 /// Size of a RoundEnd payload.
 pub const ROUND_END_LEN: usize = 20;
 /// Size of a Manifest payload: one sealed manifest record.
 pub const MANIFEST_LEN: usize = helper_abi::record::MANIFEST_RECORD_SIZE;
+/// Size of a version-1 Manifest payload (decoded only to be refused: version 1 has no
+/// authenticated key agreement).
+pub const MANIFEST_V1_LEN: usize = 96;
+/// Size of an SEV Done payload: the source helper's sealed commit record.
+pub const COMMIT_LEN: usize = helper_abi::record::COMMIT_RECORD_SIZE;
+/// Smallest SharedList payload: a record of an empty list.
+pub const MIN_SHARED_LIST_LEN: usize = RECORD_OVERHEAD + 8;
+/// Largest SharedList payload: a record of a full one-page list.
+pub const MAX_SHARED_LIST_LEN: usize = RECORD_OVERHEAD + helper_abi::record::MAX_SHARED_LIST_LEN;
 
 /// The largest payload of any frame type: a buffer this large takes every frame
 /// ([`crate::FrameReader::read_frame`]).
@@ -363,6 +379,18 @@ pub enum MessageType {
     Abort = 11,
     /// Target → source: the outcome, after Done.
     Ack = 12,
+    /// Source → target: the source helper's key share (version 2).
+    KeyShare = 13,
+    /// Target → source: the target helper's key share and MAC (version 2).
+    KeyReply = 14,
+    /// Source → target: the source helper's MAC (version 2).
+    KeyConfirm = 15,
+    /// Source → target: the guest's shared-page list, sealed (version 2).
+    SharedList = 16,
+    /// Target → source: manifest verified, waiting for the commit (version 2).
+    Ready = 17,
+    /// Target → source: the target helper's abort token (version 2).
+    AbortToken = 18,
 }
 
 /// Who writes a frame type.
@@ -378,7 +406,7 @@ pub enum Direction {
 
 impl MessageType {
     /// Every type, in code order.
-    pub const ALL: [MessageType; 12] = [
+    pub const ALL: [MessageType; 18] = [
         MessageType::Hello,
         MessageType::HelloAck,
         MessageType::PageBatch,
@@ -391,6 +419,12 @@ impl MessageType {
         MessageType::Done,
         MessageType::Abort,
         MessageType::Ack,
+        MessageType::KeyShare,
+        MessageType::KeyReply,
+        MessageType::KeyConfirm,
+        MessageType::SharedList,
+        MessageType::Ready,
+        MessageType::AbortToken,
     ];
 
     /// The header's type byte.
@@ -413,14 +447,27 @@ impl MessageType {
             MessageType::Done => "Done",
             MessageType::Abort => "Abort",
             MessageType::Ack => "Ack",
+            MessageType::KeyShare => "KeyShare",
+            MessageType::KeyReply => "KeyReply",
+            MessageType::KeyConfirm => "KeyConfirm",
+            MessageType::SharedList => "SharedList",
+            MessageType::Ready => "Ready",
+            MessageType::AbortToken => "AbortToken",
         }
     }
 
     /// Who writes frames of this type.
     pub const fn direction(self) -> Direction {
         match self {
-            MessageType::HelloAck | MessageType::Ack => Direction::TargetToSource,
+            MessageType::HelloAck
+            | MessageType::Ack
+            | MessageType::KeyReply
+            | MessageType::Ready
+            | MessageType::AbortToken => Direction::TargetToSource,
             MessageType::Abort => Direction::Either,
+            MessageType::KeyShare | MessageType::KeyConfirm | MessageType::SharedList => {
+                Direction::SourceToTarget
+            }
             MessageType::Hello
             | MessageType::PageBatch
             | MessageType::PlainPages
@@ -453,8 +500,21 @@ impl MessageType {
             MessageType::DeviceState => (0, MAX_DEVICE_STATE_LEN),
             MessageType::VcpuState => (4, 4 + MAX_VCPU_STATE_LEN),
             MessageType::RoundEnd => (ROUND_END_LEN, ROUND_END_LEN),
-            MessageType::Manifest => (MANIFEST_LEN, MANIFEST_LEN),
-            MessageType::Done => (0, 0),
+            MessageType::Manifest => (MANIFEST_V1_LEN, MANIFEST_LEN),
+            MessageType::Done => (0, COMMIT_LEN),
+            MessageType::KeyShare => (
+                helper_abi::handshake::KeyShare::SIZE,
+                helper_abi::handshake::KeyShare::SIZE,
+            ),
+            MessageType::KeyReply => (
+                helper_abi::handshake::KeyReply::SIZE,
+                helper_abi::handshake::KeyReply::SIZE,
+            ),
+            MessageType::KeyConfirm | MessageType::AbortToken => {
+                (helper_abi::DIGEST_LEN, helper_abi::DIGEST_LEN)
+            }
+            MessageType::SharedList => (MIN_SHARED_LIST_LEN, MAX_SHARED_LIST_LEN),
+            MessageType::Ready => (0, 0),
         }
     }
 
@@ -760,6 +820,18 @@ pub enum Frame<'a> {
     Abort(Abort),
     /// See [`Ack`].
     Ack(Ack),
+    /// See [`KeyShare`].
+    KeyShare(KeyShare),
+    /// See [`KeyReply`].
+    KeyReply(KeyReply),
+    /// See [`KeyConfirm`].
+    KeyConfirm(KeyConfirm),
+    /// See [`SharedList`].
+    SharedList(SharedList<'a>),
+    /// See [`Ready`].
+    Ready(Ready),
+    /// See [`AbortToken`].
+    AbortToken(AbortToken),
 }
 
 impl<'a> Frame<'a> {
@@ -778,6 +850,12 @@ impl<'a> Frame<'a> {
             Frame::Done(_) => MessageType::Done,
             Frame::Abort(_) => MessageType::Abort,
             Frame::Ack(_) => MessageType::Ack,
+            Frame::KeyShare(_) => MessageType::KeyShare,
+            Frame::KeyReply(_) => MessageType::KeyReply,
+            Frame::KeyConfirm(_) => MessageType::KeyConfirm,
+            Frame::SharedList(_) => MessageType::SharedList,
+            Frame::Ready(_) => MessageType::Ready,
+            Frame::AbortToken(_) => MessageType::AbortToken,
         }
     }
 
@@ -807,6 +885,12 @@ impl<'a> Frame<'a> {
             MessageType::Done => Frame::Done(Done::decode(v, payload)?),
             MessageType::Abort => Frame::Abort(Abort::decode(v, payload)?),
             MessageType::Ack => Frame::Ack(Ack::decode(v, payload)?),
+            MessageType::KeyShare => Frame::KeyShare(KeyShare::decode(v, payload)?),
+            MessageType::KeyReply => Frame::KeyReply(KeyReply::decode(v, payload)?),
+            MessageType::KeyConfirm => Frame::KeyConfirm(KeyConfirm::decode(v, payload)?),
+            MessageType::SharedList => Frame::SharedList(SharedList::decode(v, payload)?),
+            MessageType::Ready => Frame::Ready(Ready::decode(v, payload)?),
+            MessageType::AbortToken => Frame::AbortToken(AbortToken::decode(v, payload)?),
         })
     }
 
@@ -825,6 +909,12 @@ impl<'a> Frame<'a> {
             Frame::Done(m) => m.encode(w),
             Frame::Abort(m) => m.encode(w),
             Frame::Ack(m) => m.encode(w),
+            Frame::KeyShare(m) => m.encode(w),
+            Frame::KeyReply(m) => m.encode(w),
+            Frame::KeyConfirm(m) => m.encode(w),
+            Frame::SharedList(m) => m.encode(w),
+            Frame::Ready(m) => m.encode(w),
+            Frame::AbortToken(m) => m.encode(w),
         }
     }
 }
