@@ -550,7 +550,10 @@ mod tests {
         assert_eq!(doorbell::slot(doorbell::ready(2)), Some(2));
         assert_eq!(doorbell::slot(doorbell::DONE), None);
         assert_eq!(doorbell::slot(doorbell::NO_SLOT), None);
-        assert_eq!(doorbell::slot(doorbell::ready(crate::MAX_HELPER_VCPUS as u64)), None);
+        assert_eq!(
+            doorbell::slot(doorbell::ready(crate::MAX_HELPER_VCPUS as u64)),
+            None
+        );
     }
 
     struct Writer<'a>(&'a mut [u8], usize);

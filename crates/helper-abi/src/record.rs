@@ -82,7 +82,10 @@ impl Kind {
 
     /// Whether the kind is an authenticated clear blob (SEAL_BLOB / OPEN_BLOB).
     pub fn is_blob(self) -> bool {
-        matches!(self, Kind::SHARED_LIST | Kind::DEVICE_STATE | Kind::VCPU_STATE)
+        matches!(
+            self,
+            Kind::SHARED_LIST | Kind::DEVICE_STATE | Kind::VCPU_STATE
+        )
     }
 
     /// Whether the kind carries a page (EXPORT / IMPORT).

@@ -403,9 +403,8 @@ impl<'a, M: GuestMemory, E: Entropy> Helper<'a, M, E> {
         let m: [u8; 32 + KeyShare::SIZE] = self.message(req, mailbox)?;
         let mut hello_hash = [0u8; 32];
         hello_hash.copy_from_slice(&m[..32]);
-        let share_bytes: [u8; KeyShare::SIZE] = m[32..]
-            .try_into()
-            .map_err(|_| Status::BAD_REQUEST)?;
+        let share_bytes: [u8; KeyShare::SIZE] =
+            m[32..].try_into().map_err(|_| Status::BAD_REQUEST)?;
         let peer = KeyShare::decode(&share_bytes);
         let mut secret = self.migration_secret().ok_or(Status::NO_SECRET)?;
         let owner = keys::owner_keys(&secret);
@@ -945,7 +944,14 @@ impl<'a, M: GuestMemory, E: Entropy> Helper<'a, M, E> {
             let mut payload = manifest.encode();
             let digest: [u8; 32] = Sha256::digest(payload).into();
             s.manifest_digest.store_from(&digest);
-            self.seal_final(mailbox, window, Kind::MANIFEST, req.round, &mut payload, resp);
+            self.seal_final(
+                mailbox,
+                window,
+                Kind::MANIFEST,
+                req.round,
+                &mut payload,
+                resp,
+            );
             alone.set(Phase::SOURCE_MANIFESTED);
         } else {
             let (header, rec) =
@@ -989,7 +995,7 @@ impl<'a, M: GuestMemory, E: Entropy> Helper<'a, M, E> {
         if alone.from() == Phase::SOURCE_MANIFESTED {
             let window = self.window(req, mailbox)?;
             let flag = self.layout.migration_state_gpa;
-            if flag % PAGE_SIZE as u64 != 0 || self.layout.page_index(flag).is_none() {
+            if !flag.is_multiple_of(PAGE_SIZE as u64) || self.layout.page_index(flag).is_none() {
                 // Without a flag the source could run on after the target: never commit.
                 return Err(Status::BAD_STATE.into());
             }

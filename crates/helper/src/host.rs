@@ -146,11 +146,7 @@ impl Mailbox for HostMailbox {
     }
 
     fn read_window(&self, w: usize, at: usize, out: &mut [u8]) {
-        let hook = self
-            .hook
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        let hook = self.hook.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(hook) = hook {
             hook();
         }
@@ -170,18 +166,24 @@ impl Mailbox for HostMailbox {
     }
 }
 
-/// Never-repeating test randomness (a counter through SHA-256): every nonce and
-/// ephemeral key of a test run differs, as RDRAND's would.
-pub struct Fresh;
+/// Test randomness: a guest's seed and a counter through SHA-256. Guests made with
+/// [`Guest::new`] get a seed no other guest of the process has, so every nonce and
+/// ephemeral key differs, as RDRAND's would; [`Guest::seeded`] repeats a run exactly
+/// (fuzzing).
+struct Draws<'a> {
+    seed: u64,
+    counter: &'a AtomicU64,
+}
 
-static DRAWS: AtomicU64 = AtomicU64::new(0);
+static SEEDS: AtomicU64 = AtomicU64::new(1 << 32);
 
-impl Entropy for Fresh {
+impl Entropy for Draws<'_> {
     fn fill(&mut self, out: &mut [u8]) -> bool {
         for chunk in out.chunks_mut(32) {
-            let n = DRAWS.fetch_add(1, Ordering::Relaxed);
+            let n = self.counter.fetch_add(1, Ordering::Relaxed);
             let d: [u8; 32] = Sha256::new()
                 .chain_update(b"sevmirror test entropy")
+                .chain_update(self.seed.to_le_bytes())
                 .chain_update(n.to_le_bytes())
                 .finalize()
                 .into();
@@ -205,6 +207,8 @@ pub struct Guest {
     pub spec: Spec,
     memory: Memory,
     next_lane: AtomicU32,
+    seed: u64,
+    draws: AtomicU64,
 }
 
 /// One helper vCPU: its lane and mailbox.
@@ -281,7 +285,15 @@ impl Guest {
                 .collect(),
             spec,
             next_lane: AtomicU32::new(0),
+            seed: SEEDS.fetch_add(1, Ordering::Relaxed),
+            draws: AtomicU64::new(0),
         }
+    }
+
+    /// The same guest with a fixed entropy seed: the same requests give the same bytes.
+    pub fn seeded(mut self, seed: u64) -> Guest {
+        self.seed = seed;
+        self
     }
 
     /// Marks the guest as booted for an incoming migration.
@@ -339,7 +351,10 @@ impl Guest {
             session: &self.session,
             versions: &self.versions,
             lane: &vcpu.lane,
-            entropy: Fresh,
+            entropy: Draws {
+                seed: self.seed,
+                counter: &self.draws,
+            },
             region: self.spec.region,
             max_batch: self.spec.max_batch,
         }
@@ -410,8 +425,8 @@ pub fn handshake(
     hello_hash: [u8; 32],
 ) -> Result<Handshake, (Op, Status)> {
     let share = start(src, sv, session_id, hello_hash).map_err(|s| (Op::HS_START, s))?;
-    let reply = respond(dst, tv, session_id, hello_hash, &share)
-        .map_err(|s| (Op::HS_RESPOND, s))?;
+    let reply =
+        respond(dst, tv, session_id, hello_hash, &share).map_err(|s| (Op::HS_RESPOND, s))?;
     let (confirm, th) = finish(src, sv, &reply).map_err(|s| (Op::HS_FINISH, s))?;
     let th2 = confirm_target(dst, tv, &confirm).map_err(|s| (Op::HS_CONFIRM, s))?;
     debug_assert_eq!(th, th2);

@@ -297,7 +297,11 @@ pub fn owner_abort_token(
     secret: &[u8; MIGRATION_SECRET_LEN],
     transcript_hash: &Key,
 ) -> [u8; MAC_LEN] {
-    tag_of(&owner_keys(secret).owner_abort, OWNER_ABORTS, transcript_hash)
+    tag_of(
+        &owner_keys(secret).owner_abort,
+        OWNER_ABORTS,
+        transcript_hash,
+    )
 }
 
 #[cfg(test)]
@@ -358,7 +362,10 @@ mod tests {
         let th = transcript().hash();
         let ka = session_keys(&owner, &a.agree(&pb).unwrap(), &th);
         let kb = session_keys(&owner, &b.agree(&pa).unwrap(), &th);
-        assert_eq!((ka.record, ka.blob, ka.abort), (kb.record, kb.blob, kb.abort));
+        assert_eq!(
+            (ka.record, ka.blob, ka.abort),
+            (kb.record, kb.blob, kb.abort)
+        );
         assert_ne!(ka.record, ka.blob);
         // Another transcript, other keys.
         let c = Ephemeral::from_random(&mut [0x11; 32]);
@@ -404,11 +411,7 @@ mod tests {
         let t = owner_abort_token(&[1; 32], &[2; 32]);
         assert_ne!(t, owner_abort_token(&[1; 32], &[3; 32]));
         assert_ne!(t, owner_abort_token(&[4; 32], &[2; 32]));
-        let keys = session_keys(
-            &owner_keys(&[1; 32]),
-            &SharedSecret([5; 32]),
-            &[2; 32],
-        );
+        let keys = session_keys(&owner_keys(&[1; 32]), &SharedSecret([5; 32]), &[2; 32]);
         assert_ne!(t, target_abort_token(&keys.abort, &[2; 32]));
     }
 }

@@ -25,6 +25,8 @@ extern crate std;
 
 pub mod crypto;
 pub mod engine;
+#[cfg(feature = "host")]
+pub mod fuzzing;
 pub mod gate;
 #[cfg(feature = "host")]
 pub mod host;

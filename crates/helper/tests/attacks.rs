@@ -99,7 +99,11 @@ fn in_flight_attack(op: Op, message: Vec<u8>) -> Status {
             *seen.lock().unwrap() = Some(r.status());
         }));
     }
-    assert_eq!(dst.import(0, &records), Ok(1), "the import itself completes");
+    assert_eq!(
+        dst.import(0, &records),
+        Ok(1),
+        "the import itself completes"
+    );
     let got = seen.lock().unwrap().expect("the hook ran");
     got
 }
@@ -109,7 +113,10 @@ fn in_flight_attack(op: Op, message: Vec<u8>) -> Status {
 #[test]
 fn reset_or_rekeying_while_another_vcpu_is_inside_a_request_is_refused() {
     assert_eq!(in_flight_attack(Op::RESET, vec![]), Status::BUSY);
-    assert_eq!(in_flight_attack(Op::HS_RESPOND, vec![0x11; 96]), Status::BUSY);
+    assert_eq!(
+        in_flight_attack(Op::HS_RESPOND, vec![0x11; 96]),
+        Status::BUSY
+    );
     assert_eq!(in_flight_attack(Op::FINISH, vec![]), Status::BUSY);
     assert_eq!(in_flight_attack(Op::ABORT, vec![]), Status::BUSY);
 }
@@ -119,13 +126,19 @@ fn a_recorded_handshake_replayed_to_a_fresh_target_is_refused() {
     // The host records the source's side of a session ...
     let (src, _) = unkeyed(1);
     let share = host::start(&src.guest, &src.vcpus[0], SESSION, HELLO).unwrap();
-    let first = Side::new(Guest::new(Spec::default(), Some(SECRET), |_| 0).incoming(), 1);
+    let first = Side::new(
+        Guest::new(Spec::default(), Some(SECRET), |_| 0).incoming(),
+        1,
+    );
     let reply = host::respond(&first.guest, &first.vcpus[0], SESSION, HELLO, &share).unwrap();
     let (confirm, _) = host::finish(&src.guest, &src.vcpus[0], &reply).unwrap();
     let records = src.export(0, 1, &[0x3000]).unwrap();
     // ... and replays it to a fresh target holding the same secret: the target's own
     // nonce and share make another transcript, so the source's MAC does not verify.
-    let fresh = Side::new(Guest::new(Spec::default(), Some(SECRET), |_| 0).incoming(), 1);
+    let fresh = Side::new(
+        Guest::new(Spec::default(), Some(SECRET), |_| 0).incoming(),
+        1,
+    );
     host::respond(&fresh.guest, &fresh.vcpus[0], SESSION, HELLO, &share).unwrap();
     assert_eq!(
         host::confirm_target(&fresh.guest, &fresh.vcpus[0], &confirm),
@@ -172,8 +185,15 @@ fn a_previous_attempts_manifest_is_refused() {
     let run = |hello: [u8; 32]| {
         assert_eq!(src.reset(0), Status::OK);
         assert_eq!(dst.reset(0), Status::OK);
-        host::handshake(&src.guest, &src.vcpus[0], &dst.guest, &dst.vcpus[0], SESSION, hello)
-            .unwrap();
+        host::handshake(
+            &src.guest,
+            &src.vcpus[0],
+            &dst.guest,
+            &dst.vcpus[0],
+            SESSION,
+            hello,
+        )
+        .unwrap();
         migrate_all(&src, &dst, 1);
         src.manifest(0).unwrap()
     };
@@ -199,14 +219,20 @@ fn a_lost_commit_keeps_the_source_migrated_out_until_the_target_aborts() {
         Err(Status::MIGRATED_OUT)
     );
     let info = src.op(0, Op::INFO);
-    assert_eq!(info.response.info_flags & info_flags::MIGRATED_OUT, info_flags::MIGRATED_OUT);
+    assert_eq!(
+        info.response.info_flags & info_flags::MIGRATED_OUT,
+        info_flags::MIGRATED_OUT
+    );
     assert_eq!(&info.message[32..], &th);
     // The target gives the session up; after that it can never commit it.
     let token = dst.abort(0).unwrap();
     assert_eq!(dst.accept_commit(0, &_lost), Status::BAD_STATE);
     assert_eq!(src.release(0, Origin::TARGET, &token), Status::OK);
     assert!(!src.guest.migrated_out());
-    assert_eq!(src.op(0, Op::INFO).response.info_flags & info_flags::MIGRATED_OUT, 0);
+    assert_eq!(
+        src.op(0, Op::INFO).response.info_flags & info_flags::MIGRATED_OUT,
+        0
+    );
     assert!(host::start(&src.guest, &src.vcpus[0], SESSION, HELLO).is_ok());
 }
 
@@ -217,8 +243,15 @@ fn a_forged_or_replayed_abort_does_not_release_the_source() {
     let old_token = dst.abort(0).unwrap();
     assert_eq!(src.reset(0), Status::OK);
     assert_eq!(dst.reset(0), Status::OK);
-    host::handshake(&src.guest, &src.vcpus[0], &dst.guest, &dst.vcpus[0], SESSION, HELLO)
-        .unwrap();
+    host::handshake(
+        &src.guest,
+        &src.vcpus[0],
+        &dst.guest,
+        &dst.vcpus[0],
+        SESSION,
+        HELLO,
+    )
+    .unwrap();
     migrate_all(&src, &dst, 1);
     let m = src.manifest(0).unwrap();
     assert_eq!(dst.verify(0, &m), Status::OK);
@@ -226,8 +259,16 @@ fn a_forged_or_replayed_abort_does_not_release_the_source() {
     for (what, origin, token) in [
         ("an earlier session's abort", Origin::TARGET, old_token),
         ("made-up bytes", Origin::TARGET, [0x42; 32]),
-        ("an owner token under another secret", Origin::OWNER, keys::owner_abort_token(&[1; 32], &th)),
-        ("the owner's token passed as the target's", Origin::TARGET, keys::owner_abort_token(&SECRET, &th)),
+        (
+            "an owner token under another secret",
+            Origin::OWNER,
+            keys::owner_abort_token(&[1; 32], &th),
+        ),
+        (
+            "the owner's token passed as the target's",
+            Origin::TARGET,
+            keys::owner_abort_token(&SECRET, &th),
+        ),
     ] {
         assert_eq!(src.release(0, origin, &token), Status::BAD_TOKEN, "{what}");
         assert!(src.guest.migrated_out(), "{what}");
@@ -246,7 +287,11 @@ fn the_owner_can_release_a_source_whose_target_is_gone() {
     let reported: [u8; 32] = src.op(0, Op::INFO).message[32..].try_into().unwrap();
     assert_eq!(reported, th);
     let token = keys::owner_abort_token(&SECRET, &reported);
-    assert_eq!(src.reset(0), Status::OK, "a RESET in between changes nothing");
+    assert_eq!(
+        src.reset(0),
+        Status::OK,
+        "a RESET in between changes nothing"
+    );
     assert_eq!(src.release(0, Origin::OWNER, &token), Status::OK);
     assert!(!src.guest.migrated_out());
     assert_eq!(src.release(0, Origin::OWNER, &token), Status::NOT_COMMITTED);
@@ -257,7 +302,11 @@ fn a_target_that_aborted_never_commits_and_one_that_committed_never_aborts() {
     let (src, dst, _) = verified(1);
     let (commit, _) = src.commit(0).unwrap();
     let token = dst.abort(0).unwrap();
-    assert_eq!(dst.abort(0).unwrap(), token, "aborting again gives the same token");
+    assert_eq!(
+        dst.abort(0).unwrap(),
+        token,
+        "aborting again gives the same token"
+    );
     assert_eq!(dst.accept_commit(0, &commit), Status::BAD_STATE);
     assert_eq!(dst.reset(0), Status::OK);
     assert_eq!(dst.accept_commit(0, &commit), Status::NO_KEYS);
@@ -291,7 +340,10 @@ fn a_commit_from_another_session_or_before_the_manifest_is_refused() {
 fn a_committed_session_blocks_every_export_until_released() {
     let (src, dst, _) = verified(1);
     src.commit(0).unwrap();
-    assert_eq!(src.export(0, 9, &[0x3000]).unwrap_err().0, Status::MIGRATED_OUT);
+    assert_eq!(
+        src.export(0, 9, &[0x3000]).unwrap_err().0,
+        Status::MIGRATED_OUT
+    );
     assert_eq!(
         src.seal_blob(0, helper_abi::record::Kind::DEVICE_STATE, 0, b"x"),
         Err(Status::MIGRATED_OUT)

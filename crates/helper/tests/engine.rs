@@ -33,11 +33,18 @@ fn pages_travel_sealed_and_arrive_intact_and_the_manifest_and_commit_agree() {
     assert!(!src.guest.migrated_out());
     let (commit, src_th) = src.commit(0).unwrap();
     assert_eq!(src_th, th);
-    assert!(src.guest.migrated_out(), "the source is flagged before the commit leaves");
+    assert!(
+        src.guest.migrated_out(),
+        "the source is flagged before the commit leaves"
+    );
     assert_eq!(dst.accept_commit(0, &commit), Status::OK);
     assert!(!dst.guest.migrated_out());
     let info = dst.op(0, Op::INFO).response;
-    assert_eq!(info.info_flags & info_flags::INCOMING, 0, "the target guest runs now");
+    assert_eq!(
+        info.info_flags & info_flags::INCOMING,
+        0,
+        "the target guest runs now"
+    );
     // Once committed, nothing more is accepted.
     let (src2, _, _) = pair(1);
     let late = src2.export(0, 2, &[gpa]).unwrap();
@@ -53,7 +60,9 @@ fn private_zero_pages_are_full_records_unless_the_leaky_option_is_asked_for() {
     dst.import(0, &records).unwrap();
     assert_eq!(dst.guest.page(0x8000), vec![0; PAGE_SIZE]);
     // With the option, the zero page becomes a 48-byte record (and the host learns it).
-    let short = src.export_flags(0, 2, &[0x8000, 0x9000], ZERO_FLAG).unwrap();
+    let short = src
+        .export_flags(0, 2, &[0x8000, 0x9000], ZERO_FLAG)
+        .unwrap();
     assert_eq!(
         short.len(),
         record::ZERO_RECORD_SIZE + record::PAGE_RECORD_SIZE
@@ -97,8 +106,16 @@ fn any_flipped_bit_is_rejected_and_nothing_is_written() {
 
 #[test]
 fn a_target_with_another_secret_firmware_or_hello_fails_the_handshake() {
-    let cases: [(&str, Option<[u8; 32]>, Spec, [u8; 32], Status); 4] = [
-        ("other secret", Some([1; 32]), Spec::default(), HELLO, Status::BAD_PEER),
+    /// What differs, the target's secret and spec, the Hello it saw, and the refusal.
+    type Case = (&'static str, Option<[u8; 32]>, Spec, [u8; 32], Status);
+    let cases: [Case; 4] = [
+        (
+            "other secret",
+            Some([1; 32]),
+            Spec::default(),
+            HELLO,
+            Status::BAD_PEER,
+        ),
         (
             "other firmware",
             Some(SECRET),
@@ -109,7 +126,13 @@ fn a_target_with_another_secret_firmware_or_hello_fails_the_handshake() {
             HELLO,
             Status::BAD_PEER,
         ),
-        ("other Hello", Some(SECRET), Spec::default(), [0x4f; 32], Status::BAD_PEER),
+        (
+            "other Hello",
+            Some(SECRET),
+            Spec::default(),
+            [0x4f; 32],
+            Status::BAD_PEER,
+        ),
         ("no secret", None, Spec::default(), HELLO, Status::NO_SECRET),
     ];
     for (what, secret, spec, hello, want) in cases {
@@ -120,8 +143,16 @@ fn a_target_with_another_secret_firmware_or_hello_fails_the_handshake() {
             .and_then(|reply| host::finish(&src.guest, &src.vcpus[0], &reply).map(drop));
         assert_eq!(got, Err(want), "{what}");
         // Nothing moves: the source has no keys.
-        assert_eq!(src.export(0, 1, &[0x3000]).unwrap_err().0, Status::NO_KEYS, "{what}");
-        assert_ne!(src.op(0, Op::INFO).response.phase(), Phase::SOURCE_KEYED, "{what}");
+        assert_eq!(
+            src.export(0, 1, &[0x3000]).unwrap_err().0,
+            Status::NO_KEYS,
+            "{what}"
+        );
+        assert_ne!(
+            src.op(0, Op::INFO).response.phase(),
+            Phase::SOURCE_KEYED,
+            "{what}"
+        );
     }
 }
 
@@ -201,8 +232,14 @@ fn the_source_refuses_a_manifest_while_a_private_page_was_never_sealed() {
 fn shared_pages_are_not_exported_and_not_in_the_manifest() {
     let (src, dst, _) = pair(1);
     src.guest.share(0x6000, 1);
-    assert_eq!(src.export(0, 1, &[0x6000]).unwrap_err(), (Status::BAD_GPA, 0));
-    let private: Vec<u64> = all_pages(&src).into_iter().filter(|&g| g != 0x6000).collect();
+    assert_eq!(
+        src.export(0, 1, &[0x6000]).unwrap_err(),
+        (Status::BAD_GPA, 0)
+    );
+    let private: Vec<u64> = all_pages(&src)
+        .into_iter()
+        .filter(|&g| g != 0x6000)
+        .collect();
     for chunk in private.chunks(64) {
         let records = src.export(0, 1, chunk).unwrap();
         dst.import(0, &records).unwrap();
@@ -227,20 +264,30 @@ fn the_sealed_shared_list_is_the_guests_own_and_opens_only_intact() {
     let mut forged = rec.clone();
     forged[HEADER_SIZE + 8] ^= 0x10; // move a range
     assert_eq!(dst.open_blob(0, &forged), Err(Status::AUTH_FAILED));
-    assert_eq!(dst.open_blob(0, &rec), Ok((u32::from(Kind::SHARED_LIST.0), 0)));
+    assert_eq!(
+        dst.open_blob(0, &rec),
+        Ok((u32::from(Kind::SHARED_LIST.0), 0))
+    );
 }
 
 #[test]
 fn blobs_are_authenticated_and_bound_to_their_kind_index_and_order() {
     let (src, dst, _) = pair(1);
-    let vcpu1 = src.seal_blob(0, Kind::VCPU_STATE, 1, b"registers of vcpu 1").unwrap();
-    let device = src.seal_blob(0, Kind::DEVICE_STATE, 0, &[7u8; 5000]).unwrap();
+    let vcpu1 = src
+        .seal_blob(0, Kind::VCPU_STATE, 1, b"registers of vcpu 1")
+        .unwrap();
+    let device = src
+        .seal_blob(0, Kind::DEVICE_STATE, 0, &[7u8; 5000])
+        .unwrap();
     assert_eq!(
         src.seal_blob(0, Kind::DEVICE_STATE, 3, b"x"),
         Err(Status::BAD_REQUEST),
         "only vCPU state has an index"
     );
-    assert_eq!(src.seal_blob(0, Kind::PAGE, 0, b"x"), Err(Status::BAD_REQUEST));
+    assert_eq!(
+        src.seal_blob(0, Kind::PAGE, 0, b"x"),
+        Err(Status::BAD_REQUEST)
+    );
     // Tampered payload, index or kind: refused.
     for (at, what) in [(HEADER_SIZE + 3, "payload"), (8, "index"), (0, "kind")] {
         let mut bad = vcpu1.clone();
@@ -253,8 +300,14 @@ fn blobs_are_authenticated_and_bound_to_their_kind_index_and_order() {
     }
     // Out of order: the device state was sealed after vCPU 1's.
     assert_eq!(dst.open_blob(0, &device), Err(Status::REORDER));
-    assert_eq!(dst.open_blob(0, &vcpu1), Ok((u32::from(Kind::VCPU_STATE.0), 1)));
-    assert_eq!(dst.open_blob(0, &device), Ok((u32::from(Kind::DEVICE_STATE.0), 0)));
+    assert_eq!(
+        dst.open_blob(0, &vcpu1),
+        Ok((u32::from(Kind::VCPU_STATE.0), 1))
+    );
+    assert_eq!(
+        dst.open_blob(0, &device),
+        Ok((u32::from(Kind::DEVICE_STATE.0), 0))
+    );
     assert_eq!(dst.open_blob(0, &vcpu1), Err(Status::REORDER), "replayed");
 }
 
@@ -292,9 +345,16 @@ fn info_reports_the_region_limits_lane_and_firmware() {
     let r = g.op(1, Op::INFO);
     assert_eq!(r.status(), Status::OK);
     let spec = g.guest.spec;
-    assert_eq!((r.response.region_base, r.response.region_size), spec.region);
     assert_eq!(
-        (r.response.abi_version, r.response.max_batch, r.response.lane),
+        (r.response.region_base, r.response.region_size),
+        spec.region
+    );
+    assert_eq!(
+        (
+            r.response.abi_version,
+            r.response.max_batch,
+            r.response.lane
+        ),
         (2, 64, 1)
     );
     assert_eq!(r.response.ram_pages, spec.ram / PAGE_SIZE as u64);
@@ -307,17 +367,33 @@ fn info_reports_the_region_limits_lane_and_firmware() {
 fn requests_out_of_place_are_refused_with_a_status() {
     let (src, dst) = unkeyed(1);
     // Before any session.
-    for op in [Op::EXPORT, Op::IMPORT, Op::SEAL_BLOB, Op::OPEN_BLOB, Op::FINISH, Op::COMMIT, Op::ABORT] {
+    for op in [
+        Op::EXPORT,
+        Op::IMPORT,
+        Op::SEAL_BLOB,
+        Op::OPEN_BLOB,
+        Op::FINISH,
+        Op::COMMIT,
+        Op::ABORT,
+    ] {
         assert_eq!(src.op(0, op).status(), Status::NO_KEYS, "{op:?}");
     }
     assert_eq!(src.op(0, Op::RELEASE).status(), Status::NOT_COMMITTED);
     assert_eq!(src.op(0, Op::HS_FINISH).status(), Status::NO_KEYS);
     assert_eq!(dst.op(0, Op::HS_CONFIRM).status(), Status::NO_KEYS);
-    assert_eq!(src.op(0, Op(2)).status(), Status::BAD_REQUEST, "KEYS is gone");
+    assert_eq!(
+        src.op(0, Op(2)).status(),
+        Status::BAD_REQUEST,
+        "KEYS is gone"
+    );
     assert_eq!(src.op(0, Op(99)).status(), Status::BAD_REQUEST);
     // A guest that was not booted incoming never takes the target's role.
     let share = host::start(&dst.guest, &dst.vcpus[0], SESSION, HELLO);
-    assert_eq!(share, Err(Status::BAD_STATE), "an incoming guest is no source");
+    assert_eq!(
+        share,
+        Err(Status::BAD_STATE),
+        "an incoming guest is no source"
+    );
     let share = host::start(&src.guest, &src.vcpus[0], SESSION, HELLO).unwrap();
     assert_eq!(
         host::respond(&src.guest, &src.vcpus[0], SESSION, HELLO, &share),
@@ -333,9 +409,16 @@ fn requests_out_of_place_are_refused_with_a_status() {
     let (src, dst, _) = pair(1);
     let rec = src.export(0, 1, &[0x3000]).unwrap();
     assert_eq!(src.import(0, &rec).unwrap_err().0, Status::BAD_STATE);
-    assert_eq!(dst.export(0, 1, &[0x3000]).unwrap_err().0, Status::BAD_STATE);
+    assert_eq!(
+        dst.export(0, 1, &[0x3000]).unwrap_err().0,
+        Status::BAD_STATE
+    );
     assert_eq!(src.op(0, Op::ABORT).status(), Status::BAD_STATE);
-    assert_eq!(src.op(0, Op::COMMIT).status(), Status::BAD_STATE, "no manifest yet");
+    assert_eq!(
+        src.op(0, Op::COMMIT).status(),
+        Status::BAD_STATE,
+        "no manifest yet"
+    );
     // Reserved fields must be zero.
     let r = src.call(
         0,

@@ -61,7 +61,9 @@ impl Side {
         if r.status() != Status::OK {
             return Err((r.status(), r.response.index));
         }
-        Ok(self.vcpus[lane].mailbox.window(0, r.response.bytes as usize))
+        Ok(self.vcpus[lane]
+            .mailbox
+            .window(0, r.response.bytes as usize))
     }
 
     pub fn import(&self, lane: usize, records: &[u8]) -> Result<u32, (Status, u32)> {
@@ -86,7 +88,13 @@ impl Side {
     }
 
     /// Seals a blob; the record's bytes.
-    pub fn seal_blob(&self, lane: usize, kind: Kind, index: u32, blob: &[u8]) -> Result<Vec<u8>, Status> {
+    pub fn seal_blob(
+        &self,
+        lane: usize,
+        kind: Kind,
+        index: u32,
+        blob: &[u8],
+    ) -> Result<Vec<u8>, Status> {
         let mb = &self.vcpus[lane].mailbox;
         let mut w = vec![0u8; record::HEADER_SIZE];
         w.extend_from_slice(blob);
@@ -140,7 +148,9 @@ impl Side {
                 &[],
             )
             .ok()?;
-        Ok(self.vcpus[lane].mailbox.window(0, r.response.bytes as usize))
+        Ok(self.vcpus[lane]
+            .mailbox
+            .window(0, r.response.bytes as usize))
     }
 
     /// FINISH on the target.
@@ -172,7 +182,9 @@ impl Side {
                 &[],
             )
             .ok()?;
-        let rec = self.vcpus[lane].mailbox.window(0, r.response.bytes as usize);
+        let rec = self.vcpus[lane]
+            .mailbox
+            .window(0, r.response.bytes as usize);
         Ok((rec, r.message.try_into().unwrap()))
     }
 
@@ -221,7 +233,7 @@ impl Side {
 
 /// Source pages: data everywhere, every 8th page zero.
 pub fn source_fill(p: u64) -> u8 {
-    if p % 8 == 0 {
+    if p.is_multiple_of(8) {
         0
     } else {
         (p as u8) | 1
@@ -230,7 +242,10 @@ pub fn source_fill(p: u64) -> u8 {
 
 /// A source with `lanes` helper vCPUs and a blank incoming target, not yet keyed.
 pub fn unkeyed(lanes: usize) -> (Side, Side) {
-    let src = Side::new(Guest::new(Spec::default(), Some(SECRET), source_fill), lanes);
+    let src = Side::new(
+        Guest::new(Spec::default(), Some(SECRET), source_fill),
+        lanes,
+    );
     let dst = Side::new(
         Guest::new(Spec::default(), Some(SECRET), |_| 0xee).incoming(),
         lanes,

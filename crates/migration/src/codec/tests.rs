@@ -287,7 +287,11 @@ fn the_session_version_may_not_change() {
     reader.read_frame(&mut b).unwrap();
     assert!(matches!(
         reader.read_frame(&mut b),
-        Err(CodecError::VersionChanged { found: 2, session: 1, .. })
+        Err(CodecError::VersionChanged {
+            found: 2,
+            session: 1,
+            ..
+        })
     ));
 }
 

@@ -10,8 +10,8 @@ use super::{
 use crate::{
     codec::{FrameReader, Incoming},
     frames::{
-        AbortToken, FailureCode, Frame, GpaRange, GuestMode, Hello, KeyConfirm, KeyReply,
-        KeyShare, Ready, MAX_PAYLOAD_LEN, PROTOCOL_VERSION,
+        AbortToken, FailureCode, Frame, GpaRange, GuestMode, Hello, KeyConfirm, KeyReply, KeyShare,
+        Ready, MAX_PAYLOAD_LEN, PROTOCOL_VERSION,
     },
 };
 use helper_abi::{
@@ -115,11 +115,17 @@ impl Sealer for FakeHelper {
     }
     fn finish_handshake(&mut self, reply: &KeyReply) -> Result<(KeyConfirm, [u8; 32]), String> {
         let bytes = handshake::KeyReply::from(*reply).encode();
-        let (mac, th) =
-            host::finish(&self.guest, &self.vcpus[0], &bytes).map_err(|s| format!("helper: {s}"))?;
+        let (mac, th) = host::finish(&self.guest, &self.vcpus[0], &bytes)
+            .map_err(|s| format!("helper: {s}"))?;
         Ok((KeyConfirm { mac }, th))
     }
-    fn submit(&mut self, lane: usize, round: u32, gpas: &[u64], zero: ZeroPages) -> Result<(), String> {
+    fn submit(
+        &mut self,
+        lane: usize,
+        round: u32,
+        gpas: &[u64],
+        zero: ZeroPages,
+    ) -> Result<(), String> {
         let r = self.ok(
             lane,
             Request {
@@ -157,7 +163,13 @@ impl Sealer for FakeHelper {
         assert_eq!(&sealed, batch);
         out.write_all(&records)
     }
-    fn seal_blob(&mut self, kind: Kind, index: u32, round: u32, blob: &[u8]) -> Result<Vec<u8>, String> {
+    fn seal_blob(
+        &mut self,
+        kind: Kind,
+        index: u32,
+        round: u32,
+        blob: &[u8],
+    ) -> Result<Vec<u8>, String> {
         self.fill(0, 0, record::HEADER_SIZE, blob);
         let r = self.ok(
             0,
@@ -198,8 +210,14 @@ impl Sealer for FakeHelper {
             &[],
             &[],
         )?;
-        let th = r.message.try_into().map_err(|_| "no transcript".to_string())?;
-        Ok((self.window(0, 0, COMMIT_RECORD_SIZE).try_into().unwrap(), th))
+        let th = r
+            .message
+            .try_into()
+            .map_err(|_| "no transcript".to_string())?;
+        Ok((
+            self.window(0, 0, COMMIT_RECORD_SIZE).try_into().unwrap(),
+            th,
+        ))
     }
     fn release(&mut self, token: &AbortToken) -> Result<(), String> {
         self.ok(
@@ -440,7 +458,9 @@ impl TargetVm for FakeTarget {
     }
     fn write_page(&mut self, gpa: u64, data: Option<&[u8; PAGE_SIZE]>) -> Result<(), String> {
         if self.sev && !self.shared.contains(&gpa) {
-            return Err(format!("the engine wrote the private page {gpa:#x} in the clear"));
+            return Err(format!(
+                "the engine wrote the private page {gpa:#x} in the clear"
+            ));
         }
         let mut ram = self.ram.lock().unwrap();
         let page = ram
@@ -1071,7 +1091,10 @@ fn the_target_rejects_frames_that_break_the_rules_for_its_guest() {
 
 /// Feeds a recorded stream to a fresh target (with the same migration secret) and
 /// returns what it did.
-fn replay_to_fresh_target(stream: Vec<u8>, lanes: usize) -> (Result<(), MigrationError>, FakeTarget) {
+fn replay_to_fresh_target(
+    stream: Vec<u8>,
+    lanes: usize,
+) -> (Result<(), MigrationError>, FakeTarget) {
     let (dst_ram, mut opener) = target_helper(Some(MIGRATION_SECRET), [9; 32], lanes);
     let (mut feed, dst_sock) = UnixStream::pair().unwrap();
     dst_sock
@@ -1145,15 +1168,17 @@ fn a_private_page_redeclared_shared_and_sent_in_the_clear_is_refused() {
     // With the SharedRanges frame, and without it.
     for skip in [0, 1] {
         let inject: Vec<Vec<u8>> = frames[skip..].to_vec();
-        let edit = Arc::new(move |_: usize, f: Frame<'_>, held: &mut Vec<Vec<u8>>| match &f {
-            Frame::DeviceState(_) if held.is_empty() => {
-                held.push(vec![]);
-                let mut out = inject.clone();
-                out.push(encode_frame(&f));
-                out
-            }
-            _ => vec![encode_frame(&f)],
-        });
+        let edit = Arc::new(
+            move |_: usize, f: Frame<'_>, held: &mut Vec<Vec<u8>>| match &f {
+                Frame::DeviceState(_) if held.is_empty() => {
+                    held.push(vec![]);
+                    let mut out = inject.clone();
+                    out.push(encode_frame(&f));
+                    out
+                }
+                _ => vec![encode_frame(&f)],
+            },
+        );
         let o = run(Setup::sev(1).forward(Tamper::Frames(edit)));
         assert_safe_failure(&o, "re-declared shared");
         let page = &o.dst_ram.lock().unwrap()[5 * 4096..6 * 4096];
@@ -1181,9 +1206,9 @@ fn a_forged_or_replayed_shared_list_is_refused() {
             let mut rec = l.record.to_vec();
             let at = record::HEADER_SIZE + 8;
             rec[at..at + 8].copy_from_slice(&(5u64 * 4096).to_le_bytes());
-            vec![encode_frame(&Frame::SharedList(crate::frames::SharedList {
-                record: &rec,
-            }))]
+            vec![encode_frame(&Frame::SharedList(
+                crate::frames::SharedList { record: &rec },
+            ))]
         }
         _ => vec![encode_frame(&f)],
     });
@@ -1303,11 +1328,9 @@ fn a_lost_commit_and_a_withheld_abort_keep_the_source_stopped_until_the_owner_re
         Frame::AbortToken(_) => vec![],
         _ => vec![encode_frame(&f)],
     });
-    let o = run(
-        Setup::sev(1)
-            .forward(Tamper::Frames(lose_the_commit()))
-            .back(drop_token),
-    );
+    let o = run(Setup::sev(1)
+        .forward(Tamper::Frames(lose_the_commit()))
+        .back(drop_token));
     assert!(o.dst.ran.is_none(), "the target never got the commit");
     let transcript = match &o.source {
         Err(MigrationError::Committed { transcript, .. }) => *transcript,
@@ -1349,11 +1372,9 @@ fn a_forged_abort_token_does_not_release_a_committed_source() {
         }))],
         _ => vec![encode_frame(&f)],
     });
-    let o = run(
-        Setup::sev(1)
-            .forward(Tamper::Frames(lose_the_commit()))
-            .back(forge),
-    );
+    let o = run(Setup::sev(1)
+        .forward(Tamper::Frames(lose_the_commit()))
+        .back(forge));
     assert!(o.dst.ran.is_none());
     let err = o.source.as_ref().unwrap_err();
     assert!(matches!(err, MigrationError::Committed { .. }), "{err:?}");
@@ -1382,11 +1403,9 @@ fn a_forged_ready_makes_the_source_commit_and_the_targets_abort_releases_it() {
         }
         _ => vec![encode_frame(&f)],
     });
-    let o = run(
-        Setup::sev(1)
-            .forward(Tamper::Frames(spoil))
-            .back(early_ready),
-    );
+    let o = run(Setup::sev(1)
+        .forward(Tamper::Frames(spoil))
+        .back(early_ready));
     assert!(o.dst.ran.is_none());
     assert!(o.source.is_err());
     // Whether the source committed (it read the forged Ready) or not (it read the

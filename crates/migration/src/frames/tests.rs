@@ -500,7 +500,10 @@ fn the_caps_are_the_documented_ones() {
     assert_eq!(MessageType::SharedRanges.payload_bounds().1, 4 + 16 * 65536);
     assert_eq!(MessageType::DeviceState.payload_bounds().1, (1 << 20) + 48);
     assert_eq!(MessageType::VcpuState.payload_bounds().1, 4 + 65536 + 48);
-    assert_eq!(MessageType::Manifest.payload_bounds(), (96, MANIFEST_RECORD_SIZE));
+    assert_eq!(
+        MessageType::Manifest.payload_bounds(),
+        (96, MANIFEST_RECORD_SIZE)
+    );
     assert_eq!(MANIFEST_RECORD_SIZE, 160);
     assert_eq!(MessageType::Done.payload_bounds(), (0, COMMIT_RECORD_SIZE));
     assert_eq!(COMMIT_RECORD_SIZE, 80);
@@ -533,7 +536,10 @@ fn truncated_payloads_of_self_delimiting_frames_are_errors() {
         if matches!(frame, Frame::Done(_)) {
             let payload = &wire[FrameHeader::SIZE..];
             for cut in 1..payload.len() {
-                assert!(decode_payload(kind, &payload[..cut]).is_err(), "Done cut at {cut}");
+                assert!(
+                    decode_payload(kind, &payload[..cut]).is_err(),
+                    "Done cut at {cut}"
+                );
             }
             continue;
         }
@@ -754,36 +760,38 @@ fn hello_values_are_validated_on_both_ends() {
             "{field}: {e:?}"
         );
         // ... and so does the decoder, given the same fields by hand.
-        let payload = fields(&[
-            (1, vec![h.mode as u8]),
-            (2, h.mem_size.to_le_bytes().to_vec()),
-            (
-                3,
-                h.ram
-                    .iter()
-                    .flat_map(|r| r.base.to_le_bytes().into_iter().chain(r.size.to_le_bytes()))
-                    .collect(),
-            ),
-            (4, h.firmware_digest.to_vec()),
-            (
-                5,
-                h.helper_region
-                    .base
-                    .to_le_bytes()
-                    .into_iter()
-                    .chain(h.helper_region.size.to_le_bytes())
-                    .collect(),
-            ),
-            (6, h.lanes.to_le_bytes().to_vec()),
-            (7, h.session_id.to_vec()),
-            (8, h.helper_nonce.to_vec()),
-            (9, h.page_size.to_le_bytes().to_vec()),
-            (10, h.vcpus.to_le_bytes().to_vec()),
-        ]
-        .into_iter()
-        // Version 2 has no helper nonce field: send one only when the case sets it.
-        .filter(|(t, v)| *t != 8 || v.iter().any(|&b| b != 0))
-        .collect::<Vec<_>>());
+        let payload = fields(
+            &[
+                (1, vec![h.mode as u8]),
+                (2, h.mem_size.to_le_bytes().to_vec()),
+                (
+                    3,
+                    h.ram
+                        .iter()
+                        .flat_map(|r| r.base.to_le_bytes().into_iter().chain(r.size.to_le_bytes()))
+                        .collect(),
+                ),
+                (4, h.firmware_digest.to_vec()),
+                (
+                    5,
+                    h.helper_region
+                        .base
+                        .to_le_bytes()
+                        .into_iter()
+                        .chain(h.helper_region.size.to_le_bytes())
+                        .collect(),
+                ),
+                (6, h.lanes.to_le_bytes().to_vec()),
+                (7, h.session_id.to_vec()),
+                (8, h.helper_nonce.to_vec()),
+                (9, h.page_size.to_le_bytes().to_vec()),
+                (10, h.vcpus.to_le_bytes().to_vec()),
+            ]
+            .into_iter()
+            // Version 2 has no helper nonce field: send one only when the case sets it.
+            .filter(|(t, v)| *t != 8 || v.iter().any(|&b| b != 0))
+            .collect::<Vec<_>>(),
+        );
         let e = decode_payload(MessageType::Hello, &payload).unwrap_err();
         assert!(
             matches!(

@@ -5,10 +5,14 @@
 //! into the other. Sealed records go to the socket straight from the window.
 
 use helper_abi::{
-    mailbox::{Op, Request, Response, Role},
-    record::MANIFEST_RECORD_SIZE,
+    handshake,
+    mailbox::{flags, Op, Origin, Request, Response},
+    record::{Kind, COMMIT_RECORD_SIZE, HEADER_SIZE, MANIFEST_RECORD_SIZE},
 };
-use migration::engine::{Opener, RecordSink, Sealed, Sealer};
+use migration::{
+    engine::{Opener, RecordSink, Sealed, Sealer, ZeroPages},
+    frames::{AbortToken, KeyConfirm, KeyReply, KeyShare},
+};
 use std::{
     collections::VecDeque,
     sync::mpsc::{self, Receiver, Sender},
@@ -28,6 +32,7 @@ fn describe(e: HelperError) -> String {
 struct Job {
     req: Request,
     gpas: Vec<u64>,
+    message: Vec<u8>,
 }
 
 /// A lane's answer.
@@ -35,7 +40,7 @@ struct Done {
     lane: usize,
     window: usize,
     round: u32,
-    result: Result<Response, String>,
+    result: Result<(Response, Vec<u8>), String>,
 }
 
 /// One helper vCPU on its thread.
@@ -65,7 +70,9 @@ pub struct HelperLanes {
 fn serve(mut helper: HelperVcpu, jobs: Receiver<Job>, done: Sender<Done>) -> HelperVcpu {
     let lane = usize::from(helper.index());
     while let Ok(job) = jobs.recv() {
-        let result = helper.call_ok(job.req, &job.gpas).map_err(describe);
+        let result = helper
+            .call_ok_with(job.req, &job.gpas, &job.message)
+            .map_err(describe);
         let answer = Done {
             lane,
             window: job.req.window as usize,
@@ -137,12 +144,23 @@ impl HelperLanes {
 
     /// Hands a request to a lane's thread.
     fn start(&mut self, lane: usize, req: Request, gpas: Vec<u64>) -> Result<(), String> {
+        self.start_with(lane, req, gpas, Vec::new())
+    }
+
+    /// Hands a request with a message to a lane's thread.
+    fn start_with(
+        &mut self,
+        lane: usize,
+        req: Request,
+        gpas: Vec<u64>,
+        message: Vec<u8>,
+    ) -> Result<(), String> {
         let jobs = self
             .lane(lane)?
             .jobs
             .as_ref()
             .ok_or("the lane has stopped")?;
-        jobs.send(Job { req, gpas })
+        jobs.send(Job { req, gpas, message })
             .map_err(|_| format!("helper vCPU {lane} has stopped"))?;
         self.in_flight += 1;
         Ok(())
@@ -163,7 +181,17 @@ impl HelperLanes {
 
     /// Runs one request on `lane` and waits for its answer (nothing else in flight).
     fn call(&mut self, lane: usize, req: Request) -> Result<Response, String> {
-        self.start(lane, req, Vec::new())?;
+        self.call_with(lane, req, Vec::new()).map(|(r, _)| r)
+    }
+
+    /// Like `call`, with a message in and out.
+    fn call_with(
+        &mut self,
+        lane: usize,
+        req: Request,
+        message: Vec<u8>,
+    ) -> Result<(Response, Vec<u8>), String> {
+        self.start_with(lane, req, Vec::new(), message)?;
         loop {
             let d = self.next()?;
             if d.lane == lane {
@@ -187,20 +215,44 @@ impl HelperLanes {
         Ok(())
     }
 
-    /// Clears every lane and the session, then derives the source's keys for
-    /// `session_id`; returns the helper's nonce for the Hello.
-    pub fn start_source(&mut self, session_id: [u8; 16]) -> Result<[u8; 16], String> {
-        self.reset()?;
-        let resp = self.call(
-            0,
-            Request {
-                op: Op::KEYS.0,
-                role: Role::SOURCE.0,
-                session_id,
-                ..Request::default()
-            },
-        )?;
-        Ok(resp.nonce)
+    /// Runs a record-window request on lane 0 with `data` at `at` of a window first;
+    /// the response and `out` bytes of the window after.
+    fn window_call(
+        &mut self,
+        mut req: Request,
+        at: usize,
+        data: &[u8],
+        out: Option<usize>,
+    ) -> Result<(Response, Vec<u8>, Vec<u8>), String> {
+        let (window, gpa, size) = self.take_window(0)?;
+        req.window = window as u32;
+        let result = (|| {
+            if at + data.len() > size {
+                return Err(format!(
+                    "{} bytes do not fit the helper's {size}-byte window",
+                    at + data.len()
+                ));
+            }
+            if !data.is_empty() {
+                self.view
+                    .write(gpa + at as u64, data)
+                    .map_err(|e| format!("cannot fill the record window: {e}"))?;
+            }
+            let (resp, message) = self.call_with(0, req, Vec::new())?;
+            let len = out.unwrap_or(resp.bytes as usize);
+            if len > size {
+                return Err(format!(
+                    "the helper reports {len} bytes in a {size}-byte window"
+                ));
+            }
+            let mut bytes = vec![0u8; len];
+            self.view
+                .read(gpa, &mut bytes)
+                .map_err(|e| format!("cannot read the record window: {e}"))?;
+            Ok((resp, message, bytes))
+        })();
+        self.free_window(0, window);
+        result
     }
 
     /// Takes a free window of `lane`.
@@ -236,7 +288,55 @@ impl Sealer for HelperLanes {
         self.lanes.first().map_or(1, |l| l.windows.len().max(1))
     }
 
-    fn submit(&mut self, lane: usize, round: u32, gpas: &[u64]) -> Result<(), String> {
+    fn start(&mut self, session_id: &[u8; 16], hello_hash: &[u8; 32]) -> Result<KeyShare, String> {
+        // A new migration starts from nothing: a failed one's session goes first.
+        self.reset()?;
+        let (_, m) = self.call_with(
+            0,
+            Request {
+                op: Op::HS_START.0,
+                bytes: 32,
+                session_id: *session_id,
+                ..Request::default()
+            },
+            hello_hash.to_vec(),
+        )?;
+        let m: [u8; handshake::KeyShare::SIZE] = m
+            .try_into()
+            .map_err(|_| "the helper's key share has the wrong size".to_string())?;
+        Ok(handshake::KeyShare::decode(&m).into())
+    }
+
+    fn finish_handshake(&mut self, reply: &KeyReply) -> Result<(KeyConfirm, [u8; 32]), String> {
+        let bytes = handshake::KeyReply::from(*reply).encode();
+        let (_, m) = self.call_with(
+            0,
+            Request {
+                op: Op::HS_FINISH.0,
+                bytes: bytes.len() as u32,
+                ..Request::default()
+            },
+            bytes.to_vec(),
+        )?;
+        match (m.get(..32), m.get(32..64)) {
+            (Some(mac), Some(th)) => {
+                let mut c = KeyConfirm { mac: [0; 32] };
+                c.mac.copy_from_slice(mac);
+                let mut t = [0u8; 32];
+                t.copy_from_slice(th);
+                Ok((c, t))
+            }
+            _ => Err("the helper's confirmation has the wrong size".into()),
+        }
+    }
+
+    fn submit(
+        &mut self,
+        lane: usize,
+        round: u32,
+        gpas: &[u64],
+        zero: ZeroPages,
+    ) -> Result<(), String> {
         let (window, _, _) = self.take_window(lane)?;
         self.start(
             lane,
@@ -245,6 +345,10 @@ impl Sealer for HelperLanes {
                 window: window as u32,
                 count: gpas.len() as u32,
                 round,
+                flags: match zero {
+                    ZeroPages::Sealed => 0,
+                    ZeroPages::ShortRecords => flags::ZERO_RECORDS,
+                },
                 ..Request::default()
             },
             gpas.to_vec(),
@@ -253,7 +357,7 @@ impl Sealer for HelperLanes {
 
     fn wait(&mut self) -> Result<Sealed, String> {
         let d = self.next()?;
-        let resp = d.result?;
+        let (resp, _) = d.result?;
         let size = self.lane(d.lane)?.window_size;
         let bytes = resp.bytes as usize;
         if bytes > size {
@@ -300,25 +404,65 @@ impl Sealer for HelperLanes {
         result.map_err(std::io::Error::other)
     }
 
+    fn seal_blob(
+        &mut self,
+        kind: Kind,
+        index: u32,
+        round: u32,
+        blob: &[u8],
+    ) -> Result<Vec<u8>, String> {
+        let req = Request {
+            op: Op::SEAL_BLOB.0,
+            kind: u32::from(kind.0),
+            index,
+            round,
+            bytes: blob.len() as u32,
+            ..Request::default()
+        };
+        self.window_call(req, HEADER_SIZE, blob, None)
+            .map(|(_, _, record)| record)
+    }
+
     fn manifest(&mut self, round: u32) -> Result<[u8; MANIFEST_RECORD_SIZE], String> {
-        let (window, gpa, _) = self.take_window(0)?;
-        let result = self.call(
+        let req = Request {
+            op: Op::FINISH.0,
+            round,
+            ..Request::default()
+        };
+        let (_, _, record) = self.window_call(req, 0, &[], Some(MANIFEST_RECORD_SIZE))?;
+        record
+            .try_into()
+            .map_err(|_| "the manifest has the wrong size".into())
+    }
+
+    fn commit(&mut self, round: u32) -> Result<([u8; COMMIT_RECORD_SIZE], [u8; 32]), String> {
+        let req = Request {
+            op: Op::COMMIT.0,
+            round,
+            ..Request::default()
+        };
+        let (_, th, record) = self.window_call(req, 0, &[], Some(COMMIT_RECORD_SIZE))?;
+        let record = record
+            .try_into()
+            .map_err(|_| "the commit record has the wrong size".to_string())?;
+        let th = th
+            .try_into()
+            .map_err(|_| "the helper gave no transcript hash".to_string())?;
+        Ok((record, th))
+    }
+
+    fn release(&mut self, token: &AbortToken) -> Result<(), String> {
+        self.call_with(
             0,
             Request {
-                op: Op::FINISH.0,
-                window: window as u32,
-                round,
+                op: Op::RELEASE.0,
+                kind: Origin::TARGET.0,
+                bytes: 32,
                 ..Request::default()
             },
-        );
-        let mut record = [0u8; MANIFEST_RECORD_SIZE];
-        let read = result.and_then(|_| {
-            self.view
-                .read(gpa, &mut record)
-                .map_err(|e| format!("cannot read the manifest: {e}"))
-        });
-        self.free_window(0, window);
-        read.map(|()| record)
+            token.tag.to_vec(),
+        )
+        .map(drop)
     }
 }
 
@@ -345,19 +489,43 @@ impl Opener for HelperLanes {
         self.lanes.len()
     }
 
-    fn keys(&mut self, session_id: &[u8; 16], source_nonce: &[u8; 16]) -> Result<(), String> {
+    fn respond(
+        &mut self,
+        session_id: &[u8; 16],
+        hello_hash: &[u8; 32],
+        share: &KeyShare,
+    ) -> Result<KeyReply, String> {
         self.reset()?;
-        self.call(
+        let mut m = hello_hash.to_vec();
+        m.extend_from_slice(&handshake::KeyShare::from(*share).encode());
+        let (_, reply) = self.call_with(
             0,
             Request {
-                op: Op::KEYS.0,
-                role: Role::TARGET.0,
+                op: Op::HS_RESPOND.0,
+                bytes: m.len() as u32,
                 session_id: *session_id,
-                peer_nonce: *source_nonce,
                 ..Request::default()
             },
-        )
-        .map(drop)
+            m,
+        )?;
+        let reply: [u8; handshake::KeyReply::SIZE] = reply
+            .try_into()
+            .map_err(|_| "the helper's key reply has the wrong size".to_string())?;
+        Ok(handshake::KeyReply::decode(&reply).into())
+    }
+
+    fn confirm(&mut self, confirm: &KeyConfirm) -> Result<[u8; 32], String> {
+        let (_, th) = self.call_with(
+            0,
+            Request {
+                op: Op::HS_CONFIRM.0,
+                bytes: 32,
+                ..Request::default()
+            },
+            confirm.mac.to_vec(),
+        )?;
+        th.try_into()
+            .map_err(|_| "the helper gave no transcript hash".into())
     }
 
     fn submit(&mut self, lane: usize, records: &[u8]) -> Result<(), String> {
@@ -400,29 +568,56 @@ impl Opener for HelperLanes {
         self.settle(0)
     }
 
-    fn verify_manifest(
-        &mut self,
-        lane: usize,
-        record: &[u8; MANIFEST_RECORD_SIZE],
-    ) -> Result<(), String> {
+    fn open_blob(&mut self, record: &[u8]) -> Result<(Kind, u32), String> {
         self.drain()?;
-        let (window, gpa, _) = self.take_window(lane)?;
-        let result = self
-            .view
-            .write(gpa, record)
-            .map_err(|e| format!("cannot fill the record window: {e}"))
-            .and_then(|()| {
-                self.call(
-                    lane,
-                    Request {
-                        op: Op::FINISH.0,
-                        window: window as u32,
-                        bytes: record.len() as u32,
-                        ..Request::default()
-                    },
-                )
-            });
-        self.free_window(lane, window);
-        result.map(drop)
+        let req = Request {
+            op: Op::OPEN_BLOB.0,
+            bytes: record.len() as u32,
+            ..Request::default()
+        };
+        let (resp, _, _) = self.window_call(req, 0, record, Some(0))?;
+        let kind = u8::try_from(resp.kind)
+            .map(Kind)
+            .map_err(|_| format!("the helper reports record kind {}", resp.kind))?;
+        Ok((kind, resp.index))
+    }
+
+    fn verify_manifest(&mut self, record: &[u8; MANIFEST_RECORD_SIZE]) -> Result<(), String> {
+        self.drain()?;
+        let req = Request {
+            op: Op::FINISH.0,
+            bytes: record.len() as u32,
+            ..Request::default()
+        };
+        self.window_call(req, 0, record, Some(0)).map(drop)
+    }
+
+    fn commit(&mut self, record: &[u8; COMMIT_RECORD_SIZE]) -> Result<(), String> {
+        self.drain()?;
+        let req = Request {
+            op: Op::COMMIT.0,
+            bytes: record.len() as u32,
+            ..Request::default()
+        };
+        self.window_call(req, 0, record, Some(0)).map(drop)
+    }
+
+    fn abort(&mut self) -> Result<AbortToken, String> {
+        // Whatever is still in flight finishes first (the helper refuses ABORT while a
+        // request is inside); its outcome no longer matters.
+        let _ = self.settle(0);
+        let (_, tag) = self.call_with(
+            0,
+            Request {
+                op: Op::ABORT.0,
+                ..Request::default()
+            },
+            Vec::new(),
+        )?;
+        Ok(AbortToken {
+            tag: tag
+                .try_into()
+                .map_err(|_| "the helper's abort token has the wrong size".to_string())?,
+        })
     }
 }

@@ -274,11 +274,6 @@ pub fn start_outgoing(plan: Outgoing, tx: Sender<Input>) -> std::io::Result<Job>
                         return Err(MigrationError::Cancelled);
                     }
                     hello.session_id = session_id()?;
-                    if let Some(l) = lanes.as_mut() {
-                        hello.helper_nonce = l
-                            .start_source(hello.session_id)
-                            .map_err(MigrationError::Integrity)?;
-                    }
                     let writer = clone_stream(&stream)?;
                     engine::migrate(
                         stream,
