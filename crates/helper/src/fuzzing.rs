@@ -38,10 +38,11 @@ use std::{vec, vec::Vec};
 
 const SECRET: [u8; 32] = [0x5e; 32];
 
+/// A small guest (32 pages, 24 migratable): every step snapshots both guests' RAM.
 fn spec() -> Spec {
     Spec {
-        ram: 0x8_0000,
-        region: (0x6_0000, 0x1_0000),
+        ram: 0x2_0000,
+        region: (0x1_8000, 0x8000),
         shared_list: 0x1000,
         secret: 0x2000,
         migration_state: 0x4000,

@@ -89,11 +89,25 @@ fn serve(mut helper: HelperVcpu, jobs: Receiver<Job>, done: Sender<Done>) -> Hel
 impl HelperLanes {
     /// Lanes over `helpers` (each moves to its own thread), at most `max_batch` pages per
     /// request (the helper's limit, from INFO).
-    pub fn new(helpers: Vec<HelperVcpu>, max_batch: usize) -> std::io::Result<HelperLanes> {
+    pub fn new(mut helpers: Vec<HelperVcpu>, max_batch: usize) -> std::io::Result<HelperLanes> {
         let view = match helpers.first() {
             Some(h) => h.view().clone(),
             None => return Err(std::io::Error::other("no helper vCPUs")),
         };
+        // A lane's frames carry its helper's lane id (the slot its entry took), which the
+        // records' headers carry too: lane i must be the helper in slot i.
+        helpers.sort_by_key(HelperVcpu::index);
+        if let Some((i, h)) = helpers
+            .iter()
+            .enumerate()
+            .find(|(i, h)| usize::from(h.index()) != *i)
+        {
+            return Err(std::io::Error::other(format!(
+                "helper vCPU {i} holds slot {}: a migration needs the helpers in slots 0..{} (an earlier mirror took the others; slots are never reused)",
+                h.index(),
+                helpers.len()
+            )));
+        }
         let (done_tx, done) = mpsc::channel();
         let mut lanes = Vec::with_capacity(helpers.len());
         for h in helpers {
