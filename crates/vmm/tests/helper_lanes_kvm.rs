@@ -3,7 +3,10 @@
 //! a guest whose first mirror holds a session, more helper vCPUs than slots, a RESET sent
 //! from one helper vCPU while another seals. What the helper entry (boot.s) and its
 //! private slot counter guarantee: no two helper vCPUs ever seal under one nonce, no
-//! stack is shared, and a RESET never lands inside another vCPU's request.
+//! stack is shared, and a RESET never lands inside another vCPU's request. And the
+//! commit end to end: the source helper's commit parks the source guest's workload
+//! (the "migrated out" check), refuses a second migration, and the target helper takes
+//! the commit.
 //!
 //! Each test prints a loud SKIPPED line where /dev/kvm is missing.
 
@@ -299,4 +302,123 @@ fn kvm_a_reset_from_another_helper_vcpu_never_lands_inside_a_seal() {
     for records in &sealed {
         import(t, records).unwrap();
     }
+}
+
+/// Every page the helper must seal: RAM outside its region that the guest keeps private.
+fn private_pages(vm: &Vm, region: (u64, u64)) -> Vec<u64> {
+    let view = vm.host_view();
+    let states = view.page_states().cloned();
+    let mut out = Vec::new();
+    let mut index = 0u64;
+    for r in vm.ram_regions() {
+        for p in 0..r.size / layout::PAGE_SIZE {
+            let gpa = r.gpa + p * layout::PAGE_SIZE;
+            let private = states
+                .as_ref()
+                .is_none_or(|s| s.get(index) == vmm::memory::Visibility::Private);
+            if private && !(region.0..region.0 + region.1).contains(&gpa) {
+                out.push(gpa);
+            }
+            index += 1;
+        }
+    }
+    out
+}
+
+/// A record-window request on `h` with `record` in window 0; the response.
+fn window_call(
+    h: &mut HelperVcpu,
+    op: Op,
+    record: &[u8],
+) -> Result<helper_abi::mailbox::Response, HelperError> {
+    h.write_window(0, 0, record)?;
+    h.call_ok(
+        Request {
+            op: op.0,
+            bytes: record.len() as u32,
+            ..Default::default()
+        },
+        &[],
+    )
+}
+
+#[test]
+fn kvm_a_committed_guest_stops_running_and_only_the_target_runs_it() {
+    let Some(kvm) = kvm() else { return };
+    let (_dir, psp) = platform();
+    let (src, src_out) = owned_guest(&kvm, &psp, "dirty", Boot::Normal);
+    let (dst, _dst_out) = owned_guest(&kvm, &psp, "idle", Boot::Incoming);
+    wait_for(&src_out, "dirty: ");
+    let mut source = src.attach_mirror(&kvm, 1).unwrap();
+    let mut target = dst.attach_mirror(&kvm, 1).unwrap();
+    let region = (source.info().region_base, source.info().region_size);
+    let (s, t) = (&mut source.helpers_mut()[0], &mut target.helpers_mut()[0]);
+    handshake(s, t, [0x41; 16], [0x4e; 32]).unwrap();
+    // Every private page, sealed by the source's helper and opened by the target's.
+    for chunk in private_pages(&src, region).chunks(256) {
+        let records = export(s, chunk).unwrap();
+        import(t, &records).unwrap();
+    }
+    let m = s
+        .call_ok(
+            Request {
+                op: Op::FINISH.0,
+                ..Default::default()
+            },
+            &[],
+        )
+        .unwrap();
+    let mut manifest = vec![0u8; m.bytes as usize];
+    s.read_window(0, 0, &mut manifest).unwrap();
+    window_call(t, Op::FINISH, &manifest).unwrap();
+    // The source commits: its guest is "migrated out" from here, and its workload, which
+    // checks the flag every 10 ms, parks.
+    let c = s
+        .call_ok(
+            Request {
+                op: Op::COMMIT.0,
+                ..Default::default()
+            },
+            &[],
+        )
+        .unwrap();
+    wait_for(&src_out, "this guest migrated out; it stops here for good");
+    // A second migration of the committed guest (a clone to another target) is refused,
+    // also after a RESET.
+    s.call_ok(
+        Request {
+            op: Op::RESET.0,
+            ..Default::default()
+        },
+        &[],
+    )
+    .unwrap();
+    let clone = s.call_with(
+        Request {
+            op: Op::HS_START.0,
+            bytes: 32,
+            session_id: [0x42; 16],
+            ..Default::default()
+        },
+        &[],
+        &[0x4e; 32],
+    );
+    assert_eq!(clone.unwrap().0.status(), Status::MIGRATED_OUT);
+    // The target takes the commit; its guest may run, and never imports again.
+    let mut commit = vec![0u8; c.bytes as usize];
+    s.read_window(0, 0, &mut commit).unwrap();
+    window_call(t, Op::COMMIT, &commit).unwrap();
+    let info = t
+        .call_ok(
+            Request {
+                op: Op::INFO.0,
+                ..Default::default()
+            },
+            &[],
+        )
+        .unwrap();
+    assert_eq!(
+        info.info_flags & helper_abi::mailbox::info_flags::INCOMING,
+        0
+    );
 }
