@@ -58,6 +58,10 @@ core::arch::global_asm!(
     ANCHOR_KSTACKS = const region::anchor::KSTACKS,
     ANCHOR_USTACKS = const region::anchor::USTACKS,
     ANCHOR_CONTEXT = const region::anchor::CONTEXT,
+    ANCHOR_NEXT_SLOT = const region::anchor::NEXT_SLOT,
+    DOORBELL = const services::DOORBELL,
+    DOORBELL_NO_SLOT = const helper_abi::mailbox::doorbell::NO_SLOT,
+    DOORBELL_NO_ANCHOR = const helper_abi::mailbox::doorbell::NO_ANCHOR,
 );
 
 extern "C" {

@@ -180,13 +180,16 @@ sevm_enter_long_mode:
     .word {SEL_KCODE64}
 
 // The migration helper's measured entry point. A mirror vCPU starts here in 32-bit flat
-// protected mode, paging off (what a VMM can set up without the guest's secrets), with
-// ESI = helper vCPU index. Everything else comes from the anchor page that helper_init
-// wrote into the helper region at boot.
+// protected mode, paging off (what a VMM can set up without the guest's secrets). No
+// register carries anything in: the host sets every register of a plain-SEV vCPU, so
+// the entry takes its slot (stack, mailbox and lane id at once) from the counter in the
+// helper's private anchor page with `lock xadd`, before it touches any stack. A value is
+// never handed out twice, so two vCPUs (at once, or a later mirror) never share a stack
+// or a nonce prefix; an entry past the last slot rings the doorbell with NO_SLOT and
+// parks. Everything else comes from the anchor that helper_init wrote at boot.
 .global sevm_helper_entry32
 sevm_helper_entry32:
     cli
-    mov edi, esi
     lgdt [sevm_ap16_gdtr]
     mov ax, {SEL_KDATA}
     mov ds, ax
@@ -196,9 +199,15 @@ sevm_helper_entry32:
     mov gs, ax
     mov ebx, {HELPER_ANCHOR}
     cmp dword ptr [ebx], {ANCHOR_MAGIC_LO}
-    jne 9f
+    jne 8f
     cmp dword ptr [ebx + 4], {ANCHOR_MAGIC_HI}
-    jne 9f
+    jne 8f
+    mov edi, 1
+    lock xadd dword ptr [ebx + {ANCHOR_NEXT_SLOT}], edi
+    cmp dword ptr [ebx + {ANCHOR_VCPUS} + 4], 0
+    jne 7f
+    cmp edi, dword ptr [ebx + {ANCHOR_VCPUS}]
+    jae 7f
     mov eax, cr4
     or eax, 0x620
     mov cr4, eax
@@ -217,6 +226,9 @@ sevm_helper_entry32:
     .byte 0xea
     .long sevm_helper_entry64
     .word {SEL_KCODE64}
+7:  mov dword ptr [{SERVICES} + {DOORBELL}], {DOORBELL_NO_SLOT}
+    jmp 9f
+8:  mov dword ptr [{SERVICES} + {DOORBELL}], {DOORBELL_NO_ANCHOR}
 9:  cli
     hlt
     jmp 9b
@@ -316,7 +328,8 @@ sevm_park:
     jmp sevm_park
 
 // The helper's 64-bit set-up: its own stacks, GDT, TSS and IDT from the anchor, then
-// IRETQ to sevm_helper_rust_entry(index, context) at CPL3.
+// IRETQ to sevm_helper_rust_entry(slot, context) at CPL3. EDI holds the slot the 32-bit
+// entry took from the anchor's counter (never a value the host chose).
 sevm_helper_entry64:
     mov ax, {SEL_KDATA}
     mov ds, ax
@@ -334,12 +347,7 @@ sevm_helper_entry64:
     add rax, [rbx + {ANCHOR_KSTACKS}]
     lea rsp, [rax + {KSTACK_SIZE}]
     lgdt [rbx + {ANCHOR_GDTR}]
-    // Mark this vCPU's TSS available again: a later mirror may enter with the same index.
-    mov rax, [rbx + {ANCHOR_GDTR} + 2]
-    mov rcx, r15
-    shl rcx, 4
-    add rax, rcx
-    mov byte ptr [rax + {SEL_TSS0} + 5], 0x89
+    // The slot is this vCPU's alone, so its TSS is fresh (never marked busy before).
     mov eax, r15d
     shl eax, 4
     add eax, {SEL_TSS0}

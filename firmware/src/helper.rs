@@ -11,10 +11,11 @@
 use crate::sev;
 use core::sync::atomic::AtomicU32;
 use guest_abi::{layout, layout::selector, services};
-use helper_abi::{region, MAX_BATCH, MAX_HELPER_VCPUS, PAGE_SIZE, WINDOWS_PER_VCPU};
-use mirror_helper::{
-    engine::Entropy, GuestMemory, Helper, HelperLayout, LaneState, Mailbox, SessionState,
+use helper_abi::{
+    mailbox::doorbell, region, MAX_BATCH, MAX_HELPER_VCPUS, PAGE_SIZE, WINDOWS_PER_VCPU,
 };
+use mirror_helper::{engine::Entropy, GuestMemory, Helper, HelperLayout, Mailbox, SessionState};
+use sha2::{Digest, Sha256};
 
 /// The helper's shared state (at region + CONTEXT): valid when zeroed, written once by
 /// `init` before any helper vCPU exists.
@@ -27,7 +28,7 @@ pub struct HelperContext {
     region: (u64, u64),
 }
 
-const _: () = assert!(core::mem::size_of::<HelperContext>() <= PAGE_SIZE);
+const _: () = assert!(core::mem::size_of::<HelperContext>() as u64 <= region::CONTEXT_SIZE);
 
 /// Why the helper could not be prepared (the guest then runs without one).
 #[derive(Clone, Copy, Debug)]
@@ -81,10 +82,39 @@ fn write16(gpa: u64, v: u16) {
     unsafe { core::ptr::write_unaligned(gpa as *mut u16, v) };
 }
 
+/// SHA-256 of the firmware image as this guest runs it (the ROM at the top of 4 GiB):
+/// each helper binds its own into every handshake, so two helpers agree only if they run
+/// the same firmware.
+pub fn firmware_hash() -> [u8; 32] {
+    // SAFETY: the ROM is mapped read-only at [FW_IMAGE_BASE, 4 GiB) in the identity map
+    // for the whole life of the guest; nothing writes it.
+    let rom = unsafe {
+        core::slice::from_raw_parts(
+            layout::FW_IMAGE_BASE as *const u8,
+            layout::FW_IMAGE_SIZE as usize,
+        )
+    };
+    Sha256::digest(rom).into()
+}
+
+/// Whether this boot waits for an incoming migration (the guest has not run).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Boot {
+    /// A normal boot: the guest runs.
+    Normal,
+    /// A migration target: the guest's state arrives through the helper.
+    Incoming,
+}
+
 /// Prepares the helper region: page tables, descriptor tables, stacks, state, and
 /// shares the mailboxes with the host (under SEV). `ram` is the host's RAM list as
 /// page-aligned ranges; `top` the end of RAM. Boot CPU only.
-pub fn init(ram: &[(u64, u64)], top: u64, sev_active: bool) -> Result<(u64, u64), InitError> {
+pub fn init(
+    ram: &[(u64, u64)],
+    top: u64,
+    sev_active: bool,
+    boot: Boot,
+) -> Result<(u64, u64), InitError> {
     // The kernel the helper vCPUs will choose (same CPUID; their entry enables the same
     // XCR0 state as this CPU's, boot.s `sevm_xstate`), checked on known answers before
     // anything is set up: a helper that would seal wrongly must not report ready.
@@ -103,7 +133,8 @@ pub fn init(ram: &[(u64, u64)], top: u64, sev_active: bool) -> Result<(u64, u64)
         layout::SEV_SHARED_LIST,
         (layout::SEV_SECRET_BASE, layout::SEV_SECRET_SIZE),
     )
-    .map_err(|_| InitError::Layout)?;
+    .map_err(|_| InitError::Layout)?
+    .with_identity(layout::MIGRATION_STATE, firmware_hash());
 
     zero(b, region::MAILBOXES);
     zero(b + region::STATIC_SIZE, size - region::STATIC_SIZE);
@@ -168,10 +199,14 @@ pub fn init(ram: &[(u64, u64)], top: u64, sev_active: bool) -> Result<(u64, u64)
 
     // The shared state the helper vCPUs use.
     let ctx = (b + region::CONTEXT) as *mut HelperContext;
-    // SAFETY: the context page is reserved, zeroed and not yet used by any helper vCPU.
+    let session = SessionState::new();
+    if boot == Boot::Incoming {
+        session.set_incoming();
+    }
+    // SAFETY: the context is reserved, zeroed and not yet used by any helper vCPU.
     unsafe {
         ctx.write(HelperContext {
-            session: SessionState::new(),
+            session,
             layout: helper_layout,
             versions_gpa: b + region::STATIC_SIZE,
             versions_len: pages,
@@ -193,6 +228,7 @@ pub fn init(ram: &[(u64, u64)], top: u64, sev_active: bool) -> Result<(u64, u64)
     write64(a + region::anchor::KSTACKS, b + region::KSTACKS);
     write64(a + region::anchor::USTACKS, b + region::USTACKS);
     write64(a + region::anchor::CONTEXT, b + region::CONTEXT);
+    // The slot counter starts at 0 (the region was zeroed); the magic goes last.
     write64(a + region::anchor::MAGIC_OFF, region::anchor::MAGIC);
 
     if sev_active {
@@ -310,10 +346,12 @@ fn ring_doorbell(status: u64) {
     };
 }
 
-/// Where a helper vCPU enters Rust, at CPL3 in the mirror VM (from boot.s).
+/// Where a helper vCPU enters Rust, at CPL3 in the mirror VM (from boot.s). `slot` is
+/// the value the entry point took from the anchor's counter: this vCPU's stack, mailbox
+/// and lane id, never handed to another vCPU.
 #[no_mangle]
-extern "C" fn sevm_helper_rust_entry(index: u64, context: u64) -> ! {
-    // SAFETY: `context` comes from the anchor written by `init` (it is the context page,
+extern "C" fn sevm_helper_rust_entry(slot: u64, context: u64) -> ! {
+    // SAFETY: `context` comes from the anchor written by `init` (it is the context,
     // initialised before any helper vCPU could start); the versions table lies in the
     // reserved region and holds `versions_len` u32 counters, zeroed by `init`.
     let (ctx, versions) = unsafe {
@@ -324,23 +362,32 @@ extern "C" fn sevm_helper_rust_entry(index: u64, context: u64) -> ! {
         );
         (ctx, versions)
     };
-    let mut lane = LaneState::new(index as u8);
-    let pages = Pages {
-        control: base() + region::MAILBOXES + index * region::MAILBOX_STRIDE,
+    // The slot is below MAX_HELPER_VCPUS (the entry point checked it against the anchor).
+    let lane = match ctx.session.claim_lane(slot as u32, slot as u32) {
+        Ok(lane) => lane,
+        Err(_) => {
+            // Cannot happen with slots from the counter; refuse to serve rather than
+            // share a lane.
+            ring_doorbell(doorbell::NO_SLOT);
+            crate::cpu::halt()
+        }
     };
-    ring_doorbell(0);
+    let pages = Pages {
+        control: base() + region::MAILBOXES + slot * region::MAILBOX_STRIDE,
+    };
+    ring_doorbell(doorbell::ready(slot));
     loop {
         let mut helper = Helper {
             layout: &ctx.layout,
             memory: &Direct,
             session: &ctx.session,
             versions,
-            lane: &mut lane,
+            lane: &lane,
             entropy: Rdrand,
             region: ctx.region,
             max_batch: MAX_BATCH as u32,
         };
         helper.serve(&pages);
-        ring_doorbell(1);
+        ring_doorbell(doorbell::DONE);
     }
 }

@@ -22,6 +22,7 @@ mod cpu;
 mod fwcfg;
 mod globals;
 mod helper;
+mod migration;
 mod paging;
 mod services;
 mod sev;
@@ -203,10 +204,16 @@ fn bsp_main() -> ! {
             .get(i)
             .map_or((0, 0), |r| (r.base, r.size))
     });
+    let boot = if config.incoming {
+        helper::Boot::Incoming
+    } else {
+        helper::Boot::Normal
+    };
     match helper::init(
         &ram[..config.ram.regions().len()],
         config.ram.top(),
         sev.is_some(),
+        boot,
     ) {
         Ok((base, size)) => {
             println!(
@@ -260,7 +267,7 @@ fn bsp_main() -> ! {
             println!("firmware: idle: halted until the VMM stops the VM");
             services::event(Event::WORKLOAD_START);
             globals::release_aps_idle();
-            cpu::halt()
+            migration::idle(config.tsc_khz)
         }
         Workload::SelfTest => selftest(&config),
         Workload::Dirty => {
@@ -274,7 +281,7 @@ fn bsp_main() -> ! {
             }
             services::event(Event::WORKLOAD_START);
             globals::release_aps_idle();
-            cpu::halt()
+            migration::idle(config.tsc_khz)
         }
     }
 }
@@ -287,6 +294,7 @@ fn selftest(config: &Config) -> ! {
     workloads::selftest::run_share(0, config.ncpus as usize);
     let reports = &g.reports[..config.ncpus as usize];
     while !reports.iter().all(|r| r.done.load(Ordering::Acquire)) {
+        migration::check();
         core::hint::spin_loop();
     }
     let wall = cpu::rdtsc() - t0;

@@ -56,8 +56,9 @@ pub fn ap_main(cpu_index: usize) -> ! {
     let g = globals::get();
     g.aps_online.fetch_add(1, Ordering::AcqRel);
     while !g.go.load(Ordering::Acquire) {
+        crate::migration::check();
         core::hint::spin_loop();
     }
     crate::workloads::run_share(cpu_index);
-    cpu::halt()
+    crate::migration::idle(g.tsc_khz.load(Ordering::Relaxed))
 }

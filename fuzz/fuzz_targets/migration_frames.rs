@@ -3,7 +3,7 @@
 //! machine and re-encoded and decoded again, all through
 //! `migration::fuzzing::exercise`, the same path the seed replay test runs
 //! (`crates/migration/tests/fuzz_seeds.rs`).
-//!   cargo +nightly fuzz run migration_frames fuzz/seeds/migration_frames
+//!   cargo +nightly fuzz run migration_frames fuzz/corpus/migration_frames fuzz/seeds/migration_frames
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

@@ -79,6 +79,10 @@ pub const SEV_HASH_TABLE_SIZE: u64 = 0x1000;
 /// Page where the guest records the pages it shares with the host (private, migrated
 /// with the guest; the migration helper reads it to know which pages are private).
 pub const SEV_SHARED_LIST: u64 = 0x80_2000;
+/// Page where the migration helper records that this guest "migrated out": a source
+/// whose helper committed a migration never runs again (see guest-abi's `migration`).
+/// Private, in the SEV area (reserved in every memory map), written only by the helper.
+pub const MIGRATION_STATE: u64 = 0x80_3000;
 /// End of the SEV area.
 pub const SEV_AREA_END: u64 = 0x81_0000;
 
@@ -124,4 +128,6 @@ const _: () = assert!(FWCFG_DMA_PAGE + PAGE_SIZE <= KSTACKS);
 const _: () = assert!(KSTACKS + KSTACK_SIZE * MAX_VCPUS as u64 <= USTACKS);
 const _: () = assert!(FW_AREA_END <= SEV_AREA_BASE);
 const _: () = assert!(SEV_AREA_END <= HELPER_REGION_BASE);
+const _: () = assert!(SEV_SHARED_LIST + PAGE_SIZE <= MIGRATION_STATE);
+const _: () = assert!(MIGRATION_STATE + PAGE_SIZE <= SEV_AREA_END);
 const _: () = assert!(selector::TSS0 as u64 + 16 * MAX_VCPUS as u64 <= PAGE_SIZE);

@@ -14,5 +14,6 @@
 pub mod fwcfg;
 pub mod layout;
 pub mod memmap;
+pub mod migration;
 pub mod services;
 pub mod svc;

@@ -8,7 +8,7 @@
 use crate::{HarnessError, Result};
 use guest_abi::{fwcfg, layout};
 use helper_abi::{
-    mailbox::{Op, Request, Role},
+    mailbox::{Op, Request},
     record::PAGE_RECORD_SIZE,
     MIGRATION_SECRET_GUID,
 };
@@ -68,6 +68,14 @@ pub struct HelperReport {
     pub private_pages: usize,
 }
 
+/// Whether a bench guest runs its workload or waits as a migration target (only an
+/// incoming guest's helper takes the target's side of a session).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Boot {
+    Normal,
+    Incoming,
+}
+
 /// A guest whose memory is full of data, launched by an owner with a migration secret.
 fn guest(
     kvm: &KvmSystem,
@@ -75,6 +83,7 @@ fn guest(
     mem: u64,
     workload: &str,
     helpers: u16,
+    boot: Boot,
 ) -> Result<(Vm, Mirror)> {
     let policy = Policy(0);
     let session =
@@ -91,10 +100,13 @@ fn guest(
             vcpus: 1,
             firmware: Firmware::load(firmware_image::IMAGE.to_vec())?,
             console,
-            fw_cfg_files: vec![
+            fw_cfg_files: [
                 (fwcfg::FILE_WORKLOAD.into(), workload.as_bytes().to_vec()),
                 (fwcfg::FILE_DIRTY_RATE.into(), b"1".to_vec()),
-            ],
+            ]
+            .into_iter()
+            .chain((boot == Boot::Incoming).then(|| (fwcfg::FILE_INCOMING.into(), Vec::new())))
+            .collect(),
             sev: Some(SevConfig {
                 backend,
                 policy,
@@ -160,18 +172,10 @@ fn private_pages(vm: &Vm, region: (u64, u64)) -> Vec<u64> {
     out
 }
 
-fn keys(h: &mut HelperVcpu, role: Role, nonce: [u8; 16]) -> Result<[u8; 16]> {
-    let r = h.call_ok(
-        Request {
-            op: Op::KEYS.0,
-            role: role.0,
-            session_id: [0xbe; 16],
-            peer_nonce: nonce,
-            ..Request::default()
-        },
-        &[],
-    )?;
-    Ok(r.nonce)
+/// A fresh session between a source and a target helper (the key agreement).
+fn session(s: &mut HelperVcpu, d: &mut HelperVcpu) -> Result<()> {
+    vmm::mirror::handshake(s, d, [0xbe; 16], [0x4e; 32])?;
+    Ok(())
 }
 
 fn reset(h: &mut HelperVcpu) -> Result<()> {
@@ -338,9 +342,9 @@ pub fn run(bench: &HelperBench, mut progress: impl FnMut(&str)) -> Result<Helper
     ))?;
     let psp = Arc::new(EmulatedPsp::open(&dir.path().join("platform"))?);
     progress("starting the source guest and filling its memory");
-    let (src_vm, mut src) = guest(&kvm, &psp, bench.mem, "dirty", bench.helpers)?;
+    let (src_vm, mut src) = guest(&kvm, &psp, bench.mem, "dirty", bench.helpers, Boot::Normal)?;
     progress("starting the target guest");
-    let (_dst_vm, mut dst) = guest(&kvm, &psp, bench.mem, "idle", bench.helpers)?;
+    let (_dst_vm, mut dst) = guest(&kvm, &psp, bench.mem, "idle", bench.helpers, Boot::Incoming)?;
     let region = (src.info().region_base, src.info().region_size);
     let pages = private_pages(&src_vm, region);
     let mut rows = Vec::new();
@@ -355,7 +359,7 @@ pub fn run(bench: &HelperBench, mut progress: impl FnMut(&str)) -> Result<Helper
             }
             // Export twice: timed without keeping records (the helper's speed), then in a
             // fresh session keeping them for the timed import.
-            keys(&mut s[0], Role::SOURCE, [0; 16])?;
+            session(&mut s[0], &mut d[0])?;
             let (t, _) = export(s, &pages, batch, false)?;
             rows.push(row("export", n, batch, pages.len() as u64, t));
             progress(&format!(
@@ -363,8 +367,8 @@ pub fn run(bench: &HelperBench, mut progress: impl FnMut(&str)) -> Result<Helper
                 rows.last().map_or(0.0, |r| r.mib_per_s)
             ));
             reset(&mut s[0])?;
-            let nonce = keys(&mut s[0], Role::SOURCE, [0; 16])?;
-            keys(&mut d[0], Role::TARGET, nonce)?;
+            reset(&mut d[0])?;
+            session(&mut s[0], &mut d[0])?;
             let (_, lanes) = export(s, &pages, batch, true)?;
             let t = import(d, &lanes)?;
             rows.push(row("import", n, batch, pages.len() as u64, t));

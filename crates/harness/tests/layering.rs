@@ -51,10 +51,15 @@ const FIRMWARE_MAY_USE: &[&str] = &[
     "record-gcm",
     // no_std crypto.
     "aes-gcm",
+    "curve25519-dalek",
     "hkdf",
+    "hmac",
     "sha2",
+    "subtle",
+    "x25519-dalek",
     // no_std support.
     "thiserror",
+    "zeroize",
 ];
 
 /// A declared dependency.

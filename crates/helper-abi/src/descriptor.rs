@@ -11,8 +11,10 @@ pub struct HelperDescriptor {
     pub max_vcpus: u16,
     /// Record windows per helper vCPU.
     pub windows_per_vcpu: u16,
-    /// GPA of the 32-bit protected-mode entry point (in the measured image); ESI holds
-    /// the helper vCPU index at entry.
+    /// GPA of the 32-bit protected-mode entry point (in the measured image). No
+    /// register carries anything in: the entry takes its slot (stack, mailbox, lane id)
+    /// from a counter in the helper's private anchor page, and announces the slot with
+    /// its first doorbell (`mailbox::doorbell::ready`).
     pub entry32: u32,
     /// Most records per request.
     pub max_batch: u32,
@@ -57,7 +59,8 @@ impl core::fmt::Display for DescriptorError {
             DescriptorError::Version(v) => {
                 write!(
                     f,
-                    "helper descriptor version {v} is not supported (this VMM knows version 1)"
+                    "helper descriptor version {v} is not supported (this VMM knows version {})",
+                    HelperDescriptor::VERSION
                 )
             }
             DescriptorError::Layout(why) => write!(f, "helper descriptor is inconsistent: {why}"),
@@ -68,8 +71,9 @@ impl core::fmt::Display for DescriptorError {
 impl HelperDescriptor {
     /// Encoded size.
     pub const SIZE: usize = 72;
-    /// The version this code writes and reads.
-    pub const VERSION: u16 = 1;
+    /// The version this code writes and reads. Version 2: the entry point takes its slot from a private counter (no register)
+    /// and announces it with its first doorbell.
+    pub const VERSION: u16 = 2;
 
     /// Encodes the descriptor.
     pub fn encode(&self) -> [u8; Self::SIZE] {
@@ -215,10 +219,11 @@ mod tests {
             HelperDescriptor::decode(&b[..70]),
             Err(DescriptorError::Length(70))
         );
-        b[0] = 2;
+        b[0] = 1;
         assert_eq!(
             HelperDescriptor::decode(&b),
-            Err(DescriptorError::Version(2))
+            Err(DescriptorError::Version(1)),
+            "a version-1 descriptor promised an entry that takes its index from ESI"
         );
         for bad in [
             HelperDescriptor {

@@ -15,18 +15,30 @@
 extern crate std;
 
 pub mod descriptor;
+pub mod handshake;
 pub mod mailbox;
 pub mod record;
 pub mod region;
 
-/// Version of this ABI (descriptor, mailbox and record formats).
-pub const ABI_VERSION: u16 = 1;
+/// Version of this ABI (descriptor, mailbox and record formats). Version 2: the helper
+/// entry takes its lane from a private counter, sessions come from an authenticated key
+/// agreement between the two helpers, and a commit decides which side runs the guest.
+pub const ABI_VERSION: u16 = 2;
 
 /// A page, the unit the helper moves.
 pub const PAGE_SIZE: usize = 4096;
 
 /// Most helper vCPUs a firmware provides mailboxes for.
 pub const MAX_HELPER_VCPUS: usize = 3;
+
+/// Lane ids a helper hands out (the helper entry refuses more). Every record's nonce
+/// starts with its lane id, and the manifest lists each lane's final sequence number.
+pub const MAX_LANES: usize = 8;
+
+const _: () = assert!(MAX_HELPER_VCPUS <= MAX_LANES);
+
+/// Length of the SHA-256 digests and HMAC-SHA256 tags the handshake uses.
+pub const DIGEST_LEN: usize = 32;
 
 /// Most pages in one EXPORT or IMPORT request (records in one window).
 pub const MAX_BATCH: usize = 256;

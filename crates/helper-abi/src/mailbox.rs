@@ -1,9 +1,14 @@
-//! One helper vCPU's mailbox: a shared control page (request, response, GPA list)
-//! followed by its record windows.
+//! One helper vCPU's mailbox: a shared control page (request, response, handshake
+//! message, GPA list) followed by its record windows.
 //!
 //! The VMM writes a request, runs the helper vCPU until it rings the doorbell, and reads
-//! the response. The helper copies the request (and the GPA list) out of shared memory
-//! once, validates the copy, and never reads the control page again for that request.
+//! the response. The helper copies the request (the GPA list, the message) out of shared
+//! memory once, validates the copy, and never reads the control page again for that
+//! request.
+//!
+//! Which mailbox a helper vCPU serves is the helper's choice, not the host's: the entry
+//! point takes a slot from a counter in the helper's private region and announces it
+//! with its first doorbell ([`doorbell::ready`]).
 
 use crate::{le32, le64, put32, put64};
 
@@ -11,39 +16,101 @@ use crate::{le32, le64, put32, put64};
 pub const REQUEST_OFFSET: usize = 0;
 /// Offset of the response in the control page.
 pub const RESPONSE_OFFSET: usize = 0x100;
+/// Offset of the handshake message area (in and out) in the control page.
+pub const MESSAGE_OFFSET: usize = 0x200;
+/// Size of the message area.
+pub const MESSAGE_SIZE: usize = 0x600;
 /// Offset of the GPA list (u64 LE each) in the control page.
 pub const GPA_LIST_OFFSET: usize = 0x800;
 
 const _: () = assert!(GPA_LIST_OFFSET + 8 * crate::MAX_BATCH <= crate::PAGE_SIZE);
-const _: () = assert!(RESPONSE_OFFSET + Response::SIZE <= GPA_LIST_OFFSET);
+const _: () = assert!(RESPONSE_OFFSET + Response::SIZE <= MESSAGE_OFFSET);
+const _: () = assert!(MESSAGE_OFFSET + MESSAGE_SIZE <= GPA_LIST_OFFSET);
+const _: () = assert!(REQUEST_OFFSET + Request::SIZE <= RESPONSE_OFFSET);
 
 /// What the VMM asks of the helper.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Op(pub u32);
 
 impl Op {
-    /// Report the ABI version, limits and region.
+    /// Report the ABI version, limits, region, lane and state; the message area gets
+    /// the SHA-256 of the firmware image and the committed session's transcript hash.
     pub const INFO: Op = Op(1);
-    /// Derive session keys from the migration secret and a session id.
-    pub const KEYS: Op = Op(2);
-    /// Seal the listed private pages into records in a window (source).
+    /// Seal the listed private pages into records in a window (source, keyed).
     pub const EXPORT: Op = Op(3);
-    /// Verify the records in a window and write their pages privately (target).
+    /// Verify the records in a window and write their pages privately (target, keyed,
+    /// incoming guest that never ran).
     pub const IMPORT: Op = Op(4);
     /// Source: seal the manifest into a window. Target: verify the manifest in a window.
     pub const FINISH: Op = Op(5);
-    /// Forget the session: keys, counters, versions.
+    /// Forget the session (keys, lane sequences, versions); only when no request is in
+    /// flight. Never clears a commitment or the "migrated out" flag.
     pub const RESET: Op = Op(6);
+    /// Source: start a session. In: session id (request), Hello hash (message). Out:
+    /// the [`crate::handshake::KeyShare`] (message).
+    pub const HS_START: Op = Op(7);
+    /// Target: answer a KeyShare. In: session id, message = Hello hash ‖ KeyShare. Out:
+    /// the [`crate::handshake::KeyReply`].
+    pub const HS_RESPOND: Op = Op(8);
+    /// Source: check the target's KeyReply (message) and derive the keys. Out: message
+    /// = [`crate::handshake::KeyConfirm`] ‖ transcript hash.
+    pub const HS_FINISH: Op = Op(9);
+    /// Target: check the source's KeyConfirm (message); pages may flow after. Out:
+    /// message = transcript hash.
+    pub const HS_CONFIRM: Op = Op(10);
+    /// Source: authenticate a blob (kind and index in the request) the VMM placed at
+    /// offset `record::HEADER_SIZE` of a window; the helper writes the header before it
+    /// and the tag after it.
+    pub const SEAL_BLOB: Op = Op(11);
+    /// Target: verify a blob record in a window; the response names its kind and index.
+    /// A shared-list record is also kept as the session's current list.
+    pub const OPEN_BLOB: Op = Op(12);
+    /// Source (manifest sealed): seal the commit record into a window and mark the
+    /// guest "migrated out"; the message gets the transcript hash. Target (manifest
+    /// verified): verify the commit record; the guest may run after.
+    pub const COMMIT: Op = Op(13);
+    /// Target: give up a session not committed, for good. Out: message = the
+    /// [`crate::handshake::AbortToken`].
+    pub const ABORT: Op = Op(14);
+    /// Source: release a committed guest with an abort token (message) from the target
+    /// or the owner ([`Origin`] in `kind`); clears "migrated out".
+    pub const RELEASE: Op = Op(15);
+
+    /// Every operation.
+    pub const ALL: [Op; 14] = [
+        Op::INFO,
+        Op::EXPORT,
+        Op::IMPORT,
+        Op::FINISH,
+        Op::RESET,
+        Op::HS_START,
+        Op::HS_RESPOND,
+        Op::HS_FINISH,
+        Op::HS_CONFIRM,
+        Op::SEAL_BLOB,
+        Op::OPEN_BLOB,
+        Op::COMMIT,
+        Op::ABORT,
+        Op::RELEASE,
+    ];
 
     /// Short name for logs.
     pub fn name(self) -> Option<&'static str> {
         Some(match self {
             Op::INFO => "INFO",
-            Op::KEYS => "KEYS",
             Op::EXPORT => "EXPORT",
             Op::IMPORT => "IMPORT",
             Op::FINISH => "FINISH",
             Op::RESET => "RESET",
+            Op::HS_START => "HS_START",
+            Op::HS_RESPOND => "HS_RESPOND",
+            Op::HS_FINISH => "HS_FINISH",
+            Op::HS_CONFIRM => "HS_CONFIRM",
+            Op::SEAL_BLOB => "SEAL_BLOB",
+            Op::OPEN_BLOB => "OPEN_BLOB",
+            Op::COMMIT => "COMMIT",
+            Op::ABORT => "ABORT",
+            Op::RELEASE => "RELEASE",
             _ => return None,
         })
     }
@@ -85,18 +152,25 @@ macro_rules! statuses {
 statuses! {
     OK = 0, "done";
     BAD_REQUEST = 1, "the request is malformed or names an unknown operation";
-    NO_SECRET = 2, "the guest holds no migration secret, so no keys can be derived";
-    NO_KEYS = 3, "no session keys yet (KEYS first)";
+    NO_SECRET = 2, "the guest holds no migration secret, so no session can be authenticated";
+    NO_KEYS = 3, "no session keys yet (the handshake comes first)";
     BAD_STATE = 4, "the request does not fit the session's state or role";
-    BAD_GPA = 5, "a GPA is unaligned, outside RAM, or inside the helper region";
+    BAD_GPA = 5, "a GPA is unaligned, outside RAM, inside the helper region, or shared";
     BATCH_TOO_LARGE = 6, "more pages than a window or the batch limit holds";
-    BAD_RECORD = 7, "a record is malformed (kind, length, lane or bounds)";
+    BAD_RECORD = 7, "a record is malformed (kind, length, index or bounds)";
     AUTH_FAILED = 8, "a record does not authenticate (tampered, wrong session or key)";
     REORDER = 9, "a record's sequence number is not the next one of its lane";
     REPLAY = 10, "a record carries a version no newer than one already accepted";
     INCOMPLETE = 11, "a private page was never sealed (source) or is being written (target)";
-    MANIFEST_MISMATCH = 12, "the source's manifest does not match the pages accepted here";
-    BUSY = 13, "another helper vCPU is using the same state";
+    MANIFEST_MISMATCH = 12, "the source's manifest does not match the pages and records accepted here";
+    BUSY = 13, "another helper vCPU is inside a request that needs the session alone";
+    BAD_PEER = 14, "the peer's handshake does not verify (other secret, firmware or Hello, or a replayed handshake)";
+    WEAK_KEY = 15, "the key agreement gave an all-zero secret (a non-contributory key share)";
+    MIGRATED_OUT = 16, "this guest committed its migration to a target: only an abort verified by that target or the owner releases it";
+    NOT_INCOMING = 17, "only a guest booted for an incoming migration that never ran may import";
+    NO_ENTROPY = 18, "the CPU gave no random numbers";
+    BAD_TOKEN = 19, "the abort token does not verify for the committed session";
+    NOT_COMMITTED = 20, "there is no committed session to release";
 }
 
 impl core::fmt::Display for Status {
@@ -108,15 +182,104 @@ impl core::fmt::Display for Status {
     }
 }
 
-/// The helper's side of a session.
+/// Who issued an abort token ([`Op::RELEASE`]'s `kind`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Role(pub u32);
+pub struct Origin(pub u32);
 
-impl Role {
-    /// Exports pages (the migration source).
-    pub const SOURCE: Role = Role(1);
-    /// Imports pages (the migration target).
-    pub const TARGET: Role = Role(2);
+impl Origin {
+    /// The target's helper ([`Op::ABORT`]).
+    pub const TARGET: Origin = Origin(1);
+    /// The guest owner's break-glass abort (a MAC under the migration secret).
+    pub const OWNER: Origin = Origin(2);
+}
+
+/// The session's phase as the response reports it (not an input: the helper keeps it
+/// in private memory).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Phase(pub u32);
+
+impl Phase {
+    /// No session.
+    pub const IDLE: Phase = Phase(0);
+    /// A request that needs the session alone is running.
+    pub const BUSY: Phase = Phase(1);
+    /// Source: key share sent, waiting for the target's reply.
+    pub const SOURCE_STARTED: Phase = Phase(2);
+    /// Target: reply sent, waiting for the source's confirmation.
+    pub const TARGET_RESPONDED: Phase = Phase(3);
+    /// Source: keyed, sealing.
+    pub const SOURCE_KEYED: Phase = Phase(4);
+    /// Target: keyed, opening.
+    pub const TARGET_KEYED: Phase = Phase(5);
+    /// Source: manifest sealed; only COMMIT (or RESET) follows.
+    pub const SOURCE_MANIFESTED: Phase = Phase(6);
+    /// Target: manifest verified; only COMMIT or ABORT follows.
+    pub const TARGET_VERIFIED: Phase = Phase(7);
+    /// Source: committed; the guest is "migrated out".
+    pub const SOURCE_COMMITTED: Phase = Phase(8);
+    /// Target: committed; the guest may run, and nothing is imported ever again.
+    pub const TARGET_COMMITTED: Phase = Phase(9);
+    /// Target: aborted; this session never commits.
+    pub const TARGET_ABORTED: Phase = Phase(10);
+
+    /// Short name for logs.
+    pub fn name(self) -> Option<&'static str> {
+        Some(match self {
+            Phase::IDLE => "idle",
+            Phase::BUSY => "busy",
+            Phase::SOURCE_STARTED => "source-started",
+            Phase::TARGET_RESPONDED => "target-responded",
+            Phase::SOURCE_KEYED => "source-keyed",
+            Phase::TARGET_KEYED => "target-keyed",
+            Phase::SOURCE_MANIFESTED => "source-manifested",
+            Phase::TARGET_VERIFIED => "target-verified",
+            Phase::SOURCE_COMMITTED => "source-committed",
+            Phase::TARGET_COMMITTED => "target-committed",
+            Phase::TARGET_ABORTED => "target-aborted",
+            _ => return None,
+        })
+    }
+}
+
+/// Request flag bits.
+pub mod flags {
+    /// EXPORT: seal an all-zero private page as a short zero record. This tells the
+    /// host which private pages are zero (a leak); without it every private page is a
+    /// full, constant-size record.
+    pub const ZERO_RECORDS: u32 = 1;
+}
+
+/// INFO response flag bits ([`Response::info_flags`]).
+pub mod info_flags {
+    /// The guest was booted for an incoming migration and never ran.
+    pub const INCOMING: u32 = 1;
+    /// The guest committed a migration and is "migrated out".
+    pub const MIGRATED_OUT: u32 = 2;
+}
+
+/// The values a helper vCPU writes to the doorbell.
+pub mod doorbell {
+    /// A request is done; the response is in the mailbox.
+    pub const DONE: u64 = 1;
+    /// Added to the slot in the first doorbell: "serving mailbox `slot`".
+    pub const READY_BASE: u64 = 0x100;
+    /// The entry point found no free slot (every slot was taken by an earlier helper
+    /// vCPU) and parked: slots are never reused.
+    pub const NO_SLOT: u64 = 0x200;
+    /// The entry point found no valid anchor (the helper was never prepared).
+    pub const NO_ANCHOR: u64 = 0x201;
+
+    /// The first doorbell of a helper vCPU that serves mailbox `slot`.
+    pub const fn ready(slot: u64) -> u64 {
+        READY_BASE + slot
+    }
+
+    /// The slot a first doorbell announces, if it is one.
+    pub fn slot(value: u64) -> Option<u64> {
+        value
+            .checked_sub(READY_BASE)
+            .filter(|&s| s < crate::MAX_HELPER_VCPUS as u64)
+    }
 }
 
 /// A request (64 bytes at [`REQUEST_OFFSET`]).
@@ -126,22 +289,25 @@ pub struct Request {
     pub op: u32,
     /// Chosen by the VMM, echoed in the response.
     pub id: u32,
-    /// Record window used by EXPORT, IMPORT and FINISH.
+    /// Record window used by EXPORT, IMPORT, FINISH, SEAL_BLOB, OPEN_BLOB, COMMIT.
     pub window: u32,
     /// EXPORT: GPAs in the list. IMPORT: records in the window.
     pub count: u32,
-    /// EXPORT: the migration round (bound into each record).
+    /// EXPORT, SEAL_BLOB, FINISH, COMMIT: the migration round (bound into each record).
     pub round: u32,
-    /// KEYS: [`Role`].
-    pub role: u32,
-    /// IMPORT/FINISH: bytes of records in the window.
+    /// SEAL_BLOB: the record kind. RELEASE: the token's [`Origin`].
+    pub kind: u32,
+    /// IMPORT, FINISH, OPEN_BLOB, COMMIT (target): bytes of records in the window.
+    /// SEAL_BLOB: bytes of the blob. HS_*, RELEASE: bytes of the message.
     pub bytes: u32,
+    /// [`flags`] bits.
+    pub flags: u32,
+    /// SEAL_BLOB: the blob's index (the vCPU of a vCPU state, else 0).
+    pub index: u32,
     /// Reserved, zero.
     pub reserved: u32,
-    /// KEYS: the session id the VMMs agreed on.
+    /// HS_START, HS_RESPOND: the session id the VMMs agreed on.
     pub session_id: [u8; 16],
-    /// KEYS (target): the source helper's nonce.
-    pub peer_nonce: [u8; 16],
 }
 
 impl Request {
@@ -157,8 +323,10 @@ impl Request {
             self.window,
             self.count,
             self.round,
-            self.role,
+            self.kind,
             self.bytes,
+            self.flags,
+            self.index,
             self.reserved,
         ]
         .into_iter()
@@ -166,28 +334,26 @@ impl Request {
         {
             put32(&mut b, 4 * i, v);
         }
-        b[32..48].copy_from_slice(&self.session_id);
-        b[48..64].copy_from_slice(&self.peer_nonce);
+        b[40..56].copy_from_slice(&self.session_id);
         b
     }
 
     /// Decodes a request (any 64 bytes decode; the helper validates the fields).
     pub fn decode(b: &[u8; Self::SIZE]) -> Request {
         let mut session_id = [0u8; 16];
-        session_id.copy_from_slice(&b[32..48]);
-        let mut peer_nonce = [0u8; 16];
-        peer_nonce.copy_from_slice(&b[48..64]);
+        session_id.copy_from_slice(&b[40..56]);
         Request {
             op: le32(b, 0),
             id: le32(b, 4),
             window: le32(b, 8),
             count: le32(b, 12),
             round: le32(b, 16),
-            role: le32(b, 20),
+            kind: le32(b, 20),
             bytes: le32(b, 24),
-            reserved: le32(b, 28),
+            flags: le32(b, 28),
+            index: le32(b, 32),
+            reserved: le32(b, 36),
             session_id,
-            peer_nonce,
         }
     }
 }
@@ -199,17 +365,18 @@ pub struct Response {
     pub status: u32,
     /// The request's id.
     pub id: u32,
-    /// Records produced (EXPORT, FINISH) or accepted (IMPORT).
+    /// Records produced (EXPORT, FINISH, SEAL_BLOB, COMMIT) or accepted (IMPORT).
     pub count: u32,
-    /// Bytes of records written to the window (EXPORT, FINISH).
+    /// Bytes of records written to the window, or accepted from it.
     pub bytes: u32,
-    /// Index of the offending GPA or record, when the status names one.
+    /// Index of the offending GPA or record, when the status names one. OPEN_BLOB: the
+    /// verified blob's index.
     pub index: u32,
     /// INFO: the ABI version.
     pub abi_version: u32,
     /// INFO: most records per request.
     pub max_batch: u32,
-    /// INFO: the lane (helper vCPU index) this vCPU seals and opens.
+    /// The lane id this vCPU seals and opens with (the first byte of its nonces).
     pub lane: u32,
     /// INFO: first byte of the whole helper region.
     pub region_base: u64,
@@ -217,21 +384,29 @@ pub struct Response {
     pub region_size: u64,
     /// INFO: pages of guest RAM the helper knows.
     pub ram_pages: u64,
-    /// KEYS (source): the nonce the target needs for the same keys.
-    pub nonce: [u8; 16],
+    /// The session's [`Phase`] after the request.
+    pub phase: u32,
+    /// Bytes the helper wrote to the message area.
+    pub message_len: u32,
     /// Requests this helper (all its vCPUs) served.
     pub requests: u64,
     /// Page bytes sealed so far.
     pub bytes_sealed: u64,
     /// Page bytes opened so far.
     pub bytes_opened: u64,
-    /// Records (pages) carrying the zero flag so far.
+    /// Zero-page records sealed or opened so far.
     pub zero_pages: u64,
+    /// The mailbox slot this vCPU serves.
+    pub slot: u32,
+    /// OPEN_BLOB: the verified record's kind.
+    pub kind: u32,
+    /// INFO: [`info_flags`] bits.
+    pub info_flags: u32,
 }
 
 impl Response {
     /// Encoded size.
-    pub const SIZE: usize = 120;
+    pub const SIZE: usize = 128;
 
     /// Encodes the response.
     pub fn encode(&self) -> [u8; Self::SIZE] {
@@ -254,18 +429,20 @@ impl Response {
         put64(&mut b, 32, self.region_base);
         put64(&mut b, 40, self.region_size);
         put64(&mut b, 48, self.ram_pages);
-        b[56..72].copy_from_slice(&self.nonce);
-        put64(&mut b, 72, self.requests);
-        put64(&mut b, 80, self.bytes_sealed);
-        put64(&mut b, 88, self.bytes_opened);
-        put64(&mut b, 96, self.zero_pages);
+        put32(&mut b, 56, self.phase);
+        put32(&mut b, 60, self.message_len);
+        put64(&mut b, 64, self.requests);
+        put64(&mut b, 72, self.bytes_sealed);
+        put64(&mut b, 80, self.bytes_opened);
+        put64(&mut b, 88, self.zero_pages);
+        put32(&mut b, 96, self.slot);
+        put32(&mut b, 100, self.kind);
+        put32(&mut b, 104, self.info_flags);
         b
     }
 
     /// Decodes a response.
     pub fn decode(b: &[u8; Self::SIZE]) -> Response {
-        let mut nonce = [0u8; 16];
-        nonce.copy_from_slice(&b[56..72]);
         Response {
             status: le32(b, 0),
             id: le32(b, 4),
@@ -278,17 +455,26 @@ impl Response {
             region_base: le64(b, 32),
             region_size: le64(b, 40),
             ram_pages: le64(b, 48),
-            nonce,
-            requests: le64(b, 72),
-            bytes_sealed: le64(b, 80),
-            bytes_opened: le64(b, 88),
-            zero_pages: le64(b, 96),
+            phase: le32(b, 56),
+            message_len: le32(b, 60),
+            requests: le64(b, 64),
+            bytes_sealed: le64(b, 72),
+            bytes_opened: le64(b, 80),
+            zero_pages: le64(b, 88),
+            slot: le32(b, 96),
+            kind: le32(b, 100),
+            info_flags: le32(b, 104),
         }
     }
 
     /// The status as a type.
     pub fn status(&self) -> Status {
         Status(self.status)
+    }
+
+    /// The phase as a type.
+    pub fn phase(&self) -> Phase {
+        Phase(self.phase)
     }
 }
 
@@ -304,11 +490,12 @@ mod tests {
             window: 1,
             count: 256,
             round: 3,
-            role: Role::SOURCE.0,
+            kind: 6,
             bytes: 9,
+            flags: flags::ZERO_RECORDS,
+            index: 2,
             reserved: 0,
             session_id: [5; 16],
-            peer_nonce: [6; 16],
         };
         assert_eq!(Request::decode(&r.encode()), r);
         let s = Response {
@@ -323,11 +510,15 @@ mod tests {
             region_base: 0x100_0000,
             region_size: 0x60_0000,
             ram_pages: 65536,
-            nonce: [1; 16],
+            phase: Phase::TARGET_KEYED.0,
+            message_len: 96,
             requests: 99,
             bytes_sealed: 1 << 30,
             bytes_opened: 2,
             zero_pages: 17,
+            slot: 2,
+            kind: 6,
+            info_flags: info_flags::INCOMING,
         };
         assert_eq!(Response::decode(&s.encode()), s);
     }
@@ -343,7 +534,26 @@ mod tests {
         core::fmt::write(&mut w, format_args!("{}", Status(99))).unwrap();
         assert_eq!(&w.0[..w.1], b"unknown helper status 99");
         assert_eq!(Op(42).name(), None);
+        assert_eq!(Op(2).name(), None, "KEYS (version 1) is gone");
+        for op in Op::ALL {
+            assert!(op.name().is_some());
+        }
         assert_eq!(Op::IMPORT.name(), Some("IMPORT"));
+        for p in 0..=10 {
+            assert!(Phase(p).name().is_some());
+        }
+        assert_eq!(Phase(11).name(), None);
+    }
+
+    #[test]
+    fn the_first_doorbell_names_a_slot_and_nothing_else_does() {
+        assert_eq!(doorbell::slot(doorbell::ready(2)), Some(2));
+        assert_eq!(doorbell::slot(doorbell::DONE), None);
+        assert_eq!(doorbell::slot(doorbell::NO_SLOT), None);
+        assert_eq!(
+            doorbell::slot(doorbell::ready(crate::MAX_HELPER_VCPUS as u64)),
+            None
+        );
     }
 
     struct Writer<'a>(&'a mut [u8], usize);

@@ -2,12 +2,13 @@
 //! the helper entry point picks up. Offsets are from the region base.
 //!
 //! ```text
-//!  0x00000  anchor page      (private)  what the 32-bit entry point reads
-//!  0x01000  context page     (private)  layout, session state
-//!  0x02000  GDT              (private)  fixed selectors + one TSS per helper vCPU
-//!  0x03000  IDT              (private)
-//!  0x04000  TSSs             (private)
-//!  0x05000  page tables      (private)  PML4, PDPT, page directories
+//!  0x00000  anchor page      (private)  what the 32-bit entry point reads, and the
+//!                                       slot counter it takes its slot and lane from
+//!  0x01000  GDT              (private)  fixed selectors + one TSS per helper vCPU
+//!  0x02000  IDT              (private)
+//!  0x03000  TSSs             (private)
+//!  0x04000  context          (private)  layout, firmware hash, session, commitment
+//!  0x08000  page tables      (private)  PML4, PDPT, page directories
 //!  0x50000  kernel stacks    (private)
 //!  0x58000  user stacks      (private)
 //!  0x100000 mailboxes        (shared)   control page + record windows per helper vCPU
@@ -18,16 +19,18 @@ use crate::{record::PAGE_RECORD_SIZE, MAX_BATCH, MAX_HELPER_VCPUS, PAGE_SIZE, WI
 
 /// Anchor page.
 pub const ANCHOR: u64 = 0x0000;
-/// Context page (the helper's shared state).
-pub const CONTEXT: u64 = 0x1000;
 /// GDT page.
-pub const GDT: u64 = 0x2000;
+pub const GDT: u64 = 0x1000;
 /// IDT page.
-pub const IDT: u64 = 0x3000;
+pub const IDT: u64 = 0x2000;
 /// TSS page.
-pub const TSS: u64 = 0x4000;
+pub const TSS: u64 = 0x3000;
+/// The helper's shared state (session, commitment, layout): [`CONTEXT_SIZE`] bytes.
+pub const CONTEXT: u64 = 0x4000;
+/// Bytes reserved for the context.
+pub const CONTEXT_SIZE: u64 = 0x4000;
 /// First page-table page (PML4), then the PDPT, then page directories.
-pub const PAGE_TABLES: u64 = 0x5000;
+pub const PAGE_TABLES: u64 = 0x8000;
 /// Page directories available (one per GiB of address space mapped).
 pub const PAGE_DIRECTORIES: u64 = 68;
 /// Kernel stacks, [`KSTACK_SIZE`] each.
@@ -73,8 +76,14 @@ pub mod anchor {
     pub const USTACKS: u64 = 64;
     /// GPA of the context page, passed to the Rust entry (u64).
     pub const CONTEXT: u64 = 72;
+    /// Slot counter (u32): each helper vCPU entering takes the next value with `lock
+    /// xadd` before it touches a stack, and uses it as its stack slot, mailbox and lane
+    /// id. Values are never handed out twice, so no two vCPUs (two at once, or a later
+    /// mirror) ever share a stack or a nonce prefix; an entry past `VCPUS` parks.
+    pub const NEXT_SLOT: u64 = 80;
 }
 
+const _: () = assert!(CONTEXT + CONTEXT_SIZE <= PAGE_TABLES);
 const _: () = assert!(PAGE_TABLES + (2 + PAGE_DIRECTORIES) * PAGE_SIZE as u64 <= KSTACKS);
 const _: () = assert!(KSTACKS + MAX_HELPER_VCPUS as u64 * KSTACK_SIZE <= USTACKS);
 const _: () = assert!(USTACKS + MAX_HELPER_VCPUS as u64 * USTACK_SIZE <= MAILBOXES);

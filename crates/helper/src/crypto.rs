@@ -1,9 +1,7 @@
-//! Keys, sealing and opening of records, and the manifest hash.
+//! Sealing and opening of records, and the manifest hash.
 //!
-//! - Key: HKDF-SHA256 (RFC 5869) with the 32-byte migration secret as input key material,
-//!   the session id and the source helper's random nonce as salt, and a fixed label as
-//!   info. The nonce makes every session's key fresh even if a host replays a session id,
-//!   so sequence numbers (GCM nonces) never repeat under one key.
+//! - Key: the session's record key from the authenticated key agreement ([`crate::keys`]),
+//!   fresh for every session, so (lane id, sequence) nonces never repeat under one key.
 //! - Records: AES-256-GCM (`record-gcm`: the fastest kernel the CPU and its XCR0 allow,
 //!   chosen when the key is made, i.e. once per session and lane); nonce = lane ‖
 //!   sequence number; AAD = label ‖ session id ‖ record header, binding GPA, round,
@@ -11,12 +9,10 @@
 //! - Manifest: SHA-256 over a label and (GPA u64 LE ‖ version u32 LE) of every private
 //!   page in increasing GPA order.
 
-use helper_abi::{record::RecordHeader, MIGRATION_SECRET_LEN};
+use helper_abi::record::RecordHeader;
 use record_gcm::{Aes256Gcm, Kernel};
 use sha2::{Digest, Sha256};
 
-/// HKDF info for the record key.
-const KEY_INFO: &[u8] = b"sevmirror migration v1: record key (AES-256-GCM)";
 /// AAD prefix of every record.
 const AAD_LABEL: &[u8; 20] = b"sevmirror-record-v1\0";
 /// Prefix of the manifest hash.
@@ -40,22 +36,6 @@ impl core::fmt::Debug for RecordKey {
             .field("key", &"<redacted>")
             .finish()
     }
-}
-
-/// Derives the 32-byte record key.
-pub fn derive_key(
-    secret: &[u8; MIGRATION_SECRET_LEN],
-    session_id: &[u8; 16],
-    source_nonce: &[u8; 16],
-) -> [u8; 32] {
-    let mut salt = [0u8; 32];
-    salt[..16].copy_from_slice(session_id);
-    salt[16..].copy_from_slice(source_nonce);
-    let hk = hkdf::Hkdf::<Sha256>::new(Some(&salt), secret);
-    let mut key = [0u8; 32];
-    // 32 bytes is far below HKDF-SHA256's 8160-byte limit.
-    let _ = hk.expand(KEY_INFO, &mut key);
-    key
 }
 
 impl RecordKey {
@@ -179,17 +159,8 @@ mod tests {
     }
 
     #[test]
-    fn keys_depend_on_secret_session_and_nonce() {
-        let k = derive_key(&[1; 32], &[2; 16], &[3; 16]);
-        assert_ne!(k, derive_key(&[9; 32], &[2; 16], &[3; 16]));
-        assert_ne!(k, derive_key(&[1; 32], &[9; 16], &[3; 16]));
-        assert_ne!(k, derive_key(&[1; 32], &[2; 16], &[9; 16]));
-        assert_eq!(k, derive_key(&[1; 32], &[2; 16], &[3; 16]));
-    }
-
-    #[test]
     fn sealed_pages_open_only_with_the_same_key_session_and_header() {
-        let key = RecordKey::new(&derive_key(&[1; 32], &[2; 16], &[3; 16]), [2; 16]);
+        let key = RecordKey::new(&[0x42; 32], [2; 16]);
         let mut page = [0x42u8; 4096];
         let tag = key.seal(&header(1), &mut page);
         assert_ne!(page, [0x42; 4096], "sealed payload is ciphertext");
@@ -199,7 +170,7 @@ mod tests {
         // A different header (here: sequence number) or session fails.
         let mut copy = page;
         assert_eq!(key.open(&header(2), &mut copy, &tag), Err(AuthFailed));
-        let other = RecordKey::new(&derive_key(&[1; 32], &[2; 16], &[3; 16]), [7; 16]);
+        let other = RecordKey::new(&[0x42; 32], [7; 16]);
         let mut copy = page;
         assert_eq!(other.open(&header(1), &mut copy, &tag), Err(AuthFailed));
         let mut copy = page;
@@ -209,7 +180,7 @@ mod tests {
 
     #[test]
     fn every_kernel_here_opens_what_every_other_sealed() {
-        let key = derive_key(&[1; 32], &[2; 16], &[3; 16]);
+        let key = [0x5a; 32];
         let keys: std::vec::Vec<RecordKey> = Kernel::ALL
             .iter()
             .filter_map(|k| RecordKey::with_kernel(&key, [2; 16], *k).ok())

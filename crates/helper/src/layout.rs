@@ -1,7 +1,8 @@
-//! What the helper knows about the guest's memory: the RAM ranges it may read and write,
-//! its own region (never exported or imported), and where the guest keeps its
-//! shared-page list and its launch secret. Fixed at boot by the guest firmware, from its
-//! own memory map, before any host request is served.
+//! What the helper knows about the guest: the RAM ranges it may read and write, its own
+//! region (never exported or imported), where the guest keeps its shared-page list, its
+//! launch secret and its "migrated out" flag, and the SHA-256 of the firmware image it
+//! runs. Fixed at boot by the guest firmware, from its own memory map and image, before
+//! any host request is served.
 
 use helper_abi::PAGE_SIZE;
 
@@ -19,6 +20,11 @@ pub struct HelperLayout {
     pub shared_list_gpa: u64,
     /// The guest's SEV secret area (base, size).
     pub secret_area: (u64, u64),
+    /// GPA of the page the helper marks "migrated out" when it commits (guest-abi
+    /// `layout::MIGRATION_STATE`); 0 until set, and the helper never commits then.
+    pub migration_state_gpa: u64,
+    /// SHA-256 of the firmware image this helper runs (bound into every handshake).
+    pub firmware_hash: [u8; 32],
 }
 
 /// Why a layout was refused.
@@ -58,7 +64,16 @@ impl HelperLayout {
             region,
             shared_list_gpa,
             secret_area,
+            migration_state_gpa: 0,
+            firmware_hash: [0; 32],
         })
+    }
+
+    /// The same layout with the "migrated out" page and the firmware hash set.
+    pub fn with_identity(mut self, migration_state_gpa: u64, firmware_hash: [u8; 32]) -> Self {
+        self.migration_state_gpa = migration_state_gpa;
+        self.firmware_hash = firmware_hash;
+        self
     }
 
     /// The RAM ranges.

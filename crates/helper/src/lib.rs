@@ -8,17 +8,29 @@
 //! reference into memory the host can change.
 //!
 //! Trust: the mailbox, the GPA lists, the record windows and every record are written by
-//! an untrusted host. The helper copies what it reads out of shared memory once, checks
-//! the copy, and only then acts; it never writes outside guest RAM it was asked to
-//! import into, and never outside RAM at all.
+//! an untrusted host, which also decides when each helper vCPU runs. The helper copies
+//! what it reads out of shared memory once, checks the copy, and only then acts; it never
+//! writes outside guest RAM it was asked to import into (and its own "migrated out"
+//! page), and never outside RAM at all. Sessions come from an authenticated X25519 key
+//! agreement with the peer helper ([`keys`]); a one-word gate ([`gate`]) keeps the shared
+//! session consistent however the host interleaves helper vCPUs; a commit decides which
+//! copy of the guest may run ([`engine`] has the state machine).
+//!
+//! Must not depend on anything with I/O or allocation: it runs in the firmware.
 
 #![no_std]
 
-#[cfg(test)]
+#[cfg(any(test, feature = "host"))]
 extern crate std;
 
 pub mod crypto;
 pub mod engine;
+#[cfg(feature = "host")]
+pub mod fuzzing;
+pub mod gate;
+#[cfg(feature = "host")]
+pub mod host;
+pub mod keys;
 pub mod layout;
 pub mod secret;
 pub mod session;

@@ -1,41 +1,168 @@
-//! State the helper keeps across requests: the session (shared by all helper vCPUs, in
-//! the helper region) and each vCPU's lane.
+//! State the helper keeps across requests, in its private region: the session all
+//! helper vCPUs share, the lanes, and the commitment that outlives sessions.
 //!
-//! Every field is valid when zeroed, so the firmware creates the state by zeroing
-//! reserved memory. Shared fields are atomics; the key bytes are written only while the
-//! state word says DERIVING (one vCPU won the compare-exchange) and read only once it
-//! says KEYED.
+//! Every field is an atomic and valid when zeroed, so the firmware creates the state by
+//! zeroing reserved memory, and no interleaving of helper vCPUs can be undefined
+//! behaviour. Which interleavings are *meaningful* is the [`Gate`]'s job: key material
+//! is written only by a request that holds the session alone and read only by requests
+//! inside it, so a request never sees keys half-written or wiped under it.
 
-use crate::crypto::{self, RecordKey};
-use core::{
-    cell::UnsafeCell,
-    sync::atomic::{AtomicU32, AtomicU64, Ordering},
-};
+use crate::gate::Gate;
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use helper_abi::{mailbox::Status, MAX_LANES};
 
-/// No session.
-pub const NONE: u32 = 0;
-/// One vCPU is deriving keys.
-pub const DERIVING: u32 = 1;
-/// Keys are ready.
-pub const KEYED: u32 = 2;
-/// The manifest was produced (source) or verified (target): no more pages move.
-pub const FINISHED: u32 = 3;
-/// One vCPU is resetting the session.
-pub const RESETTING: u32 = 4;
+/// `W` 64-bit words of bytes (keys, hashes, nonces), stored as atomics.
+pub struct Words<const W: usize>([AtomicU64; W]);
 
-/// The session shared by all helper vCPUs.
-#[repr(C)]
+impl<const W: usize> Default for Words<W> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<const W: usize> Words<W> {
+    /// All zero.
+    pub const fn new() -> Self {
+        Words([const { AtomicU64::new(0) }; W])
+    }
+
+    /// Reads the bytes into `out` (which must be `8 * W` long).
+    pub fn load_into(&self, out: &mut [u8]) {
+        for (w, chunk) in self.0.iter().zip(out.chunks_exact_mut(8)) {
+            chunk.copy_from_slice(&w.load(Ordering::Relaxed).to_le_bytes());
+        }
+    }
+
+    /// Writes the bytes from `data` (which must be `8 * W` long).
+    pub fn store_from(&self, data: &[u8]) {
+        for (w, chunk) in self.0.iter().zip(data.chunks_exact(8)) {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(chunk);
+            w.store(u64::from_le_bytes(b), Ordering::Relaxed);
+        }
+    }
+
+    /// Zeroes the bytes.
+    pub fn wipe(&self) {
+        for w in &self.0 {
+            w.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+/// 32 bytes.
+pub type Bytes32 = Words<4>;
+/// 16 bytes.
+pub type Bytes16 = Words<2>;
+
+impl Bytes32 {
+    /// The bytes.
+    pub fn load(&self) -> [u8; 32] {
+        let mut b = [0u8; 32];
+        self.load_into(&mut b);
+        b
+    }
+}
+
+impl Bytes16 {
+    /// The bytes.
+    pub fn load(&self) -> [u8; 16] {
+        let mut b = [0u8; 16];
+        self.load_into(&mut b);
+        b
+    }
+}
+
+/// One lane id's place in the session.
+#[derive(Default)]
+pub struct LaneSlot {
+    /// Source: the last sequence number this lane sealed. Target: the last one it
+    /// accepted from the source's lane of this id.
+    pub seq: AtomicU64,
+    /// Target: a helper vCPU is opening this lane's records (one at a time, in order).
+    pub busy: AtomicU32,
+}
+
+impl LaneSlot {
+    /// A lane that sealed or accepted nothing.
+    pub const fn new() -> Self {
+        LaneSlot {
+            seq: AtomicU64::new(0),
+            busy: AtomicU32::new(0),
+        }
+    }
+}
+
+/// What the source keeps of a committed session, across RESET and new sessions, until
+/// an abort of that very session verifies.
+#[derive(Default)]
+pub struct Commitment {
+    /// 1 while committed.
+    pub committed: AtomicU32,
+    /// The committed session's transcript hash.
+    pub transcript: Bytes32,
+    /// The abort token the target's helper would send for it (computed at commit, so
+    /// it can be checked after the session's keys are gone).
+    pub target_token: Bytes32,
+}
+
+impl Commitment {
+    /// No commitment.
+    pub const fn new() -> Self {
+        Commitment {
+            committed: AtomicU32::new(0),
+            transcript: Words::new(),
+            target_token: Words::new(),
+        }
+    }
+
+    /// Whether a session is committed.
+    pub fn is_committed(&self) -> bool {
+        self.committed.load(Ordering::Acquire) != 0
+    }
+}
+
+/// The session shared by all helper vCPUs, and what outlives it.
+#[derive(Default)]
 pub struct SessionState {
-    /// NONE, DERIVING, KEYED, FINISHED or RESETTING.
-    pub state: AtomicU32,
-    /// helper-abi `Role` value.
-    pub role: AtomicU32,
-    /// Bumped whenever keys change, so lanes notice and re-key.
+    /// Phase and requests inside.
+    pub gate: Gate,
+    /// Lane ids handed out (bit per id): each at most once per boot.
+    claimed: AtomicU32,
+    /// 1 while the guest was booted for an incoming migration and never ran (cleared
+    /// when the target commits, for good).
+    incoming: AtomicU32,
+    /// Bumped whenever a session is keyed.
     pub generation: AtomicU32,
-    _pad: u32,
-    key: UnsafeCell<[u8; 32]>,
-    session_id: UnsafeCell<[u8; 16]>,
-    nonce: UnsafeCell<[u8; 16]>,
+    /// The session id the VMMs agreed on.
+    pub session_id: Bytes16,
+    /// Source between HS_START and HS_FINISH: the Hello hash, own nonce, share and
+    /// ephemeral secret.
+    pub hello_hash: Bytes32,
+    /// See `hello_hash`.
+    pub own_nonce: Bytes32,
+    /// See `hello_hash`.
+    pub own_share: Bytes32,
+    /// See `hello_hash`; wiped by HS_FINISH whatever its outcome.
+    pub ephemeral: Bytes32,
+    /// Target between HS_RESPOND and HS_CONFIRM: the source MAC to expect.
+    pub expected_mac: Bytes32,
+    /// The transcript hash.
+    pub transcript: Bytes32,
+    /// AES-256-GCM key of records.
+    pub record_key: Bytes32,
+    /// HMAC key of blob records.
+    pub blob_key: Bytes32,
+    /// HMAC key of the target's abort token.
+    pub abort_key: Bytes32,
+    /// SHA-256 of the manifest payload sealed (source) or verified (target).
+    pub manifest_digest: Bytes32,
+    /// Per lane id.
+    pub lanes: [LaneSlot; MAX_LANES],
+    /// Records sealed (source) or accepted (target) in this session.
+    pub records: AtomicU64,
+    /// Kept across sessions: the committed session (source).
+    pub commitment: Commitment,
     /// Requests served by all vCPUs.
     pub requests: AtomicU64,
     /// Page bytes sealed.
@@ -46,29 +173,28 @@ pub struct SessionState {
     pub zero_pages: AtomicU64,
 }
 
-// SAFETY: the UnsafeCell fields are written only by the vCPU that moved `state` from
-// NONE to DERIVING (or from KEYED/FINISHED to RESETTING) with a compare-exchange, and
-// read only after an acquire load observes KEYED or FINISHED, which the writer
-// published with a release store after writing.
-unsafe impl Sync for SessionState {}
-
-impl Default for SessionState {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl SessionState {
     /// A state with no session (the same as zeroed memory).
     pub const fn new() -> Self {
         SessionState {
-            state: AtomicU32::new(NONE),
-            role: AtomicU32::new(0),
+            gate: Gate::new(),
+            claimed: AtomicU32::new(0),
+            incoming: AtomicU32::new(0),
             generation: AtomicU32::new(0),
-            _pad: 0,
-            key: UnsafeCell::new([0; 32]),
-            session_id: UnsafeCell::new([0; 16]),
-            nonce: UnsafeCell::new([0; 16]),
+            session_id: Words::new(),
+            hello_hash: Words::new(),
+            own_nonce: Words::new(),
+            own_share: Words::new(),
+            ephemeral: Words::new(),
+            expected_mac: Words::new(),
+            transcript: Words::new(),
+            record_key: Words::new(),
+            blob_key: Words::new(),
+            abort_key: Words::new(),
+            manifest_digest: Words::new(),
+            lanes: [const { LaneSlot::new() }; MAX_LANES],
+            records: AtomicU64::new(0),
+            commitment: Commitment::new(),
             requests: AtomicU64::new(0),
             bytes_sealed: AtomicU64::new(0),
             bytes_opened: AtomicU64::new(0),
@@ -76,83 +202,114 @@ impl SessionState {
         }
     }
 
-    /// Installs keys: the caller must have moved `state` NONE -> DERIVING.
-    pub(crate) fn install(
-        &self,
-        role: u32,
-        key: &[u8; 32],
-        session_id: &[u8; 16],
-        nonce: &[u8; 16],
-    ) {
-        // SAFETY: exclusive by the DERIVING protocol (see the Sync impl).
-        unsafe {
-            *self.key.get() = *key;
-            *self.session_id.get() = *session_id;
-            *self.nonce.get() = *nonce;
-        }
-        self.role.store(role, Ordering::Relaxed);
-        self.generation.fetch_add(1, Ordering::Relaxed);
-        self.state.store(KEYED, Ordering::Release);
+    /// Marks the guest as booted for an incoming migration (firmware, at boot, before
+    /// any helper vCPU exists).
+    pub fn set_incoming(&self) {
+        self.incoming.store(1, Ordering::Release);
     }
 
-    /// Wipes the keys: the caller must have moved `state` to RESETTING.
+    /// Whether the guest is incoming and never ran.
+    pub fn incoming(&self) -> bool {
+        self.incoming.load(Ordering::Acquire) != 0
+    }
+
+    /// The guest will run: it is no longer incoming, for good.
+    pub(crate) fn clear_incoming(&self) {
+        self.incoming.store(0, Ordering::Release);
+    }
+
+    /// Takes lane id `lane` for the helper vCPU serving mailbox `slot`. Each id is taken
+    /// at most once per boot: a second vCPU asking for an id in use (two vCPUs on one
+    /// lane, a re-attached mirror) is refused, so no two vCPUs ever seal under one nonce
+    /// prefix.
+    pub fn claim_lane(&self, lane: u32, slot: u32) -> Result<LaneState, Status> {
+        if lane as usize >= MAX_LANES {
+            return Err(Status::BAD_STATE);
+        }
+        let bit = 1u32 << lane;
+        let before = self.claimed.fetch_or(bit, Ordering::AcqRel);
+        if before & bit != 0 {
+            return Err(Status::BUSY);
+        }
+        Ok(LaneState {
+            lane: lane as u8,
+            slot,
+        })
+    }
+
+    /// Forgets the session: keys, transcript, lanes, counts. Callers hold the session
+    /// alone. Never touches the commitment or the incoming flag.
     pub(crate) fn wipe(&self) {
-        // SAFETY: exclusive by the RESETTING protocol (see the Sync impl).
-        unsafe {
-            crypto::wipe(&mut *self.key.get());
-            *self.session_id.get() = [0; 16];
-            *self.nonce.get() = [0; 16];
+        for w in [
+            &self.hello_hash,
+            &self.own_nonce,
+            &self.own_share,
+            &self.ephemeral,
+            &self.expected_mac,
+            &self.transcript,
+            &self.record_key,
+            &self.blob_key,
+            &self.abort_key,
+            &self.manifest_digest,
+        ] {
+            w.wipe();
         }
-        self.role.store(0, Ordering::Relaxed);
-        self.generation.fetch_add(1, Ordering::Relaxed);
-        self.state.store(NONE, Ordering::Release);
+        self.session_id.wipe();
+        self.restart_lanes();
     }
 
-    /// The record key and the source nonce, if keys are ready (KEYED or FINISHED).
-    pub(crate) fn key(&self) -> Option<(RecordKey, [u8; 16])> {
-        match self.state.load(Ordering::Acquire) {
-            KEYED | FINISHED => {
-                // SAFETY: published before KEYED with a release store (see the Sync impl).
-                let (key, id, nonce) =
-                    unsafe { (*self.key.get(), *self.session_id.get(), *self.nonce.get()) };
-                Some((RecordKey::new(&key, id), nonce))
-            }
-            _ => None,
+    /// Zero sequence numbers and counts, for a freshly keyed session. Callers hold the
+    /// session alone.
+    pub(crate) fn restart_lanes(&self) {
+        for l in &self.lanes {
+            l.seq.store(0, Ordering::Relaxed);
+            l.busy.store(0, Ordering::Relaxed);
         }
+        self.records.store(0, Ordering::Relaxed);
     }
 }
 
-/// One helper vCPU's private state: its lane's sequence numbers and cached key.
+/// A helper vCPU's identity: the lane id it seals with and the mailbox it serves. Only
+/// [`SessionState::claim_lane`] makes one.
+#[derive(Debug, PartialEq, Eq)]
 pub struct LaneState {
-    /// The lane (the helper vCPU index).
-    pub lane: u8,
-    /// Next sequence number this lane seals (source) or expects (target).
-    pub next_seq: u64,
-    generation: u32,
-    key: Option<RecordKey>,
+    lane: u8,
+    slot: u32,
 }
 
 impl LaneState {
-    /// A fresh lane.
-    pub fn new(lane: u8) -> Self {
-        LaneState {
-            lane,
-            next_seq: 1,
-            generation: 0,
-            key: None,
-        }
+    /// The lane id (the first byte of this vCPU's nonces).
+    pub fn lane(&self) -> u8 {
+        self.lane
     }
 
-    /// The session key for this lane, re-derived (and the sequence restarted) when the
-    /// session changed since the lane last used it.
-    pub(crate) fn key(&mut self, session: &SessionState) -> Option<&RecordKey> {
-        let generation = session.generation.load(Ordering::Acquire);
-        if self.key.is_none() || self.generation != generation {
-            let (key, _) = session.key()?;
-            self.key = Some(key);
-            self.generation = generation;
-            self.next_seq = 1;
-        }
-        self.key.as_ref()
+    /// The mailbox slot.
+    pub fn slot(&self) -> u32 {
+        self.slot
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lane_id_is_handed_out_once() {
+        let s = SessionState::new();
+        let a = s.claim_lane(0, 0).unwrap();
+        assert_eq!((a.lane(), a.slot()), (0, 0));
+        assert_eq!(s.claim_lane(0, 1), Err(Status::BUSY));
+        assert!(s.claim_lane(1, 1).is_ok());
+        assert_eq!(s.claim_lane(MAX_LANES as u32, 2), Err(Status::BAD_STATE));
+    }
+
+    #[test]
+    fn words_round_trip_and_wipe() {
+        let w = Bytes32::new();
+        let v: [u8; 32] = core::array::from_fn(|i| i as u8);
+        w.store_from(&v);
+        assert_eq!(w.load(), v);
+        w.wipe();
+        assert_eq!(w.load(), [0; 32]);
     }
 }

@@ -75,6 +75,36 @@ impl SharedList {
         list
     }
 
+    /// Bytes of the compact encoding ([`SharedList::encode_compact`]).
+    pub fn compact_len(&self) -> usize {
+        8 + 16 * self.len
+    }
+
+    /// Encodes the list into the first [`SharedList::compact_len`] bytes of `out` (the
+    /// page format without the trailing zeros): the payload of a sealed shared-list
+    /// record.
+    pub fn encode_compact(&self, out: &mut [u8; PAGE_SIZE]) -> usize {
+        self.encode(out);
+        self.compact_len()
+    }
+
+    /// Decodes a compact list strictly: exactly `8 + 16 * count` bytes, magic, sorted,
+    /// aligned, non-empty ranges. None for anything else (a sealed list is the source
+    /// helper's own output, so a malformed one is refused, not read leniently).
+    pub fn parse(bytes: &[u8]) -> Option<SharedList> {
+        if bytes.len() < 8 || bytes.len() > PAGE_SIZE || bytes.get(..4)? != MAGIC {
+            return None;
+        }
+        let count = u32::from_le_bytes(bytes.get(4..8)?.try_into().ok()?) as usize;
+        if count > MAX_RANGES || bytes.len() != 8 + 16 * count {
+            return None;
+        }
+        let mut page = [0u8; PAGE_SIZE];
+        page[..bytes.len()].copy_from_slice(bytes);
+        let list = SharedList::decode(&page);
+        (list.len == count).then_some(list)
+    }
+
     /// Encodes the list into a page.
     pub fn encode(&self, page: &mut [u8; PAGE_SIZE]) {
         page.fill(0);
@@ -177,6 +207,30 @@ mod tests {
         bad[9] ^= 0x01; // unaligned gpa
         assert!(SharedList::decode(&bad).ranges().is_empty());
         assert!(SharedList::decode(&[0u8; PAGE_SIZE]).ranges().is_empty());
+    }
+
+    #[test]
+    fn compact_lists_round_trip_and_only_exact_ones_parse() {
+        let mut l = SharedList::new();
+        l.set(0x3000, 2, true).unwrap();
+        l.set(0x9000, 1, true).unwrap();
+        let mut page = [0u8; PAGE_SIZE];
+        let n = l.encode_compact(&mut page);
+        assert_eq!(n, 8 + 32);
+        assert_eq!(SharedList::parse(&page[..n]), Some(l));
+        assert_eq!(SharedList::parse(&page[..n - 1]), None);
+        assert_eq!(SharedList::parse(&page[..n + 16]), None);
+        let mut bad = page;
+        bad[8] = 1; // unaligned
+        assert_eq!(SharedList::parse(&bad[..n]), None);
+        assert_eq!(
+            SharedList::parse(&page[..8]),
+            None,
+            "count 2 with no ranges"
+        );
+        let empty = SharedList::new();
+        let n = empty.encode_compact(&mut page);
+        assert_eq!(SharedList::parse(&page[..n]), Some(empty));
     }
 
     #[test]

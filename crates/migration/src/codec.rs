@@ -241,6 +241,7 @@ pub struct FrameReader<R> {
     offset: u64,
     frames: u64,
     stopped: bool,
+    last: Option<FrameHeader>,
 }
 
 impl<R: Read> FrameReader<R> {
@@ -253,6 +254,7 @@ impl<R: Read> FrameReader<R> {
             offset: 0,
             frames: 0,
             stopped: false,
+            last: None,
         }
     }
 
@@ -321,8 +323,15 @@ impl<R: Read> FrameReader<R> {
         })?;
         self.offset += (FrameHeader::SIZE + len) as u64;
         self.frames += 1;
+        self.last = Some(header);
         let payload: &'b [u8] = payload;
         Frame::decode(&header, payload).map_err(|source| CodecError::Frame { offset, source })
+    }
+
+    /// The header of the last frame read: with the payload in the caller's buffer, the
+    /// frame's exact bytes (a header decodes only from its one canonical encoding).
+    pub fn last_header(&self) -> Option<FrameHeader> {
+        self.last
     }
 
     /// The session's protocol version: the first frame's, once one was read.

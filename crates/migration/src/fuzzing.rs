@@ -6,9 +6,10 @@ use helper_abi::record::{self, Kind, RecordHeader};
 
 use crate::codec::{CodecError, FrameReader, Incoming};
 use crate::frames::{
-    Abort, Ack, DeviceState, Done, FailureCode, Frame, GpaRange, GuestMode, Hello, HelloAck,
-    Manifest, PageBatch, PageData, PlainPage, PlainPages, ProtocolError, ReceiverState, RoundEnd,
-    SharedRange, SharedRanges, VcpuState, MAX_PAYLOAD_LEN, PAGE_SIZE, PROTOCOL_VERSION,
+    Abort, AbortToken, Ack, DeviceState, Done, FailureCode, Frame, FrameHeader, GpaRange,
+    GuestMode, Hello, HelloAck, KeyConfirm, KeyReply, KeyShare, Manifest, PageBatch, PageData,
+    PlainPage, PlainPages, ProtocolError, Ready, ReceiverState, RoundEnd, SharedList, SharedRange,
+    SharedRanges, VcpuState, MAX_PAYLOAD_LEN, PAGE_SIZE, PROTOCOL_VERSION,
 };
 
 /// What [`exercise`] saw.
@@ -63,23 +64,58 @@ pub fn exercise(data: &[u8]) -> Summary {
 }
 
 /// A sealed-looking record: a valid header, a patterned payload, a patterned tag. The
-/// codec checks framing only, so the bytes need not be real ciphertext.
+/// codec checks framing only, so the bytes need not be real ciphertext. Fixed-size kinds
+/// get their size; blobs their largest.
 pub fn fake_record(kind: Kind, lane: u8, round: u32, gpa: u64, seq: u64) -> Vec<u8> {
-    let len = kind.payload_len().unwrap_or(0);
+    let len = kind.payload_bounds().map_or(0, |(_, max)| max);
+    fake_record_of(kind, lane, round, gpa, seq, len)
+}
+
+/// Like [`fake_record`], with a payload of `len` bytes.
+pub fn fake_record_of(kind: Kind, lane: u8, round: u32, gpa: u64, seq: u64, len: usize) -> Vec<u8> {
     let header = RecordHeader {
         kind,
         lane,
         flags: 0,
         round,
         gpa,
-        version: round + 1,
-        // At most a page: fits.
+        version: if kind.is_page() { round + 1 } else { 0 },
+        // At most a window: fits.
         len: len as u32,
         seq,
     };
     let mut r = header.encode().to_vec();
     r.extend((0..len + record::TAG_SIZE).map(|i| (i as u64 ^ gpa ^ seq) as u8));
     r
+}
+
+/// A shared-list blob record of `ranges` (the list in the clear, a patterned tag).
+pub fn fake_list_record(lane: u8, round: u32, seq: u64, ranges: &[(u64, u64)]) -> Vec<u8> {
+    let mut list = b"SHRD".to_vec();
+    list.extend((ranges.len() as u32).to_le_bytes());
+    for (gpa, pages) in ranges {
+        list.extend(gpa.to_le_bytes());
+        list.extend(pages.to_le_bytes());
+    }
+    let mut r = fake_record_of(Kind::SHARED_LIST, lane, round, 0, seq, list.len());
+    r[record::HEADER_SIZE..record::HEADER_SIZE + list.len()].copy_from_slice(&list);
+    r
+}
+
+/// Rewrites the version field of every frame header in an encoded stream.
+pub fn with_version(mut stream: Vec<u8>, version: u16) -> Vec<u8> {
+    let mut at = 0;
+    while at + FrameHeader::SIZE <= stream.len() {
+        stream[at + 4..at + 6].copy_from_slice(&version.to_le_bytes());
+        let len = u32::from_le_bytes([
+            stream[at + 8],
+            stream[at + 9],
+            stream[at + 10],
+            stream[at + 11],
+        ]);
+        at += FrameHeader::SIZE + len as usize;
+    }
+    stream
 }
 
 fn sev_hello() -> Hello {
@@ -104,7 +140,7 @@ fn sev_hello() -> Hello {
         },
         lanes: 2,
         session_id: *b"session-id-0001!",
-        helper_nonce: *b"helper-nonce-01!",
+        helper_nonce: [0; 16],
         page_size: PAGE_SIZE as u32,
         vcpus: 2,
     }
@@ -134,28 +170,40 @@ fn encode_all(frames: &[Frame<'_>]) -> Vec<u8> {
     out
 }
 
-/// A whole SEV migration as one end sees it: Hello, HelloAck, two precopy rounds of
-/// sealed batches, shared pages and plain copies, stop-and-copy, device and vCPU state,
-/// the manifest, Done, Ack.
+/// A whole SEV migration as one end sees it: Hello, HelloAck, the helpers' key
+/// agreement, two precopy rounds of sealed lists and batches, shared pages and plain
+/// copies, stop-and-copy, sealed device and vCPU state, the manifest, Ready, Done with the
+/// commit, Ack.
 pub fn sev_session() -> Vec<u8> {
     let page_a = [0x11u8; PAGE_SIZE];
-    let mut batch0 = fake_record(Kind::PAGE, 0, 0, 0x1000, 1);
-    batch0.extend(fake_record(Kind::ZERO, 0, 0, 0x2000, 2));
-    batch0.extend(fake_record(Kind::PAGE, 0, 0, 0x3000, 3));
+    let list0 = fake_list_record(0, 0, 1, &[(0x9_0000, 2)]);
+    let mut batch0 = fake_record(Kind::PAGE, 0, 0, 0x1000, 2);
+    batch0.extend(fake_record(Kind::PAGE, 0, 0, 0x2000, 3));
+    batch0.extend(fake_record(Kind::PAGE, 0, 0, 0x3000, 4));
     let batch0b = fake_record(Kind::ZERO, 1, 0, 0x10_0000, 1);
-    let batch1 = fake_record(Kind::PAGE, 0, 1, 0x1000, 4);
+    let list1 = fake_list_record(0, 1, 5, &[(0x9_0000, 2)]);
+    let batch1 = fake_record(Kind::PAGE, 0, 1, 0x1000, 6);
+    let device = fake_record_of(Kind::DEVICE_STATE, 0, 1, 0, 7, 23);
+    let vcpu0 = fake_record_of(Kind::VCPU_STATE, 0, 1, 0, 8, 300);
+    let vcpu1 = fake_record_of(Kind::VCPU_STATE, 0, 1, 1, 9, 300);
     let mut manifest = [0u8; record::MANIFEST_RECORD_SIZE];
-    manifest.copy_from_slice(&fake_record(Kind::MANIFEST, 0, 2, 0, 5));
-    let shared = SharedRanges {
-        ranges: vec![SharedRange {
-            gpa: 0x9_0000,
-            pages: 2,
-        }],
-    };
+    manifest.copy_from_slice(&fake_record(Kind::MANIFEST, 0, 1, 0, 10));
+    let mut commit = [0u8; record::COMMIT_RECORD_SIZE];
+    commit.copy_from_slice(&fake_record(Kind::COMMIT, 0, 1, 0, 11));
     encode_all(&[
         Frame::Hello(sev_hello()),
         Frame::HelloAck(HelloAck::Accepted),
-        Frame::SharedRanges(shared.clone()),
+        Frame::KeyShare(KeyShare {
+            nonce: [0x31; 32],
+            share: [0x32; 32],
+        }),
+        Frame::KeyReply(KeyReply {
+            nonce: [0x33; 32],
+            share: [0x34; 32],
+            mac: [0x35; 32],
+        }),
+        Frame::KeyConfirm(KeyConfirm { mac: [0x36; 32] }),
+        Frame::SharedList(SharedList { record: &list0 }),
         Frame::PageBatch(PageBatch {
             lane: 0,
             round: 0,
@@ -184,32 +232,56 @@ pub fn sev_session() -> Vec<u8> {
             pages_sent: 6,
             dirty_remaining: 1,
         }),
+        Frame::SharedList(SharedList { record: &list1 }),
         Frame::PageBatch(PageBatch {
             lane: 0,
             round: 1,
             records: &batch1,
         }),
-        Frame::SharedRanges(shared),
+        Frame::SharedRanges(SharedRanges {
+            ranges: vec![SharedRange {
+                gpa: 0x9_0000,
+                pages: 2,
+            }],
+        }),
         Frame::RoundEnd(RoundEnd {
             round: 1,
             pages_sent: 1,
             dirty_remaining: 0,
         }),
-        Frame::DeviceState(DeviceState {
-            blob: b"serial:0;pit:1;ioapic:2",
-        }),
+        Frame::DeviceState(DeviceState { blob: &device }),
         Frame::VcpuState(VcpuState {
             index: 0,
-            blob: &[0xc0; 300],
+            blob: &vcpu0,
         }),
         Frame::VcpuState(VcpuState {
             index: 1,
-            blob: &[0xc1; 300],
+            blob: &vcpu1,
         }),
         Frame::Manifest(Manifest { record: manifest }),
-        Frame::Done(Done),
+        Frame::Ready(Ready),
+        Frame::Done(Done {
+            commit: Some(commit),
+        }),
         Frame::Ack(Ack::Completed),
     ])
+}
+
+/// An SEV migration whose target gave the committed session up: its AbortToken and
+/// Abort after Done.
+pub fn sev_aborted_after_commit() -> Vec<u8> {
+    let sev = sev_session();
+    // Everything up to the Ack (the last frame: a 12-byte header and a 1-byte status).
+    let mut s = sev[..sev.len() - FrameHeader::SIZE - 1].to_vec();
+    let tail = encode_all(&[
+        Frame::AbortToken(AbortToken { tag: [0x77; 32] }),
+        Frame::Abort(Abort {
+            code: FailureCode::Integrity,
+            reason: "the commit record did not verify".into(),
+        }),
+    ]);
+    s.extend(tail);
+    s
 }
 
 /// A whole plain-guest migration: every page as PlainPages.
@@ -245,7 +317,7 @@ pub fn plain_session() -> Vec<u8> {
             index: 0,
             blob: b"regs",
         }),
-        Frame::Done(Done),
+        Frame::Done(Done::default()),
         Frame::Ack(Ack::Failed {
             code: FailureCode::Internal,
             reason: "could not resume the guest".into(),
@@ -282,22 +354,44 @@ pub fn aborted_session() -> Vec<u8> {
     ])
 }
 
+/// A plain-guest migration in protocol version 1 (the version before this one, still
+/// read): its Hello carries the version-1 helper nonce field.
+pub fn plain_session_v1() -> Vec<u8> {
+    let mut hello = Vec::new();
+    Hello {
+        version: 1,
+        ..plain_hello()
+    }
+    .encode(&mut hello)
+    .expect("a valid version-1 Hello");
+    let rest = plain_session();
+    // Skip the version-2 Hello of the plain session.
+    let hello_len = u32::from_le_bytes([rest[8], rest[9], rest[10], rest[11]]) as usize;
+    hello.extend(with_version(
+        rest[FrameHeader::SIZE + hello_len..].to_vec(),
+        1,
+    ));
+    hello
+}
+
 /// The seed corpus: file name and bytes.
 pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     let sev = sev_session();
     let truncated = sev.get(..sev.len() / 2).unwrap_or_default().to_vec();
-    // The first frame's version byte set to 2.
-    let mut v2 = plain_session();
-    if let Some(b) = v2.get_mut(4) {
-        *b = 2;
+    // The first frame's version byte set to one past this build's.
+    let mut next = plain_session();
+    if let Some(b) = next.get_mut(4) {
+        *b = (PROTOCOL_VERSION + 1) as u8;
     }
     vec![
         ("sev-session.bin", sev),
+        ("sev-aborted-after-commit.bin", sev_aborted_after_commit()),
         ("plain-session.bin", plain_session()),
+        ("plain-session-v1.bin", plain_session_v1()),
         ("refused-hello.bin", refused_session()),
         ("aborted-round0.bin", aborted_session()),
         ("sev-session-truncated.bin", truncated),
-        ("version-2-hello.bin", v2),
+        ("version-3-hello.bin", next),
         ("empty.bin", Vec::new()),
     ]
 }

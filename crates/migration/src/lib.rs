@@ -22,11 +22,13 @@
 //!
 //! Trust: every byte read from the peer is hostile until a decoder accepted it. Decoders
 //! check magic, version, type and the per-type length cap before a byte of payload is
-//! read, and never panic. This crate checks framing only: the sealed page records and
-//! the manifest inside PageBatch and Manifest frames are authenticated by the target's
-//! migration helper (helper-abi), not here, and the cross-frame rules that need the
-//! target's own configuration (memory layout, helper region, vCPU indices, lanes) are the
-//! migration engine's.
+//! read, and never panic. This crate checks framing only: for an SEV guest the helpers'
+//! key agreement, the sealed records (pages, shared list, device and vCPU state), the
+//! manifest and the commit are made and verified by the two migration helpers
+//! (helper-abi, mirror-helper), not here; the engine only carries them and acts on what
+//! the target's helper verified. The cross-frame rules that need the target's own
+//! configuration (memory layout, helper region, vCPU indices, lanes, which pages the
+//! guest shares) are the migration engine's.
 
 #![forbid(unsafe_code)]
 

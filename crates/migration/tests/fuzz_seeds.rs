@@ -41,13 +41,17 @@ fn generated_seeds_end_as_expected() {
     for (name, bytes) in migration::fuzzing::seeds() {
         let s = migration::fuzzing::exercise(&bytes);
         match name {
-            "sev-session.bin" | "plain-session.bin" => {
+            "sev-session.bin" | "plain-session.bin" | "plain-session-v1.bin" => {
                 assert!(s.end.is_clean_eof(), "{name}: {}", s.end);
                 assert_eq!(s.state, Ok(ReceiverState::Completed), "{name}");
             }
+            "sev-aborted-after-commit.bin" => {
+                assert!(s.end.is_clean_eof(), "{name}: {}", s.end);
+                assert_eq!(s.state, Ok(ReceiverState::Aborted), "{name}");
+            }
             "refused-hello.bin" => {
                 assert!(s.end.is_clean_eof(), "{name}: {}", s.end);
-                assert_eq!((s.frames, s.state), (2, Ok(ReceiverState::RoundOpen)));
+                assert_eq!((s.frames, s.state), (2, Ok(ReceiverState::Accepted)));
             }
             "aborted-round0.bin" => {
                 assert!(s.end.is_clean_eof(), "{name}: {}", s.end);
@@ -61,13 +65,13 @@ fn generated_seeds_end_as_expected() {
                 );
                 assert!(!s.end.is_clean_eof());
             }
-            "version-2-hello.bin" => {
+            "version-3-hello.bin" => {
                 assert_eq!(s.frames, 0);
                 assert!(
                     matches!(
                         s.end,
                         CodecError::Frame {
-                            source: FrameError::UnsupportedVersion { found: 2, .. },
+                            source: FrameError::UnsupportedVersion { found: 3, .. },
                             ..
                         }
                     ),

@@ -210,6 +210,10 @@ pub fn status(s: Status) -> MigrationStatus {
         Status::Completed => MigrationStatus::Completed,
         Status::Failed => MigrationStatus::Failed,
         Status::Cancelled => MigrationStatus::Cancelled,
+        // QMP's own states for these come with the VMM phase (issue 11); until then a
+        // committing source shows as active and one awaiting an abort as failed.
+        Status::Committing => MigrationStatus::Active,
+        Status::AwaitingAbort => MigrationStatus::Failed,
     }
 }
 

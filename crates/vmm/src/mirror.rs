@@ -4,8 +4,10 @@
 //! own vCPUs.
 //!
 //! A helper vCPU starts at the firmware's declared 32-bit entry point (the only state a
-//! VMM can give it without guest secrets) and from then on serves mailbox requests at
-//! CPL3. A call is synchronous: the VMM writes the request into the shared control page,
+//! VMM can give it without guest secrets), takes a slot from the helper's private counter
+//! (its stack, mailbox and lane id: the VMM chooses none of them) and announces it with
+//! its first doorbell; from then on it serves that mailbox's requests at CPL3. Slots are
+//! never reused: a second mirror of the same guest gets the slots the first left. A call is synchronous: the VMM writes the request into the shared control page,
 //! runs the vCPU until the helper rings the doorbell (an MMIO write, so an exit), and
 //! reads the response. No interrupt controller, no polling.
 
@@ -22,7 +24,10 @@ use crate::{
 use guest_abi::layout::{selector, PAGE_SIZE};
 use helper_abi::{
     descriptor::HelperDescriptor,
-    mailbox::{Op, Request, Response, Status, GPA_LIST_OFFSET, REQUEST_OFFSET, RESPONSE_OFFSET},
+    mailbox::{
+        doorbell, Op, Request, Response, Status, GPA_LIST_OFFSET, MESSAGE_OFFSET, MESSAGE_SIZE,
+        REQUEST_OFFSET, RESPONSE_OFFSET,
+    },
 };
 use kvm_bindings::kvm_segment;
 use kvm_ioctls::VcpuExit;
@@ -124,6 +129,15 @@ pub enum HelperError {
     /// The watchdog timer could not be created.
     #[error("cannot create the helper watchdog timer")]
     Watchdog(#[source] std::io::Error),
+    /// The entry point found every helper slot taken and parked.
+    #[error("every helper slot of this guest is taken (helper vCPUs started before keep theirs: slots are never reused)")]
+    NoSlot,
+    /// The first doorbell did not announce a slot.
+    #[error("the helper vCPU announced {0:#x} instead of its mailbox slot")]
+    BadDoorbell(u64),
+    /// A message longer than the mailbox's message area.
+    #[error("a {0}-byte message does not fit the mailbox")]
+    MessageTooLong(usize),
 }
 
 /// One helper vCPU of a mirror, with its mailbox.
@@ -198,10 +212,29 @@ impl HelperVcpu {
     /// Sends a request (with an EXPORT's GPA list) and waits for the response. A refusal
     /// by the helper is `Ok` with its status; use [`HelperVcpu::call_ok`] to treat it as an
     /// error.
-    pub fn call(&mut self, mut req: Request, gpas: &[u64]) -> Result<Response, HelperError> {
+    pub fn call(&mut self, req: Request, gpas: &[u64]) -> Result<Response, HelperError> {
+        self.call_with(req, gpas, &[]).map(|(r, _)| r)
+    }
+
+    /// Like [`HelperVcpu::call`], with a message in the mailbox's message area (the
+    /// handshake steps, RELEASE); returns the message the helper wrote back.
+    pub fn call_with(
+        &mut self,
+        mut req: Request,
+        gpas: &[u64],
+        message: &[u8],
+    ) -> Result<(Response, Vec<u8>), HelperError> {
+        if message.len() > MESSAGE_SIZE {
+            return Err(HelperError::MessageTooLong(message.len()));
+        }
         req.id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1);
         let control = self.descriptor.control_gpa(self.index);
+        if !message.is_empty() {
+            self.view
+                .write(control + MESSAGE_OFFSET as u64, message)
+                .map_err(HelperError::Mailbox)?;
+        }
         self.view
             .write(control + REQUEST_OFFSET as u64, &req.encode())
             .map_err(HelperError::Mailbox)?;
@@ -223,16 +256,32 @@ impl HelperVcpu {
                 got: resp.id,
             });
         }
+        let mut out = vec![0u8; (resp.message_len as usize).min(MESSAGE_SIZE)];
+        if !out.is_empty() {
+            self.view
+                .read(control + MESSAGE_OFFSET as u64, &mut out)
+                .map_err(HelperError::Mailbox)?;
+        }
         self.last = resp;
-        Ok(resp)
+        Ok((resp, out))
     }
 
     /// Like [`HelperVcpu::call`], with a refusal as an error.
     pub fn call_ok(&mut self, req: Request, gpas: &[u64]) -> Result<Response, HelperError> {
+        self.call_ok_with(req, gpas, &[]).map(|(r, _)| r)
+    }
+
+    /// Like [`HelperVcpu::call_with`], with a refusal as an error.
+    pub fn call_ok_with(
+        &mut self,
+        req: Request,
+        gpas: &[u64],
+        message: &[u8],
+    ) -> Result<(Response, Vec<u8>), HelperError> {
         let op = Op(req.op).name().unwrap_or("request");
-        let resp = self.call(req, gpas)?;
+        let (resp, out) = self.call_with(req, gpas, message)?;
         match resp.status() {
-            Status::OK => Ok(resp),
+            Status::OK => Ok((resp, out)),
             status => Err(HelperError::Refused {
                 op,
                 status,
@@ -249,8 +298,8 @@ impl HelperVcpu {
         }
     }
 
-    /// Runs the vCPU until the helper rings the doorbell.
-    fn run_until_doorbell(&mut self) -> Result<(), HelperError> {
+    /// Runs the vCPU until the helper rings the doorbell; the value it wrote.
+    fn run_until_doorbell(&mut self) -> Result<u64, HelperError> {
         if !self
             .watchdog
             .as_ref()
@@ -272,12 +321,17 @@ impl HelperVcpu {
         result
     }
 
-    fn run_loop(&mut self, deadline: Instant) -> Result<(), HelperError> {
+    fn run_loop(&mut self, deadline: Instant) -> Result<u64, HelperError> {
         let doorbell = self.descriptor.doorbell_gpa;
         let services = self.services_gpa;
         loop {
             let failure = match self.vcpu.run()? {
-                RunResult::Exit(VcpuExit::MmioWrite(addr, _)) if addr == doorbell => return Ok(()),
+                RunResult::Exit(VcpuExit::MmioWrite(addr, data)) if addr == doorbell => {
+                    let mut v = [0u8; 8];
+                    let n = data.len().min(8);
+                    v[..n].copy_from_slice(&data[..n]);
+                    return Ok(u64::from_le_bytes(v));
+                }
                 RunResult::Exit(VcpuExit::MmioWrite(addr, data))
                     if addr.wrapping_sub(services) < PAGE_SIZE =>
                 {
@@ -398,6 +452,63 @@ fn flat32(selector: u16, type_: u8) -> kvm_segment {
     }
 }
 
+/// Runs the helpers' key agreement between a source helper vCPU and a target one, the
+/// messages carried verbatim (what two honest VMMs do over the migration stream):
+/// the transcript hash both agreed on.
+pub fn handshake(
+    src: &mut HelperVcpu,
+    dst: &mut HelperVcpu,
+    session_id: [u8; 16],
+    hello_hash: [u8; 32],
+) -> Result<[u8; 32], HelperError> {
+    let (_, share) = src.call_ok_with(
+        Request {
+            op: Op::HS_START.0,
+            bytes: 32,
+            session_id,
+            ..Request::default()
+        },
+        &[],
+        &hello_hash,
+    )?;
+    let mut m = hello_hash.to_vec();
+    m.extend_from_slice(&share);
+    let (_, reply) = dst.call_ok_with(
+        Request {
+            op: Op::HS_RESPOND.0,
+            bytes: m.len() as u32,
+            session_id,
+            ..Request::default()
+        },
+        &[],
+        &m,
+    )?;
+    let (_, confirm) = src.call_ok_with(
+        Request {
+            op: Op::HS_FINISH.0,
+            bytes: reply.len() as u32,
+            ..Request::default()
+        },
+        &[],
+        &reply,
+    )?;
+    let mac = confirm.get(..32).unwrap_or_default();
+    let (_, transcript) = dst.call_ok_with(
+        Request {
+            op: Op::HS_CONFIRM.0,
+            bytes: 32,
+            ..Request::default()
+        },
+        &[],
+        mac,
+    )?;
+    let mut th = [0u8; 32];
+    if transcript.len() == 32 {
+        th.copy_from_slice(&transcript);
+    }
+    Ok(th)
+}
+
 impl Vm {
     /// Creates a mirror VM on this guest's memory, shares its SEV context with it, and
     /// starts `helpers` helper vCPUs at the firmware's declared entry point.
@@ -478,12 +589,12 @@ impl Vm {
             sregs.efer = 0;
             vcpu.set_sregs(&sregs)?;
             let mut regs = vcpu.regs()?;
+            // No register carries anything in: the entry takes its slot itself.
             regs.rip = u64::from(descriptor.entry32);
-            regs.rsi = u64::from(index);
             regs.rflags = 2;
             vcpu.set_regs(&regs)?;
             let mut helper = HelperVcpu {
-                index,
+                index: 0,
                 vcpu,
                 view: view.clone(),
                 descriptor,
@@ -494,9 +605,16 @@ impl Vm {
                 timeout: DEFAULT_CALL_TIMEOUT,
                 last: Response::default(),
             };
-            helper
+            let first = helper
                 .run_until_doorbell()
                 .map_err(|e| MirrorError::Start(index, e))?;
+            helper.index = match doorbell::slot(first) {
+                Some(slot) if slot < u64::from(descriptor.max_vcpus) => slot as u16,
+                _ if first == doorbell::NO_SLOT => {
+                    return Err(MirrorError::Start(index, HelperError::NoSlot))
+                }
+                _ => return Err(MirrorError::Start(index, HelperError::BadDoorbell(first))),
+            };
             vcpus.push(helper);
         }
         let info = vcpus[0]

@@ -6,7 +6,7 @@
 use fwtable::Guid;
 use guest_abi::{fwcfg, layout, services::Request as GuestRequest};
 use helper_abi::{
-    mailbox::{Op, Request, Role, Status},
+    mailbox::{Op, Request, Status},
     record::walk,
     MIGRATION_SECRET_GUID,
 };
@@ -41,9 +41,14 @@ fn platform() -> (tempfile::TempDir, Arc<EmulatedPsp>) {
     (dir, psp)
 }
 
-/// A guest built with `workload`, as an SEV guest when `sev` is given.
+/// A guest running `workload`, as an SEV guest when `sev` is given; "incoming" is an
+/// idle guest booted as a migration target.
 fn guest(kvm: &KvmSystem, workload: &str, sev: Option<SevConfig>) -> (Vm, Arc<Mutex<Vec<u8>>>) {
     let (console, out) = ConsoleOut::capture();
+    let (workload, incoming) = match workload {
+        "incoming" => ("idle", true),
+        w => (w, false),
+    };
     let vm = Vm::new(
         kvm,
         VmConfig {
@@ -51,10 +56,13 @@ fn guest(kvm: &KvmSystem, workload: &str, sev: Option<SevConfig>) -> (Vm, Arc<Mu
             vcpus: 1,
             firmware: Firmware::load(firmware_image::IMAGE.to_vec()).unwrap(),
             console,
-            fw_cfg_files: vec![
+            fw_cfg_files: [
                 (fwcfg::FILE_WORKLOAD.into(), workload.as_bytes().to_vec()),
                 (fwcfg::FILE_DIRTY_RATE.into(), b"2000".to_vec()),
-            ],
+            ]
+            .into_iter()
+            .chain(incoming.then(|| (fwcfg::FILE_INCOMING.into(), Vec::new())))
+            .collect(),
             sev,
         },
     )
@@ -288,19 +296,15 @@ fn kvm_mirror_helper_moves_private_pages_to_a_second_guest_and_rejects_tampering
     wait_for(&src_out, "dirty: ");
     let mut src_mirror = src.attach_mirror(&kvm, 1).unwrap();
     assert_eq!(src_mirror.info().region_base, layout::HELPER_REGION_BASE);
+
+    // The target: another guest with the same migration secret and its own helper,
+    // booted as a migration target.
+    let other = (guid, b"target guest's own value 32 b!!!".to_vec());
+    let (dst, _dst_out) = owned_guest(&kvm, &psp, "incoming", &[other, migration_secret()]);
+    let mut dst_mirror = dst.attach_mirror(&kvm, 1).unwrap();
     let h = &mut src_mirror.helpers_mut()[0];
-    let session_id = [0x11; 16];
-    let keys = call(
-        h,
-        Request {
-            op: Op::KEYS.0,
-            role: Role::SOURCE.0,
-            session_id,
-            ..Default::default()
-        },
-        &[],
-    );
-    assert_eq!(keys.status(), Status::OK);
+    let t = &mut dst_mirror.helpers_mut()[0];
+    vmm::mirror::handshake(h, t, [0x11; 16], [0x4e; 32]).expect("the helpers agree on a session");
 
     // Seal the secret page (it holds the canary) and two firmware pages.
     let gpas = [layout::SEV_SECRET_BASE, layout::PML4, layout::GDT];
@@ -345,23 +349,6 @@ fn kvm_mirror_helper_moves_private_pages_to_a_second_guest_and_rejects_tampering
     );
     assert_eq!(r.status(), Status::BAD_GPA);
 
-    // The target: another guest with the same migration secret and its own helper.
-    let other = (guid, b"target guest's own value 32 b!!!".to_vec());
-    let (dst, _dst_out) = owned_guest(&kvm, &psp, "idle", &[other, migration_secret()]);
-    let mut dst_mirror = dst.attach_mirror(&kvm, 1).unwrap();
-    let t = &mut dst_mirror.helpers_mut()[0];
-    let r = call(
-        t,
-        Request {
-            op: Op::KEYS.0,
-            role: Role::TARGET.0,
-            session_id,
-            peer_nonce: keys.nonce,
-            ..Default::default()
-        },
-        &[],
-    );
-    assert_eq!(r.status(), Status::OK);
     let import = |t: &mut vmm::mirror::HelperVcpu, bytes: &[u8]| {
         t.write_window(1, 0, bytes).unwrap();
         let count = walk(bytes, bytes.len()).count() as u32;

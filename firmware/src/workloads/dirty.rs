@@ -67,6 +67,9 @@ fn verify(pages: &Pages<'_>, state: u64, seed: u64) -> (u64, u64) {
     let (generation, position) = (state >> 32, state & 0xffff_ffff);
     let (mut bad, mut first) = (0, 0);
     for i in 0..pages.count {
+        if i % 256 == 0 {
+            crate::migration::check();
+        }
         let gpa = pages.gpa(i);
         // SAFETY: as in `fill`.
         let words =
@@ -104,6 +107,9 @@ pub fn run(rate: u64, tsc_khz: u64) -> ! {
     let seed = cpu::rdtsc() | 1;
     g.dirty_seed.store(seed, Ordering::Relaxed);
     for i in 0..pages.count {
+        if i % 256 == 0 {
+            crate::migration::check();
+        }
         fill(pages.gpa(i), 1, seed);
     }
     g.dirty_state.store(2 << 32, Ordering::Release);
@@ -130,6 +136,8 @@ pub fn run(rate: u64, tsc_khz: u64) -> ! {
     };
     let mut deadline = cpu::rdtsc();
     loop {
+        // At most one tick (10 ms, or one 256-page batch) between checks.
+        crate::migration::check();
         for _ in 0..per_tick {
             let state = g.dirty_state.load(Ordering::Relaxed);
             let (generation, position) = (state >> 32, state & 0xffff_ffff);

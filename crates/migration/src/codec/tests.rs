@@ -44,8 +44,8 @@ fn a_whole_session_streams_through_a_vec() {
     assert_eq!(state, ReceiverState::Completed);
     assert_eq!(reader.offset(), wire.len() as u64);
     assert_eq!(reader.frames() as usize, kinds.len());
-    assert_eq!(reader.session_version(), Some(1));
-    assert_eq!(kinds.len(), 16);
+    assert_eq!(reader.session_version(), Some(2));
+    assert_eq!(kinds.len(), 21);
 
     // Every sample, back to back, reads back equal.
     let mut wire = Vec::new();
@@ -125,7 +125,7 @@ fn truncation_at_every_byte_is_an_error_that_says_where() {
 #[test]
 fn truncated_second_frame_reports_its_stream_offset() {
     let mut wire = Vec::new();
-    Done.encode(&mut wire).unwrap();
+    Done::default().encode(&mut wire).unwrap();
     let first = wire.len();
     RoundEnd {
         round: 1,
@@ -221,7 +221,7 @@ fn frames_travel_in_their_direction_only() {
     let mut ack = Vec::new();
     Ack::Completed.encode(&mut ack).unwrap();
     let mut done = Vec::new();
-    Done.encode(&mut done).unwrap();
+    Done::default().encode(&mut done).unwrap();
     let mut abort = Vec::new();
     Abort {
         code: FailureCode::Cancelled,
@@ -264,16 +264,35 @@ fn frames_travel_in_their_direction_only() {
 #[test]
 fn the_session_version_may_not_change() {
     let mut wire = Vec::new();
-    Done.encode(&mut wire).unwrap();
+    Done::default().encode(&mut wire).unwrap();
     let mut reader = FrameReader::new(&wire[..], Incoming::Capture);
-    // Only version 1 exists, so pretend the session started at another one.
+    // Pretend the session started at another version.
     reader.session_version = Some(7);
     let e = reader.read_frame(&mut buf()).unwrap_err();
     assert_eq!(
         e.to_string(),
-        "Done frame at stream offset 0 is protocol version 1, but the session runs version 7"
+        "Done frame at stream offset 0 is protocol version 2, but the session runs version 7"
     );
     assert_eq!(e.failure_code(), FailureCode::Protocol);
+    // A version-1 session (the one before) does not switch to 2 midway either.
+    let v1 = crate::fuzzing::plain_session_v1();
+    let mut reader = FrameReader::new(&v1[..], Incoming::Capture);
+    let mut b = buf();
+    reader.read_frame(&mut b).unwrap();
+    assert_eq!(reader.session_version(), Some(1));
+    let mut mixed = v1.clone();
+    let hello_len = u32::from_le_bytes(v1[8..12].try_into().unwrap()) as usize;
+    mixed[FrameHeader::SIZE + hello_len + 4] = 2;
+    let mut reader = FrameReader::new(&mixed[..], Incoming::Capture);
+    reader.read_frame(&mut b).unwrap();
+    assert!(matches!(
+        reader.read_frame(&mut b),
+        Err(CodecError::VersionChanged {
+            found: 2,
+            session: 1,
+            ..
+        })
+    ));
 }
 
 #[test]
@@ -366,9 +385,9 @@ fn io_errors_and_interrupted_reads() {
 #[test]
 fn invalid_frames_report_their_offset_and_cause() {
     let mut wire = Vec::new();
-    Done.encode(&mut wire).unwrap();
+    Done::default().encode(&mut wire).unwrap();
     let mut bad = Vec::new();
-    Done.encode(&mut bad).unwrap();
+    Done::default().encode(&mut bad).unwrap();
     bad[4] = 9;
     wire.extend(&bad);
     let mut reader = FrameReader::new(&wire[..], Incoming::Capture);

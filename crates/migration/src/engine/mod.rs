@@ -8,9 +8,12 @@
 //! target only through the target's helper, which verifies them.
 //!
 //! Failure rules: any error before the source pauses its guest leaves the guest running;
-//! after the pause, the source resumes it unless the target confirmed it runs the guest
-//! (`Ack::Completed`). The target runs the guest only after its helper verified the
-//! manifest and every frame until `Done` was accepted.
+//! after the pause, the source resumes it unless its helper committed. The commit (SEV)
+//! comes after the target's helper verified the manifest and said Ready; from then on the
+//! source resumes only when the target helper's abort token for the session verifies,
+//! and otherwise stays stopped ([`Status::AwaitingAbort`], [`MigrationError::Committed`]):
+//! a guest never runs in two places. The target runs the guest only after its helper
+//! verified every record, the manifest and the source helper's commit record.
 
 pub mod source;
 pub mod target;
@@ -24,7 +27,7 @@ use crate::{
 };
 use std::{sync::Mutex, time::Duration};
 
-pub use source::{migrate, RecordSink, Sealed, Sealer, SourceOptions, SourceVm};
+pub use source::{migrate, RecordSink, Sealed, Sealer, SourceOptions, SourceVm, ZeroPages};
 pub use target::{receive, LocalGuest, Opener, TargetVm};
 
 /// The error of a VM or helper behind the engine's traits ([`SourceVm`], [`TargetVm`],
@@ -95,6 +98,20 @@ pub enum MigrationError {
     /// The target never confirmed.
     #[error("the target did not confirm the migration within {0:?}")]
     NoConfirmation(Duration),
+    /// The source's helper committed the session and no abort of it came back: the guest
+    /// is "migrated out" and stays stopped until the target's helper or the guest owner
+    /// aborts this session (its transcript hash names it).
+    #[error("the guest committed to the target (session {}) and the target did not confirm: {reason}; it stays stopped until the target's abort token or the guest owner's abort for this session releases it", hex(transcript))]
+    Committed {
+        /// The committed session's transcript hash.
+        transcript: [u8; 32],
+        /// What went wrong after the commit.
+        reason: String,
+    },
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl MigrationError {
@@ -110,7 +127,8 @@ impl MigrationError {
             MigrationError::Vm(_)
             | MigrationError::Transport(_)
             | MigrationError::HelperMismatch
-            | MigrationError::OversizedBatch { .. } => FailureCode::Internal,
+            | MigrationError::OversizedBatch { .. }
+            | MigrationError::Committed { .. } => FailureCode::Internal,
             MigrationError::Cancelled => FailureCode::Cancelled,
         }
     }
@@ -158,6 +176,13 @@ pub enum Status {
     Failed,
     /// Cancelled by the operator.
     Cancelled,
+    /// Source: its helper committed; waiting for the target's Ack (the guest no longer
+    /// runs here).
+    Committing,
+    /// Source: committed, and the target neither confirmed nor aborted: the guest stays
+    /// stopped until an abort of the session (the target's token or the owner's) releases
+    /// it. See `transcript`.
+    AwaitingAbort,
 }
 
 /// Live figures, shared with `query-migrate`.
@@ -191,6 +216,9 @@ pub struct Progress {
     pub total_ms: u64,
     /// Why it failed.
     pub error: Option<String>,
+    /// The committed session's transcript hash (source, once committed): what the guest
+    /// owner's break-glass abort is computed over.
+    pub transcript: Option<[u8; 32]>,
 }
 
 /// Updates shared progress without ever failing (a poisoned lock still holds figures).

@@ -1,17 +1,28 @@
-//! The source: precopy rounds while the guest runs, stop-and-copy once the dirty set fits
-//! the downtime budget, then device and vCPU state, the helper's manifest, and the wait
-//! for the target's confirmation.
+//! The source: the helpers' key agreement (SEV), precopy rounds while the guest runs,
+//! stop-and-copy once the dirty set fits the downtime budget, then device and vCPU state,
+//! the helper's manifest, the target's Ready, the commit, and the wait for the target's
+//! confirmation.
+//!
+//! Before the commit any failure leaves the guest running. The commit flags the guest
+//! "migrated out" in its own memory (the source helper does that when it seals the
+//! commit record): from then on this guest runs again only if the target's helper aborts
+//! the session (its AbortToken, checked by the source helper) or the guest owner does
+//! (`owner abort`, later).
 
-use super::{update, MigrationError, PartError, Progress, Status};
+use super::{chain, update, MigrationError, PartError, Progress, Status};
+use crate::frames::{AbortToken, KeyConfirm, KeyReply, KeyShare, SharedList, RECORD_OVERHEAD};
 use crate::{
     codec::{FrameReader, Incoming},
     frames::{
         Abort, Ack, DeviceState, Done, Frame, FrameError, Hello, HelloAck, Manifest, MessageType,
-        PageBatchHeader, PageData, PlainPage, PlainPages, RoundEnd, SharedRange, SharedRanges,
-        VcpuState, MAX_PAYLOAD_LEN,
+        PageBatchHeader, PageData, PlainPage, PlainPages, RoundEnd, VcpuState, MAX_PAYLOAD_LEN,
     },
 };
-use helper_abi::PAGE_SIZE;
+use helper_abi::{
+    record::{Kind, COMMIT_RECORD_SIZE, HEADER_SIZE, MANIFEST_RECORD_SIZE},
+    PAGE_SIZE,
+};
+use sha2::{Digest, Sha256};
 use std::{
     io::{BufWriter, Read, Write},
     os::fd::{AsFd, BorrowedFd},
@@ -33,11 +44,8 @@ pub trait SourceVm {
     /// Every page to migrate, page-aligned, increasing (an SEV guest's helper region is
     /// never migrated and must not be listed).
     fn pages(&self) -> Vec<u64>;
-    /// Whether the guest keeps the page private (always false for a plain guest).
-    fn is_private(&self, gpa: u64) -> bool;
-    /// The pages the guest shares with the host, as (gpa, pages) runs (SEV only).
-    fn shared_ranges(&self) -> Vec<(u64, u64)>;
-    /// A page as the host sees it (only plain guests' and shared pages are read).
+    /// A page as the host sees it (only plain guests' and shared pages are read; which
+    /// pages an SEV guest shares, its own sealed list says).
     fn read_page(&self, gpa: u64, out: &mut [u8; PAGE_SIZE]) -> Result<(), PartError>;
     /// Starts logging the guest's writes.
     fn start_dirty_log(&mut self) -> Result<(), PartError>;
@@ -55,10 +63,25 @@ pub trait SourceVm {
     fn vcpu_states(&mut self) -> Result<Vec<Vec<u8>>, PartError>;
 }
 
-/// The source's migration helper: seals private pages into records (SEV only).
+/// How private pages that are all zero travel.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ZeroPages {
+    /// Sealed like any other page: every private page is a record of the same size, and
+    /// the host learns nothing about its contents. The default.
+    #[default]
+    Sealed,
+    /// As 48-byte zero records: less to send, but the host learns which private pages
+    /// are zero (a leak the guest owner must accept).
+    ShortRecords,
+}
+
+/// The source's migration helper (SEV only): runs its side of the key agreement, seals
+/// private pages, the shared list and the machine state into records, then the manifest
+/// and the commit.
 ///
 /// Sealing is pipelined: the engine submits batches to lanes (helper vCPUs, each with
 /// `depth()` record windows) and sends each finished batch while later ones are sealed.
+/// Everything else runs on one lane with no batch in flight.
 pub trait Sealer {
     /// Helper vCPUs (lanes).
     fn lanes(&self) -> usize;
@@ -66,18 +89,46 @@ pub trait Sealer {
     fn max_batch(&self) -> usize;
     /// Batches one lane may have sealed or sealing but not yet sent (its windows).
     fn depth(&self) -> usize;
+    /// Starts a session (HS_START) bound to `session_id` and the Hello's hash: the key
+    /// share for the target.
+    fn start(
+        &mut self,
+        session_id: &[u8; 16],
+        hello_hash: &[u8; 32],
+    ) -> Result<KeyShare, PartError>;
+    /// Checks the target's reply and derives the keys (HS_FINISH): the confirmation for
+    /// the target and the transcript hash.
+    fn finish_handshake(&mut self, reply: &KeyReply) -> Result<(KeyConfirm, [u8; 32]), PartError>;
     /// Starts sealing `gpas` on `lane` in `round`.
-    fn submit(&mut self, lane: usize, round: u32, gpas: &[u64]) -> Result<(), PartError>;
+    fn submit(
+        &mut self,
+        lane: usize,
+        round: u32,
+        gpas: &[u64],
+        zero: ZeroPages,
+    ) -> Result<(), PartError>;
     /// Waits for the next finished batch of any lane (each lane's in submission order).
     fn wait(&mut self) -> Result<Sealed, PartError>;
     /// Writes a finished batch's records to `out` (straight from the helper's window
     /// where it can) and frees its window.
     fn send(&mut self, batch: &Sealed, out: &mut dyn RecordSink) -> std::io::Result<()>;
-    /// The sealed manifest, made on lane 0 once everything was sealed and sent.
-    fn manifest(
+    /// Seals a blob (SEAL_BLOB) of `kind` (the shared list, whose bytes the helper reads
+    /// from the guest itself and `blob` is ignored; the device state; vCPU `index`'s
+    /// state): the whole record.
+    fn seal_blob(
         &mut self,
+        kind: Kind,
+        index: u32,
         round: u32,
-    ) -> Result<[u8; helper_abi::record::MANIFEST_RECORD_SIZE], PartError>;
+        blob: &[u8],
+    ) -> Result<Vec<u8>, PartError>;
+    /// The sealed manifest, made on lane 0 once everything was sealed and sent.
+    fn manifest(&mut self, round: u32) -> Result<[u8; MANIFEST_RECORD_SIZE], PartError>;
+    /// Commits (COMMIT): the guest is "migrated out" from here; the commit record and
+    /// the session's transcript hash.
+    fn commit(&mut self, round: u32) -> Result<([u8; COMMIT_RECORD_SIZE], [u8; 32]), PartError>;
+    /// Releases a committed guest with the target helper's abort token (RELEASE).
+    fn release(&mut self, token: &AbortToken) -> Result<(), PartError>;
 }
 
 /// A batch of records a lane finished sealing.
@@ -118,6 +169,8 @@ pub struct SourceOptions {
     /// Bytes per second on the stream, 0 for no limit; read continuously, so a change
     /// applies to a running migration.
     pub max_bandwidth: Arc<AtomicU64>,
+    /// How private zero pages travel (SEV).
+    pub zero_pages: ZeroPages,
 }
 
 impl Default for SourceOptions {
@@ -128,6 +181,7 @@ impl Default for SourceOptions {
             confirm_timeout: Duration::from_secs(60),
             batch: helper_abi::MAX_BATCH,
             max_bandwidth: Arc::new(AtomicU64::new(0)),
+            zero_pages: ZeroPages::Sealed,
         }
     }
 }
@@ -206,6 +260,11 @@ struct Source<'a, R, W: Write + AsFd> {
     cancel: &'a AtomicBool,
     started: Instant,
     paused_at: Option<Instant>,
+    /// Set once the helper committed (the guest is "migrated out"), until an abort of
+    /// the session released it: the committed session's transcript hash.
+    committed: Option<[u8; 32]>,
+    /// The shared ranges of the last sealed list (SEV), (first page GPA, end GPA).
+    shared: Vec<(u64, u64)>,
     buf: Vec<u8>,
 }
 
@@ -246,6 +305,8 @@ pub fn migrate<'a, R: Read, W: Write + AsFd>(
         cancel,
         started: Instant::now(),
         paused_at: None,
+        committed: None,
+        shared: Vec::new(),
         buf: vec![0u8; MAX_PAYLOAD_LEN],
     };
     let result = s.run(hello);
@@ -259,6 +320,16 @@ pub fn migrate<'a, R: Read, W: Write + AsFd>(
                 p.downtime_ms = downtime;
                 p.total_ms = total_ms;
                 p.remaining_bytes = 0;
+            });
+        }
+        Err(e) if s.committed.is_some() => {
+            // The guest committed to the target and no abort released it: it stays
+            // stopped ("migrated out" in its own memory), and the target is not told to
+            // abort (it may have committed too).
+            update(progress, |p| {
+                p.status = Status::AwaitingAbort;
+                p.total_ms = total_ms;
+                p.error = Some(e.chain());
             });
         }
         Err(e) => {
@@ -304,11 +375,18 @@ impl<R: Read, W: Write + AsFd> Source<'_, R, W> {
         if self.sealer.is_some() != (hello.mode == crate::frames::GuestMode::Sev) {
             return Err(MigrationError::HelperMismatch);
         }
-        hello.encode(&mut self.out)?;
-        self.out.flush().map_err(|source| FrameError::Write {
-            kind: MessageType::Hello,
-            source,
-        })?;
+        // The Hello's bytes are hashed into the helpers' transcript: a Hello changed on
+        // the way makes the target's helper compute another one, and the handshake fails.
+        let mut hello_bytes = Vec::new();
+        hello.encode(&mut hello_bytes)?;
+        let hello_hash: [u8; 32] = Sha256::digest(&hello_bytes).into();
+        self.out
+            .write_all(&hello_bytes)
+            .and_then(|()| self.out.flush())
+            .map_err(|source| FrameError::Write {
+                kind: MessageType::Hello,
+                source,
+            })?;
         match self.reader.read_frame(&mut self.buf)? {
             Frame::HelloAck(HelloAck::Accepted) => {}
             Frame::HelloAck(HelloAck::Refused { code, reason }) => {
@@ -321,6 +399,9 @@ impl<R: Read, W: Write + AsFd> Source<'_, R, W> {
                     other.message_type()
                 )))
             }
+        }
+        if self.sealer.is_some() {
+            self.handshake(hello, &hello_hash)?;
         }
         let setup_ms = self.started.elapsed().as_millis() as u64;
         update(self.progress, |p| {
@@ -385,25 +466,44 @@ impl<R: Read, W: Write + AsFd> Source<'_, R, W> {
         }
         .encode(&mut self.out)?;
         let device = self.vm.device_state().map_err(MigrationError::Vm)?;
-        DeviceState { blob: &device }.encode(&mut self.out)?;
-        for (index, blob) in self
-            .vm
-            .vcpu_states()
-            .map_err(MigrationError::Vm)?
-            .iter()
-            .enumerate()
-        {
-            VcpuState {
-                index: index as u32,
-                blob,
+        let vcpus = self.vm.vcpu_states().map_err(MigrationError::Vm)?;
+        match self.sealer.as_deref_mut() {
+            Some(sealer) => {
+                let sealing = MigrationError::Helper;
+                let record = sealer
+                    .seal_blob(Kind::DEVICE_STATE, 0, round, &device)
+                    .map_err(sealing)?;
+                DeviceState { blob: &record }.encode(&mut self.out)?;
+                for (index, blob) in vcpus.iter().enumerate() {
+                    let index = index as u32;
+                    let record = sealer
+                        .seal_blob(Kind::VCPU_STATE, index, round, blob)
+                        .map_err(sealing)?;
+                    VcpuState {
+                        index,
+                        blob: &record,
+                    }
+                    .encode(&mut self.out)?;
+                }
+                let record = sealer.manifest(round).map_err(sealing)?;
+                Manifest { record }.encode(&mut self.out)?;
             }
-            .encode(&mut self.out)?;
+            None => {
+                DeviceState { blob: &device }.encode(&mut self.out)?;
+                for (index, blob) in vcpus.iter().enumerate() {
+                    VcpuState {
+                        index: index as u32,
+                        blob,
+                    }
+                    .encode(&mut self.out)?;
+                }
+            }
         }
-        if let Some(sealer) = self.sealer.as_deref_mut() {
-            let record = sealer.manifest(round).map_err(MigrationError::Helper)?;
-            Manifest { record }.encode(&mut self.out)?;
-        }
-        Done.encode(&mut self.out)?;
+        let commit = match self.sealer.is_some() {
+            true => Some(self.commit(round)?),
+            false => None,
+        };
+        Done { commit }.encode(&mut self.out)?;
         self.out.flush().map_err(|source| FrameError::Write {
             kind: MessageType::Done,
             source,
@@ -413,22 +513,123 @@ impl<R: Read, W: Write + AsFd> Source<'_, R, W> {
             p.rounds = round;
             p.transferred_bytes = transferred;
         });
-        // The caller's read timeout bounds this wait (`confirm_timeout` is what it
-        // should be set to).
+        self.await_ack()
+    }
+
+    /// The helpers' key agreement, before anything else moves.
+    fn handshake(&mut self, hello: &Hello, hello_hash: &[u8; 32]) -> Result<(), MigrationError> {
+        let Some(sealer) = self.sealer.as_deref_mut() else {
+            return Ok(());
+        };
+        let share = sealer
+            .start(&hello.session_id, hello_hash)
+            .map_err(MigrationError::Helper)?;
+        share.encode(&mut self.out)?;
+        self.out.flush().map_err(|source| FrameError::Write {
+            kind: MessageType::KeyShare,
+            source,
+        })?;
+        let reply = match self.reader.read_frame(&mut self.buf)? {
+            Frame::KeyReply(r) => r,
+            Frame::Abort(a) => return Err(a.into()),
+            other => {
+                return Err(MigrationError::Protocol(format!(
+                    "expected the target's KeyReply, got {}",
+                    other.message_type()
+                )))
+            }
+        };
+        let (confirm, _transcript) = sealer
+            .finish_handshake(&reply)
+            .map_err(MigrationError::Helper)?;
+        confirm.encode(&mut self.out)?;
+        Ok(())
+    }
+
+    /// Waits for the target's Ready, then commits: the commit record for Done.
+    fn commit(&mut self, round: u32) -> Result<[u8; COMMIT_RECORD_SIZE], MigrationError> {
+        self.out.flush().map_err(|source| FrameError::Write {
+            kind: MessageType::Manifest,
+            source,
+        })?;
         match self.reader.read_frame(&mut self.buf) {
-            Ok(Frame::Ack(Ack::Completed)) => Ok(()),
-            Ok(Frame::Ack(Ack::Failed { code, reason })) => {
-                Err(MigrationError::Aborted { code, reason })
+            Ok(Frame::Ready(_)) => {}
+            Ok(Frame::Abort(a)) => return Err(a.into()),
+            Ok(Frame::AbortToken(_)) => {
+                // Not committed: no token is needed; the Abort that follows says why.
+                return match self.reader.read_frame(&mut self.buf) {
+                    Ok(Frame::Abort(a)) => Err(a.into()),
+                    _ => Err(MigrationError::Protocol(
+                        "the target's AbortToken was not followed by its Abort".into(),
+                    )),
+                };
             }
-            Ok(Frame::Abort(a)) => Err(a.into()),
-            Ok(other) => Err(MigrationError::Protocol(format!(
-                "expected the target's Ack, got {}",
-                other.message_type()
-            ))),
+            Ok(other) => {
+                return Err(MigrationError::Protocol(format!(
+                    "expected the target's Ready, got {}",
+                    other.message_type()
+                )))
+            }
             Err(e) if e.is_timeout() => {
-                Err(MigrationError::NoConfirmation(self.options.confirm_timeout))
+                return Err(MigrationError::NoConfirmation(self.options.confirm_timeout))
             }
-            Err(e) => Err(e.into()),
+            Err(e) => return Err(e.into()),
+        }
+        let Some(sealer) = self.sealer.as_deref_mut() else {
+            return Err(MigrationError::Protocol("a commit without a helper".into()));
+        };
+        let (record, transcript) = sealer.commit(round).map_err(MigrationError::Helper)?;
+        self.committed = Some(transcript);
+        update(self.progress, |p| {
+            p.status = Status::Committing;
+            p.transcript = Some(transcript);
+        });
+        Ok(record)
+    }
+
+    /// After Done: the target's Ack. After a commit, a failure releases the guest only
+    /// with the target helper's abort token.
+    fn await_ack(&mut self) -> Result<(), MigrationError> {
+        let mut token: Option<AbortToken> = None;
+        // The caller's read timeout bounds each wait (`confirm_timeout` is what it
+        // should be set to).
+        let failure = loop {
+            match self.reader.read_frame(&mut self.buf) {
+                Ok(Frame::Ack(Ack::Completed)) => return Ok(()),
+                Ok(Frame::Ack(Ack::Failed { code, reason })) => {
+                    break MigrationError::Aborted { code, reason }
+                }
+                Ok(Frame::AbortToken(t)) if token.is_none() => token = Some(t),
+                Ok(Frame::Abort(a)) => break a.into(),
+                Ok(other) => {
+                    break MigrationError::Protocol(format!(
+                        "expected the target's Ack, got {}",
+                        other.message_type()
+                    ))
+                }
+                Err(e) if e.is_timeout() => {
+                    break MigrationError::NoConfirmation(self.options.confirm_timeout)
+                }
+                Err(e) => break e.into(),
+            }
+        };
+        let Some(transcript) = self.committed else {
+            return Err(failure);
+        };
+        let released = match (token, self.sealer.as_deref_mut()) {
+            (Some(t), Some(sealer)) => sealer.release(&t),
+            _ => Err(PartError::from("the target sent no abort token")),
+        };
+        match released {
+            Ok(()) => {
+                // The target will never run this session: the guest may run here again.
+                self.committed = None;
+                Err(failure)
+            }
+            Err(why) => Err(MigrationError::Committed {
+                transcript,
+                reason: format!("{}; and {}", failure.chain(), chain(&*why)),
+            }),
         }
     }
 
@@ -455,7 +656,7 @@ impl<R: Read, W: Write + AsFd> Source<'_, R, W> {
                     break;
                 }
                 sealer
-                    .submit(lane, round, chunk)
+                    .submit(lane, round, chunk, self.options.zero_pages)
                     .map_err(MigrationError::Helper)?;
                 in_flight[lane] += 1;
                 outstanding += 1;
@@ -498,19 +699,35 @@ impl<R: Read, W: Write + AsFd> Source<'_, R, W> {
         self.check_cancel()
     }
 
-    /// Sends one round's pages: the shared set first (SEV), then sealed batches for
-    /// private pages and plain frames for the rest.
+    /// Sends one round's pages. SEV: first the guest's shared list as its helper sealed
+    /// it, which decides what is private; pages the list no longer shares join the round
+    /// (the target needs them sealed after the list that made them private). Then plain
+    /// frames for shared pages (all pages of a plain guest) and sealed batches for
+    /// private ones.
     fn send_pages(&mut self, round: u32, pages: &[u64]) -> Result<(), MigrationError> {
-        let (private, plain): (Vec<u64>, Vec<u64>) = match self.sealer {
-            Some(_) => {
-                let ranges = self
+        let (private, plain): (Vec<u64>, Vec<u64>) = match self.sealer.as_deref_mut() {
+            Some(sealer) => {
+                let record = sealer
+                    .seal_blob(Kind::SHARED_LIST, 0, round, &[])
+                    .map_err(MigrationError::Helper)?;
+                let list = SharedList { record: &record };
+                let ranges = list.ranges().map_err(|e| {
+                    MigrationError::Integrity(format!("the helper sealed a bad list: {e}"))
+                })?;
+                list.encode(&mut self.out)?;
+                let shared = to_spans(&ranges);
+                let became_private: Vec<u64> = self
                     .vm
-                    .shared_ranges()
+                    .pages()
                     .into_iter()
-                    .map(|(gpa, pages)| SharedRange { gpa, pages })
+                    .filter(|&g| in_spans(&self.shared, g) && !in_spans(&shared, g))
                     .collect();
-                SharedRanges { ranges }.encode(&mut self.out)?;
-                pages.iter().partition(|&&g| self.vm.is_private(g))
+                self.shared = shared;
+                let mut all = pages.to_vec();
+                all.extend(became_private);
+                all.sort_unstable();
+                all.dedup();
+                all.into_iter().partition(|&g| !in_spans(&self.shared, g))
             }
             None => (Vec::new(), pages.to_vec()),
         };
@@ -544,7 +761,7 @@ impl<R: Read, W: Write + AsFd> Source<'_, R, W> {
             update(self.progress, |p| p.transferred_bytes = transferred);
         }
         self.send_sealed(round, &private)?;
-        let (n, transferred) = (pages.len() as u64, self.out.bytes);
+        let (n, transferred) = ((private.len() + plain.len()) as u64, self.out.bytes);
         update(self.progress, |p| {
             p.pages += n;
             p.zero_pages += zeros;
@@ -552,4 +769,30 @@ impl<R: Read, W: Write + AsFd> Source<'_, R, W> {
         });
         Ok(())
     }
+}
+
+/// Shared ranges as sorted (start GPA, end GPA) spans.
+pub(crate) fn to_spans(ranges: &[crate::frames::SharedRange]) -> Vec<(u64, u64)> {
+    ranges
+        .iter()
+        .map(|r| {
+            (
+                r.gpa,
+                r.gpa
+                    .saturating_add(r.pages.saturating_mul(PAGE_SIZE as u64)),
+            )
+        })
+        .collect()
+}
+
+/// Whether `gpa` lies in one of the sorted `spans`.
+pub(crate) fn in_spans(spans: &[(u64, u64)], gpa: u64) -> bool {
+    let i = spans.partition_point(|&(start, _)| start <= gpa);
+    i > 0 && gpa < spans[i - 1].1
+}
+
+/// The payload of a blob record (what a blob frame carries around it).
+pub(crate) fn blob_payload(record: &[u8]) -> &[u8] {
+    let end = record.len().saturating_sub(RECORD_OVERHEAD - HEADER_SIZE);
+    record.get(HEADER_SIZE..end).unwrap_or(&[])
 }

@@ -1,17 +1,30 @@
-//! The target: checks the source's Hello against its own guest, applies pages as they
-//! come (sealed ones through its helper, which verifies them), and runs the guest only
-//! after the helper verified the manifest and every frame up to Done was accepted.
+//! The target: checks the source's Hello against its own guest, runs its helper's side of
+//! the key agreement, applies pages as they come (sealed ones through its helper, which
+//! verifies them; clear ones only where the guest's own sealed list shares the page), and
+//! runs the guest only after its helper verified every record, the manifest and the
+//! source helper's commit. Once it has the session's keys, any failure makes its helper
+//! abort the session and sends the AbortToken that lets a committed source run again.
 
-use super::{chain, update, MigrationError, PartError, Progress, Status};
+use super::{
+    chain,
+    source::{blob_payload, in_spans, to_spans},
+    update, MigrationError, PartError, Progress, Status,
+};
 use crate::{
     codec::{FrameReader, Incoming},
     frames::{
-        Abort, Ack, FailureCode, Frame, FrameError, GpaRange, GuestMode, Hello, HelloAck,
-        MessageType, PageData, ReceiverState, MAX_PAYLOAD_LEN,
+        check_record, Abort, AbortToken, Ack, FailureCode, Frame, FrameError, GpaRange, GuestMode,
+        Hello, HelloAck, KeyConfirm, KeyReply, KeyShare, MessageType, PageData, Ready,
+        ReceiverState, MAX_PAYLOAD_LEN,
     },
 };
-use helper_abi::{record::MANIFEST_RECORD_SIZE, PAGE_SIZE};
+use helper_abi::{
+    record::{self, Kind, COMMIT_RECORD_SIZE, MANIFEST_RECORD_SIZE},
+    PAGE_SIZE,
+};
+use sha2::{Digest, Sha256};
 use std::{
+    collections::BTreeSet,
     io::{BufReader, Read, Write},
     sync::Mutex,
     time::Instant,
@@ -21,11 +34,10 @@ use std::{
 pub trait TargetVm {
     /// This VM's guest, to compare with the source's Hello.
     fn local(&self) -> LocalGuest;
-    /// Replaces the record of shared pages (SEV): these become shared, all other
-    /// migratable pages private.
+    /// Replaces the record of shared pages (SEV) with the guest's own list, as the
+    /// target's helper verified it: these become shared, all other migratable pages
+    /// private. (A guest-originated request: the helper is guest code.)
     fn set_shared(&mut self, ranges: &[(u64, u64)]) -> Result<(), PartError>;
-    /// Whether the page is shared (a plain guest's pages all are).
-    fn is_shared(&self, gpa: u64) -> bool;
     /// Writes a page as the host (None: a zero page).
     fn write_page(&mut self, gpa: u64, data: Option<&[u8; PAGE_SIZE]>) -> Result<(), PartError>;
     /// Loads the vCPU and device state and runs the guest.
@@ -110,24 +122,35 @@ fn hex(bytes: &[u8]) -> String {
 pub trait Opener {
     /// Helper vCPUs (lanes).
     fn lanes(&self) -> usize;
-    /// Derives the session keys (fails without the guest owner's migration secret).
-    fn keys(&mut self, session_id: &[u8; 16], source_nonce: &[u8; 16]) -> Result<(), PartError>;
+    /// Answers the source helper's key share (HS_RESPOND); fails without the guest
+    /// owner's migration secret, or for a guest that is not an incoming one.
+    fn respond(
+        &mut self,
+        session_id: &[u8; 16],
+        hello_hash: &[u8; 32],
+        share: &KeyShare,
+    ) -> Result<KeyReply, PartError>;
+    /// Checks the source helper's confirmation (HS_CONFIRM): the transcript hash.
+    fn confirm(&mut self, confirm: &KeyConfirm) -> Result<[u8; 32], PartError>;
     /// Starts verifying a batch of records on `lane` and writing their pages privately
     /// (each lane's batches in order). A refusal of this or an earlier batch may show
     /// here or at the next `drain`.
     fn submit(&mut self, lane: usize, records: &[u8]) -> Result<(), PartError>;
     /// Waits until every submitted batch was opened; the first refusal, if any.
     fn drain(&mut self) -> Result<(), PartError>;
-    /// Verifies the source's manifest against the pages accepted.
-    fn verify_manifest(
-        &mut self,
-        lane: usize,
-        record: &[u8; MANIFEST_RECORD_SIZE],
-    ) -> Result<(), PartError>;
+    /// Verifies a blob record (OPEN_BLOB); its kind and index.
+    fn open_blob(&mut self, record: &[u8]) -> Result<(Kind, u32), PartError>;
+    /// Verifies the source's manifest against the records and pages accepted.
+    fn verify_manifest(&mut self, record: &[u8; MANIFEST_RECORD_SIZE]) -> Result<(), PartError>;
+    /// Verifies the source helper's commit record; the guest may run after.
+    fn commit(&mut self, record: &[u8; COMMIT_RECORD_SIZE]) -> Result<(), PartError>;
+    /// Gives the session up for good (ABORT): the token that releases the source.
+    fn abort(&mut self) -> Result<AbortToken, PartError>;
 }
 
 /// Receives a guest. On success it runs (the VM's `finish` was called and the source was
-/// told); on failure it never ran, and the source was told why (best effort).
+/// told); on failure it never ran, and the source was told why (best effort), with the
+/// helper's abort token once a session existed.
 pub fn receive<'a, R: Read, W: Write>(
     reader: R,
     mut writer: W,
@@ -154,6 +177,11 @@ pub fn receive<'a, R: Read, W: Write>(
         progress,
         hello: None,
         state: ReceiverState::default(),
+        keyed: false,
+        committed: false,
+        shared: None,
+        imported_since_list: BTreeSet::new(),
+        must_reimport: BTreeSet::new(),
         vcpus: Vec::new(),
         device: None,
         manifest_ok: false,
@@ -170,6 +198,17 @@ pub fn receive<'a, R: Read, W: Write>(
             });
         }
         Err(e) => {
+            // With a session, the helper gives it up for good first: its token is what
+            // lets a source that already committed run again.
+            if ctx.keyed && !ctx.committed {
+                if let Some(opener) = ctx.opener.as_deref_mut() {
+                    // A helper that cannot abort (it committed after all) sends no
+                    // token; the source then waits for the owner.
+                    if let Ok(token) = opener.abort() {
+                        let _ = token.encode(&mut writer);
+                    }
+                }
+            }
             if !matches!(e, MigrationError::Aborted { .. }) {
                 // The source words a refusal itself ("the target refused the migration
                 // (code): …"): send it only the reason, not this side's whole message.
@@ -191,8 +230,16 @@ pub fn receive<'a, R: Read, W: Write>(
                     }
                     .encode(&mut writer)
                 };
-                let _ = writer.flush();
+            } else if ctx.keyed && !ctx.committed {
+                // The source aborted; it still gets the token (and an Abort after it, as
+                // the protocol wants).
+                let _ = Abort {
+                    code: FailureCode::Cancelled,
+                    reason: "the source aborted".into(),
+                }
+                .encode(&mut writer);
             }
+            let _ = writer.flush();
             update(progress, |p| {
                 p.status = Status::Failed;
                 p.total_ms = total_ms;
@@ -209,9 +256,25 @@ struct Receive<'a> {
     progress: &'a Mutex<Progress>,
     hello: Option<Hello>,
     state: ReceiverState,
+    /// The helper holds the session's keys (SEV).
+    keyed: bool,
+    /// The helper accepted the source's commit.
+    committed: bool,
+    /// The guest's shared pages per the last list the helper verified, as (start, end)
+    /// spans, outside the helper region; None before the first list.
+    shared: Option<Vec<(u64, u64)>>,
+    /// Pages imported sealed since that list: never overwritten by a clear page.
+    imported_since_list: BTreeSet<u64>,
+    /// Pages a list made private that were shared before: they must arrive sealed
+    /// again (after that list) before the manifest.
+    must_reimport: BTreeSet<u64>,
     vcpus: Vec<Option<Vec<u8>>>,
     device: Option<Vec<u8>>,
     manifest_ok: bool,
+}
+
+fn integrity(e: String) -> MigrationError {
+    MigrationError::Integrity(e)
 }
 
 impl Receive<'_> {
@@ -230,19 +293,28 @@ impl Receive<'_> {
                 )))
             }
         };
+        // The hash of the Hello exactly as it arrived (the header re-encodes to the same
+        // 12 bytes: the codec accepted it only in its one canonical form).
+        let header = reader
+            .last_header()
+            .ok_or_else(|| MigrationError::Protocol("no Hello header".into()))?;
+        let mut h = Sha256::new();
+        h.update(header.encode());
+        h.update(buf.get(..header.len as usize).unwrap_or(&[]));
+        let hello_hash: [u8; 32] = h.finalize().into();
         self.hello = Some(hello.clone());
         self.accept(&hello)?;
         HelloAck::Accepted.encode(writer)?;
-        writer.flush().map_err(|source| FrameError::Write {
-            kind: MessageType::HelloAck,
-            source,
-        })?;
+        flush(writer, MessageType::HelloAck)?;
         self.state = self
             .state
-            .next(crate::frames::MessageType::Hello)
-            .and_then(|s| s.next(crate::frames::MessageType::HelloAck))
+            .next(MessageType::Hello)
+            .and_then(|s| s.next(MessageType::HelloAck))
             .map_err(|e| MigrationError::Protocol(e.to_string()))?;
         self.vcpus = vec![None; hello.vcpus as usize];
+        if self.opener.is_some() {
+            self.handshake(reader, writer, buf, &hello, &hello_hash)?;
+        }
         update(self.progress, |p| {
             p.status = Status::Active;
             p.total_bytes = hello.mem_size;
@@ -253,10 +325,67 @@ impl Receive<'_> {
                 .state
                 .next(frame.message_type())
                 .map_err(|e| MigrationError::Protocol(e.to_string()))?;
-            if self.apply(frame, &hello)? {
+            if self.apply(frame, &hello, writer)? {
                 return self.finish(&hello);
             }
         }
+    }
+
+    /// The helpers' key agreement: nothing else is accepted before it.
+    fn handshake<R: Read, W: Write>(
+        &mut self,
+        reader: &mut FrameReader<R>,
+        writer: &mut W,
+        buf: &mut [u8],
+        hello: &Hello,
+        hello_hash: &[u8; 32],
+    ) -> Result<(), MigrationError> {
+        let Some(opener) = self.opener.as_deref_mut() else {
+            return Ok(());
+        };
+        let share = match reader.read_frame(buf)? {
+            Frame::KeyShare(s) => s,
+            Frame::Abort(a) => return Err(a.into()),
+            other => {
+                return Err(MigrationError::Protocol(format!(
+                    "expected the source's KeyShare, got {}",
+                    other.message_type()
+                )))
+            }
+        };
+        self.state = self
+            .state
+            .next(MessageType::KeyShare)
+            .map_err(|e| MigrationError::Protocol(e.to_string()))?;
+        let reply = opener
+            .respond(&hello.session_id, hello_hash, &share)
+            .map_err(|e| MigrationError::Refused {
+                code: FailureCode::NotReady,
+                reason: chain(&*e),
+            })?;
+        self.keyed = true;
+        reply.encode(writer)?;
+        flush(writer, MessageType::KeyReply)?;
+        self.state = self
+            .state
+            .next(MessageType::KeyReply)
+            .map_err(|e| MigrationError::Protocol(e.to_string()))?;
+        let confirm = match reader.read_frame(buf)? {
+            Frame::KeyConfirm(c) => c,
+            Frame::Abort(a) => return Err(a.into()),
+            other => {
+                return Err(MigrationError::Protocol(format!(
+                    "expected the source's KeyConfirm, got {}",
+                    other.message_type()
+                )))
+            }
+        };
+        self.state = self
+            .state
+            .next(MessageType::KeyConfirm)
+            .map_err(|e| MigrationError::Protocol(e.to_string()))?;
+        opener.confirm(&confirm).map_err(MigrationError::Helper)?;
+        Ok(())
     }
 
     fn accept(&mut self, hello: &Hello) -> Result<(), MigrationError> {
@@ -273,52 +402,139 @@ impl Receive<'_> {
             }
             _ => {}
         }
+        if hello.mode == GuestMode::Sev && hello.version < 2 {
+            return Err(MigrationError::Refused {
+                code: FailureCode::UnsupportedVersion,
+                reason: format!(
+                    "SEV guests migrate only with protocol version 2 (authenticated key agreement and commit); the source speaks version {}",
+                    hello.version
+                ),
+            });
+        }
         self.vm.local().check(hello)?;
-        if let Some(opener) = self.opener.as_deref_mut() {
-            if usize::from(hello.lanes) > opener.lanes() {
-                return Err(MigrationError::Incompatible(format!(
-                    "the source seals on {} helper vCPUs; this target has {}",
-                    hello.lanes,
-                    opener.lanes()
-                )));
-            }
-            opener
-                .keys(&hello.session_id, &hello.helper_nonce)
-                .map_err(|e| MigrationError::Refused {
-                    code: FailureCode::NotReady,
-                    reason: chain(&*e),
-                })?;
+        if usize::from(hello.lanes) > helper_abi::MAX_LANES {
+            return Err(MigrationError::Incompatible(format!(
+                "the source seals on {} helper vCPUs; helpers have {} lane ids",
+                hello.lanes,
+                helper_abi::MAX_LANES
+            )));
         }
         Ok(())
     }
 
+    fn require_keys(&self, what: &str) -> Result<(), MigrationError> {
+        match (self.opener.is_some(), self.keyed) {
+            (false, _) => Err(MigrationError::Protocol(format!(
+                "{what} for a plain guest"
+            ))),
+            (true, false) => Err(MigrationError::Protocol(format!(
+                "{what} before the helpers' key agreement"
+            ))),
+            (true, true) => Ok(()),
+        }
+    }
+
+    /// Opens a blob record of `want` with the helper; its index and payload.
+    fn open_blob<'r>(
+        &mut self,
+        kind: MessageType,
+        record: &'r [u8],
+        want: Kind,
+    ) -> Result<(u32, &'r [u8]), MigrationError> {
+        check_record(kind, record, want).map_err(|e| MigrationError::Protocol(e.to_string()))?;
+        let opener = self
+            .opener
+            .as_deref_mut()
+            .ok_or_else(|| MigrationError::Protocol(format!("{kind} record for a plain guest")))?;
+        opener.drain().map_err(MigrationError::Helper)?;
+        let (got, index) = opener.open_blob(record).map_err(MigrationError::Helper)?;
+        if got != want {
+            return Err(integrity(format!(
+                "the helper verified a record of kind {} where a {} was due",
+                got.0, want.0
+            )));
+        }
+        Ok((index, blob_payload(record)))
+    }
+
     /// Applies one frame; true once Done arrived.
-    fn apply(&mut self, frame: Frame<'_>, hello: &Hello) -> Result<bool, MigrationError> {
+    fn apply<W: Write>(
+        &mut self,
+        frame: Frame<'_>,
+        hello: &Hello,
+        writer: &mut W,
+    ) -> Result<bool, MigrationError> {
         match frame {
-            Frame::SharedRanges(s) => {
-                if self.opener.is_none() {
-                    return Err(MigrationError::Protocol(
-                        "SharedRanges for a plain guest".into(),
-                    ));
-                }
-                for r in &s.ranges {
+            Frame::SharedList(l) => {
+                self.require_keys("a SharedList")?;
+                self.open_blob(MessageType::SharedList, l.record, Kind::SHARED_LIST)?;
+                let ranges = l
+                    .ranges()
+                    .map_err(|e| MigrationError::Protocol(e.to_string()))?;
+                // The guest's own list also names its helper's mailboxes: that region is
+                // never migrated and keeps this target's own states.
+                let mut clipped = Vec::new();
+                for r in &ranges {
                     let end = r
-                        .pages
-                        .checked_mul(PAGE_SIZE as u64)
-                        .and_then(|len| r.gpa.checked_add(len));
-                    if !end.is_some_and(|end| hello.migratable(r.gpa, end)) {
-                        return Err(MigrationError::Protocol(format!(
-                            "shared range {:#x} x {} pages is not migratable guest RAM",
-                            r.gpa, r.pages
-                        )));
+                        .gpa
+                        .saturating_add(r.pages.saturating_mul(PAGE_SIZE as u64));
+                    for page in (r.gpa..end).step_by(PAGE_SIZE) {
+                        if hello.migratable(page, page + PAGE_SIZE as u64) {
+                            clipped.push(page);
+                        } else if !in_region(hello, page) {
+                            return Err(integrity(format!(
+                                "the guest's shared list names {page:#x}, which is not guest RAM"
+                            )));
+                        }
                     }
                 }
-                let ranges: Vec<(u64, u64)> = s.ranges.iter().map(|r| (r.gpa, r.pages)).collect();
-                // Batches of the previous round land before the page states change.
-                if let Some(opener) = self.opener.as_deref_mut() {
-                    opener.drain().map_err(MigrationError::Helper)?;
+                let runs = runs_of(&clipped);
+                let spans = to_spans(
+                    &runs
+                        .iter()
+                        .map(|&(gpa, pages)| crate::frames::SharedRange { gpa, pages })
+                        .collect::<Vec<_>>(),
+                );
+                if let Some(old) = &self.shared {
+                    // Shared before, private now: the source seals them again after this
+                    // list, and they must arrive before the manifest.
+                    for &(start, end) in old {
+                        for page in (start..end).step_by(PAGE_SIZE) {
+                            if !in_spans(&spans, page) {
+                                self.must_reimport.insert(page);
+                            }
+                        }
+                    }
                 }
-                self.vm.set_shared(&ranges).map_err(MigrationError::Vm)?;
+                self.vm.set_shared(&runs).map_err(MigrationError::Vm)?;
+                self.shared = Some(spans);
+                self.imported_since_list.clear();
+            }
+            Frame::SharedRanges(s) => {
+                // Version 2: only a repetition of the guest's sealed list is acceptable.
+                self.require_keys("SharedRanges")?;
+                let Some(shared) = &self.shared else {
+                    return Err(MigrationError::Protocol(
+                        "SharedRanges before the guest's sealed list".into(),
+                    ));
+                };
+                let claimed = to_spans(&s.ranges);
+                if s.ranges
+                    .iter()
+                    .flat_map(|r| {
+                        (0..r.pages).map(move |i| r.gpa.saturating_add(i * PAGE_SIZE as u64))
+                    })
+                    .any(|g| hello.migratable(g, g + PAGE_SIZE as u64) && !in_spans(shared, g))
+                    || shared.iter().any(|&(start, end)| {
+                        (start..end)
+                            .step_by(PAGE_SIZE)
+                            .any(|g| !in_spans(&claimed, g))
+                    })
+                {
+                    return Err(integrity(
+                        "the source's SharedRanges differ from the guest's sealed list".into(),
+                    ));
+                }
             }
             Frame::PlainPages(p) => {
                 for page in &p.pages {
@@ -328,11 +544,20 @@ impl Receive<'_> {
                             page.gpa
                         )));
                     }
-                    if self.opener.is_some() && !self.vm.is_shared(page.gpa) {
-                        return Err(MigrationError::Integrity(format!(
-                            "the source sent the private page {:#x} in the clear",
-                            page.gpa
-                        )));
+                    if self.opener.is_some() {
+                        let shared = self.shared.as_ref().is_some_and(|s| in_spans(s, page.gpa));
+                        if !shared {
+                            return Err(integrity(format!(
+                                "the source sent the private page {:#x} in the clear (the guest's sealed list does not share it)",
+                                page.gpa
+                            )));
+                        }
+                        if self.imported_since_list.contains(&page.gpa) {
+                            return Err(integrity(format!(
+                                "a clear page for {:#x}, which arrived sealed after the list that shares it",
+                                page.gpa
+                            )));
+                        }
                     }
                     let data = match page.data {
                         PageData::Zero => None,
@@ -346,6 +571,7 @@ impl Receive<'_> {
                 update(self.progress, |pr| pr.pages += n);
             }
             Frame::PageBatch(b) => {
+                self.require_keys("sealed pages")?;
                 let Some(opener) = self.opener.as_deref_mut() else {
                     return Err(MigrationError::Protocol(
                         "sealed pages for a plain guest".into(),
@@ -358,8 +584,12 @@ impl Receive<'_> {
                         hello.lanes
                     )));
                 }
+                for r in b.iter() {
+                    self.imported_since_list.insert(r.header.gpa);
+                    self.must_reimport.remove(&r.header.gpa);
+                }
                 opener
-                    .submit(lane, b.records)
+                    .submit(lane % opener.lanes().max(1), b.records)
                     .map_err(MigrationError::Helper)?;
                 let (n, bytes) = (b.count().map_or(0, u64::from), b.records.len() as u64);
                 update(self.progress, |p| {
@@ -372,18 +602,43 @@ impl Receive<'_> {
                 p.remaining_bytes = r.dirty_remaining * PAGE_SIZE as u64;
             }),
             Frame::DeviceState(d) => {
-                if self.device.replace(d.blob.to_vec()).is_some() {
+                let blob = if self.opener.is_some() {
+                    self.require_keys("DeviceState")?;
+                    let (index, payload) =
+                        self.open_blob(MessageType::DeviceState, d.blob, Kind::DEVICE_STATE)?;
+                    if index != 0 {
+                        return Err(integrity(format!("device state with index {index}")));
+                    }
+                    payload
+                } else {
+                    d.blob
+                };
+                if self.device.replace(blob.to_vec()).is_some() {
                     return Err(MigrationError::Protocol("device state sent twice".into()));
                 }
             }
             Frame::VcpuState(v) => {
+                let blob = if self.opener.is_some() {
+                    self.require_keys("VcpuState")?;
+                    let (index, payload) =
+                        self.open_blob(MessageType::VcpuState, v.blob, Kind::VCPU_STATE)?;
+                    if index != v.index {
+                        return Err(integrity(format!(
+                            "the frame for vCPU {} carries the sealed state of vCPU {index}",
+                            v.index
+                        )));
+                    }
+                    payload
+                } else {
+                    v.blob
+                };
                 let slot = self.vcpus.get_mut(v.index as usize).ok_or_else(|| {
                     MigrationError::Protocol(format!(
                         "state for vCPU {} of {}",
                         v.index, hello.vcpus
                     ))
                 })?;
-                if slot.replace(v.blob.to_vec()).is_some() {
+                if slot.replace(blob.to_vec()).is_some() {
                     return Err(MigrationError::Protocol(format!(
                         "vCPU {} state sent twice",
                         v.index
@@ -391,25 +646,55 @@ impl Receive<'_> {
                 }
             }
             Frame::Manifest(m) => {
+                self.require_keys("a manifest")?;
                 let Some(opener) = self.opener.as_deref_mut() else {
                     return Err(MigrationError::Protocol(
                         "a manifest for a plain guest".into(),
                     ));
                 };
-                let lane = usize::from(m.record[1]);
-                if lane >= usize::from(hello.lanes) {
-                    return Err(MigrationError::Protocol(format!(
-                        "a manifest on lane {lane} of {}",
-                        hello.lanes
-                    )));
-                }
                 opener.drain().map_err(MigrationError::Helper)?;
                 opener
-                    .verify_manifest(lane, &m.record)
+                    .verify_manifest(&m.record)
                     .map_err(MigrationError::Helper)?;
+                if let Some(page) = self.must_reimport.first() {
+                    return Err(integrity(format!(
+                        "page {page:#x} became private after it was shared, and did not arrive sealed again"
+                    )));
+                }
                 self.manifest_ok = true;
+                // Everything is verified: the source may commit.
+                Ready.encode(writer)?;
+                flush(writer, MessageType::Ready)?;
+                self.state = self
+                    .state
+                    .next(MessageType::Ready)
+                    .map_err(|e| MigrationError::Protocol(e.to_string()))?;
             }
-            Frame::Done(_) => return Ok(true),
+            Frame::Done(d) => {
+                match (self.opener.as_deref_mut(), d.commit) {
+                    (None, None) => {}
+                    (Some(opener), Some(record)) => {
+                        if !self.manifest_ok {
+                            return Err(integrity(
+                                "the source finished without a verified manifest".into(),
+                            ));
+                        }
+                        opener.commit(&record).map_err(MigrationError::Helper)?;
+                        self.committed = true;
+                    }
+                    (Some(_), None) => {
+                        return Err(MigrationError::Protocol(
+                            "Done without the source helper's commit".into(),
+                        ))
+                    }
+                    (None, Some(_)) => {
+                        return Err(MigrationError::Protocol(
+                            "a commit record for a plain guest".into(),
+                        ))
+                    }
+                }
+                return Ok(true);
+            }
             Frame::Abort(a) => return Err(a.into()),
             other => {
                 return Err(MigrationError::Protocol(format!(
@@ -422,9 +707,9 @@ impl Receive<'_> {
     }
 
     fn finish(&mut self, hello: &Hello) -> Result<(), MigrationError> {
-        if hello.mode == GuestMode::Sev && !self.manifest_ok {
-            return Err(MigrationError::Integrity(
-                "the source finished without a verified manifest".into(),
+        if hello.mode == GuestMode::Sev && !self.committed {
+            return Err(integrity(
+                "the source finished without a verified commit".into(),
             ));
         }
         let device = self.device.take().ok_or_else(|| {
@@ -440,3 +725,28 @@ impl Receive<'_> {
         self.vm.finish(vcpus, device).map_err(MigrationError::Vm)
     }
 }
+
+fn flush(w: &mut impl Write, kind: MessageType) -> Result<(), MigrationError> {
+    w.flush()
+        .map_err(|source| MigrationError::Send(FrameError::Write { kind, source }))
+}
+
+/// Whether `page` lies in the Hello's helper region.
+fn in_region(hello: &Hello, page: u64) -> bool {
+    let h = &hello.helper_region;
+    h.size != 0 && page >= h.base && page - h.base < h.size
+}
+
+/// Sorted pages as (gpa, pages) runs.
+fn runs_of(pages: &[u64]) -> Vec<(u64, u64)> {
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    for &g in pages {
+        match runs.last_mut() {
+            Some((start, n)) if *start + *n * PAGE_SIZE as u64 == g => *n += 1,
+            _ => runs.push((g, 1)),
+        }
+    }
+    runs
+}
+
+const _: () = assert!(record::COMMIT_RECORD_SIZE == crate::frames::COMMIT_LEN);

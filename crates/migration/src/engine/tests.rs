@@ -3,32 +3,32 @@
 //! can tamper with the stream the way a hostile host could.
 
 use super::{
-    source::{migrate, RecordSink, Sealed, Sealer, SourceOptions, SourceVm},
+    source::{migrate, RecordSink, Sealed, Sealer, SourceOptions, SourceVm, ZeroPages},
     target::{receive, LocalGuest, Opener, TargetVm},
     MigrationError, PartError, Progress, Status,
 };
 use crate::{
     codec::{FrameReader, Incoming},
-    frames::{Frame, GpaRange, GuestMode, Hello, MAX_PAYLOAD_LEN, PROTOCOL_VERSION},
+    frames::{
+        AbortToken, FailureCode, Frame, GpaRange, GuestMode, Hello, KeyConfirm, KeyReply, KeyShare,
+        Ready, MAX_PAYLOAD_LEN, PROTOCOL_VERSION,
+    },
 };
 use helper_abi::{
-    mailbox::{
-        Op, Request, Response, Role, Status as HStatus, GPA_LIST_OFFSET, REQUEST_OFFSET,
-        RESPONSE_OFFSET,
-    },
-    record::{MANIFEST_RECORD_SIZE, PAGE_RECORD_SIZE},
-    MIGRATION_SECRET_GUID, PAGE_SIZE,
+    handshake,
+    mailbox::{flags, Op, Origin, Request, Status as HStatus},
+    record::{self, Kind, COMMIT_RECORD_SIZE, MANIFEST_RECORD_SIZE, PAGE_RECORD_SIZE},
+    PAGE_SIZE,
 };
 use mirror_helper::{
-    engine::Entropy, secret::SECRET_TABLE_GUID, shared_list::SharedList, GuestMemory, Helper,
-    HelperLayout, LaneState, Mailbox, SessionState,
+    host::{self, Guest, Reply, Spec, Vcpu},
+    keys,
 };
 use std::{
-    cell::RefCell,
-    collections::BTreeSet,
+    collections::{BTreeSet, VecDeque},
     io::{Read, Write},
     os::unix::net::UnixStream,
-    sync::{atomic::AtomicBool, atomic::AtomicU32, Arc, Mutex},
+    sync::{atomic::AtomicBool, Arc, Mutex},
     time::Duration,
 };
 
@@ -38,123 +38,70 @@ const REGION: (u64, u64) = (64 * 4096, 16 * 4096);
 const SHARED_LIST: u64 = 4096;
 const SECRET: (u64, u64) = (2 * 4096, 4096);
 const SHARED_PAGE: u64 = 3 * 4096;
+const FLAG_PAGE: u64 = 4 * 4096;
 const CANARY: &[u8; 16] = b"PRIVATE-CANARY!!";
+const MIGRATION_SECRET: [u8; 32] = [0x5e; 32];
 
 type Ram = Arc<Mutex<Vec<u8>>>;
 
-struct Mem(Ram);
-
-impl GuestMemory for Mem {
-    fn read_page(&self, gpa: u64, out: &mut [u8; PAGE_SIZE]) {
-        out.copy_from_slice(&self.0.lock().unwrap()[gpa as usize..][..PAGE_SIZE]);
-    }
-    fn write_page(&self, gpa: u64, data: &[u8; PAGE_SIZE]) {
-        self.0.lock().unwrap()[gpa as usize..][..PAGE_SIZE].copy_from_slice(data);
-    }
-}
-
-struct Windows {
-    control: RefCell<Vec<u8>>,
-    windows: RefCell<Vec<Vec<u8>>>,
-}
-
-impl Mailbox for Windows {
-    fn read_control(&self, at: usize, out: &mut [u8]) {
-        out.copy_from_slice(&self.control.borrow()[at..at + out.len()]);
-    }
-    fn write_control(&self, at: usize, data: &[u8]) {
-        self.control.borrow_mut()[at..at + data.len()].copy_from_slice(data);
-    }
-    fn read_window(&self, w: usize, at: usize, out: &mut [u8]) {
-        out.copy_from_slice(&self.windows.borrow()[w][at..at + out.len()]);
-    }
-    fn write_window(&self, w: usize, at: usize, data: &[u8]) {
-        self.windows.borrow_mut()[w][at..at + data.len()].copy_from_slice(data);
-    }
-    fn windows(&self) -> usize {
-        1
-    }
-    fn window_size(&self) -> usize {
-        32 * PAGE_RECORD_SIZE
+fn spec() -> Spec {
+    Spec {
+        ram: RAM,
+        region: REGION,
+        shared_list: SHARED_LIST,
+        secret: SECRET.0,
+        migration_state: FLAG_PAGE,
+        firmware_hash: [9; 32],
+        max_batch: 32,
+        window_size: 32 * PAGE_RECORD_SIZE,
     }
 }
 
-struct Rng(u8);
-
-impl Entropy for Rng {
-    fn fill(&mut self, out: &mut [u8]) -> bool {
-        self.0 = self.0.wrapping_add(1);
-        out.fill(self.0);
-        true
-    }
-}
-
-/// The real helper over fake guest memory, with one mailbox per lane.
+/// The real helper over fake guest memory, with one vCPU (lane) per mailbox.
 struct FakeHelper {
-    mem: Mem,
-    layout: HelperLayout,
-    session: SessionState,
-    versions: Vec<AtomicU32>,
-    lanes: Vec<(LaneState, Windows)>,
+    guest: Guest,
+    vcpus: Vec<Vcpu>,
     /// Sealed batches not yet sent, oldest first.
-    done: std::collections::VecDeque<(Sealed, Vec<u8>)>,
+    done: VecDeque<(Sealed, Vec<u8>)>,
 }
 
 impl FakeHelper {
-    fn new(ram: Ram, lanes: usize) -> FakeHelper {
+    fn new(guest: Guest, lanes: usize) -> FakeHelper {
+        let vcpus = (0..lanes).map(|_| guest.vcpu()).collect();
         FakeHelper {
-            mem: Mem(ram),
-            layout: HelperLayout::new(&[(0, RAM)], REGION, SHARED_LIST, SECRET).unwrap(),
-            session: SessionState::new(),
-            versions: (0..PAGES).map(|_| AtomicU32::new(0)).collect(),
-            lanes: (0..lanes)
-                .map(|i| {
-                    (
-                        LaneState::new(i as u8),
-                        Windows {
-                            control: RefCell::new(vec![0; PAGE_SIZE]),
-                            windows: RefCell::new(vec![vec![0; 32 * PAGE_RECORD_SIZE]]),
-                        },
-                    )
-                })
-                .collect(),
-            done: Default::default(),
+            guest,
+            vcpus,
+            done: VecDeque::new(),
         }
     }
 
-    fn call(&mut self, lane: usize, req: Request, gpas: &[u64]) -> Response {
-        let (state, mailbox) = &mut self.lanes[lane];
-        mailbox.write_control(REQUEST_OFFSET, &req.encode());
-        let list: Vec<u8> = gpas.iter().flat_map(|g| g.to_le_bytes()).collect();
-        mailbox.write_control(GPA_LIST_OFFSET, &list);
-        Helper {
-            layout: &self.layout,
-            memory: &self.mem,
-            session: &self.session,
-            versions: &self.versions,
-            lane: state,
-            entropy: Rng(lane as u8),
-            region: REGION,
-            max_batch: 32,
-        }
-        .serve(mailbox);
-        let mut raw = [0u8; Response::SIZE];
-        mailbox.read_control(RESPONSE_OFFSET, &mut raw);
-        Response::decode(&raw)
-    }
-
-    fn ok(&mut self, lane: usize, req: Request, gpas: &[u64]) -> Result<Response, PartError> {
-        let r = self.call(lane, req, gpas);
+    fn ok(&self, lane: usize, req: Request, gpas: &[u64], msg: &[u8]) -> Result<Reply, PartError> {
+        let r = self.guest.call(&self.vcpus[lane], req, gpas, msg);
         match r.status() {
             HStatus::OK => Ok(r),
-            s => Err(format!("helper: {s} (item {})", r.index).into()),
+            s => Err(format!(
+                "helper: {s} (item {}) in {}",
+                r.response.index,
+                Op(req.op).name().unwrap_or("?")
+            )
+            .into()),
         }
+    }
+
+    fn window(&self, lane: usize, w: usize, len: usize) -> Vec<u8> {
+        self.vcpus[lane].mailbox.window(w, len)
+    }
+
+    fn fill(&self, lane: usize, w: usize, at: usize, data: &[u8]) {
+        let mut bytes = vec![0u8; at];
+        bytes.extend_from_slice(data);
+        self.vcpus[lane].mailbox.fill_window(w, &bytes);
     }
 }
 
 impl Sealer for FakeHelper {
     fn lanes(&self) -> usize {
-        self.lanes.len()
+        self.vcpus.len()
     }
     fn max_batch(&self) -> usize {
         32
@@ -162,23 +109,48 @@ impl Sealer for FakeHelper {
     fn depth(&self) -> usize {
         2
     }
-    fn submit(&mut self, lane: usize, round: u32, gpas: &[u64]) -> Result<(), PartError> {
+    fn start(
+        &mut self,
+        session_id: &[u8; 16],
+        hello_hash: &[u8; 32],
+    ) -> Result<KeyShare, PartError> {
+        let m = host::start(&self.guest, &self.vcpus[0], *session_id, *hello_hash)
+            .map_err(|s| format!("helper: {s}"))?;
+        Ok(handshake::KeyShare::decode(&m).into())
+    }
+    fn finish_handshake(&mut self, reply: &KeyReply) -> Result<(KeyConfirm, [u8; 32]), PartError> {
+        let bytes = handshake::KeyReply::from(*reply).encode();
+        let (mac, th) = host::finish(&self.guest, &self.vcpus[0], &bytes)
+            .map_err(|s| format!("helper: {s}"))?;
+        Ok((KeyConfirm { mac }, th))
+    }
+    fn submit(
+        &mut self,
+        lane: usize,
+        round: u32,
+        gpas: &[u64],
+        zero: ZeroPages,
+    ) -> Result<(), PartError> {
         let r = self.ok(
             lane,
             Request {
                 op: Op::EXPORT.0,
                 count: gpas.len() as u32,
                 round,
+                flags: match zero {
+                    ZeroPages::Sealed => 0,
+                    ZeroPages::ShortRecords => flags::ZERO_RECORDS,
+                },
                 ..Default::default()
             },
             gpas,
+            &[],
         )?;
-        let mut records = vec![0u8; r.bytes as usize];
-        self.lanes[lane].1.read_window(0, 0, &mut records);
+        let records = self.window(lane, 0, r.response.bytes as usize);
         let sealed = Sealed {
             lane,
             round,
-            count: r.count,
+            count: r.response.count,
             bytes: records.len(),
             window: 0,
         };
@@ -196,6 +168,29 @@ impl Sealer for FakeHelper {
         assert_eq!(&sealed, batch);
         out.write_all(&records)
     }
+    fn seal_blob(
+        &mut self,
+        kind: Kind,
+        index: u32,
+        round: u32,
+        blob: &[u8],
+    ) -> Result<Vec<u8>, PartError> {
+        self.fill(0, 0, record::HEADER_SIZE, blob);
+        let r = self.ok(
+            0,
+            Request {
+                op: Op::SEAL_BLOB.0,
+                kind: u32::from(kind.0),
+                index,
+                round,
+                bytes: blob.len() as u32,
+                ..Default::default()
+            },
+            &[],
+            &[],
+        )?;
+        Ok(self.window(0, 0, r.response.bytes as usize))
+    }
     fn manifest(&mut self, round: u32) -> Result<[u8; MANIFEST_RECORD_SIZE], PartError> {
         self.ok(
             0,
@@ -205,34 +200,73 @@ impl Sealer for FakeHelper {
                 ..Default::default()
             },
             &[],
+            &[],
         )?;
-        let mut rec = [0u8; MANIFEST_RECORD_SIZE];
-        self.lanes[0].1.read_window(0, 0, &mut rec);
-        Ok(rec)
+        Ok(self.window(0, 0, MANIFEST_RECORD_SIZE).try_into().unwrap())
+    }
+    fn commit(&mut self, round: u32) -> Result<([u8; COMMIT_RECORD_SIZE], [u8; 32]), PartError> {
+        let r = self.ok(
+            0,
+            Request {
+                op: Op::COMMIT.0,
+                round,
+                ..Default::default()
+            },
+            &[],
+            &[],
+        )?;
+        let th = r
+            .message
+            .try_into()
+            .map_err(|_| "no transcript".to_string())?;
+        Ok((
+            self.window(0, 0, COMMIT_RECORD_SIZE).try_into().unwrap(),
+            th,
+        ))
+    }
+    fn release(&mut self, token: &AbortToken) -> Result<(), PartError> {
+        self.ok(
+            0,
+            Request {
+                op: Op::RELEASE.0,
+                kind: Origin::TARGET.0,
+                bytes: 32,
+                ..Default::default()
+            },
+            &[],
+            &token.tag,
+        )
+        .map(drop)
     }
 }
 
 impl Opener for FakeHelper {
     fn lanes(&self) -> usize {
-        self.lanes.len()
+        self.vcpus.len()
     }
-    fn keys(&mut self, session_id: &[u8; 16], nonce: &[u8; 16]) -> Result<(), PartError> {
-        self.ok(
-            0,
-            Request {
-                op: Op::KEYS.0,
-                role: Role::TARGET.0,
-                session_id: *session_id,
-                peer_nonce: *nonce,
-                ..Default::default()
-            },
-            &[],
+    fn respond(
+        &mut self,
+        session_id: &[u8; 16],
+        hello_hash: &[u8; 32],
+        share: &KeyShare,
+    ) -> Result<KeyReply, PartError> {
+        let m = host::respond(
+            &self.guest,
+            &self.vcpus[0],
+            *session_id,
+            *hello_hash,
+            &handshake::KeyShare::from(*share).encode(),
         )
-        .map(|_| ())
+        .map_err(|s| format!("helper: {s}"))?;
+        Ok(handshake::KeyReply::decode(&m).into())
+    }
+    fn confirm(&mut self, confirm: &KeyConfirm) -> Result<[u8; 32], PartError> {
+        host::confirm_target(&self.guest, &self.vcpus[0], &confirm.mac)
+            .map_err(|s| format!("helper: {s}").into())
     }
     fn submit(&mut self, lane: usize, records: &[u8]) -> Result<(), PartError> {
-        let count = helper_abi::record::walk(records, records.len()).count() as u32;
-        self.lanes[lane].1.write_window(0, 0, records);
+        let count = record::walk(records, records.len()).count() as u32;
+        self.fill(lane, 0, 0, records);
         self.ok(
             lane,
             Request {
@@ -242,46 +276,73 @@ impl Opener for FakeHelper {
                 ..Default::default()
             },
             &[],
+            &[],
         )
-        .map(|_| ())
+        .map(drop)
     }
     fn drain(&mut self) -> Result<(), PartError> {
         Ok(())
     }
-    fn verify_manifest(
-        &mut self,
-        lane: usize,
-        record: &[u8; MANIFEST_RECORD_SIZE],
-    ) -> Result<(), PartError> {
-        self.lanes[lane].1.write_window(0, 0, record);
-        self.ok(
-            lane,
+    fn open_blob(&mut self, rec: &[u8]) -> Result<(Kind, u32), PartError> {
+        self.fill(0, 0, 0, rec);
+        let r = self.ok(
+            0,
             Request {
-                op: Op::FINISH.0,
-                bytes: record.len() as u32,
+                op: Op::OPEN_BLOB.0,
+                bytes: rec.len() as u32,
                 ..Default::default()
             },
             &[],
+            &[],
+        )?;
+        Ok((Kind(r.response.kind as u8), r.response.index))
+    }
+    fn verify_manifest(&mut self, rec: &[u8; MANIFEST_RECORD_SIZE]) -> Result<(), PartError> {
+        self.fill(0, 0, 0, rec);
+        self.ok(
+            0,
+            Request {
+                op: Op::FINISH.0,
+                bytes: rec.len() as u32,
+                ..Default::default()
+            },
+            &[],
+            &[],
         )
-        .map(|_| ())
+        .map(drop)
+    }
+    fn commit(&mut self, rec: &[u8; COMMIT_RECORD_SIZE]) -> Result<(), PartError> {
+        self.fill(0, 0, 0, rec);
+        self.ok(
+            0,
+            Request {
+                op: Op::COMMIT.0,
+                bytes: rec.len() as u32,
+                ..Default::default()
+            },
+            &[],
+            &[],
+        )
+        .map(drop)
+    }
+    fn abort(&mut self) -> Result<AbortToken, PartError> {
+        let r = self.ok(
+            0,
+            Request {
+                op: Op::ABORT.0,
+                ..Default::default()
+            },
+            &[],
+            &[],
+        )?;
+        Ok(AbortToken {
+            tag: r.message.try_into().map_err(|_| "no token".to_string())?,
+        })
     }
 }
 
-fn secret_table(secret: Option<[u8; 32]>) -> Vec<u8> {
-    let mut t = SECRET_TABLE_GUID.to_vec();
-    t.extend_from_slice(&[0; 4]);
-    if let Some(s) = secret {
-        t.extend_from_slice(&MIGRATION_SECRET_GUID);
-        t.extend_from_slice(&52u32.to_le_bytes());
-        t.extend_from_slice(&s);
-    }
-    let len = t.len() as u32;
-    t[16..20].copy_from_slice(&len.to_le_bytes());
-    t
-}
-
-/// Guest RAM: page p holds a pattern of p, page 5 a canary, page 3 is shared.
-fn guest_ram(secret: Option<[u8; 32]>, fill: bool) -> Ram {
+/// Guest RAM: page p holds a pattern of p (every 7th page zero), page 5 a canary.
+fn guest_ram(fill: bool) -> Ram {
     let mut mem = vec![0u8; RAM as usize];
     if fill {
         for p in 0..PAGES {
@@ -293,14 +354,6 @@ fn guest_ram(secret: Option<[u8; 32]>, fill: bool) -> Ram {
             chunk.copy_from_slice(CANARY);
         }
     }
-    let mut list = SharedList::new();
-    list.set(SHARED_PAGE, 1, true).unwrap();
-    let mut page = [0u8; PAGE_SIZE];
-    list.encode(&mut page);
-    mem[SHARED_LIST as usize..][..PAGE_SIZE].copy_from_slice(&page);
-    let t = secret_table(secret);
-    mem[SECRET.0 as usize..][..PAGE_SIZE].fill(0);
-    mem[SECRET.0 as usize..][..t.len()].copy_from_slice(&t);
     Arc::new(Mutex::new(mem))
 }
 
@@ -327,14 +380,8 @@ impl SourceVm for FakeSource {
     fn pages(&self) -> Vec<u64> {
         FakeSource::pages(self)
     }
-    fn is_private(&self, gpa: u64) -> bool {
-        self.sev && gpa != SHARED_PAGE
-    }
-    fn shared_ranges(&self) -> Vec<(u64, u64)> {
-        vec![(SHARED_PAGE, 1)]
-    }
     fn read_page(&self, gpa: u64, out: &mut [u8; PAGE_SIZE]) -> Result<(), PartError> {
-        if self.sev && self.is_private(gpa) {
+        if self.sev && gpa != SHARED_PAGE {
             return Err(format!("the host must not read private page {gpa:#x}").into());
         }
         out.copy_from_slice(&self.ram.lock().unwrap()[gpa as usize..][..PAGE_SIZE]);
@@ -414,10 +461,10 @@ impl TargetVm for FakeTarget {
             .collect();
         Ok(())
     }
-    fn is_shared(&self, gpa: u64) -> bool {
-        !self.sev || self.shared.contains(&gpa)
-    }
     fn write_page(&mut self, gpa: u64, data: Option<&[u8; PAGE_SIZE]>) -> Result<(), PartError> {
+        if self.sev && !self.shared.contains(&gpa) {
+            return Err(format!("the engine wrote the private page {gpa:#x} in the clear").into());
+        }
         let mut ram = self.ram.lock().unwrap();
         let page = ram
             .get_mut(gpa as usize..gpa as usize + PAGE_SIZE)
@@ -434,7 +481,7 @@ impl TargetVm for FakeTarget {
     }
 }
 
-fn hello(sev: bool, lanes: u16, nonce: [u8; 16]) -> Hello {
+fn hello(sev: bool, lanes: u16) -> Hello {
     Hello {
         version: PROTOCOL_VERSION,
         mode: if sev {
@@ -455,14 +502,14 @@ fn hello(sev: bool, lanes: u16, nonce: [u8; 16]) -> Hello {
         },
         lanes: if sev { lanes } else { 0 },
         session_id: [0x42; 16],
-        helper_nonce: if sev { nonce } else { [0; 16] },
+        helper_nonce: [0; 16],
         page_size: 4096,
         vcpus: 2,
     }
 }
 
 /// Called for each frame (index, frame, scratch) and returns the encoded frames to
-/// forward in its place.
+/// forward in its place; an empty one closes the direction there.
 type FrameEdit = dyn Fn(usize, Frame<'_>, &mut Vec<Vec<u8>>) -> Vec<Vec<u8>> + Send + Sync;
 
 /// What the relay between source and target does to frames from the source.
@@ -478,12 +525,63 @@ enum Tamper {
     Frames(Arc<FrameEdit>),
 }
 
+/// How one run is set up.
+#[derive(Clone)]
+struct Setup {
+    sev: bool,
+    lanes: usize,
+    target_secret: Option<[u8; 32]>,
+    target_mem: u64,
+    target_firmware: [u8; 32],
+    forward: Tamper,
+    /// Frame-level edits of the return path (target to source).
+    back: Option<Arc<FrameEdit>>,
+    zero_pages: ZeroPages,
+}
+
+impl Setup {
+    fn sev(lanes: usize) -> Setup {
+        Setup {
+            sev: true,
+            lanes,
+            target_secret: Some(MIGRATION_SECRET),
+            target_mem: RAM,
+            target_firmware: [9; 32],
+            forward: Tamper::None,
+            back: None,
+            zero_pages: ZeroPages::Sealed,
+        }
+    }
+
+    fn plain() -> Setup {
+        Setup {
+            sev: false,
+            lanes: 1,
+            target_secret: None,
+            ..Setup::sev(1)
+        }
+    }
+
+    fn forward(self, t: Tamper) -> Setup {
+        Setup { forward: t, ..self }
+    }
+
+    fn back(self, edit: Arc<FrameEdit>) -> Setup {
+        Setup {
+            back: Some(edit),
+            ..self
+        }
+    }
+}
+
 struct Outcome {
     source: Result<(), MigrationError>,
     target: Result<(), MigrationError>,
     src: FakeSource,
     dst: FakeTarget,
     dst_ram: Ram,
+    /// The source's helper (SEV), for its flag and a later release.
+    sealer: FakeHelper,
     stream: Vec<u8>,
     progress: Progress,
 }
@@ -494,23 +592,36 @@ fn encode_frame(f: &Frame<'_>) -> Vec<u8> {
     v
 }
 
-fn relay(mut from: UnixStream, mut to: UnixStream, tamper: Tamper, capture: Arc<Mutex<Vec<u8>>>) {
-    match tamper {
-        Tamper::Frames(edit) => {
-            let mut reader = FrameReader::new(from, Incoming::FromSource);
-            let mut buf = vec![0u8; MAX_PAYLOAD_LEN];
-            let mut held = Vec::new();
-            let mut i = 0;
-            while let Ok(frame) = reader.read_frame(&mut buf) {
-                for bytes in edit(i, frame, &mut held) {
-                    capture.lock().unwrap().extend_from_slice(&bytes);
-                    if to.write_all(&bytes).is_err() {
-                        return;
-                    }
-                }
-                i += 1;
+fn relay_frames(
+    from: UnixStream,
+    mut to: UnixStream,
+    incoming: Incoming,
+    edit: Arc<FrameEdit>,
+    capture: Arc<Mutex<Vec<u8>>>,
+) {
+    let mut reader = FrameReader::new(from, incoming);
+    let mut buf = vec![0u8; MAX_PAYLOAD_LEN];
+    let mut held = Vec::new();
+    let mut i = 0;
+    while let Ok(frame) = reader.read_frame(&mut buf) {
+        for bytes in edit(i, frame, &mut held) {
+            if bytes.is_empty() {
+                let _ = to.shutdown(std::net::Shutdown::Write);
+                return;
+            }
+            capture.lock().unwrap().extend_from_slice(&bytes);
+            if to.write_all(&bytes).is_err() {
+                return;
             }
         }
+        i += 1;
+    }
+    let _ = to.shutdown(std::net::Shutdown::Write);
+}
+
+fn relay(mut from: UnixStream, mut to: UnixStream, tamper: Tamper, capture: Arc<Mutex<Vec<u8>>>) {
+    match tamper {
+        Tamper::Frames(edit) => return relay_frames(from, to, Incoming::FromSource, edit, capture),
         tamper => {
             let mut at = 0usize;
             let mut buf = [0u8; 8192];
@@ -540,48 +651,78 @@ fn relay(mut from: UnixStream, mut to: UnixStream, tamper: Tamper, capture: Arc<
     let _ = to.shutdown(std::net::Shutdown::Write);
 }
 
-fn run(
-    sev: bool,
-    lanes: usize,
-    target_secret: Option<[u8; 32]>,
-    target_mem: u64,
-    tamper: Tamper,
-) -> Outcome {
-    let secret = Some([0x5e; 32]);
-    let src_ram = guest_ram(secret, true);
-    let dst_ram = guest_ram(target_secret, false);
+/// A source guest (canary, shared page 3) and its helper.
+fn source_helper(lanes: usize) -> (Ram, FakeHelper) {
+    let ram = guest_ram(true);
+    let guest = Guest::over(spec(), Some(MIGRATION_SECRET), ram.clone());
+    guest.share(SHARED_PAGE, 1);
+    (ram, FakeHelper::new(guest, lanes))
+}
+
+/// A fresh incoming target guest and its helper.
+fn target_helper(secret: Option<[u8; 32]>, firmware: [u8; 32], lanes: usize) -> (Ram, FakeHelper) {
+    let ram = guest_ram(false);
+    let guest = Guest::over(
+        Spec {
+            firmware_hash: firmware,
+            ..spec()
+        },
+        secret,
+        ram.clone(),
+    )
+    .incoming();
+    (ram, FakeHelper::new(guest, lanes))
+}
+
+fn run(setup: Setup) -> Outcome {
+    let Setup {
+        sev,
+        lanes,
+        target_secret,
+        target_mem,
+        target_firmware,
+        forward,
+        back,
+        zero_pages,
+    } = setup;
+    let (src_ram, mut sealer) = source_helper(lanes);
+    let (dst_ram, opener) = target_helper(target_secret, target_firmware, lanes);
     let (src_sock, relay_in) = UnixStream::pair().unwrap();
     let (relay_out, dst_sock) = UnixStream::pair().unwrap();
     for s in [&src_sock, &dst_sock] {
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     }
     let capture = Arc::new(Mutex::new(Vec::new()));
-    // Return path: raw.
+    let back_capture = Arc::new(Mutex::new(Vec::new()));
     let back = {
         let (mut from, mut to) = (
             relay_out.try_clone().unwrap(),
             relay_in.try_clone().unwrap(),
         );
-        std::thread::spawn(move || {
-            let _ = std::io::copy(&mut from, &mut to);
-            let _ = to.shutdown(std::net::Shutdown::Write);
+        let cap = back_capture.clone();
+        std::thread::spawn(move || match back {
+            Some(edit) => relay_frames(from, to, Incoming::FromTarget, edit, cap),
+            None => {
+                let _ = std::io::copy(&mut from, &mut to);
+                let _ = to.shutdown(std::net::Shutdown::Write);
+            }
         })
     };
     let fwd = {
         let cap = capture.clone();
-        std::thread::spawn(move || relay(relay_in, relay_out, tamper, cap))
+        std::thread::spawn(move || relay(relay_in, relay_out, forward, cap))
     };
     let dst_handle = {
         let ram = dst_ram.clone();
         std::thread::spawn(move || {
             let mut dst = FakeTarget {
-                ram: ram.clone(),
+                ram,
                 sev,
                 mem_size: target_mem,
                 shared: BTreeSet::new(),
                 ran: None,
             };
-            let mut opener = FakeHelper::new(ram, lanes);
+            let mut opener = opener;
             let progress = Mutex::new(Progress::default());
             let r = receive(
                 dst_sock.try_clone().unwrap(),
@@ -606,35 +747,18 @@ fn run(
         resumed: false,
         writes: 0,
     };
-    let mut sealer = FakeHelper::new(src_ram, lanes);
-    let nonce = if sev {
-        sealer
-            .ok(
-                0,
-                Request {
-                    op: Op::KEYS.0,
-                    role: Role::SOURCE.0,
-                    session_id: [0x42; 16],
-                    ..Default::default()
-                },
-                &[],
-            )
-            .unwrap()
-            .nonce
-    } else {
-        [0; 16]
-    };
     let progress = Mutex::new(Progress::default());
     let options = SourceOptions {
         downtime_limit: Duration::from_millis(0),
         max_rounds: 4,
         batch: 8,
+        zero_pages,
         ..Default::default()
     };
     let source = migrate(
         src_sock.try_clone().unwrap(),
         src_sock,
-        &hello(sev, lanes as u16, nonce),
+        &hello(sev, lanes as u16),
         &mut src,
         if sev {
             Some(&mut sealer as &mut dyn Sealer)
@@ -655,22 +779,30 @@ fn run(
         src,
         dst,
         dst_ram,
+        sealer,
         stream,
         progress: progress.into_inner().unwrap(),
     }
 }
 
+/// The target refused, never ran the guest, and the source runs it again, not flagged.
 fn assert_safe_failure(o: &Outcome, what: &str) {
     assert!(o.target.is_err(), "{what}: the target accepted");
     assert!(o.dst.ran.is_none(), "{what}: the target ran the guest");
     assert!(o.source.is_err(), "{what}: the source thinks it succeeded");
     assert!(!o.src.paused, "{what}: the source guest was left paused");
     assert!(!o.src.logging, "{what}: dirty logging left on");
+    assert!(
+        !o.sealer.guest.migrated_out(),
+        "{what}: the source guest is flagged migrated out"
+    );
 }
 
+/// Every migratable page equal (but the "migrated out" page, which the source's helper
+/// set after the last seal).
 fn migratable_equal(o: &Outcome) {
     let (a, b) = (o.src.ram.lock().unwrap(), o.dst_ram.lock().unwrap());
-    for p in o.src.pages() {
+    for p in o.src.pages().into_iter().filter(|&p| p != FLAG_PAGE) {
         let r = p as usize..p as usize + PAGE_SIZE;
         assert_eq!(a[r.clone()], b[r], "page {p:#x} differs");
     }
@@ -678,7 +810,7 @@ fn migratable_equal(o: &Outcome) {
 
 #[test]
 fn a_plain_guest_migrates_with_every_page_and_its_state() {
-    let o = run(false, 1, None, RAM, Tamper::None);
+    let o = run(Setup::plain());
     o.source.as_ref().unwrap();
     o.target.as_ref().unwrap();
     migratable_equal(&o);
@@ -691,42 +823,83 @@ fn a_plain_guest_migrates_with_every_page_and_its_state() {
 }
 
 #[test]
-fn an_sev_guest_migrates_sealed_and_no_private_plaintext_crosses_the_wire() {
+fn an_sev_guest_migrates_sealed_commits_and_no_private_plaintext_crosses_the_wire() {
     for lanes in [1, 2] {
-        let o = run(true, lanes, Some([0x5e; 32]), RAM, Tamper::None);
+        let o = run(Setup::sev(lanes));
         o.source.as_ref().unwrap();
         o.target.as_ref().unwrap();
         migratable_equal(&o);
+        let (vcpus, device) = o.dst.ran.as_ref().unwrap();
+        assert_eq!(vcpus, &[b"vcpu0".to_vec(), b"vcpu1".to_vec()]);
+        assert_eq!(device, b"devices");
         assert!(
             !o.stream.windows(CANARY.len()).any(|w| w == CANARY),
             "canary in the stream"
         );
         assert!(
-            !o.stream.windows(32).any(|w| w == [0x5e; 32]),
+            !o.stream.windows(32).any(|w| w == MIGRATION_SECRET),
             "migration secret in the stream"
         );
         // The shared page travels in the clear (it is the host's anyway).
         assert!(o.stream.windows(64).any(|w| w == [3u8; 64]));
+        // The source is stopped for good and flagged; the target is not.
+        assert!(o.sealer.guest.migrated_out());
+        assert!(!o.src.resumed);
+        assert!(o.progress.transcript.is_some());
+        let flag = &o.dst_ram.lock().unwrap()[FLAG_PAGE as usize..][..8];
+        assert_ne!(flag, b"MIGRATED");
     }
+}
+
+/// The record kinds of every PageBatch in a captured stream.
+fn batch_kinds(stream: &[u8]) -> Vec<Kind> {
+    let mut r = FrameReader::new(stream, Incoming::FromSource);
+    let mut buf = vec![0u8; MAX_PAYLOAD_LEN];
+    let mut kinds = Vec::new();
+    while let Ok(f) = r.read_frame(&mut buf) {
+        if let Frame::PageBatch(b) = f {
+            kinds.extend(b.iter().map(|l| l.header.kind));
+        }
+    }
+    kinds
+}
+
+#[test]
+fn private_zero_pages_are_full_records_unless_the_owner_accepts_the_leak() {
+    let sealed = run(Setup::sev(1));
+    sealed.target.as_ref().unwrap();
+    let kinds = batch_kinds(&sealed.stream);
+    assert!(!kinds.is_empty() && kinds.iter().all(|&k| k == Kind::PAGE));
+    let short = run(Setup {
+        zero_pages: ZeroPages::ShortRecords,
+        ..Setup::sev(1)
+    });
+    short.target.as_ref().unwrap();
+    migratable_equal(&short);
+    assert!(batch_kinds(&short.stream).contains(&Kind::ZERO));
+    assert!(short.stream.len() < sealed.stream.len());
 }
 
 #[test]
 fn a_flipped_byte_anywhere_stops_the_migration_or_lands_in_shared_memory() {
-    let len = run(true, 2, Some([0x5e; 32]), RAM, Tamper::None)
-        .stream
-        .len();
+    let len = run(Setup::sev(2)).stream.len();
     for i in 0..60 {
         let at = if i < 40 {
             i * 7
         } else {
             (len / 20) * (i - 39) - 1
         };
-        let o = run(true, 2, Some([0x5e; 32]), RAM, Tamper::FlipByte(at));
+        let o = run(Setup::sev(2).forward(Tamper::FlipByte(at)));
         if o.target.is_ok() {
             // The host may write shared pages whenever it likes, so their bytes travel
             // unprotected; every private page must still be exactly the source's.
             let (a, b) = (o.src.ram.lock().unwrap(), o.dst_ram.lock().unwrap());
-            for p in o.src.pages().into_iter().filter(|&p| p != SHARED_PAGE) {
+            for p in o
+                .src
+                .pages()
+                .into_iter()
+                .filter(|&p| p != SHARED_PAGE && p != FLAG_PAGE)
+            {
                 let r = p as usize..p as usize + PAGE_SIZE;
                 assert_eq!(
                     a[r.clone()],
@@ -742,10 +915,15 @@ fn a_flipped_byte_anywhere_stops_the_migration_or_lands_in_shared_memory() {
 
 #[test]
 fn a_truncated_stream_is_refused_and_the_source_resumes() {
-    let len = run(false, 1, None, RAM, Tamper::None).stream.len();
+    let len = run(Setup::plain()).stream.len();
     for cut in [0, 5, 200, len / 2, len - 1] {
-        let o = run(false, 1, None, RAM, Tamper::Truncate(cut));
+        let o = run(Setup::plain().forward(Tamper::Truncate(cut)));
         assert_safe_failure(&o, &format!("cut at {cut}"));
+    }
+    let len = run(Setup::sev(1)).stream.len();
+    for cut in [0, 100, 300, len / 2, len - 200] {
+        let o = run(Setup::sev(1).forward(Tamper::Truncate(cut)));
+        assert_safe_failure(&o, &format!("SEV cut at {cut}"));
     }
 }
 
@@ -770,7 +948,7 @@ fn a_record_replayed_from_an_earlier_round_is_refused() {
             _ => vec![bytes],
         }
     });
-    let o = run(true, 1, Some([0x5e; 32]), RAM, Tamper::Frames(edit));
+    let o = run(Setup::sev(1).forward(Tamper::Frames(edit)));
     assert_safe_failure(&o, "replay");
     assert!(
         matches!(o.target, Err(MigrationError::Helper(_))),
@@ -795,15 +973,15 @@ fn a_reordered_batch_is_refused() {
         }
         vec![bytes]
     });
-    let o = run(true, 1, Some([0x5e; 32]), RAM, Tamper::Frames(edit));
+    let o = run(Setup::sev(1).forward(Tamper::Frames(edit)));
     assert_safe_failure(&o, "reorder");
 }
 
 #[test]
 fn withholding_a_lanes_last_batch_fails_the_manifest() {
     // Hold back each lane-1 batch until the next one arrives, and never send the last:
-    // lane 1 then shows no gap and lane 0 (which signs the manifest) is complete, so only
-    // the manifest can notice the pages that never arrived.
+    // lane 1 then shows no gap, so only the manifest (each lane's last sequence number)
+    // can notice the records that never arrived.
     let edit = Arc::new(|_: usize, f: Frame<'_>, held: &mut Vec<Vec<u8>>| match &f {
         Frame::PageBatch(b) if b.lane == 1 => {
             let previous = held.pop();
@@ -812,15 +990,18 @@ fn withholding_a_lanes_last_batch_fails_the_manifest() {
         }
         _ => vec![encode_frame(&f)],
     });
-    let o = run(true, 2, Some([0x5e; 32]), RAM, Tamper::Frames(edit));
+    let o = run(Setup::sev(2).forward(Tamper::Frames(edit)));
     assert_safe_failure(&o, "withheld");
     let err = o.target.unwrap_err().chain();
     assert!(err.contains("MANIFEST_MISMATCH"), "{err}");
 }
 
 #[test]
-fn a_target_with_other_memory_or_firmware_or_no_secret_refuses_before_anything_moves() {
-    let o = run(false, 1, None, RAM * 2, Tamper::None);
+fn a_target_with_other_memory_firmware_or_secret_refuses_before_anything_moves() {
+    let o = run(Setup {
+        target_mem: RAM * 2,
+        ..Setup::plain()
+    });
     assert_safe_failure(&o, "memory size");
     assert!(
         matches!(&o.source, Err(MigrationError::Refused { .. })),
@@ -830,14 +1011,49 @@ fn a_target_with_other_memory_or_firmware_or_no_secret_refuses_before_anything_m
     assert!(o.source.as_ref().unwrap_err().to_string().contains("RAM"));
     assert_eq!(o.progress.pages, 0);
 
-    let o = run(true, 1, None, RAM, Tamper::None);
+    // No secret: the target's helper cannot answer the key share.
+    let o = run(Setup {
+        target_secret: None,
+        ..Setup::sev(1)
+    });
     assert_safe_failure(&o, "no secret");
     let msg = o.source.as_ref().unwrap_err().chain();
     assert!(msg.contains("NO_SECRET"), "{msg}");
-    assert_eq!(msg.matches("refused the migration").count(), 1, "{msg}");
+    assert!(
+        matches!(
+            o.source,
+            Err(MigrationError::Aborted {
+                code: FailureCode::NotReady,
+                ..
+            })
+        ),
+        "{msg}"
+    );
+    assert_eq!(o.progress.pages, 0);
 
-    let o = run(true, 1, Some([0x11; 32]), RAM, Tamper::None);
-    assert_safe_failure(&o, "other secret");
+    // Another secret or another firmware image: the handshake MACs do not verify.
+    for (what, setup) in [
+        (
+            "other secret",
+            Setup {
+                target_secret: Some([0x11; 32]),
+                ..Setup::sev(1)
+            },
+        ),
+        (
+            "other firmware",
+            Setup {
+                target_firmware: [8; 32],
+                ..Setup::sev(1)
+            },
+        ),
+    ] {
+        let o = run(setup);
+        assert_safe_failure(&o, what);
+        let msg = o.source.as_ref().unwrap_err().chain();
+        assert!(msg.contains("BAD_PEER"), "{what}: {msg}");
+        assert_eq!(o.progress.pages, 0, "{what}");
+    }
 }
 
 #[test]
@@ -849,8 +1065,10 @@ fn a_target_that_vanishes_leaves_the_source_running() {
         }
         vec![encode_frame(&f)]
     });
-    let o = run(false, 1, None, RAM, Tamper::Frames(edit));
+    let o = run(Setup::plain().forward(Tamper::Frames(edit.clone())));
     assert_safe_failure(&o, "vanished");
+    let o = run(Setup::sev(1).forward(Tamper::Frames(edit)));
+    assert_safe_failure(&o, "vanished (SEV)");
 }
 
 #[test]
@@ -867,7 +1085,377 @@ fn the_target_rejects_frames_that_break_the_rules_for_its_guest() {
         }
         _ => vec![encode_frame(&f)],
     });
-    let o = run(true, 1, Some([0x5e; 32]), RAM, Tamper::Frames(edit));
+    let o = run(Setup::sev(1).forward(Tamper::Frames(edit)));
     assert_safe_failure(&o, "plain private page");
     assert!(o.target.unwrap_err().to_string().contains("in the clear"));
+}
+
+// ---- the attacker's kit: recordings, forged state, lost commits -----------------------
+
+/// Feeds a recorded stream to a fresh target (with the same migration secret) and
+/// returns what it did.
+fn replay_to_fresh_target(
+    stream: Vec<u8>,
+    lanes: usize,
+) -> (Result<(), MigrationError>, FakeTarget) {
+    let (dst_ram, mut opener) = target_helper(Some(MIGRATION_SECRET), [9; 32], lanes);
+    let (mut feed, dst_sock) = UnixStream::pair().unwrap();
+    dst_sock
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let writer = std::thread::spawn(move || {
+        let _ = feed.write_all(&stream);
+        let _ = feed.shutdown(std::net::Shutdown::Write);
+        let mut sink = Vec::new();
+        let _ = feed.read_to_end(&mut sink);
+    });
+    let mut dst = FakeTarget {
+        ram: dst_ram,
+        sev: true,
+        mem_size: RAM,
+        shared: BTreeSet::new(),
+        ran: None,
+    };
+    let progress = Mutex::new(Progress::default());
+    let r = receive(
+        dst_sock.try_clone().unwrap(),
+        dst_sock,
+        &mut dst,
+        Some(&mut opener as &mut dyn Opener),
+        &progress,
+    );
+    let _ = writer.join();
+    (r, dst)
+}
+
+/// Failed before the fix (the recording made a fresh target run the guest).
+#[test]
+fn a_recorded_migration_replayed_to_a_fresh_target_never_runs_there() {
+    let o = run(Setup::sev(1));
+    o.target.as_ref().unwrap();
+    let (r, dst) = replay_to_fresh_target(o.stream.clone(), 1);
+    assert!(dst.ran.is_none(), "the recording cloned the guest");
+    let err = r.unwrap_err().chain();
+    assert!(err.contains("BAD_PEER"), "{err}");
+}
+
+/// Failed before the fix (the target ran with host bytes in the private canary page).
+#[test]
+fn a_private_page_redeclared_shared_and_sent_in_the_clear_is_refused() {
+    // In the last round the host declares the canary page (private, already imported)
+    // shared and sends its own bytes for it.
+    let forged = [0x66u8; PAGE_SIZE];
+    let shared = crate::frames::SharedRanges {
+        ranges: vec![
+            crate::frames::SharedRange {
+                gpa: SHARED_PAGE,
+                pages: 1,
+            },
+            crate::frames::SharedRange {
+                gpa: 5 * 4096,
+                pages: 1,
+            },
+        ],
+    };
+    let plain = crate::frames::PlainPages {
+        round: 99,
+        pages: vec![crate::frames::PlainPage {
+            gpa: 5 * 4096,
+            data: crate::frames::PageData::Bytes(&forged),
+        }],
+    };
+    let frames = [
+        encode_frame(&Frame::SharedRanges(shared)),
+        encode_frame(&Frame::PlainPages(plain.clone())),
+    ];
+    // With the SharedRanges frame, and without it.
+    for skip in [0, 1] {
+        let inject: Vec<Vec<u8>> = frames[skip..].to_vec();
+        let edit = Arc::new(
+            move |_: usize, f: Frame<'_>, held: &mut Vec<Vec<u8>>| match &f {
+                Frame::DeviceState(_) if held.is_empty() => {
+                    held.push(vec![]);
+                    let mut out = inject.clone();
+                    out.push(encode_frame(&f));
+                    out
+                }
+                _ => vec![encode_frame(&f)],
+            },
+        );
+        let o = run(Setup::sev(1).forward(Tamper::Frames(edit)));
+        assert_safe_failure(&o, "re-declared shared");
+        let page = &o.dst_ram.lock().unwrap()[5 * 4096..6 * 4096];
+        assert_ne!(page, forged, "the forged bytes landed in the private page");
+    }
+}
+
+#[test]
+fn a_forged_or_replayed_shared_list_is_refused() {
+    // The host swaps the last round's sealed list for the first round's (which it
+    // recorded): the sequence numbers give it away.
+    let edit = Arc::new(|_: usize, f: Frame<'_>, held: &mut Vec<Vec<u8>>| match &f {
+        Frame::SharedList(_) if held.is_empty() => {
+            held.push(encode_frame(&f));
+            vec![encode_frame(&f)]
+        }
+        Frame::SharedList(_) => vec![held[0].clone()],
+        _ => vec![encode_frame(&f)],
+    });
+    let o = run(Setup::sev(1).forward(Tamper::Frames(edit)));
+    assert_safe_failure(&o, "replayed list");
+    // The host edits a list to share the canary page: the tag gives it away.
+    let edit = Arc::new(|_: usize, f: Frame<'_>, _: &mut Vec<Vec<u8>>| match &f {
+        Frame::SharedList(l) => {
+            let mut rec = l.record.to_vec();
+            let at = record::HEADER_SIZE + 8;
+            rec[at..at + 8].copy_from_slice(&(5u64 * 4096).to_le_bytes());
+            vec![encode_frame(&Frame::SharedList(
+                crate::frames::SharedList { record: &rec },
+            ))]
+        }
+        _ => vec![encode_frame(&f)],
+    });
+    let o = run(Setup::sev(1).forward(Tamper::Frames(edit)));
+    assert_safe_failure(&o, "edited list");
+    let err = o.target.unwrap_err().chain();
+    assert!(err.contains("AUTH_FAILED"), "{err}");
+}
+
+fn tamper_test(what: &str, edit: Arc<FrameEdit>) -> Outcome {
+    let o = run(Setup::sev(1).forward(Tamper::Frames(edit)));
+    assert_safe_failure(&o, what);
+    o
+}
+
+/// Failed before the fix (the target ran with the host's registers).
+#[test]
+fn tampered_vcpu_state_is_refused() {
+    // Changed bytes, and vCPU 1's (authentic) state passed as vCPU 0's.
+    tamper_test(
+        "vCPU state",
+        Arc::new(|_: usize, f: Frame<'_>, _: &mut Vec<Vec<u8>>| match &f {
+            Frame::VcpuState(v) if v.index == 0 => {
+                let mut blob = v.blob.to_vec();
+                blob[record::HEADER_SIZE] ^= 1;
+                vec![encode_frame(&Frame::VcpuState(crate::frames::VcpuState {
+                    index: 0,
+                    blob: &blob,
+                }))]
+            }
+            _ => vec![encode_frame(&f)],
+        }),
+    );
+    tamper_test(
+        "vCPU state swapped",
+        Arc::new(|_: usize, f: Frame<'_>, held: &mut Vec<Vec<u8>>| match &f {
+            Frame::VcpuState(v) if v.index == 0 => {
+                held.push(v.blob.to_vec());
+                vec![]
+            }
+            Frame::VcpuState(v) => vec![
+                encode_frame(&Frame::VcpuState(crate::frames::VcpuState {
+                    index: 0,
+                    blob: v.blob,
+                })),
+                encode_frame(&Frame::VcpuState(crate::frames::VcpuState {
+                    index: 1,
+                    blob: &held[0],
+                })),
+            ],
+            _ => vec![encode_frame(&f)],
+        }),
+    );
+}
+
+/// Failed before the fix (the target ran with the host's device state).
+#[test]
+fn tampered_device_state_is_refused() {
+    tamper_test(
+        "device state",
+        Arc::new(|_: usize, f: Frame<'_>, _: &mut Vec<Vec<u8>>| match &f {
+            Frame::DeviceState(d) => {
+                let mut blob = d.blob.to_vec();
+                blob[record::HEADER_SIZE + 1] ^= 1;
+                vec![encode_frame(&Frame::DeviceState(
+                    crate::frames::DeviceState { blob: &blob },
+                ))]
+            }
+            _ => vec![encode_frame(&f)],
+        }),
+    );
+}
+
+/// Failed before the fix (the target accepted a Hello the source never sent).
+#[test]
+fn a_tampered_hello_is_refused() {
+    // An optional field the target does not know: it skips it, but the Hello is not the
+    // one the source sent, so the two helpers' transcripts differ.
+    let o = tamper_test(
+        "Hello",
+        Arc::new(|_: usize, f: Frame<'_>, _: &mut Vec<Vec<u8>>| match &f {
+            Frame::Hello(_) => {
+                let mut bytes = encode_frame(&f);
+                bytes.extend_from_slice(&[0x01, 0x80, 1, 0, 0x42]);
+                let len = u32::from_le_bytes(bytes[8..12].try_into().unwrap()) + 5;
+                bytes[8..12].copy_from_slice(&len.to_le_bytes());
+                vec![bytes]
+            }
+            _ => vec![encode_frame(&f)],
+        }),
+    );
+    let err = o.source.unwrap_err().chain();
+    assert!(err.contains("BAD_PEER"), "{err}");
+    assert_eq!(o.progress.pages, 0, "nothing moved");
+}
+
+/// Drops Done (the commit) and closes the forward path.
+fn lose_the_commit() -> Arc<FrameEdit> {
+    Arc::new(|_: usize, f: Frame<'_>, _: &mut Vec<Vec<u8>>| match &f {
+        Frame::Done(_) => vec![Vec::new()],
+        _ => vec![encode_frame(&f)],
+    })
+}
+
+#[test]
+fn a_lost_commit_is_recovered_with_the_targets_abort() {
+    let o = run(Setup::sev(1).forward(Tamper::Frames(lose_the_commit())));
+    // The target never saw the commit: it gave the session up and said so with its
+    // token; the source's helper checked it and the guest runs again at the source.
+    assert_safe_failure(&o, "lost commit");
+    assert!(o.src.resumed);
+}
+
+#[test]
+fn a_lost_commit_and_a_withheld_abort_keep_the_source_stopped_until_the_owner_releases_it() {
+    let drop_token = Arc::new(|_: usize, f: Frame<'_>, _: &mut Vec<Vec<u8>>| match &f {
+        Frame::AbortToken(_) => vec![],
+        _ => vec![encode_frame(&f)],
+    });
+    let o = run(Setup::sev(1)
+        .forward(Tamper::Frames(lose_the_commit()))
+        .back(drop_token));
+    assert!(o.dst.ran.is_none(), "the target never got the commit");
+    let transcript = match &o.source {
+        Err(MigrationError::Committed { transcript, .. }) => *transcript,
+        other => panic!("{other:?}"),
+    };
+    // Stopped, flagged, and says so.
+    assert!(o.src.paused && !o.src.resumed);
+    assert!(o.sealer.guest.migrated_out());
+    assert_eq!(o.progress.status, Status::AwaitingAbort);
+    assert_eq!(o.progress.transcript, Some(transcript));
+    // A forged owner token (another secret) changes nothing; the real one releases it.
+    let release = |token: [u8; 32]| {
+        o.sealer
+            .ok(
+                0,
+                Request {
+                    op: Op::RELEASE.0,
+                    kind: Origin::OWNER.0,
+                    bytes: 32,
+                    ..Default::default()
+                },
+                &[],
+                &token,
+            )
+            .map(drop)
+    };
+    let forged = keys::owner_abort_token(&[0x11; 32], &transcript);
+    assert!(release(forged)
+        .unwrap_err()
+        .to_string()
+        .contains("BAD_TOKEN"));
+    assert!(o.sealer.guest.migrated_out());
+    release(keys::owner_abort_token(&MIGRATION_SECRET, &transcript)).unwrap();
+    assert!(!o.sealer.guest.migrated_out());
+}
+
+#[test]
+fn a_forged_abort_token_does_not_release_a_committed_source() {
+    let forge = Arc::new(|_: usize, f: Frame<'_>, _: &mut Vec<Vec<u8>>| match &f {
+        Frame::AbortToken(_) => vec![encode_frame(&Frame::AbortToken(AbortToken {
+            tag: [0x42; 32],
+        }))],
+        _ => vec![encode_frame(&f)],
+    });
+    let o = run(Setup::sev(1)
+        .forward(Tamper::Frames(lose_the_commit()))
+        .back(forge));
+    assert!(o.dst.ran.is_none());
+    let err = o.source.as_ref().unwrap_err();
+    assert!(matches!(err, MigrationError::Committed { .. }), "{err:?}");
+    assert!(err.chain().contains("BAD_TOKEN"), "{}", err.chain());
+    assert!(o.src.paused && o.sealer.guest.migrated_out());
+}
+
+#[test]
+fn a_forged_ready_makes_the_source_commit_and_the_targets_abort_releases_it() {
+    // The host tells the source "Ready" right after the key agreement, and spoils a
+    // page record: the target refuses it and aborts; the committed source is released
+    // by that abort.
+    let early_ready = Arc::new(|_: usize, f: Frame<'_>, _: &mut Vec<Vec<u8>>| match &f {
+        Frame::KeyReply(_) => vec![encode_frame(&f), encode_frame(&Frame::Ready(Ready))],
+        _ => vec![encode_frame(&f)],
+    });
+    let spoil = Arc::new(|_: usize, f: Frame<'_>, held: &mut Vec<Vec<u8>>| match &f {
+        Frame::PageBatch(b) if b.round > 1 && held.is_empty() => {
+            held.push(vec![]);
+            let mut records = b.records.to_vec();
+            records[record::HEADER_SIZE + 7] ^= 1;
+            vec![encode_frame(&Frame::PageBatch(crate::frames::PageBatch {
+                records: &records,
+                ..*b
+            }))]
+        }
+        _ => vec![encode_frame(&f)],
+    });
+    let o = run(Setup::sev(1)
+        .forward(Tamper::Frames(spoil))
+        .back(early_ready));
+    assert!(o.dst.ran.is_none());
+    assert!(o.source.is_err());
+    // Whether the source committed (it read the forged Ready) or not (it read the
+    // target's Abort first), it runs again and is not flagged.
+    assert!(!o.src.paused, "{:?}", o.source);
+    assert!(!o.sealer.guest.migrated_out());
+}
+
+#[test]
+fn a_version_1_sev_source_is_refused_before_anything_moves() {
+    let (src_sock, dst_sock) = UnixStream::pair().unwrap();
+    dst_sock
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut h = hello(true, 1);
+    h.version = 1;
+    h.helper_nonce = [7; 16];
+    let mut wire = Vec::new();
+    h.encode(&mut wire).unwrap();
+    (&src_sock).write_all(&wire).unwrap();
+    let (dst_ram, mut opener) = target_helper(Some(MIGRATION_SECRET), [9; 32], 1);
+    let mut dst = FakeTarget {
+        ram: dst_ram,
+        sev: true,
+        mem_size: RAM,
+        shared: BTreeSet::new(),
+        ran: None,
+    };
+    let progress = Mutex::new(Progress::default());
+    let r = receive(
+        dst_sock.try_clone().unwrap(),
+        dst_sock,
+        &mut dst,
+        Some(&mut opener as &mut dyn Opener),
+        &progress,
+    );
+    assert!(
+        matches!(
+            r,
+            Err(MigrationError::Refused {
+                code: FailureCode::UnsupportedVersion,
+                ..
+            })
+        ),
+        "{r:?}"
+    );
 }

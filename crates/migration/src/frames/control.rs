@@ -4,9 +4,11 @@
 use std::fmt;
 use std::io::Write;
 
+use helper_abi::record::Kind;
+
 use super::{
-    check_version, invalid, write_frame, FrameError, MessageType, Parser, MAX_REASON_LEN,
-    PROTOCOL_VERSION,
+    check_version, invalid, write_frame, FrameError, MessageType, Parser, COMMIT_LEN,
+    MAX_REASON_LEN, PROTOCOL_VERSION,
 };
 
 /// Why a migration failed, on the wire: the status byte of a HelloAck, Ack or Abort
@@ -294,20 +296,57 @@ impl Abort {
     }
 }
 
-/// Source → target: everything has been sent. Empty payload.
+/// Source → target: everything has been sent. For a plain guest the payload is empty;
+/// for an SEV guest (version 2) it is the source helper's sealed commit record, made
+/// after the target said Ready: the target runs the guest only once its helper verified
+/// it, and the source (flagged "migrated out" when it sealed it) never runs again unless
+/// the target's helper aborts this session.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Done;
+pub struct Done {
+    /// The commit record (SEV).
+    pub commit: Option<[u8; COMMIT_LEN]>,
+}
 
 impl Done {
-    /// Writes the frame.
-    pub fn encode(&self, w: &mut impl Write) -> Result<(), FrameError> {
-        write_frame(w, PROTOCOL_VERSION, MessageType::Done, &[], &[])
+    /// Checks the commit record's framing (a header of kind COMMIT filling it).
+    pub fn validate(&self) -> Result<(), FrameError> {
+        if let Some(record) = &self.commit {
+            super::helper::check_blob_record_any(MessageType::Done, record, Kind::COMMIT)?;
+        }
+        Ok(())
     }
 
-    /// Decodes a payload (it must be empty).
+    /// Writes the frame.
+    pub fn encode(&self, w: &mut impl Write) -> Result<(), FrameError> {
+        self.validate()?;
+        let payload: &[u8] = match &self.commit {
+            Some(record) => record,
+            None => &[],
+        };
+        write_frame(w, PROTOCOL_VERSION, MessageType::Done, payload, &[])
+    }
+
+    /// Decodes a payload: empty, or (version 2) a commit record.
     pub fn decode(version: u16, payload: &[u8]) -> Result<Done, FrameError> {
+        let kind = MessageType::Done;
         check_version(version)?;
-        MessageType::Done.check_len(payload.len())?;
-        Ok(Done)
+        kind.check_len(payload.len())?;
+        if payload.is_empty() {
+            return Ok(Done::default());
+        }
+        if version < 2 || payload.len() != COMMIT_LEN {
+            return Err(FrameError::WrongLength {
+                kind,
+                len: payload.len(),
+                expected: if version < 2 { 0 } else { COMMIT_LEN },
+            });
+        }
+        let mut p = Parser::new(kind, payload);
+        let frame = Done {
+            commit: Some(p.array("commit record")?),
+        };
+        p.finish()?;
+        frame.validate()?;
+        Ok(frame)
     }
 }

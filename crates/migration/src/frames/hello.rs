@@ -72,7 +72,8 @@ pub enum HelloField {
     Lanes = 6,
     /// `[u8; 16]`.
     SessionId = 7,
-    /// `[u8; 16]`.
+    /// `[u8; 16]`; version 1 only (version 2's helpers exchange nonces in the key
+    /// agreement).
     HelperNonce = 8,
     /// `u32`: 4096.
     PageSize = 9,
@@ -163,9 +164,10 @@ pub struct Hello {
     pub helper_region: GpaRange,
     /// Source helper vCPUs, each a lane of sealed records (0 for plain guests).
     pub lanes: u16,
-    /// Fresh per migration; keys are derived from it.
+    /// Fresh per migration; bound into the helpers' transcript.
     pub session_id: [u8; 16],
-    /// The source helper's nonce (zero for plain guests).
+    /// Version 1 only: the source helper's nonce (zero for plain guests). Always zero in
+    /// version 2, whose Hello has no such field.
     pub helper_nonce: [u8; 16],
     /// Must be [`PAGE_SIZE`].
     pub page_size: u32,
@@ -271,7 +273,7 @@ impl Hello {
                         format!("{}; an SEV guest needs 1 to {MAX_LANES}", self.lanes),
                     ));
                 }
-                if self.helper_nonce == [0; 16] {
+                if self.version < 2 && self.helper_nonce == [0; 16] {
                     return Err(invalid(
                         KIND,
                         "helper nonce",
@@ -279,6 +281,16 @@ impl Hello {
                     ));
                 }
             }
+        }
+        if self.version >= 2 && self.helper_nonce != [0; 16] {
+            return Err(invalid(
+                KIND,
+                "helper nonce",
+                format!(
+                    "set in a version {} Hello, which has no such field (the helpers exchange nonces in the key agreement)",
+                    self.version
+                ),
+            ));
         }
         if self.session_id == [0; 16] {
             return Err(invalid(KIND, "session id", "all zero".to_string()));
@@ -317,7 +329,9 @@ impl Hello {
         field(HelloField::HelperRegion, &region);
         field(HelloField::Lanes, &self.lanes.to_le_bytes());
         field(HelloField::SessionId, &self.session_id);
-        field(HelloField::HelperNonce, &self.helper_nonce);
+        if self.version < 2 {
+            field(HelloField::HelperNonce, &self.helper_nonce);
+        }
         field(HelloField::PageSize, &self.page_size.to_le_bytes());
         field(HelloField::Vcpus, &self.vcpus.to_le_bytes());
         p
@@ -428,8 +442,18 @@ impl Hello {
         };
         let lanes = Parser::new(KIND, get(HelloField::Lanes)?).u16("lanes")?;
         let session_id = Parser::new(KIND, get(HelloField::SessionId)?).array("session id")?;
-        let helper_nonce =
-            Parser::new(KIND, get(HelloField::HelperNonce)?).array("helper nonce")?;
+        let helper_nonce = if version < 2 {
+            Parser::new(KIND, get(HelloField::HelperNonce)?).array("helper nonce")?
+        } else {
+            if values[HelloField::HelperNonce.index()].is_some() {
+                return Err(invalid(
+                    KIND,
+                    "helper nonce",
+                    format!("a version-1 field in a version {version} Hello"),
+                ));
+            }
+            [0; 16]
+        };
         let page_size = Parser::new(KIND, get(HelloField::PageSize)?).u32("page size")?;
         let vcpus = Parser::new(KIND, get(HelloField::Vcpus)?).u32("vcpus")?;
         let hello = Hello {

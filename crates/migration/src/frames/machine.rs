@@ -11,9 +11,11 @@ use super::{
 };
 
 /// Source → target, once, after the last round: the VMM's device state, opaque here.
+/// For an SEV guest (version 2) the blob is the source helper's record of it (kind
+/// DEVICE_STATE), which the target's helper verifies before the VMM uses the state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DeviceState<'a> {
-    /// The VMM's blob, 0..=1 MiB.
+    /// The VMM's blob (0..=1 MiB), or the record around it.
     pub blob: &'a [u8],
 }
 
@@ -45,11 +47,13 @@ impl<'a> DeviceState<'a> {
 }
 
 /// Source → target, after the DeviceState, once per vCPU: one vCPU's state, opaque here.
+/// For an SEV guest (version 2) the blob is the source helper's record of it (kind
+/// VCPU_STATE, its index the vCPU's).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct VcpuState<'a> {
     /// The vCPU index, below the Hello's `vcpus` (the engine checks that) and 1024.
     pub index: u32,
-    /// The VMM's blob, 0..=64 KiB.
+    /// The VMM's blob (0..=64 KiB), or the record around it.
     pub blob: &'a [u8],
 }
 
@@ -149,11 +153,26 @@ impl Manifest {
         )
     }
 
-    /// Decodes a payload.
+    /// Decodes a payload. A version-1 manifest is refused here: version 1 had no
+    /// authenticated key agreement, and this helper ABI cannot verify it.
     pub fn decode(version: u16, payload: &[u8]) -> Result<Manifest, FrameError> {
         let kind = MessageType::Manifest;
         check_version(version)?;
         kind.check_len(payload.len())?;
+        if version < 2 {
+            return Err(invalid(
+                kind,
+                "record",
+                format!("a protocol version {version} manifest: SEV guests migrate only with version 2 (authenticated key agreement); upgrade the source"),
+            ));
+        }
+        if payload.len() != MANIFEST_LEN {
+            return Err(FrameError::WrongLength {
+                kind,
+                len: payload.len(),
+                expected: MANIFEST_LEN,
+            });
+        }
         let mut p = Parser::new(kind, payload);
         let frame = Manifest {
             record: p.array("record")?,

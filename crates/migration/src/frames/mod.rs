@@ -1,4 +1,4 @@
-//! # The migration wire format, protocol version 1
+//! # The migration wire format, protocol version 2
 //!
 //! One TCP connection carries a migration. The source VMM writes frames to the target;
 //! the target writes a few frames back on the same connection (the *return path*). Each
@@ -6,95 +6,99 @@
 //! the frame's [`MessageType`]. All integers are little-endian. There is no padding and no
 //! alignment: fields follow each other byte for byte.
 //!
-//! The page contents of an SEV guest travel only inside *sealed records* (helper-abi
-//! `record`: a 32-byte header, the AES-256-GCM encrypted payload, a 16-byte tag) that the
-//! source's migration helper wrote and only the target's helper can open. The hosts carry
-//! those records verbatim; this format frames them and checks their framing, nothing
-//! more. Everything else in the stream (the Hello, plain pages, device and vCPU state) is
-//! host data, in the clear, as in any VMM's migration stream.
+//! For an SEV guest, everything that decides what the target guest becomes is made and
+//! checked by the two migration helpers (guest code in the mirror VMs), never by the
+//! VMMs: the helpers first agree on a fresh session with an authenticated X25519 key
+//! agreement (KeyShare, KeyReply, KeyConfirm; helper-abi `handshake`) bound to the Hello's
+//! hash; private pages travel as records the source's helper sealed (AES-256-GCM); the
+//! guest's shared-page list, the device state and every vCPU's state travel as records
+//! the source's helper authenticated; the manifest lists every page, the number of
+//! records and each lane's last sequence number; and the source helper's commit record
+//! (in Done) is what lets the target run the guest — after which the source guest never
+//! runs again unless the target's helper gives the session up (AbortToken). The hosts
+//! carry all of it verbatim; this module checks its framing, nothing more.
 //!
-//! ## A whole migration
+//! ## A whole migration (SEV)
 //!
 //! ```text
-//!  source VMM (guest running)                             target VMM (paused, attested,
-//!   + helper in its mirror VM                              migration secret injected)
+//!  source VMM (guest running)                             target VMM (booted incoming,
+//!   + helper in its mirror VM                              attested, migration secret)
 //!      |                                                        |
-//!      |--- Hello {version, mode, mem size, RAM ranges, ------->| checks version, RAM,
-//!      |           firmware digest, helper region, lanes,       | digest, helper region,
-//!      |           session id, helper nonce, page size, vCPUs}  | vCPUs against its own
-//!      |<-- HelloAck accepted ----------------------------------|
-//!      |      (or HelloAck refused {code, reason}: both close;  |
-//!      |       the source guest keeps running)                  |
+//!      |--- Hello {mode, mem size, RAM ranges, firmware ------->| checks it against its
+//!      |           digest, helper region, lanes, session id,    | own guest
+//!      |           page size, vCPUs}                            |
+//!      |<-- HelloAck accepted ----------------------------------|  (or refused: both close;
+//!      |                                                        |   the guest keeps running)
+//!      |--- KeyShare {Ns, Ps}        (source helper HS_START) ->| target helper HS_RESPOND
+//!      |<-- KeyReply {Nt, Pt, MAC_t} ---------------------------|
+//!   source helper HS_FINISH: checks MAC_t                       |
+//!      |--- KeyConfirm {MAC_s} -------------------------------->| HS_CONFIRM: checks MAC_s
 //!      |                                                        |
-//!      |  round 0: every page once                              |
-//!      |--- SharedRanges {which pages the guest shares} ------->|
-//!      |--- PageBatch {lane, round, sealed records} ----------->| target helper IMPORTs
-//!      |--- PlainPages {round, shared or plain-guest pages} --->| written as they are
-//!      |        ... more batches, in any mix ...                |
-//!      |--- RoundEnd {round 0, pages sent, dirty remaining} --->| progress
-//!      |                                                        |
-//!      |  rounds 1..n-1: only pages dirtied since, same frames  |
-//!      |                                                        |
-//!      |  guest paused: stop-and-copy, round n                  |
-//!      |--- SharedRanges / PageBatch / PlainPages ------------->|
-//!      |--- RoundEnd {round n, pages sent, 0} ----------------->|
-//!      |--- DeviceState {blob} -------------------------------->|
-//!      |--- VcpuState {0, blob} ... VcpuState {vcpus-1, blob} ->|
-//!      |--- Manifest {sealed manifest record}   (SEV only) ---->| target helper checks
-//!      |--- Done ---------------------------------------------->| the manifest against
-//!      |                                                        | what it imported; the
-//!      |                                                        | guest resumes here
-//!      |<-- Ack completed --------------------------------------|
-//!   source quits                                                |
+//!      |  round 1: every page once                              |
+//!      |--- SharedList {sealed list} -------------------------->| helper verifies it; the
+//!      |                                                        | page states follow it
+//!      |--- PlainPages {pages the list shares} ---------------->| written as they are
+//!      |--- PageBatch {lane, round, sealed records} ----------->| helper IMPORTs
+//!      |--- RoundEnd {round, pages sent, dirty remaining} ----->| progress
+//!      |  rounds 2..n-1: the list again, then the pages dirtied since, and pages the list
+//!      |  made private again                                    |
+//!      |  guest paused: stop-and-copy, round n, same frames     |
+//!      |--- DeviceState {sealed device state} ----------------->| helper verifies
+//!      |--- VcpuState {i, sealed vCPU i state} ... ------------>| helper verifies
+//!      |--- Manifest {sealed manifest} ------------------------>| helper checks pages,
+//!      |<-- Ready ----------------------------------------------| records, lanes
+//!   source helper COMMIT: guest flagged "migrated out"          |
+//!      |--- Done {sealed commit record} ----------------------->| helper checks the commit:
+//!      |<-- Ack completed --------------------------------------| the guest runs here
+//!   source quits (its guest never runs again)                   |
 //!
 //!  Failure paths:
-//!      |<-- Ack failed {code, reason} --------------------------| target did not resume
-//!   source resumes its guest
-//!
-//!      |--- Abort {code, reason} ------------------------------>| at any time before Done
-//!      |<-- Abort {code, reason} -------------------------------| at any time before its Ack
-//!   the side that sent Abort closes the connection; the source resumes its guest, the
-//!   target discards what it received and never runs the guest. A stream that ends
-//!   before Done (or before the Ack, for the source) counts as an Abort.
+//!   before the commit, either side: Abort {code, reason}; the source resumes its guest,
+//!   the target discards what it received and never runs the guest (a stream that ends
+//!   early counts as an Abort). A target that holds a session first sends its helper's
+//!   AbortToken, then the Abort.
+//!   after the commit: the source resumes only if the target's AbortToken verifies at the
+//!   source helper (RELEASE); without it (lost stream, withheld token) it stays stopped,
+//!   "awaiting abort", until the target's token or the guest owner's break-glass abort
+//!   arrives by another way.
 //! ```
+//!
+//! A plain guest has no helper: Hello, HelloAck, rounds of PlainPages and RoundEnd,
+//! DeviceState, VcpuState, Done (empty), Ack — no key agreement, no list, no manifest,
+//! no commit.
 //!
 //! ## Receiver state diagram
 //!
 //! [`ReceiverState`] is the order of frames on a connection. Both ends feed it every
-//! frame that crosses the connection, in the order they send or receive them: the target
-//! feeds the frames it reads and the HelloAck and Ack it writes; the source the frames it
-//! writes and the HelloAck and Ack it reads. Any pair not drawn here is a
-//! [`ProtocolError`] (e.g. a PageBatch before the HelloAck, a second Manifest, anything
-//! after Done but the target's Ack or Abort).
+//! frame that crosses the connection, in the order they send or receive them. Any pair
+//! not drawn here is a [`ProtocolError`] (e.g. a PageBatch before the HelloAck, a second
+//! Manifest, anything after Done but the target's Ack, AbortToken or Abort).
 //!
 //! ```text
-//!                Hello                   HelloAck
-//!  AwaitHello ---------> AwaitHelloAck ----------> RoundOpen ----+ PageBatch, PlainPages,
-//!                                                   |   ^  <-----+ SharedRanges
-//!                                          RoundEnd |   | PageBatch, PlainPages,
-//!                                                   v   | SharedRanges
-//!                                               RoundClosed -----+ RoundEnd
-//!                                                   |      <-----+ (an empty round)
-//!                                       DeviceState |
-//!                                                   v
-//!                                                Devices
-//!                                                   |
-//!                                         VcpuState |
-//!                                                   v
-//!                                                 Vcpus ---------+ VcpuState
-//!                                                   |  \   <-----+
-//!                                 Manifest (SEV)    |   \ Done (plain guests)
-//!                                                   v    \
-//!                                               Manifested |
-//!                                                   |      |
-//!                                              Done |      |
-//!                                                   v      |
-//!                                                  Done <--+
-//!                                                   |
-//!                                               Ack |
-//!                                                   v
-//!                                               Completed
+//!               Hello                  HelloAck
+//!  AwaitHello -------> AwaitHelloAck ----------> Accepted --KeyShare--> KeyShared
+//!                                                   |                      |
+//!                              page frames, RoundEnd|               KeyReply
+//!                              (plain guests)       |                      v
+//!                                                   |   Keyed <--KeyConfirm-- KeyReplied
+//!                                                   v     |
+//!                     RoundOpen <-----------------------+  page frames, RoundEnd
+//!                       |  ^  page frames                  (page frames: PageBatch,
+//!              RoundEnd |  |                               PlainPages, SharedList,
+//!                       v  |                               SharedRanges)
+//!                     RoundClosed ---RoundEnd---> RoundClosed
+//!                       | DeviceState
+//!                       v
+//!                     Devices --VcpuState--> Vcpus --VcpuState--> Vcpus
+//!                                              |  \
+//!                                    Manifest  |   \ Done (plain)
+//!                                              v    \
+//!                                         Manifested  \
+//!                                              | Ready \
+//!                                              v        v
+//!                                            Ready --Done--> Done --Ack--> Completed
 //!
+//!  KeyReplied .. Done --AbortToken--> Aborting --Abort--> Aborted
 //!  every state but Completed and Aborted --Abort--> Aborted
 //! ```
 //!
@@ -103,32 +107,46 @@
 //! | state           | legal frame → next state                                       |
 //! |-----------------|----------------------------------------------------------------|
 //! | `AwaitHello`    | Hello → `AwaitHelloAck`                                        |
-//! | `AwaitHelloAck` | HelloAck → `RoundOpen`                                         |
-//! | `RoundOpen`     | PageBatch, PlainPages, SharedRanges → `RoundOpen`; RoundEnd → `RoundClosed` |
-//! | `RoundClosed`   | PageBatch, PlainPages, SharedRanges → `RoundOpen`; RoundEnd → `RoundClosed`; DeviceState → `Devices` |
+//! | `AwaitHelloAck` | HelloAck → `Accepted`                                          |
+//! | `Accepted`      | KeyShare → `KeyShared`; page frames → `RoundOpen`; RoundEnd → `RoundClosed` |
+//! | `KeyShared`     | KeyReply → `KeyReplied`                                        |
+//! | `KeyReplied`    | KeyConfirm → `Keyed`                                           |
+//! | `Keyed`         | page frames → `RoundOpen`; RoundEnd → `RoundClosed`            |
+//! | `RoundOpen`     | page frames → `RoundOpen`; RoundEnd → `RoundClosed`            |
+//! | `RoundClosed`   | page frames → `RoundOpen`; RoundEnd → `RoundClosed`; DeviceState → `Devices` |
 //! | `Devices`       | VcpuState → `Vcpus`                                            |
 //! | `Vcpus`         | VcpuState → `Vcpus`; Manifest → `Manifested`; Done → `Done`    |
-//! | `Manifested`    | Done → `Done`                                                  |
+//! | `Manifested`    | Ready → `Ready`                                                |
+//! | `Ready`         | Done → `Done`                                                  |
 //! | `Done`          | Ack → `Completed`                                              |
+//! | `Aborting`      | Abort → `Aborted`                                              |
 //! | `Completed`, `Aborted` | nothing                                                 |
-//! | every other     | Abort → `Aborted`                                              |
+//! | `KeyReplied` to `Done` | also AbortToken → `Aborting`                            |
+//! | every other     | also Abort → `Aborted`                                         |
 //!
 //! A HelloAck or Ack moves the state whether it accepts or refuses; after a refusal, or
 //! a failed Ack, nothing more is sent and both ends close. What the state diagram cannot
-//! see is checked by the engine against the Hello: PageBatch lanes below `lanes`, one
-//! VcpuState per vCPU index, a Manifest present exactly for SEV guests, pages inside the
-//! RAM ranges and outside the helper region.
+//! see is checked by the migration engine: the key agreement before anything else for
+//! an SEV guest, PageBatch lanes below `lanes`, one VcpuState per vCPU index, a Manifest,
+//! Ready and a commit in Done exactly for SEV guests, pages inside the RAM ranges and
+//! outside the helper region, clear pages only where the guest's verified list shares
+//! them.
 //!
 //! ## Version policy
 //!
-//! - [`PROTOCOL_VERSION`] is the version this build writes (today 1). Every frame header
+//! - [`PROTOCOL_VERSION`] is the version this build writes (today 2). Every frame header
 //!   carries the version of its layout; the source writes its own version in every frame,
 //!   so the Hello's version is the session's.
 //! - A receiver accepts its own version N and the one before, N-1
-//!   ([`SUPPORTED_VERSIONS`], today only 1 since 0 never existed), and rejects anything
-//!   else with [`FrameError::UnsupportedVersion`], whose message names what it accepts.
-//!   A frame whose version differs from the session's is an error
+//!   ([`SUPPORTED_VERSIONS`]: 1 and 2), and rejects anything else with
+//!   [`FrameError::UnsupportedVersion`], whose message names what it accepts. A frame
+//!   whose version differs from the session's is an error
 //!   ([`crate::CodecError::VersionChanged`]).
+//! - Version 1 is still decoded, but only a plain guest migrates with it: a version-1
+//!   SEV session had no authenticated key agreement and no commit, and the target
+//!   refuses its Hello (`UnsupportedVersion`; a downgrade is never accepted). The
+//!   version-2 frames (13–18) do not exist in version 1; a version-1 Hello carries the
+//!   helper nonce field (tag 8), a version-2 Hello must not.
 //! - The 12-byte frame header and the HelloAck, Ack and Abort payloads are frozen: every
 //!   version lays them out the same. A target that cannot read the source's version
 //!   therefore still answers `HelloAck refused {UnsupportedVersion}` written *in the
@@ -145,7 +163,7 @@
 //! ```text
 //!  offset size field
 //!  0      4    magic, the bytes "SMIG"
-//!  4      2    version (u16), the layout of this frame: 1
+//!  4      2    version (u16), the layout of this frame: 2 (or 1)
 //!  6      1    type (u8), a MessageType code, see below
 //!  7      1    flags (u8), reserved, must be 0
 //!  8      4    payload length (u32), checked against the type's cap before any payload
@@ -155,25 +173,33 @@
 //!
 //! ## Frame types and payloads
 //!
-//! | code | type           | direction | payload bytes        |
-//! |------|----------------|-----------|----------------------|
-//! | 1    | `Hello`        | S → T     | 0 ..= 4096           |
-//! | 2    | `HelloAck`     | T → S     | 1 ..= 1025           |
-//! | 3    | `PageBatch`    | S → T     | 12 ..= 1 060 876     |
-//! | 4    | `PlainPages`   | S → T     | 8 ..= 1 050 888      |
-//! | 5    | `SharedRanges` | S → T     | 4 ..= 1 048 580      |
-//! | 6    | `DeviceState`  | S → T     | 0 ..= 1 048 576      |
-//! | 7    | `VcpuState`    | S → T     | 4 ..= 65 540         |
-//! | 8    | `RoundEnd`     | S → T     | 20                   |
-//! | 9    | `Manifest`     | S → T     | 96                   |
-//! | 10   | `Done`         | S → T     | 0                    |
-//! | 11   | `Abort`        | both      | 1 ..= 1025           |
-//! | 12   | `Ack`          | T → S     | 1 ..= 1025           |
+//! | code | type           | direction | payload bytes           | since |
+//! |------|----------------|-----------|-------------------------|-------|
+//! | 1    | `Hello`        | S → T     | 0 ..= 4096              | 1     |
+//! | 2    | `HelloAck`     | T → S     | 1 ..= 1025              | 1     |
+//! | 3    | `PageBatch`    | S → T     | 12 ..= 1 060 876        | 1     |
+//! | 4    | `PlainPages`   | S → T     | 8 ..= 1 050 888         | 1     |
+//! | 5    | `SharedRanges` | S → T     | 4 ..= 1 048 580         | 1     |
+//! | 6    | `DeviceState`  | S → T     | 0 ..= 1 048 624         | 1     |
+//! | 7    | `VcpuState`    | S → T     | 4 ..= 65 588            | 1     |
+//! | 8    | `RoundEnd`     | S → T     | 20                      | 1     |
+//! | 9    | `Manifest`     | S → T     | 160 (v1: 96)            | 1     |
+//! | 10   | `Done`         | S → T     | 0, or 80 (SEV, v2)      | 1     |
+//! | 11   | `Abort`        | both      | 1 ..= 1025              | 1     |
+//! | 12   | `Ack`          | T → S     | 1 ..= 1025              | 1     |
+//! | 13   | `KeyShare`     | S → T     | 64                      | 2     |
+//! | 14   | `KeyReply`     | T → S     | 96                      | 2     |
+//! | 15   | `KeyConfirm`   | S → T     | 32                      | 2     |
+//! | 16   | `SharedList`   | S → T     | 56 ..= 4144             | 2     |
+//! | 17   | `Ready`        | T → S     | 0                       | 2     |
+//! | 18   | `AbortToken`   | T → S     | 32                      | 2     |
 //!
 //! **Hello** (code 1): a list of fields, each `tag u16 ‖ len u16 ‖ value[len]`, in any
 //! order (writers use ascending tags). Every field below is mandatory and may appear
 //! once; a tag with bit 15 ([`HELLO_FIELD_OPTIONAL`]) set is optional and skipped when
-//! unknown; any other unknown tag is an error.
+//! unknown; any other unknown tag is an error. The target hashes the Hello frame exactly
+//! as it arrived (header and payload) and its helper binds that hash into the session's
+//! transcript, so a Hello changed on the way fails the key agreement.
 //!
 //! ```text
 //!  tag     len        field            value
@@ -184,10 +210,11 @@
 //!  0x0004  32         firmware digest  SHA-256 of the firmware image both sides boot
 //!  0x0005  16         helper region    base u64, size u64: SEV: non-empty, aligned,
 //!                                      inside RAM; plain: zero
-//!  0x0006  2          lanes            u16 source helper vCPUs: SEV 1..=256, plain 0
-//!  0x0007  16         session id       16 bytes, not all zero
-//!  0x0008  16         helper nonce     the source helper's nonce: SEV not all zero,
-//!                                      plain all zero
+//!  0x0006  2          lanes            u16 source helper vCPUs: SEV 1..=256 (a target
+//!                                      takes up to helper-abi MAX_LANES = 8), plain 0
+//!  0x0007  16         session id       16 bytes, not all zero (bound into the helpers'
+//!                                      transcript)
+//!  0x0008  16         helper nonce     version 1 only: the source helper's nonce
 //!  0x0009  4          page size        u32, 4096
 //!  0x000a  4          vcpus            u32, 1..=1024
 //! ```
@@ -201,6 +228,19 @@
 //!          otherwise 1..=1024 bytes
 //! ```
 //!
+//! **KeyShare** (13): `nonce [32] ‖ X25519 share [32]` (the source helper's).
+//! **KeyReply** (14): `nonce [32] ‖ X25519 share [32] ‖ MAC [32]` (the target helper's;
+//! the MAC is HMAC-SHA256 under a key derived from the owner's migration secret, with
+//! the target's label, over the transcript hash). **KeyConfirm** (15): `MAC [32]` (the
+//! source helper's, with the source's label). The transcript and the key schedule are
+//! mirror-helper's `keys` module.
+//!
+//! **SharedList** (16), at the start of every round of an SEV guest: one blob record
+//! (helper-abi `record`, kind SHARED_LIST) the source helper made from the guest's own
+//! list: `header [32] ‖ "SHRD" ‖ count u32 ‖ count × (gpa u64, pages u64) ‖ tag [16]`,
+//! the ranges page-aligned, non-empty, ascending, not overlapping. The list is in the
+//! clear (the host knows which pages are shared); the tag authenticates it.
+//!
 //! **PageBatch** (3), the sealed records of one helper EXPORT:
 //!
 //! ```text
@@ -209,11 +249,12 @@
 //!  4   4   round u32
 //!  8   4   count u32, records that follow: 1..=256
 //!  12  ..  records, verbatim: count times (32-byte header ‖ payload ‖ 16-byte tag), page
-//!          (4144 bytes) or zero-page (48 bytes) records whose header lane and round
-//!          equal the batch's, filling the payload exactly
+//!          (4144 bytes) or zero-page (48 bytes, only with the zero-record option)
+//!          records whose header round equals the batch's, filling the payload exactly
 //! ```
 //!
-//! **PlainPages** (4), pages the host copies itself (plain guests, shared SEV pages):
+//! **PlainPages** (4), pages the host copies itself (plain guests, pages an SEV guest's
+//! list shares):
 //!
 //! ```text
 //!  0   4   round u32
@@ -223,25 +264,32 @@
 //!                         ‖ 4096 bytes of page data unless bit 0 is set
 //! ```
 //!
-//! **SharedRanges** (5), the source's complete record of the pages the guest shares with
-//! the host; each one replaces the previous one:
+//! **SharedRanges** (5): `count u32 (0..=65536) ‖ count × (gpa u64, pages u64 >= 1)`,
+//! ascending, not overlapping. Version 1's host-declared page states; in version 2 a
+//! source need not send it, and a target accepts it only if it repeats the guest's
+//! sealed list exactly.
 //!
-//! ```text
-//!  0   4   count u32: 0..=65536
-//!  4   ..  count times (gpa u64 4 KiB aligned, pages u64 >= 1), ascending, not
-//!          overlapping
-//! ```
+//! **DeviceState** (6): the VMM's device-state blob (plain guests, 0..=1 MiB); for an SEV
+//! guest, the blob record (kind DEVICE_STATE) around it.
 //!
-//! **DeviceState** (6): the whole payload is the VMM's device-state blob, 0..=1 MiB.
-//!
-//! **VcpuState** (7): `index u32 (< 1024) ‖ blob`, the blob 0..=64 KiB.
+//! **VcpuState** (7): `index u32 (< 1024) ‖ blob`: the VMM's vCPU state (plain, 0..=64
+//! KiB); for an SEV guest, the blob record (kind VCPU_STATE, whose index must be the
+//! frame's) around it.
 //!
 //! **RoundEnd** (8): `round u32 ‖ pages sent u64 ‖ dirty pages remaining u64`.
 //!
-//! **Manifest** (9): the helper's sealed manifest record, 96 bytes verbatim
-//! (`helper_abi::record::MANIFEST_RECORD_SIZE`), its header of kind MANIFEST.
+//! **Manifest** (9): the helper's sealed manifest record, 160 bytes verbatim
+//! (`helper_abi::record::MANIFEST_RECORD_SIZE`), its header of kind MANIFEST; its
+//! encrypted payload counts the pages and records and lists each lane's last sequence
+//! number. A version-1 manifest (96 bytes) is refused.
 //!
-//! **Done** (10): empty.
+//! **Ready** (17): empty.
+//!
+//! **Done** (10): empty (plain guests), or the source helper's sealed commit record, 80
+//! bytes (`helper_abi::record::COMMIT_RECORD_SIZE`, kind COMMIT).
+//!
+//! **AbortToken** (18): `tag [32]`, HMAC-SHA256 under the session's abort key over the
+//! transcript hash: the target helper's promise never to commit the session.
 
 use std::fmt;
 use std::io::{self, Write};
@@ -250,12 +298,14 @@ use thiserror::Error;
 
 mod control;
 mod hello;
+mod helper;
 mod machine;
 mod pages;
 mod session;
 
 pub use control::{Abort, Ack, Done, FailureCode, HelloAck};
 pub use hello::{GpaRange, GuestMode, Hello, HelloField, HELLO_FIELD_OPTIONAL};
+pub use helper::{check_record, AbortToken, KeyConfirm, KeyReply, KeyShare, Ready, SharedList};
 pub use machine::{DeviceState, Manifest, VcpuState};
 pub use pages::{
     PageBatch, PageBatchHeader, PageData, PlainPage, PlainPages, RoundEnd, SharedRange,
@@ -263,8 +313,10 @@ pub use pages::{
 };
 pub use session::{ProtocolError, ReceiverState};
 
-/// The protocol version this build writes.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// The protocol version this build writes. Version 2: the helpers' authenticated key
+/// agreement, sealed shared list, device and vCPU state, the commit (Ready, Done with
+/// the commit record) and the target's abort token.
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// The oldest version this build reads: N-1, but never 0 (no version 0 exists).
 pub const MIN_PROTOCOL_VERSION: u16 = if PROTOCOL_VERSION > 1 {
@@ -307,14 +359,26 @@ pub const PLAIN_PAGES_HEADER_LEN: usize = 8;
 pub const PLAIN_ENTRY_HEADER_LEN: usize = 9;
 /// Most ranges in a SharedRanges frame.
 pub const MAX_SHARED_RANGES: usize = 65536;
-/// Cap on a DeviceState blob.
-pub const MAX_DEVICE_STATE_LEN: usize = 1 << 20;
-/// Cap on a VcpuState blob.
-pub const MAX_VCPU_STATE_LEN: usize = 64 << 10;
+/// Bytes a blob record adds to its blob (header and tag).
+pub const RECORD_OVERHEAD: usize = helper_abi::record::HEADER_SIZE + helper_abi::record::TAG_SIZE;
+/// Cap on a DeviceState blob: the VMM's state (1 MiB), and for SEV guests the helper's
+/// record around it.
+pub const MAX_DEVICE_STATE_LEN: usize = helper_abi::record::MAX_DEVICE_STATE_LEN + RECORD_OVERHEAD;
+/// Cap on a VcpuState blob: 64 KiB, and for SEV guests the record around it.
+pub const MAX_VCPU_STATE_LEN: usize = helper_abi::record::MAX_VCPU_STATE_LEN + RECORD_OVERHEAD;
 /// Size of a RoundEnd payload.
 pub const ROUND_END_LEN: usize = 20;
 /// Size of a Manifest payload: one sealed manifest record.
 pub const MANIFEST_LEN: usize = helper_abi::record::MANIFEST_RECORD_SIZE;
+/// Size of a version-1 Manifest payload (decoded only to be refused: version 1 has no
+/// authenticated key agreement).
+pub const MANIFEST_V1_LEN: usize = 96;
+/// Size of an SEV Done payload: the source helper's sealed commit record.
+pub const COMMIT_LEN: usize = helper_abi::record::COMMIT_RECORD_SIZE;
+/// Smallest SharedList payload: a record of an empty list.
+pub const MIN_SHARED_LIST_LEN: usize = RECORD_OVERHEAD + 8;
+/// Largest SharedList payload: a record of a full one-page list.
+pub const MAX_SHARED_LIST_LEN: usize = RECORD_OVERHEAD + helper_abi::record::MAX_SHARED_LIST_LEN;
 
 /// The largest payload of any frame type: a buffer this large takes every frame
 /// ([`crate::FrameReader::read_frame`]).
@@ -363,6 +427,18 @@ pub enum MessageType {
     Abort = 11,
     /// Target → source: the outcome, after Done.
     Ack = 12,
+    /// Source → target: the source helper's key share (version 2).
+    KeyShare = 13,
+    /// Target → source: the target helper's key share and MAC (version 2).
+    KeyReply = 14,
+    /// Source → target: the source helper's MAC (version 2).
+    KeyConfirm = 15,
+    /// Source → target: the guest's shared-page list, sealed (version 2).
+    SharedList = 16,
+    /// Target → source: manifest verified, waiting for the commit (version 2).
+    Ready = 17,
+    /// Target → source: the target helper's abort token (version 2).
+    AbortToken = 18,
 }
 
 /// Who writes a frame type.
@@ -378,7 +454,7 @@ pub enum Direction {
 
 impl MessageType {
     /// Every type, in code order.
-    pub const ALL: [MessageType; 12] = [
+    pub const ALL: [MessageType; 18] = [
         MessageType::Hello,
         MessageType::HelloAck,
         MessageType::PageBatch,
@@ -391,6 +467,12 @@ impl MessageType {
         MessageType::Done,
         MessageType::Abort,
         MessageType::Ack,
+        MessageType::KeyShare,
+        MessageType::KeyReply,
+        MessageType::KeyConfirm,
+        MessageType::SharedList,
+        MessageType::Ready,
+        MessageType::AbortToken,
     ];
 
     /// The header's type byte.
@@ -413,14 +495,27 @@ impl MessageType {
             MessageType::Done => "Done",
             MessageType::Abort => "Abort",
             MessageType::Ack => "Ack",
+            MessageType::KeyShare => "KeyShare",
+            MessageType::KeyReply => "KeyReply",
+            MessageType::KeyConfirm => "KeyConfirm",
+            MessageType::SharedList => "SharedList",
+            MessageType::Ready => "Ready",
+            MessageType::AbortToken => "AbortToken",
         }
     }
 
     /// Who writes frames of this type.
     pub const fn direction(self) -> Direction {
         match self {
-            MessageType::HelloAck | MessageType::Ack => Direction::TargetToSource,
+            MessageType::HelloAck
+            | MessageType::Ack
+            | MessageType::KeyReply
+            | MessageType::Ready
+            | MessageType::AbortToken => Direction::TargetToSource,
             MessageType::Abort => Direction::Either,
+            MessageType::KeyShare | MessageType::KeyConfirm | MessageType::SharedList => {
+                Direction::SourceToTarget
+            }
             MessageType::Hello
             | MessageType::PageBatch
             | MessageType::PlainPages
@@ -453,8 +548,21 @@ impl MessageType {
             MessageType::DeviceState => (0, MAX_DEVICE_STATE_LEN),
             MessageType::VcpuState => (4, 4 + MAX_VCPU_STATE_LEN),
             MessageType::RoundEnd => (ROUND_END_LEN, ROUND_END_LEN),
-            MessageType::Manifest => (MANIFEST_LEN, MANIFEST_LEN),
-            MessageType::Done => (0, 0),
+            MessageType::Manifest => (MANIFEST_V1_LEN, MANIFEST_LEN),
+            MessageType::Done => (0, COMMIT_LEN),
+            MessageType::KeyShare => (
+                helper_abi::handshake::KeyShare::SIZE,
+                helper_abi::handshake::KeyShare::SIZE,
+            ),
+            MessageType::KeyReply => (
+                helper_abi::handshake::KeyReply::SIZE,
+                helper_abi::handshake::KeyReply::SIZE,
+            ),
+            MessageType::KeyConfirm | MessageType::AbortToken => {
+                (helper_abi::DIGEST_LEN, helper_abi::DIGEST_LEN)
+            }
+            MessageType::SharedList => (MIN_SHARED_LIST_LEN, MAX_SHARED_LIST_LEN),
+            MessageType::Ready => (0, 0),
         }
     }
 
@@ -760,6 +868,18 @@ pub enum Frame<'a> {
     Abort(Abort),
     /// See [`Ack`].
     Ack(Ack),
+    /// See [`KeyShare`].
+    KeyShare(KeyShare),
+    /// See [`KeyReply`].
+    KeyReply(KeyReply),
+    /// See [`KeyConfirm`].
+    KeyConfirm(KeyConfirm),
+    /// See [`SharedList`].
+    SharedList(SharedList<'a>),
+    /// See [`Ready`].
+    Ready(Ready),
+    /// See [`AbortToken`].
+    AbortToken(AbortToken),
 }
 
 impl<'a> Frame<'a> {
@@ -778,6 +898,12 @@ impl<'a> Frame<'a> {
             Frame::Done(_) => MessageType::Done,
             Frame::Abort(_) => MessageType::Abort,
             Frame::Ack(_) => MessageType::Ack,
+            Frame::KeyShare(_) => MessageType::KeyShare,
+            Frame::KeyReply(_) => MessageType::KeyReply,
+            Frame::KeyConfirm(_) => MessageType::KeyConfirm,
+            Frame::SharedList(_) => MessageType::SharedList,
+            Frame::Ready(_) => MessageType::Ready,
+            Frame::AbortToken(_) => MessageType::AbortToken,
         }
     }
 
@@ -807,6 +933,12 @@ impl<'a> Frame<'a> {
             MessageType::Done => Frame::Done(Done::decode(v, payload)?),
             MessageType::Abort => Frame::Abort(Abort::decode(v, payload)?),
             MessageType::Ack => Frame::Ack(Ack::decode(v, payload)?),
+            MessageType::KeyShare => Frame::KeyShare(KeyShare::decode(v, payload)?),
+            MessageType::KeyReply => Frame::KeyReply(KeyReply::decode(v, payload)?),
+            MessageType::KeyConfirm => Frame::KeyConfirm(KeyConfirm::decode(v, payload)?),
+            MessageType::SharedList => Frame::SharedList(SharedList::decode(v, payload)?),
+            MessageType::Ready => Frame::Ready(Ready::decode(v, payload)?),
+            MessageType::AbortToken => Frame::AbortToken(AbortToken::decode(v, payload)?),
         })
     }
 
@@ -825,6 +957,12 @@ impl<'a> Frame<'a> {
             Frame::Done(m) => m.encode(w),
             Frame::Abort(m) => m.encode(w),
             Frame::Ack(m) => m.encode(w),
+            Frame::KeyShare(m) => m.encode(w),
+            Frame::KeyReply(m) => m.encode(w),
+            Frame::KeyConfirm(m) => m.encode(w),
+            Frame::SharedList(m) => m.encode(w),
+            Frame::Ready(m) => m.encode(w),
+            Frame::AbortToken(m) => m.encode(w),
         }
     }
 }

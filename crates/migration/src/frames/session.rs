@@ -16,7 +16,15 @@ pub enum ReceiverState {
     AwaitHello,
     /// The Hello crossed; the source waits for the target's HelloAck.
     AwaitHelloAck,
-    /// A round is under way: page and shared-range frames.
+    /// The target accepted: the helpers' key agreement (SEV) or the first round (plain).
+    Accepted,
+    /// The source helper's KeyShare crossed: the target's KeyReply follows.
+    KeyShared,
+    /// The target helper's KeyReply crossed: the source's KeyConfirm follows.
+    KeyReplied,
+    /// The key agreement is complete: the first round follows.
+    Keyed,
+    /// A round is under way: page, shared-list and shared-range frames.
     RoundOpen,
     /// A RoundEnd closed the round: another round, or the device state.
     RoundClosed,
@@ -24,10 +32,14 @@ pub enum ReceiverState {
     Devices,
     /// One or more VcpuState frames arrived.
     Vcpus,
-    /// The Manifest arrived: Done follows.
+    /// The Manifest arrived: the target's Ready follows (SEV).
     Manifested,
-    /// Done arrived: only the target's Ack (or its Abort, if the frames crossed) is left.
+    /// The target's helper verified the manifest: the source's Done (with its commit) follows.
+    Ready,
+    /// Done arrived: only the target's Ack (or its AbortToken and Abort) is left.
     Done,
+    /// The target's AbortToken crossed: its Abort follows.
+    Aborting,
     /// The Ack crossed: the session is over.
     Completed,
     /// An Abort crossed: the session is over.
@@ -36,15 +48,21 @@ pub enum ReceiverState {
 
 impl ReceiverState {
     /// Every state.
-    pub const ALL: [ReceiverState; 10] = [
+    pub const ALL: [ReceiverState; 16] = [
         ReceiverState::AwaitHello,
         ReceiverState::AwaitHelloAck,
+        ReceiverState::Accepted,
+        ReceiverState::KeyShared,
+        ReceiverState::KeyReplied,
+        ReceiverState::Keyed,
         ReceiverState::RoundOpen,
         ReceiverState::RoundClosed,
         ReceiverState::Devices,
         ReceiverState::Vcpus,
         ReceiverState::Manifested,
+        ReceiverState::Ready,
         ReceiverState::Done,
+        ReceiverState::Aborting,
         ReceiverState::Completed,
         ReceiverState::Aborted,
     ];
@@ -60,12 +78,18 @@ impl ReceiverState {
             ReceiverState::Completed | ReceiverState::Aborted => true,
             ReceiverState::AwaitHello
             | ReceiverState::AwaitHelloAck
+            | ReceiverState::Accepted
+            | ReceiverState::KeyShared
+            | ReceiverState::KeyReplied
+            | ReceiverState::Keyed
             | ReceiverState::RoundOpen
             | ReceiverState::RoundClosed
             | ReceiverState::Devices
             | ReceiverState::Vcpus
             | ReceiverState::Manifested
-            | ReceiverState::Done => false,
+            | ReceiverState::Ready
+            | ReceiverState::Done
+            | ReceiverState::Aborting => false,
         }
     }
 
@@ -94,10 +118,16 @@ impl ReceiverState {
                 | M::RoundEnd
                 | M::Manifest
                 | M::Done
-                | M::Ack => None,
+                | M::Ack
+                | M::KeyShare
+                | M::KeyReply
+                | M::KeyConfirm
+                | M::SharedList
+                | M::Ready
+                | M::AbortToken => None,
             },
             S::AwaitHelloAck => match msg {
-                M::HelloAck => Some(S::RoundOpen),
+                M::HelloAck => Some(S::Accepted),
                 M::Abort => Some(S::Aborted),
                 M::Hello
                 | M::PageBatch
@@ -108,30 +138,134 @@ impl ReceiverState {
                 | M::RoundEnd
                 | M::Manifest
                 | M::Done
-                | M::Ack => None,
+                | M::Ack
+                | M::KeyShare
+                | M::KeyReply
+                | M::KeyConfirm
+                | M::SharedList
+                | M::Ready
+                | M::AbortToken => None,
             },
-            S::RoundOpen => match msg {
-                M::PageBatch | M::PlainPages | M::SharedRanges => Some(S::RoundOpen),
+            S::Accepted => match msg {
+                M::PageBatch | M::PlainPages | M::SharedRanges | M::SharedList => {
+                    Some(S::RoundOpen)
+                }
                 M::RoundEnd => Some(S::RoundClosed),
                 M::Abort => Some(S::Aborted),
+                M::KeyShare => Some(S::KeyShared),
                 M::Hello
                 | M::HelloAck
                 | M::DeviceState
                 | M::VcpuState
                 | M::Manifest
                 | M::Done
-                | M::Ack => None,
+                | M::Ack
+                | M::KeyReply
+                | M::KeyConfirm
+                | M::Ready
+                | M::AbortToken => None,
+            },
+            S::KeyShared => match msg {
+                M::Abort => Some(S::Aborted),
+                M::KeyReply => Some(S::KeyReplied),
+                M::Hello
+                | M::HelloAck
+                | M::PageBatch
+                | M::PlainPages
+                | M::SharedRanges
+                | M::DeviceState
+                | M::VcpuState
+                | M::RoundEnd
+                | M::Manifest
+                | M::Done
+                | M::Ack
+                | M::KeyShare
+                | M::KeyConfirm
+                | M::SharedList
+                | M::Ready
+                | M::AbortToken => None,
+            },
+            S::KeyReplied => match msg {
+                M::Abort => Some(S::Aborted),
+                M::KeyConfirm => Some(S::Keyed),
+                M::AbortToken => Some(S::Aborting),
+                M::Hello
+                | M::HelloAck
+                | M::PageBatch
+                | M::PlainPages
+                | M::SharedRanges
+                | M::DeviceState
+                | M::VcpuState
+                | M::RoundEnd
+                | M::Manifest
+                | M::Done
+                | M::Ack
+                | M::KeyShare
+                | M::KeyReply
+                | M::SharedList
+                | M::Ready => None,
+            },
+            S::Keyed => match msg {
+                M::PageBatch | M::PlainPages | M::SharedRanges | M::SharedList => {
+                    Some(S::RoundOpen)
+                }
+                M::RoundEnd => Some(S::RoundClosed),
+                M::Abort => Some(S::Aborted),
+                M::AbortToken => Some(S::Aborting),
+                M::Hello
+                | M::HelloAck
+                | M::DeviceState
+                | M::VcpuState
+                | M::Manifest
+                | M::Done
+                | M::Ack
+                | M::KeyShare
+                | M::KeyReply
+                | M::KeyConfirm
+                | M::Ready => None,
+            },
+            S::RoundOpen => match msg {
+                M::PageBatch | M::PlainPages | M::SharedRanges | M::SharedList => {
+                    Some(S::RoundOpen)
+                }
+                M::RoundEnd => Some(S::RoundClosed),
+                M::Abort => Some(S::Aborted),
+                M::AbortToken => Some(S::Aborting),
+                M::Hello
+                | M::HelloAck
+                | M::DeviceState
+                | M::VcpuState
+                | M::Manifest
+                | M::Done
+                | M::Ack
+                | M::KeyShare
+                | M::KeyReply
+                | M::KeyConfirm
+                | M::Ready => None,
             },
             S::RoundClosed => match msg {
-                M::PageBatch | M::PlainPages | M::SharedRanges => Some(S::RoundOpen),
-                M::RoundEnd => Some(S::RoundClosed),
+                M::PageBatch | M::PlainPages | M::SharedRanges | M::SharedList => {
+                    Some(S::RoundOpen)
+                }
                 M::DeviceState => Some(S::Devices),
+                M::RoundEnd => Some(S::RoundClosed),
                 M::Abort => Some(S::Aborted),
-                M::Hello | M::HelloAck | M::VcpuState | M::Manifest | M::Done | M::Ack => None,
+                M::AbortToken => Some(S::Aborting),
+                M::Hello
+                | M::HelloAck
+                | M::VcpuState
+                | M::Manifest
+                | M::Done
+                | M::Ack
+                | M::KeyShare
+                | M::KeyReply
+                | M::KeyConfirm
+                | M::Ready => None,
             },
             S::Devices => match msg {
                 M::VcpuState => Some(S::Vcpus),
                 M::Abort => Some(S::Aborted),
+                M::AbortToken => Some(S::Aborting),
                 M::Hello
                 | M::HelloAck
                 | M::PageBatch
@@ -141,13 +275,19 @@ impl ReceiverState {
                 | M::RoundEnd
                 | M::Manifest
                 | M::Done
-                | M::Ack => None,
+                | M::Ack
+                | M::KeyShare
+                | M::KeyReply
+                | M::KeyConfirm
+                | M::SharedList
+                | M::Ready => None,
             },
             S::Vcpus => match msg {
                 M::VcpuState => Some(S::Vcpus),
                 M::Manifest => Some(S::Manifested),
                 M::Done => Some(S::Done),
                 M::Abort => Some(S::Aborted),
+                M::AbortToken => Some(S::Aborting),
                 M::Hello
                 | M::HelloAck
                 | M::PageBatch
@@ -155,11 +295,37 @@ impl ReceiverState {
                 | M::SharedRanges
                 | M::DeviceState
                 | M::RoundEnd
-                | M::Ack => None,
+                | M::Ack
+                | M::KeyShare
+                | M::KeyReply
+                | M::KeyConfirm
+                | M::SharedList
+                | M::Ready => None,
             },
             S::Manifested => match msg {
+                M::Abort => Some(S::Aborted),
+                M::Ready => Some(S::Ready),
+                M::AbortToken => Some(S::Aborting),
+                M::Hello
+                | M::HelloAck
+                | M::PageBatch
+                | M::PlainPages
+                | M::SharedRanges
+                | M::DeviceState
+                | M::VcpuState
+                | M::RoundEnd
+                | M::Manifest
+                | M::Done
+                | M::Ack
+                | M::KeyShare
+                | M::KeyReply
+                | M::KeyConfirm
+                | M::SharedList => None,
+            },
+            S::Ready => match msg {
                 M::Done => Some(S::Done),
                 M::Abort => Some(S::Aborted),
+                M::AbortToken => Some(S::Aborting),
                 M::Hello
                 | M::HelloAck
                 | M::PageBatch
@@ -169,10 +335,34 @@ impl ReceiverState {
                 | M::VcpuState
                 | M::RoundEnd
                 | M::Manifest
-                | M::Ack => None,
+                | M::Ack
+                | M::KeyShare
+                | M::KeyReply
+                | M::KeyConfirm
+                | M::SharedList
+                | M::Ready => None,
             },
             S::Done => match msg {
+                M::Abort => Some(S::Aborted),
                 M::Ack => Some(S::Completed),
+                M::AbortToken => Some(S::Aborting),
+                M::Hello
+                | M::HelloAck
+                | M::PageBatch
+                | M::PlainPages
+                | M::SharedRanges
+                | M::DeviceState
+                | M::VcpuState
+                | M::RoundEnd
+                | M::Manifest
+                | M::Done
+                | M::KeyShare
+                | M::KeyReply
+                | M::KeyConfirm
+                | M::SharedList
+                | M::Ready => None,
+            },
+            S::Aborting => match msg {
                 M::Abort => Some(S::Aborted),
                 M::Hello
                 | M::HelloAck
@@ -183,7 +373,14 @@ impl ReceiverState {
                 | M::VcpuState
                 | M::RoundEnd
                 | M::Manifest
-                | M::Done => None,
+                | M::Done
+                | M::Ack
+                | M::KeyShare
+                | M::KeyReply
+                | M::KeyConfirm
+                | M::SharedList
+                | M::Ready
+                | M::AbortToken => None,
             },
             S::Completed | S::Aborted => match msg {
                 M::Hello
@@ -197,7 +394,13 @@ impl ReceiverState {
                 | M::Manifest
                 | M::Done
                 | M::Abort
-                | M::Ack => None,
+                | M::Ack
+                | M::KeyShare
+                | M::KeyReply
+                | M::KeyConfirm
+                | M::SharedList
+                | M::Ready
+                | M::AbortToken => None,
             },
         }
     }
@@ -207,12 +410,18 @@ impl ReceiverState {
         match self {
             ReceiverState::AwaitHello => "before the Hello",
             ReceiverState::AwaitHelloAck => "after the Hello, before the target's HelloAck",
+            ReceiverState::Accepted => "after the HelloAck",
+            ReceiverState::KeyShared => "after the KeyShare, before the KeyReply",
+            ReceiverState::KeyReplied => "after the KeyReply, before the KeyConfirm",
+            ReceiverState::Keyed => "after the KeyConfirm, before the first round",
             ReceiverState::RoundOpen => "inside a round",
             ReceiverState::RoundClosed => "between rounds",
             ReceiverState::Devices => "after the DeviceState, before any VcpuState",
             ReceiverState::Vcpus => "after the VcpuState frames",
-            ReceiverState::Manifested => "after the Manifest, before Done",
+            ReceiverState::Manifested => "after the Manifest, before the target's Ready",
+            ReceiverState::Ready => "after the target's Ready, before Done",
             ReceiverState::Done => "after Done, while waiting for the target's Ack",
+            ReceiverState::Aborting => "after the target's AbortToken, before its Abort",
             ReceiverState::Completed => "after the Ack, when the session is over",
             ReceiverState::Aborted => "after an Abort, when the session is over",
         }
@@ -271,29 +480,60 @@ mod tests {
     const LEGAL: &[(ReceiverState, MessageType, ReceiverState)] = &[
         (S::AwaitHello, M::Hello, S::AwaitHelloAck),
         (S::AwaitHello, M::Abort, S::Aborted),
-        (S::AwaitHelloAck, M::HelloAck, S::RoundOpen),
+        (S::AwaitHelloAck, M::HelloAck, S::Accepted),
         (S::AwaitHelloAck, M::Abort, S::Aborted),
+        (S::Accepted, M::PageBatch, S::RoundOpen),
+        (S::Accepted, M::PlainPages, S::RoundOpen),
+        (S::Accepted, M::SharedRanges, S::RoundOpen),
+        (S::Accepted, M::RoundEnd, S::RoundClosed),
+        (S::Accepted, M::Abort, S::Aborted),
+        (S::Accepted, M::KeyShare, S::KeyShared),
+        (S::Accepted, M::SharedList, S::RoundOpen),
+        (S::KeyShared, M::Abort, S::Aborted),
+        (S::KeyShared, M::KeyReply, S::KeyReplied),
+        (S::KeyReplied, M::Abort, S::Aborted),
+        (S::KeyReplied, M::KeyConfirm, S::Keyed),
+        (S::KeyReplied, M::AbortToken, S::Aborting),
+        (S::Keyed, M::PageBatch, S::RoundOpen),
+        (S::Keyed, M::PlainPages, S::RoundOpen),
+        (S::Keyed, M::SharedRanges, S::RoundOpen),
+        (S::Keyed, M::RoundEnd, S::RoundClosed),
+        (S::Keyed, M::Abort, S::Aborted),
+        (S::Keyed, M::SharedList, S::RoundOpen),
+        (S::Keyed, M::AbortToken, S::Aborting),
         (S::RoundOpen, M::PageBatch, S::RoundOpen),
         (S::RoundOpen, M::PlainPages, S::RoundOpen),
         (S::RoundOpen, M::SharedRanges, S::RoundOpen),
         (S::RoundOpen, M::RoundEnd, S::RoundClosed),
         (S::RoundOpen, M::Abort, S::Aborted),
+        (S::RoundOpen, M::SharedList, S::RoundOpen),
+        (S::RoundOpen, M::AbortToken, S::Aborting),
         (S::RoundClosed, M::PageBatch, S::RoundOpen),
         (S::RoundClosed, M::PlainPages, S::RoundOpen),
         (S::RoundClosed, M::SharedRanges, S::RoundOpen),
-        (S::RoundClosed, M::RoundEnd, S::RoundClosed),
         (S::RoundClosed, M::DeviceState, S::Devices),
+        (S::RoundClosed, M::RoundEnd, S::RoundClosed),
         (S::RoundClosed, M::Abort, S::Aborted),
+        (S::RoundClosed, M::SharedList, S::RoundOpen),
+        (S::RoundClosed, M::AbortToken, S::Aborting),
         (S::Devices, M::VcpuState, S::Vcpus),
         (S::Devices, M::Abort, S::Aborted),
+        (S::Devices, M::AbortToken, S::Aborting),
         (S::Vcpus, M::VcpuState, S::Vcpus),
         (S::Vcpus, M::Manifest, S::Manifested),
         (S::Vcpus, M::Done, S::Done),
         (S::Vcpus, M::Abort, S::Aborted),
-        (S::Manifested, M::Done, S::Done),
+        (S::Vcpus, M::AbortToken, S::Aborting),
         (S::Manifested, M::Abort, S::Aborted),
-        (S::Done, M::Ack, S::Completed),
+        (S::Manifested, M::Ready, S::Ready),
+        (S::Manifested, M::AbortToken, S::Aborting),
+        (S::Ready, M::Done, S::Done),
+        (S::Ready, M::Abort, S::Aborted),
+        (S::Ready, M::AbortToken, S::Aborting),
         (S::Done, M::Abort, S::Aborted),
+        (S::Done, M::Ack, S::Completed),
+        (S::Done, M::AbortToken, S::Aborting),
+        (S::Aborting, M::Abort, S::Aborted),
     ];
 
     #[test]
@@ -321,7 +561,7 @@ mod tests {
             }
         }
         assert_eq!(legal_seen, LEGAL.len());
-        assert_eq!(S::ALL.len() * M::ALL.len(), 120);
+        assert_eq!(S::ALL.len() * M::ALL.len(), 288);
     }
 
     #[test]
@@ -332,14 +572,20 @@ mod tests {
             match s {
                 S::AwaitHello => 0,
                 S::AwaitHelloAck => 1,
-                S::RoundOpen => 2,
-                S::RoundClosed => 3,
-                S::Devices => 4,
-                S::Vcpus => 5,
-                S::Manifested => 6,
-                S::Done => 7,
-                S::Completed => 8,
-                S::Aborted => 9,
+                S::Accepted => 2,
+                S::KeyShared => 3,
+                S::KeyReplied => 4,
+                S::Keyed => 5,
+                S::RoundOpen => 6,
+                S::RoundClosed => 7,
+                S::Devices => 8,
+                S::Vcpus => 9,
+                S::Manifested => 10,
+                S::Ready => 11,
+                S::Done => 12,
+                S::Aborting => 13,
+                S::Completed => 14,
+                S::Aborted => 15,
             }
         }
         for (i, s) in S::ALL.into_iter().enumerate() {
@@ -362,7 +608,13 @@ mod tests {
             "PageBatch is not legal after the Hello, before the target's HelloAck (legal there: HelloAck, Abort)"
         );
         let e = S::Done.next(M::PageBatch).unwrap_err();
-        assert!(e.to_string().ends_with("(legal there: Abort, Ack)"), "{e}");
+        assert!(
+            e.to_string()
+                .ends_with("(legal there: Abort, Ack, AbortToken)"),
+            "{e}"
+        );
+        let e = S::Vcpus.next(M::Ready).unwrap_err();
+        assert!(e.to_string().contains("Manifest"), "{e}");
         let e = S::Completed.next(M::Abort).unwrap_err();
         assert!(e.to_string().ends_with("(legal there: nothing)"), "{e}");
     }
@@ -385,7 +637,10 @@ mod tests {
         let sev = [
             M::Hello,
             M::HelloAck,
-            M::SharedRanges,
+            M::KeyShare,
+            M::KeyReply,
+            M::KeyConfirm,
+            M::SharedList,
             M::PageBatch,
             M::PlainPages,
             M::RoundEnd,
@@ -393,8 +648,25 @@ mod tests {
             M::DeviceState,
             M::VcpuState,
             M::Manifest,
+            M::Ready,
             M::Done,
             M::Ack,
+        ];
+        let aborted_after_commit = [
+            M::Hello,
+            M::HelloAck,
+            M::KeyShare,
+            M::KeyReply,
+            M::KeyConfirm,
+            M::SharedList,
+            M::RoundEnd,
+            M::DeviceState,
+            M::VcpuState,
+            M::Manifest,
+            M::Ready,
+            M::Done,
+            M::AbortToken,
+            M::Abort,
         ];
         for session in [&plain[..], &sev[..]] {
             let end = session
@@ -403,5 +675,10 @@ mod tests {
                 .unwrap();
             assert_eq!(end, S::Completed);
         }
+        let end = aborted_after_commit
+            .iter()
+            .try_fold(S::default(), |s, m| s.next(*m))
+            .unwrap();
+        assert_eq!(end, S::Aborted);
     }
 }

@@ -1,10 +1,12 @@
 //! T1 tests of the frame layouts: round trips, golden bytes, and rejection of every
 //! malformed field.
 
-use helper_abi::record::{Kind, MANIFEST_RECORD_SIZE, PAGE_RECORD_SIZE, ZERO_RECORD_SIZE};
+use helper_abi::record::{
+    Kind, COMMIT_RECORD_SIZE, MANIFEST_RECORD_SIZE, PAGE_RECORD_SIZE, ZERO_RECORD_SIZE,
+};
 
 use super::*;
-use crate::fuzzing::fake_record;
+use crate::fuzzing::{fake_list_record, fake_record, fake_record_of};
 
 /// A small deterministic PRNG for the garbage loops.
 pub(crate) struct XorShift(pub(crate) u64);
@@ -50,9 +52,18 @@ pub(crate) fn sev_hello() -> Hello {
         },
         lanes: 3,
         session_id: [1; 16],
-        helper_nonce: [2; 16],
+        helper_nonce: [0; 16],
         page_size: 4096,
         vcpus: 4,
+    }
+}
+
+/// A version-1 SEV Hello: it still had the source helper's nonce.
+pub(crate) fn sev_hello_v1() -> Hello {
+    Hello {
+        version: 1,
+        helper_nonce: [2; 16],
+        ..sev_hello()
     }
 }
 
@@ -74,8 +85,12 @@ pub(crate) fn samples() -> Vec<(Vec<u8>, Frame<'static>)> {
     let batch: &'static [u8] = Vec::leak(batch);
     let page: &'static [u8; PAGE_SIZE] = Box::leak(Box::new([0xab; PAGE_SIZE]));
     let blob: &'static [u8] = Vec::leak((0..=255u8).cycle().take(3000).collect());
+    let sealed_blob: &'static [u8] = Vec::leak(fake_record_of(Kind::VCPU_STATE, 1, 5, 3, 7, 300));
+    let list: &'static [u8] = Vec::leak(fake_list_record(0, 5, 8, &[(0x9_0000, 2)]));
     let mut manifest = [0u8; MANIFEST_LEN];
     manifest.copy_from_slice(&fake_record(Kind::MANIFEST, 0, 9, 0, 99));
+    let mut commit = [0u8; COMMIT_LEN];
+    commit.copy_from_slice(&fake_record(Kind::COMMIT, 0, 9, 0, 100));
     let frames = vec![
         Frame::Hello(sev_hello()),
         Frame::Hello(plain_hello()),
@@ -118,13 +133,33 @@ pub(crate) fn samples() -> Vec<(Vec<u8>, Frame<'static>)> {
         Frame::DeviceState(DeviceState { blob }),
         Frame::DeviceState(DeviceState { blob: &[] }),
         Frame::VcpuState(VcpuState { index: 3, blob }),
+        Frame::VcpuState(VcpuState {
+            index: 3,
+            blob: sealed_blob,
+        }),
         Frame::RoundEnd(RoundEnd {
             round: 5,
             pages_sent: 1 << 40,
             dirty_remaining: 17,
         }),
         Frame::Manifest(Manifest { record: manifest }),
-        Frame::Done(Done),
+        Frame::Done(Done::default()),
+        Frame::Done(Done {
+            commit: Some(commit),
+        }),
+        Frame::KeyShare(KeyShare {
+            nonce: [1; 32],
+            share: [2; 32],
+        }),
+        Frame::KeyReply(KeyReply {
+            nonce: [3; 32],
+            share: [4; 32],
+            mac: [5; 32],
+        }),
+        Frame::KeyConfirm(KeyConfirm { mac: [6; 32] }),
+        Frame::SharedList(SharedList { record: list }),
+        Frame::Ready(Ready),
+        Frame::AbortToken(AbortToken { tag: [7; 32] }),
         Frame::Abort(Abort {
             code: FailureCode::Integrity,
             reason: "record 3 of lane 2 failed authentication — ünïcödé".into(),
@@ -154,7 +189,7 @@ fn decode_wire(wire: &[u8]) -> Result<Frame<'_>, FrameError> {
     Frame::decode(&header, &wire[FrameHeader::SIZE..])
 }
 
-/// Decodes a payload of `kind` at version 1.
+/// Decodes a payload of `kind` at this build's version.
 fn decode_payload(kind: MessageType, payload: &[u8]) -> Result<Frame<'_>, FrameError> {
     let header = FrameHeader {
         version: PROTOCOL_VERSION,
@@ -219,7 +254,7 @@ fn message_types_decode_from_their_codes_only() {
         let (min, max) = t.payload_bounds();
         assert!(min <= max && max <= MAX_PAYLOAD_LEN, "{t}");
     }
-    for code in [0u8, 13, 0x80, 0xff] {
+    for code in [0u8, 19, 0x80, 0xff] {
         assert!(matches!(
             MessageType::try_from(code),
             Err(FrameError::UnknownType(c)) if c == code
@@ -230,8 +265,8 @@ fn message_types_decode_from_their_codes_only() {
 #[test]
 fn golden_bytes_pin_the_layouts() {
     let mut w = Vec::new();
-    Done.encode(&mut w).unwrap();
-    assert_eq!(w, b"SMIG\x01\x00\x0a\x00\x00\x00\x00\x00");
+    Done::default().encode(&mut w).unwrap();
+    assert_eq!(w, b"SMIG\x02\x00\x0a\x00\x00\x00\x00\x00");
 
     let mut w = Vec::new();
     RoundEnd {
@@ -241,13 +276,13 @@ fn golden_bytes_pin_the_layouts() {
     }
     .encode(&mut w)
     .unwrap();
-    let mut want = b"SMIG\x01\x00\x08\x00\x14\x00\x00\x00".to_vec();
+    let mut want = b"SMIG\x02\x00\x08\x00\x14\x00\x00\x00".to_vec();
     want.extend(1..=20u8);
     assert_eq!(w, want);
 
     let mut w = Vec::new();
     HelloAck::Accepted.encode(&mut w).unwrap();
-    assert_eq!(w, b"SMIG\x01\x00\x02\x00\x01\x00\x00\x00\x00");
+    assert_eq!(w, b"SMIG\x02\x00\x02\x00\x01\x00\x00\x00\x00");
 
     let mut w = Vec::new();
     Abort {
@@ -256,7 +291,7 @@ fn golden_bytes_pin_the_layouts() {
     }
     .encode(&mut w)
     .unwrap();
-    assert_eq!(w, b"SMIG\x01\x00\x0b\x00\x05\x00\x00\x00\x07stop");
+    assert_eq!(w, b"SMIG\x02\x00\x0b\x00\x05\x00\x00\x00\x07stop");
 
     let mut w = Vec::new();
     VcpuState {
@@ -265,7 +300,7 @@ fn golden_bytes_pin_the_layouts() {
     }
     .encode(&mut w)
     .unwrap();
-    assert_eq!(w, b"SMIG\x01\x00\x07\x00\x06\x00\x00\x00\x01\x02\x00\x00xy");
+    assert_eq!(w, b"SMIG\x02\x00\x07\x00\x06\x00\x00\x00\x01\x02\x00\x00xy");
 
     let mut w = Vec::new();
     SharedRanges {
@@ -276,7 +311,7 @@ fn golden_bytes_pin_the_layouts() {
     }
     .encode(&mut w)
     .unwrap();
-    let mut want = b"SMIG\x01\x00\x05\x00\x14\x00\x00\x00\x01\x00\x00\x00".to_vec();
+    let mut want = b"SMIG\x02\x00\x05\x00\x14\x00\x00\x00\x01\x00\x00\x00".to_vec();
     want.extend(0x1000u64.to_le_bytes());
     want.extend(3u64.to_le_bytes());
     assert_eq!(w, want);
@@ -290,7 +325,7 @@ fn golden_bytes_pin_the_layouts() {
     }
     .encode(&mut w)
     .unwrap();
-    let mut want = b"SMIG\x01\x00\x03\x00".to_vec();
+    let mut want = b"SMIG\x02\x00\x03\x00".to_vec();
     want.extend(((PAGE_BATCH_HEADER_LEN + ZERO_RECORD_SIZE) as u32).to_le_bytes());
     want.extend([1, 0, 0, 0, 2, 0, 0, 0, 1, 0, 0, 0]);
     want.extend(&record);
@@ -306,27 +341,56 @@ fn golden_bytes_pin_the_layouts() {
     }
     .encode(&mut w)
     .unwrap();
-    let mut want = b"SMIG\x01\x00\x04\x00\x11\x00\x00\x00\x09\x00\x00\x00\x01\x00\x00\x00".to_vec();
+    let mut want = b"SMIG\x02\x00\x04\x00\x11\x00\x00\x00\x09\x00\x00\x00\x01\x00\x00\x00".to_vec();
     want.extend(0x2000u64.to_le_bytes());
     want.push(1);
     assert_eq!(w, want);
 
-    // The Hello: fields in tag order, tag ‖ len ‖ value.
+    // The Hello: fields in tag order, tag ‖ len ‖ value; version 2 has no helper nonce.
     let payload = hello_payload(&plain_hello());
     let f = split_fields(&payload);
     let tags: Vec<u16> = f.iter().map(|(t, _)| *t).collect();
-    assert_eq!(tags, (1..=10).collect::<Vec<u16>>());
+    assert_eq!(tags, [1, 2, 3, 4, 5, 6, 7, 9, 10]);
     assert_eq!(f[0].1, [0]);
     assert_eq!(f[1].1, 0x20_0000u64.to_le_bytes());
     assert_eq!(f[2].1.len(), 32);
-    assert_eq!(f[8].1, 4096u32.to_le_bytes());
-    assert_eq!(f[9].1, 4u32.to_le_bytes());
+    assert_eq!(f[7].1, 4096u32.to_le_bytes());
+    assert_eq!(f[8].1, 4u32.to_le_bytes());
+    // Version 1 had it, between the session id and the page size.
+    let mut wire = Vec::new();
+    sev_hello_v1().encode(&mut wire).unwrap();
+    assert_eq!(&wire[4..6], &[1, 0]);
+    let tags: Vec<u16> = split_fields(&wire[FrameHeader::SIZE..])
+        .iter()
+        .map(|(t, _)| *t)
+        .collect();
+    assert_eq!(tags, (1..=10).collect::<Vec<u16>>());
+
+    // The helper frames: fixed layouts.
+    let mut w = Vec::new();
+    KeyConfirm { mac: [0xab; 32] }.encode(&mut w).unwrap();
+    let mut want = b"SMIG\x02\x00\x0f\x00\x20\x00\x00\x00".to_vec();
+    want.extend([0xab; 32]);
+    assert_eq!(w, want);
+    let mut w = Vec::new();
+    KeyReply {
+        nonce: [1; 32],
+        share: [2; 32],
+        mac: [3; 32],
+    }
+    .encode(&mut w)
+    .unwrap();
+    assert_eq!(&w[..12], b"SMIG\x02\x00\x0e\x00\x60\x00\x00\x00");
+    assert_eq!((w[12], w[44], w[76]), (1, 2, 3));
+    let mut w = Vec::new();
+    Ready.encode(&mut w).unwrap();
+    assert_eq!(w, b"SMIG\x02\x00\x11\x00\x00\x00\x00\x00");
 }
 
 #[test]
 fn header_rejects_bad_magic_versions_types_and_flags() {
     let mut wire = Vec::new();
-    Done.encode(&mut wire).unwrap();
+    Done::default().encode(&mut wire).unwrap();
     let decode = |b: &[u8]| FrameHeader::decode(b[..12].try_into().unwrap());
 
     let mut bad = wire.clone();
@@ -335,18 +399,22 @@ fn header_rejects_bad_magic_versions_types_and_flags() {
     assert!(matches!(e, FrameError::BadMagic { found } if &found == b"XMIG"));
     assert!(e.to_string().contains("SMIG"), "{e}");
 
-    for v in [0u16, 2, 3, 0x100, u16::MAX] {
+    for v in [0u16, 3, 0x100, u16::MAX] {
         let mut bad = wire.clone();
         bad[4..6].copy_from_slice(&v.to_le_bytes());
         let e = decode(&bad).unwrap_err();
         assert!(
-            matches!(e, FrameError::UnsupportedVersion { found, min: 1, max: 1 } if found == v)
+            matches!(e, FrameError::UnsupportedVersion { found, min: 1, max: 2 } if found == v)
         );
         assert_eq!(
             e.to_string(),
-            format!("protocol version {v} is not supported: this build accepts versions 1 to 1 (its own and the one before)")
+            format!("protocol version {v} is not supported: this build accepts versions 1 to 2 (its own and the one before)")
         );
     }
+    // Version 1 (the one before) is read.
+    let mut v1 = wire.clone();
+    v1[4] = 1;
+    assert_eq!(decode(&v1).unwrap().version, 1);
 
     let mut bad = wire.clone();
     bad[6] = 0x42;
@@ -368,11 +436,11 @@ fn header_rejects_bad_magic_versions_types_and_flags() {
     // A version this build does not read wins over an unknown type: a newer peer's
     // frames say "version", not "type".
     let mut bad = wire.clone();
-    bad[4] = 2;
+    bad[4] = 3;
     bad[6] = 0x42;
     assert!(matches!(
         decode(&bad),
-        Err(FrameError::UnsupportedVersion { found: 2, .. })
+        Err(FrameError::UnsupportedVersion { found: 3, .. })
     ));
 }
 
@@ -430,10 +498,22 @@ fn the_caps_are_the_documented_ones() {
     assert_eq!(MessageType::Hello.payload_bounds(), (0, 4096));
     assert_eq!(MessageType::PlainPages.payload_bounds().1, 8 + 256 * 4105);
     assert_eq!(MessageType::SharedRanges.payload_bounds().1, 4 + 16 * 65536);
-    assert_eq!(MessageType::DeviceState.payload_bounds().1, 1 << 20);
-    assert_eq!(MessageType::VcpuState.payload_bounds().1, 4 + 65536);
-    assert_eq!(MessageType::Manifest.payload_bounds(), (96, 96));
+    assert_eq!(MessageType::DeviceState.payload_bounds().1, (1 << 20) + 48);
+    assert_eq!(MessageType::VcpuState.payload_bounds().1, 4 + 65536 + 48);
+    assert_eq!(
+        MessageType::Manifest.payload_bounds(),
+        (96, MANIFEST_RECORD_SIZE)
+    );
+    assert_eq!(MANIFEST_RECORD_SIZE, 160);
+    assert_eq!(MessageType::Done.payload_bounds(), (0, COMMIT_RECORD_SIZE));
+    assert_eq!(COMMIT_RECORD_SIZE, 80);
     assert_eq!(MessageType::Abort.payload_bounds(), (1, 1025));
+    assert_eq!(MessageType::KeyShare.payload_bounds(), (64, 64));
+    assert_eq!(MessageType::KeyReply.payload_bounds(), (96, 96));
+    assert_eq!(MessageType::KeyConfirm.payload_bounds(), (32, 32));
+    assert_eq!(MessageType::SharedList.payload_bounds(), (56, 48 + 4096));
+    assert_eq!(MessageType::Ready.payload_bounds(), (0, 0));
+    assert_eq!(MessageType::AbortToken.payload_bounds(), (32, 32));
 }
 
 #[test]
@@ -450,6 +530,17 @@ fn truncated_payloads_of_self_delimiting_frames_are_errors() {
                 | Frame::HelloAck(HelloAck::Refused { .. })
                 | Frame::Ack(Ack::Failed { .. })
         ) {
+            continue;
+        }
+        // A Done with its commit cut to nothing is a plain guest's Done: legal.
+        if matches!(frame, Frame::Done(_)) {
+            let payload = &wire[FrameHeader::SIZE..];
+            for cut in 1..payload.len() {
+                assert!(
+                    decode_payload(kind, &payload[..cut]).is_err(),
+                    "Done cut at {cut}"
+                );
+            }
             continue;
         }
         let payload = &wire[FrameHeader::SIZE..];
@@ -543,8 +634,13 @@ fn hello_field_rules() {
         "{e:?}"
     );
 
-    // Every mandatory field: missing, duplicated.
-    for (i, field) in HelloField::ALL.into_iter().enumerate() {
+    // Every mandatory field of version 2 (all but the helper nonce): missing, duplicated.
+    let mandatory: Vec<HelloField> = HelloField::ALL
+        .into_iter()
+        .filter(|f| *f != HelloField::HelperNonce)
+        .collect();
+    assert_eq!(base.len(), mandatory.len());
+    for (i, field) in mandatory.into_iter().enumerate() {
         assert_eq!(base[i].0, field.tag());
         let mut missing = base.clone();
         missing.remove(i);
@@ -571,6 +667,34 @@ fn hello_field_rules() {
             "{field} one byte long"
         );
     }
+
+    // The version-1 helper nonce is no field of version 2.
+    let mut with_nonce = base.clone();
+    with_nonce.push((8, vec![2; 16]));
+    let e = decode_payload(MessageType::Hello, &fields(&with_nonce)).unwrap_err();
+    assert!(e.to_string().contains("helper nonce"), "{e}");
+    // ... while version 1 needs it.
+    let v1 = split_fields(&{
+        let mut w = Vec::new();
+        sev_hello_v1().encode(&mut w).unwrap();
+        w.split_off(FrameHeader::SIZE)
+    });
+    let header = |len: usize| FrameHeader {
+        version: 1,
+        kind: MessageType::Hello,
+        len: len as u32,
+    };
+    let p = fields(&v1);
+    assert_eq!(
+        Frame::decode(&header(p.len()), &p).unwrap(),
+        Frame::Hello(sev_hello_v1())
+    );
+    let without: Vec<_> = v1.iter().filter(|(t, _)| *t != 8).cloned().collect();
+    let p = fields(&without);
+    assert!(matches!(
+        Frame::decode(&header(p.len()), &p),
+        Err(FrameError::MissingField(HelloField::HelperNonce))
+    ));
 
     // A field whose length runs past the payload.
     let mut cut = ok.clone();
@@ -617,7 +741,7 @@ fn hello_values_are_validated_on_both_ends() {
         ("helper region", |h| h.helper_region.size = 0x20_0000),
         ("lanes", |h| h.lanes = 0),
         ("lanes", |h| h.lanes = 257),
-        ("helper nonce", |h| h.helper_nonce = [0; 16]),
+        ("helper nonce", |h| h.helper_nonce = [2; 16]),
         ("session id", |h| h.session_id = [0; 16]),
         ("vcpus", |h| h.vcpus = 0),
         ("vcpus", |h| h.vcpus = MAX_VCPUS + 1),
@@ -636,32 +760,38 @@ fn hello_values_are_validated_on_both_ends() {
             "{field}: {e:?}"
         );
         // ... and so does the decoder, given the same fields by hand.
-        let payload = fields(&[
-            (1, vec![h.mode as u8]),
-            (2, h.mem_size.to_le_bytes().to_vec()),
-            (
-                3,
-                h.ram
-                    .iter()
-                    .flat_map(|r| r.base.to_le_bytes().into_iter().chain(r.size.to_le_bytes()))
-                    .collect(),
-            ),
-            (4, h.firmware_digest.to_vec()),
-            (
-                5,
-                h.helper_region
-                    .base
-                    .to_le_bytes()
-                    .into_iter()
-                    .chain(h.helper_region.size.to_le_bytes())
-                    .collect(),
-            ),
-            (6, h.lanes.to_le_bytes().to_vec()),
-            (7, h.session_id.to_vec()),
-            (8, h.helper_nonce.to_vec()),
-            (9, h.page_size.to_le_bytes().to_vec()),
-            (10, h.vcpus.to_le_bytes().to_vec()),
-        ]);
+        let payload = fields(
+            &[
+                (1, vec![h.mode as u8]),
+                (2, h.mem_size.to_le_bytes().to_vec()),
+                (
+                    3,
+                    h.ram
+                        .iter()
+                        .flat_map(|r| r.base.to_le_bytes().into_iter().chain(r.size.to_le_bytes()))
+                        .collect(),
+                ),
+                (4, h.firmware_digest.to_vec()),
+                (
+                    5,
+                    h.helper_region
+                        .base
+                        .to_le_bytes()
+                        .into_iter()
+                        .chain(h.helper_region.size.to_le_bytes())
+                        .collect(),
+                ),
+                (6, h.lanes.to_le_bytes().to_vec()),
+                (7, h.session_id.to_vec()),
+                (8, h.helper_nonce.to_vec()),
+                (9, h.page_size.to_le_bytes().to_vec()),
+                (10, h.vcpus.to_le_bytes().to_vec()),
+            ]
+            .into_iter()
+            // Version 2 has no helper nonce field: send one only when the case sets it.
+            .filter(|(t, v)| *t != 8 || v.iter().any(|&b| b != 0))
+            .collect::<Vec<_>>(),
+        );
         let e = decode_payload(MessageType::Hello, &payload).unwrap_err();
         assert!(
             matches!(
@@ -691,14 +821,21 @@ fn hello_values_are_validated_on_both_ends() {
         "Hello guest mode: unknown mode 2 (0 plain, 1 SEV)"
     );
 
+    // A version-1 SEV Hello without its nonce is refused.
+    let h = Hello {
+        helper_nonce: [0; 16],
+        ..sev_hello_v1()
+    };
+    assert!(h.encode(&mut Vec::new()).is_err());
+
     // An unsupported version in the struct is refused by the encoder.
     let h = Hello {
-        version: 2,
+        version: 3,
         ..sev_hello()
     };
     assert!(matches!(
         h.encode(&mut Vec::new()),
-        Err(FrameError::UnsupportedVersion { found: 2, .. })
+        Err(FrameError::UnsupportedVersion { found: 3, .. })
     ));
 }
 

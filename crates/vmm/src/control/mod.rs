@@ -1032,6 +1032,14 @@ impl Controller {
                 log::info!("migration completed: the guest runs on the target");
                 None
             }
+            (Direction::Outgoing, Err(e @ MigrationError::Committed { .. })) => {
+                // The helper committed: the guest is "migrated out" and must not run here
+                // unless an abort of the session releases it (issue 11: the VMM phase
+                // adds `cont` refusal, the awaiting-abort state and the owner's abort).
+                log::error!("{}", e.chain());
+                self.emit(Event::Migration(MigrationEvent::Failed));
+                None
+            }
             (Direction::Outgoing, Err(e)) => {
                 self.resume_after_failure();
                 let status = if cancelled || matches!(e, MigrationError::Cancelled) {

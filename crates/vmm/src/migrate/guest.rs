@@ -135,24 +135,6 @@ impl SourceVm for VmSource {
         self.layout.pages()
     }
 
-    fn is_private(&self, gpa: u64) -> bool {
-        self.view.visibility(gpa) == Visibility::Private
-    }
-
-    fn shared_ranges(&self) -> Vec<(u64, u64)> {
-        let mut runs: Vec<(u64, u64)> = Vec::new();
-        for gpa in self.layout.pages() {
-            if self.view.visibility(gpa) != Visibility::Shared {
-                continue;
-            }
-            match runs.last_mut() {
-                Some((start, n)) if *start + *n * PAGE_SIZE as u64 == gpa => *n += 1,
-                _ => runs.push((gpa, 1)),
-            }
-        }
-        runs
-    }
-
     fn read_page(&self, gpa: u64, out: &mut [u8; PAGE_SIZE]) -> Result<(), PartError> {
         self.view
             .read(gpa, out)
@@ -268,10 +250,6 @@ impl TargetVm for VmTarget {
             convert(gpa, pages * PAGE_SIZE as u64, Visibility::Shared)?;
         }
         Ok(())
-    }
-
-    fn is_shared(&self, gpa: u64) -> bool {
-        self.view.visibility(gpa) == Visibility::Shared
     }
 
     fn write_page(&mut self, gpa: u64, data: Option<&[u8; PAGE_SIZE]>) -> Result<(), PartError> {

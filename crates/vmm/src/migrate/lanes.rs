@@ -9,10 +9,14 @@ use crate::{
     mirror::{HelperError, HelperVcpu},
 };
 use helper_abi::{
-    mailbox::{Op, Request, Response, Role},
-    record::MANIFEST_RECORD_SIZE,
+    handshake,
+    mailbox::{flags, Op, Origin, Request, Response},
+    record::{Kind, COMMIT_RECORD_SIZE, HEADER_SIZE, MANIFEST_RECORD_SIZE},
 };
-use migration::engine::{Opener, PartError, RecordSink, Sealed, Sealer};
+use migration::{
+    engine::{Opener, PartError, RecordSink, Sealed, Sealer, ZeroPages},
+    frames::{AbortToken, KeyConfirm, KeyReply, KeyShare},
+};
 use std::{
     collections::VecDeque,
     sync::mpsc::{self, Receiver, Sender},
@@ -25,6 +29,17 @@ pub enum LaneError {
     /// Lanes need at least one helper vCPU.
     #[error("no helper vCPUs")]
     NoHelpers,
+    /// A lane's frames and its records carry the lane id its helper's entry took: lane i
+    /// must be the helper in slot i, and an earlier mirror took slot `slot`'s place.
+    #[error("helper vCPU {lane} holds slot {slot}: a migration needs the helpers in slots 0..{lanes} (an earlier mirror took the others; slots are never reused)")]
+    SlotGap {
+        /// The lane.
+        lane: usize,
+        /// The slot its helper holds.
+        slot: u16,
+        /// Lanes there are.
+        lanes: usize,
+    },
     /// A lane's thread could not be started.
     #[error("cannot start a thread for helper vCPU {lane}")]
     Thread {
@@ -81,9 +96,22 @@ pub enum LaneError {
     /// Records could not be written into a window.
     #[error("cannot fill the record window")]
     Fill(#[source] MemoryError),
-    /// The sealed manifest could not be read back.
-    #[error("cannot read the manifest")]
-    Manifest(#[source] MemoryError),
+    /// A sealed record could not be read back from its window.
+    #[error("cannot read the record window")]
+    ReadWindow(#[source] MemoryError),
+    /// The helper answered with a message or record of the wrong size.
+    #[error("the helper's {what} is {got} bytes, not {want}")]
+    Size {
+        /// What it answered.
+        what: &'static str,
+        /// Bytes it gave.
+        got: usize,
+        /// Bytes it should have.
+        want: usize,
+    },
+    /// The helper reports a record kind that does not exist.
+    #[error("the helper reports record kind {0}")]
+    BadKind(u32),
     /// A batch was already refused (the engine stops at the first refusal).
     #[error("an earlier batch was refused")]
     AlreadyRefused,
@@ -103,6 +131,7 @@ enum Refusal {
 struct Job {
     req: Request,
     gpas: Vec<u64>,
+    message: Vec<u8>,
 }
 
 /// A lane's answer.
@@ -110,7 +139,7 @@ struct Done {
     lane: usize,
     window: usize,
     round: u32,
-    result: Result<Response, LaneError>,
+    result: Result<(Response, Vec<u8>), LaneError>,
 }
 
 /// One helper vCPU on its thread.
@@ -141,7 +170,7 @@ fn serve(mut helper: HelperVcpu, jobs: Receiver<Job>, done: Sender<Done>) -> Hel
     let lane = helper.index();
     while let Ok(job) = jobs.recv() {
         let result = helper
-            .call_ok(job.req, &job.gpas)
+            .call_ok_with(job.req, &job.gpas, &job.message)
             .map_err(|source| LaneError::Helper {
                 lane: usize::from(lane),
                 source,
@@ -162,11 +191,25 @@ fn serve(mut helper: HelperVcpu, jobs: Receiver<Job>, done: Sender<Done>) -> Hel
 impl HelperLanes {
     /// Lanes over `helpers` (each moves to its own thread), at most `max_batch` pages per
     /// request (the helper's limit, from INFO).
-    pub fn new(helpers: Vec<HelperVcpu>, max_batch: usize) -> Result<HelperLanes, LaneError> {
+    pub fn new(mut helpers: Vec<HelperVcpu>, max_batch: usize) -> Result<HelperLanes, LaneError> {
         let view = match helpers.first() {
             Some(h) => h.view().clone(),
             None => return Err(LaneError::NoHelpers),
         };
+        // A lane's frames carry its helper's lane id (the slot its entry took), which the
+        // records' headers carry too: lane i must be the helper in slot i.
+        helpers.sort_by_key(HelperVcpu::index);
+        if let Some((lane, h)) = helpers
+            .iter()
+            .enumerate()
+            .find(|(i, h)| usize::from(h.index()) != *i)
+        {
+            return Err(LaneError::SlotGap {
+                lane,
+                slot: h.index(),
+                lanes: helpers.len(),
+            });
+        }
         let (done_tx, done) = mpsc::channel();
         let mut lanes = Vec::with_capacity(helpers.len());
         for h in helpers {
@@ -219,12 +262,23 @@ impl HelperLanes {
 
     /// Hands a request to a lane's thread.
     fn start(&mut self, lane: usize, req: Request, gpas: Vec<u64>) -> Result<(), LaneError> {
+        self.start_with(lane, req, gpas, Vec::new())
+    }
+
+    /// Hands a request with a message to a lane's thread.
+    fn start_with(
+        &mut self,
+        lane: usize,
+        req: Request,
+        gpas: Vec<u64>,
+        message: Vec<u8>,
+    ) -> Result<(), LaneError> {
         let jobs = self
             .lane(lane)?
             .jobs
             .as_ref()
             .ok_or(LaneError::Stopped(lane))?;
-        jobs.send(Job { req, gpas })
+        jobs.send(Job { req, gpas, message })
             .map_err(|_| LaneError::Stopped(lane))?;
         self.in_flight += 1;
         Ok(())
@@ -242,7 +296,17 @@ impl HelperLanes {
 
     /// Runs one request on `lane` and waits for its answer (nothing else in flight).
     fn call(&mut self, lane: usize, req: Request) -> Result<Response, LaneError> {
-        self.start(lane, req, Vec::new())?;
+        self.call_with(lane, req, Vec::new()).map(|(r, _)| r)
+    }
+
+    /// Like `call`, with a message in and out.
+    fn call_with(
+        &mut self,
+        lane: usize,
+        req: Request,
+        message: Vec<u8>,
+    ) -> Result<(Response, Vec<u8>), LaneError> {
+        self.start_with(lane, req, Vec::new(), message)?;
         loop {
             let d = self.next()?;
             if d.lane == lane {
@@ -266,20 +330,47 @@ impl HelperLanes {
         Ok(())
     }
 
-    /// Clears every lane and the session, then derives the source's keys for
-    /// `session_id`; returns the helper's nonce for the Hello.
-    pub fn start_source(&mut self, session_id: [u8; 16]) -> Result<[u8; 16], LaneError> {
-        self.reset()?;
-        let resp = self.call(
-            0,
-            Request {
-                op: Op::KEYS.0,
-                role: Role::SOURCE.0,
-                session_id,
-                ..Request::default()
-            },
-        )?;
-        Ok(resp.nonce)
+    /// Runs a record-window request on lane 0 with `data` at `at` of a window first;
+    /// the response, the message, and `out` bytes of the window after (all the bytes
+    /// the helper reports, if `out` is None).
+    fn window_call(
+        &mut self,
+        mut req: Request,
+        at: usize,
+        data: &[u8],
+        out: Option<usize>,
+    ) -> Result<(Response, Vec<u8>, Vec<u8>), LaneError> {
+        let (window, gpa, size) = self.take_window(0)?;
+        req.window = window as u32;
+        let result = (|| {
+            if at + data.len() > size {
+                return Err(LaneError::TooLarge {
+                    len: at + data.len(),
+                    size,
+                });
+            }
+            if !data.is_empty() {
+                self.view
+                    .write(gpa + at as u64, data)
+                    .map_err(LaneError::Fill)?;
+            }
+            let (resp, message) = self.call_with(0, req, Vec::new())?;
+            let len = out.unwrap_or(resp.bytes as usize);
+            if len > size {
+                return Err(LaneError::Overfull {
+                    lane: 0,
+                    bytes: len,
+                    size,
+                });
+            }
+            let mut bytes = vec![0u8; len];
+            self.view
+                .read(gpa, &mut bytes)
+                .map_err(LaneError::ReadWindow)?;
+            Ok((resp, message, bytes))
+        })();
+        self.free_window(0, window);
+        result
     }
 
     /// Takes a free window of `lane`.
@@ -312,15 +403,66 @@ impl Sealer for HelperLanes {
         self.lanes.first().map_or(1, |l| l.windows.len().max(1))
     }
 
-    fn submit(&mut self, lane: usize, round: u32, gpas: &[u64]) -> Result<(), PartError> {
+    fn start(
+        &mut self,
+        session_id: &[u8; 16],
+        hello_hash: &[u8; 32],
+    ) -> Result<KeyShare, PartError> {
+        // A new migration starts from nothing: a failed one's session goes first.
+        self.reset()?;
+        let (_, m) = self.call_with(
+            0,
+            Request {
+                op: Op::HS_START.0,
+                bytes: 32,
+                session_id: *session_id,
+                ..Request::default()
+            },
+            hello_hash.to_vec(),
+        )?;
+        let m: [u8; handshake::KeyShare::SIZE] = exact(m, "key share")?;
+        Ok(handshake::KeyShare::decode(&m).into())
+    }
+
+    fn finish_handshake(&mut self, reply: &KeyReply) -> Result<(KeyConfirm, [u8; 32]), PartError> {
+        let bytes = handshake::KeyReply::from(*reply).encode();
+        let (_, m) = self.call_with(
+            0,
+            Request {
+                op: Op::HS_FINISH.0,
+                bytes: bytes.len() as u32,
+                ..Request::default()
+            },
+            bytes.to_vec(),
+        )?;
+        let m: [u8; 64] = exact(m, "confirmation")?;
+        let mut c = KeyConfirm { mac: [0; 32] };
+        c.mac.copy_from_slice(&m[..32]);
+        let mut t = [0u8; 32];
+        t.copy_from_slice(&m[32..]);
+        Ok((c, t))
+    }
+
+    fn submit(
+        &mut self,
+        lane: usize,
+        round: u32,
+        gpas: &[u64],
+        zero: ZeroPages,
+    ) -> Result<(), PartError> {
         let (window, _, _) = self.take_window(lane)?;
-        Ok(self.start(
+        Ok(HelperLanes::start(
+            self,
             lane,
             Request {
                 op: Op::EXPORT.0,
                 window: window as u32,
                 count: gpas.len() as u32,
                 round,
+                flags: match zero {
+                    ZeroPages::Sealed => 0,
+                    ZeroPages::ShortRecords => flags::ZERO_RECORDS,
+                },
                 ..Request::default()
             },
             gpas.to_vec(),
@@ -329,7 +471,7 @@ impl Sealer for HelperLanes {
 
     fn wait(&mut self) -> Result<Sealed, PartError> {
         let d = self.next()?;
-        let resp = d.result?;
+        let (resp, _) = d.result?;
         let size = self.lane(d.lane)?.window_size;
         let bytes = resp.bytes as usize;
         if bytes > size {
@@ -377,25 +519,77 @@ impl Sealer for HelperLanes {
         result.map_err(std::io::Error::other)
     }
 
+    fn seal_blob(
+        &mut self,
+        kind: Kind,
+        index: u32,
+        round: u32,
+        blob: &[u8],
+    ) -> Result<Vec<u8>, PartError> {
+        let req = Request {
+            op: Op::SEAL_BLOB.0,
+            kind: u32::from(kind.0),
+            index,
+            round,
+            bytes: blob.len() as u32,
+            ..Request::default()
+        };
+        Ok(self
+            .window_call(req, HEADER_SIZE, blob, None)
+            .map(|(_, _, record)| record)?)
+    }
+
     fn manifest(&mut self, round: u32) -> Result<[u8; MANIFEST_RECORD_SIZE], PartError> {
-        let (window, gpa, _) = self.take_window(0)?;
-        let result = self.call(
+        let req = Request {
+            op: Op::FINISH.0,
+            round,
+            ..Request::default()
+        };
+        let (_, _, record) = self.window_call(req, 0, &[], Some(MANIFEST_RECORD_SIZE))?;
+        Ok(exact(record, "manifest")?)
+    }
+
+    fn commit(&mut self, round: u32) -> Result<([u8; COMMIT_RECORD_SIZE], [u8; 32]), PartError> {
+        let req = Request {
+            op: Op::COMMIT.0,
+            round,
+            ..Request::default()
+        };
+        let (_, th, record) = self.window_call(req, 0, &[], Some(COMMIT_RECORD_SIZE))?;
+        Ok((
+            exact(record, "commit record")?,
+            exact(th, "transcript hash")?,
+        ))
+    }
+
+    fn release(&mut self, token: &AbortToken) -> Result<(), PartError> {
+        Ok(self.release_with(Origin::TARGET, &token.tag)?)
+    }
+}
+
+/// `bytes` as an array of exactly `N`, or the helper answered wrongly.
+fn exact<const N: usize>(bytes: Vec<u8>, what: &'static str) -> Result<[u8; N], LaneError> {
+    let got = bytes.len();
+    bytes
+        .try_into()
+        .map_err(|_| LaneError::Size { what, got, want: N })
+}
+
+impl HelperLanes {
+    /// Releases a committed source guest (RELEASE) with a 32-byte token from `origin`:
+    /// the target helper's abort token, or the guest owner's break-glass token.
+    pub fn release_with(&mut self, origin: Origin, tag: &[u8; 32]) -> Result<(), LaneError> {
+        self.call_with(
             0,
             Request {
-                op: Op::FINISH.0,
-                window: window as u32,
-                round,
+                op: Op::RELEASE.0,
+                kind: origin.0,
+                bytes: 32,
                 ..Request::default()
             },
-        );
-        let mut record = [0u8; MANIFEST_RECORD_SIZE];
-        let read = result.and_then(|_| {
-            self.view
-                .read(gpa, &mut record)
-                .map_err(LaneError::Manifest)
-        });
-        self.free_window(0, window);
-        Ok(read.map(|()| record)?)
+            tag.to_vec(),
+        )
+        .map(drop)
     }
 }
 
@@ -433,20 +627,40 @@ impl Opener for HelperLanes {
         self.lanes.len()
     }
 
-    fn keys(&mut self, session_id: &[u8; 16], source_nonce: &[u8; 16]) -> Result<(), PartError> {
+    fn respond(
+        &mut self,
+        session_id: &[u8; 16],
+        hello_hash: &[u8; 32],
+        share: &KeyShare,
+    ) -> Result<KeyReply, PartError> {
         self.reset()?;
-        Ok(self
-            .call(
-                0,
-                Request {
-                    op: Op::KEYS.0,
-                    role: Role::TARGET.0,
-                    session_id: *session_id,
-                    peer_nonce: *source_nonce,
-                    ..Request::default()
-                },
-            )
-            .map(drop)?)
+        let mut m = hello_hash.to_vec();
+        m.extend_from_slice(&handshake::KeyShare::from(*share).encode());
+        let (_, reply) = self.call_with(
+            0,
+            Request {
+                op: Op::HS_RESPOND.0,
+                bytes: m.len() as u32,
+                session_id: *session_id,
+                ..Request::default()
+            },
+            m,
+        )?;
+        let reply: [u8; handshake::KeyReply::SIZE] = exact(reply, "key reply")?;
+        Ok(handshake::KeyReply::decode(&reply).into())
+    }
+
+    fn confirm(&mut self, confirm: &KeyConfirm) -> Result<[u8; 32], PartError> {
+        let (_, th) = self.call_with(
+            0,
+            Request {
+                op: Op::HS_CONFIRM.0,
+                bytes: 32,
+                ..Request::default()
+            },
+            confirm.mac.to_vec(),
+        )?;
+        Ok(exact(th, "transcript hash")?)
     }
 
     fn submit(&mut self, lane: usize, records: &[u8]) -> Result<(), PartError> {
@@ -473,7 +687,8 @@ impl Opener for HelperLanes {
             return Err(LaneError::Fill(e).into());
         }
         let count = helper_abi::record::walk(records, records.len()).count() as u32;
-        Ok(self.start(
+        Ok(HelperLanes::start(
+            self,
             lane,
             Request {
                 op: Op::IMPORT.0,
@@ -490,29 +705,61 @@ impl Opener for HelperLanes {
         Ok(self.settle(0)?)
     }
 
-    fn verify_manifest(
-        &mut self,
-        lane: usize,
-        record: &[u8; MANIFEST_RECORD_SIZE],
-    ) -> Result<(), PartError> {
+    fn open_blob(&mut self, record: &[u8]) -> Result<(Kind, u32), PartError> {
         self.settle(0)?;
-        let (window, gpa, _) = self.take_window(lane)?;
-        let result = self
-            .view
-            .write(gpa, record)
-            .map_err(LaneError::Fill)
-            .and_then(|()| {
-                self.call(
-                    lane,
-                    Request {
-                        op: Op::FINISH.0,
-                        window: window as u32,
-                        bytes: record.len() as u32,
-                        ..Request::default()
-                    },
-                )
-            });
-        self.free_window(lane, window);
-        Ok(result.map(drop)?)
+        let req = Request {
+            op: Op::OPEN_BLOB.0,
+            bytes: record.len() as u32,
+            ..Request::default()
+        };
+        let (resp, _, _) = self.window_call(req, 0, record, Some(0))?;
+        let kind = u8::try_from(resp.kind)
+            .map(Kind)
+            .map_err(|_| LaneError::BadKind(resp.kind))?;
+        Ok((kind, resp.index))
+    }
+
+    fn verify_manifest(&mut self, record: &[u8; MANIFEST_RECORD_SIZE]) -> Result<(), PartError> {
+        self.settle(0)?;
+        let req = Request {
+            op: Op::FINISH.0,
+            bytes: record.len() as u32,
+            ..Request::default()
+        };
+        Ok(self.window_call(req, 0, record, Some(0)).map(drop)?)
+    }
+
+    fn commit(&mut self, record: &[u8; COMMIT_RECORD_SIZE]) -> Result<(), PartError> {
+        self.settle(0)?;
+        let req = Request {
+            op: Op::COMMIT.0,
+            bytes: record.len() as u32,
+            ..Request::default()
+        };
+        Ok(self.window_call(req, 0, record, Some(0)).map(drop)?)
+    }
+
+    fn abort(&mut self) -> Result<AbortToken, PartError> {
+        Ok(self.abort_session()?)
+    }
+}
+
+impl HelperLanes {
+    /// Gives the target's session up for good (ABORT): the token that releases the
+    /// source. Whatever is still in flight finishes first (the helper refuses ABORT while
+    /// a request is inside); its outcome no longer matters.
+    pub fn abort_session(&mut self) -> Result<AbortToken, LaneError> {
+        let _ = self.settle(0);
+        let (_, tag) = self.call_with(
+            0,
+            Request {
+                op: Op::ABORT.0,
+                ..Request::default()
+            },
+            Vec::new(),
+        )?;
+        Ok(AbortToken {
+            tag: exact(tag, "abort token")?,
+        })
     }
 }

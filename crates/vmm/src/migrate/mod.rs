@@ -396,11 +396,6 @@ pub fn start_outgoing(plan: Outgoing, link: MachineLink) -> std::io::Result<Job>
                         return Err(MigrationError::Cancelled);
                     }
                     hello.session_id = session_id()?;
-                    if let Some(l) = lanes.as_mut() {
-                        hello.helper_nonce = l
-                            .start_source(hello.session_id)
-                            .map_err(|e| MigrationError::Helper(Box::new(e)))?;
-                    }
                     let writer = transport::duplicate(&stream)?;
                     engine::migrate(
                         stream,

@@ -1,0 +1,37 @@
+//! The "migrated out" check every workload runs (guest-abi `migration`): once this
+//! guest's migration helper committed a migration, this copy of the guest must never run
+//! again, so each CPU parks as soon as it sees the flag — within
+//! `CHECK_INTERVAL_MS` (10 ms) of the commit.
+
+use crate::{cpu, println};
+use guest_abi::{layout, migration};
+
+/// Whether the helper marked this guest "migrated out".
+pub fn migrated_out() -> bool {
+    // SAFETY: MIGRATION_STATE is a page of the SEV area, reserved RAM in every memory
+    // map, identity-mapped; only the helper writes it. A volatile read: the helper (on
+    // another VM's vCPU) changes it behind the compiler's back.
+    let word = unsafe { core::ptr::read_volatile(layout::MIGRATION_STATE as *const u64) };
+    migration::is_migrated_out(word)
+}
+
+/// Parks this CPU for good if the guest migrated out.
+pub fn check() {
+    if migrated_out() {
+        println!(
+            "firmware: vCPU {}: this guest migrated out; it stops here for good",
+            cpu::apic_id()
+        );
+        cpu::halt()
+    }
+}
+
+/// Waits (halted between checks) until the VMM stops the VM, checking the flag every
+/// `CHECK_INTERVAL_MS`: the idle loop of the boot CPU and the APs.
+pub fn idle(tsc_khz: u64) -> ! {
+    let tick = tsc_khz.max(1) * migration::CHECK_INTERVAL_MS;
+    loop {
+        check();
+        cpu::sleep_until(cpu::rdtsc().saturating_add(tick));
+    }
+}
