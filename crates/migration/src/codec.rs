@@ -264,26 +264,46 @@ impl<R: Read> FrameReader<R> {
     /// reaches an allocation or a read. After any error the reader stops for good
     /// ([`CodecError::Stopped`]): the stream is out of sync.
     pub fn read_frame<'b>(&mut self, buf: &'b mut [u8]) -> Result<Frame<'b>, CodecError> {
+        self.read_frame_waiting(buf, &mut || false)
+    }
+
+    /// Like [`FrameReader::read_frame`], for a stream whose reads time out often (a short
+    /// socket read timeout used as a poll): each time a read times out, wherever in the
+    /// frame, `keep_waiting` decides whether to read on (true) or to fail with the
+    /// timeout (false). Bytes already read are kept, so waiting never loses sync. The
+    /// callback is where a caller checks a deadline or a cancel request, or writes to
+    /// the peer meanwhile.
+    pub fn read_frame_waiting<'b>(
+        &mut self,
+        buf: &'b mut [u8],
+        keep_waiting: &mut dyn FnMut() -> bool,
+    ) -> Result<Frame<'b>, CodecError> {
         if self.stopped {
             return Err(CodecError::Stopped);
         }
-        let result = self.read_frame_inner(buf);
+        let result = self.read_frame_inner(buf, keep_waiting);
         if result.is_err() {
             self.stopped = true;
         }
         result
     }
 
-    fn read_frame_inner<'b>(&mut self, buf: &'b mut [u8]) -> Result<Frame<'b>, CodecError> {
+    fn read_frame_inner<'b>(
+        &mut self,
+        buf: &'b mut [u8],
+        keep_waiting: &mut dyn FnMut() -> bool,
+    ) -> Result<Frame<'b>, CodecError> {
         let offset = self.offset;
         let mut raw = [0u8; FrameHeader::SIZE];
-        read_full(&mut self.inner, &mut raw).map_err(|(got, source)| CodecError::Io {
-            at: if got == 0 {
-                StreamPosition::BetweenFrames { offset }
-            } else {
-                StreamPosition::InHeader { offset, got }
-            },
-            source,
+        read_full(&mut self.inner, &mut raw, keep_waiting).map_err(|(got, source)| {
+            CodecError::Io {
+                at: if got == 0 {
+                    StreamPosition::BetweenFrames { offset }
+                } else {
+                    StreamPosition::InHeader { offset, got }
+                },
+                source,
+            }
         })?;
         let header =
             FrameHeader::decode(&raw).map_err(|source| CodecError::Frame { offset, source })?;
@@ -312,14 +332,16 @@ impl<R: Read> FrameReader<R> {
         let payload = buf
             .get_mut(..len)
             .ok_or(CodecError::BufferTooSmall { kind, len, have })?;
-        read_full(&mut self.inner, payload).map_err(|(got, source)| CodecError::Io {
-            at: StreamPosition::InPayload {
-                offset,
-                kind,
-                got,
-                len,
-            },
-            source,
+        read_full(&mut self.inner, payload, keep_waiting).map_err(|(got, source)| {
+            CodecError::Io {
+                at: StreamPosition::InPayload {
+                    offset,
+                    kind,
+                    got,
+                    len,
+                },
+                source,
+            }
         })?;
         self.offset += (FrameHeader::SIZE + len) as u64;
         self.frames += 1;
@@ -365,9 +387,14 @@ impl<R: Read> FrameReader<R> {
     }
 }
 
-/// Fills `buf`, retrying interrupted reads. On failure returns how many bytes had
-/// arrived and the error (`UnexpectedEof` if the stream ended).
-fn read_full(r: &mut impl Read, buf: &mut [u8]) -> Result<(), (usize, io::Error)> {
+/// Fills `buf`, retrying interrupted reads, and timed-out ones while `keep_waiting` says
+/// so. On failure returns how many bytes had arrived and the error (`UnexpectedEof` if
+/// the stream ended).
+fn read_full(
+    r: &mut impl Read,
+    buf: &mut [u8],
+    keep_waiting: &mut dyn FnMut() -> bool,
+) -> Result<(), (usize, io::Error)> {
     let mut got = 0;
     while got < buf.len() {
         let rest = buf.get_mut(got..).unwrap_or_default();
@@ -381,6 +408,11 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> Result<(), (usize, io::Error)
             // A reader reporting more than it was given is broken; clamp.
             Ok(n) => got = (got + n).min(buf.len()),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) && keep_waiting() => {}
             Err(e) => return Err((got, e)),
         }
     }

@@ -14,6 +14,8 @@
 //!   machines over the stream; they reach the VM through traits the VMM implements.
 //! - [`transport`] makes the TCP connection the stream runs on: connect, listen, accept,
 //!   socket set-up.
+//! - [`recovery`] is the layout of the files that finish or undo a committed migration
+//!   whose connection is gone: the source's commit file and an abort token file.
 //!
 //! No KVM, no guest memory, no threads: the engine's only I/O is through the `Read` and
 //! `Write` values callers hand in, and [`transport`] is the only code that opens sockets.
@@ -36,6 +38,7 @@ pub mod codec;
 pub mod engine;
 pub mod frames;
 pub mod fuzzing;
+pub mod recovery;
 pub mod transport;
 pub mod uri;
 

@@ -52,6 +52,15 @@ pub enum QmpCommand {
     MigrateCancel,
     /// `migrate-set-parameters` → `{}`.
     MigrateSetParameters(MigrateSetParameters),
+    /// `migrate-release` (sevmirror's own): a migrated-out source runs again once an
+    /// abort of its committed session verifies → `{}`.
+    MigrateRelease(MigrateRelease),
+    /// `migrate-commit` (sevmirror's own): a target waiting for the commit takes it from
+    /// the source's commit file → `{}`.
+    MigrateCommit(MigrateCommit),
+    /// `migrate-abort-incoming` (sevmirror's own): a target gives its session up for
+    /// good → [`QmpReply::AbortIncoming`].
+    MigrateAbortIncoming(MigrateAbortIncoming),
 }
 
 impl QmpCommand {
@@ -70,6 +79,9 @@ impl QmpCommand {
         "query-migrate",
         "migrate_cancel",
         "migrate-set-parameters",
+        "migrate-release",
+        "migrate-commit",
+        "migrate-abort-incoming",
     ];
 
     /// The command's name on the wire.
@@ -88,6 +100,9 @@ impl QmpCommand {
             QmpCommand::QueryMigrate => "query-migrate",
             QmpCommand::MigrateCancel => "migrate_cancel",
             QmpCommand::MigrateSetParameters(_) => "migrate-set-parameters",
+            QmpCommand::MigrateRelease(_) => "migrate-release",
+            QmpCommand::MigrateCommit(_) => "migrate-commit",
+            QmpCommand::MigrateAbortIncoming(_) => "migrate-abort-incoming",
         }
     }
 
@@ -101,7 +116,10 @@ impl QmpCommand {
             QmpCommand::QuerySevCapabilities => matches!(reply, QmpReply::SevCapabilities(_)),
             QmpCommand::QueryHelper => matches!(reply, QmpReply::Helper(_)),
             QmpCommand::QueryMigrate => matches!(reply, QmpReply::Migration(_)),
-            QmpCommand::Cont
+            QmpCommand::MigrateAbortIncoming(_) => matches!(reply, QmpReply::AbortIncoming(_)),
+            QmpCommand::MigrateRelease(_)
+            | QmpCommand::MigrateCommit(_)
+            | QmpCommand::Cont
             | QmpCommand::Stop
             | QmpCommand::Quit
             | QmpCommand::SevInjectLaunchSecret(_)
@@ -124,7 +142,7 @@ pub struct SevInjectLaunchSecret {
     pub gpa: Option<u64>,
 }
 
-/// `migrate` (`qapi/migration.json`, QEMU 7.2).
+/// `migrate` (`qapi/migration.json`, QEMU 7.2), plus sevmirror's `commit-file`.
 ///
 /// QEMU 7.2 also takes `blk`, `inc`, `detach` and `resume`; the decoder accepts them,
 /// ignores `detach` (QEMU ignores it too) and refuses `true` for the others, which need
@@ -133,17 +151,46 @@ pub struct SevInjectLaunchSecret {
 pub struct Migrate {
     /// The destination, e.g. `tcp:10.0.0.2:4444`, as given.
     pub uri: String,
+    /// Where an SEV source keeps its helper's commit record before sending it (absent: a
+    /// file in the VMM's state directory).
+    pub commit_file: Option<String>,
 }
 
 /// The wire form of `migrate`'s arguments.
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct MigrateArgs {
     uri: String,
     blk: Option<bool>,
     inc: Option<bool>,
     detach: Option<bool>,
     resume: Option<bool>,
+    commit_file: Option<String>,
+}
+
+/// `migrate-release` (sevmirror's own).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct MigrateRelease {
+    /// The abort token file: the target's (`migrate-abort-incoming`) or the guest
+    /// owner's (`sevmirror owner abort`).
+    pub token_file: String,
+}
+
+/// `migrate-commit` (sevmirror's own).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct MigrateCommit {
+    /// The source's commit file.
+    pub commit_file: String,
+}
+
+/// `migrate-abort-incoming` (sevmirror's own).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct MigrateAbortIncoming {
+    /// Where the abort token goes (absent: a file in the VMM's state directory).
+    pub token_file: Option<String>,
 }
 
 /// `migrate-set-parameters` (`qapi/migration.json`, `MigrateSetParameters`): the members
@@ -156,6 +203,9 @@ pub struct MigrateSetParameters {
     pub downtime_limit: Option<u64>,
     /// Maximum migration speed in bytes per second.
     pub max_bandwidth: Option<u64>,
+    /// sevmirror's own: send an SEV guest's all-zero private pages as short records.
+    /// Faster, and a leak: the host learns which private pages are zero. Off by default.
+    pub zero_page_records: Option<bool>,
 }
 
 /// QEMU's bound on `downtime-limit` (`MAX_MIGRATE_DOWNTIME`, migration/options.c), ms.
@@ -275,6 +325,15 @@ pub(crate) fn decode(
         "migrate-set-parameters" => vm(QmpCommand::MigrateSetParameters(
             decode_migrate_set_parameters(args)?,
         )),
+        "migrate-release" => vm(QmpCommand::MigrateRelease(
+            from_args(args).map_err(arg_error)?,
+        )),
+        "migrate-commit" => vm(QmpCommand::MigrateCommit(
+            from_args(args).map_err(arg_error)?,
+        )),
+        "migrate-abort-incoming" => vm(QmpCommand::MigrateAbortIncoming(
+            from_args(args).map_err(arg_error)?,
+        )),
         _ => Err(ControlError::command_not_found(name)),
     }
 }
@@ -300,7 +359,10 @@ fn decode_migrate(args: Option<&Map<String, Value>>) -> Result<Migrate, ControlE
     }
     // `detach` exists "only for compatibility reasons and is ignored by QEMU".
     let _ = a.detach;
-    Ok(Migrate { uri: a.uri })
+    Ok(Migrate {
+        uri: a.uri,
+        commit_file: a.commit_file,
+    })
 }
 
 fn decode_migrate_set_parameters(
@@ -385,6 +447,8 @@ mod tests {
             let args = match *name {
                 "sev-inject-launch-secret" => json!({"packet-header": "", "secret": ""}),
                 "migrate" => json!({"uri": "tcp:127.0.0.1:1"}),
+                "migrate-release" => json!({"token-file": "/t"}),
+                "migrate-commit" => json!({"commit-file": "/c"}),
                 _ => json!({}),
             };
             assert_eq!(vm(name, args).name(), *name);
@@ -444,8 +508,23 @@ mod tests {
         assert_eq!(
             vm("migrate", json!({"uri": "tcp:10.0.0.2:4444"})),
             QmpCommand::Migrate(Migrate {
-                uri: "tcp:10.0.0.2:4444".into()
+                uri: "tcp:10.0.0.2:4444".into(),
+                commit_file: None,
             })
+        );
+        assert_eq!(
+            vm(
+                "migrate",
+                json!({"uri": "tcp:10.0.0.2:4444", "commit-file": "/var/lib/c.bin"})
+            ),
+            QmpCommand::Migrate(Migrate {
+                uri: "tcp:10.0.0.2:4444".into(),
+                commit_file: Some("/var/lib/c.bin".into()),
+            })
+        );
+        assert_eq!(
+            err("migrate", json!({"uri": "tcp:h:1", "commit-file": 3})),
+            "Invalid parameter type for 'commit-file', expected: string"
         );
         let all_off = json!({"uri": "tcp:h:1", "blk": false, "inc": false, "detach": true,
                              "resume": false});
@@ -489,6 +568,14 @@ mod tests {
             QmpCommand::MigrateSetParameters(MigrateSetParameters {
                 downtime_limit: Some(300),
                 max_bandwidth: Some(1 << 30),
+                zero_page_records: None,
+            })
+        );
+        assert_eq!(
+            vm("migrate-set-parameters", json!({"zero-page-records": true})),
+            QmpCommand::MigrateSetParameters(MigrateSetParameters {
+                zero_page_records: Some(true),
+                ..MigrateSetParameters::default()
             })
         );
         assert_eq!(
@@ -519,6 +606,47 @@ mod tests {
         assert_eq!(
             err(name, json!({"downtime_limit": 4})),
             "Parameter 'downtime_limit' is unexpected"
+        );
+    }
+
+    #[test]
+    fn the_commit_and_abort_commands_decode_their_files() {
+        assert_eq!(
+            vm("migrate-release", json!({"token-file": "/tmp/a.bin"})),
+            QmpCommand::MigrateRelease(MigrateRelease {
+                token_file: "/tmp/a.bin".into()
+            })
+        );
+        assert_eq!(
+            vm("migrate-commit", json!({"commit-file": "/tmp/c.bin"})),
+            QmpCommand::MigrateCommit(MigrateCommit {
+                commit_file: "/tmp/c.bin".into()
+            })
+        );
+        assert_eq!(
+            vm("migrate-abort-incoming", Value::Null),
+            QmpCommand::MigrateAbortIncoming(MigrateAbortIncoming { token_file: None })
+        );
+        assert_eq!(
+            vm("migrate-abort-incoming", json!({"token-file": "/t"})),
+            QmpCommand::MigrateAbortIncoming(MigrateAbortIncoming {
+                token_file: Some("/t".into())
+            })
+        );
+        assert_eq!(
+            err("migrate-release", json!({})),
+            "Parameter 'token-file' is missing"
+        );
+        assert_eq!(
+            err(
+                "migrate-commit",
+                json!({"commit-file": "/c", "force": true})
+            ),
+            "Parameter 'force' is unexpected"
+        );
+        assert_eq!(
+            err("migrate-abort-incoming", json!({"token-file": 1})),
+            "Invalid parameter type for 'token-file', expected: string"
         );
     }
 
@@ -562,7 +690,7 @@ mod tests {
 
     #[test]
     fn reply_kinds_match_commands() {
-        use crate::reply::{MigrationInfo, RunState, StatusInfo};
+        use crate::reply::{RunState, StatusInfo};
         let status = QmpReply::Status(StatusInfo {
             status: RunState::Running,
         });
@@ -570,6 +698,6 @@ mod tests {
         assert!(!QmpCommand::QueryStatus.accepts(&QmpReply::Empty));
         assert!(QmpCommand::Stop.accepts(&QmpReply::Empty));
         assert!(!QmpCommand::Stop.accepts(&status));
-        assert!(QmpCommand::QueryMigrate.accepts(&QmpReply::Migration(MigrationInfo::default())));
+        assert!(QmpCommand::QueryMigrate.accepts(&QmpReply::Migration(Box::default())));
     }
 }

@@ -40,11 +40,14 @@ pub mod server;
 pub mod wire;
 
 pub use client::{ClientError, QmpClient, QmpErrorReply, ReceivedEvent};
-pub use command::{Controller, Migrate, MigrateSetParameters, QmpCommand, SevInjectLaunchSecret};
+pub use command::{
+    Controller, Migrate, MigrateAbortIncoming, MigrateCommit, MigrateRelease, MigrateSetParameters,
+    QmpCommand, SevInjectLaunchSecret,
+};
 pub use error::{ControlError, ErrorClass};
 pub use reply::{
-    HelperInfo, HelperState, InetAddress, MigrationInfo, MigrationStats, MigrationStatus, QmpEvent,
-    QmpReply, RunState, SevCapability, SevGuestType, SevInfo, SevLaunchMeasureInfo, SevState,
-    ShutdownCause, StatusInfo,
+    AbortIncomingInfo, HelperInfo, HelperState, InetAddress, MigrationInfo, MigrationStats,
+    MigrationStatus, QmpEvent, QmpReply, RunState, SevCapability, SevGuestType, SevInfo,
+    SevLaunchMeasureInfo, SevState, ShutdownCause, StatusInfo,
 };
 pub use server::{EventSender, QmpServer, ServerError};

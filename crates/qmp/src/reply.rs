@@ -214,7 +214,8 @@ pub struct HelperInfo {
 
 wire_enum! {
     /// Migration status (`qapi/migration.json`, `MigrationStatus`; the subset sevmirror
-    /// reaches — no postcopy, COLO or switchover pauses).
+    /// reaches — no postcopy, COLO or switchover pauses — and sevmirror's own states of
+    /// an SEV migration's commit, which QEMU does not have).
     pub enum MigrationStatus {
         /// No migration has happened.
         None = "none",
@@ -230,6 +231,17 @@ wire_enum! {
         Completed = "completed",
         /// Failed; `error-desc` says why.
         Failed = "failed",
+        /// Source (sevmirror's own): the helper committed the guest to the target and
+        /// waits for its confirmation; the guest no longer runs here.
+        Committing = "committing",
+        /// Source (sevmirror's own): committed, and the target neither confirmed nor gave
+        /// the session up; the guest stays stopped until `migrate-release` with an abort
+        /// of the session (`session` names it, `commit-file` holds the commit).
+        AwaitingAbort = "awaiting-abort",
+        /// Target (sevmirror's own): the helper verified the whole guest and the stream
+        /// ended before the commit; it waits for `migrate-commit` with the source's commit
+        /// file, or `migrate-abort-incoming`.
+        AwaitingCommit = "awaiting-commit",
     }
 }
 
@@ -353,6 +365,29 @@ pub struct MigrationInfo {
     /// The addresses actually listened on (incoming side), e.g. the port chosen for 0.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub socket_address: Option<Vec<InetAddress>>,
+    /// sevmirror's own: the SEV session's transcript hash, hex (what a commit file, an
+    /// abort token and the guest owner's break-glass abort name).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+    /// sevmirror's own: where the source kept its commit record.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub commit_file: Option<String>,
+    /// sevmirror's own: where the target kept its abort token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub abort_token_file: Option<String>,
+}
+
+/// `migrate-abort-incoming` (sevmirror's own): the session the target gave up.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct AbortIncomingInfo {
+    /// The session's transcript hash, hex (absent if the key agreement did not complete:
+    /// then nothing could have been committed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+    /// Where its abort token is (absent without a session).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<String>,
 }
 
 /// A command's successful result, as the [`Controller`](super::Controller) returns it.
@@ -371,8 +406,10 @@ pub enum QmpReply {
     SevCapabilities(SevCapability),
     /// `query-helper`.
     Helper(HelperInfo),
-    /// `query-migrate`.
-    Migration(MigrationInfo),
+    /// `query-migrate` (boxed: by far the largest reply).
+    Migration(Box<MigrationInfo>),
+    /// `migrate-abort-incoming`.
+    AbortIncoming(AbortIncomingInfo),
 }
 
 impl QmpReply {
@@ -386,6 +423,7 @@ impl QmpReply {
             QmpReply::SevCapabilities(_) => "sev-capabilities",
             QmpReply::Helper(_) => "helper",
             QmpReply::Migration(_) => "migration",
+            QmpReply::AbortIncoming(_) => "abort-incoming",
         }
     }
 }
@@ -400,6 +438,7 @@ impl Serialize for QmpReply {
             QmpReply::SevCapabilities(v) => v.serialize(s),
             QmpReply::Helper(v) => v.serialize(s),
             QmpReply::Migration(v) => v.serialize(s),
+            QmpReply::AbortIncoming(v) => v.serialize(s),
         }
     }
 }
@@ -571,6 +610,9 @@ mod tests {
                 "active",
                 "completed",
                 "failed",
+                "committing",
+                "awaiting-abort",
+                "awaiting-commit",
             ],
         );
         check_enum(
@@ -677,6 +719,33 @@ mod tests {
     }
 
     #[test]
+    fn a_committed_migration_names_its_session_and_recovery_files() {
+        let info = MigrationInfo {
+            status: Some(MigrationStatus::AwaitingAbort),
+            error_desc: Some("no Ack".into()),
+            session: Some("ab".repeat(32)),
+            commit_file: Some("/run/sevmirror/c.bin".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            enc(&info),
+            json!({"status": "awaiting-abort", "error-desc": "no Ack",
+                   "session": "ab".repeat(32), "commit-file": "/run/sevmirror/c.bin"})
+        );
+        assert_eq!(
+            enc(&QmpReply::AbortIncoming(AbortIncomingInfo {
+                session: Some("cd".repeat(32)),
+                token_file: Some("/t.bin".into()),
+            })),
+            json!({"session": "cd".repeat(32), "token-file": "/t.bin"})
+        );
+        assert_eq!(
+            enc(&QmpReply::AbortIncoming(AbortIncomingInfo::default())),
+            json!({})
+        );
+    }
+
+    #[test]
     fn migration_info_encodes_every_qemu_7_2_ram_member() {
         let info = MigrationInfo {
             status: Some(MigrationStatus::Completed),
@@ -705,6 +774,9 @@ mod tests {
                 host: "127.0.0.1".into(),
                 port: 4444,
             }]),
+            session: None,
+            commit_file: None,
+            abort_token_file: None,
         };
         assert_eq!(
             enc(&info),

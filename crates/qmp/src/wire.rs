@@ -806,7 +806,8 @@ mod tests {
         assert_eq!(
             seen[3],
             QmpCommand::Migrate(super::super::Migrate {
-                uri: "tcp:127.0.0.1:4444".into()
+                uri: "tcp:127.0.0.1:4444".into(),
+                commit_file: None,
             })
         );
     }

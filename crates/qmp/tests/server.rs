@@ -3,9 +3,9 @@
 //! kind of server is tested with the binary, in `crates/sevmirror/tests/ctl.rs`.)
 
 use qmp::{
-    ClientError, ControlError, Controller, EventSender, MigrationInfo, MigrationStatus, QmpClient,
-    QmpCommand, QmpEvent, QmpReply, QmpServer, RunState, SevGuestType, SevInfo, SevState,
-    ShutdownCause, StatusInfo,
+    ClientError, ControlError, Controller, EventSender, MigrationStatus, QmpClient, QmpCommand,
+    QmpEvent, QmpReply, QmpServer, RunState, SevGuestType, SevInfo, SevState, ShutdownCause,
+    StatusInfo,
 };
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Write};
@@ -67,7 +67,7 @@ impl Controller for Fake {
                 });
                 Ok(QmpReply::Empty)
             }
-            QmpCommand::QueryMigrate => Ok(QmpReply::Migration(MigrationInfo::default())),
+            QmpCommand::QueryMigrate => Ok(QmpReply::Migration(Box::default())),
             QmpCommand::QueryHelper => {
                 // Slow on purpose, for the timeout test.
                 std::thread::sleep(Duration::from_millis(1500));
@@ -192,7 +192,8 @@ fn client_runs_commands_and_gets_typed_replies_on_the_wire() {
     assert_eq!(
         seen[3],
         QmpCommand::Migrate(qmp::Migrate {
-            uri: "tcp:127.0.0.1:4444".into()
+            uri: "tcp:127.0.0.1:4444".into(),
+            commit_file: None,
         })
     );
     assert_eq!(
@@ -200,6 +201,7 @@ fn client_runs_commands_and_gets_typed_replies_on_the_wire() {
         QmpCommand::MigrateSetParameters(qmp::MigrateSetParameters {
             downtime_limit: Some(300),
             max_bandwidth: None,
+            zero_page_records: None,
         })
     );
 }

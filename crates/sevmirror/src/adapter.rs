@@ -3,18 +3,21 @@
 //! controller never sees JSON or QMP types, and the `qmp` crate never sees the VMM.
 
 use base64::{engine::general_purpose::STANDARD as B64, Engine};
-use migration::engine::{chain, Progress, Status};
+use migration::{
+    engine::{chain, Progress, Status, ZeroPages},
+    recovery::hex,
+};
 use qmp::{
-    ControlError as QmpError, HelperInfo, InetAddress, MigrationInfo, MigrationStats,
-    MigrationStatus, QmpCommand, QmpEvent, QmpReply, SevCapability, SevGuestType, SevInfo,
-    SevLaunchMeasureInfo, SevState, StatusInfo,
+    AbortIncomingInfo, ControlError as QmpError, HelperInfo, InetAddress, MigrationInfo,
+    MigrationStats, MigrationStatus, QmpCommand, QmpEvent, QmpReply, SevCapability, SevGuestType,
+    SevInfo, SevLaunchMeasureInfo, SevState, StatusInfo,
 };
 use sev_platform::backend::SecretHeader;
-use std::{sync::Arc, time::Duration};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 use vmm::{
     control::{
         Command, ControlError, ControllerHandle, Event, HelperState, HelperStatus, LaunchSecret,
-        MigrationEvent, MigrationParameters, Reply, RunState, ShutdownCause,
+        MigrateTo, MigrationEvent, MigrationParameters, Reply, RunState, ShutdownCause,
     },
     migrate::Direction,
 };
@@ -69,18 +72,29 @@ pub fn command(cmd: QmpCommand) -> Result<Command, QmpError> {
         }
         QmpCommand::QuerySevCapabilities => Command::QuerySevCapabilities,
         QmpCommand::QueryHelper => Command::QueryHelper,
-        QmpCommand::Migrate(m) => Command::Migrate(
-            m.uri
+        QmpCommand::Migrate(m) => Command::Migrate(MigrateTo {
+            uri: m
+                .uri
                 .parse()
                 .map_err(|e: migration::uri::UriError| QmpError::generic(e.to_string()))?,
-        ),
+            commit_file: m.commit_file.map(PathBuf::from),
+        }),
         QmpCommand::QueryMigrate => Command::QueryMigrate,
         QmpCommand::MigrateCancel => Command::MigrateCancel,
         QmpCommand::MigrateSetParameters(p) => {
             Command::SetMigrationParameters(MigrationParameters {
                 downtime_limit: p.downtime_limit.map(Duration::from_millis),
                 max_bandwidth: p.max_bandwidth,
+                zero_pages: p.zero_page_records.map(|leak| match leak {
+                    true => ZeroPages::ShortRecords,
+                    false => ZeroPages::Sealed,
+                }),
             })
+        }
+        QmpCommand::MigrateRelease(r) => Command::MigrateRelease(PathBuf::from(r.token_file)),
+        QmpCommand::MigrateCommit(c) => Command::MigrateCommit(PathBuf::from(c.commit_file)),
+        QmpCommand::MigrateAbortIncoming(a) => {
+            Command::MigrateAbortIncoming(a.token_file.map(PathBuf::from))
         }
     })
 }
@@ -141,11 +155,24 @@ pub fn reply(r: Reply) -> QmpReply {
                 }
                 None => MigrationInfo::default(),
             };
+            if let Some(job) = &m.job {
+                let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
+                info.session = job.progress.transcript.map(|t| hex(&t));
+                info.commit_file = path(&job.commit_file);
+                info.abort_token_file = path(&job.abort_token_file);
+            }
             if !m.blocked.is_empty() {
                 info.blocked_reasons = Some(m.blocked.iter().map(ToString::to_string).collect());
             }
-            QmpReply::Migration(info)
+            QmpReply::Migration(Box::new(info))
         }
+        Reply::Aborted {
+            transcript,
+            token_file,
+        } => QmpReply::AbortIncoming(AbortIncomingInfo {
+            session: (transcript != [0; 32]).then(|| hex(&transcript)),
+            token_file: token_file.map(|p| p.display().to_string()),
+        }),
     }
 }
 
@@ -196,6 +223,7 @@ pub fn event(e: Event) -> QmpEvent {
                 MigrationEvent::Completed => MigrationStatus::Completed,
                 MigrationEvent::Failed => MigrationStatus::Failed,
                 MigrationEvent::Cancelled => MigrationStatus::Cancelled,
+                MigrationEvent::AwaitingAbort => MigrationStatus::AwaitingAbort,
             },
         },
     }
@@ -210,10 +238,9 @@ pub fn status(s: Status) -> MigrationStatus {
         Status::Completed => MigrationStatus::Completed,
         Status::Failed => MigrationStatus::Failed,
         Status::Cancelled => MigrationStatus::Cancelled,
-        // QMP's own states for these come with the VMM phase (issue 11); until then a
-        // committing source shows as active and one awaiting an abort as failed.
-        Status::Committing => MigrationStatus::Active,
-        Status::AwaitingAbort => MigrationStatus::Failed,
+        Status::Committing => MigrationStatus::Committing,
+        Status::AwaitingAbort => MigrationStatus::AwaitingAbort,
+        Status::AwaitingCommit => MigrationStatus::AwaitingCommit,
     }
 }
 
@@ -257,7 +284,11 @@ pub fn info(
             None
         },
         setup_time: with_ram.then_some(p.setup_ms),
-        error_desc: if p.status == Status::Failed {
+        // Why it failed, or why it waits (a committed session that needs an operator).
+        error_desc: if matches!(
+            p.status,
+            Status::Failed | Status::AwaitingAbort | Status::AwaitingCommit
+        ) {
             p.error.clone()
         } else {
             None
@@ -269,6 +300,9 @@ pub fn info(
                 port: a.port(),
             }]
         }),
+        session: None,
+        commit_file: None,
+        abort_token_file: None,
     }
 }
 
@@ -304,6 +338,7 @@ mod tests {
         ));
         let e = command(QmpCommand::Migrate(qmp::Migrate {
             uri: "unix:/x".into(),
+            commit_file: None,
         }))
         .unwrap_err();
         assert_eq!(e.class, qmp::ErrorClass::GenericError);
@@ -311,10 +346,12 @@ mod tests {
             command(QmpCommand::MigrateSetParameters(qmp::MigrateSetParameters {
                 downtime_limit: Some(250),
                 max_bandwidth: None,
+                zero_page_records: Some(true),
             })),
             Ok(Command::SetMigrationParameters(MigrationParameters {
                 downtime_limit: Some(d),
-                max_bandwidth: None
+                max_bandwidth: None,
+                zero_pages: Some(ZeroPages::ShortRecords),
             })) if d == Duration::from_millis(250)
         ));
     }
@@ -358,6 +395,8 @@ mod tests {
                 progress: Progress::default(),
                 cancelling: false,
                 listening,
+                commit_file: None,
+                abort_token_file: None,
             }),
             blocked: Vec::new(),
         })) else {

@@ -86,6 +86,13 @@ pub struct RunArgs {
     #[arg(long, value_name = "SOCKET")]
     pub api: Option<PathBuf>,
 
+    /// Where a migration keeps the files that recover it when its connection is lost
+    /// after the commit (docs/migration.md): a source's commit file, a target's abort
+    /// token. Default: the directory of --api, else the working directory. QMP commands
+    /// may name their own files.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+
     /// Helper vCPUs to start in the mirror VM of an SEV guest (0: no mirror). The mirror
     /// shares the guest's encryption context and runs the firmware's migration helper.
     #[arg(long, default_value_t = 1, value_name = "N")]

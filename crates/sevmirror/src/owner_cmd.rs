@@ -12,6 +12,8 @@
 //!   and/or prints `{"packet-header": B64, "secret": B64}`, the arguments of QMP
 //!   `sev-inject-launch-secret`.
 //! - `migration-secret` writes 32 random bytes (mode 0600).
+//! - `abort` writes an abort token file (migration::recovery) for a committed session:
+//!   the owner's break-glass abort, which `migrate-release` hands to the source's helper.
 //!
 //! Every file read here is untrusted: sizes are capped before reading and checked after.
 
@@ -72,6 +74,16 @@ pub enum OwnerCommand {
     /// the target guest (`owner secret --migration-secret FILE`): their migration helpers
     /// authenticate each other with it.
     MigrationSecret(MigrationSecretArgs),
+    /// Break-glass: abort a committed migration whose target is gone for good.
+    ///
+    /// A source whose helper committed the guest to a target that never confirmed stays
+    /// stopped ("awaiting-abort"). Normally the target's own abort token releases it. If
+    /// the target host is gone, you — the guest owner — may decide that the target never
+    /// ran the guest and release the source yourself: this writes a token (an HMAC under
+    /// a key derived from your migration secret over the session's transcript hash) that
+    /// the source's helper accepts for that one session (`migrate-release`). If the target
+    /// did run the guest after all, the guest then runs twice: decide only when you know.
+    Abort(AbortArgs),
 }
 
 /// `sevmirror owner session`.
@@ -206,6 +218,30 @@ pub struct MigrationSecretArgs {
     pub out: PathBuf,
 }
 
+/// `sevmirror owner abort`.
+#[derive(Args, Debug)]
+#[command(group(ArgGroup::new("which").required(true).args(["session", "commit_file"])))]
+pub struct AbortArgs {
+    /// The migration secret you injected into the source and the target.
+    #[arg(long, value_name = "FILE")]
+    pub migration_secret: PathBuf,
+    /// The committed session's transcript hash, 64 hex digits (the source's
+    /// `query-migrate` shows it as "session").
+    #[arg(long, value_name = "HEX")]
+    pub session: Option<String>,
+    /// Or the source's commit file, which names the session.
+    #[arg(long, value_name = "FILE")]
+    pub commit_file: Option<PathBuf>,
+    /// Where to write the abort token file (give it to the source host: QMP
+    /// `migrate-release {"token-file": …}`).
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    /// Your decision, stated: the target never ran the guest (it is gone and its disk
+    /// will never run it). Without it nothing is written.
+    #[arg(long)]
+    pub target_never_ran: bool,
+}
+
 /// Runs an `owner` subcommand.
 pub fn run(args: &OwnerArgs) -> anyhow::Result<()> {
     match &args.command {
@@ -213,6 +249,7 @@ pub fn run(args: &OwnerArgs) -> anyhow::Result<()> {
         OwnerCommand::Verify(a) => verify(a),
         OwnerCommand::Secret(a) => secret(a),
         OwnerCommand::MigrationSecret(a) => migration_secret(a),
+        OwnerCommand::Abort(a) => abort(a),
     }
 }
 
@@ -498,6 +535,56 @@ fn migration_secret(args: &MigrationSecretArgs) -> anyhow::Result<()> {
     println!(
         "wrote {} (32 random bytes: inject it into the source and the target with `owner secret --migration-secret`; keep it secret)",
         args.out.display()
+    );
+    Ok(())
+}
+
+fn abort(args: &AbortArgs) -> anyhow::Result<()> {
+    use migration::recovery::{hex, parse_transcript, AbortTokenFile, CommitFile, TokenOrigin};
+    if !args.target_never_ran {
+        usage_error(
+            "owner abort releases a committed source only on your word that the target never ran the guest: say so with --target-never-ran",
+        );
+    }
+    let transcript = match (&args.session, &args.commit_file) {
+        (Some(text), _) => match parse_transcript(text) {
+            Some(t) => t,
+            None => usage_error(&format!(
+                "--session {text:?}: expected the 64 hex digits query-migrate shows as \"session\""
+            )),
+        },
+        (None, Some(path)) => {
+            let bytes = read_capped("commit file", path, CommitFile::SIZE)?;
+            CommitFile::decode(&bytes)
+                .with_context(|| format!("{} is not a commit file", path.display()))?
+                .transcript
+        }
+        (None, None) => usage_error("--session or --commit-file is needed"),
+    };
+    let raw = read_capped(
+        "migration secret",
+        &args.migration_secret,
+        helper_abi::MIGRATION_SECRET_LEN,
+    )?;
+    let secret: [u8; helper_abi::MIGRATION_SECRET_LEN] =
+        raw.as_slice().try_into().map_err(|_| {
+            anyhow::anyhow!(
+                "migration secret {} is {} bytes, expected {}",
+                args.migration_secret.display(),
+                raw.len(),
+                helper_abi::MIGRATION_SECRET_LEN
+            )
+        })?;
+    let file = AbortTokenFile {
+        origin: TokenOrigin::Owner,
+        transcript,
+        tag: mirror_helper::keys::owner_abort_token(&secret, &transcript),
+    };
+    write_file(&args.out, &file.encode(), 0o644, false)?;
+    println!(
+        "wrote {}: the guest owner's abort of session {} (hand it to the source: migrate-release)",
+        args.out.display(),
+        hex(&transcript)
     );
     Ok(())
 }

@@ -148,6 +148,18 @@ fn print_trace(trace: &Trace) {
     }
 }
 
+/// Where recovery files go: `--state-dir`, else beside the control socket, else here.
+fn state_dir(args: &RunArgs) -> PathBuf {
+    match (&args.state_dir, &args.api) {
+        (Some(dir), _) => dir.clone(),
+        (None, Some(api)) => match api.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        },
+        (None, None) => PathBuf::from("."),
+    }
+}
+
 /// Runs the VM; returns the process exit code.
 pub fn run(args: &RunArgs) -> anyhow::Result<i32> {
     let firmware = load_firmware(args.firmware.as_deref())?;
@@ -184,7 +196,8 @@ pub fn run(args: &RunArgs) -> anyhow::Result<i32> {
         fw_cfg_files: files,
         sev,
     })
-    .helpers(args.helpers);
+    .helpers(args.helpers)
+    .state_dir(state_dir(args));
     if let Some(listener) = listener {
         builder = builder.incoming(listener);
     }

@@ -3,8 +3,7 @@
 //! usage errors with exit status 2.
 
 use qmp::{
-    ControlError, Controller, EventSender, MigrationInfo, QmpCommand, QmpReply, QmpServer,
-    RunState, StatusInfo,
+    ControlError, Controller, EventSender, QmpCommand, QmpReply, QmpServer, RunState, StatusInfo,
 };
 use serde_json::{json, Value};
 use std::os::unix::net::UnixListener;
@@ -32,7 +31,7 @@ impl Controller for Fake {
             QmpCommand::QueryStatus => Ok(QmpReply::Status(StatusInfo {
                 status: RunState::Running,
             })),
-            QmpCommand::QueryMigrate => Ok(QmpReply::Migration(MigrationInfo::default())),
+            QmpCommand::QueryMigrate => Ok(QmpReply::Migration(Box::default())),
             _ => Ok(QmpReply::Empty),
         }
     }
@@ -109,7 +108,8 @@ fn ctl_prints_the_return_value_and_qmp_errors() {
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
     assert_eq!(text(&o.stdout).trim(), "{}");
     assert!(fake.seen().contains(&QmpCommand::Migrate(qmp::Migrate {
-        uri: "tcp:127.0.0.1:4444".into()
+        uri: "tcp:127.0.0.1:4444".into(),
+        commit_file: None,
     })));
 
     let o = ctl(&["--api", sock, "frob"]);

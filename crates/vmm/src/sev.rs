@@ -155,7 +155,7 @@ pub fn patch_cpuid(
 /// Carries out KVM_HC_MAP_GPA_RANGE (`Documentation/virt/kvm/x86/hypercalls.rst`):
 /// args = gpa, page count, attributes (bits 3:0 page size 4K/2M/1G, bit 4 encrypted).
 /// Returns 0, or `-KVM_EINVAL` for a malformed or out-of-RAM range (nothing changes then).
-pub fn map_gpa_range(view: &HostView, args: [u64; 3]) -> u64 {
+pub(crate) fn map_gpa_range(view: &HostView, args: [u64; 3]) -> u64 {
     let [gpa, npages, attrs] = args;
     let page_size = match attrs & 0xf {
         0 => layout::PAGE_SIZE,

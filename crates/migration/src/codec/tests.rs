@@ -383,6 +383,79 @@ fn io_errors_and_interrupted_reads() {
 }
 
 #[test]
+fn a_waiting_read_survives_timeouts_anywhere_in_a_frame_and_gives_up_when_told() {
+    /// Times out before every byte, so the frame arrives between a dozen timeouts.
+    struct Slow<'a> {
+        data: &'a [u8],
+        ready: bool,
+    }
+    impl Read for Slow<'_> {
+        fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+            self.ready = !self.ready;
+            match (self.ready, self.data.split_first()) {
+                (false, _) => Err(io::Error::new(io::ErrorKind::WouldBlock, "poll")),
+                (true, Some((b, rest))) => {
+                    out[0] = *b;
+                    self.data = rest;
+                    Ok(1)
+                }
+                (true, None) => Ok(0),
+            }
+        }
+    }
+    let mut wire = Vec::new();
+    Ack::Completed.encode(&mut wire).unwrap();
+    let mut b = buf();
+    let mut waits = 0;
+    let mut reader = FrameReader::new(
+        Slow {
+            data: &wire,
+            ready: true,
+        },
+        Incoming::FromTarget,
+    );
+    let frame = reader
+        .read_frame_waiting(&mut b, &mut || {
+            waits += 1;
+            true
+        })
+        .unwrap();
+    assert!(matches!(frame, Frame::Ack(Ack::Completed)));
+    assert_eq!(waits, wire.len(), "one wait before every byte");
+
+    // Told to stop waiting in the middle of the header: a timeout error, and the reader
+    // is done (the bytes it had are gone with it).
+    let mut left = 5;
+    let mut reader = FrameReader::new(
+        Slow {
+            data: &wire,
+            ready: true,
+        },
+        Incoming::FromTarget,
+    );
+    let e = reader
+        .read_frame_waiting(&mut b, &mut || {
+            left -= 1;
+            left > 0
+        })
+        .unwrap_err();
+    assert!(e.is_timeout(), "{e}");
+    assert!(matches!(
+        reader.read_frame(&mut b).unwrap_err(),
+        CodecError::Stopped
+    ));
+    // The plain read never waits.
+    let mut reader = FrameReader::new(
+        Slow {
+            data: &wire,
+            ready: true,
+        },
+        Incoming::FromTarget,
+    );
+    assert!(reader.read_frame(&mut b).unwrap_err().is_timeout());
+}
+
+#[test]
 fn invalid_frames_report_their_offset_and_cause() {
     let mut wire = Vec::new();
     Done::default().encode(&mut wire).unwrap();

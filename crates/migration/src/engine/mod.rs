@@ -28,7 +28,7 @@ use crate::{
 use std::{sync::Mutex, time::Duration};
 
 pub use source::{migrate, RecordSink, Sealed, Sealer, SourceOptions, SourceVm, ZeroPages};
-pub use target::{receive, LocalGuest, Opener, TargetVm};
+pub use target::{receive, LocalGuest, Opener, PendingCommit, Received, TargetVm};
 
 /// The error of a VM or helper behind the engine's traits ([`SourceVm`], [`TargetVm`],
 /// [`Sealer`], [`Opener`]): the implementation's own `thiserror` enum, boxed. Boxing keeps
@@ -183,6 +183,11 @@ pub enum Status {
     /// stopped until an abort of the session (the target's token or the owner's) releases
     /// it. See `transcript`.
     AwaitingAbort,
+    /// Target: its helper verified everything and said Ready, and the stream ended before
+    /// the commit arrived. The source may have committed: this side waits for the commit
+    /// from the source's commit file, or for the operator's abort (see
+    /// [`target::PendingCommit`]). See `transcript`.
+    AwaitingCommit,
 }
 
 /// Live figures, shared with `query-migrate`.
@@ -216,8 +221,9 @@ pub struct Progress {
     pub total_ms: u64,
     /// Why it failed.
     pub error: Option<String>,
-    /// The committed session's transcript hash (source, once committed): what the guest
-    /// owner's break-glass abort is computed over.
+    /// The session's transcript hash (source: once committed, what the guest owner's
+    /// break-glass abort is computed over; target: once its helper confirmed the key
+    /// agreement).
     pub transcript: Option<[u8; 32]>,
 }
 

@@ -10,7 +10,9 @@
 //! (`owner abort`, later).
 
 use super::{chain, update, MigrationError, PartError, Progress, Status};
-use crate::frames::{AbortToken, KeyConfirm, KeyReply, KeyShare, SharedList, RECORD_OVERHEAD};
+use crate::frames::{
+    AbortToken, FailureCode, KeyConfirm, KeyReply, KeyShare, SharedList, RECORD_OVERHEAD,
+};
 use crate::{
     codec::{FrameReader, Incoming},
     frames::{
@@ -61,6 +63,15 @@ pub trait SourceVm {
     fn device_state(&mut self) -> Result<Vec<u8>, PartError>;
     /// Each vCPU's state, in index order.
     fn vcpu_states(&mut self) -> Result<Vec<Vec<u8>>, PartError>;
+    /// Keeps the helper's sealed commit record of the session with transcript hash
+    /// `transcript` where an operator finds it (the VMM: a commit file), before it goes
+    /// on the wire: a commit lost with the connection then still reaches the target. If
+    /// this fails, the commit is not sent and the target is asked to abort instead.
+    fn save_commit(
+        &mut self,
+        transcript: &[u8; 32],
+        record: &[u8; COMMIT_RECORD_SIZE],
+    ) -> Result<(), PartError>;
 }
 
 /// How private pages that are all zero travel.
@@ -263,6 +274,8 @@ struct Source<'a, R, W: Write + AsFd> {
     /// Set once the helper committed (the guest is "migrated out"), until an abort of
     /// the session released it: the committed session's transcript hash.
     committed: Option<[u8; 32]>,
+    /// An Abort went to the target after the commit (to get its abort token).
+    asked_abort: bool,
     /// The shared ranges of the last sealed list (SEV), (first page GPA, end GPA).
     shared: Vec<(u64, u64)>,
     buf: Vec<u8>,
@@ -306,6 +319,7 @@ pub fn migrate<'a, R: Read, W: Write + AsFd>(
         started: Instant::now(),
         paused_at: None,
         committed: None,
+        asked_abort: false,
         shared: Vec::new(),
         buf: vec![0u8; MAX_PAYLOAD_LEN],
     };
@@ -387,7 +401,7 @@ impl<R: Read, W: Write + AsFd> Source<'_, R, W> {
                 kind: MessageType::Hello,
                 source,
             })?;
-        match self.reader.read_frame(&mut self.buf)? {
+        match self.reply()? {
             Frame::HelloAck(HelloAck::Accepted) => {}
             Frame::HelloAck(HelloAck::Refused { code, reason }) => {
                 return Err(MigrationError::Refused { code, reason })
@@ -513,7 +527,7 @@ impl<R: Read, W: Write + AsFd> Source<'_, R, W> {
             p.rounds = round;
             p.transferred_bytes = transferred;
         });
-        self.await_ack()
+        self.await_ack(None)
     }
 
     /// The helpers' key agreement, before anything else moves.
@@ -529,7 +543,7 @@ impl<R: Read, W: Write + AsFd> Source<'_, R, W> {
             kind: MessageType::KeyShare,
             source,
         })?;
-        let reply = match self.reader.read_frame(&mut self.buf)? {
+        let reply = match self.reply()? {
             Frame::KeyReply(r) => r,
             Frame::Abort(a) => return Err(a.into()),
             other => {
@@ -538,6 +552,9 @@ impl<R: Read, W: Write + AsFd> Source<'_, R, W> {
                     other.message_type()
                 )))
             }
+        };
+        let Some(sealer) = self.sealer.as_deref_mut() else {
+            return Ok(());
         };
         let (confirm, _transcript) = sealer
             .finish_handshake(&reply)
@@ -552,28 +569,24 @@ impl<R: Read, W: Write + AsFd> Source<'_, R, W> {
             kind: MessageType::Manifest,
             source,
         })?;
-        match self.reader.read_frame(&mut self.buf) {
-            Ok(Frame::Ready(_)) => {}
-            Ok(Frame::Abort(a)) => return Err(a.into()),
-            Ok(Frame::AbortToken(_)) => {
+        match self.reply()? {
+            Frame::Ready(_) => {}
+            Frame::Abort(a) => return Err(a.into()),
+            Frame::AbortToken(_) => {
                 // Not committed: no token is needed; the Abort that follows says why.
-                return match self.reader.read_frame(&mut self.buf) {
+                return match self.reply() {
                     Ok(Frame::Abort(a)) => Err(a.into()),
                     _ => Err(MigrationError::Protocol(
                         "the target's AbortToken was not followed by its Abort".into(),
                     )),
                 };
             }
-            Ok(other) => {
+            other => {
                 return Err(MigrationError::Protocol(format!(
                     "expected the target's Ready, got {}",
                     other.message_type()
                 )))
             }
-            Err(e) if e.is_timeout() => {
-                return Err(MigrationError::NoConfirmation(self.options.confirm_timeout))
-            }
-            Err(e) => return Err(e.into()),
         }
         let Some(sealer) = self.sealer.as_deref_mut() else {
             return Err(MigrationError::Protocol("a commit without a helper".into()));
@@ -584,17 +597,77 @@ impl<R: Read, W: Write + AsFd> Source<'_, R, W> {
             p.status = Status::Committing;
             p.transcript = Some(transcript);
         });
+        if let Err(e) = self.vm.save_commit(&transcript, &record) {
+            // Without its file a lost commit could not be recovered on the target: the
+            // commit does not leave, and the target is asked to give the session up
+            // (its token releases the guest here).
+            let cause = MigrationError::Vm(e);
+            self.asked_abort = true;
+            let _ = Abort {
+                code: FailureCode::Internal,
+                reason: "the source could not save its commit record and asks the target to abort"
+                    .into(),
+            }
+            .encode(&mut self.out);
+            let _ = self.out.flush();
+            return Err(self.await_ack(Some(cause)).err().unwrap_or_else(|| {
+                MigrationError::Protocol("the target confirmed a commit it never got".into())
+            }));
+        }
         Ok(record)
     }
 
-    /// After Done: the target's Ack. After a commit, a failure releases the guest only
-    /// with the target helper's abort token.
-    fn await_ack(&mut self) -> Result<(), MigrationError> {
+    /// The target's next frame. A read that times out (the caller's socket timeout; the
+    /// VMM sets it short, to poll) only checks: the wait ends after `confirm_timeout`;
+    /// a cancel before the commit ends it; a cancel after the commit asks the target,
+    /// once, to abort the session (an Abort frame), and the wait goes on for its token.
+    fn reply(&mut self) -> Result<Frame<'_>, MigrationError> {
+        let deadline = Instant::now() + self.options.confirm_timeout;
+        let patience = self.options.confirm_timeout;
+        let mut why: Option<MigrationError> = None;
+        let Source {
+            reader,
+            buf,
+            out,
+            cancel,
+            committed,
+            asked_abort,
+            ..
+        } = self;
+        let result = reader.read_frame_waiting(buf, &mut || {
+            if cancel.load(Ordering::Relaxed) {
+                if committed.is_none() {
+                    why = Some(MigrationError::Cancelled);
+                    return false;
+                }
+                if !*asked_abort {
+                    *asked_abort = true;
+                    // Best effort: if the target is gone, the wait ends at the deadline
+                    // and the guest waits for an abort by another way.
+                    let _ = Abort {
+                        code: FailureCode::Cancelled,
+                        reason: "the operator cancelled after the commit: the source asks the target to give the session up".into(),
+                    }
+                    .encode(out);
+                    let _ = out.flush();
+                }
+            }
+            if Instant::now() >= deadline {
+                why = Some(MigrationError::NoConfirmation(patience));
+                return false;
+            }
+            true
+        });
+        result.map_err(|e| why.take().unwrap_or_else(|| e.into()))
+    }
+
+    /// After Done (or after an Abort in its place): the target's Ack. After a commit, a
+    /// failure releases the guest only with the target helper's abort token. `cause` is
+    /// why this side gave up, if it did.
+    fn await_ack(&mut self, cause: Option<MigrationError>) -> Result<(), MigrationError> {
         let mut token: Option<AbortToken> = None;
-        // The caller's read timeout bounds each wait (`confirm_timeout` is what it
-        // should be set to).
         let failure = loop {
-            match self.reader.read_frame(&mut self.buf) {
+            match self.reply() {
                 Ok(Frame::Ack(Ack::Completed)) => return Ok(()),
                 Ok(Frame::Ack(Ack::Failed { code, reason })) => {
                     break MigrationError::Aborted { code, reason }
@@ -607,11 +680,13 @@ impl<R: Read, W: Write + AsFd> Source<'_, R, W> {
                         other.message_type()
                     ))
                 }
-                Err(e) if e.is_timeout() => {
-                    break MigrationError::NoConfirmation(self.options.confirm_timeout)
-                }
-                Err(e) => break e.into(),
+                Err(e) => break e,
             }
+        };
+        let failure = match cause {
+            Some(cause) => cause,
+            None if self.asked_abort => MigrationError::Cancelled,
+            None => failure,
         };
         let Some(transcript) = self.committed else {
             return Err(failure);

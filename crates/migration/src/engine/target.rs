@@ -11,7 +11,7 @@ use super::{
     update, MigrationError, PartError, Progress, Status,
 };
 use crate::{
-    codec::{FrameReader, Incoming},
+    codec::{CodecError, FrameReader, Incoming},
     frames::{
         check_record, Abort, AbortToken, Ack, FailureCode, Frame, FrameError, GpaRange, GuestMode,
         Hello, HelloAck, KeyConfirm, KeyReply, KeyShare, MessageType, PageData, Ready,
@@ -42,6 +42,101 @@ pub trait TargetVm {
     fn write_page(&mut self, gpa: u64, data: Option<&[u8; PAGE_SIZE]>) -> Result<(), PartError>;
     /// Loads the vCPU and device state and runs the guest.
     fn finish(&mut self, vcpus: Vec<Vec<u8>>, device: Vec<u8>) -> Result<(), PartError>;
+    /// Keeps this side's abort token of the session with transcript hash `transcript`
+    /// (all zero when the key agreement did not get that far) where an operator finds
+    /// it (the VMM: an abort token file), before it goes on the wire: if the source
+    /// committed and the token is lost with the connection, the token still releases it.
+    fn keep_abort_token(
+        &mut self,
+        transcript: &[u8; 32],
+        token: &AbortToken,
+    ) -> Result<(), PartError>;
+}
+
+/// How a receive ended well.
+#[derive(Debug)]
+pub enum Received {
+    /// The guest runs here.
+    Running,
+    /// The stream ended after this side's helper verified everything and said Ready,
+    /// before the commit arrived. The source may have committed and be waiting: the
+    /// verified state waits here for the commit (from the source's commit file) or for
+    /// the operator's abort.
+    AwaitingCommit(PendingCommit),
+}
+
+/// A target whose helper verified the whole guest and waits for the source helper's
+/// commit, which the stream did not bring (see [`Received::AwaitingCommit`]).
+#[derive(Debug)]
+pub struct PendingCommit {
+    vcpus: Vec<Vec<u8>>,
+    device: Vec<u8>,
+    transcript: [u8; 32],
+    lost: String,
+}
+
+impl PendingCommit {
+    /// The session's transcript hash (what the source's commit file names).
+    pub fn transcript(&self) -> [u8; 32] {
+        self.transcript
+    }
+
+    /// How the stream ended.
+    pub fn lost(&self) -> &str {
+        &self.lost
+    }
+
+    /// Has the helper verify the source helper's commit `record` (from its commit file)
+    /// and runs the guest. If the helper refuses the record, the target still waits and
+    /// comes back; if the VM cannot run after the helper committed, it does not.
+    pub fn commit(
+        self,
+        record: &[u8; COMMIT_RECORD_SIZE],
+        vm: &mut dyn TargetVm,
+        opener: &mut dyn Opener,
+        progress: &Mutex<Progress>,
+    ) -> Result<(), Box<(Option<PendingCommit>, MigrationError)>> {
+        if let Err(e) = opener.commit(record) {
+            return Err(Box::new((Some(self), MigrationError::Helper(e))));
+        }
+        let PendingCommit { vcpus, device, .. } = self;
+        match vm.finish(vcpus, device) {
+            Ok(()) => {
+                update(progress, |p| {
+                    p.status = Status::Completed;
+                    p.error = None;
+                });
+                Ok(())
+            }
+            Err(e) => {
+                let e = MigrationError::Vm(e);
+                update(progress, |p| {
+                    p.status = Status::Failed;
+                    p.error = Some(e.chain());
+                });
+                Err(Box::new((None, e)))
+            }
+        }
+    }
+
+    /// Gives the session up for good: the helper aborts it (it will never commit it)
+    /// and its token, kept through `vm` first, is what releases the source.
+    pub fn abort(
+        self,
+        vm: &mut dyn TargetVm,
+        opener: &mut dyn Opener,
+        progress: &Mutex<Progress>,
+    ) -> Result<AbortToken, MigrationError> {
+        let token = opener.abort().map_err(MigrationError::Helper)?;
+        let kept = vm.keep_abort_token(&self.transcript, &token);
+        update(progress, |p| {
+            p.status = Status::Failed;
+            p.error =
+                Some("the operator aborted the session while it waited for the commit".into());
+        });
+        kept.map_err(MigrationError::Vm)?;
+        Ok(token)
+    }
 }
 
 /// What the target knows of its own guest: the source must describe the same one.
@@ -157,7 +252,7 @@ pub fn receive<'a, R: Read, W: Write>(
     vm: &'a mut dyn TargetVm,
     opener: Option<&'a mut dyn Opener>,
     progress: &'a Mutex<Progress>,
-) -> Result<(), MigrationError> {
+) -> Result<Received, MigrationError> {
     let started = Instant::now();
     update(progress, |p| {
         *p = Progress {
@@ -185,11 +280,16 @@ pub fn receive<'a, R: Read, W: Write>(
         vcpus: Vec::new(),
         device: None,
         manifest_ok: false,
+        transcript: None,
     };
-    let result = ctx.run(&mut reader, &mut writer, &mut buf);
+    let result = match ctx.run(&mut reader, &mut writer, &mut buf) {
+        Ok(Ended::Running) => Ok(Received::Running),
+        Ok(Ended::LostAfterReady(lost)) => ctx.pending(lost).map(Received::AwaitingCommit),
+        Err(e) => Err(e),
+    };
     let total_ms = started.elapsed().as_millis() as u64;
     match &result {
-        Ok(()) => {
+        Ok(Received::Running) => {
             let _ = Ack::Completed.encode(&mut writer);
             let _ = writer.flush();
             update(progress, |p| {
@@ -197,14 +297,31 @@ pub fn receive<'a, R: Read, W: Write>(
                 p.total_ms = total_ms;
             });
         }
+        Ok(Received::AwaitingCommit(pending)) => {
+            let transcript = pending.transcript;
+            update(progress, |p| {
+                p.status = Status::AwaitingCommit;
+                p.total_ms = total_ms;
+                p.transcript = Some(transcript);
+                p.error = Some(pending.lost.clone());
+            });
+        }
         Err(e) => {
             // With a session, the helper gives it up for good first: its token is what
-            // lets a source that already committed run again.
+            // lets a source that already committed run again. It is kept (a file) before
+            // it goes on the wire, which may be gone.
             if ctx.keyed && !ctx.committed {
                 if let Some(opener) = ctx.opener.as_deref_mut() {
                     // A helper that cannot abort (it committed after all) sends no
                     // token; the source then waits for the owner.
                     if let Ok(token) = opener.abort() {
+                        let transcript = ctx.transcript.unwrap_or([0; 32]);
+                        if let Err(why) = ctx.vm.keep_abort_token(&transcript, &token) {
+                            update(progress, |p| {
+                                p.error =
+                                    Some(format!("cannot keep the abort token: {}", chain(&*why)));
+                            });
+                        }
                         let _ = token.encode(&mut writer);
                     }
                 }
@@ -271,6 +388,16 @@ struct Receive<'a> {
     vcpus: Vec<Option<Vec<u8>>>,
     device: Option<Vec<u8>>,
     manifest_ok: bool,
+    /// The session's transcript hash, once the helper confirmed the key agreement.
+    transcript: Option<[u8; 32]>,
+}
+
+/// How [`Receive::run`] ended without an error.
+enum Ended {
+    /// The guest runs.
+    Running,
+    /// The stream broke after Ready (why): the commit may still come from a file.
+    LostAfterReady(CodecError),
 }
 
 fn integrity(e: String) -> MigrationError {
@@ -283,7 +410,7 @@ impl Receive<'_> {
         reader: &mut FrameReader<R>,
         writer: &mut W,
         buf: &mut [u8],
-    ) -> Result<(), MigrationError> {
+    ) -> Result<Ended, MigrationError> {
         let hello = match reader.read_frame(buf)? {
             Frame::Hello(h) => h,
             other => {
@@ -320,15 +447,56 @@ impl Receive<'_> {
             p.total_bytes = hello.mem_size;
         });
         loop {
-            let frame = reader.read_frame(buf)?;
+            let frame = match reader.read_frame(buf) {
+                Ok(frame) => frame,
+                // After Ready the source may have committed: a broken stream is not a
+                // reason to give the session up (the commit can come from its file).
+                Err(e @ CodecError::Io { .. }) if self.manifest_ok => {
+                    return Ok(Ended::LostAfterReady(e))
+                }
+                Err(e) => return Err(e.into()),
+            };
             self.state = self
                 .state
                 .next(frame.message_type())
                 .map_err(|e| MigrationError::Protocol(e.to_string()))?;
             if self.apply(frame, &hello, writer)? {
-                return self.finish(&hello);
+                return self.finish(&hello).map(|()| Ended::Running);
             }
         }
+    }
+
+    /// The verified state, waiting for the commit (the stream broke after Ready).
+    fn pending(&mut self, lost: CodecError) -> Result<PendingCommit, MigrationError> {
+        let transcript = self.transcript.ok_or_else(|| {
+            MigrationError::Protocol("Ready without a confirmed key agreement".into())
+        })?;
+        let (vcpus, device) = self.state_to_load()?;
+        update(self.progress, |p| p.transcript = Some(transcript));
+        Ok(PendingCommit {
+            vcpus,
+            device,
+            transcript,
+            lost: format!(
+                "the stream ended after Ready, before the commit: {}",
+                chain(&lost)
+            ),
+        })
+    }
+
+    /// The received device and vCPU state, each vCPU's present.
+    fn state_to_load(&mut self) -> Result<(Vec<Vec<u8>>, Vec<u8>), MigrationError> {
+        let device = self.device.take().ok_or_else(|| {
+            MigrationError::Protocol("the source finished without device state".into())
+        })?;
+        let vcpus = std::mem::take(&mut self.vcpus)
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| {
+                s.ok_or_else(|| MigrationError::Protocol(format!("no state for vCPU {i}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((vcpus, device))
     }
 
     /// The helpers' key agreement: nothing else is accepted before it.
@@ -384,7 +552,9 @@ impl Receive<'_> {
             .state
             .next(MessageType::KeyConfirm)
             .map_err(|e| MigrationError::Protocol(e.to_string()))?;
-        opener.confirm(&confirm).map_err(MigrationError::Helper)?;
+        let transcript = opener.confirm(&confirm).map_err(MigrationError::Helper)?;
+        self.transcript = Some(transcript);
+        update(self.progress, |p| p.transcript = Some(transcript));
         Ok(())
     }
 
@@ -712,16 +882,7 @@ impl Receive<'_> {
                 "the source finished without a verified commit".into(),
             ));
         }
-        let device = self.device.take().ok_or_else(|| {
-            MigrationError::Protocol("the source finished without device state".into())
-        })?;
-        let vcpus = std::mem::take(&mut self.vcpus)
-            .into_iter()
-            .enumerate()
-            .map(|(i, s)| {
-                s.ok_or_else(|| MigrationError::Protocol(format!("no state for vCPU {i}")))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let (vcpus, device) = self.state_to_load()?;
         self.vm.finish(vcpus, device).map_err(MigrationError::Vm)
     }
 }

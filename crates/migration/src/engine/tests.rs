@@ -4,7 +4,7 @@
 
 use super::{
     source::{migrate, RecordSink, Sealed, Sealer, SourceOptions, SourceVm, ZeroPages},
-    target::{receive, LocalGuest, Opener, TargetVm},
+    target::{receive, LocalGuest, Opener, PendingCommit, Received, TargetVm},
     MigrationError, PartError, Progress, Status,
 };
 use crate::{
@@ -28,7 +28,10 @@ use std::{
     collections::{BTreeSet, VecDeque},
     io::{Read, Write},
     os::unix::net::UnixStream,
-    sync::{atomic::AtomicBool, Arc, Mutex},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
     time::Duration,
 };
 
@@ -365,6 +368,10 @@ struct FakeSource {
     paused: bool,
     resumed: bool,
     writes: u64,
+    /// The commit it was asked to keep (the VMM's commit file).
+    saved_commit: Option<([u8; 32], [u8; COMMIT_RECORD_SIZE])>,
+    /// Keeping the commit fails (a full disk).
+    fail_save: bool,
 }
 
 impl FakeSource {
@@ -420,6 +427,17 @@ impl SourceVm for FakeSource {
     fn vcpu_states(&mut self) -> Result<Vec<Vec<u8>>, PartError> {
         Ok(vec![b"vcpu0".to_vec(), b"vcpu1".to_vec()])
     }
+    fn save_commit(
+        &mut self,
+        transcript: &[u8; 32],
+        record: &[u8; COMMIT_RECORD_SIZE],
+    ) -> Result<(), PartError> {
+        if self.fail_save {
+            return Err("no space left on the device".into());
+        }
+        self.saved_commit = Some((*transcript, *record));
+        Ok(())
+    }
 }
 
 struct FakeTarget {
@@ -428,6 +446,8 @@ struct FakeTarget {
     mem_size: u64,
     shared: BTreeSet<u64>,
     ran: Option<(Vec<Vec<u8>>, Vec<u8>)>,
+    /// The abort token it was asked to keep (the VMM's token file).
+    kept_token: Option<([u8; 32], AbortToken)>,
 }
 
 impl TargetVm for FakeTarget {
@@ -477,6 +497,14 @@ impl TargetVm for FakeTarget {
     }
     fn finish(&mut self, vcpus: Vec<Vec<u8>>, device: Vec<u8>) -> Result<(), PartError> {
         self.ran = Some((vcpus, device));
+        Ok(())
+    }
+    fn keep_abort_token(
+        &mut self,
+        transcript: &[u8; 32],
+        token: &AbortToken,
+    ) -> Result<(), PartError> {
+        self.kept_token = Some((*transcript, *token));
         Ok(())
     }
 }
@@ -537,6 +565,10 @@ struct Setup {
     /// Frame-level edits of the return path (target to source).
     back: Option<Arc<FrameEdit>>,
     zero_pages: ZeroPages,
+    /// The operator cancels once the source shows `Committing`.
+    cancel_after_commit: bool,
+    /// Keeping the commit record fails at the source.
+    fail_save: bool,
 }
 
 impl Setup {
@@ -550,6 +582,8 @@ impl Setup {
             forward: Tamper::None,
             back: None,
             zero_pages: ZeroPages::Sealed,
+            cancel_after_commit: false,
+            fail_save: false,
         }
     }
 
@@ -576,12 +610,14 @@ impl Setup {
 
 struct Outcome {
     source: Result<(), MigrationError>,
-    target: Result<(), MigrationError>,
+    target: Result<Received, MigrationError>,
     src: FakeSource,
     dst: FakeTarget,
     dst_ram: Ram,
     /// The source's helper (SEV), for its flag and a later release.
     sealer: FakeHelper,
+    /// The target's helper (SEV), for a commit or an abort after the stream.
+    opener: FakeHelper,
     stream: Vec<u8>,
     progress: Progress,
 }
@@ -684,14 +720,21 @@ fn run(setup: Setup) -> Outcome {
         forward,
         back,
         zero_pages,
+        cancel_after_commit,
+        fail_save,
     } = setup;
     let (src_ram, mut sealer) = source_helper(lanes);
     let (dst_ram, opener) = target_helper(target_secret, target_firmware, lanes);
     let (src_sock, relay_in) = UnixStream::pair().unwrap();
     let (relay_out, dst_sock) = UnixStream::pair().unwrap();
-    for s in [&src_sock, &dst_sock] {
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    }
+    // The source polls, as the VMM makes it (a short read timeout, waited through);
+    // the target blocks up to its stream timeout.
+    src_sock
+        .set_read_timeout(Some(Duration::from_millis(20)))
+        .unwrap();
+    dst_sock
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     let capture = Arc::new(Mutex::new(Vec::new()));
     let back_capture = Arc::new(Mutex::new(Vec::new()));
     let back = {
@@ -721,6 +764,7 @@ fn run(setup: Setup) -> Outcome {
                 mem_size: target_mem,
                 shared: BTreeSet::new(),
                 ran: None,
+                kept_token: None,
             };
             let mut opener = opener;
             let progress = Mutex::new(Progress::default());
@@ -735,7 +779,7 @@ fn run(setup: Setup) -> Outcome {
                 },
                 &progress,
             );
-            (r, dst)
+            (r, dst, opener)
         })
     };
     let mut src = FakeSource {
@@ -746,8 +790,20 @@ fn run(setup: Setup) -> Outcome {
         paused: false,
         resumed: false,
         writes: 0,
+        saved_commit: None,
+        fail_save,
     };
-    let progress = Mutex::new(Progress::default());
+    let progress = Arc::new(Mutex::new(Progress::default()));
+    let cancel = Arc::new(AtomicBool::new(false));
+    let canceller = cancel_after_commit.then(|| {
+        let (progress, cancel) = (progress.clone(), cancel.clone());
+        std::thread::spawn(move || {
+            let committing = harness_wait(|| progress.lock().unwrap().status == Status::Committing);
+            if committing {
+                cancel.store(true, Ordering::Relaxed);
+            }
+        })
+    });
     let options = SourceOptions {
         downtime_limit: Duration::from_millis(0),
         max_rounds: 4,
@@ -767,12 +823,16 @@ fn run(setup: Setup) -> Outcome {
         },
         &options,
         &progress,
-        &AtomicBool::new(false),
+        &cancel,
     );
-    let (target, dst) = dst_handle.join().unwrap();
+    if let Some(c) = canceller {
+        c.join().unwrap();
+    }
+    let (target, dst, opener) = dst_handle.join().unwrap();
     let _ = fwd.join();
     let _ = back.join();
     let stream = capture.lock().unwrap().clone();
+    let progress = progress.lock().unwrap().clone();
     Outcome {
         source,
         target,
@@ -780,9 +840,22 @@ fn run(setup: Setup) -> Outcome {
         dst,
         dst_ram,
         sealer,
+        opener,
         stream,
-        progress: progress.into_inner().unwrap(),
+        progress,
     }
+}
+
+/// Polls `done` for up to 30 s; whether it came true.
+fn harness_wait(mut done: impl FnMut() -> bool) -> bool {
+    let end = std::time::Instant::now() + Duration::from_secs(30);
+    while std::time::Instant::now() < end {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    false
 }
 
 /// The target refused, never ran the guest, and the source runs it again, not flagged.
@@ -940,7 +1013,8 @@ fn a_record_replayed_from_an_earlier_round_is_refused() {
                 held.push(bytes.clone());
                 vec![bytes]
             }
-            Frame::PageBatch(b) if b.round == 3 && held.len() == 1 => {
+            // Round 2 always exists (it is the stop-and-copy when precopy ends early).
+            Frame::PageBatch(b) if b.round >= 2 && held.len() == 1 => {
                 let old = held[0].clone();
                 held.push(vec![]);
                 vec![old, bytes]
@@ -1097,7 +1171,7 @@ fn the_target_rejects_frames_that_break_the_rules_for_its_guest() {
 fn replay_to_fresh_target(
     stream: Vec<u8>,
     lanes: usize,
-) -> (Result<(), MigrationError>, FakeTarget) {
+) -> (Result<Received, MigrationError>, FakeTarget) {
     let (dst_ram, mut opener) = target_helper(Some(MIGRATION_SECRET), [9; 32], lanes);
     let (mut feed, dst_sock) = UnixStream::pair().unwrap();
     dst_sock
@@ -1115,6 +1189,7 @@ fn replay_to_fresh_target(
         mem_size: RAM,
         shared: BTreeSet::new(),
         ran: None,
+        kept_token: None,
     };
     let progress = Mutex::new(Progress::default());
     let r = receive(
@@ -1316,13 +1391,161 @@ fn lose_the_commit() -> Arc<FrameEdit> {
     })
 }
 
+/// The lost commit: the source committed (flagged, stopped, its commit kept), the target
+/// verified everything and waits for the commit. Neither side gave up on its own.
+fn lost_commit() -> (Outcome, PendingCommit) {
+    let mut o = run(Setup::sev(1).forward(Tamper::Frames(lose_the_commit())));
+    let transcript = match &o.source {
+        Err(MigrationError::Committed { transcript, .. }) => *transcript,
+        other => panic!("the source should wait for an abort: {other:?}"),
+    };
+    assert_eq!(o.progress.status, Status::AwaitingAbort);
+    assert!(
+        o.src.paused && !o.src.resumed,
+        "the source guest must stay stopped"
+    );
+    assert!(o.sealer.guest.migrated_out());
+    let (saved, _) = o
+        .src
+        .saved_commit
+        .expect("the commit was kept before it was sent");
+    assert_eq!(saved, transcript);
+    assert!(o.dst.ran.is_none());
+    assert!(
+        o.dst.kept_token.is_none(),
+        "the target must not give up on its own"
+    );
+    let pending = match std::mem::replace(&mut o.target, Ok(Received::Running)) {
+        Ok(Received::AwaitingCommit(p)) => p,
+        other => panic!("the target should wait for the commit: {other:?}"),
+    };
+    assert_eq!(pending.transcript(), transcript);
+    (o, pending)
+}
+
 #[test]
-fn a_lost_commit_is_recovered_with_the_targets_abort() {
-    let o = run(Setup::sev(1).forward(Tamper::Frames(lose_the_commit())));
-    // The target never saw the commit: it gave the session up and said so with its
-    // token; the source's helper checked it and the guest runs again at the source.
-    assert_safe_failure(&o, "lost commit");
+fn a_lost_commit_is_finished_on_the_target_from_the_sources_commit_file() {
+    let (mut o, pending) = lost_commit();
+    let (_, record) = o.src.saved_commit.unwrap();
+    // A record of the wrong session (one flipped byte) is refused and the target still
+    // waits; the right one runs the guest there, whole.
+    let mut wrong = record;
+    wrong[20] ^= 1;
+    let progress = Mutex::new(Progress::default());
+    let (pending, err) = *pending
+        .commit(&wrong, &mut o.dst, &mut o.opener, &progress)
+        .unwrap_err();
+    assert!(matches!(err, MigrationError::Helper(_)), "{err:?}");
+    let pending = pending.expect("still waiting");
+    assert!(o.dst.ran.is_none());
+    pending
+        .commit(&record, &mut o.dst, &mut o.opener, &progress)
+        .unwrap();
+    assert_eq!(progress.lock().unwrap().status, Status::Completed);
+    let (vcpus, device) = o.dst.ran.clone().expect("the target runs the guest");
+    assert_eq!(vcpus, [b"vcpu0".to_vec(), b"vcpu1".to_vec()]);
+    assert_eq!(device, b"devices");
+    migratable_equal(&o);
+    // The source stays stopped: only an abort of the session could release it, and a
+    // target that committed never gives one.
+    assert!(o.opener.ok(0, abort_request(), &[], &[]).is_err());
+    assert!(o.sealer.guest.migrated_out());
+}
+
+fn abort_request() -> Request {
+    Request {
+        op: Op::ABORT.0,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn a_lost_commit_is_undone_with_the_targets_abort_token() {
+    let (mut o, pending) = lost_commit();
+    let progress = Mutex::new(Progress::default());
+    let token = pending.abort(&mut o.dst, &mut o.opener, &progress).unwrap();
+    let (kept_for, kept) = o
+        .dst
+        .kept_token
+        .expect("the token was kept for the operator");
+    assert_eq!(kept, token);
+    assert_eq!(Some(kept_for), o.progress.transcript);
+    // The source's helper checks it; the guest may run there again.
+    o.sealer.release(&token).unwrap();
+    assert!(!o.sealer.guest.migrated_out());
+    // The target that aborted never commits, whatever comes.
+    let (_, record) = o.src.saved_commit.unwrap();
+    assert!(o.opener.ok(0, commit_request(), &[], &record).is_err());
+    assert!(o.dst.ran.is_none());
+}
+
+fn commit_request() -> Request {
+    Request {
+        op: Op::COMMIT.0,
+        bytes: COMMIT_RECORD_SIZE as u32,
+        ..Default::default()
+    }
+}
+
+/// Drops Done (the commit) and keeps the connection: the source waits for an Ack.
+fn swallow_the_commit() -> Arc<FrameEdit> {
+    Arc::new(|_: usize, f: Frame<'_>, _: &mut Vec<Vec<u8>>| match &f {
+        Frame::Done(_) => vec![],
+        _ => vec![encode_frame(&f)],
+    })
+}
+
+#[test]
+fn migrate_cancel_after_the_commit_asks_the_target_to_abort_and_its_token_releases_the_source() {
+    let o = run(Setup {
+        cancel_after_commit: true,
+        ..Setup::sev(1).forward(Tamper::Frames(swallow_the_commit()))
+    });
+    assert!(
+        matches!(o.source, Err(MigrationError::Cancelled)),
+        "{:?}",
+        o.source
+    );
+    assert_eq!(o.progress.status, Status::Cancelled);
+    assert!(
+        o.src.resumed && !o.src.paused,
+        "the source guest runs again"
+    );
+    assert!(!o.sealer.guest.migrated_out());
+    assert!(o.target.is_err());
+    assert!(o.dst.ran.is_none());
+    assert!(o.dst.kept_token.is_some(), "the target kept its token too");
+}
+
+#[test]
+fn a_commit_that_cannot_be_kept_is_not_sent_and_the_source_runs_again() {
+    let o = run(Setup {
+        fail_save: true,
+        ..Setup::sev(1)
+    });
+    assert_safe_failure(&o, "unsaved commit");
+    let err = o.source.as_ref().unwrap_err().chain();
+    assert!(err.contains("no space left"), "{err}");
     assert!(o.src.resumed);
+    assert!(
+        !batch_kinds(&o.stream).is_empty() && !o.stream.is_empty(),
+        "the migration got as far as the commit"
+    );
+    let done = frames_of(&o.stream)
+        .into_iter()
+        .any(|k| k == crate::frames::MessageType::Done);
+    assert!(!done, "the commit left without being kept");
+}
+
+/// The types of the frames in a capture.
+fn frames_of(stream: &[u8]) -> Vec<crate::frames::MessageType> {
+    let mut reader = FrameReader::new(stream, Incoming::FromSource);
+    let mut buf = vec![0u8; MAX_PAYLOAD_LEN];
+    let mut out = Vec::new();
+    while let Ok(f) = reader.read_frame(&mut buf) {
+        out.push(f.message_type());
+    }
+    out
 }
 
 #[test]
@@ -1372,6 +1595,15 @@ fn a_lost_commit_and_a_withheld_abort_keep_the_source_stopped_until_the_owner_re
 
 #[test]
 fn a_forged_abort_token_does_not_release_a_committed_source() {
+    // The network swaps the commit for an Abort (the target gives the session up and
+    // sends its token), then swaps the token for a forged one.
+    let abort_instead = Arc::new(|_: usize, f: Frame<'_>, _: &mut Vec<Vec<u8>>| match &f {
+        Frame::Done(_) => vec![encode_frame(&Frame::Abort(crate::frames::Abort {
+            code: FailureCode::Cancelled,
+            reason: "forged".into(),
+        }))],
+        _ => vec![encode_frame(&f)],
+    });
     let forge = Arc::new(|_: usize, f: Frame<'_>, _: &mut Vec<Vec<u8>>| match &f {
         Frame::AbortToken(_) => vec![encode_frame(&Frame::AbortToken(AbortToken {
             tag: [0x42; 32],
@@ -1379,7 +1611,7 @@ fn a_forged_abort_token_does_not_release_a_committed_source() {
         _ => vec![encode_frame(&f)],
     });
     let o = run(Setup::sev(1)
-        .forward(Tamper::Frames(lose_the_commit()))
+        .forward(Tamper::Frames(abort_instead))
         .back(forge));
     assert!(o.dst.ran.is_none());
     let err = o.source.as_ref().unwrap_err();
@@ -1439,6 +1671,7 @@ fn a_version_1_sev_source_is_refused_before_anything_moves() {
         mem_size: RAM,
         shared: BTreeSet::new(),
         ran: None,
+        kept_token: None,
     };
     let progress = Mutex::new(Progress::default());
     let r = receive(

@@ -8,7 +8,7 @@ use crate::{
     KvmSystem, Vm,
 };
 use guest_abi::fwcfg;
-use std::{net::TcpListener, sync::Arc};
+use std::{net::TcpListener, path::PathBuf, sync::Arc};
 
 /// Why a controller could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +29,7 @@ pub struct MachineBuilder {
     config: VmConfig,
     helpers: u16,
     incoming: Option<TcpListener>,
+    state_dir: Option<PathBuf>,
 }
 
 impl MachineBuilder {
@@ -38,7 +39,15 @@ impl MachineBuilder {
             config,
             helpers: 0,
             incoming: None,
+            state_dir: None,
         }
+    }
+
+    /// Where migration recovery files go (a source's commit file, a target's abort
+    /// token) unless a command names a file; the working directory by default.
+    pub fn state_dir(mut self, dir: PathBuf) -> MachineBuilder {
+        self.state_dir = Some(dir);
+        self
     }
 
     /// Starts `helpers` helper vCPUs in the mirror of an SEV guest, once its firmware has
@@ -64,6 +73,7 @@ impl MachineBuilder {
             mut config,
             helpers,
             incoming,
+            state_dir,
         } = self;
         if incoming.is_some() {
             config
@@ -92,6 +102,9 @@ impl MachineBuilder {
             None => State::Prelaunch { launch },
         };
         let mut controller = Controller::new(kvm, vm, state, backend, helpers, firmware_digest);
+        if let Some(dir) = state_dir {
+            controller.set_state_dir(dir);
+        }
         if let Some(listener) = incoming {
             if let Ok(addr) = listener.local_addr() {
                 log::info!("waiting for an incoming migration on {addr}");

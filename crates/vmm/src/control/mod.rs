@@ -23,8 +23,9 @@ pub use state::{BadTransition, CommandKind, Incoming, Resume, RunState, State, T
 use crate::{
     kvm::state::VcpuState,
     migrate::{
-        self, Direction, Ended, HelperUnavailable, Helpers, Job, Layout, MachineError, MachineLink,
-        MachineReply, MachineRequest, Parameters, ToMachine, VmSource,
+        self, Direction, Ended, HelperUnavailable, Helpers, IncomingCommand, Job, Layout,
+        MachineError, MachineLink, MachineReply, MachineRequest, Parameters, RecoveryFiles,
+        ResolveReply, Resolved, ToMachine, VmSource,
     },
     mirror::Mirror,
     vcpu::VmEvent,
@@ -32,8 +33,9 @@ use crate::{
     KvmSystem, Vm,
 };
 use migration::{
-    engine::{LocalGuest, MigrationError, Progress, SourceOptions},
+    engine::{LocalGuest, MigrationError, Progress, SourceOptions, Status, ZeroPages},
     frames::{GpaRange, GuestMode, Hello, PROTOCOL_VERSION},
+    recovery::{hex, AbortTokenFile, CommitFile, RecoveryFileError, TokenOrigin},
     uri::Uri,
 };
 use sev_platform::{
@@ -43,6 +45,7 @@ use sev_platform::{
 use std::{
     fmt,
     net::{SocketAddr, TcpListener},
+    path::{Path, PathBuf},
     sync::{
         mpsc::{self, Receiver, Sender},
         Arc, Mutex,
@@ -76,14 +79,31 @@ pub enum Command {
     QuerySevCapabilities,
     /// The mirror's migration helper.
     QueryHelper,
-    /// Start an outgoing migration to this URI (returns at once).
-    Migrate(Uri),
+    /// Start an outgoing migration (returns at once).
+    Migrate(MigrateTo),
     /// The current (or last) migration.
     QueryMigrate,
     /// Cancel the running migration (nothing to do without one).
     MigrateCancel,
     /// Change the migration parameters.
     SetMigrationParameters(MigrationParameters),
+    /// Source, migrated out: release the guest with an abort of its committed session
+    /// (an abort token file, the target helper's or the guest owner's).
+    MigrateRelease(PathBuf),
+    /// Target waiting for the commit: take it from the source's commit file.
+    MigrateCommit(PathBuf),
+    /// Target: give the incoming session up for good; the token goes to this file (or
+    /// one in the state directory).
+    MigrateAbortIncoming(Option<PathBuf>),
+}
+
+/// Where an outgoing migration goes.
+#[derive(Clone, Debug)]
+pub struct MigrateTo {
+    /// The target's URI.
+    pub uri: Uri,
+    /// Where the commit record is kept (None: a file in the state directory).
+    pub commit_file: Option<PathBuf>,
 }
 
 impl Command {
@@ -94,6 +114,10 @@ impl Command {
             Command::Stop => CommandKind::Stop,
             Command::Migrate(_) => CommandKind::Migrate,
             Command::InjectLaunchSecret(_) => CommandKind::InjectSecret,
+            Command::MigrateRelease(_) => CommandKind::Release,
+            Command::MigrateCommit(_) | Command::MigrateAbortIncoming(_) => {
+                CommandKind::ResolveIncoming
+            }
             Command::QueryStatus
             | Command::Quit
             | Command::QuerySev
@@ -122,6 +146,9 @@ impl Command {
             Command::QueryMigrate => "query-migrate",
             Command::MigrateCancel => "migrate_cancel",
             Command::SetMigrationParameters(_) => "migrate-set-parameters",
+            Command::MigrateRelease(_) => "migrate-release",
+            Command::MigrateCommit(_) => "migrate-commit",
+            Command::MigrateAbortIncoming(_) => "migrate-abort-incoming",
         }
     }
 }
@@ -144,6 +171,8 @@ pub struct MigrationParameters {
     pub downtime_limit: Option<Duration>,
     /// Bytes per second on the stream, 0 for no limit.
     pub max_bandwidth: Option<u64>,
+    /// How private zero pages travel (the short records leak which pages are zero).
+    pub zero_pages: Option<ZeroPages>,
 }
 
 /// A command's answer.
@@ -168,6 +197,13 @@ pub enum Reply {
     Helper(HelperStatus),
     /// The current (or last) migration.
     Migration(MigrationStatus),
+    /// The incoming session was given up for good.
+    Aborted {
+        /// Its transcript hash (zero if the key agreement was not complete).
+        transcript: [u8; 32],
+        /// Where its abort token went.
+        token_file: Option<PathBuf>,
+    },
 }
 
 /// The platform's certificates and identity (`query-sev-capabilities`).
@@ -251,6 +287,10 @@ pub struct JobStatus {
     pub cancelling: bool,
     /// Where an incoming migration listens.
     pub listening: Option<SocketAddr>,
+    /// The source's commit file, once written.
+    pub commit_file: Option<PathBuf>,
+    /// The target's abort token file, once written.
+    pub abort_token_file: Option<PathBuf>,
 }
 
 /// The current (or last) migration and what keeps this guest from leaving.
@@ -286,16 +326,20 @@ pub enum MigrationEvent {
     Failed,
     /// It was cancelled.
     Cancelled,
+    /// The source committed and the target did not confirm: the guest waits for an
+    /// abort of the session.
+    AwaitingAbort,
 }
 
 impl MigrationEvent {
-    /// The status's name, as QEMU spells it.
+    /// The status's name, as QEMU spells it (sevmirror's own where QEMU has none).
     pub fn name(self) -> &'static str {
         match self {
             MigrationEvent::Setup => "setup",
             MigrationEvent::Completed => "completed",
             MigrationEvent::Failed => "failed",
             MigrationEvent::Cancelled => "cancelled",
+            MigrationEvent::AwaitingAbort => "awaiting-abort",
         }
     }
 }
@@ -372,6 +416,64 @@ pub enum ControlError {
     /// The controller did not answer in time.
     #[error("the VMM did not answer in time")]
     NoAnswer,
+    /// The guest committed to a target and must not run here.
+    #[error("{command} is refused: the VM is postmigrate and its migration awaiting-abort — the guest committed to a target (session {}) that did not confirm, so it must not run here unless that session is aborted: get the target's abort token (migrate-abort-incoming on the target) or the guest owner's (sevmirror owner abort), then migrate-release", hex(transcript))]
+    MigratedOut {
+        /// The command.
+        command: &'static str,
+        /// The committed session.
+        transcript: [u8; 32],
+    },
+    /// A recovery file could not be read.
+    #[error("cannot read {}", path.display())]
+    ReadFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A recovery file is not usable.
+    #[error("{} is unusable", path.display())]
+    BadFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: RecoveryFileError,
+    },
+    /// The file is for another session.
+    #[error("{} is for session {}, not for session {}", path.display(), hex(file), hex(ours))]
+    OtherSession {
+        /// The file.
+        path: PathBuf,
+        /// The file's session.
+        file: [u8; 32],
+        /// This VM's.
+        ours: [u8; 32],
+    },
+    /// The helper refused to release the guest.
+    #[error("the migration helper refused the {origin} abort token: the guest stays migrated out")]
+    Release {
+        /// Whose token it was.
+        origin: &'static str,
+        /// The helper's answer.
+        #[source]
+        source: crate::mirror::HelperError,
+    },
+    /// No helper vCPU to hand the token to.
+    #[error("the migration helper is not attached")]
+    NoHelper,
+    /// No incoming migration to decide.
+    #[error("no incoming migration is running")]
+    NoIncoming,
+    /// The incoming migration still receives: a commit file is taken only once the
+    /// stream ended after Ready.
+    #[error("the incoming migration is {0}: a commit file is taken only once its stream ended after its helper verified the guest (status awaiting-commit)")]
+    NotAwaitingCommit(&'static str),
+    /// The incoming migration could not do what the operator asked.
+    #[error("{0}")]
+    Resolve(String),
 }
 
 /// What reaches the controller.
@@ -403,6 +505,21 @@ impl ControllerHandle {
         reply_rx
             .recv_timeout(REPLY_TIMEOUT)
             .unwrap_or(Err(ControlError::NoAnswer))
+    }
+}
+
+/// The status's name in `query-migrate`.
+fn status_name(s: Status) -> &'static str {
+    match s {
+        Status::None => "none",
+        Status::Setup => "setup",
+        Status::Active => "active",
+        Status::Completed => "completed",
+        Status::Failed => "failed",
+        Status::Cancelled => "cancelled",
+        Status::Committing => "committing",
+        Status::AwaitingAbort => "awaiting-abort",
+        Status::AwaitingCommit => "awaiting-commit",
     }
 }
 
@@ -470,6 +587,8 @@ pub struct Controller {
     tx: Sender<Input>,
     params: Parameters,
     job: Option<Job>,
+    /// Where recovery files go unless a command names one (`run --state-dir`).
+    state_dir: PathBuf,
 }
 
 impl Controller {
@@ -514,7 +633,18 @@ impl Controller {
             tx,
             params: Parameters::default(),
             job: None,
+            state_dir: PathBuf::from("."),
         }
+    }
+
+    /// Puts recovery files (a source's commit, a target's abort token) in `dir` unless a
+    /// command names a file (the default is the working directory).
+    pub fn set_state_dir(&mut self, dir: PathBuf) {
+        self.state_dir = dir;
+    }
+
+    fn files(&self) -> Arc<Mutex<RecoveryFiles>> {
+        Arc::new(Mutex::new(RecoveryFiles::in_dir(self.state_dir.clone())))
     }
 
     /// Sends the controller's events to `listener` (they go nowhere by default).
@@ -575,14 +705,25 @@ impl Controller {
                     Err(e) => log::warn!("cannot prefault guest RAM: {e}"),
                 }
             })?;
-        self.job = Some(migrate::start_incoming(listener, self.link())?);
+        self.job = Some(migrate::start_incoming(
+            listener,
+            self.link(),
+            self.files(),
+        )?);
         Ok(())
     }
 
     fn not_permitted(&self, command: &Command) -> ControlError {
-        ControlError::NotPermitted {
-            command: command.name(),
-            state: self.state.run_state(),
+        match self.state {
+            // A committed guest: say why, and what releases it.
+            State::MigratedOut { transcript, .. } => ControlError::MigratedOut {
+                command: command.name(),
+                transcript,
+            },
+            _ => ControlError::NotPermitted {
+                command: command.name(),
+                state: self.state.run_state(),
+            },
         }
     }
 
@@ -752,7 +893,7 @@ impl Controller {
             Command::InjectLaunchSecret(secret) => self.inject_secret(&secret),
             Command::QuerySevCapabilities => self.capabilities(),
             Command::QueryHelper => Ok(Reply::Helper(self.helper_status())),
-            Command::Migrate(uri) => self.migrate(uri).map(|()| Reply::Done),
+            Command::Migrate(to) => self.migrate(to).map(|()| Reply::Done),
             Command::QueryMigrate => Ok(Reply::Migration(self.migration_status())),
             Command::MigrateCancel => {
                 if let Some(job) = self.job.as_ref().filter(|j| j.active()) {
@@ -769,9 +910,162 @@ impl Controller {
                         .max_bandwidth
                         .store(bps, std::sync::atomic::Ordering::Relaxed);
                 }
+                if let Some(zero) = p.zero_pages {
+                    self.params.zero_pages = zero;
+                }
                 Ok(Reply::Done)
             }
+            Command::MigrateRelease(path) => self.release(&path).map(|()| Reply::Done),
+            // Answered by the incoming migration itself (see `resolve_incoming`).
+            Command::MigrateCommit(_) | Command::MigrateAbortIncoming(_) => Err(
+                ControlError::Resolve("the command reached the wrong handler".into()),
+            ),
         }
+    }
+
+    /// `migrate-release`: the guest committed to a target that did not confirm runs again
+    /// once an abort of that session (the target helper's token, or the guest owner's)
+    /// verifies at its helper.
+    fn release(&mut self, path: &Path) -> Result<(), ControlError> {
+        let command = Command::MigrateRelease(path.to_path_buf());
+        let State::MigratedOut { transcript, .. } = self.state else {
+            return Err(self.not_permitted(&command));
+        };
+        let bytes = std::fs::read(path).map_err(|source| ControlError::ReadFile {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let file = AbortTokenFile::decode(&bytes).map_err(|source| ControlError::BadFile {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        // A target that aborted before its key agreement confirmed names no session; its
+        // helper's token still checks against this one.
+        if file.transcript != [0; 32] && file.transcript != transcript {
+            return Err(ControlError::OtherSession {
+                path: path.to_path_buf(),
+                file: file.transcript,
+                ours: transcript,
+            });
+        }
+        let HelperSlot::Attached(m) = &mut self.helper else {
+            return Err(ControlError::NoHelper);
+        };
+        let helper = m.helpers_mut().first_mut().ok_or(ControlError::NoHelper)?;
+        helper
+            .call_ok_with(
+                helper_abi::mailbox::Request {
+                    op: helper_abi::mailbox::Op::RELEASE.0,
+                    kind: file.origin.helper_origin().0,
+                    bytes: 32,
+                    ..helper_abi::mailbox::Request::default()
+                },
+                &[],
+                &file.tag,
+            )
+            .map_err(|source| ControlError::Release {
+                origin: file.origin.name(),
+                source,
+            })?;
+        let resume = match self.state {
+            State::MigratedOut { resume, .. } => resume,
+            _ => Resume::Paused,
+        };
+        if resume == Resume::Running {
+            self.vm.resume();
+        }
+        self.advance(Trigger::Released)?;
+        let who = match file.origin {
+            TokenOrigin::Target => "the target's abort token",
+            TokenOrigin::Owner => "the guest owner's break-glass abort",
+        };
+        log::warn!(
+            "session {} aborted by {who}: the guest runs here again",
+            hex(&transcript)
+        );
+        if let Some(job) = &self.job {
+            let mut p = job.progress.lock().unwrap_or_else(|e| e.into_inner());
+            p.status = Status::Failed;
+            p.error = Some(format!(
+                "the committed session {} was aborted ({who}); the guest runs on the source again",
+                hex(&transcript)
+            ));
+        }
+        if resume == Resume::Running {
+            self.emit(Event::Resume);
+        }
+        Ok(())
+    }
+
+    /// `migrate-commit` and `migrate-abort-incoming`: handed to the incoming migration,
+    /// which answers on `reply` when it has acted (a commit runs the guest through this
+    /// controller, so the answer cannot wait here).
+    fn resolve_incoming(&mut self, cmd: Command, reply: Sender<Result<Reply, ControlError>>) {
+        if state::check(&self.state, cmd.kind()) != Verdict::Act {
+            let _ = reply.send(Err(self.not_permitted(&cmd)));
+            return;
+        }
+        let Some(job) = self
+            .job
+            .as_ref()
+            .filter(|j| j.direction == Direction::Incoming && j.active())
+        else {
+            let _ = reply.send(Err(ControlError::NoIncoming));
+            return;
+        };
+        let answer = move |r: Result<Resolved, String>| {
+            let _ = reply.send(match r {
+                Ok(Resolved::Committed) => Ok(Reply::Done),
+                Ok(Resolved::Aborted {
+                    transcript, file, ..
+                }) => Ok(Reply::Aborted {
+                    transcript,
+                    token_file: file,
+                }),
+                Err(why) => Err(ControlError::Resolve(why)),
+            });
+        };
+        let command = match cmd {
+            Command::MigrateCommit(path) => {
+                let status = job.progress().status;
+                if status != Status::AwaitingCommit {
+                    answer(Err(
+                        ControlError::NotAwaitingCommit(status_name(status)).to_string()
+                    ));
+                    return;
+                }
+                let file = std::fs::read(&path)
+                    .map_err(|source| ControlError::ReadFile {
+                        path: path.clone(),
+                        source,
+                    })
+                    .and_then(|bytes| {
+                        CommitFile::decode(&bytes).map_err(|source| ControlError::BadFile {
+                            path: path.clone(),
+                            source,
+                        })
+                    });
+                match file {
+                    Ok(file) => IncomingCommand::Commit(file, ResolveReply::new(answer)),
+                    Err(e) => {
+                        answer(Err(migration::engine::chain(&e)));
+                        return;
+                    }
+                }
+            }
+            Command::MigrateAbortIncoming(path) => {
+                if let Some(p) = path {
+                    job.files
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .token_file = Some(p);
+                }
+                IncomingCommand::Abort(ResolveReply::new(answer))
+            }
+            _ => return,
+        };
+        // If the job ended meanwhile, the command's reply answers as it drops.
+        job.resolve(command);
     }
 
     /// Why this guest cannot leave, if it cannot.
@@ -792,11 +1086,18 @@ impl Controller {
     }
 
     fn migration_status(&self) -> MigrationStatus {
-        let job = self.job.as_ref().map(|job| JobStatus {
-            direction: job.direction,
-            progress: job.progress(),
-            cancelling: job.cancelled() && job.active(),
-            listening: job.listening,
+        let job = self.job.as_ref().map(|job| {
+            let files = job.files.lock().unwrap_or_else(|e| e.into_inner());
+            JobStatus {
+                direction: job.direction,
+                progress: job.progress(),
+                cancelling: job.cancelled()
+                    && job.active()
+                    && job.progress().status != Status::Committing,
+                listening: job.listening,
+                commit_file: files.commit.clone(),
+                abort_token_file: files.abort_token.clone(),
+            }
         });
         let blocked = match self.origin {
             Origin::Incoming => Vec::new(),
@@ -860,16 +1161,22 @@ impl Controller {
         Ok(Some(Helpers { vcpus, max_batch }))
     }
 
-    fn migrate(&mut self, uri: Uri) -> Result<(), ControlError> {
+    fn migrate(&mut self, to: MigrateTo) -> Result<(), ControlError> {
         if self.job.as_ref().is_some_and(Job::active) {
             return Err(ControlError::MigrationInProgress);
+        }
+        if matches!(self.state, State::MigratedOut { .. }) {
+            return Err(self.not_permitted(&Command::Migrate(to)));
         }
         if let Some(reason) = self.blockers().into_iter().next() {
             return Err(ControlError::Blocked(reason));
         }
         if state::check(&self.state, CommandKind::Migrate) != Verdict::Act {
-            return Err(self.not_permitted(&Command::Migrate(uri)));
+            return Err(self.not_permitted(&Command::Migrate(to)));
         }
+        let MigrateTo { uri, commit_file } = to;
+        let files = self.files();
+        files.lock().unwrap_or_else(|e| e.into_inner()).commit_file = commit_file;
         let helpers = self.borrow_helpers().map_err(ControlError::NoHelpers)?;
         let layout = self.layout();
         let local = self.local_guest(&layout);
@@ -891,6 +1198,7 @@ impl Controller {
             self.vm.dirty_tracker(),
             layout,
             self.link(),
+            files.clone(),
         );
         let plan = migrate::Outgoing {
             uri,
@@ -900,8 +1208,10 @@ impl Controller {
             options: SourceOptions {
                 downtime_limit: self.params.downtime_limit,
                 max_bandwidth: self.params.max_bandwidth.clone(),
+                zero_pages: self.params.zero_pages,
                 ..SourceOptions::default()
             },
+            files,
         };
         let job = migrate::start_outgoing(plan, self.link()).map_err(|e| {
             // The thread never started: the helper vCPUs it would have taken are lost to
@@ -979,10 +1289,14 @@ impl Controller {
         let layout = self.layout();
         let local = self.local_guest(&layout);
         self.advance(Trigger::Receive)?;
+        let view = self.vm.host_view();
+        // The arriving guest's verified shared list may set the page states now, and
+        // until the guest runs.
+        view.set_receiving(true);
         Ok(MachineReply::Incoming {
             local,
             layout,
-            view: self.vm.host_view(),
+            view,
             helpers,
         })
     }
@@ -1002,6 +1316,8 @@ impl Controller {
         if !self.vm.pause(PAUSE_TIMEOUT) {
             return Err(MachineError::PauseTimeout);
         }
+        // From here the guest's page states follow only its own requests.
+        self.vm.host_view().set_receiving(false);
         self.vm
             .restore_vcpus(states)
             .map_err(MachineError::LoadVcpus)?;
@@ -1032,12 +1348,20 @@ impl Controller {
                 log::info!("migration completed: the guest runs on the target");
                 None
             }
-            (Direction::Outgoing, Err(e @ MigrationError::Committed { .. })) => {
+            (Direction::Outgoing, Err(e @ MigrationError::Committed { transcript, .. })) => {
                 // The helper committed: the guest is "migrated out" and must not run here
-                // unless an abort of the session releases it (issue 11: the VMM phase
-                // adds `cont` refusal, the awaiting-abort state and the owner's abort).
-                log::error!("{}", e.chain());
-                self.emit(Event::Migration(MigrationEvent::Failed));
+                // unless an abort of the session verifies (migrate-release).
+                let _ = self.advance(Trigger::CommitUnconfirmed(transcript));
+                let file = self
+                    .job
+                    .as_ref()
+                    .and_then(|j| j.files.lock().ok().and_then(|f| f.commit.clone()));
+                log::error!(
+                    "{}; the commit record is in {}",
+                    e.chain(),
+                    file.map_or_else(|| "no file".to_string(), |f| f.display().to_string())
+                );
+                self.emit(Event::Migration(MigrationEvent::AwaitingAbort));
                 None
             }
             (Direction::Outgoing, Err(e)) => {
@@ -1115,6 +1439,10 @@ impl Controller {
                         break ending;
                     }
                 }
+                Input::Command(
+                    cmd @ (Command::MigrateCommit(_) | Command::MigrateAbortIncoming(_)),
+                    reply,
+                ) => self.resolve_incoming(cmd, reply),
                 Input::Command(cmd, reply) => {
                     let quit = matches!(cmd, Command::Quit);
                     let _ = reply.send(self.execute(cmd));

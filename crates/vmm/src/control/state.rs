@@ -9,13 +9,17 @@
 //!                         │   (back to Running or Paused, as before)   │ completed
 //!                         └──── stop-and-copy ──────────▶              ▼
 //!                                                                 PostMigrate
+//!   FinishMigrate ──committed, unconfirmed──▶ MigratedOut {resume, transcript}
+//!   MigratedOut ──the session's abort verified (migrate-release)──▶ Running or Paused
 //!  Incoming::Unstarted {launch} ──cont──▶ Booting ──firmware parked──▶ Parked
 //!      ──stream starts──▶ Receiving ──guest received──▶ Running
 //!  any state ──vCPU failure──▶ InternalError;   guest exit ──▶ Shutdown
 //! ```
 //!
 //! [`RunState`] is the data-free name of a state as QMP's `query-status` reports it
-//! (QEMU's `RunState` names); the four incoming sub-states all report `inmigrate`.
+//! (QEMU's `RunState` names); the four incoming sub-states all report `inmigrate`, and a
+//! migrated-out source reports `postmigrate` like one whose migration completed (its
+//! migration's own status, `awaiting-abort`, tells them apart).
 
 use crate::sev::LaunchMeasured;
 use std::fmt;
@@ -115,6 +119,15 @@ pub enum State {
     },
     /// The guest runs on the target now.
     PostMigrate,
+    /// The source's helper committed the guest to a target that did not confirm: the
+    /// guest is "migrated out" and must not run here unless an abort of that session
+    /// (the target helper's token, or the guest owner's) verifies at the helper.
+    MigratedOut {
+        /// Where a verified abort returns to.
+        resume: Resume,
+        /// The committed session's transcript hash.
+        transcript: [u8; 32],
+    },
     /// The guest stopped itself, or a signal stopped the VM.
     Shutdown,
     /// A vCPU failed.
@@ -130,7 +143,7 @@ impl State {
             State::Paused => RunState::Paused,
             State::Incoming(_) => RunState::InMigrate,
             State::FinishMigrate { .. } => RunState::FinishMigrate,
-            State::PostMigrate => RunState::PostMigrate,
+            State::PostMigrate | State::MigratedOut { .. } => RunState::PostMigrate,
             State::Shutdown => RunState::Shutdown,
             State::InternalError => RunState::InternalError,
         }
@@ -177,6 +190,11 @@ pub enum Trigger {
     MigrationDone,
     /// The outgoing migration failed after stop-and-copy.
     MigrationFailed,
+    /// The outgoing migration's helper committed session `transcript` and no
+    /// confirmation or abort of it came back.
+    CommitUnconfirmed([u8; 32]),
+    /// An abort of the committed session verified at the source's helper.
+    Released,
     /// The guest asked to stop, or a termination signal arrived.
     GuestExit,
     /// A vCPU failed.
@@ -218,13 +236,23 @@ pub fn next(from: &State, trigger: Trigger) -> Result<State, BadTransition> {
         }),
         (S::FinishMigrate { .. }, T::MigrationDone) => Ok(S::PostMigrate),
         (S::Incoming(I::Receiving), T::MigrationDone) => Ok(S::Running),
-        (S::FinishMigrate { resume }, T::MigrationFailed) => Ok(match resume {
+        (S::FinishMigrate { resume }, T::MigrationFailed)
+        | (S::MigratedOut { resume, .. }, T::Released) => Ok(match resume {
             Resume::Running => S::Running,
             Resume::Paused => S::Paused,
         }),
-        (S::Prelaunch { .. } | S::Running | S::Paused | S::FinishMigrate { .. }, T::GuestExit) => {
-            Ok(S::Shutdown)
-        }
+        (S::FinishMigrate { resume }, T::CommitUnconfirmed(transcript)) => Ok(S::MigratedOut {
+            resume: *resume,
+            transcript,
+        }),
+        (
+            S::Prelaunch { .. }
+            | S::Running
+            | S::Paused
+            | S::FinishMigrate { .. }
+            | S::MigratedOut { .. },
+            T::GuestExit,
+        ) => Ok(S::Shutdown),
         (_, T::Failure) => Ok(S::InternalError),
         (
             S::Prelaunch { .. },
@@ -234,11 +262,19 @@ pub fn next(from: &State, trigger: Trigger) -> Result<State, BadTransition> {
             | T::Receive
             | T::StopAndCopy
             | T::MigrationDone
-            | T::MigrationFailed,
+            | T::MigrationFailed
+            | T::CommitUnconfirmed(_)
+            | T::Released,
         )
         | (
             S::Running | S::Paused,
-            T::Launched | T::Parked | T::Receive | T::MigrationDone | T::MigrationFailed,
+            T::Launched
+            | T::Parked
+            | T::Receive
+            | T::MigrationDone
+            | T::MigrationFailed
+            | T::CommitUnconfirmed(_)
+            | T::Released,
         )
         | (
             S::Incoming(I::Unstarted { .. }),
@@ -249,6 +285,8 @@ pub fn next(from: &State, trigger: Trigger) -> Result<State, BadTransition> {
             | T::StopAndCopy
             | T::MigrationDone
             | T::MigrationFailed
+            | T::CommitUnconfirmed(_)
+            | T::Released
             | T::GuestExit,
         )
         | (
@@ -260,6 +298,8 @@ pub fn next(from: &State, trigger: Trigger) -> Result<State, BadTransition> {
             | T::StopAndCopy
             | T::MigrationDone
             | T::MigrationFailed
+            | T::CommitUnconfirmed(_)
+            | T::Released
             | T::GuestExit,
         )
         | (
@@ -271,6 +311,8 @@ pub fn next(from: &State, trigger: Trigger) -> Result<State, BadTransition> {
             | T::StopAndCopy
             | T::MigrationDone
             | T::MigrationFailed
+            | T::CommitUnconfirmed(_)
+            | T::Released
             | T::GuestExit,
         )
         | (
@@ -282,11 +324,31 @@ pub fn next(from: &State, trigger: Trigger) -> Result<State, BadTransition> {
             | T::Receive
             | T::StopAndCopy
             | T::MigrationFailed
+            | T::CommitUnconfirmed(_)
+            | T::Released
             | T::GuestExit,
         )
         | (
             S::FinishMigrate { .. },
-            T::Launched | T::Continue | T::Stop | T::Parked | T::Receive | T::StopAndCopy,
+            T::Launched
+            | T::Continue
+            | T::Stop
+            | T::Parked
+            | T::Receive
+            | T::StopAndCopy
+            | T::Released,
+        )
+        | (
+            S::MigratedOut { .. },
+            T::Launched
+            | T::Continue
+            | T::Stop
+            | T::Parked
+            | T::Receive
+            | T::StopAndCopy
+            | T::MigrationDone
+            | T::MigrationFailed
+            | T::CommitUnconfirmed(_),
         )
         | (
             S::PostMigrate | S::Shutdown | S::InternalError,
@@ -298,6 +360,8 @@ pub fn next(from: &State, trigger: Trigger) -> Result<State, BadTransition> {
             | T::StopAndCopy
             | T::MigrationDone
             | T::MigrationFailed
+            | T::CommitUnconfirmed(_)
+            | T::Released
             | T::GuestExit,
         ) => bad,
     }
@@ -314,6 +378,11 @@ pub enum CommandKind {
     Migrate,
     /// `sev-inject-launch-secret`.
     InjectSecret,
+    /// `migrate-release`: an abort of the committed session lets the guest run again.
+    Release,
+    /// `migrate-commit` and `migrate-abort-incoming`: the operator decides an incoming
+    /// session.
+    ResolveIncoming,
     /// Everything else: queries, `quit`, `migrate_cancel`, `migrate-set-parameters`.
     Other,
 }
@@ -347,12 +416,21 @@ pub fn check(state: &State, command: CommandKind) -> Verdict {
         (S::Running | S::Paused, C::Migrate) => Verdict::Act,
         (S::Prelaunch { launch: Some(_) }, C::InjectSecret)
         | (S::Incoming(I::Unstarted { launch: Some(_) }), C::InjectSecret) => Verdict::Act,
-        (S::FinishMigrate { .. } | S::PostMigrate | S::Shutdown | S::InternalError, C::Cont)
+        (S::MigratedOut { .. }, C::Release) | (S::Incoming(_), C::ResolveIncoming) => Verdict::Act,
+        (
+            S::FinishMigrate { .. }
+            | S::PostMigrate
+            | S::MigratedOut { .. }
+            | S::Shutdown
+            | S::InternalError,
+            C::Cont,
+        )
         | (
             S::Prelaunch { .. }
             | S::Incoming(_)
             | S::FinishMigrate { .. }
             | S::PostMigrate
+            | S::MigratedOut { .. }
             | S::Shutdown
             | S::InternalError,
             C::Stop | C::Migrate,
@@ -364,9 +442,32 @@ pub fn check(state: &State, command: CommandKind) -> Verdict {
             | S::Paused
             | S::FinishMigrate { .. }
             | S::PostMigrate
+            | S::MigratedOut { .. }
             | S::Shutdown
             | S::InternalError,
             C::InjectSecret,
+        )
+        | (
+            S::Prelaunch { .. }
+            | S::Running
+            | S::Paused
+            | S::Incoming(_)
+            | S::FinishMigrate { .. }
+            | S::PostMigrate
+            | S::Shutdown
+            | S::InternalError,
+            C::Release,
+        )
+        | (
+            S::Prelaunch { .. }
+            | S::Running
+            | S::Paused
+            | S::FinishMigrate { .. }
+            | S::PostMigrate
+            | S::MigratedOut { .. }
+            | S::Shutdown
+            | S::InternalError,
+            C::ResolveIncoming,
         ) => Verdict::Refused,
     }
 }
@@ -401,12 +502,28 @@ mod tests {
                 },
             ),
             ("post", State::PostMigrate),
+            (
+                "out-r",
+                State::MigratedOut {
+                    resume: Resume::Running,
+                    transcript: TH,
+                },
+            ),
+            (
+                "out-p",
+                State::MigratedOut {
+                    resume: Resume::Paused,
+                    transcript: TH,
+                },
+            ),
             ("shut", State::Shutdown),
             ("err", State::InternalError),
         ]
     }
 
-    const TRIGGERS: [Trigger; 10] = [
+    const TH: [u8; 32] = [7; 32];
+
+    const TRIGGERS: [Trigger; 12] = [
         Trigger::Launched,
         Trigger::Continue,
         Trigger::Stop,
@@ -415,6 +532,8 @@ mod tests {
         Trigger::StopAndCopy,
         Trigger::MigrationDone,
         Trigger::MigrationFailed,
+        Trigger::CommitUnconfirmed(TH),
+        Trigger::Released,
         Trigger::GuestExit,
         Trigger::Failure,
     ];
@@ -436,6 +555,14 @@ mod tests {
                 resume: Resume::Paused,
             } => "fin-p",
             State::PostMigrate => "post",
+            State::MigratedOut {
+                resume: Resume::Running,
+                ..
+            } => "out-r",
+            State::MigratedOut {
+                resume: Resume::Paused,
+                ..
+            } => "out-p",
             State::Shutdown => "shut",
             State::InternalError => "err",
         }
@@ -445,20 +572,22 @@ mod tests {
     #[test]
     fn transition_table() {
         #[rustfmt::skip]
-        let expect: [(&str, [&str; 10]); 12] = [
-            //        Launched Continue Stop   Parked  Receive StopCopy Done    Failed  Exit    Failure
-            ("pre",   ["run",  "-",     "-",   "-",    "-",    "-",     "-",    "-",    "shut", "err"]),
-            ("run",   ["-",    "run",   "pau", "-",    "-",    "fin-r", "-",    "-",    "shut", "err"]),
-            ("pau",   ["-",    "run",   "pau", "-",    "-",    "fin-p", "-",    "-",    "shut", "err"]),
-            ("in-u",  ["in-b", "-",     "-",   "-",    "-",    "-",     "-",    "-",    "-",    "err"]),
-            ("in-b",  ["-",    "-",     "-",   "in-p", "-",    "-",     "-",    "-",    "-",    "err"]),
-            ("in-p",  ["-",    "-",     "-",   "-",    "in-r", "-",     "-",    "-",    "-",    "err"]),
-            ("in-r",  ["-",    "-",     "-",   "-",    "-",    "-",     "run",  "-",    "-",    "err"]),
-            ("fin-r", ["-",    "-",     "-",   "-",    "-",    "-",     "post", "run",  "shut", "err"]),
-            ("fin-p", ["-",    "-",     "-",   "-",    "-",    "-",     "post", "pau",  "shut", "err"]),
-            ("post",  ["-",    "-",     "-",   "-",    "-",    "-",     "-",    "-",    "-",    "err"]),
-            ("shut",  ["-",    "-",     "-",   "-",    "-",    "-",     "-",    "-",    "-",    "err"]),
-            ("err",   ["-",    "-",     "-",   "-",    "-",    "-",     "-",    "-",    "-",    "err"]),
+        let expect: [(&str, [&str; 12]); 14] = [
+            //        Launched Continue Stop   Parked  Receive StopCopy Done    Failed  Commit   Released Exit    Failure
+            ("pre",   ["run",  "-",     "-",   "-",    "-",    "-",     "-",    "-",    "-",     "-",     "shut", "err"]),
+            ("run",   ["-",    "run",   "pau", "-",    "-",    "fin-r", "-",    "-",    "-",     "-",     "shut", "err"]),
+            ("pau",   ["-",    "run",   "pau", "-",    "-",    "fin-p", "-",    "-",    "-",     "-",     "shut", "err"]),
+            ("in-u",  ["in-b", "-",     "-",   "-",    "-",    "-",     "-",    "-",    "-",     "-",     "-",    "err"]),
+            ("in-b",  ["-",    "-",     "-",   "in-p", "-",    "-",     "-",    "-",    "-",     "-",     "-",    "err"]),
+            ("in-p",  ["-",    "-",     "-",   "-",    "in-r", "-",     "-",    "-",    "-",     "-",     "-",    "err"]),
+            ("in-r",  ["-",    "-",     "-",   "-",    "-",    "-",     "run",  "-",    "-",     "-",     "-",    "err"]),
+            ("fin-r", ["-",    "-",     "-",   "-",    "-",    "-",     "post", "run",  "out-r", "-",     "shut", "err"]),
+            ("fin-p", ["-",    "-",     "-",   "-",    "-",    "-",     "post", "pau",  "out-p", "-",     "shut", "err"]),
+            ("post",  ["-",    "-",     "-",   "-",    "-",    "-",     "-",    "-",    "-",     "-",     "-",    "err"]),
+            ("out-r", ["-",    "-",     "-",   "-",    "-",    "-",     "-",    "-",    "-",     "run",   "shut", "err"]),
+            ("out-p", ["-",    "-",     "-",   "-",    "-",    "-",     "-",    "-",    "-",     "pau",   "shut", "err"]),
+            ("shut",  ["-",    "-",     "-",   "-",    "-",    "-",     "-",    "-",    "-",     "-",     "-",    "err"]),
+            ("err",   ["-",    "-",     "-",   "-",    "-",    "-",     "-",    "-",    "-",     "-",     "-",    "err"]),
         ];
         for ((row, tos), (label, from)) in expect.iter().zip(states()) {
             assert_eq!(*row, label);
@@ -481,9 +610,11 @@ mod tests {
             ("in-b", &["in-p", "err"]),
             ("in-p", &["in-r", "err"]),
             ("in-r", &["run", "err"]),
-            ("fin-r", &["post", "run", "shut", "err"]),
-            ("fin-p", &["post", "pau", "shut", "err"]),
+            ("fin-r", &["post", "run", "out-r", "shut", "err"]),
+            ("fin-p", &["post", "pau", "out-p", "shut", "err"]),
             ("post", &["err"]),
+            ("out-r", &["run", "shut", "err"]),
+            ("out-p", &["pau", "shut", "err"]),
             ("shut", &["err"]),
             ("err", &["err"]),
         ];
@@ -522,6 +653,8 @@ mod tests {
                 "finish-migrate",
                 "finish-migrate",
                 "postmigrate",
+                "postmigrate",
+                "postmigrate",
                 "shutdown",
                 "internal-error"
             ]
@@ -535,20 +668,22 @@ mod tests {
     fn command_legality_per_state() {
         use CommandKind as C;
         #[rustfmt::skip]
-        let expect: [(&str, [&str; 4]); 12] = [
-            //        cont   stop   migrate inject (without a pending launch)
-            ("pre",   ["act", "no",  "no",  "no"]),
-            ("run",   ["nop", "act", "act", "no"]),
-            ("pau",   ["act", "nop", "act", "no"]),
-            ("in-u",  ["act", "no",  "no",  "no"]),
-            ("in-b",  ["nop", "no",  "no",  "no"]),
-            ("in-p",  ["nop", "no",  "no",  "no"]),
-            ("in-r",  ["nop", "no",  "no",  "no"]),
-            ("fin-r", ["no",  "no",  "no",  "no"]),
-            ("fin-p", ["no",  "no",  "no",  "no"]),
-            ("post",  ["no",  "no",  "no",  "no"]),
-            ("shut",  ["no",  "no",  "no",  "no"]),
-            ("err",   ["no",  "no",  "no",  "no"]),
+        let expect: [(&str, [&str; 6]); 14] = [
+            //        cont   stop   migrate inject release resolve (inject: no pending launch)
+            ("pre",   ["act", "no",  "no",  "no",  "no",  "no"]),
+            ("run",   ["nop", "act", "act", "no",  "no",  "no"]),
+            ("pau",   ["act", "nop", "act", "no",  "no",  "no"]),
+            ("in-u",  ["act", "no",  "no",  "no",  "no",  "act"]),
+            ("in-b",  ["nop", "no",  "no",  "no",  "no",  "act"]),
+            ("in-p",  ["nop", "no",  "no",  "no",  "no",  "act"]),
+            ("in-r",  ["nop", "no",  "no",  "no",  "no",  "act"]),
+            ("fin-r", ["no",  "no",  "no",  "no",  "no",  "no"]),
+            ("fin-p", ["no",  "no",  "no",  "no",  "no",  "no"]),
+            ("post",  ["no",  "no",  "no",  "no",  "no",  "no"]),
+            ("out-r", ["no",  "no",  "no",  "no",  "act", "no"]),
+            ("out-p", ["no",  "no",  "no",  "no",  "act", "no"]),
+            ("shut",  ["no",  "no",  "no",  "no",  "no",  "no"]),
+            ("err",   ["no",  "no",  "no",  "no",  "no",  "no"]),
         ];
         let word = |v| match v {
             Verdict::Act => "act",
@@ -557,7 +692,14 @@ mod tests {
         };
         for ((row, verdicts), (label, state)) in expect.iter().zip(states()) {
             assert_eq!(*row, label);
-            let kinds = [C::Cont, C::Stop, C::Migrate, C::InjectSecret];
+            let kinds = [
+                C::Cont,
+                C::Stop,
+                C::Migrate,
+                C::InjectSecret,
+                C::Release,
+                C::ResolveIncoming,
+            ];
             for (&kind, &want) in kinds.iter().zip(verdicts.iter()) {
                 assert_eq!(word(check(&state, kind)), want, "{label}: {kind:?}");
             }
@@ -583,6 +725,32 @@ mod tests {
             let after = next(s, Trigger::Launched).unwrap();
             assert!(after.launch().is_none());
             assert_eq!(check(&after, CommandKind::InjectSecret), Verdict::Refused);
+        }
+    }
+
+    #[test]
+    fn a_migrated_out_source_keeps_its_session_and_returns_where_it_was() {
+        let fin = State::FinishMigrate {
+            resume: Resume::Paused,
+        };
+        let out = next(&fin, Trigger::CommitUnconfirmed([9; 32])).unwrap();
+        assert!(matches!(
+            out,
+            State::MigratedOut {
+                resume: Resume::Paused,
+                transcript: [9, ..]
+            }
+        ));
+        assert_eq!(out.run_state(), RunState::PostMigrate);
+        assert_eq!(check(&out, CommandKind::Cont), Verdict::Refused);
+        assert!(matches!(next(&out, Trigger::Released), Ok(State::Paused)));
+        // Nothing else lets the guest run: no cont, no new migration, no completion.
+        for t in [
+            Trigger::Continue,
+            Trigger::Launched,
+            Trigger::MigrationFailed,
+        ] {
+            assert!(next(&out, t).is_err(), "{t:?}");
         }
     }
 

@@ -54,6 +54,10 @@ pub enum MemoryError {
         /// Length.
         len: usize,
     },
+    /// A shared list for a guest that does not arrive (or already runs): only the
+    /// guest's own requests change a running guest's page states.
+    #[error("the VM does not receive an incoming SEV guest: its page states follow only the guest's own requests")]
+    NotReceiving,
 }
 
 /// A range of guest RAM as the rest of the VMM sees it: guest-physical only.

@@ -7,12 +7,41 @@
 //! [`PageCipher`] produces the ciphertext; on SEV hardware the memory already is
 //! ciphertext and no cipher is given. The private/shared state is the VMM's record of the
 //! guest's announcements (`KVM_HC_MAP_GPA_RANGE`), as QEMU keeps it.
+//!
+//! The host has no public way to change that record: only the guest does (its
+//! MAP_GPA_RANGE, carried out by the vCPU loop), and on a migration target the guest's
+//! own shared list as its migration helper verified it, while the VM receives and has
+//! not run the arriving guest. A conversion changes the page as real SEV would: bytes the
+//! host wrote in the clear read as garbage once the page is private, and what the guest
+//! kept private reads as ciphertext once it is shared. So no VMM code can plant
+//! plaintext that a guest then reads as its own private data:
+//!
+//! ```compile_fail
+//! # fn flip(view: &vmm::memory::HostView) {
+//! // Outside the VMM's own guest-request paths there is no conversion to call.
+//! view.convert(0x10_0000, 4096, vmm::memory::Visibility::Shared);
+//! # }
+//! ```
+//!
+//! ```compile_fail
+//! # fn flip(view: &vmm::memory::HostView) {
+//! // Nor a way to flip the record itself.
+//! view.page_states().unwrap().set(256, 1, vmm::memory::Visibility::Shared);
+//! # }
+//! ```
+//!
+//! ```compile_fail
+//! # fn flip(view: &vmm::memory::HostView) {
+//! // Nor to fake the guest's own request.
+//! vmm::sev::map_gpa_range(view, [0x10_0000, 1, 0]);
+//! # }
+//! ```
 
 use super::{GuestRam, MemoryError};
 use guest_abi::layout::PAGE_SIZE;
 use sev_platform::backend::PageCipher;
 use std::sync::{
-    atomic::{AtomicU64, Ordering},
+    atomic::{AtomicBool, AtomicU64, Ordering},
     Arc,
 };
 
@@ -29,6 +58,9 @@ pub enum Visibility {
 pub struct PageStates {
     bits: Vec<AtomicU64>,
     pages: u64,
+    /// A migration target's VM receives a guest (its vCPUs stopped, the arriving guest
+    /// never run): the guest's verified shared list may replace the record.
+    receiving: AtomicBool,
 }
 
 impl PageStates {
@@ -43,6 +75,7 @@ impl PageStates {
                 .map(|_| AtomicU64::new(fill))
                 .collect(),
             pages,
+            receiving: AtomicBool::new(false),
         }
     }
 
@@ -58,8 +91,9 @@ impl PageStates {
         }
     }
 
-    /// Sets pages [first, first + count) to `v`; pages past the end are ignored.
-    pub fn set(&self, first: u64, count: u64, v: Visibility) {
+    /// Sets pages [first, first + count) to `v`; pages past the end are ignored. Only the
+    /// conversion paths of the host view use it (they also change the pages' bytes).
+    pub(crate) fn set(&self, first: u64, count: u64, v: Visibility) {
         let end = first.saturating_add(count).min(self.pages);
         for index in first..end {
             let word = &self.bits[(index / 64) as usize];
@@ -129,9 +163,16 @@ impl HostView {
         }
     }
 
-    /// Records that the guest made [gpa, gpa + len) private or shared. The range must be
-    /// page-aligned RAM of an SEV guest; nothing changes otherwise.
-    pub fn convert(&self, gpa: u64, len: u64, v: Visibility) -> Result<(), MemoryError> {
+    /// Carries out the guest's request to make [gpa, gpa + len) private or shared. The
+    /// range must be page-aligned RAM of an SEV guest; nothing changes otherwise. Each
+    /// page that changes state changes as on real SEV: a page becoming private reads, to
+    /// the guest, as the host's bytes decrypted with the guest's key (garbage); a page
+    /// becoming shared reads, to anyone, as the guest's bytes encrypted (ciphertext).
+    ///
+    /// Only guest-originated requests reach this: the guest's MAP_GPA_RANGE and, on a
+    /// migration target, the guest's own verified shared list
+    /// ([`HostView::apply_guest_list`]).
+    pub(crate) fn convert(&self, gpa: u64, len: u64, v: Visibility) -> Result<(), MemoryError> {
         let bad = || MemoryError::OutOfRange {
             gpa,
             len: len as usize,
@@ -144,7 +185,73 @@ impl HostView {
             return Err(bad());
         }
         let first = self.ram.page_index(gpa).ok_or_else(bad)?;
-        e.states.set(first, len / PAGE_SIZE, v);
+        for i in 0..len / PAGE_SIZE {
+            let (index, page) = (first + i, gpa + i * PAGE_SIZE);
+            if e.states.get(index) == v {
+                continue;
+            }
+            if let Some(cipher) = &e.cipher {
+                let mut p = [0u8; PAGE_SIZE as usize];
+                self.ram.read_raw(page, &mut p)?;
+                match v {
+                    Visibility::Private => cipher.decrypt_page(page, &mut p),
+                    Visibility::Shared => cipher.encrypt_page(page, &mut p),
+                }
+                self.ram.write_raw(page, &p)?;
+            }
+            e.states.set(index, 1, v);
+        }
+        Ok(())
+    }
+
+    /// Lets a migration target take the arriving guest's shared list (its vCPUs are
+    /// stopped and the arriving guest has not run), or stops it (the guest runs).
+    pub(crate) fn set_receiving(&self, receiving: bool) {
+        if let Some(e) = &self.encrypted {
+            e.states.receiving.store(receiving, Ordering::Release);
+        }
+    }
+
+    /// Replaces the record with an arriving guest's own shared list, as its migration
+    /// helper verified it: pages in `shared` become shared, every other page of `runs`
+    /// private (each converted as [`HostView::convert`] converts). Refused unless the VM
+    /// receives an incoming guest (see `set_receiving`).
+    pub(crate) fn apply_guest_list(
+        &self,
+        runs: &[(u64, u64)],
+        shared: &[(u64, u64)],
+    ) -> Result<(), MemoryError> {
+        let e = self.encrypted.as_ref().ok_or(MemoryError::NotReceiving)?;
+        if !e.states.receiving.load(Ordering::Acquire) {
+            return Err(MemoryError::NotReceiving);
+        }
+        // Disjoint (start, end) spans sorted by start: a binary search per page.
+        let mut sorted: Vec<(u64, u64)> = shared
+            .iter()
+            .map(|&(g, n)| (g, g.saturating_add(n.saturating_mul(PAGE_SIZE))))
+            .collect();
+        sorted.sort_unstable();
+        let mut spans: Vec<(u64, u64)> = Vec::with_capacity(sorted.len());
+        for (start, end) in sorted {
+            match spans.last_mut() {
+                Some(last) if start <= last.1 => last.1 = last.1.max(end),
+                _ => spans.push((start, end)),
+            }
+        }
+        let is_shared = |page: u64| {
+            let i = spans.partition_point(|&(start, _)| start <= page);
+            i > 0 && page < spans[i - 1].1
+        };
+        for &(base, size) in runs {
+            for page in (base..base + size).step_by(PAGE_SIZE as usize) {
+                let v = if is_shared(page) {
+                    Visibility::Shared
+                } else {
+                    Visibility::Private
+                };
+                self.convert(page, PAGE_SIZE, v)?;
+            }
+        }
         Ok(())
     }
 
@@ -331,6 +438,63 @@ mod tests {
         let mut more = Vec::new();
         assert!(view.write_shared_to(0x6ff0, 0x20, &mut more).is_err());
         assert!(more.is_empty());
+    }
+
+    #[test]
+    fn a_conversion_never_hands_one_sides_plaintext_to_the_other() {
+        let (view, ram, _) = sev_view();
+        // The host plants plaintext in a page the guest shares, then the guest makes it
+        // private: it reads garbage, as on SEV hardware, not the host's bytes.
+        view.convert(0x8000, 4096, Visibility::Shared).unwrap();
+        view.write(0x8000, b"host-planted code").unwrap();
+        view.convert(0x8000, 4096, Visibility::Private).unwrap();
+        let mut raw = [0u8; 17];
+        ram.read_raw(0x8000, &mut raw).unwrap();
+        assert_ne!(&raw, b"host-planted code");
+        // Converting to the state a page already has changes nothing.
+        let before = raw;
+        view.convert(0x8000, 4096, Visibility::Private).unwrap();
+        ram.read_raw(0x8000, &mut raw).unwrap();
+        assert_eq!(raw, before);
+        // The other way: what the guest kept private does not show once it shares the
+        // page; the host reads ciphertext.
+        ram.write_raw(0x9000, b"guest private key").unwrap();
+        view.convert(0x9000, 4096, Visibility::Shared).unwrap();
+        let mut seen = [0u8; 17];
+        view.read(0x9000, &mut seen).unwrap();
+        assert_ne!(&seen, b"guest private key");
+    }
+
+    #[test]
+    fn a_shared_list_applies_only_while_the_vm_receives_and_changes_only_what_it_must() {
+        let (view, ram, states) = sev_view();
+        let runs = [(0, 64 * 4096)];
+        assert!(matches!(
+            view.apply_guest_list(&runs, &[(0x3000, 2)]),
+            Err(MemoryError::NotReceiving)
+        ));
+        assert_eq!(states.shared_count(), 0, "nothing changed");
+        view.set_receiving(true);
+        view.apply_guest_list(&runs, &[(0x3000, 2), (0x10000, 1)])
+            .unwrap();
+        assert_eq!(states.shared_count(), 3);
+        assert_eq!(view.visibility(0x4000), Visibility::Shared);
+        assert_eq!(view.visibility(0x5000), Visibility::Private);
+        // A page shared by both lists keeps its bytes; one the new list makes private
+        // does not keep the host's.
+        view.write(0x3000, b"clear page").unwrap();
+        view.write(0x10000, b"clear page").unwrap();
+        view.apply_guest_list(&runs, &[(0x3000, 1)]).unwrap();
+        let mut b = [0u8; 10];
+        ram.read_raw(0x3000, &mut b).unwrap();
+        assert_eq!(&b, b"clear page");
+        ram.read_raw(0x10000, &mut b).unwrap();
+        assert_ne!(&b, b"clear page");
+        assert_eq!(states.shared_count(), 1);
+        // Once the guest runs, only its own requests change its pages.
+        view.set_receiving(false);
+        assert!(view.apply_guest_list(&runs, &[]).is_err());
+        assert_eq!(states.shared_count(), 1);
     }
 
     #[test]

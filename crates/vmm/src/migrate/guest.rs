@@ -2,14 +2,23 @@
 //! (read on the migration thread), everything that touches vCPUs through requests to
 //! the controller, which owns the VM.
 
-use super::{MachineError, MachineLink, MachineReply, MachineRequest};
+use super::{MachineError, MachineLink, MachineReply, MachineRequest, RecoveryFiles};
 use crate::{
     kvm::KvmError,
-    memory::{HostView, MemoryError, Visibility},
+    memory::{HostView, MemoryError},
     vm::DirtyTracker,
 };
-use helper_abi::PAGE_SIZE;
-use migration::engine::{LocalGuest, PartError, SourceVm, TargetVm};
+use helper_abi::{record::COMMIT_RECORD_SIZE, PAGE_SIZE};
+use migration::{
+    engine::{LocalGuest, PartError, SourceVm, TargetVm},
+    frames::AbortToken,
+    recovery::{AbortTokenFile, CommitFile, TokenOrigin},
+};
+use std::{
+    io::Write,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+};
 
 /// Why the VM could not do its part of a migration.
 #[derive(Debug, thiserror::Error)]
@@ -32,18 +41,26 @@ pub enum VmPartError {
         #[source]
         source: MemoryError,
     },
-    /// A range could not be recorded as private or shared.
-    #[error("cannot record {gpa:#x}+{len:#x} as {visibility:?}")]
-    Convert {
-        /// First byte.
-        gpa: u64,
-        /// Length.
-        len: u64,
-        /// What it was to become.
-        visibility: Visibility,
-        /// The view's error.
+    /// The guest's verified shared list could not be applied.
+    #[error("cannot apply the guest's shared list")]
+    SharedList(#[source] MemoryError),
+    /// The commit record could not be kept in its file.
+    #[error("cannot keep the commit record in {path}")]
+    SaveCommit {
+        /// The file.
+        path: PathBuf,
+        /// Why.
         #[source]
-        source: MemoryError,
+        source: std::io::Error,
+    },
+    /// The abort token could not be kept in its file.
+    #[error("cannot keep the abort token in {path}")]
+    SaveToken {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
     },
     /// Dirty logging could not be started.
     #[error("cannot start dirty logging")]
@@ -106,6 +123,29 @@ impl Layout {
     }
 }
 
+/// Writes `bytes` to `path` durably: a temporary file beside it, synced, renamed over
+/// it, the directory synced. A reader never sees half a file, and after this returns
+/// the file survives a crash of this host.
+pub fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::other("not a file name"))?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(".tmp");
+    let tmp = dir.join(tmp_name);
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
 /// The source VM.
 pub struct VmSource {
     view: HostView,
@@ -114,11 +154,18 @@ pub struct VmSource {
     link: MachineLink,
     logging: bool,
     vcpus: Option<Vec<Vec<u8>>>,
+    files: Arc<Mutex<RecoveryFiles>>,
 }
 
 impl VmSource {
-    /// The source side of a VM.
-    pub fn new(view: HostView, tracker: DirtyTracker, layout: Layout, link: MachineLink) -> Self {
+    /// The source side of a VM; its commit record goes to `files`' commit file.
+    pub fn new(
+        view: HostView,
+        tracker: DirtyTracker,
+        layout: Layout,
+        link: MachineLink,
+        files: Arc<Mutex<RecoveryFiles>>,
+    ) -> Self {
         VmSource {
             view,
             tracker,
@@ -126,6 +173,7 @@ impl VmSource {
             link,
             logging: false,
             vcpus: None,
+            files,
         }
     }
 }
@@ -204,24 +252,54 @@ impl SourceVm for VmSource {
             }
         }
     }
+
+    fn save_commit(
+        &mut self,
+        transcript: &[u8; 32],
+        record: &[u8; COMMIT_RECORD_SIZE],
+    ) -> Result<(), PartError> {
+        let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
+        let path = files.commit_path(transcript);
+        let file = CommitFile {
+            transcript: *transcript,
+            record: *record,
+        };
+        write_durably(&path, &file.encode()).map_err(|source| VmPartError::SaveCommit {
+            path: path.clone(),
+            source,
+        })?;
+        log::info!("commit record kept in {}", path.display());
+        files.commit = Some(path);
+        Ok(())
+    }
 }
 
-/// The target VM.
+/// The target VM (made only by the incoming migration, for a VM that receives: nothing
+/// else may apply a shared list to a VM).
 pub struct VmTarget {
     view: HostView,
     layout: Layout,
     local: LocalGuest,
     link: MachineLink,
+    files: Arc<Mutex<RecoveryFiles>>,
 }
 
 impl VmTarget {
-    /// The target side of a VM that describes itself as `local`.
-    pub fn new(view: HostView, layout: Layout, local: LocalGuest, link: MachineLink) -> Self {
+    /// The target side of a VM that describes itself as `local`; an abort token goes to
+    /// `files`' token file.
+    pub(crate) fn new(
+        view: HostView,
+        layout: Layout,
+        local: LocalGuest,
+        link: MachineLink,
+        files: Arc<Mutex<RecoveryFiles>>,
+    ) -> Self {
         VmTarget {
             view,
             layout,
             local,
             link,
+            files,
         }
     }
 }
@@ -232,24 +310,10 @@ impl TargetVm for VmTarget {
     }
 
     fn set_shared(&mut self, ranges: &[(u64, u64)]) -> Result<(), PartError> {
-        let convert = |gpa: u64, len: u64, visibility: Visibility| {
-            self.view
-                .convert(gpa, len, visibility)
-                .map_err(|source| VmPartError::Convert {
-                    gpa,
-                    len,
-                    visibility,
-                    source,
-                })
-        };
-        // The helper region keeps the target's own (its mailboxes are shared).
-        for (base, size) in self.layout.migratable_runs() {
-            convert(base, size, Visibility::Private)?;
-        }
-        for &(gpa, pages) in ranges {
-            convert(gpa, pages * PAGE_SIZE as u64, Visibility::Shared)?;
-        }
-        Ok(())
+        // The helper region keeps the target's own states (its mailboxes are shared).
+        self.view
+            .apply_guest_list(&self.layout.migratable_runs(), ranges)
+            .map_err(|e| VmPartError::SharedList(e).into())
     }
 
     fn write_page(&mut self, gpa: u64, data: Option<&[u8; PAGE_SIZE]>) -> Result<(), PartError> {
@@ -264,6 +328,30 @@ impl TargetVm for VmTarget {
             .ask(MachineRequest::Run { vcpus, device })
             .map(drop)
             .map_err(|e| VmPartError::Machine(e).into())
+    }
+
+    fn keep_abort_token(
+        &mut self,
+        transcript: &[u8; 32],
+        token: &AbortToken,
+    ) -> Result<(), PartError> {
+        let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
+        let path = files.token_path(transcript);
+        let file = AbortTokenFile {
+            origin: TokenOrigin::Target,
+            transcript: *transcript,
+            tag: token.tag,
+        };
+        write_durably(&path, &file.encode()).map_err(|source| VmPartError::SaveToken {
+            path: path.clone(),
+            source,
+        })?;
+        log::warn!(
+            "this target gave the session up for good; its abort token is in {} (it releases a source that committed)",
+            path.display()
+        );
+        files.abort_token = Some(path);
+        Ok(())
     }
 }
 

@@ -15,7 +15,7 @@
 pub mod guest;
 pub mod lanes;
 
-pub use guest::{Layout, VmPartError, VmSource, VmTarget};
+pub use guest::{write_durably, Layout, VmPartError, VmSource, VmTarget};
 pub use lanes::{HelperLanes, LaneError};
 
 use crate::{
@@ -23,16 +23,21 @@ use crate::{
     vm::VmError,
 };
 use migration::{
-    engine::{self, chain, LocalGuest, MigrationError, Progress, SourceOptions, Status},
-    frames::{FailureCode, GpaRange, Hello, HelloAck},
+    engine::{
+        self, chain, LocalGuest, MigrationError, PendingCommit, Progress, Received, SourceOptions,
+        Status,
+    },
+    frames::{AbortToken, FailureCode, GpaRange, Hello, HelloAck},
+    recovery::{hex, CommitFile},
     transport,
     uri::Uri,
 };
 use std::{
     net::{Shutdown, SocketAddr, TcpListener, TcpStream},
+    path::PathBuf,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
-        mpsc::{self, Sender},
+        mpsc::{self, Receiver, Sender},
         Arc, Mutex,
     },
     thread::JoinHandle,
@@ -44,6 +49,109 @@ const MACHINE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long an incoming connection waits for this VM to be ready (launched by its owner,
 /// helper attached).
 const READY_TIMEOUT: Duration = Duration::from_secs(50);
+/// The source's read timeout: its engine polls the return path this often (a cancel
+/// after the commit must reach the target without dropping the connection; the
+/// engine's `confirm_timeout` is the real limit of each wait).
+const SOURCE_POLL: Duration = Duration::from_millis(100);
+
+/// The files that recover a migration whose connection is gone (migration::recovery):
+/// where they go, and where they went.
+#[derive(Clone, Debug, Default)]
+pub struct RecoveryFiles {
+    /// Where files without a path of their own go (`run --state-dir`).
+    pub dir: PathBuf,
+    /// Where the source's commit goes, if the operator named a file (`migrate`'s
+    /// `commit-file`).
+    pub commit_file: Option<PathBuf>,
+    /// Where the target's abort token goes, if the operator named a file
+    /// (`migrate-abort-incoming`'s `token-file`).
+    pub token_file: Option<PathBuf>,
+    /// The commit file written (source).
+    pub commit: Option<PathBuf>,
+    /// The abort token file written (target).
+    pub abort_token: Option<PathBuf>,
+}
+
+impl RecoveryFiles {
+    /// Files in `dir`.
+    pub fn in_dir(dir: PathBuf) -> RecoveryFiles {
+        RecoveryFiles {
+            dir,
+            ..RecoveryFiles::default()
+        }
+    }
+
+    /// Where the commit of session `transcript` goes.
+    pub fn commit_path(&self, transcript: &[u8; 32]) -> PathBuf {
+        self.commit_file.clone().unwrap_or_else(|| {
+            self.dir
+                .join(format!("sevmirror-commit-{}.bin", &hex(transcript)[..16]))
+        })
+    }
+
+    /// Where the abort token of session `transcript` goes.
+    pub fn token_path(&self, transcript: &[u8; 32]) -> PathBuf {
+        self.token_file.clone().unwrap_or_else(|| {
+            self.dir
+                .join(format!("sevmirror-abort-{}.bin", &hex(transcript)[..16]))
+        })
+    }
+}
+
+/// What an incoming migration that waits for the commit did with an operator's command.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Resolved {
+    /// The helper took the commit: the guest runs here.
+    Committed,
+    /// The helper gave the session up for good.
+    Aborted {
+        /// The session's transcript hash (zero if the key agreement was not complete).
+        transcript: [u8; 32],
+        /// Its token.
+        token: AbortToken,
+        /// Where the token file went.
+        file: Option<PathBuf>,
+    },
+}
+
+/// Where an operator's command to an incoming migration gets its answer.
+pub struct ResolveReply(Option<ReplyFn>);
+
+/// What answers an operator's command.
+type ReplyFn = Box<dyn FnOnce(Result<Resolved, String>) + Send>;
+
+impl ResolveReply {
+    /// Answers with `f`.
+    pub fn new(f: impl FnOnce(Result<Resolved, String>) + Send + 'static) -> ResolveReply {
+        ResolveReply(Some(Box::new(f)))
+    }
+
+    fn send(mut self, r: Result<Resolved, String>) {
+        if let Some(f) = self.0.take() {
+            f(r);
+        }
+    }
+}
+
+impl Drop for ResolveReply {
+    fn drop(&mut self) {
+        // Never leave the operator without an answer.
+        if let Some(f) = self.0.take() {
+            f(Err(
+                "the incoming migration ended before it could act on the command".into(),
+            ));
+        }
+    }
+}
+
+/// An operator's command to an incoming migration whose helper verified the guest and
+/// waits for the commit.
+pub enum IncomingCommand {
+    /// Take the commit from the source's commit file.
+    Commit(CommitFile, ResolveReply),
+    /// Give the session up (the token goes to the token file).
+    Abort(ResolveReply),
+}
 
 /// What a migration thread asks of the controller.
 #[derive(Debug)]
@@ -257,6 +365,8 @@ pub struct Parameters {
     /// Bytes per second on the stream (0: unlimited); applies at once, also to a running
     /// migration.
     pub max_bandwidth: Arc<AtomicU64>,
+    /// How private zero pages travel (the next migration).
+    pub zero_pages: engine::ZeroPages,
 }
 
 impl Default for Parameters {
@@ -264,6 +374,7 @@ impl Default for Parameters {
         Parameters {
             downtime_limit: SourceOptions::default().downtime_limit,
             max_bandwidth: Arc::new(AtomicU64::new(0)),
+            zero_pages: engine::ZeroPages::Sealed,
         }
     }
 }
@@ -274,9 +385,13 @@ pub struct Job {
     pub direction: Direction,
     /// Live figures.
     pub progress: Arc<Mutex<Progress>>,
+    /// Its recovery files.
+    pub files: Arc<Mutex<RecoveryFiles>>,
     cancel: Arc<AtomicBool>,
     socket: Arc<Mutex<Option<TcpStream>>>,
     thread: Option<JoinHandle<()>>,
+    /// Incoming: the operator's commands once the helper waits for the commit.
+    commands: Option<Sender<IncomingCommand>>,
     /// Where an incoming migration listens.
     pub listening: Option<SocketAddr>,
 }
@@ -301,13 +416,36 @@ impl Job {
     }
 
     /// Stops the migration: the engine sees the flag, and a blocked read or write sees its
-    /// socket shut down.
+    /// socket shut down. After the source's commit the connection stays: the engine asks
+    /// the target for an abort over it, and only the target's token releases the guest.
     pub fn cancel(&self) {
         self.cancel.store(true, Ordering::Relaxed);
+        if self.direction == Direction::Outgoing && self.progress().status == Status::Committing {
+            return;
+        }
+        self.interrupt();
+    }
+
+    /// Shuts the connection down (a blocked read or write fails at once).
+    fn interrupt(&self) {
         if let Ok(guard) = self.socket.lock() {
             if let Some(s) = guard.as_ref() {
                 let _ = s.shutdown(Shutdown::Both);
             }
+        }
+    }
+
+    /// Hands an operator's command to an incoming migration. If it still reads the
+    /// stream, the stream is cut first: after Ready its helper then waits for the
+    /// command; before Ready the session is given up (and an abort is answered with the
+    /// token kept then). A command that finds no running incoming migration is dropped,
+    /// and its reply says so.
+    pub fn resolve(&self, command: IncomingCommand) {
+        let Some(tx) = self.commands.as_ref().filter(|_| self.active()) else {
+            return;
+        };
+        if tx.send(command).is_ok() {
+            self.interrupt();
         }
     }
 
@@ -331,12 +469,17 @@ pub struct Outgoing {
     pub helpers: Option<Helpers>,
     /// Precopy policy and bandwidth cap.
     pub options: SourceOptions,
+    /// Where the commit file goes (the same as `source`'s).
+    pub files: Arc<Mutex<RecoveryFiles>>,
 }
 
-/// Records the end of a failed migration in its figures.
+/// Records the end of a failed migration in its figures (a committed one stays
+/// `AwaitingAbort`, as the engine left it).
 fn mark_failed(progress: &Mutex<Progress>, status: Status, e: &MigrationError) {
     let mut p = progress.lock().unwrap_or_else(|p| p.into_inner());
-    p.status = status;
+    if !matches!(e, MigrationError::Committed { .. }) {
+        p.status = status;
+    }
     p.error = Some(e.chain());
 }
 
@@ -368,6 +511,7 @@ pub fn start_outgoing(plan: Outgoing, link: MachineLink) -> std::io::Result<Job>
         status: Status::Setup,
         ..Progress::default()
     }));
+    let files = plan.files.clone();
     let cancel = Arc::new(AtomicBool::new(false));
     let socket = Arc::new(Mutex::new(None));
     let thread = {
@@ -381,6 +525,7 @@ pub fn start_outgoing(plan: Outgoing, link: MachineLink) -> std::io::Result<Job>
                     mut source,
                     helpers,
                     options,
+                    files: _,
                 } = plan;
                 // The lanes live outside the attempt so their vCPUs come back whatever
                 // happens inside it.
@@ -391,6 +536,10 @@ pub fn start_outgoing(plan: Outgoing, link: MachineLink) -> std::io::Result<Job>
                     }
                     let stream = transport::connect(&uri)?;
                     transport::prepare(&stream)?;
+                    // The engine waits through short timeouts (see SOURCE_POLL).
+                    stream.set_read_timeout(Some(SOURCE_POLL)).map_err(|e| {
+                        MigrationError::Transport(transport::TransportError::Setup(e))
+                    })?;
                     expose(&socket, &stream)?;
                     if cancel.load(Ordering::Relaxed) {
                         return Err(MigrationError::Cancelled);
@@ -410,6 +559,8 @@ pub fn start_outgoing(plan: Outgoing, link: MachineLink) -> std::io::Result<Job>
                 })();
                 let returned = lanes.map(HelperLanes::into_helpers).unwrap_or_default();
                 let result = match result {
+                    // A committed guest stays committed whoever asked to cancel.
+                    Err(e @ MigrationError::Committed { .. }) => Err(e),
                     Err(_) if cancel.load(Ordering::Relaxed) => Err(MigrationError::Cancelled),
                     other => other,
                 };
@@ -432,31 +583,55 @@ pub fn start_outgoing(plan: Outgoing, link: MachineLink) -> std::io::Result<Job>
     Ok(Job {
         direction: Direction::Outgoing,
         progress,
+        files,
         cancel,
         socket,
         thread: Some(thread),
+        commands: None,
         listening: None,
     })
 }
 
 /// Waits on its own thread for the source on `listener` and receives the guest; its end
-/// arrives over `link` as [`ToMachine::Ended`].
-pub fn start_incoming(listener: TcpListener, link: MachineLink) -> std::io::Result<Job> {
+/// arrives over `link` as [`ToMachine::Ended`]. An abort token goes to `files`.
+pub fn start_incoming(
+    listener: TcpListener,
+    link: MachineLink,
+    files: Arc<Mutex<RecoveryFiles>>,
+) -> std::io::Result<Job> {
     let listening = listener.local_addr().ok();
     let progress = Arc::new(Mutex::new(Progress::default()));
     let cancel = Arc::new(AtomicBool::new(false));
     let socket = Arc::new(Mutex::new(None));
+    let (commands, inbox) = mpsc::channel();
     let thread = {
-        let (progress, socket, cancel) = (progress.clone(), socket.clone(), cancel.clone());
+        let (progress, socket, cancel, files) = (
+            progress.clone(),
+            socket.clone(),
+            cancel.clone(),
+            files.clone(),
+        );
         std::thread::Builder::new()
             .name("migrate-in".into())
             .spawn(move || {
                 let mut helpers = Vec::new();
-                let result =
-                    receive_one(&listener, &link, &progress, &socket, &cancel, &mut helpers);
+                let incoming = Incoming {
+                    listener: &listener,
+                    link: &link,
+                    progress: &progress,
+                    socket: &socket,
+                    cancel: &cancel,
+                    files: &files,
+                    commands: &inbox,
+                };
+                let result = incoming.receive(&mut helpers);
                 close(&socket);
                 if let Err(e) = &result {
                     mark_failed(&progress, Status::Failed, e);
+                }
+                // Commands that came too late get their answer (the job is over).
+                while let Ok(command) = inbox.try_recv() {
+                    answer_late(command, &result, &files);
                 }
                 link.ended(Ended {
                     direction: Direction::Incoming,
@@ -468,11 +643,64 @@ pub fn start_incoming(listener: TcpListener, link: MachineLink) -> std::io::Resu
     Ok(Job {
         direction: Direction::Incoming,
         progress,
+        files,
         cancel,
         socket,
         thread: Some(thread),
+        commands: Some(commands),
         listening,
     })
+}
+
+/// Answers a command that reached an incoming migration once it was over.
+fn answer_late(
+    command: IncomingCommand,
+    result: &Result<(), MigrationError>,
+    files: &Mutex<RecoveryFiles>,
+) {
+    let (reply, abort) = match command {
+        IncomingCommand::Commit(_, reply) => (reply, false),
+        IncomingCommand::Abort(reply) => (reply, true),
+    };
+    // An abort asked while the stream still ran: the session was given up as the
+    // stream was cut, and its token kept then.
+    let kept = files
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .abort_token
+        .clone();
+    if let (true, Err(_), Some(path)) = (abort, result, kept) {
+        let token = std::fs::read(&path)
+            .ok()
+            .and_then(|b| migration::recovery::AbortTokenFile::decode(&b).ok());
+        if let Some(t) = token {
+            reply.send(Ok(Resolved::Aborted {
+                transcript: t.transcript,
+                token: AbortToken { tag: t.tag },
+                file: Some(path),
+            }));
+            return;
+        }
+    }
+    let answer = match result {
+        Ok(()) => Err("the incoming migration completed: the guest runs here".to_string()),
+        Err(e) => {
+            let file = files
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .abort_token
+                .clone();
+            match file {
+                Some(f) => Err(format!(
+                    "the incoming migration had already failed and given its session up ({}); its abort token is in {}",
+                    e.chain(),
+                    f.display()
+                )),
+                None => Err(format!("the incoming migration had already failed: {}", e.chain())),
+            }
+        }
+    };
+    reply.send(answer);
 }
 
 /// Asks the controller until it is ready to receive (or the wait is over).
@@ -490,63 +718,163 @@ fn wait_ready(link: &MachineLink) -> Result<MachineReply, MachineError> {
     }
 }
 
-fn receive_one(
-    listener: &TcpListener,
-    link: &MachineLink,
-    progress: &Mutex<Progress>,
-    socket: &Mutex<Option<TcpStream>>,
-    cancel: &AtomicBool,
-    helpers_out: &mut Vec<HelperVcpu>,
-) -> Result<(), MigrationError> {
-    let Some((stream, peer)) = transport::accept(listener, cancel)? else {
-        return Err(MigrationError::Cancelled);
-    };
-    log::info!("incoming migration from {peer}");
-    transport::prepare(&stream)?;
-    expose(socket, &stream)?;
-    let (local, layout, view, helpers) = match wait_ready(link) {
-        Ok(MachineReply::Incoming {
-            local,
-            layout,
-            view,
-            helpers,
-        }) => (local, layout, view, helpers),
-        Ok(_) => {
-            return Err(MigrationError::Vm(Box::new(JobError::UnexpectedReply(
-                "prepare-incoming",
-            ))))
-        }
-        Err(why) => {
-            let reason = format!("the target is not ready: {}", chain(&why));
-            let mut w = transport::duplicate(&stream)?;
-            let _ = HelloAck::Refused {
-                code: FailureCode::NotReady,
-                reason: reason.clone(),
+/// An incoming migration's thread and what it works with.
+struct Incoming<'a> {
+    listener: &'a TcpListener,
+    link: &'a MachineLink,
+    progress: &'a Mutex<Progress>,
+    socket: &'a Mutex<Option<TcpStream>>,
+    cancel: &'a AtomicBool,
+    files: &'a Arc<Mutex<RecoveryFiles>>,
+    commands: &'a Receiver<IncomingCommand>,
+}
+
+impl Incoming<'_> {
+    /// Receives one guest (see [`engine::receive`]); if the stream ends after Ready,
+    /// waits for the operator to commit it from the source's commit file or to abort.
+    fn receive(&self, helpers_out: &mut Vec<HelperVcpu>) -> Result<(), MigrationError> {
+        let (link, progress, socket) = (self.link, self.progress, self.socket);
+        let Some((stream, peer)) = transport::accept(self.listener, self.cancel)? else {
+            return Err(MigrationError::Cancelled);
+        };
+        log::info!("incoming migration from {peer}");
+        transport::prepare(&stream)?;
+        expose(socket, &stream)?;
+        let (local, layout, view, helpers) = match wait_ready(link) {
+            Ok(MachineReply::Incoming {
+                local,
+                layout,
+                view,
+                helpers,
+            }) => (local, layout, view, helpers),
+            Ok(_) => {
+                return Err(MigrationError::Vm(Box::new(JobError::UnexpectedReply(
+                    "prepare-incoming",
+                ))))
             }
-            .encode(&mut w);
-            return Err(MigrationError::Refused {
-                code: FailureCode::NotReady,
-                reason,
-            });
+            Err(why) => {
+                let reason = format!("the target is not ready: {}", chain(&why));
+                let mut w = transport::duplicate(&stream)?;
+                let _ = HelloAck::Refused {
+                    code: FailureCode::NotReady,
+                    reason: reason.clone(),
+                }
+                .encode(&mut w);
+                return Err(MigrationError::Refused {
+                    code: FailureCode::NotReady,
+                    reason,
+                });
+            }
+        };
+        let writer = transport::duplicate(&stream)?;
+        let mut lanes = match helpers {
+            Some(h) => Some(lanes_for(h)?),
+            None => None,
+        };
+        let mut target = VmTarget::new(view, layout, local, link.clone(), self.files.clone());
+        let result = engine::receive(
+            stream,
+            writer,
+            &mut target,
+            lanes.as_mut().map(|l| l as &mut dyn engine::Opener),
+            progress,
+        );
+        let result = match (result, lanes.as_mut()) {
+            (Ok(Received::Running), _) => Ok(()),
+            (Ok(Received::AwaitingCommit(pending)), Some(lanes)) => {
+                self.await_commit(pending, &mut target, lanes)
+            }
+            (Ok(Received::AwaitingCommit(_)), None) => Err(MigrationError::HelperMismatch),
+            (Err(e), _) => Err(e),
+        };
+        if let Some(l) = lanes {
+            *helpers_out = l.into_helpers();
         }
-    };
-    let writer = transport::duplicate(&stream)?;
-    let mut lanes = match helpers {
-        Some(h) => Some(lanes_for(h)?),
-        None => None,
-    };
-    let mut target = VmTarget::new(view, layout, local, link.clone());
-    let result = engine::receive(
-        stream,
-        writer,
-        &mut target,
-        lanes.as_mut().map(|l| l as &mut dyn engine::Opener),
-        progress,
-    );
-    if let Some(l) = lanes {
-        *helpers_out = l.into_helpers();
+        result
     }
-    result
+
+    /// The helper verified the guest and the stream is gone: the operator commits it
+    /// from the source's commit file or aborts the session (the VM stays as it is until
+    /// then; quitting leaves the session undecided, for the guest owner's abort).
+    fn await_commit(
+        &self,
+        mut pending: PendingCommit,
+        target: &mut VmTarget,
+        lanes: &mut HelperLanes,
+    ) -> Result<(), MigrationError> {
+        let transcript = pending.transcript();
+        log::warn!(
+            "{}; waiting for the commit of session {} (migrate-commit with the source's commit file) or an abort (migrate-abort-incoming)",
+            pending.lost(),
+            hex(&transcript)
+        );
+        loop {
+            let Ok(command) = self.commands.recv() else {
+                return Err(MigrationError::Protocol(format!(
+                    "the VM ended while session {} waited for its commit",
+                    hex(&transcript)
+                )));
+            };
+            match command {
+                IncomingCommand::Commit(file, reply) => {
+                    if file.transcript != transcript {
+                        reply.send(Err(format!(
+                            "the commit file is for session {}; this target waits for session {}",
+                            hex(&file.transcript),
+                            hex(&transcript)
+                        )));
+                        continue;
+                    }
+                    match pending
+                        .commit(&file.record, target, lanes, self.progress)
+                        .map_err(|b| *b)
+                    {
+                        Ok(()) => {
+                            reply.send(Ok(Resolved::Committed));
+                            log::info!("the commit from the file verified: the guest runs here");
+                            return Ok(());
+                        }
+                        Err((Some(back), e)) => {
+                            reply.send(Err(format!(
+                                "the helper refused the commit record: {}",
+                                e.chain()
+                            )));
+                            pending = back;
+                        }
+                        Err((None, e)) => {
+                            reply.send(Err(e.chain()));
+                            return Err(e);
+                        }
+                    }
+                }
+                IncomingCommand::Abort(reply) => {
+                    return match pending.abort(target, lanes, self.progress) {
+                        Ok(token) => {
+                            let file = self
+                                .files
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .abort_token
+                                .clone();
+                            reply.send(Ok(Resolved::Aborted {
+                                transcript,
+                                token,
+                                file,
+                            }));
+                            Err(MigrationError::Aborted {
+                                code: FailureCode::Cancelled,
+                                reason: "the operator gave the session up while it waited for the commit".into(),
+                            })
+                        }
+                        Err(e) => {
+                            reply.send(Err(e.chain()));
+                            Err(e)
+                        }
+                    };
+                }
+            }
+        }
+    }
 }
 
 /// Puts the helper vCPUs on their lanes' threads (if a thread cannot be created, the vCPUs
