@@ -42,7 +42,8 @@ pub struct MigrateBench {
 /// One configuration's figures.
 #[derive(Clone, Debug, Serialize)]
 pub struct Row {
-    /// "plain", "helper-N", "qemu", "qemu-prealloc".
+    /// "plain", "helper-N", "helper-1-zero" (short records for private zero
+    /// pages: a leak, see docs/migration.md), "qemu", "qemu-prealloc".
     pub name: String,
     /// GiB of guest RAM per second of migration.
     pub throughput_gib_s: f64,
@@ -417,6 +418,16 @@ pub fn run(args: &MigrateBench, mut say: impl FnMut(String)) -> Result<MigrateRe
             &mut say,
         );
     }
+    // The same with the owner's leaky option: private zero pages as 48-byte records.
+    push(
+        measure(args.runs, args.settle, &mut first, || {
+            let outcome = Stage::new(config(true, 1))?
+                .with_parameter("zero-page-records", json!(true))
+                .run(|_| {})?;
+            Ok(row_from("helper-1-zero".into(), &outcome))
+        })?,
+        &mut say,
+    );
     if !args.no_qemu && qemu_installed() {
         for prealloc in [false, true] {
             match measure(args.runs, args.settle, &mut first, || {

@@ -40,6 +40,20 @@ impl Owner {
         })
     }
 
+    /// Writes the migration secret to `path` (mode 0600), for the owner's own tools
+    /// (`sevmirror owner abort`).
+    pub fn write_migration_secret(&self, path: &Path) -> Result<()> {
+        use std::{io::Write, os::unix::fs::OpenOptionsExt};
+        let what = format!("cannot write {}", path.display());
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .and_then(|mut f| f.write_all(&self.migration_secret))
+            .map_err(HarnessError::io(what))
+    }
+
     /// Makes a session for the next VM, writing the host's two files into `dir`.
     pub fn session(&self, dir: &Path, name: &str) -> Result<Session> {
         let s = owner::session(&self.pdh, POLICY).map_err(|source| HarnessError::Owner {

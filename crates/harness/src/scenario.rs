@@ -117,6 +117,8 @@ pub struct Stage {
     dir: tempfile::TempDir,
     config: Config,
     owner: Option<Owner>,
+    /// More `migrate-set-parameters` members for the source.
+    parameters: serde_json::Map<String, Value>,
 }
 
 impl Stage {
@@ -132,7 +134,19 @@ impl Stage {
         } else {
             None
         };
-        Ok(Stage { dir, config, owner })
+        Ok(Stage {
+            dir,
+            config,
+            owner,
+            parameters: serde_json::Map::new(),
+        })
+    }
+
+    /// Sets `migrate-set-parameters` member `name` on the source before it migrates
+    /// (e.g. `zero-page-records`).
+    pub fn with_parameter(mut self, name: &str, value: Value) -> Stage {
+        self.parameters.insert(name.to_string(), value);
+        self
     }
 
     fn spawn(&self, name: &str, extra: &[String]) -> Result<VmmProcess> {
@@ -153,8 +167,19 @@ impl Stage {
         VmmProcess::spawn(&spawn, name, &args, START_TIMEOUT)
     }
 
-    /// Launches a VM: as an owner-attested SEV guest or a plain one.
-    fn launch(&self, name: &str, mut extra: Vec<String>) -> Result<VmmProcess> {
+    /// The working directory (sockets, consoles, the platform, recovery files).
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// The guest owner (SEV).
+    pub fn owner(&self) -> Option<&Owner> {
+        self.owner.as_ref()
+    }
+
+    /// Launches a VM: as an owner-attested SEV guest or a plain one; `extra` are more
+    /// `run` options (a workload, `--incoming`).
+    pub fn launch(&self, name: &str, mut extra: Vec<String>) -> Result<VmmProcess> {
         let Some(owner) = &self.owner else {
             return self.spawn(name, &extra);
         };
@@ -195,11 +220,12 @@ impl Stage {
             ))
         })?;
         std::thread::sleep(self.config.warmup);
+        let mut parameters = self.parameters.clone();
         if let Some(ms) = self.config.downtime_limit_ms {
-            source.execute(
-                "migrate-set-parameters",
-                Some(json!({ "downtime-limit": ms })),
-            )?;
+            parameters.insert("downtime-limit".into(), json!(ms));
+        }
+        if !parameters.is_empty() {
+            source.execute("migrate-set-parameters", Some(Value::Object(parameters)))?;
         }
         let cpu = |s: &VmmProcess, t: &VmmProcess| cpu_seconds(s.pid()) + cpu_seconds(t.pid());
         let cpu_before = cpu(&source, &target);

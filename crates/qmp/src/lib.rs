@@ -19,6 +19,8 @@
 //! - [`server`]: [`QmpServer`] on a UNIX socket (mode 0600, a thread pair per client) and
 //!   [`EventSender`], which broadcasts [`QmpEvent`]s to every negotiated client.
 //! - [`client`]: [`QmpClient`], used by `sevmirror ctl`, the harness and tests.
+//! - [`fuzzing`]: the path the `qmp_requests` fuzz target and its seed replay test drive
+//!   (framing, negotiation, request checks, command and argument decoding).
 //!
 //! Dependencies: serde, serde_json, thiserror, log and std only. This crate must not depend
 //! on the VMM (`vmm`), the SEV platform or the binary: the binary owns the adapter that maps
@@ -35,6 +37,7 @@ mod args;
 pub mod client;
 pub mod command;
 pub mod error;
+pub mod fuzzing;
 pub mod reply;
 pub mod server;
 pub mod wire;

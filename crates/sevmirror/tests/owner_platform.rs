@@ -1185,3 +1185,86 @@ fn kvm_owner_round_trip_through_run_and_the_control_socket() {
     let status = vmm.wait_exit(Duration::from_secs(30)).unwrap();
     assert!(status.success(), "{status}");
 }
+
+#[test]
+fn owner_abort_writes_the_break_glass_token_for_one_committed_session() {
+    use migration::recovery::{hex, AbortTokenFile, CommitFile, TokenOrigin};
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+    ok(&["owner", "migration-secret", "--out", &p("mig.bin")]);
+    let secret: [u8; 32] = std::fs::read(p("mig.bin")).unwrap().try_into().unwrap();
+    let session: [u8; 32] = core::array::from_fn(|i| i as u8 ^ 0x5a);
+    let commit = CommitFile {
+        transcript: session,
+        record: [0xc0; helper_abi::record::COMMIT_RECORD_SIZE],
+    };
+    std::fs::write(p("commit.bin"), commit.encode()).unwrap();
+    // The owner must state the decision; without it nothing is written.
+    fails(
+        &[
+            "owner",
+            "abort",
+            "--migration-secret",
+            &p("mig.bin"),
+            "--commit-file",
+            &p("commit.bin"),
+            "--out",
+            &p("a.bin"),
+        ],
+        2,
+        "--target-never-ran",
+    );
+    assert!(!dir.path().join("a.bin").exists());
+    let want = mirror_helper::keys::owner_abort_token(&secret, &session);
+    for (how, value) in [
+        ("--commit-file", p("commit.bin")),
+        ("--session", hex(&session)),
+    ] {
+        ok(&[
+            "owner",
+            "abort",
+            "--migration-secret",
+            &p("mig.bin"),
+            how,
+            &value,
+            "--target-never-ran",
+            "--out",
+            &p("a.bin"),
+        ]);
+        let token = AbortTokenFile::decode(&std::fs::read(p("a.bin")).unwrap()).unwrap();
+        assert_eq!(token.origin, TokenOrigin::Owner);
+        assert_eq!(token.transcript, session);
+        assert_eq!(token.tag, want, "{how}");
+    }
+    fails(
+        &[
+            "owner",
+            "abort",
+            "--migration-secret",
+            &p("mig.bin"),
+            "--session",
+            "abcd",
+            "--target-never-ran",
+            "--out",
+            &p("b.bin"),
+        ],
+        2,
+        "64 hex digits",
+    );
+    std::fs::write(p("not-a-commit.bin"), b"garbage").unwrap();
+    fails(
+        &[
+            "owner",
+            "abort",
+            "--migration-secret",
+            &p("mig.bin"),
+            "--commit-file",
+            &p("not-a-commit.bin"),
+            "--target-never-ran",
+            "--out",
+            &p("b.bin"),
+        ],
+        1,
+        "is not a commit file",
+    );
+}

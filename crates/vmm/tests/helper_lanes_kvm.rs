@@ -1,12 +1,14 @@
 //! The migration helper's lanes under /dev/kvm, with the real firmware: a hostile VMM
 //! driving mirror VMs of one guest the way the host could — a second mirror attached to
-//! a guest whose first mirror holds a session, more helper vCPUs than slots, a RESET sent
-//! from one helper vCPU while another seals. What the helper entry (boot.s) and its
-//! private slot counter guarantee: no two helper vCPUs ever seal under one nonce, no
-//! stack is shared, and a RESET never lands inside another vCPU's request. And the
-//! commit end to end: the source helper's commit parks the source guest's workload
-//! (the "migrated out" check), refuses a second migration, and the target helper takes
-//! the commit.
+//! a guest whose first mirror holds a session (two vCPUs entering as one lane, as the
+//! old register-chosen lane allowed), more helper vCPUs than slots, a RESET or a new
+//! key agreement (the old KEYS) sent from one helper vCPU while another seals, RESET and
+//! a new session to import into a guest that already runs. What the helper entry
+//! (boot.s) and its private slot counter guarantee: no two helper vCPUs ever seal under
+//! one nonce, no stack is shared, nothing that changes the session lands inside another
+//! vCPU's request, and a guest that ran never imports. And the commit end to end: the
+//! source helper's commit parks the source guest's workload (the "migrated out" check),
+//! refuses a second migration, and the target helper takes the commit.
 //!
 //! Each test prints a loud SKIPPED line where /dev/kvm is missing.
 
@@ -421,4 +423,164 @@ fn kvm_a_committed_guest_stops_running_and_only_the_target_runs_it() {
         info.info_flags & helper_abi::mailbox::info_flags::INCOMING,
         0
     );
+}
+
+#[test]
+fn kvm_a_new_key_agreement_from_another_helper_vcpu_never_lands_inside_a_seal() {
+    let Some(kvm) = kvm() else { return };
+    let (_dir, psp) = platform();
+    let (src, _src_out) = owned_guest(&kvm, &psp, "dirty", Boot::Normal);
+    let (dst, _dst_out) = owned_guest(&kvm, &psp, "idle", Boot::Incoming);
+    let mut mirror = src.attach_mirror(&kvm, 2).unwrap();
+    let mut target = dst.attach_mirror(&kvm, 1).unwrap();
+    let mut helpers = mirror.take_helpers();
+    let t = &mut target.helpers_mut()[0];
+    handshake(&mut helpers[0], t, [0x51; 16], [0x4e; 32]).unwrap();
+    let gpas: Vec<u64> = (0x20_0000u64..0x100_0000)
+        .step_by(4096)
+        .filter(|g| !(layout::SEV_AREA_BASE..layout::SEV_AREA_END).contains(g))
+        .take(64)
+        .collect();
+    let mut rekeyer = helpers.pop().unwrap();
+    let mut sealer = helpers.pop().unwrap();
+    // One vCPU seals; the other tries to start a new session (the old KEYS) as fast as
+    // it can. A keyed session is never restarted (BAD_STATE), and nothing that changes
+    // the session enters while a request is inside (BUSY): a seal never mixes two
+    // sessions' keys or restarts a lane's sequence.
+    let (sealed, starts) = std::thread::scope(|s| {
+        let seal = s.spawn(|| {
+            let mut ok = Vec::new();
+            for _ in 0..20 {
+                match export(&mut sealer, &gpas) {
+                    Ok(r) => ok.push(r),
+                    Err(HelperError::Refused { status, .. }) => {
+                        assert_ne!(status, Status::OK);
+                        break;
+                    }
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            ok
+        });
+        let start = s.spawn(|| {
+            let mut statuses = Vec::new();
+            for _ in 0..200 {
+                let (r, _) = rekeyer
+                    .call_with(
+                        Request {
+                            op: Op::HS_START.0,
+                            bytes: 32,
+                            session_id: [0x52; 16],
+                            ..Default::default()
+                        },
+                        &[],
+                        &[0x4e; 32],
+                    )
+                    .unwrap();
+                statuses.push(r.status());
+                if r.status() == Status::OK {
+                    break;
+                }
+            }
+            statuses
+        });
+        (seal.join().unwrap(), start.join().unwrap())
+    });
+    assert!(
+        starts
+            .iter()
+            .all(|&s| s == Status::BAD_STATE || s == Status::BUSY),
+        "{starts:?}"
+    );
+    assert_eq!(sealed.len(), 20, "the session was never disturbed");
+    // Every batch reported sealed opens at the target under the first session.
+    for records in &sealed {
+        import(t, records).unwrap();
+    }
+}
+
+#[test]
+fn kvm_a_guest_that_runs_never_imports_again() {
+    let Some(kvm) = kvm() else { return };
+    let (_dir, psp) = platform();
+    let (src, _src_out) = owned_guest(&kvm, &psp, "dirty", Boot::Normal);
+    let (dst, _dst_out) = owned_guest(&kvm, &psp, "idle", Boot::Incoming);
+    let (other, _other_out) = owned_guest(&kvm, &psp, "dirty", Boot::Normal);
+    let mut source = src.attach_mirror(&kvm, 1).unwrap();
+    let mut target = dst.attach_mirror(&kvm, 1).unwrap();
+    let mut spare = other.attach_mirror(&kvm, 1).unwrap();
+    let region = (source.info().region_base, source.info().region_size);
+    let (s, t) = (&mut source.helpers_mut()[0], &mut target.helpers_mut()[0]);
+    handshake(s, t, [0x61; 16], [0x4e; 32]).unwrap();
+    // The whole guest moves; the host keeps the first batch's records.
+    let mut kept = Vec::new();
+    for chunk in private_pages(&src, region).chunks(256) {
+        let records = export(s, chunk).unwrap();
+        import(t, &records).unwrap();
+        if kept.is_empty() {
+            kept = records;
+        }
+    }
+    let m = s
+        .call_ok(
+            Request {
+                op: Op::FINISH.0,
+                ..Default::default()
+            },
+            &[],
+        )
+        .unwrap();
+    let mut manifest = vec![0u8; m.bytes as usize];
+    s.read_window(0, 0, &mut manifest).unwrap();
+    window_call(t, Op::FINISH, &manifest).unwrap();
+    let c = s
+        .call_ok(
+            Request {
+                op: Op::COMMIT.0,
+                ..Default::default()
+            },
+            &[],
+        )
+        .unwrap();
+    let mut commit = vec![0u8; c.bytes as usize];
+    s.read_window(0, 0, &mut commit).unwrap();
+    window_call(t, Op::COMMIT, &commit).unwrap();
+    // The guest runs at the target. The host resets its helper and keys it as a target
+    // again (the old RESET + KEYS), to replay the records it kept into the running guest.
+    t.call_ok(
+        Request {
+            op: Op::RESET.0,
+            ..Default::default()
+        },
+        &[],
+    )
+    .unwrap();
+    let o = &mut spare.helpers_mut()[0];
+    let again = handshake(o, t, [0x62; 16], [0x4e; 32]).unwrap_err();
+    assert!(
+        matches!(
+            again,
+            HelperError::Refused {
+                status: Status::NOT_INCOMING,
+                ..
+            }
+        ),
+        "{again}"
+    );
+    let replayed = import(t, &kept).unwrap_err();
+    assert!(
+        matches!(replayed, HelperError::Refused { .. }),
+        "{replayed}"
+    );
+    // A guest booted normally (it runs) never takes records either.
+    o.call_ok(
+        Request {
+            op: Op::RESET.0,
+            ..Default::default()
+        },
+        &[],
+    )
+    .unwrap();
+    let never = import(o, &kept).unwrap_err();
+    assert!(matches!(never, HelperError::Refused { .. }), "{never}");
 }

@@ -60,7 +60,11 @@
 //!   after the commit: the source resumes only if the target's AbortToken verifies at the
 //!   source helper (RELEASE); without it (lost stream, withheld token) it stays stopped,
 //!   "awaiting abort", until the target's token or the guest owner's break-glass abort
-//!   arrives by another way.
+//!   arrives by another way. The source kept the commit record in a file before Done
+//!   (crate::recovery): a target whose stream ends after its Ready does not give up but
+//!   waits for that file, or for its operator's abort (whose token is kept in a file
+//!   too). A source that is cancelled after the commit sends Abort on the live
+//!   connection, asking the target for its token.
 //! ```
 //!
 //! A plain guest has no helper: Hello, HelloAck, rounds of PlainPages and RoundEnd,

@@ -449,8 +449,11 @@ impl Job {
         }
     }
 
-    /// Waits for the thread (after `cancel`, or once it reported its end).
+    /// Waits for the thread (after `cancel`, or once it reported its end). An incoming
+    /// migration waiting for the operator's command stops waiting: the command channel
+    /// closes first.
     pub fn join(&mut self) {
+        self.commands = None;
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
