@@ -11,6 +11,7 @@
 #![no_std]
 
 pub mod fwcfg;
+pub mod ghcb;
 pub mod layout;
 pub mod memmap;
 pub mod services;
