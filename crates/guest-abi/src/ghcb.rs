@@ -374,6 +374,9 @@ pub enum GhcbError {
     Exception(EventInjection),
     /// Response: `sw_exit_info_1` holds an undefined result code.
     BadResult(u64),
+    /// Response: a page-state change failed with this `sw_exit_info_2` ([`psc`] codes),
+    /// or made no progress.
+    PscFailed(u64),
 }
 
 impl GhcbError {
@@ -393,7 +396,8 @@ impl GhcbError {
             | GhcbError::MsrProtocol(_)
             | GhcbError::Malformed(_)
             | GhcbError::Exception(_)
-            | GhcbError::BadResult(_) => reason::INVALID_INPUT,
+            | GhcbError::BadResult(_)
+            | GhcbError::PscFailed(_) => reason::INVALID_INPUT,
         }
     }
 }
@@ -419,7 +423,9 @@ impl core::fmt::Display for GhcbError {
             GhcbError::PscEntry(i) => write!(f, "malformed page-state change entry {i}"),
             GhcbError::MsrProtocol(v) => write!(f, "unexpected GHCB MSR value {v:#x}"),
             GhcbError::UnknownService(n) => write!(f, "unknown guest-services call {n}"),
-            GhcbError::Malformed(r) => write!(f, "the hypervisor found the request malformed (reason {r})"),
+            GhcbError::Malformed(r) => {
+                write!(f, "the hypervisor found the request malformed (reason {r})")
+            }
             GhcbError::Exception(e) => write!(
                 f,
                 "the hypervisor asks for exception {} (event {:#x})",
@@ -427,6 +433,7 @@ impl core::fmt::Display for GhcbError {
                 e.0
             ),
             GhcbError::BadResult(r) => write!(f, "undefined GHCB result code {r:#x}"),
+            GhcbError::PscFailed(r) => write!(f, "page-state change failed ({r:#x})"),
         }
     }
 }
@@ -440,9 +447,18 @@ pub struct Ghcb {
 impl core::fmt::Debug for Ghcb {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Ghcb")
-            .field("sw_exit_code", &format_args!("{:#x}", self.get(Field::SwExitCode)))
-            .field("sw_exit_info_1", &format_args!("{:#x}", self.get(Field::SwExitInfo1)))
-            .field("sw_exit_info_2", &format_args!("{:#x}", self.get(Field::SwExitInfo2)))
+            .field(
+                "sw_exit_code",
+                &format_args!("{:#x}", self.get(Field::SwExitCode)),
+            )
+            .field(
+                "sw_exit_info_1",
+                &format_args!("{:#x}", self.get(Field::SwExitInfo1)),
+            )
+            .field(
+                "sw_exit_info_2",
+                &format_args!("{:#x}", self.get(Field::SwExitInfo2)),
+            )
             .field("valid", &format_args!("{:#x}", self.valid_bitmap().0))
             .field("usage", &self.usage())
             .field("version", &self.protocol_version())
@@ -529,8 +545,7 @@ impl Ghcb {
     /// Clears the valid bitmap (what the hypervisor does before writing its answer, so
     /// that only returned fields read as valid).
     pub fn clear_valid_bitmap(&mut self) {
-        self.page[offset::VALID_BITMAP..offset::VALID_BITMAP + offset::VALID_BITMAP_LEN]
-            .fill(0);
+        self.page[offset::VALID_BITMAP..offset::VALID_BITMAP + offset::VALID_BITMAP_LEN].fill(0);
     }
 
     /// The shared buffer.
@@ -826,7 +841,10 @@ mod tests {
 
         for code in [ExitCode::MMIO_READ, ExitCode::MMIO_WRITE, ExitCode::PSC] {
             let mut m = request(code, 0xfe00_0000, 8);
-            assert_eq!(m.check_request(), Err(GhcbError::MissingField(Field::SwScratch)));
+            assert_eq!(
+                m.check_request(),
+                Err(GhcbError::MissingField(Field::SwScratch))
+            );
             m.set(Field::SwScratch, 0x1800);
             assert_eq!(m.check_request(), Ok(code));
         }
@@ -841,11 +859,17 @@ mod tests {
         g.set(Field::Rax, b'x'.into());
         assert_eq!(g.check_request(), Ok(ExitCode::IOIO));
         let inb = IoioInfo::new(0x3f8, Size::Byte, Direction::In).encode();
-        assert_eq!(request(ExitCode::IOIO, inb, 0).check_request(), Ok(ExitCode::IOIO));
+        assert_eq!(
+            request(ExitCode::IOIO, inb, 0).check_request(),
+            Ok(ExitCode::IOIO)
+        );
         let mut ins = IoioInfo::new(0x3f8, Size::Word, Direction::In);
         ins.string = Mode::String;
         let g = request(ExitCode::IOIO, ins.encode(), 4);
-        assert_eq!(g.check_request(), Err(GhcbError::MissingField(Field::SwScratch)));
+        assert_eq!(
+            g.check_request(),
+            Err(GhcbError::MissingField(Field::SwScratch))
+        );
         assert_eq!(
             request(ExitCode::IOIO, 0x30, 0).check_request(),
             Err(GhcbError::Ioio(0x30))
@@ -888,7 +912,10 @@ mod tests {
         let base = 0x81_0000;
         let buf = Ghcb::shared_buffer_gpa(base);
         let mut g = Ghcb::zeroed();
-        assert_eq!(g.scratch(base, 8), Err(GhcbError::MissingField(Field::SwScratch)));
+        assert_eq!(
+            g.scratch(base, 8),
+            Err(GhcbError::MissingField(Field::SwScratch))
+        );
         g.set(Field::SwScratch, buf);
         assert_eq!(g.scratch(base, 8), Ok(0..8));
         assert_eq!(
@@ -905,7 +932,10 @@ mod tests {
         assert!(g.scratch(base, u64::MAX).is_err(), "length overflow");
         g.set(Field::SwScratch, buf + 2024);
         assert_eq!(g.scratch(base, 8), Ok(2024..2032));
-        assert!(g.scratch(base, 9).is_err(), "runs into the version/usage words");
+        assert!(
+            g.scratch(base, 9).is_err(),
+            "runs into the version/usage words"
+        );
         for gpa in [buf - 1, base, base + 0x3f8, base + 0x1000, 0, u64::MAX] {
             g.set(Field::SwScratch, gpa);
             assert!(g.scratch(base, 1).is_err(), "{gpa:#x}");
@@ -951,7 +981,11 @@ mod tests {
         );
         let mut w = Ghcb::zeroed();
         w.set(Field::SwExitInfo1, 0);
-        assert_eq!(w.check_response(ExitCode::MSR, 1), Ok(()), "WRMSR returns nothing");
+        assert_eq!(
+            w.check_response(ExitCode::MSR, 1),
+            Ok(()),
+            "WRMSR returns nothing"
+        );
         assert_eq!(
             w.check_response(ExitCode::MSR, 0),
             Err(GhcbError::MissingField(Field::Rax))
@@ -971,7 +1005,10 @@ mod tests {
     #[test]
     fn exit_code_names_cover_the_defined_codes_only() {
         assert_eq!(ExitCode::CPUID.name(), Some("cpuid"));
-        assert_eq!(ExitCode::SEVMIRROR_SERVICE.name(), Some("sevmirror-service"));
+        assert_eq!(
+            ExitCode::SEVMIRROR_SERVICE.name(),
+            Some("sevmirror-service")
+        );
         assert_eq!(ExitCode(0x8000_0006).name(), None);
     }
 }

@@ -233,8 +233,7 @@ mod tests {
                 for dir in [Direction::In, Direction::Out] {
                     for string in [Mode::Single, Mode::String] {
                         for rep in [Repeat::Once, Repeat::Rep] {
-                            for address in [AddressSize::A16, AddressSize::A32, AddressSize::A64]
-                            {
+                            for address in [AddressSize::A16, AddressSize::A32, AddressSize::A64] {
                                 let info = IoioInfo {
                                     port,
                                     size,

@@ -257,10 +257,7 @@ mod tests {
             0x8000_001f_4000_0004
         );
         // GHCB_MSR_REG_GPA_REQ_VAL(0x810)
-        assert_eq!(
-            MsrRequest::RegisterGpa { gfn: 0x810 }.encode(),
-            0x0081_0012
-        );
+        assert_eq!(MsrRequest::RegisterGpa { gfn: 0x810 }.encode(), 0x0081_0012);
         // GHCB_SEV_TERM_REASON(1, 4) | GHCB_MSR_TERM_REQ
         assert_eq!(
             MsrRequest::Terminate { set: 1, reason: 4 }.encode(),
@@ -268,10 +265,7 @@ mod tests {
         );
         assert_eq!(MsrRequest::SevInfo.encode(), 2);
         assert_eq!(MsrRequest::HvFeatures.encode(), 0x80);
-        assert_eq!(
-            MsrRequest::Ghcb { gpa: 0x81_0000 }.encode(),
-            0x81_0000
-        );
+        assert_eq!(MsrRequest::Ghcb { gpa: 0x81_0000 }.encode(), 0x81_0000);
     }
 
     #[test]
@@ -319,6 +313,9 @@ mod tests {
         // A response where a request belongs and the other way round.
         assert!(MsrRequest::decode(MsrResponse::HvFeatures(0).encode()).is_err());
         assert!(MsrResponse::decode(MsrRequest::SevInfo.encode()).is_err());
-        assert!(MsrResponse::decode(0x81_0000).is_err(), "a GPA is no response");
+        assert!(
+            MsrResponse::decode(0x81_0000).is_err(),
+            "a GPA is no response"
+        );
     }
 }

@@ -123,7 +123,7 @@ impl Entry {
             size,
         };
         if u64::from(entry.cur_page) > size.pages()
-            || (size == PageSize::Size2M && entry.gfn % 512 != 0)
+            || (size == PageSize::Size2M && !entry.gfn.is_multiple_of(512))
         {
             return Err(bad);
         }
@@ -161,13 +161,10 @@ impl PscDesc {
 
     /// Appends an entry and makes it the last to process; fails when full.
     pub fn push(&mut self, entry: Entry) -> Result<(), GhcbError> {
-        let slot = self
-            .entries
-            .get_mut(self.len)
-            .ok_or(GhcbError::PscHeader {
-                cur: self.cur_entry,
-                end: MAX_ENTRIES as u16,
-            })?;
+        let slot = self.entries.get_mut(self.len).ok_or(GhcbError::PscHeader {
+            cur: self.cur_entry,
+            end: MAX_ENTRIES as u16,
+        })?;
         *slot = entry.encode();
         self.end_entry = self.len as u16;
         self.len += 1;
@@ -199,24 +196,29 @@ impl PscDesc {
     pub fn complete(&mut self, index: u16) -> Result<(), GhcbError> {
         let mut e = self.entry(index)?;
         e.cur_page = e.size.pages() as u16;
-        self.entries[usize::from(index)] = e.encode();
+        if let Some(slot) = self.entries.get_mut(usize::from(index)) {
+            *slot = e.encode();
+        }
         self.cur_entry = index.saturating_add(1);
         Ok(())
     }
 
     /// Indices of the entries still to process (`cur_entry..=end_entry`; empty when
     /// `cur_entry` is past the end).
-    pub fn pending(&self) -> core::ops::RangeInclusive<u16> {
+    pub fn pending(&self) -> core::ops::Range<u16> {
         if self.len == 0 {
-            return 1..=0;
+            return 0..0;
         }
-        self.cur_entry..=self.end_entry
+        // end_entry < MAX_ENTRIES, so the sum cannot overflow.
+        self.cur_entry..self.end_entry + 1
     }
 
     /// Decodes a descriptor from the scratch area: `end_entry` below [`MAX_ENTRIES`],
     /// the entries up to it inside `buf`, and every pending entry well formed.
     pub fn decode(buf: &[u8]) -> Result<Self, GhcbError> {
-        let header = buf.get(..HEADER_LEN).ok_or(GhcbError::Length(buf.len() as u64))?;
+        let header = buf
+            .get(..HEADER_LEN)
+            .ok_or(GhcbError::Length(buf.len() as u64))?;
         let cur = u16::from_le_bytes([header[0], header[1]]);
         let end = u16::from_le_bytes([header[2], header[3]]);
         let bad_header = GhcbError::PscHeader { cur, end };
@@ -289,7 +291,11 @@ mod tests {
             good | 2,
             unaligned_2m,
         ] {
-            assert_eq!(Entry::decode(bad, 7), Err(GhcbError::PscEntry(7)), "{bad:#x}");
+            assert_eq!(
+                Entry::decode(bad, 7),
+                Err(GhcbError::PscEntry(7)),
+                "{bad:#x}"
+            );
         }
     }
 
@@ -307,7 +313,7 @@ mod tests {
         assert_eq!(&buf[..8], &[0, 0, 31, 0, 0, 0, 0, 0]);
         let back = PscDesc::decode(&buf).unwrap();
         assert_eq!(back, d);
-        assert_eq!(back.pending(), 0..=31);
+        assert_eq!(back.pending(), 0..32);
         assert_eq!(back.entry(5).unwrap().gfn, 0x815);
     }
 
@@ -362,7 +368,7 @@ mod tests {
         buf[8..16].copy_from_slice(&u64::MAX.to_le_bytes());
         buf[0] = 1;
         let mut back = PscDesc::decode(&buf).unwrap();
-        assert_eq!(back.pending(), 1..=1);
+        assert_eq!(back.pending(), 1..2);
         back.complete(1).unwrap();
         assert!(back.pending().is_empty());
         assert_eq!(back.entry(1).unwrap().cur_page, 1);

@@ -67,9 +67,7 @@ impl Call {
         match self {
             Call::Console => ValidBitmap::of(&[Field::SwScratch]),
             Call::Fault => ValidBitmap::of(&[Field::Rbx, Field::Rcx, Field::Rdx]),
-            Call::Exit | Call::Event | Call::Doorbell | Call::TakeRequest => {
-                ValidBitmap::of(&[])
-            }
+            Call::Exit | Call::Event | Call::Doorbell | Call::TakeRequest => ValidBitmap::of(&[]),
         }
     }
 }
