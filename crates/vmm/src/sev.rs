@@ -72,7 +72,7 @@ impl SevGuest {
     pub(crate) fn init(kvm_vm: &KvmVm, config: SevConfig) -> Result<SevGuest, VmError> {
         let vm_ref = VmRef(kvm_vm.raw_fd());
         config.backend.init_vm(vm_ref, false)?;
-        kvm_vm.trap_msr_reads(&[MSR_SEV_STATUS])?;
+        kvm_vm.trap_msrs(&[MSR_SEV_STATUS, guest_abi::ghcb::msr::MSR_GHCB])?;
         if config.transport == HypercallTransport::Vmmcall {
             kvm_vm.enable_hypercall_exit(hcall::MAP_GPA_RANGE)?;
         }
