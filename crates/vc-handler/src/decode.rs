@@ -939,6 +939,34 @@ mod tests {
     }
 
     #[test]
+    fn arbitrary_bytes_decode_or_fail_cleanly() {
+        // Every 1- and 2-byte sequence, and 3-byte ones after each prefix.
+        for a in 0..=255u8 {
+            for b in 0..=255u8 {
+                for bytes in [&[a][..], &[a, b][..], &[0x66, a, b][..], &[0x48, a, b][..]] {
+                    if let Ok(i) = decode(bytes) {
+                        assert!(i.len <= bytes.len(), "{bytes:02x?}");
+                    }
+                }
+            }
+        }
+        // Random 15-byte buffers (deterministic xorshift).
+        let mut s = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..200_000 {
+            let mut buf = [0u8; MAX_LEN];
+            for chunk in buf.chunks_mut(8) {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                chunk.copy_from_slice(&s.to_le_bytes()[..chunk.len()]);
+            }
+            if let Ok(i) = decode(&buf) {
+                assert!((1..=MAX_LEN).contains(&i.len));
+            }
+        }
+    }
+
+    #[test]
     fn linear_addresses_combine_base_index_and_displacement() {
         let regs = |r: u8| u64::from(r) * 0x100;
         let m = mem(Base::Reg(12), Some((13, 8)), -16);

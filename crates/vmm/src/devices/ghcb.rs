@@ -1116,6 +1116,65 @@ mod tests {
         assert_eq!(m.exchange(GuestMode::SevSnp, 0, cpuid), TERMINATE_GENERAL);
     }
 
+    /// Deterministic xorshift, for the mutation test below.
+    fn next(state: &mut u64) -> u64 {
+        *state ^= *state << 13;
+        *state ^= *state >> 7;
+        *state ^= *state << 17;
+        *state
+    }
+
+    #[test]
+    fn mutated_requests_get_an_answer_never_a_panic() {
+        // Start from one valid request of each kind and flip random bytes of the save
+        // area, the shared buffer and the usage/version words.
+        let mut seeds = Vec::new();
+        let mut cpuid = request(ExitCode::CPUID, 0, 0);
+        cpuid.set(Field::Rax, 0xd);
+        cpuid.set(Field::Rcx, 0);
+        cpuid.set(Field::Xcr0, 1);
+        seeds.push(cpuid);
+        let mut mmio = request(ExitCode::MMIO_WRITE, 0xfe00_0000, 8);
+        mmio.set(Field::SwScratch, SCRATCH);
+        seeds.push(mmio);
+        let mut psc_req = request(ExitCode::PSC, 0, 0);
+        psc_req.set(Field::SwScratch, SCRATCH);
+        let mut d = PscDesc::new();
+        d.push(Entry::new(0x810, Operation::Shared, PageSize::Size4K))
+            .unwrap();
+        d.encode(psc_req.shared_buffer_mut()).unwrap();
+        seeds.push(psc_req);
+        let mut console = request(ExitCode::SEVMIRROR_SERVICE, Call::Console.number(), 4);
+        console.set(Field::SwScratch, SCRATCH);
+        seeds.push(console);
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut host = FakeHost::default();
+        for round in 0..20_000 {
+            let seed = &seeds[round % seeds.len()];
+            let mut bytes = *seed.page();
+            for _ in 0..1 + next(&mut state) % 4 {
+                let r = next(&mut state);
+                let at = match r % 4 {
+                    0 => 0x390 + (r >> 8) as usize % 0x20,
+                    1 => 0x3f0 + (r >> 8) as usize % 16,
+                    2 => 0x800 + (r >> 8) as usize % 24,
+                    _ => (r >> 8) as usize % PAGE_LEN,
+                };
+                bytes[at] ^= (r >> 32) as u8 | 1;
+            }
+            let page = Ghcb::from_page(&bytes);
+            for mode in [GuestMode::SevEs, GuestMode::SevSnp] {
+                let a = round_trip(&page, mode, &mut host);
+                let info1 = a.get_valid(Field::SwExitInfo1);
+                assert!(
+                    matches!(info1, Some(0..=2)),
+                    "round {round}: answer result {info1:?}"
+                );
+                assert_eq!(a.usage(), page.usage(), "the VMM never rewrites the usage");
+            }
+        }
+    }
+
     fn ram() -> Arc<GuestRam> {
         Arc::new(GuestRam::new(64 << 20).unwrap())
     }
