@@ -20,12 +20,14 @@ mod boot;
 mod console;
 mod cpu;
 mod fwcfg;
+mod ghcb;
 mod globals;
 mod helper;
 mod paging;
 mod services;
 mod sev;
 mod smp;
+mod vc;
 mod workloads;
 
 use core::sync::atomic::Ordering;
@@ -267,6 +269,7 @@ fn bsp_main() -> ! {
             globals::release_aps_idle();
             workloads::dirty::run(config.dirty_rate, config.tsc_khz)
         }
+        Workload::VcTest => workloads::vctest::run(sev.is_some_and(|s| s.es)),
         Workload::Canary => {
             let mut alloc = PageAllocator::new(&config.map);
             if workloads::canary::run(&mut alloc, sev.is_some()).is_none() {

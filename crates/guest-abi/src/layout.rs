@@ -79,8 +79,11 @@ pub const SEV_HASH_TABLE_SIZE: u64 = 0x1000;
 /// Page where the guest records the pages it shares with the host (private, migrated
 /// with the guest; the migration helper reads it to know which pages are private).
 pub const SEV_SHARED_LIST: u64 = 0x80_2000;
+/// Per-CPU GHCB pages (SEV-ES), one page per CPU (CPU n's at `GHCB_BASE + n * 4 KiB`);
+/// the firmware shares them with the host.
+pub const GHCB_BASE: u64 = 0x81_0000;
 /// End of the SEV area.
-pub const SEV_AREA_END: u64 = 0x81_0000;
+pub const SEV_AREA_END: u64 = GHCB_BASE + PAGE_SIZE * MAX_VCPUS as u64;
 
 /// Base of the region reserved for the mirror migration helper. Its size grows with RAM
 /// (see helper-abi's `region` module); it always ends below [`MIN_RAM`] plus a
@@ -93,6 +96,11 @@ pub const SERVICES_GPA: u64 = 0xFE00_0000;
 /// Top of the given CPU's kernel stack.
 pub const fn kstack_top(cpu: usize) -> u64 {
     KSTACKS + KSTACK_SIZE * (cpu as u64 + 1)
+}
+
+/// The given CPU's GHCB page.
+pub const fn ghcb_gpa(cpu: usize) -> u64 {
+    GHCB_BASE + PAGE_SIZE * cpu as u64
 }
 
 /// Top of the given CPU's user stack.

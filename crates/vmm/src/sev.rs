@@ -86,7 +86,7 @@ impl SevGuest {
             measurement: None,
         };
         guest.config.backend.init_vm(vm_ref, false)?;
-        kvm_vm.trap_msr_reads(&[MSR_SEV_STATUS])?;
+        kvm_vm.trap_msrs(&[MSR_SEV_STATUS, guest_abi::ghcb::msr::MSR_GHCB])?;
         if guest.config.transport == HypercallTransport::Vmmcall {
             kvm_vm.enable_hypercall_exit(hcall::MAP_GPA_RANGE)?;
         }

@@ -4,6 +4,8 @@
 //! vCPU stuck in KVM_RUN still sees them. Terminal outcomes (guest exit, guest fault,
 //! vCPU failure) are reported as [`VmEvent`]s and end the thread.
 
+mod ghcb;
+
 use crate::{
     console::ConsoleOut,
     devices::{
@@ -18,7 +20,7 @@ use crate::{
     memory::HostView,
     sev::{map_gpa_range, MSR_SEV_STATUS},
 };
-use guest_abi::{layout, services::Event};
+use guest_abi::{ghcb::msr::MSR_GHCB, layout, services::Event};
 use kvm_ioctls::VcpuExit;
 use std::{
     os::unix::thread::JoinHandleExt,
@@ -72,6 +74,18 @@ pub enum VcpuError {
     /// A KVM ioctl failed.
     #[error(transparent)]
     Kvm(#[from] KvmError),
+    /// An SEV-ES VMGEXIT could not be answered (the GHCB is private or not RAM).
+    #[error("cannot serve the guest's VMGEXIT")]
+    Vmgexit(#[source] crate::devices::ghcb::VmgexitError),
+    /// An SEV-ES guest asked to be stopped through the GHCB MSR protocol, or broke one of
+    /// its rules (KVM stops such a guest the same way).
+    #[error("the SEV-ES guest requested termination (reason set {set}, reason {reason})")]
+    GuestTerminated {
+        /// Reason-code set (0 = general).
+        set: u8,
+        /// Reason code.
+        reason: u8,
+    },
 }
 
 /// Something that happened to the VM, reported to its owner.
@@ -269,11 +283,21 @@ struct VcpuThread {
     inbox: Receiver<VcpuCommand>,
     latch: ServicesLatch,
     stats: ExitStats,
+    /// The vCPU's CPUID table, which SEV-ES CPUID exits are answered from.
+    cpuid: Vec<kvm_bindings::kvm_cpuid_entry2>,
 }
 
 impl VcpuThread {
     fn new(vcpu: KvmVcpu, ctx: VcpuContext, inbox: Receiver<VcpuCommand>) -> Self {
+        let cpuid = vcpu.cpuid().unwrap_or_else(|e| {
+            log::warn!(
+                "vCPU {}: {e}; SEV-ES CPUID exits will read zeros",
+                vcpu.id()
+            );
+            Vec::new()
+        });
         VcpuThread {
+            cpuid,
             vcpu,
             ctx,
             inbox,
@@ -298,9 +322,14 @@ impl VcpuThread {
                 return;
             }
             let flow = match self.vcpu.run() {
-                Ok(RunResult::Exit(exit)) => {
-                    Self::handle_exit(&self.ctx, &mut self.latch, &mut self.stats, id, exit)
-                }
+                Ok(RunResult::Exit(exit)) => Self::handle_exit(
+                    &self.ctx,
+                    &mut self.latch,
+                    &mut self.stats,
+                    &self.cpuid,
+                    id,
+                    exit,
+                ),
                 Ok(RunResult::Interrupted) => {
                     self.vcpu.set_immediate_exit(false);
                     Flow::Continue
@@ -395,6 +424,7 @@ impl VcpuThread {
         ctx: &VcpuContext,
         latch: &mut ServicesLatch,
         stats: &mut ExitStats,
+        cpuid: &[kvm_bindings::kvm_cpuid_entry2],
         id: u32,
         exit: VcpuExit<'_>,
     ) -> Flow {
@@ -420,7 +450,7 @@ impl VcpuThread {
                     .checked_sub(ctx.services_gpa)
                     .filter(|&o| o < layout::PAGE_SIZE)
                 {
-                    Some(offset) => Self::services_write(ctx, latch, id, offset, data),
+                    Some(offset) => Self::services_write(ctx, latch, cpuid, id, offset, data),
                     None => {
                         log::debug!(
                             "vCPU {id}: ignored MMIO write of {} bytes at {addr:#x}",
@@ -466,6 +496,10 @@ impl VcpuThread {
                         *msr.data = value;
                         *msr.error = 0;
                     }
+                    (MSR_GHCB, _) if ghcb::guest_mode(ctx).is_some() => {
+                        *msr.data = latch.ghcb_msr.read();
+                        *msr.error = 0;
+                    }
                     // Anything else the filter sent here: #GP, as for a missing MSR.
                     _ => *msr.error = 1,
                 }
@@ -473,7 +507,12 @@ impl VcpuThread {
             }
             VcpuExit::X86Wrmsr(msr) => {
                 stats.other += 1;
-                *msr.error = 1;
+                if msr.index == MSR_GHCB && ghcb::guest_mode(ctx).is_some() {
+                    latch.ghcb_msr.write(msr.data);
+                    *msr.error = 0;
+                } else {
+                    *msr.error = 1;
+                }
                 Flow::Continue
             }
             VcpuExit::Hypercall(call) => {
@@ -506,6 +545,7 @@ impl VcpuThread {
     fn services_write(
         ctx: &VcpuContext,
         latch: &mut ServicesLatch,
+        cpuid: &[kvm_bindings::kvm_cpuid_entry2],
         id: u32,
         offset: u64,
         data: &[u8],
@@ -534,6 +574,7 @@ impl VcpuThread {
                 Flow::Continue
             }
             ServicesRequest::Doorbell(_) => Flow::Continue,
+            ServicesRequest::Vmgexit => ghcb::vmgexit(ctx, latch, cpuid, id),
             ServicesRequest::Unknown { offset } => {
                 log::debug!("vCPU {id}: write to undefined services register {offset:#x}");
                 Flow::Continue

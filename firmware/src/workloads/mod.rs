@@ -3,6 +3,7 @@
 pub mod canary;
 pub mod dirty;
 pub mod selftest;
+pub mod vctest;
 
 use crate::globals;
 use core::sync::atomic::Ordering;
@@ -19,6 +20,8 @@ pub enum Workload {
     Canary,
     /// Keep rewriting pages at a set rate; verify them on the host's request.
     Dirty,
+    /// Enter the SEV-ES #VC handler with synthetic frames against the real VMM.
+    VcTest,
 }
 
 impl Workload {
@@ -29,6 +32,7 @@ impl Workload {
             Workload::Idle => "idle",
             Workload::Canary => "canary",
             Workload::Dirty => "dirty",
+            Workload::VcTest => "vctest",
         }
     }
 
@@ -39,6 +43,7 @@ impl Workload {
             b"idle" => Some(Workload::Idle),
             b"canary" => Some(Workload::Canary),
             b"dirty" => Some(Workload::Dirty),
+            b"vctest" => Some(Workload::VcTest),
             _ => None,
         }
     }

@@ -66,6 +66,9 @@ pub enum KvmError {
     /// KVM_SET_CPUID2 failed.
     #[error("cannot set the CPUID of vCPU {0}")]
     SetCpuid(u32, #[source] kvm_ioctls::Error),
+    /// KVM_GET_CPUID2 failed.
+    #[error("cannot read the CPUID of vCPU {0}")]
+    GetCpuid(u32, #[source] kvm_ioctls::Error),
     /// KVM_GET_LAPIC / KVM_SET_LAPIC failed.
     #[error("cannot refresh the local APIC of vCPU {0}")]
     Lapic(u32, #[source] kvm_ioctls::Error),
@@ -199,9 +202,10 @@ impl KvmVm {
         })
     }
 
-    /// Makes guest reads of `msrs` exit to the VMM (KVM_CAP_X86_USER_SPACE_MSR with an
-    /// MSR filter); the VMM answers them (SEV_STATUS on the emulated platform).
-    pub fn trap_msr_reads(&self, msrs: &[u32]) -> Result<(), KvmError> {
+    /// Makes guest reads and writes of `msrs` exit to the VMM (KVM_CAP_X86_USER_SPACE_MSR
+    /// with an MSR filter); the VMM answers them (SEV_STATUS and, for SEV-ES, the GHCB MSR
+    /// on the emulated platform).
+    pub fn trap_msrs(&self, msrs: &[u32]) -> Result<(), KvmError> {
         use kvm_ioctls::{MsrFilterDefaultAction, MsrFilterRange, MsrFilterRangeFlags};
         let cap = kvm_bindings::kvm_enable_cap {
             cap: kvm_bindings::KVM_CAP_X86_USER_SPACE_MSR,
@@ -211,12 +215,12 @@ impl KvmVm {
         self.fd
             .enable_cap(&cap)
             .map_err(|e| KvmError::Capability("KVM_CAP_X86_USER_SPACE_MSR", e))?;
-        // A zero bit denies the read, which the capability turns into an exit.
+        // A zero bit denies the access, which the capability turns into an exit.
         let deny = [0u8; 1];
         let ranges: Vec<MsrFilterRange<'_>> = msrs
             .iter()
             .map(|&base| MsrFilterRange {
-                flags: MsrFilterRangeFlags::READ,
+                flags: MsrFilterRangeFlags::READ | MsrFilterRangeFlags::WRITE,
                 base,
                 msr_count: 1,
                 bitmap: &deny,
@@ -396,6 +400,15 @@ impl KvmVcpu {
         self.fd
             .set_lapic(&lapic)
             .map_err(|e| KvmError::Lapic(self.id, e))
+    }
+
+    /// The CPUID table the vCPU was given (what the VMM answers an SEV-ES guest's CPUID
+    /// exits from).
+    pub fn cpuid(&self) -> Result<Vec<kvm_bindings::kvm_cpuid_entry2>, KvmError> {
+        self.fd
+            .get_cpuid2(KVM_MAX_CPUID_ENTRIES)
+            .map(|c| c.as_slice().to_vec())
+            .map_err(|e| KvmError::GetCpuid(self.id, e))
     }
 
     /// The guest TSC frequency in kHz.
