@@ -4,13 +4,15 @@
 //! the host. A request is copied into the page, VMGEXIT is rung, and the answer is copied
 //! out once: the host may change the page at any time, so only that copy is used.
 //!
-//! On the development machines VMGEXIT never exits (DESIGN §2): a write to the services
-//! page's VMGEXIT register stands in for it. The GHCB MSR (0xC001_0130) is written and
-//! read at CPL0 through the `ud2` service calls; the VMM traps it and keeps it per vCPU,
-//! as the VMSA does on hardware. Setting up costs two CPL0 round trips (SEV information
-//! request, then the GHCB's GPA); every request after that is one MMIO exit.
+//! On the development machines VMGEXIT never exits (docs/architecture.md §4): a write to
+//! the services page's VMGEXIT register stands in for it ([`doorbell`]; on SEV-ES hardware
+//! this is the one line that becomes `rep vmmcall`). The GHCB MSR (0xC001_0130) is written
+//! and read at CPL0 through the `ud2` service calls (SEV-ES hardware serves it without a
+//! #VC); the VMM traps it and keeps it per vCPU, as the VMSA does on hardware. Setting up
+//! costs two CPL0 round trips (SEV information request, then the GHCB's GPA); every
+//! request after that is one MMIO exit.
 
-use crate::{cpu, sev};
+use crate::{cpu, es, sev};
 use guest_abi::{
     ghcb::{msr::MSR_GHCB, Ghcb, PAGE_LEN},
     layout, services,
@@ -22,8 +24,8 @@ pub struct CpuGhcb {
     cpu: usize,
 }
 
-/// Rings the VMGEXIT stand-in.
-fn doorbell() {
+/// Rings VMGEXIT (its stand-in: the services page's VMGEXIT register).
+pub fn doorbell() {
     core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
     // SAFETY: the services page is identity-mapped, has no memslot behind it, and every
     // access exits to the VMM; the write touches no guest memory. The VMM has served the
@@ -80,22 +82,34 @@ impl core::fmt::Display for GhcbInitError {
     }
 }
 
-/// Shares the GHCB pages of CPUs `0..ncpus` with the host, in one conversion (boot CPU,
-/// before the APs start: conversions happen on the boot CPU only).
+/// Sets up CPU `cpu`'s GHCB: negotiates the protocol version and points the GHCB MSR at
+/// the page. Each CPU does this for itself, first thing at CPL3.
 ///
-/// The announcement goes through the services page here, before any GHCB exists. On
-/// SEV-ES hardware a GHCB page needs no announcement to be usable (clearing the C-bit in
-/// the guest's page table shares it); the announcement, which the VMM's page-state
-/// record needs, would follow through the GHCB as a VMMCALL exit.
-pub fn share_pages(ncpus: usize) -> Result<(), GhcbInitError> {
-    sev::map_gpa_range(layout::ghcb_gpa(0), ncpus as u64, sev::Visibility::Shared)
-        .map_err(GhcbInitError::Share)
+/// The page is shared from its first VMGEXIT on: on hardware the guest shares it by
+/// clearing the C-bit of its mapping, which needs no channel to the host yet; the
+/// emulated platform stands in for that (docs/architecture.md §3.2). [`record_shared`]
+/// then records the pages in the guest's shared list and announces them.
+pub fn establish(cpu: usize) -> Result<(), GhcbInitError> {
+    client::establish(&mut CpuGhcb { cpu })
+        .map(drop)
+        .map_err(GhcbInitError::Establish)
 }
 
-/// Sets up CPU `cpu`'s GHCB (its page already shared): negotiates the protocol version and
-/// points the GHCB MSR at the page. Returns the client for this CPU.
-pub fn client(cpu: usize) -> Result<GhcbClient<CpuGhcb>, GhcbInitError> {
-    let mut transport = CpuGhcb { cpu };
-    client::establish(&mut transport).map_err(GhcbInitError::Establish)?;
-    Ok(GhcbClient::new(transport))
+/// Records the GHCB pages of every CPU the firmware supports as shared, in the guest's
+/// shared list, and announces them to the host (KVM_HC_MAP_GPA_RANGE through the boot
+/// CPU's GHCB). Boot CPU, before the APs start: conversions happen there only.
+pub fn record_shared() -> Result<(), GhcbInitError> {
+    sev::map_gpa_range(
+        layout::ghcb_gpa(0),
+        layout::MAX_VCPUS as u64,
+        sev::Visibility::Shared,
+    )
+    .map_err(GhcbInitError::Share)
+}
+
+/// A client on this CPU's GHCB (established already).
+pub fn client() -> GhcbClient<CpuGhcb> {
+    GhcbClient::new(CpuGhcb {
+        cpu: es::current_cpu(),
+    })
 }

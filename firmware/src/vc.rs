@@ -2,20 +2,21 @@
 //!
 //! On SEV-ES hardware every CPUID, RDMSR/WRMSR, IN/OUT and MMIO access raises #VC (vector
 //! 29, error code = exit code); this handler decodes the instruction, serves it through
-//! the CPU's GHCB and steps over it. On the development machines the CPU never raises #VC,
-//! so [`handle`] is entered with synthetic frames (the `vctest` workload) and the IDT's
-//! vector 29 still leads to boot.s's fatal-exception report.
+//! the CPU's GHCB and steps over it, as OVMF's `CcExitVcHandler` does. Rust never runs at
+//! CPL0 here (it is emulated ~5000x slower there, without SSE), so boot.s's vector-29 stub
+//! reflects a #VC raised at CPL3 to [`sevm_vc_rust_entry`] at CPL3: it copies the frame
+//! (vc-handler's [`VcFrame`]) to this CPU's frame slot (guest-abi `layout::vc_frame_gpa`)
+//! and IRETQs here on the interrupted stack, below its red zone; the handler writes the
+//! served registers back into the slot and returns through the VC_RETURN service, which
+//! reloads them and IRETQs to the instruction after the faulting one. A #VC at CPL0 cannot
+//! be reflected: the CPL0 code never executes what raises one under SEV-ES (boot.s asks
+//! through the GHCB MSR protocol instead).
 //!
-//! Wiring a real #VC needs a CPL0 stub that reflects the exception to CPL3, because Rust
-//! never runs at CPL0 here (emulated ~5000x slower and without SSE on these machines):
-//! push the GPRs to form a [`VcFrame`] on the kernel stack, copy it to a per-CPU frame
-//! page, IRETQ to a CPL3 entry that calls [`handle_at_rip`] on it and then returns with a
-//! `ud2` service ("VC_RETURN") that reloads the GPRs from the frame page and IRETQs to the
-//! frame's RIP/CS/RFLAGS/RSP/SS. A #VC raised at CPL0 itself (boot.s's `in`/`out`,
-//! `rdmsr`/`wrmsr`, `cpuid`) cannot be reflected; under SEV-ES those CPL0 sites must go
-//! through the GHCB instead (see the issue 12 report).
+//! On the development machines the CPU never raises #VC, so the `vctest` workload drives
+//! this path with the RAISE_VC test service (a #UD frame turned into a #VC frame, then the
+//! same stub), and enters [`handle`] with synthetic frames for each instruction kind.
 
-use crate::ghcb::CpuGhcb;
+use crate::{cpu, es, ghcb, println, services};
 use guest_abi::layout;
 use vc_handler::{
     client::GhcbClient,
@@ -24,8 +25,8 @@ use vc_handler::{
     handler::{self, VcEnv, VcError},
 };
 
-/// The firmware's environment: identity-mapped, MMIO only on the guest-services page,
-/// XSAVE never enabled.
+/// The firmware's environment: identity-mapped, MMIO only on the guest-services page, XCR0
+/// as boot.s set it.
 struct FirmwareEnv;
 
 impl VcEnv for FirmwareEnv {
@@ -36,8 +37,7 @@ impl VcEnv for FirmwareEnv {
     }
 
     fn xcr0(&self) -> u64 {
-        // CR4.OSXSAVE stays clear, so XCR0 holds its reset value: x87 state only.
-        1
+        es::xcr0()
     }
 }
 
@@ -45,13 +45,16 @@ impl VcEnv for FirmwareEnv {
 pub fn handle(
     frame: &mut VcFrame,
     insn: &[u8],
-    ghcb: &mut GhcbClient<CpuGhcb>,
+    ghcb: &mut GhcbClient<ghcb::CpuGhcb>,
 ) -> Result<(), VcError> {
     handler::handle(frame, insn, ghcb, &FirmwareEnv)
 }
 
 /// Serves a #VC, reading the faulting instruction at `frame.rip`.
-pub fn handle_at_rip(frame: &mut VcFrame, ghcb: &mut GhcbClient<CpuGhcb>) -> Result<(), VcError> {
+pub fn handle_at_rip(
+    frame: &mut VcFrame,
+    ghcb: &mut GhcbClient<ghcb::CpuGhcb>,
+) -> Result<(), VcError> {
     let mut insn = [0u8; MAX_LEN];
     // Never read across the end of the 32-bit address space (the ROM ends there).
     let n = match (1u64 << 32).checked_sub(frame.rip) {
@@ -65,4 +68,31 @@ pub fn handle_at_rip(frame: &mut VcFrame, ghcb: &mut GhcbClient<CpuGhcb>) -> Res
         *b = unsafe { core::ptr::read_volatile((frame.rip + i as u64) as *const u8) };
     }
     handle(frame, &insn[..n], ghcb)
+}
+
+/// Where boot.s's vector-29 stub enters CPL3 with this CPU's frame slot (`slot`).
+#[no_mangle]
+extern "C" fn sevm_vc_rust_entry(slot: u64) -> ! {
+    let cpu = es::current_cpu();
+    if slot != layout::vc_frame_gpa(cpu) {
+        // The stub passes the slot it derived from the kernel stack; they always agree.
+        services::fault(29, 0, 0, slot)
+    }
+    let frame_ptr = slot as *mut VcFrame;
+    // SAFETY: the slot is this CPU's, reserved RAM of the firmware area, identity-mapped,
+    // written by the stub before it entered here and used by nothing else until
+    // VC_RETURN; it is copied once and only the copy is used.
+    let mut frame = unsafe { core::ptr::read_volatile(frame_ptr) };
+    let (rip, code) = (frame.rip, frame.error_code);
+    match handle_at_rip(&mut frame, &mut ghcb::client()) {
+        Ok(()) => {
+            // SAFETY: as above; VC_RETURN reloads the registers from here.
+            unsafe { core::ptr::write_volatile(frame_ptr, frame) };
+            cpu::vc_return()
+        }
+        Err(e) => {
+            println!("firmware: #VC at {rip:#x} (exit {code:#x}) not served: {e}");
+            services::fault(29, rip, code, 0)
+        }
+    }
 }

@@ -1,5 +1,6 @@
 //! Built-in workloads, chosen by the VMM through fw_cfg (`--workload NAME`).
 
+pub mod bypass;
 pub mod canary;
 pub mod dirty;
 pub mod selftest;
@@ -22,6 +23,8 @@ pub enum Workload {
     Dirty,
     /// Enter the SEV-ES #VC handler with synthetic frames against the real VMM.
     VcTest,
+    /// Make one plain port or MMIO access (the VMM's SEV-ES strict mode must stop it).
+    Bypass(bypass::Access),
 }
 
 impl Workload {
@@ -33,6 +36,8 @@ impl Workload {
             Workload::Canary => "canary",
             Workload::Dirty => "dirty",
             Workload::VcTest => "vctest",
+            Workload::Bypass(bypass::Access::Pio) => "bypass-pio",
+            Workload::Bypass(bypass::Access::Mmio) => "bypass-mmio",
         }
     }
 
@@ -44,6 +49,8 @@ impl Workload {
             b"canary" => Some(Workload::Canary),
             b"dirty" => Some(Workload::Dirty),
             b"vctest" => Some(Workload::VcTest),
+            b"bypass-pio" => Some(Workload::Bypass(bypass::Access::Pio)),
+            b"bypass-mmio" => Some(Workload::Bypass(bypass::Access::Mmio)),
             _ => None,
         }
     }

@@ -513,12 +513,6 @@ impl GhcbMsr {
 /// stops.
 #[derive(Debug, thiserror::Error)]
 pub enum VmgexitError {
-    /// The GHCB page is private: the VMM would read ciphertext and garble the page.
-    #[error("the guest's GHCB at {gpa:#x} is not a shared page")]
-    NotShared {
-        /// GPA of the GHCB.
-        gpa: u64,
-    },
     /// The GHCB is not guest RAM.
     #[error("cannot access the guest's GHCB at {gpa:#x}")]
     Memory {
@@ -558,7 +552,14 @@ pub fn vmgexit(
         return Ok(VmgexitOutcome::Msr(exchange));
     };
     if view.visibility(gpa) != Visibility::Shared {
-        return Err(VmgexitError::NotShared { gpa });
+        // On hardware a guest shares its GHCB by clearing the C-bit of the page's mapping,
+        // before it has any channel to the host (KVM reads the page as it finds it). The
+        // emulated platform has no C-bit (docs/architecture.md §3), so the page a vCPU's
+        // GHCB MSR names is shared from its first VMGEXIT on: the stand-in for that
+        // mapping change, and for nothing else (the firmware records the page in its
+        // shared list and announces it through the GHCB afterwards, as Linux does).
+        view.convert(gpa, PAGE_SIZE, Visibility::Shared)
+            .map_err(|source| VmgexitError::Memory { gpa, source })?;
     }
     let mut bytes = [0u8; PAGE_LEN];
     view.read(gpa, &mut bytes)
@@ -1213,13 +1214,13 @@ mod tests {
     }
 
     #[test]
-    fn vmgexit_refuses_a_private_or_absent_ghcb_without_touching_it() {
+    fn vmgexit_shares_the_ghcb_the_msr_names_and_refuses_one_outside_ram() {
         let ram = ram();
         let states = Arc::new(PageStates::new(ram.pages(), Visibility::Private));
         let view = HostView::encrypted(
             ram,
             Encrypted {
-                states,
+                states: states.clone(),
                 cipher: None,
             },
         );
@@ -1230,15 +1231,21 @@ mod tests {
         let mut msr = GhcbMsr::default();
         msr.write(GPA);
         let mut host = FakeHost::default();
-        assert!(matches!(
-            vmgexit(&mut msr, GuestMode::SevEs, 0, &view, &mut host),
-            Err(VmgexitError::NotShared { gpa: GPA })
-        ));
+        // The first VMGEXIT through a private page stands for the guest's C-bit change:
+        // that page (and only that page) is shared from then on, and the request served.
+        let out = vmgexit(&mut msr, GuestMode::SevEs, 0, &view, &mut host).unwrap();
+        assert_eq!(
+            out,
+            VmgexitOutcome::Ghcb {
+                code: ExitCode::CPUID.0,
+                refused: None
+            }
+        );
+        assert_eq!(view.visibility(GPA), Visibility::Shared);
+        assert_eq!(states.shared_count(), 1);
         let mut bytes = [0u8; PAGE_LEN];
         view.read(GPA, &mut bytes).unwrap();
-        assert_eq!(&bytes[..], &g.page()[..], "untouched");
-        view.convert(GPA, PAGE_SIZE, Visibility::Shared).unwrap();
-        assert!(vmgexit(&mut msr, GuestMode::SevEs, 0, &view, &mut host).is_ok());
+        assert_eq!(Ghcb::from_page(&bytes).get(Field::Rax), 7);
 
         msr.write(1 << 40);
         assert!(matches!(
@@ -1249,6 +1256,17 @@ mod tests {
                 &HostView::new(self::ram()),
                 &mut host
             ),
+            Err(VmgexitError::Memory { .. })
+        ));
+        let outside = HostView::encrypted(
+            self::ram(),
+            Encrypted {
+                states,
+                cipher: None,
+            },
+        );
+        assert!(matches!(
+            vmgexit(&mut msr, GuestMode::SevEs, 0, &outside, &mut host),
             Err(VmgexitError::Memory { .. })
         ));
     }

@@ -4,6 +4,7 @@
 
 pub mod cpuid;
 pub mod kick;
+pub mod protected;
 pub mod state;
 pub mod stats;
 
@@ -84,6 +85,39 @@ pub enum KvmError {
     /// KVM_RUN failed with something other than EINTR/EAGAIN.
     #[error("KVM_RUN failed on vCPU {0}")]
     Run(u32, #[source] kvm_ioctls::Error),
+    /// The vCPU's state is protected (SEV-ES, after LAUNCH_UPDATE_VMSA): the host can
+    /// neither read nor set it. KVM answers EINVAL (see [`KvmError::errno`]).
+    #[error("cannot {op} of vCPU {vcpu}: its state is protected (SEV-ES): the host can neither read nor set it")]
+    Protected {
+        /// The vCPU.
+        vcpu: u32,
+        /// What was attempted, e.g. "read the registers".
+        op: &'static str,
+    },
+}
+
+impl KvmError {
+    /// The errno KVM answered (EINVAL for a protected vCPU, as KVM refuses its register
+    /// ioctls), if the error is a refused ioctl.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            KvmError::Protected { .. } => Some(libc::EINVAL),
+            KvmError::Open(e)
+            | KvmError::CreateVm(e)
+            | KvmError::CreateIrqchip(e)
+            | KvmError::SupportedCpuid(e)
+            | KvmError::TscKhz(_, e)
+            | KvmError::CreateVcpu(_, e)
+            | KvmError::SetCpuid(_, e)
+            | KvmError::GetCpuid(_, e)
+            | KvmError::Lapic(_, e)
+            | KvmError::Registers(_, e)
+            | KvmError::DirtyLog(_, e)
+            | KvmError::Capability(_, e)
+            | KvmError::Run(_, e) => Some(e.errno()),
+            KvmError::MapMemory { source, .. } => Some(source.errno()),
+        }
+    }
 }
 
 /// The system KVM handle.
@@ -259,7 +293,11 @@ impl KvmVm {
             .map_err(|e| KvmError::CreateVcpu(id, e))?;
         fd.set_cpuid2(cpuid)
             .map_err(|e| KvmError::SetCpuid(id, e))?;
-        Ok(KvmVcpu { id, fd })
+        Ok(KvmVcpu {
+            id,
+            fd,
+            protection: protected::Protection::None,
+        })
     }
 
     /// The VM's identity for the SEV platform (unique among this process's VMs).
@@ -318,6 +356,8 @@ pub enum RunResult<'a> {
 pub struct KvmVcpu {
     id: u32,
     fd: VcpuFd,
+    /// Whether the host may reach its registers ([`protected`]).
+    protection: protected::Protection,
 }
 
 impl KvmVcpu {
@@ -361,29 +401,33 @@ impl KvmVcpu {
         result
     }
 
-    /// General-purpose registers.
+    /// General-purpose registers (EINVAL for a protected vCPU).
     pub fn regs(&self) -> Result<kvm_regs, KvmError> {
+        self.check_unprotected("read the registers")?;
         self.fd
             .get_regs()
             .map_err(|e| KvmError::Registers(self.id, e))
     }
 
-    /// Sets the general-purpose registers.
+    /// Sets the general-purpose registers (EINVAL for a protected vCPU).
     pub fn set_regs(&self, regs: &kvm_regs) -> Result<(), KvmError> {
+        self.check_unprotected("set the registers")?;
         self.fd
             .set_regs(regs)
             .map_err(|e| KvmError::Registers(self.id, e))
     }
 
-    /// Segment and control registers.
+    /// Segment and control registers (EINVAL for a protected vCPU).
     pub fn sregs(&self) -> Result<kvm_sregs, KvmError> {
+        self.check_unprotected("read the segment registers")?;
         self.fd
             .get_sregs()
             .map_err(|e| KvmError::Registers(self.id, e))
     }
 
-    /// Sets the segment and control registers.
+    /// Sets the segment and control registers (EINVAL for a protected vCPU).
     pub fn set_sregs(&self, sregs: &kvm_sregs) -> Result<(), KvmError> {
+        self.check_unprotected("set the segment registers")?;
         self.fd
             .set_sregs(sregs)
             .map_err(|e| KvmError::Registers(self.id, e))
@@ -400,6 +444,49 @@ impl KvmVcpu {
         self.fd
             .set_lapic(&lapic)
             .map_err(|e| KvmError::Lapic(self.id, e))
+    }
+
+    /// The x87 and SSE state (EINVAL for a protected vCPU).
+    pub fn fpu(&self) -> Result<kvm_bindings::kvm_fpu, KvmError> {
+        self.check_unprotected("read the FPU state")?;
+        self.fd
+            .get_fpu()
+            .map_err(|e| KvmError::Registers(self.id, e))
+    }
+
+    /// Sets the x87 and SSE state (EINVAL for a protected vCPU).
+    pub fn set_fpu(&self, fpu: &kvm_bindings::kvm_fpu) -> Result<(), KvmError> {
+        self.check_unprotected("set the FPU state")?;
+        self.fd
+            .set_fpu(fpu)
+            .map_err(|e| KvmError::Registers(self.id, e))
+    }
+
+    /// Reads MSRs `indices` (EINVAL for a protected vCPU, except the MSRs KVM emulates
+    /// itself, as KVM allows: `protected::kvm_emulated_msr`). Returns the values KVM gave,
+    /// in order; it stops at the first MSR it refuses.
+    pub fn msrs(&self, indices: &[u32]) -> Result<Vec<u64>, KvmError> {
+        if !indices.iter().all(|&m| protected::kvm_emulated_msr(m)) {
+            self.check_unprotected("read the MSRs")?;
+        }
+        self.raw_msrs_read(indices)
+    }
+
+    /// Writes MSRs (index, value) (EINVAL for a protected vCPU, except the MSRs KVM
+    /// emulates itself); an error unless KVM takes all of them.
+    pub fn set_msrs(&self, entries: &[(u32, u64)]) -> Result<(), KvmError> {
+        if !entries.iter().all(|&(m, _)| protected::kvm_emulated_msr(m)) {
+            self.check_unprotected("set the MSRs")?;
+        }
+        let entries: Vec<kvm_bindings::kvm_msr_entry> = entries
+            .iter()
+            .map(|&(index, data)| kvm_bindings::kvm_msr_entry {
+                index,
+                data,
+                ..Default::default()
+            })
+            .collect();
+        self.raw_msrs_write(&entries)
     }
 
     /// The CPUID table the vCPU was given (what the VMM answers an SEV-ES guest's CPUID

@@ -1,20 +1,32 @@
-//! VMGEXIT for SEV-ES vCPUs: the vCPU loop as the [`GhcbHost`] of `devices::ghcb`.
+//! VMGEXIT for SEV-ES vCPUs on the emulated platform: the vCPU loop as the [`GhcbHost`] of
+//! `devices::ghcb`, doing what KVM's SEV-ES code (`sev_handle_vmgexit`) does on hardware.
 //!
 //! Every request is carried out by the same code that serves the plain exits: port I/O by
 //! the port bus, MMIO to the guest-services page and the services calls by the services
 //! register writes they stand for, hypercalls by the hypercall handler. Only the channel
-//! differs: the values come from the GHCB, never from the vCPU's registers.
+//! differs: the values come from the GHCB, never from the vCPU's registers. MSRs are what
+//! KVM serves itself: SEV_STATUS, and the MSRs KVM emulates (local APIC, TSC deadline),
+//! forwarded to KVM; an INIT or SIPI written to the x2APIC ICR goes to the target APs as
+//! KVM's SEV-ES code handles it (`kvm::protected`: the first SIPI starts a protected AP at
+//! its VMSA's entry).
 
-use super::{hypercall, Flow, VcpuContext, VcpuError, VcpuThread, VmEvent};
+use super::{
+    hypercall, EsContext, ExitStats, Flow, VcpuCommand, VcpuContext, VcpuError, VcpuThread, VmEvent,
+};
 use crate::{
     devices::{
         ghcb::{cpuid_lookup, GhcbHost, GuestMode, MsrExchange, ServiceRequest, VmgexitOutcome},
         services::ServicesLatch,
         PioOutcome,
     },
+    kvm::{
+        protected::{decode_icr, IcrWrite, MSR_APIC_BASE, MSR_X2APIC_ICR},
+        KvmVcpu,
+    },
     memory::Visibility,
     sev::MSR_SEV_STATUS,
 };
+use guest_abi::ghcb::ExitCode;
 use guest_abi::{layout, services as regs};
 use kvm_bindings::kvm_cpuid_entry2;
 use std::sync::atomic::Ordering;
@@ -34,10 +46,14 @@ struct Host<'a> {
     ctx: &'a VcpuContext,
     latch: &'a mut ServicesLatch,
     cpuid: &'a [kvm_cpuid_entry2],
+    vcpu: &'a KvmVcpu,
     id: u32,
     /// Set when a request ends the VM (exit, fault, debug-exit port).
     end: Option<VmEvent>,
 }
+
+/// x2APIC mode (IA32_APIC_BASE.EXTD): the x2APIC MSRs exist only then.
+const APIC_BASE_EXTD: u64 = 1 << 10;
 
 impl Host<'_> {
     /// A services register write, served as if the guest had made it on the page.
@@ -51,8 +67,7 @@ impl Host<'_> {
             );
             return;
         }
-        let flow =
-            VcpuThread::services_write(self.ctx, self.latch, self.cpuid, self.id, offset, data);
+        let flow = VcpuThread::services_write(self.ctx, self.latch, self.id, offset, data);
         if let Flow::End(event) = flow {
             self.end.get_or_insert(event);
         }
@@ -70,15 +85,27 @@ impl GhcbHost for Host<'_> {
     }
 
     fn rdmsr(&mut self, index: u32) -> Option<u64> {
-        // The in-kernel MSRs (APIC, TSC deadline) would need KVM_GET_MSRS on this vCPU;
-        // the firmware reaches those at CPL0 so far (see the issue 12 report).
-        (index == MSR_SEV_STATUS)
-            .then_some(self.ctx.sev_status)
-            .flatten()
+        match index {
+            MSR_SEV_STATUS => self.ctx.sev_status,
+            _ => self.vcpu.guest_msr_read(index),
+        }
     }
 
-    fn wrmsr(&mut self, _index: u32, _value: u64) -> bool {
-        false
+    fn wrmsr(&mut self, index: u32, value: u64) -> bool {
+        if index == MSR_X2APIC_ICR {
+            if let (IcrWrite::Start(ipi, targets), Some(es)) = (decode_icr(value), &self.ctx.es) {
+                // The ICR is an x2APIC register: without x2APIC mode the write is a #GP.
+                let x2apic = self
+                    .vcpu
+                    .guest_msr_read(MSR_APIC_BASE)
+                    .is_some_and(|b| b & APIC_BASE_EXTD != 0);
+                if x2apic {
+                    send_start_ipi(es, self.id, ipi, targets);
+                }
+                return x2apic;
+            }
+        }
+        self.vcpu.guest_msr_write(index, value)
     }
 
     fn io_in(&mut self, port: u16, data: &mut [u8]) {
@@ -148,13 +175,30 @@ impl GhcbHost for Host<'_> {
     }
 }
 
+/// Hands an INIT or SIPI to the vCPUs it targets (their threads apply it: `kvm::protected`).
+fn send_start_ipi(
+    es: &EsContext,
+    sender: u32,
+    ipi: crate::kvm::protected::StartIpi,
+    targets: crate::kvm::protected::IpiTargets,
+) {
+    for (id, peer) in (0u32..).zip(es.peers.iter()) {
+        if targets.includes(id, sender) {
+            // A vCPU whose thread has ended has no use for it.
+            let _ = peer.send(VcpuCommand::StartIpi(ipi));
+        }
+    }
+}
+
 /// A write to the services page's VMGEXIT register: serve the vCPU's GHCB exit.
 pub(super) fn vmgexit(
     ctx: &VcpuContext,
     latch: &mut ServicesLatch,
+    stats: &mut ExitStats,
     cpuid: &[kvm_cpuid_entry2],
-    id: u32,
+    vcpu: &KvmVcpu,
 ) -> Flow {
+    let id = vcpu.id();
     let Some(mode) = guest_mode(ctx) else {
         log::debug!("vCPU {id}: VMGEXIT from a guest without SEV-ES ignored");
         return Flow::Continue;
@@ -166,6 +210,7 @@ pub(super) fn vmgexit(
         ctx,
         latch,
         cpuid,
+        vcpu,
         id,
         end: None,
     };
@@ -173,6 +218,15 @@ pub(super) fn vmgexit(
     let end = host.end.take();
     latch.ghcb_msr = msr;
     let fail = |error| Flow::End(VmEvent::Failed { vcpu: id, error });
+    match &result {
+        Ok(VmgexitOutcome::Msr(_)) => *stats.ghcb.entry("msr-protocol").or_default() += 1,
+        Ok(VmgexitOutcome::Ghcb { code, refused }) => {
+            let name = ExitCode(*code).name().unwrap_or("unknown");
+            *stats.ghcb.entry(name).or_default() += 1;
+            stats.ghcb_refused += u64::from(refused.is_some());
+        }
+        Err(_) => {}
+    }
     match result {
         Err(e) => fail(VcpuError::Vmgexit(e)),
         Ok(VmgexitOutcome::Msr(MsrExchange::Terminate { set, reason })) => {
