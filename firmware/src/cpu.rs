@@ -101,6 +101,11 @@ pub fn outb_cpl0(port: u16, value: u8) {
     call(svc::OUT, port.into(), 1, value.into());
 }
 
+/// `rdmsr` at CPL0 whatever the SEV mode (the `bypass-msr` workload, as [`outb_cpl0`]).
+pub fn rdmsr_cpl0(msr: u32) -> u64 {
+    call(svc::RDMSR, msr.into(), 0, 0)
+}
+
 /// Writes a 16-bit word to an I/O port.
 pub fn outw(port: u16, value: u16) {
     if es::active() {

@@ -25,6 +25,19 @@ pub const DEFAULT_VCPU_TYPE: &str = "EPYC-v4";
 
 /// SEV_STATUS (AMD APM vol. 2 §15.34.10): bit 0 SEV enabled, bit 1 SEV-ES enabled.
 pub const MSR_SEV_STATUS: u32 = 0xc001_0131;
+/// The MSRs (base, count) an SEV-ES guest reads and writes without a #VC, because KVM does
+/// not intercept them for an SEV-ES vCPU (their values live in the VMSA;
+/// `sev_es_init_vmcb` and the direct-access MSRs of `arch/x86/kvm/svm/svm.c`): EFER, PAT,
+/// the SYSENTER and SYSCALL MSRs, the FS/GS bases, KernelGSBase, TSC_AUX, XSS. (SEV_STATUS
+/// and the GHCB MSR need no #VC either; on the emulated platform the VMM serves them.)
+pub const ES_MSRS_WITHOUT_VC: &[(u32, u32)] = &[
+    (0x174, 3),       // SYSENTER_CS, _ESP, _EIP
+    (0x277, 1),       // PAT
+    (0xda0, 1),       // XSS
+    (0xc000_0080, 5), // EFER, STAR, LSTAR, CSTAR, SFMASK
+    (0xc000_0100, 4), // FS_BASE, GS_BASE, KernelGSBase, TSC_AUX
+];
+
 /// SEV_STATUS bit 1: SEV-ES is active.
 pub const SEV_STATUS_ES: u64 = 1 << 1;
 /// CPUID 0x8000001F EAX bit 3: SEV-ES.
@@ -131,7 +144,14 @@ impl SevGuest {
             es,
         };
         guest.config.backend.init_vm(vm_ref, es)?;
-        kvm_vm.trap_msrs(&[MSR_SEV_STATUS, guest_abi::ghcb::msr::MSR_GHCB])?;
+        if es && guest.config.backend.kind() == BackendKind::Emulated {
+            // Emulated SEV-ES: every MSR access that raises #VC on hardware exits (and
+            // strict mode stops the guest there); SEV_STATUS and the GHCB MSR exit too,
+            // the VMM serves them.
+            kvm_vm.trap_msrs_except(ES_MSRS_WITHOUT_VC)?;
+        } else {
+            kvm_vm.trap_msrs(&[MSR_SEV_STATUS, guest_abi::ghcb::msr::MSR_GHCB])?;
+        }
         if guest.config.transport == HypercallTransport::Vmmcall {
             kvm_vm.enable_hypercall_exit(hcall::MAP_GPA_RANGE)?;
         }

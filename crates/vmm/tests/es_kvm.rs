@@ -319,6 +319,7 @@ fn kvm_es_strict_mode_stops_a_guest_that_bypasses_its_ghcb() {
     for (workload, exit) in [
         ("bypass-pio", "port I/O write of 1 bytes to 0x80"),
         ("bypass-mmio", "MMIO write of 8 bytes at 0xfe000000"),
+        ("bypass-msr", "RDMSR 0x1b"),
     ] {
         let (mut vm, out) = launched(&kvm, &psp, workload, 1);
         vm.start().unwrap();
@@ -458,4 +459,46 @@ fn kvm_es_bad_launch_requests_are_refused_and_the_guest_still_runs() {
         text(&out)
     );
     vm.stop();
+}
+
+#[test]
+fn kvm_es_a_guest_fault_is_reported_through_the_ghcb() {
+    let Some(kvm) = kvm() else { return };
+    let (_dir, psp) = platform();
+    // `ud2` as the first CPL3 instruction: boot.s's exception path reports the #UD. Under
+    // SEV-ES it cannot write the services page (that would raise #VC): it builds the
+    // fault service request in the CPU's GHCB and rings VMGEXIT.
+    let mut image = firmware_image::IMAGE.to_vec();
+    let at = (firmware_image::symbols::RUST_ENTRY - guest_abi::layout::FW_IMAGE_BASE) as usize;
+    image[at..at + 2].copy_from_slice(&[0x0f, 0x0b]);
+    for policy in [ES, Policy(0)] {
+        let (mut config, out) = vm_config("selftest", 1, psp.clone(), policy);
+        config.firmware = Firmware::load(image.clone()).unwrap();
+        let mut vm = Vm::new(&kvm, config).unwrap();
+        let mut started = vm.sev_launch_start().unwrap();
+        if policy.has(Policy::ES) {
+            started = vm.sev_launch_update_vmsa(started, epyc()).unwrap();
+        }
+        let measured = vm.sev_launch_measure(started).unwrap();
+        vm.sev_launch_finish(measured).unwrap();
+        vm.start().unwrap();
+        let outcome = vm.wait();
+        vm.stop();
+        match outcome {
+            VmOutcome::Fault { vcpu: 0, report } => {
+                assert_eq!(
+                    (report.vector, report.cpl, report.rip),
+                    (6, 3, firmware_image::symbols::RUST_ENTRY),
+                    "{policy:?}: {report}"
+                );
+            }
+            other => panic!("{policy:?}: {other:?}\n{}", text(&out)),
+        }
+        let ghcb = &vm.exit_stats()[0].ghcb;
+        assert_eq!(
+            ghcb.get("sevmirror-service").is_some(),
+            policy.has(Policy::ES),
+            "{ghcb:?}"
+        );
+    }
 }

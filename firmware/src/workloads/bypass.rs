@@ -1,11 +1,12 @@
-//! `bypass-pio` and `bypass-mmio`: an exit made the way a plain guest makes it, for the
-//! VMM's SEV-ES strict mode to catch.
+//! `bypass-pio`, `bypass-mmio` and `bypass-msr`: an exit made the way a plain guest makes
+//! it, for the VMM's SEV-ES strict mode to catch.
 //!
-//! Under SEV-ES every port access and MMIO access (but the VMGEXIT register) raises #VC
-//! on hardware; the firmware goes through its GHCB instead. These workloads do one the
-//! plain way — an `out` at CPL0, or a console write to the services page — as an
-//! unconverted site would: the VMM must stop an SEV-ES guest there, naming the exit. For
-//! other guests the access is legitimate and the workload passes.
+//! Under SEV-ES every port access, MMIO access (but the VMGEXIT register) and most MSR
+//! accesses raise #VC on hardware; the firmware goes through its GHCB instead. These
+//! workloads make one the plain way — an `out` at CPL0, a console write to the services
+//! page, a `rdmsr` of IA32_APIC_BASE at CPL0 — as an unconverted site would: the VMM must
+//! stop an SEV-ES guest there, naming the exit. For other guests the access is legitimate
+//! and the workload passes.
 
 use crate::{cpu, es, println, services};
 use guest_abi::{
@@ -20,6 +21,8 @@ pub enum Access {
     Pio,
     /// An 8-byte console write to the services page.
     Mmio,
+    /// `rdmsr` of IA32_APIC_BASE (0x1b) at CPL0.
+    Msr,
 }
 
 /// Makes the access; exits PASS if the guest is not an SEV-ES guest, FAIL if the VMM
@@ -36,6 +39,9 @@ pub fn run(access: Access) -> ! {
                 u64::from_le_bytes(*b"bypass!\n"),
             )
         },
+        Access::Msr => {
+            cpu::rdmsr_cpl0(0x1b);
+        }
     }
     if es::active() {
         println!("bypass: FAIL: the VMM served an SEV-ES guest's {access:?} access");

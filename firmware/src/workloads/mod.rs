@@ -38,6 +38,7 @@ impl Workload {
             Workload::VcTest => "vctest",
             Workload::Bypass(bypass::Access::Pio) => "bypass-pio",
             Workload::Bypass(bypass::Access::Mmio) => "bypass-mmio",
+            Workload::Bypass(bypass::Access::Msr) => "bypass-msr",
         }
     }
 
@@ -51,6 +52,7 @@ impl Workload {
             b"vctest" => Some(Workload::VcTest),
             b"bypass-pio" => Some(Workload::Bypass(bypass::Access::Pio)),
             b"bypass-mmio" => Some(Workload::Bypass(bypass::Access::Mmio)),
+            b"bypass-msr" => Some(Workload::Bypass(bypass::Access::Msr)),
             _ => None,
         }
     }

@@ -265,6 +265,35 @@ impl KvmVm {
             .map_err(|e| KvmError::Capability("KVM_X86_SET_MSR_FILTER", e))
     }
 
+    /// Makes every guest read and write of an MSR exit to the VMM, except the ranges
+    /// (base, count) in `allowed`, which KVM serves as usual (KVM_CAP_X86_USER_SPACE_MSR
+    /// with a deny-by-default MSR filter). KVM never filters the x2APIC range 0x800-0x8ff.
+    pub fn trap_msrs_except(&self, allowed: &[(u32, u32)]) -> Result<(), KvmError> {
+        use kvm_ioctls::{MsrFilterDefaultAction, MsrFilterRange, MsrFilterRangeFlags};
+        let cap = kvm_bindings::kvm_enable_cap {
+            cap: kvm_bindings::KVM_CAP_X86_USER_SPACE_MSR,
+            args: [u64::from(kvm_bindings::KVM_MSR_EXIT_REASON_FILTER), 0, 0, 0],
+            ..Default::default()
+        };
+        self.fd
+            .enable_cap(&cap)
+            .map_err(|e| KvmError::Capability("KVM_CAP_X86_USER_SPACE_MSR", e))?;
+        // A set bit allows the access; every range here is allowed whole (at most 64).
+        let allow = [0xffu8; 8];
+        let ranges: Vec<MsrFilterRange<'_>> = allowed
+            .iter()
+            .map(|&(base, count)| MsrFilterRange {
+                flags: MsrFilterRangeFlags::READ | MsrFilterRangeFlags::WRITE,
+                base,
+                msr_count: count.min(64),
+                bitmap: &allow,
+            })
+            .collect();
+        self.fd
+            .set_msr_filter(MsrFilterDefaultAction::DENY, &ranges)
+            .map_err(|e| KvmError::Capability("KVM_X86_SET_MSR_FILTER", e))
+    }
+
     /// Makes hypercall `nr` exit to the VMM (KVM_CAP_EXIT_HYPERCALL).
     pub fn enable_hypercall_exit(&self, nr: u64) -> Result<(), KvmError> {
         let cap = kvm_bindings::kvm_enable_cap {
