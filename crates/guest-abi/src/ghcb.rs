@@ -13,7 +13,7 @@
 //! `sw_exit_info_1/2`, and executes VMGEXIT. The hypervisor serves the request from the
 //! GHCB alone, writes back only the fields the specification says it returns (marking them
 //! valid), and reports errors in `sw_exit_info_1/2`. On the development machines VMGEXIT
-//! cannot exit (DESIGN §2); a write to the guest-services page's
+//! cannot exit (docs/architecture.md §4, Machine facts); a write to the guest-services page's
 //! [`crate::services::VMGEXIT`] register stands in for it.
 //!
 //! Both sides work on a private copy, [`Ghcb`]: copy the shared page once, validate the

@@ -14,9 +14,10 @@
 //!   stand-in; tests use a fake hypervisor).
 //! - [`handler`]: the #VC handler core tying them together.
 //!
-//! On the development machines the CPU never raises #VC (guests run on kvm_pvm, DESIGN
-//! §2), so these modules are exercised by host tests with synthetic frames and a fake
-//! hypervisor, and by the firmware's explicit GHCB calls.
+//! On the development machines the CPU never raises #VC (guests run on kvm_pvm,
+//! docs/architecture.md §4), so these modules are exercised by host tests with synthetic
+//! frames and a fake hypervisor, and by the firmware (its `vctest` workload raises #VCs
+//! through its real vector-29 path with a test service; docs/architecture.md §3.2).
 //!
 //! Depends only on guest-abi (the GHCB layout). Trust: everything the hypervisor returns
 //! arrives in a private copy of the GHCB and is checked (valid bits, result code) before

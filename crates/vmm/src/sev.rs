@@ -543,5 +543,18 @@ mod tests {
         let sev = e.iter().find(|e| e.function == 0x8000_001f).unwrap();
         assert_eq!(sev.eax & 2, 2);
         assert_eq!(sev.ebx & 0x3f, 0, "no C-bit on the emulated platform");
+        assert_eq!(sev.eax & CPUID_SEV_ES, 0, "SEV-ES only for SEV-ES guests");
+        assert_eq!(cbit_and_reduction(e), Some((0, 0)));
+        patch_cpuid_es(&mut cpuid);
+        let sev = cpuid.as_slice().iter().find(|e| e.function == 0x8000_001f);
+        assert_eq!(sev.unwrap().eax, 2 | CPUID_SEV_ES);
+        // The capabilities report what the leaf says, whatever it says.
+        let leaf = kvm_cpuid_entry2 {
+            function: 0x8000_001f,
+            ebx: 51 | 1 << 6,
+            ..Default::default()
+        };
+        assert_eq!(cbit_and_reduction(&[leaf]), Some((51, 1)));
+        assert_eq!(cbit_and_reduction(&[]), None);
     }
 }
