@@ -1,7 +1,37 @@
 //! CPL0: the assembly that boots each CPU and serves CPL3's rare requests (boot.s).
 
-use guest_abi::{layout, layout::selector, services, svc};
+use guest_abi::{
+    ghcb::{self, service::Call, ExitCode, Field, ValidBitmap},
+    layout::{self, boot_info, selector},
+    services, svc,
+};
 use helper_abi::region;
+use vc_handler::frame::{self, VcFrame};
+
+/// The valid bitmap's upper quadword of the fault report boot.s builds in a GHCB.
+const FAULT_VALID: ValidBitmap = ValidBitmap::of(&[
+    Field::Rbx,
+    Field::Rcx,
+    Field::Rdx,
+    Field::SwExitCode,
+    Field::SwExitInfo1,
+    Field::SwExitInfo2,
+]);
+const _: () = assert!(FAULT_VALID.0 as u64 == 0, "all in the upper quadword");
+const _: () = assert!(layout::VC_FRAME_STRIDE == 1 << 8);
+const _: () = assert!(frame::FRAME_SIZE as u64 <= layout::VC_FRAME_BUSY);
+// boot.s's sevm_svc_vc_return loads the registers at these offsets of the frame slot.
+const _: () = {
+    use core::mem::offset_of;
+    assert!(offset_of!(VcFrame, r15) == 0x00 && offset_of!(VcFrame, r14) == 0x08);
+    assert!(offset_of!(VcFrame, r13) == 0x10 && offset_of!(VcFrame, r12) == 0x18);
+    assert!(offset_of!(VcFrame, r11) == 0x20 && offset_of!(VcFrame, r10) == 0x28);
+    assert!(offset_of!(VcFrame, r9) == 0x30 && offset_of!(VcFrame, r8) == 0x38);
+    assert!(offset_of!(VcFrame, rdi) == 0x40 && offset_of!(VcFrame, rsi) == 0x48);
+    assert!(offset_of!(VcFrame, rbp) == 0x50 && offset_of!(VcFrame, rbx) == 0x58);
+    assert!(offset_of!(VcFrame, rdx) == 0x60 && offset_of!(VcFrame, rcx) == 0x68);
+    assert!(offset_of!(VcFrame, rax) == 0x70);
+};
 
 const _: () = assert!(layout::KSTACK_SIZE == 1 << 13);
 const _: () = assert!(layout::USTACK_SIZE == 1 << 16);
@@ -48,6 +78,36 @@ core::arch::global_asm!(
     SVC_SLEEP_UNTIL = const svc::SLEEP_UNTIL,
     SVC_CPUID = const svc::CPUID,
     TIMER_VECTOR = const svc::TIMER_VECTOR,
+    TIMER_VECTOR_ES = const svc::TIMER_VECTOR_ES,
+    SVC_STI_HLT = const svc::STI_HLT,
+    SVC_VC_RETURN = const svc::VC_RETURN,
+    SVC_RAISE_VC = const svc::RAISE_VC,
+    BOOT_INFO = const layout::BOOT_INFO,
+    BI_XCR0 = const boot_info::XCR0,
+    VMGEXIT = const services::VMGEXIT,
+    VC_FRAMES = const layout::VC_FRAMES,
+    VC_STRIDE_SHIFT = const 8,
+    VC_BUSY = const layout::VC_FRAME_BUSY,
+    VC_FRAME_SIZE = const frame::FRAME_SIZE,
+    VC_FRAME_VECTOR = const frame::VECTOR_OFFSET,
+    VC_FRAME_RIP = const core::mem::offset_of!(VcFrame, rip),
+    VC_FRAME_RFLAGS = const core::mem::offset_of!(VcFrame, rflags),
+    VC_FRAME_RSP = const core::mem::offset_of!(VcFrame, rsp),
+    GHCB_BASE = const layout::GHCB_BASE,
+    GHCB_SAVE_END = const ghcb::offset::SAVE_AREA_END,
+    GHCB_RBX = const ghcb::offset::RBX,
+    GHCB_RCX = const ghcb::offset::RCX,
+    GHCB_RDX = const ghcb::offset::RDX,
+    GHCB_EXIT_CODE = const ghcb::offset::SW_EXIT_CODE,
+    GHCB_INFO1 = const ghcb::offset::SW_EXIT_INFO_1,
+    GHCB_INFO2 = const ghcb::offset::SW_EXIT_INFO_2,
+    GHCB_VALID = const ghcb::offset::VALID_BITMAP,
+    GHCB_VERSION = const ghcb::offset::PROTOCOL_VERSION,
+    GHCB_USAGE = const ghcb::offset::GHCB_USAGE,
+    GHCB_PROTOCOL = const ghcb::PROTOCOL_VERSION,
+    CALL_FAULT = const Call::Fault.number(),
+    EXIT_SERVICE = const ExitCode::SEVMIRROR_SERVICE.0,
+    FAULT_VALID_HI = const (FAULT_VALID.0 >> 64) as u64,
     HELPER_ANCHOR = const layout::HELPER_REGION_BASE + region::ANCHOR,
     ANCHOR_MAGIC_LO = const region::anchor::MAGIC & 0xffff_ffff,
     ANCHOR_MAGIC_HI = const region::anchor::MAGIC >> 32,

@@ -40,6 +40,73 @@
 .Lsevm_xstate_done\@:
 .endm
 
+// Under SEV-ES the CPU raises #VC for CPUID, IN/OUT, MMIO and most MSRs, and this CPL0 code
+// has no #VC handler: it asks through the GHCB MSR protocol instead (AMD 56421 §2.3.1), as
+// OVMF's and Linux's early SEV-ES code does. The boot CPU learns whether SEV-ES is on from
+// SEV_STATUS, which it reads first (boot-info page); every CPU tests that byte.
+
+// One register (0 EAX .. 3 EDX) of CPUID `leaf`, subleaf 0, through the GHCB MSR protocol:
+// the request in the GHCB MSR, VMGEXIT (the services page's register stands in for it on
+// these machines), the response from the MSR; the value in eax. Anything but a CPUID
+// response jumps to `fail`. Works in 32- and 64-bit mode. Clobbers eax, ecx, edx, edi.
+.macro sevm_msr_cpuid leaf, reg, fail
+    mov ecx, 0xc0010130
+    mov eax, (\reg << 30) | 4
+    mov edx, \leaf
+    wrmsr
+    mov edi, {SERVICES}
+    mov dword ptr [edi + {VMGEXIT}], 0
+    rdmsr
+    and eax, 0xfff
+    cmp eax, 5
+    jne \fail
+    mov eax, edx
+.endm
+
+// Asks the host to stop the guest (GHCB MSR protocol termination, reason set 0, reason 0)
+// and parks: what an SEV-ES CPU does when the MSR protocol fails it.
+.macro sevm_es_stop
+    mov ecx, 0xc0010130
+    mov eax, 0x100
+    xor edx, edx
+    wrmsr
+    mov edi, {SERVICES}
+    mov dword ptr [edi + {VMGEXIT}], 0
+.Lsevm_es_stop\@:
+    cli
+    hlt
+    jmp .Lsevm_es_stop\@
+.endm
+
+// sevm_xstate under SEV-ES: the same XCR0, with CPUID through the MSR protocol. The XCR0 it
+// sets goes to the boot-info page (the #VC handler sends it with CPUID leaf 0xD).
+// Clobbers eax, ebx, ecx, edx, edi.
+.macro sevm_xstate_es fail
+    sevm_msr_cpuid 1, 2, \fail
+    test eax, 1 << 26
+    jz .Lsevm_xstate_es_done\@
+    mov ebx, cr4
+    or ebx, 0x40000
+    mov cr4, ebx
+    sevm_msr_cpuid 0xd, 0, \fail
+    mov ebx, eax
+    mov eax, 3
+    test ebx, 4
+    jz .Lsevm_xstate_es_set\@
+    or eax, 4
+    and ebx, 0xe0
+    cmp ebx, 0xe0
+    jne .Lsevm_xstate_es_set\@
+    or eax, 0xe0
+.Lsevm_xstate_es_set\@:
+    mov edi, {BOOT_INFO}
+    mov [edi + {BI_XCR0}], eax
+    xor ecx, ecx
+    xor edx, edx
+    xsetbv
+.Lsevm_xstate_es_done\@:
+.endm
+
 // ---------------------------------------------------------------------------------------
 // 32-bit code: BSP set-up and the switch to long mode (BSP and APs).
 // ---------------------------------------------------------------------------------------
@@ -55,7 +122,37 @@ sevm_bsp_entry32:
     mov fs, ax
     mov gs, ax
 
-    // Early banner on the 16550 (port I/O is fine at CPL0).
+    // SEV_STATUS into the boot-info page, before anything SEV-ES forbids. A guest without
+    // SEV has no such MSR and takes #GP: a 32-bit IDT whose only gate, #GP, skips the
+    // RDMSR leaves 0 then. (Under SEV-ES the MSR is read without a #VC.)
+    mov esp, {KSTACKS} + {KSTACK_SIZE}
+    mov edi, {IDT}
+    xor eax, eax
+    mov ecx, 28
+    rep stosd
+    mov eax, offset sevm_gp32
+    and eax, 0xffff
+    or eax, {SEL_KCODE32} << 16
+    mov [{IDT} + 13 * 8], eax
+    mov eax, offset sevm_gp32
+    and eax, 0xffff0000
+    or eax, 0x8e00
+    mov [{IDT} + 13 * 8 + 4], eax
+    lidt [sevm_idt32r]
+    xor eax, eax
+    xor edx, edx
+    mov ecx, 0xc0010131
+    rdmsr
+sevm_sev_status_read:
+    // No IDT again until the 64-bit one: the #GP gate was for this read only.
+    lidt [sevm_no_idtr]
+    mov [{BOOT_INFO}], eax
+    mov [{BOOT_INFO} + 4], edx
+    mov dword ptr [{BOOT_INFO} + {BI_XCR0}], 0
+    mov dword ptr [{BOOT_INFO} + {BI_XCR0} + 4], 0
+    // Early banner on the 16550 (port I/O is fine at CPL0, except under SEV-ES).
+    test eax, 2
+    jnz 3f
     mov esi, offset sevm_banner
     mov dx, 0x3f8
 2:  mov al, [esi]
@@ -144,8 +241,23 @@ sevm_bsp_entry32:
     mov dword ptr [edi + 12], 0
     .endm
     gate32 {TIMER_VECTOR}, sevm_timer_irq
+    gate32 {TIMER_VECTOR_ES}, sevm_timer_irq_es
     gate32 0xff, sevm_spurious_irq
+    // #VC (SEV-ES) goes to its own stub, which reflects it to the CPL3 handler.
+    gate32 29, sevm_vc_stub
     jmp sevm_enter_long_mode
+
+// The #GP of the SEV_STATUS read of a guest without SEV: read 0 and go on after the
+// RDMSR. A jump, not IRET: KVM's instruction emulator (all of CPL0 on these machines)
+// has no protected-mode IRET.
+sevm_gp32:
+    add esp, 16
+    xor eax, eax
+    xor edx, edx
+    jmp sevm_sev_status_read
+
+sevm_es_stop32:
+    sevm_es_stop
 
 // APs arrive here from the real-mode trampoline, on the ROM GDT.
 .global sevm_ap_entry32
@@ -162,8 +274,12 @@ sevm_enter_long_mode:
     mov eax, cr4
     or eax, 0x620
     mov cr4, eax
+    test byte ptr [{BOOT_INFO}], 2
+    jnz 1f
     sevm_xstate
-    mov eax, {PML4}
+    jmp 2f
+1:  sevm_xstate_es sevm_es_stop32
+2:  mov eax, {PML4}
     mov cr3, eax
     // EFER.LME
     mov ecx, 0xc0000080
@@ -250,10 +366,16 @@ sevm_entry64:
     mov fs, ax
     mov gs, ax
 
-    // CPU index = initial APIC ID (the VMM numbers vCPUs 0..n).
+    // CPU index = initial APIC ID (the VMM numbers vCPUs 0..n); under SEV-ES through the
+    // GHCB MSR protocol.
+    test byte ptr [{BOOT_INFO}], 2
+    jnz 1f
     mov eax, 1
     cpuid
-    shr ebx, 24
+    jmp 2f
+1:  sevm_msr_cpuid 1, 1, sevm_es_stop64
+    mov ebx, eax
+2:  shr ebx, 24
     cmp ebx, {MAX_VCPUS}
     jae sevm_park
     mov r15d, ebx
@@ -326,6 +448,9 @@ sevm_park:
     cli
     hlt
     jmp sevm_park
+
+sevm_es_stop64:
+    sevm_es_stop
 
 // The helper's 64-bit set-up: its own stacks, GDT, TSS and IDT from the anchor, then
 // IRETQ to sevm_helper_rust_entry(slot, context) at CPL3. EDI holds the slot the 32-bit
@@ -413,6 +538,12 @@ sevm_exc_common:
     je sevm_svc_sleep
     cmp rax, {SVC_CPUID}
     je sevm_svc_cpuid
+    cmp rax, {SVC_STI_HLT}
+    je sevm_svc_sti_hlt
+    cmp rax, {SVC_VC_RETURN}
+    je sevm_svc_vc_return
+    cmp rax, {SVC_RAISE_VC}
+    je sevm_svc_raise_vc
     mov rax, -1
 sevm_svc_return:
     add qword ptr [rsp + 16], 4
@@ -495,6 +626,125 @@ sevm_svc_sleep:
 sevm_spurious_irq:
     iretq
 
+// SEV-ES: wait for an interrupt. The CPL3 caller armed the timer through the GHCB and sends
+// the EOI through it when this returns.
+sevm_svc_sti_hlt:
+    sti
+    hlt
+    cli
+    xor eax, eax
+    jmp sevm_svc_return
+
+// The SEV-ES timer interrupt: no EOI here (an x2APIC MSR write raises #VC at CPL0).
+sevm_timer_irq_es:
+    iretq
+
+// #VC (vector 29, SEV-ES). The CPU pushed SS, RSP, RFLAGS, CS, RIP and the error code (the
+// exit code). Rust never runs at CPL0 here, so a #VC from CPL3 is reflected to the CPL3
+// handler (sevm_vc_rust_entry): the frame (the vector and the GPRs pushed below the CPU's
+// part: vc-handler's VcFrame) is copied to this CPU's frame slot, and IRETQ enters the
+// handler on the interrupted stack below its red zone. The handler returns through the
+// VC_RETURN service. A #VC at CPL0, or one while this CPU's handler runs, is fatal.
+sevm_vc_stub:
+    cld
+    test byte ptr [rsp + 16], 3
+    jz 9f
+    push 29
+    push rax
+    push rcx
+    push rdx
+    push rbx
+    push rbp
+    push rsi
+    push rdi
+    push r8
+    push r9
+    push r10
+    push r11
+    push r12
+    push r13
+    push r14
+    push r15
+    // This CPU's slot, from its kernel stack (CPU n's is the n-th KSTACK_SIZE block).
+    mov rbx, rsp
+    sub rbx, {KSTACKS}
+    shr rbx, {KSTACK_SHIFT}
+    shl rbx, {VC_STRIDE_SHIFT}
+    add rbx, {VC_FRAMES}
+    cmp qword ptr [rbx + {VC_BUSY}], 0
+    jne 8f
+    mov qword ptr [rbx + {VC_BUSY}], 1
+    mov rdi, rbx
+    mov rsi, rsp
+    mov ecx, {VC_FRAME_SIZE} / 8
+    rep movsq
+    mov rax, [rsp + {VC_FRAME_RSP}]
+    sub rax, 128
+    and rax, -16
+    sub rax, 8
+    add rsp, {VC_FRAME_SIZE}
+    push {SEL_UDATA}
+    push rax
+    push 2
+    push {SEL_UCODE64}
+    lea rax, [rip + sevm_vc_rust_entry]
+    push rax
+    mov rdi, rbx
+    iretq
+8:  add rsp, {VC_FRAME_VECTOR}
+    jmp sevm_fault
+9:  push 29
+    jmp sevm_fault
+
+// Return from the #VC handler: the registers from this CPU's frame slot, then IRETQ to the
+// frame's RIP and RSP, only ever at CPL3 and with only the arithmetic flags and DF of the
+// frame (interrupts stay off). The #UD frame of this call is reused for the IRETQ.
+sevm_svc_vc_return:
+    mov rbx, rsp
+    sub rbx, {KSTACKS}
+    shr rbx, {KSTACK_SHIFT}
+    shl rbx, {VC_STRIDE_SHIFT}
+    add rbx, {VC_FRAMES}
+    cmp qword ptr [rbx + {VC_BUSY}], 0
+    je sevm_fault
+    mov rax, [rbx + {VC_FRAME_RIP}]
+    mov [rsp + 16], rax
+    mov qword ptr [rsp + 24], {SEL_UCODE64}
+    mov rax, [rbx + {VC_FRAME_RFLAGS}]
+    and eax, 0xcd5
+    or eax, 2
+    mov [rsp + 32], rax
+    mov rax, [rbx + {VC_FRAME_RSP}]
+    mov [rsp + 40], rax
+    mov qword ptr [rsp + 48], {SEL_UDATA}
+    mov r15, [rbx + 0x00]
+    mov r14, [rbx + 0x08]
+    mov r13, [rbx + 0x10]
+    mov r12, [rbx + 0x18]
+    mov r11, [rbx + 0x20]
+    mov r10, [rbx + 0x28]
+    mov r9, [rbx + 0x30]
+    mov r8, [rbx + 0x38]
+    mov rdi, [rbx + 0x40]
+    mov rsi, [rbx + 0x48]
+    mov rbp, [rbx + 0x50]
+    mov rdx, [rbx + 0x60]
+    mov rcx, [rbx + 0x68]
+    mov rax, [rbx + 0x70]
+    mov qword ptr [rbx + {VC_BUSY}], 0
+    mov rbx, [rbx + 0x58]
+    add rsp, 16
+    iretq
+
+// Test service: this #UD frame becomes the frame the CPU pushes for a #VC with error code
+// rdi at the instruction at rsi, with rax = r8; then the #VC path runs as for a real one.
+sevm_svc_raise_vc:
+    add rsp, 8
+    mov [rsp], rdi
+    mov [rsp + 8], rsi
+    mov rax, r8
+    jmp sevm_vc_stub
+
 // The timer interrupt: acknowledge it (x2APIC EOI) and return to the sleeper.
 sevm_timer_irq:
     push rax
@@ -532,7 +782,10 @@ sevm_svc_vmmcall:
     jmp sevm_svc_return
 
 // A fatal exception: report it through the services page (the VMM stops the VM) and park.
+// Under SEV-ES through this CPU's GHCB (sevmirror's fault service; MMIO would raise #VC).
 sevm_fault:
+    test byte ptr [{BOOT_INFO}], 2
+    jnz sevm_fault_es
     mov ebx, {SERVICES}
     mov rax, [rsp + 16]
     mov [rbx + {FAULT_RIP}], rax
@@ -547,6 +800,45 @@ sevm_fault:
     mov [rbx + {FAULT}], rax
     jmp sevm_park
 
+// Stack: vector, error, rip, cs, ...; this CPU's GHCB from its kernel stack (the IST half
+// is in the same block). A fresh request: save area cleared, then the exit and its fields
+// (guest-abi ghcb and ghcb::service::Call::Fault) marked valid.
+sevm_fault_es:
+    mov rbx, rsp
+    sub rbx, {KSTACKS}
+    shr rbx, {KSTACK_SHIFT}
+    shl rbx, 12
+    add rbx, {GHCB_BASE}
+    mov rdi, rbx
+    xor eax, eax
+    mov ecx, {GHCB_SAVE_END} / 8
+    rep stosq
+    mov rax, [rsp + 16]
+    mov [rbx + {GHCB_RBX}], rax
+    mov rax, [rsp + 8]
+    mov [rbx + {GHCB_RCX}], rax
+    mov rax, cr2
+    mov [rbx + {GHCB_RDX}], rax
+    mov rax, [rsp + 24]
+    and eax, 3
+    shl eax, 8
+    or rax, [rsp]
+    mov [rbx + {GHCB_INFO2}], rax
+    mov qword ptr [rbx + {GHCB_INFO1}], {CALL_FAULT}
+    mov eax, {EXIT_SERVICE}
+    mov [rbx + {GHCB_EXIT_CODE}], rax
+    movabs rax, {FAULT_VALID_HI}
+    mov [rbx + {GHCB_VALID} + 8], rax
+    mov word ptr [rbx + {GHCB_VERSION}], {GHCB_PROTOCOL}
+    mov dword ptr [rbx + {GHCB_USAGE}], 0
+    mov ecx, 0xc0010130
+    mov eax, ebx
+    xor edx, edx
+    wrmsr
+    mov edi, {SERVICES}
+    mov dword ptr [rdi + {VMGEXIT}], 0
+    jmp sevm_park
+
 .section .rodata.boot, "a"
 .balign 8
 sevm_ram_gdtr:
@@ -556,6 +848,15 @@ sevm_ram_gdtr:
 sevm_idtr:
     .word 256 * 16 - 1
     .quad {IDT}
+// The boot CPU's first IDT, 32-bit gates 0..13: only #GP present (SEV_STATUS read).
+.balign 8
+sevm_idt32r:
+    .word 14 * 8 - 1
+    .long {IDT}
+.balign 8
+sevm_no_idtr:
+    .word 0
+    .long 0
 sevm_banner:
     .asciz "sevmirror firmware: reset\r\n"
 

@@ -19,7 +19,9 @@ extern crate sevmirror_firmware_mem;
 mod boot;
 mod console;
 mod cpu;
+mod es;
 mod fwcfg;
+mod ghcb;
 mod globals;
 mod helper;
 mod migration;
@@ -27,6 +29,7 @@ mod paging;
 mod services;
 mod sev;
 mod smp;
+mod vc;
 mod workloads;
 
 use core::sync::atomic::Ordering;
@@ -177,6 +180,10 @@ fn read_config() -> Config {
 
 fn bsp_main() -> ! {
     globals::init();
+    // Under SEV-ES every exit from here on goes through this CPU's GHCB.
+    if es::active() && ghcb::establish(0).is_err() {
+        es::terminate()
+    }
     services::event(Event::CPL3_ENTRY);
     if let Some(missing) = cpu::missing_features().next() {
         fail(
@@ -186,6 +193,11 @@ fn bsp_main() -> ! {
     }
     let sev = sev::detect();
     sev::init_shared_list();
+    if es::active() {
+        if let Err(e) = ghcb::record_shared() {
+            fail(exit_code::BAD_CONFIG, format_args!("SEV-ES: {e}"));
+        }
+    }
     if sev.is_some() {
         // fw_cfg DMA goes through this page: the host must be able to read it.
         if let Err(e) = sev::map_gpa_range(layout::FWCFG_DMA_PAGE, 1, sev::Visibility::Shared) {
@@ -233,9 +245,14 @@ fn bsp_main() -> ! {
         config.workload.name(),
     );
     if let Some(s) = sev {
+        // The C-bit position and address reduction the VMM's CPUID announces (what the
+        // host's query-sev-capabilities reports too).
+        let ebx = cpu::vmm_cpuid(0x8000_001f, 0)[1];
         println!(
-            "firmware: SEV active{}",
-            if s.es { " with SEV-ES" } else { "" }
+            "firmware: SEV active{} (C-bit {}, reduced physical address bits {})",
+            if s.es { " with SEV-ES" } else { "" },
+            ebx & 0x3f,
+            (ebx >> 6) & 0x3f
         );
         sev::report_secrets();
     }
@@ -274,6 +291,8 @@ fn bsp_main() -> ! {
             globals::release_aps_idle();
             workloads::dirty::run(config.dirty_rate, config.tsc_khz)
         }
+        Workload::VcTest => workloads::vctest::run(sev.is_some_and(|s| s.es)),
+        Workload::Bypass(access) => workloads::bypass::run(access),
         Workload::Canary => {
             let mut alloc = PageAllocator::new(&config.map);
             if workloads::canary::run(&mut alloc, sev.is_some()).is_none() {

@@ -1,7 +1,7 @@
 //! SEV as the guest sees it: detecting it the architectural way, announcing page
 //! conversions to the host, and reading the guest owner's launch secret.
 
-use crate::{cpu, println, services};
+use crate::{cpu, es, println, services};
 use guest_abi::{layout, services::hcall};
 use mirror_helper::shared_list::SharedList;
 use sha2::{Digest, Sha256};
@@ -26,8 +26,12 @@ pub struct Sev {
 
 /// Detects SEV: CPUID 0x8000001F says the CPU has it, then SEV_STATUS says it is active.
 /// The MSR is only read when CPUID allows it, so a plain VM never takes a #GP here. CPUID
-/// goes through CPL0 (see `cpu::vmm_cpuid`).
+/// goes through CPL0 (see `cpu::vmm_cpuid`). Under SEV-ES, SEV_STATUS as boot.s read it
+/// before anything else says so (a CPUID at CPL0 would raise #VC there).
 pub fn detect() -> Option<Sev> {
+    if es::active() {
+        return Some(Sev { es: true });
+    }
     if cpu::vmm_cpuid(0x8000_0000, 0)[0] < 0x8000_001f
         || cpu::vmm_cpuid(0x8000_001f, 0)[0] & (1 << 1) == 0
     {
@@ -117,7 +121,8 @@ pub fn map_gpa_range(gpa: u64, pages: u64, v: Visibility) -> Result<(), u64> {
             Visibility::Shared => 0,
         };
     let args = [gpa, pages, attrs];
-    let ret = if vmmcall_transport() {
+    // Under SEV-ES VMMCALL is the GHCB's VMMCALL exit, as KVM serves it for SEV-ES guests.
+    let ret = if es::active() || vmmcall_transport() {
         cpu::vmmcall(hcall::MAP_GPA_RANGE, args)
     } else {
         services::hypercall(hcall::MAP_GPA_RANGE, args)

@@ -3,8 +3,14 @@
 //! The in-kernel xAPIC drops IPIs on these machines unless the VMM refreshes the APs'
 //! LAPIC state, while x2APIC ICR writes work (docs/architecture.md §4), so the boot CPU switches its
 //! APIC to x2APIC mode first.
+//!
+//! Under SEV-ES the same IPIs go out as WRMSRs through the GHCB, and an AP starts where its
+//! VMSA was measured to start, whatever the SIPI vector: at the AP entry of the firmware's
+//! SEV-ES reset block (`sevm_ap16` in ROM; KVM's first SIPI to an SEV-ES vCPU,
+//! `sev_vcpu_deliver_sipi_vector`). No trampoline is copied, and each AP sets up its own
+//! GHCB before it checks in.
 
-use crate::{boot, cpu, globals};
+use crate::{boot, cpu, es, ghcb, globals};
 use core::sync::atomic::Ordering;
 use guest_abi::layout;
 
@@ -23,11 +29,17 @@ pub struct ApTimeout {
 
 /// Starts CPUs 1..ncpus and waits until each has reached CPL3.
 pub fn start_aps(ncpus: u32, tsc_khz: u64) -> Result<(), ApTimeout> {
-    let code = boot::ap_trampoline_code();
-    // SAFETY: the trampoline page is reserved RAM below 1 MiB, identity-mapped, and no AP
-    // runs yet; the code is a few dozen bytes, far less than the page.
-    unsafe {
-        core::ptr::copy_nonoverlapping(code.as_ptr(), layout::AP_TRAMPOLINE as *mut u8, code.len());
+    if !es::active() {
+        let code = boot::ap_trampoline_code();
+        // SAFETY: the trampoline page is reserved RAM below 1 MiB, identity-mapped, and no
+        // AP runs yet; the code is a few dozen bytes, far less than the page.
+        unsafe {
+            core::ptr::copy_nonoverlapping(
+                code.as_ptr(),
+                layout::AP_TRAMPOLINE as *mut u8,
+                code.len(),
+            );
+        }
     }
     let base = cpu::rdmsr(MSR_APIC_BASE);
     cpu::wrmsr(MSR_APIC_BASE, base | APIC_BASE_ENABLE | APIC_BASE_EXTD);
@@ -53,6 +65,10 @@ pub fn start_aps(ncpus: u32, tsc_khz: u64) -> Result<(), ApTimeout> {
 
 /// Where an AP goes once at CPL3: check in, wait for work, do it, park.
 pub fn ap_main(cpu_index: usize) -> ! {
+    if es::active() && ghcb::establish(cpu_index).is_err() {
+        // Without a GHCB nothing can be reported; the boot CPU's wait times out.
+        es::terminate()
+    }
     let g = globals::get();
     g.aps_online.fetch_add(1, Ordering::AcqRel);
     while !g.go.load(Ordering::Acquire) {

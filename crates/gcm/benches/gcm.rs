@@ -8,6 +8,7 @@
 //! open-then-reseal of one record (which restores its ciphertext) minus seal, so no
 //! copy is timed.
 
+use harness::gcm_limits::Direction;
 use record_gcm::{Aes256Gcm, Kernel};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -37,26 +38,6 @@ fn nonce(i: u64) -> [u8; 12] {
     let mut n = [0u8; 12];
     n[4..].copy_from_slice(&i.to_le_bytes());
     n
-}
-
-/// `openssl speed`'s AES-256-GCM encrypt rate for `len`-byte buffers, in MB/s.
-fn openssl(len: usize, seconds: u32) -> Result<f64, String> {
-    let out = std::process::Command::new("openssl")
-        .args(["speed", "-evp", "aes-256-gcm", "-bytes"])
-        .arg(len.to_string())
-        .args(["-seconds", &seconds.to_string()])
-        .output()
-        .map_err(|e| format!("openssl not run: {e}"))?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    // Last line: "AES-256-GCM    3084608.85k" (thousands of bytes per second).
-    let last = text.lines().last().unwrap_or_default();
-    let k = last
-        .split_whitespace()
-        .last()
-        .and_then(|v| v.strip_suffix('k'))
-        .and_then(|v| v.parse::<f64>().ok())
-        .ok_or_else(|| format!("unexpected openssl output: {last:?}"))?;
-    Ok(k / 1000.0)
 }
 
 fn main() {
@@ -103,11 +84,13 @@ fn main() {
         println!("{:10} {seal:>10.0} {open:>10.0}", kernel.name());
         best_seal = best_seal.max(seal);
     }
-    match openssl(len, seconds) {
+    // The harness runs and reads `openssl speed` for `bench migrate` too.
+    let ossl = harness::gcm_limits::openssl_speed(len, seconds, Direction::Seal);
+    match ossl.map(|bytes_s| bytes_s / 1e6) {
         Ok(ossl) => println!(
             "{:10} {ossl:>10.0} {:>10}   (openssl speed -evp aes-256-gcm -bytes {len}); best kernel seals {:.2}x",
             "openssl", "", best_seal / ossl
         ),
-        Err(e) => println!("openssl: {e}"),
+        Err(e) => println!("openssl: {}", harness::error_chain(&e)),
     }
 }

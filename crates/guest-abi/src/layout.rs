@@ -47,8 +47,20 @@ pub const IDT: u64 = 0x15_1000;
 pub const TSS_BASE: u64 = 0x15_2000;
 /// Distance between consecutive TSSs.
 pub const TSS_STRIDE: u64 = 0x80;
+/// Page where the boot CPU's CPL0 code leaves what it learned before any Rust ran (see
+/// [`boot_info`]); the other CPUs and the CPL3 code read it.
+pub const BOOT_INFO: u64 = 0x15_3000;
 /// Page the firmware keeps its cross-CPU state in (see the firmware's `globals`).
 pub const GLOBALS: u64 = 0x15_4000;
+/// Per-CPU #VC frame pages (SEV-ES): the vector-29 stub copies the exception frame to CPU
+/// n's slot at `VC_FRAMES + n * VC_FRAME_STRIDE` for the CPL3 handler (see
+/// [`vc_frame_gpa`]).
+pub const VC_FRAMES: u64 = 0x15_5000;
+/// Distance between consecutive #VC frame slots.
+pub const VC_FRAME_STRIDE: u64 = 0x100;
+/// Offset, in a #VC frame slot, of the word that is non-zero while the CPU's #VC handler
+/// runs (after the 0xB0-byte frame).
+pub const VC_FRAME_BUSY: u64 = 0xb0;
 /// Page the firmware uses as its fw_cfg DMA bounce buffer (shared with the host).
 pub const FWCFG_DMA_PAGE: u64 = 0x15_8000;
 /// Kernel (CPL0) stacks, `KSTACK_SIZE` each; the lower half of each is the IST stack.
@@ -83,8 +95,11 @@ pub const SEV_SHARED_LIST: u64 = 0x80_2000;
 /// whose helper committed a migration never runs again (see guest-abi's `migration`).
 /// Private, in the SEV area (reserved in every memory map), written only by the helper.
 pub const MIGRATION_STATE: u64 = 0x80_3000;
+/// Per-CPU GHCB pages (SEV-ES), one page per CPU (CPU n's at `GHCB_BASE + n * 4 KiB`);
+/// the firmware shares them with the host.
+pub const GHCB_BASE: u64 = 0x81_0000;
 /// End of the SEV area.
-pub const SEV_AREA_END: u64 = 0x81_0000;
+pub const SEV_AREA_END: u64 = GHCB_BASE + PAGE_SIZE * MAX_VCPUS as u64;
 
 /// Base of the region reserved for the mirror migration helper. Its size grows with RAM
 /// (see helper-abi's `region` module); it always ends below [`MIN_RAM`] plus a
@@ -99,9 +114,31 @@ pub const fn kstack_top(cpu: usize) -> u64 {
     KSTACKS + KSTACK_SIZE * (cpu as u64 + 1)
 }
 
+/// The given CPU's #VC frame slot.
+pub const fn vc_frame_gpa(cpu: usize) -> u64 {
+    VC_FRAMES + VC_FRAME_STRIDE * cpu as u64
+}
+
+/// The given CPU's GHCB page.
+pub const fn ghcb_gpa(cpu: usize) -> u64 {
+    GHCB_BASE + PAGE_SIZE * cpu as u64
+}
+
 /// Top of the given CPU's user stack.
 pub const fn ustack_top(cpu: usize) -> u64 {
     USTACKS + USTACK_SIZE * (cpu as u64 + 1)
+}
+
+/// Offsets in the [`BOOT_INFO`] page.
+pub mod boot_info {
+    /// SEV_STATUS (MSR 0xC001_0131) as the boot CPU read it at CPL0 before anything else:
+    /// bit 0 SEV, bit 1 SEV-ES; 0 for a guest without SEV (whose CPU has no such MSR: the
+    /// read's #GP is caught). Under SEV-ES the CPL0 code must not execute CPUID, IN/OUT or
+    /// MMIO other than the VMGEXIT register (each raises #VC there) and reads this instead.
+    pub const SEV_STATUS: u64 = 0x0;
+    /// XCR0 as the CPL0 code set it under SEV-ES (0 if it did not), for the #VC handler's
+    /// CPUID leaf 0xD requests.
+    pub const XCR0: u64 = 0x8;
 }
 
 /// GDT selectors, identical in the ROM boot GDT and the RAM GDT.
@@ -122,8 +159,11 @@ pub mod selector {
 
 // The areas must not overlap each other.
 const _: () = assert!(PD_BASE + PD_COUNT * PAGE_SIZE <= GDT);
-const _: () = assert!(TSS_BASE + TSS_STRIDE * MAX_VCPUS as u64 <= GLOBALS);
-const _: () = assert!(GLOBALS + PAGE_SIZE <= FWCFG_DMA_PAGE);
+const _: () = assert!(TSS_BASE + TSS_STRIDE * MAX_VCPUS as u64 <= BOOT_INFO);
+const _: () = assert!(BOOT_INFO + PAGE_SIZE <= GLOBALS);
+const _: () = assert!(GLOBALS + PAGE_SIZE <= VC_FRAMES);
+const _: () = assert!(VC_FRAMES + VC_FRAME_STRIDE * MAX_VCPUS as u64 <= FWCFG_DMA_PAGE);
+const _: () = assert!(VC_FRAME_BUSY + 8 <= VC_FRAME_STRIDE);
 const _: () = assert!(FWCFG_DMA_PAGE + PAGE_SIZE <= KSTACKS);
 const _: () = assert!(KSTACKS + KSTACK_SIZE * MAX_VCPUS as u64 <= USTACKS);
 const _: () = assert!(FW_AREA_END <= SEV_AREA_BASE);

@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 pub mod fwcfg;
+pub mod ghcb;
 pub mod layout;
 pub mod memmap;
 pub mod migration;

@@ -38,6 +38,11 @@ pub const DOORBELL: u64 = 0x080;
 /// Host request to the workload (read): a [`Request`] code, or 0 for none; reading
 /// takes the request.
 pub const REQUEST: u64 = 0x088;
+/// VMGEXIT stand-in (SEV-ES): a write (any value) makes the VMM serve this vCPU's GHCB
+/// exit as VMGEXIT does on hardware: the GHCB at the GPA this vCPU's GHCB MSR holds, or
+/// the GHCB MSR protocol request it holds (guest-abi `ghcb`). VMGEXIT itself never exits
+/// on the development machines (docs/architecture.md §4, Machine facts).
+pub const VMGEXIT: u64 = 0x090;
 
 /// What the host may ask a running workload to do (read from [`REQUEST`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -33,7 +33,23 @@ pub const SLEEP_UNTIL: u64 = 7;
 /// CPL3 runs natively and reports the host's values, not the VMM's (KVM_SET_CPUID2 only
 /// governs the emulated CPL0), so guest configuration such as SEV is read through here.
 pub const CPUID: u64 = 8;
+/// Wait for an interrupt (`sti; hlt; cli`), for SEV-ES guests, which program the timer
+/// through the GHCB and acknowledge it themselves (see [`TIMER_VECTOR_ES`]).
+pub const STI_HLT: u64 = 9;
+/// Return from the SEV-ES #VC handler: reload the registers from this CPU's #VC frame slot
+/// (guest-abi `layout::vc_frame_gpa`) and IRETQ to its RIP (CPL3 only). Never returns.
+pub const VC_RETURN: u64 = 10;
+/// Test service: raise a #VC as the CPU would for the instruction at rsi, with error code
+/// (exit code) rdi and rax = r8, the other registers as the caller left them; the #VC
+/// handler resumes after that instruction. The CPU never raises #VC on the development
+/// machines (docs/architecture.md §4), so this is how the firmware's tests drive the
+/// vector-29 stub, the CPL3 handler and VC_RETURN end to end.
+pub const RAISE_VC: u64 = 11;
 /// Interrupt vector of the firmware's timer.
 pub const TIMER_VECTOR: u64 = 0x40;
+/// Interrupt vector of the timer under SEV-ES: its handler only returns (an EOI is an
+/// x2APIC MSR write, which raises #VC at CPL0); the sleeper sends the EOI through the
+/// GHCB once it wakes.
+pub const TIMER_VECTOR_ES: u64 = 0x41;
 /// Value returned for an unknown service number.
 pub const UNKNOWN: u64 = u64::MAX;

@@ -5,7 +5,10 @@
 //! - [`owner`]: the guest owner in this process: sessions, attestation, secrets.
 //! - [`scenario`]: one live migration staged the way a cloud would — platform, owner,
 //!   source under load, attested target, migration over loopback — and its outcome.
-//! - [`bench_helper`] and [`bench_migrate`]: the figures `sevmirror bench` prints.
+//! - [`bench_helper`] and [`bench_migrate`]: the figures `sevmirror bench` prints;
+//!   [`gcm_limits`] (the helper's AES-256-GCM per kernel, `openssl speed`), [`qemu_tls`]
+//!   (certificates for QEMU's TLS migration), [`pin`] (disjoint CPU sets for the source
+//!   and the target) and [`chart`] (the SVG of `bench migrate --svg`) serve them.
 //! - [`relay`]: a TCP relay that records what a migration source sends.
 //!
 //! Figures are measured and printed, never asserted. Trust: the harness starts the
@@ -19,8 +22,12 @@
 
 pub mod bench_helper;
 pub mod bench_migrate;
+pub mod chart;
+pub mod gcm_limits;
 pub mod owner;
+pub mod pin;
 pub mod process;
+pub mod qemu_tls;
 pub mod relay;
 pub mod scenario;
 
@@ -143,6 +150,18 @@ pub fn json_u64(reply: &Value, path: &[&str]) -> u64 {
         .fold(reply, |v, key| &v[*key])
         .as_u64()
         .unwrap_or(0)
+}
+
+/// An error and its causes on one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut e = e;
+    while let Some(next) = e.source() {
+        s.push_str(": ");
+        s.push_str(&next.to_string());
+        e = next;
+    }
+    s
 }
 
 /// CPU seconds (user + system) process `pid` has used so far; 0 if unknown.

@@ -69,9 +69,19 @@ impl VmmProcess {
     /// Starts `sevmirror run --api DIR/NAME.sock --serial DIR/NAME.console ARGS…` (stderr
     /// to DIR/NAME.stderr); returns at once. See [`VmmProcess::wait_api`].
     pub fn start(spawn: &Spawn, name: &str, args: &[impl AsRef<OsStr>]) -> Result<VmmProcess> {
+        VmmProcess::start_on(spawn, name, args, None)
+    }
+
+    /// As [`VmmProcess::start`], pinned to `cpus` (a `taskset -c` list) when given.
+    pub fn start_on(
+        spawn: &Spawn,
+        name: &str,
+        args: &[impl AsRef<OsStr>],
+        cpus: Option<&str>,
+    ) -> Result<VmmProcess> {
         let file = |ext: &str| spawn.dir.join(format!("{name}.{ext}"));
         let (api, console, stderr) = (file("sock"), file("console"), file("stderr"));
-        let child = Command::new(&spawn.exe)
+        let child = crate::pin::command(&spawn.exe, cpus)
             .arg("run")
             .arg("--api")
             .arg(&api)
@@ -108,7 +118,18 @@ impl VmmProcess {
         args: &[impl AsRef<OsStr>],
         timeout: Duration,
     ) -> Result<VmmProcess> {
-        let mut vm = VmmProcess::start(spawn, name, args)?;
+        VmmProcess::spawn_on(spawn, name, args, timeout, None)
+    }
+
+    /// As [`VmmProcess::spawn`], pinned to `cpus` (a `taskset -c` list) when given.
+    pub fn spawn_on(
+        spawn: &Spawn,
+        name: &str,
+        args: &[impl AsRef<OsStr>],
+        timeout: Duration,
+        cpus: Option<&str>,
+    ) -> Result<VmmProcess> {
+        let mut vm = VmmProcess::start_on(spawn, name, args, cpus)?;
         vm.wait_api(timeout)?;
         Ok(vm)
     }

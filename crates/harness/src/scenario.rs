@@ -9,6 +9,7 @@
 use crate::{
     cpu_seconds, json_u64,
     owner::Owner,
+    pin::PinPlan,
     process::{Channel, OnDrop, Spawn, VmmProcess},
     HarnessError, Result,
 };
@@ -42,6 +43,8 @@ pub struct Config {
     pub warmup: Duration,
     /// The `sevmirror` executable that runs each VMM.
     pub exe: PathBuf,
+    /// CPUs of the source and of the target process (None: anywhere).
+    pub pin: Option<PinPlan>,
 }
 
 /// What happened.
@@ -149,7 +152,7 @@ impl Stage {
         self
     }
 
-    fn spawn(&self, name: &str, extra: &[String]) -> Result<VmmProcess> {
+    fn spawn(&self, name: &str, extra: &[String], cpus: Option<&str>) -> Result<VmmProcess> {
         let spawn = Spawn {
             exe: self.config.exe.clone(),
             dir: self.dir.path().to_path_buf(),
@@ -164,7 +167,7 @@ impl Stage {
             self.config.vcpus.to_string(),
         ];
         args.extend_from_slice(extra);
-        VmmProcess::spawn(&spawn, name, &args, START_TIMEOUT)
+        VmmProcess::spawn_on(&spawn, name, &args, START_TIMEOUT, cpus)
     }
 
     /// The working directory (sockets, consoles, the platform, recovery files).
@@ -178,10 +181,15 @@ impl Stage {
     }
 
     /// Launches a VM: as an owner-attested SEV guest or a plain one; `extra` are more
-    /// `run` options (a workload, `--incoming`).
-    pub fn launch(&self, name: &str, mut extra: Vec<String>) -> Result<VmmProcess> {
+    /// `run` options (a workload, `--incoming`); `cpus` pins the process (taskset list).
+    pub fn launch(
+        &self,
+        name: &str,
+        mut extra: Vec<String>,
+        cpus: Option<&str>,
+    ) -> Result<VmmProcess> {
         let Some(owner) = &self.owner else {
-            return self.spawn(name, &extra);
+            return self.spawn(name, &extra, cpus);
         };
         let session = owner.session(self.dir.path(), name)?;
         extra.extend(Owner::run_args(&session));
@@ -191,16 +199,18 @@ impl Stage {
             "--platform-dir".to_string(),
             self.dir.path().join("platform").display().to_string(),
         ]);
-        let mut vm = self.spawn(name, &extra)?;
+        let mut vm = self.spawn(name, &extra, cpus)?;
         owner.attest_and_start(&mut vm, &session.keys)?;
         Ok(vm)
     }
 
     /// Runs the whole story; `progress` sees each `query-migrate` reply while it runs.
     pub fn run(&self, progress: impl FnMut(&Value)) -> Result<Outcome> {
+        let pin = self.config.pin.as_ref();
         let mut target = self.launch(
             "target",
             vec!["--incoming".into(), "tcp:127.0.0.1:0".into()],
+            pin.map(PinPlan::target_list).as_deref(),
         )?;
         let mut source = self.launch(
             "source",
@@ -210,6 +220,7 @@ impl Stage {
                 "--dirty-rate".into(),
                 self.config.dirty_rate.to_string(),
             ],
+            pin.map(PinPlan::source_list).as_deref(),
         )?;
         let port = target.port()?;
         // The workload is running once it reports its first pass.

@@ -49,6 +49,7 @@ const FIRMWARE_MAY_USE: &[&str] = &[
     "mirror-helper",
     "os-loader",
     "record-gcm",
+    "vc-handler",
     // no_std crypto.
     "aes-gcm",
     "curve25519-dalek",

@@ -137,10 +137,10 @@ pub fn reply(r: Reply) -> QmpReply {
             pdh: B64.encode(&c.pdh),
             cert_chain: B64.encode(&c.cert_chain),
             cpu0_id: B64.encode(&c.chip_id),
-            // The emulated platform encrypts at the host boundary: no C-bit (see
-            // docs/architecture.md §3, The emulated platform).
-            cbitpos: 0,
-            reduced_phys_bits: 0,
+            // What the guest's CPUID 0x8000001F announces: 0 and 0 on the emulated
+            // platform, which encrypts at the host boundary (docs/architecture.md §3).
+            cbitpos: c.cbitpos,
+            reduced_phys_bits: c.reduced_phys_bits,
         }),
         Reply::Helper(h) => QmpReply::Helper(helper_info(h)),
         Reply::Migration(m) => {

@@ -4,8 +4,10 @@ use clap::{Args, Subcommand};
 use harness::{
     bench_helper::{self, HelperBench},
     bench_migrate::{self, MigrateBench},
+    chart,
+    pin::PinPlan,
 };
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
 
 /// `sevmirror bench`.
 #[derive(Args, Debug)]
@@ -20,8 +22,9 @@ pub enum BenchCommand {
     /// Pages per second the migration helper seals (EXPORT) and opens (IMPORT), against
     /// batch size and helper vCPUs, next to this machine's AES-256-GCM speed.
     Helper(HelperBenchArgs),
-    /// Live migration over loopback: plain, through 1..N helper vCPUs, and QEMU's plain
-    /// precopy where installed, next to this machine's AES-256-GCM and TCP limits.
+    /// Live migration over loopback: plain, through 1..N helper vCPUs, and QEMU's
+    /// migrations where installed (plain, prefaulted target, TLS, multifd with and without
+    /// TLS), next to the helper's AES-256-GCM per kernel, `openssl speed` and loopback TCP.
     Migrate(MigrateBenchArgs),
 }
 
@@ -65,9 +68,19 @@ pub struct MigrateBenchArgs {
     /// Skip QEMU even where qemu-system-x86_64 is installed.
     #[arg(long)]
     pub no_qemu: bool,
-    /// Print one JSON object instead of a table.
+    /// Run the source and the target on disjoint halves of this machine's CPUs (taskset),
+    /// as on two hosts; needs 2 CPUs or more.
     #[arg(long)]
+    pub pin: bool,
+    /// Also draw the rows (throughput, downtime, bytes sent over time) into this SVG file.
+    #[arg(long, value_name = "FILE")]
+    pub svg: Option<PathBuf>,
+    /// Print one JSON object instead of a table.
+    #[arg(long, conflicts_with = "markdown")]
     pub json: bool,
+    /// Print the tables as markdown (as docs/performance.md shows them).
+    #[arg(long)]
+    pub markdown: bool,
 }
 
 /// Runs `sevmirror bench …`.
@@ -94,6 +107,11 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
                 runs: a.runs,
                 settle: Duration::from_secs(a.settle),
                 no_qemu: a.no_qemu,
+                pin: if a.pin {
+                    Some(PinPlan::for_this_machine()?)
+                } else {
+                    None
+                },
                 exe: std::env::current_exe()?,
             };
             let report = bench_migrate::run(&bench, |line| {
@@ -101,6 +119,16 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
                     eprintln!("bench: {line}");
                 }
             })?;
+            if let Some(path) = &a.svg {
+                chart::write_svg(&report, path)?;
+                if !a.json {
+                    eprintln!("bench: chart written to {}", path.display());
+                }
+            }
+            if a.markdown {
+                print!("{}", report.markdown());
+                return Ok(());
+            }
             print(a.json, &report, &report)
         }
     }

@@ -95,8 +95,9 @@ pub struct RunArgs {
 
     /// Helper vCPUs to start in the mirror VM of an SEV guest (0: no mirror). The mirror
     /// shares the guest's encryption context and runs the firmware's migration helper.
-    #[arg(long, default_value_t = 1, value_name = "N")]
-    pub helpers: u16,
+    /// Default 1, and 0 for an SEV-ES guest (policy bit 0x4), which has no helper yet.
+    #[arg(long, value_name = "N")]
+    pub helpers: Option<u16>,
 
     /// Do not run the guest until `cont` arrives on the control socket (QEMU's -S). An SEV
     /// guest stops after LAUNCH_MEASURE, so its owner can check the measurement and inject
@@ -124,9 +125,17 @@ pub struct SevArgs {
     pub sev: bool,
 
     /// Guest policy (SEV API §3; decimal or 0x hex). QEMU's default, 0x1, forbids
-    /// debugging (DBG_DECRYPT).
+    /// debugging (DBG_DECRYPT); bit 0x4 asks for SEV-ES (vCPU state encrypted in VMSAs,
+    /// exits served through the GHCB), e.g. 0x5.
     #[arg(long, default_value = "0x1", value_parser = parse_u32, requires = "sev")]
     pub policy: u32,
+
+    /// SEV-ES: the vCPU model (QEMU -cpu) whose family/model/stepping every measured VMSA
+    /// holds; `sevmirror measure --mode sev-es --vcpus N --vcpu-type TYPE` computes the
+    /// same digest.
+    #[arg(long, value_name = "TYPE", default_value = vmm::sev::DEFAULT_VCPU_TYPE,
+          value_parser = crate::measure_cmd::parse_vcpu_type, requires = "sev")]
+    pub vcpu_type: sev_platform::vmsa::VcpuType,
 
     /// Guest owner's Diffie-Hellman certificate, base64 (QEMU's dh-cert-file; from
     /// `sevmirror owner session` or `sevctl session`).

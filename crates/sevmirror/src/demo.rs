@@ -52,6 +52,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<i32> {
         downtime_limit_ms: None,
         warmup: Duration::from_millis(500),
         exe: std::env::current_exe()?,
+        pin: None,
     };
     let say = |line: &str| {
         if !args.json {

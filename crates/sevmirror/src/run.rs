@@ -145,6 +145,14 @@ fn print_trace(trace: &Trace) {
             "boot-trace: vCPU {i} exits to the VMM: {} port I/O, {} MMIO, {} other; KVM counters: {kvm}",
             s.pio, s.mmio, s.other
         );
+        if !s.ghcb.is_empty() {
+            let ghcb: Vec<String> = s.ghcb.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            eprintln!(
+                "boot-trace: vCPU {i} VMGEXITs (SEV-ES): {}; {} refused as malformed",
+                ghcb.join(", "),
+                s.ghcb_refused
+            );
+        }
     }
 }
 
@@ -186,6 +194,15 @@ pub fn run(args: &RunArgs) -> anyhow::Result<i32> {
         None => None,
     };
     let sev = sev_config(&args.sev)?;
+    let es = sev.as_ref().is_some_and(|s| s.policy.has(Policy::ES));
+    let helpers = match (args.helpers, es) {
+        (Some(n), true) if n > 0 => bail!(
+            "--helpers {n}: an SEV-ES guest has no migration helper yet (its mirror's helper vCPUs need VMSAs measured at launch); leave --helpers out or give 0"
+        ),
+        (Some(n), _) => n,
+        (None, true) => 0,
+        (None, false) => 1,
+    };
     let kvm = Arc::new(KvmSystem::open()?);
     process::block_termination();
     let mut builder = MachineBuilder::new(VmConfig {
@@ -196,7 +213,8 @@ pub fn run(args: &RunArgs) -> anyhow::Result<i32> {
         fw_cfg_files: files,
         sev,
     })
-    .helpers(args.helpers)
+    .helpers(helpers)
+    .vcpu_type(args.sev.vcpu_type)
     .state_dir(state_dir(args));
     if let Some(listener) = listener {
         builder = builder.incoming(listener);

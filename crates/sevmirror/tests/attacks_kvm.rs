@@ -49,6 +49,7 @@ fn stage() -> Stage {
         downtime_limit_ms: None,
         warmup: Duration::ZERO,
         exe: env!("CARGO_BIN_EXE_sevmirror").into(),
+        pin: None,
     })
     .unwrap()
 }
@@ -61,6 +62,7 @@ fn source(stage: &Stage) -> VmmProcess {
             ["--workload", "dirty", "--dirty-rate", "1000"]
                 .map(String::from)
                 .to_vec(),
+            None,
         )
         .unwrap();
     vm.wait_console("filled; rewriting", PATIENCE).unwrap();
@@ -73,6 +75,7 @@ fn target(stage: &Stage, name: &str) -> (VmmProcess, u16) {
         .launch(
             name,
             ["--incoming", "tcp:127.0.0.1:0"].map(String::from).to_vec(),
+            None,
         )
         .unwrap();
     let port = vm.port().unwrap();

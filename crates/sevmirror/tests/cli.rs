@@ -195,3 +195,48 @@ fn firmware_out_writes_the_embedded_image() {
     let image = firmware_image_bytes();
     assert_eq!(image.len(), 1 << 20);
 }
+
+#[test]
+fn kvm_run_sev_es_boots_the_selftest_and_refuses_helpers() {
+    if !have_kvm() {
+        return;
+    }
+    let platform = tmp("es-platform");
+    let platform = platform.to_str().unwrap();
+    let base = [
+        "run",
+        "--mem",
+        "128M",
+        "--sev",
+        "--sev-backend",
+        "emulated",
+        "--platform-dir",
+        platform,
+        "--policy",
+        "0x5",
+    ];
+    let o = sevmirror(&[&base[..], &["--vcpus", "2", "--boot-trace"]].concat());
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    assert!(
+        stdout(&o).contains("SEV active with SEV-ES") && stdout(&o).contains("selftest: PASS"),
+        "{}",
+        stdout(&o)
+    );
+    // The boot trace counts the VMGEXITs; under SEV-ES no exit is plain port I/O, and the
+    // CPL0 banner on the 16550 is not printed.
+    assert!(
+        stderr(&o).contains("VMGEXITs (SEV-ES): cpuid"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(stderr(&o).contains(" 0 port I/O,"), "{}", stderr(&o));
+    assert!(!stdout(&o).contains("sevmirror firmware: reset"));
+
+    let o = sevmirror(&[&base[..], &["--helpers", "1"]].concat());
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("--helpers 1: an SEV-ES guest has no migration helper yet"),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -65,6 +65,10 @@ pub enum MirrorError {
     /// The owner's SEV launch has not finished.
     #[error("the guest has not finished its SEV launch yet")]
     NotLaunched,
+    /// The owner is an SEV-ES guest: a mirror's helper vCPUs would need their VMSAs
+    /// measured at the owner's launch (not built yet).
+    #[error("the guest is an SEV-ES guest: its mirror's helper vCPUs need VMSAs measured at launch, which sevmirror does not build yet")]
+    SevEs,
     /// The guest's firmware has not prepared its helper (it is still booting, or failed).
     #[error("the guest's firmware did not report its migration helper ready within {0:?}")]
     HelperNotReady(Duration),
@@ -514,6 +518,9 @@ impl Vm {
     /// starts `helpers` helper vCPUs at the firmware's declared entry point.
     pub fn attach_mirror(&self, kvm: &KvmSystem, helpers: u16) -> Result<Mirror, MirrorError> {
         let sev = self.sev.as_ref().ok_or(MirrorError::NotSev)?;
+        if sev.es {
+            return Err(MirrorError::SevEs);
+        }
         if self.sev_phase() != Some(crate::sev::LaunchPhase::Finished) {
             return Err(MirrorError::NotLaunched);
         }

@@ -1,22 +1,47 @@
-//! SEV guests in the VMM: the launch sequence (a typestate: start, measure, secrets,
-//! finish), what the guest sees of SEV (CPUID 0x8000001F, the SEV_STATUS MSR), and the
-//! guest's page-conversion hypercall.
+//! SEV guests in the VMM: the launch sequence (a typestate: start, the VMSAs of an SEV-ES
+//! guest, measure, secrets, finish), what the guest sees of SEV (CPUID 0x8000001F, the
+//! SEV_STATUS MSR), and the guest's page-conversion hypercall.
 
 use crate::{
-    kvm::KvmVm,
+    kvm::{KvmSystem, KvmVm},
     memory::{HostView, LaunchView, Visibility},
     vm::{Vm, VmError},
 };
 use guest_abi::{layout, services::hcall};
 use kvm_bindings::kvm_cpuid_entry2;
 use sev_platform::{
-    backend::{GuestStatus, LaunchMeasurement, LaunchSession, SecretHeader, VmRef},
+    backend::{
+        BackendKind, GuestStatus, KvmVmType, LaunchMeasurement, LaunchSession, SecretHeader, VmRef,
+    },
+    hw::{vm_type_for, SevMode},
+    vmsa::{ResetVmsas, VcpuType, VmmType},
     Policy, SevBackend, SevError,
 };
 use std::sync::Arc;
 
+/// The vCPU model an SEV-ES launch uses unless told otherwise (its family/model/stepping
+/// is in every measured VMSA; `sevmirror measure --mode sev-es --vcpu-type EPYC-v4`).
+pub const DEFAULT_VCPU_TYPE: &str = "EPYC-v4";
+
 /// SEV_STATUS (AMD APM vol. 2 §15.34.10): bit 0 SEV enabled, bit 1 SEV-ES enabled.
 pub const MSR_SEV_STATUS: u32 = 0xc001_0131;
+/// The MSRs (base, count) an SEV-ES guest reads and writes without a #VC, because KVM does
+/// not intercept them for an SEV-ES vCPU (their values live in the VMSA;
+/// `sev_es_init_vmcb` and the direct-access MSRs of `arch/x86/kvm/svm/svm.c`): EFER, PAT,
+/// the SYSENTER and SYSCALL MSRs, the FS/GS bases, KernelGSBase, TSC_AUX, XSS. (SEV_STATUS
+/// and the GHCB MSR need no #VC either; on the emulated platform the VMM serves them.)
+pub const ES_MSRS_WITHOUT_VC: &[(u32, u32)] = &[
+    (0x174, 3),       // SYSENTER_CS, _ESP, _EIP
+    (0x277, 1),       // PAT
+    (0xda0, 1),       // XSS
+    (0xc000_0080, 5), // EFER, STAR, LSTAR, CSTAR, SFMASK
+    (0xc000_0100, 4), // FS_BASE, GS_BASE, KernelGSBase, TSC_AUX
+];
+
+/// SEV_STATUS bit 1: SEV-ES is active.
+pub const SEV_STATUS_ES: u64 = 1 << 1;
+/// CPUID 0x8000001F EAX bit 3: SEV-ES.
+pub const CPUID_SEV_ES: u32 = 1 << 3;
 /// KVM's paravirtual feature bit for KVM_HC_MAP_GPA_RANGE (leaf 0x40000001 EAX).
 pub const KVM_FEATURE_HC_MAP_GPA_RANGE: u32 = 1 << 16;
 /// `-KVM_EINVAL` as the guest reads it.
@@ -65,37 +90,77 @@ pub(crate) struct SevGuest {
     pub(crate) handle: Option<u32>,
     pub(crate) phase: LaunchPhase,
     pub(crate) measurement: Option<LaunchMeasurement>,
+    /// SEV-ES (the policy's ES bit): vCPU state encrypted in VMSAs.
+    pub(crate) es: bool,
+}
+
+/// The KVM VM type to create for a guest, and the type the SEV platform is told it has.
+///
+/// The hardware backend gets what the kernel offers for the mode (QEMU's choice,
+/// `hw::vm_type_for`), for both. The emulated platform runs its guests on plain VMs (the
+/// only type this machine's KVM has; docs/architecture.md §4) and models a kernel with the
+/// SEV VM types for SEV-ES guests: `KVM_X86_SEV_ES_VM` and `KVM_SEV_INIT2`, so the VMSAs
+/// carry the vCPUs' FPU state as `sevmirror measure --mode sev-es` (and sev-snp-measure)
+/// computes by default (`--vmm-type qemu`). Plain SEV guests keep the legacy
+/// `KVM_SEV_INIT` there (their digest is the same either way).
+pub fn vm_types(sev: Option<&SevConfig>, kvm: &KvmSystem) -> (KvmVmType, KvmVmType) {
+    let Some(sev) = sev else {
+        return (KvmVmType::Default, KvmVmType::Default);
+    };
+    let mode = SevMode::from_policy(sev.policy);
+    match (sev.backend.kind(), mode) {
+        (BackendKind::Hardware, mode) => {
+            let t = vm_type_for(kvm.supported_vm_types(), mode);
+            (t, t)
+        }
+        (BackendKind::Emulated, SevMode::Sev) => (KvmVmType::Default, KvmVmType::Default),
+        (BackendKind::Emulated, SevMode::SevEs) => (KvmVmType::Default, KvmVmType::SevEs),
+    }
 }
 
 impl SevGuest {
-    /// Introduces the fresh VM to the platform, then KVM_SEV_INIT and the SEV_STATUS MSR
-    /// exit.
-    pub(crate) fn init(kvm_vm: &Arc<KvmVm>, config: SevConfig) -> Result<SevGuest, VmError> {
+    /// Introduces the fresh VM to the platform as a VM of `platform_type` (see
+    /// [`vm_types`]), then KVM_SEV_INIT (KVM_SEV_ES_INIT, or INIT2, for an SEV-ES policy)
+    /// and the SEV_STATUS and GHCB MSR exits.
+    pub(crate) fn init(
+        kvm_vm: &Arc<KvmVm>,
+        config: SevConfig,
+        platform_type: KvmVmType,
+    ) -> Result<SevGuest, VmError> {
         let vm_ref = kvm_vm.sev_ref();
+        let es = config.policy.has(Policy::ES);
         // The VM exists for the platform from now on (both backends refuse commands on
         // VMs they were not told about, as the kernel does on a closed fd) until the
         // SevGuest is dropped, on the error paths below too.
         config
             .backend
-            .vm_created(vm_ref, kvm_vm.vm_type(), kvm_vm.clone())?;
+            .vm_created(vm_ref, platform_type, kvm_vm.clone())?;
         let guest = SevGuest {
             config,
             vm_ref,
             handle: None,
             phase: LaunchPhase::Initialized,
             measurement: None,
+            es,
         };
-        guest.config.backend.init_vm(vm_ref, false)?;
-        kvm_vm.trap_msr_reads(&[MSR_SEV_STATUS])?;
+        guest.config.backend.init_vm(vm_ref, es)?;
+        if es && guest.config.backend.kind() == BackendKind::Emulated {
+            // Emulated SEV-ES: every MSR access that raises #VC on hardware exits (and
+            // strict mode stops the guest there); SEV_STATUS and the GHCB MSR exit too,
+            // the VMM serves them.
+            kvm_vm.trap_msrs_except(ES_MSRS_WITHOUT_VC)?;
+        } else {
+            kvm_vm.trap_msrs(&[MSR_SEV_STATUS, guest_abi::ghcb::msr::MSR_GHCB])?;
+        }
         if guest.config.transport == HypercallTransport::Vmmcall {
             kvm_vm.enable_hypercall_exit(hcall::MAP_GPA_RANGE)?;
         }
         Ok(guest)
     }
 
-    /// The value of SEV_STATUS for this guest.
+    /// The value of SEV_STATUS for this guest: bit 0 SEV, bit 1 SEV-ES.
     pub(crate) fn status_msr(&self) -> u64 {
-        1
+        1 | u64::from(self.es) << 1
     }
 }
 
@@ -152,6 +217,27 @@ pub fn patch_cpuid(
     Ok(())
 }
 
+/// Announces SEV-ES in CPUID 0x8000001F EAX (bit 3) on a table [`patch_cpuid`] made for an
+/// SEV guest.
+pub fn patch_cpuid_es(cpuid: &mut kvm_bindings::CpuId) {
+    for e in cpuid.as_mut_slice() {
+        if e.function == 0x8000_001f {
+            e.eax |= CPUID_SEV_ES;
+        }
+    }
+}
+
+/// The C-bit position and the physical-address reduction the guest's CPUID 0x8000001F
+/// announces (EBX[5:0] and EBX[11:6]): what `query-sev-capabilities` reports. Both 0 on
+/// the emulated platform, where encryption happens at the host boundary
+/// (docs/architecture.md §3).
+pub fn cbit_and_reduction(cpuid: &[kvm_cpuid_entry2]) -> Option<(u32, u32)> {
+    cpuid
+        .iter()
+        .find(|e| e.function == 0x8000_001f)
+        .map(|e| (e.ebx & 0x3f, (e.ebx >> 6) & 0x3f))
+}
+
 /// Carries out KVM_HC_MAP_GPA_RANGE (`Documentation/virt/kvm/x86/hypercalls.rst`):
 /// args = gpa, page count, attributes (bits 3:0 page size 4K/2M/1G, bit 4 encrypted).
 /// Returns 0, or `-KVM_EINVAL` for a malformed or out-of-RAM range (nothing changes then).
@@ -181,7 +267,11 @@ pub(crate) fn map_gpa_range(view: &HostView, args: [u64; 3]) -> u64 {
 }
 
 /// LAUNCH_START and the firmware's LAUNCH_UPDATE_DATA are done: the guest is in LUPDATE.
-pub struct LaunchStarted(());
+/// For an SEV-ES guest, [`Vm::sev_launch_update_vmsa`] comes next.
+pub struct LaunchStarted {
+    /// LAUNCH_UPDATE_VMSA is done.
+    vmsas: bool,
+}
 
 /// LAUNCH_MEASURE is done: the guest owner may check the measurement and inject
 /// secrets before the launch finishes.
@@ -229,15 +319,65 @@ impl Vm {
             rom_range.start,
             rom_range.end - rom_range.start,
         )?;
-        Ok(LaunchStarted(()))
+        Ok(LaunchStarted { vmsas: false })
     }
 
-    /// LAUNCH_MEASURE.
+    /// LAUNCH_UPDATE_VMSA (SEV-ES): every vCPU's registers are set to its reset state for
+    /// `vcpu_type`, as QEMU sets them before this command (the boot vCPU at the reset
+    /// vector, the others at the AP entry of the firmware's SEV-ES reset block,
+    /// `sev_platform::vmsa::ResetVmsas`), then the platform encrypts and measures them in
+    /// vCPU order. From then on the host can neither read nor set those vCPUs' registers
+    /// (EINVAL, as KVM), and on the emulated platform their state lives in their VMSA slots
+    /// between runs (`kvm::protected`).
+    pub fn sev_launch_update_vmsa(
+        &mut self,
+        started: LaunchStarted,
+        vcpu_type: VcpuType,
+    ) -> Result<LaunchStarted, VmError> {
+        let sev = self.sev.as_ref().ok_or(VmError::NotSev)?;
+        if !sev.es {
+            return Err(VmError::NotEs);
+        }
+        if started.vmsas || !self.handles.is_empty() {
+            return Err(VmError::VmsasDone);
+        }
+        // QEMU + KVM_SEV_INIT2 reset state; the platform drops the FPU part itself for a
+        // legacy KVM_SEV_ES_INIT VM, as the kernel does.
+        let vmsas = ResetVmsas::for_firmware(self.rom.bytes(), vcpu_type, VmmType::Qemu)
+            .and_then(|r| r.all(self.pending.len() as u32))
+            .map_err(VmError::Vmsa)?;
+        for (vcpu, vmsa) in self.pending.iter().zip(&vmsas) {
+            let base = vcpu.sregs()?;
+            vcpu.set_sregs(&vmsa.kvm_sregs(&base))?;
+            vcpu.set_regs(&vmsa.kvm_regs())?;
+            vcpu.set_fpu(&vmsa.kvm_fpu())?;
+        }
+        let (backend, vm_ref) = (sev.config.backend.clone(), sev.vm_ref);
+        let result = backend.launch_update_vmsa(vm_ref, &vmsas);
+        // Whatever the outcome, the vCPUs the platform encrypted are protected from now on
+        // (a failure keeps those done before it, as the kernel's loop does).
+        for (index, vcpu) in (0u32..).zip(self.pending.iter_mut()) {
+            match backend.protected_vcpu_state(vm_ref, index) {
+                Some(slot) => vcpu.protect_emulated(slot),
+                None if result.is_ok() && backend.kind() == BackendKind::Hardware => {
+                    vcpu.protect_hardware()
+                }
+                None => {}
+            }
+        }
+        result?;
+        Ok(LaunchStarted { vmsas: true })
+    }
+
+    /// LAUNCH_MEASURE (for an SEV-ES guest, after [`Vm::sev_launch_update_vmsa`]).
     pub fn sev_launch_measure(
         &mut self,
-        _started: LaunchStarted,
+        started: LaunchStarted,
     ) -> Result<LaunchMeasured, VmError> {
         let sev = sev_mut(self)?;
+        if sev.es && !started.vmsas {
+            return Err(VmError::VmsasMissing);
+        }
         let measurement = sev.config.backend.launch_measure(sev.vm_ref)?;
         sev.phase = LaunchPhase::Measured;
         sev.measurement = Some(measurement);
@@ -313,6 +453,11 @@ impl Vm {
     /// The guest's policy, for an SEV guest.
     pub fn sev_policy(&self) -> Option<Policy> {
         self.sev.as_ref().map(|s| s.config.policy)
+    }
+
+    /// Whether this is an SEV-ES guest.
+    pub fn sev_es(&self) -> bool {
+        self.sev.as_ref().is_some_and(|s| s.es)
     }
 }
 
@@ -398,5 +543,18 @@ mod tests {
         let sev = e.iter().find(|e| e.function == 0x8000_001f).unwrap();
         assert_eq!(sev.eax & 2, 2);
         assert_eq!(sev.ebx & 0x3f, 0, "no C-bit on the emulated platform");
+        assert_eq!(sev.eax & CPUID_SEV_ES, 0, "SEV-ES only for SEV-ES guests");
+        assert_eq!(cbit_and_reduction(e), Some((0, 0)));
+        patch_cpuid_es(&mut cpuid);
+        let sev = cpuid.as_slice().iter().find(|e| e.function == 0x8000_001f);
+        assert_eq!(sev.unwrap().eax, 2 | CPUID_SEV_ES);
+        // The capabilities report what the leaf says, whatever it says.
+        let leaf = kvm_cpuid_entry2 {
+            function: 0x8000_001f,
+            ebx: 51 | 1 << 6,
+            ..Default::default()
+        };
+        assert_eq!(cbit_and_reduction(&[leaf]), Some((51, 1)));
+        assert_eq!(cbit_and_reduction(&[]), None);
     }
 }

@@ -4,6 +4,8 @@
 //! vCPU stuck in KVM_RUN still sees them. Terminal outcomes (guest exit, guest fault,
 //! vCPU failure) are reported as [`VmEvent`]s and end the thread.
 
+mod ghcb;
+
 use crate::{
     console::ConsoleOut,
     devices::{
@@ -12,14 +14,16 @@ use crate::{
     },
     kvm::{
         kick::{Kicker, RunRegistration},
+        protected::{ap_transition, ApState, StartIpi},
         state::VcpuState,
         KvmError, KvmVcpu, RunResult,
     },
     memory::HostView,
     sev::{map_gpa_range, MSR_SEV_STATUS},
 };
-use guest_abi::{layout, services::Event};
+use guest_abi::{ghcb::msr::MSR_GHCB, layout, services::Event};
 use kvm_ioctls::VcpuExit;
+use std::collections::BTreeMap;
 use std::{
     os::unix::thread::JoinHandleExt,
     sync::{
@@ -72,6 +76,35 @@ pub enum VcpuError {
     /// A KVM ioctl failed.
     #[error(transparent)]
     Kvm(#[from] KvmError),
+    /// An SEV-ES VMGEXIT could not be answered (the GHCB is private or not RAM).
+    #[error("cannot serve the guest's VMGEXIT")]
+    Vmgexit(#[source] crate::devices::ghcb::VmgexitError),
+    /// An exit of an SEV-ES guest that on SEV-ES hardware raises #VC in the guest instead
+    /// of reaching the VMM (strict mode of the emulated platform: the guest bypassed its
+    /// GHCB, so it would not run on hardware).
+    #[error("SEV-ES strict mode: the guest's {exit} reached the VMM outside the GHCB (on SEV-ES hardware it raises #VC in the guest)")]
+    EsStrict {
+        /// The exit, e.g. "port I/O write to 0x3f8".
+        exit: String,
+    },
+    /// The emulated SEV-ES CPU could not move the vCPU's state between KVM and its VMSA.
+    #[error("cannot move vCPU {vcpu}'s state between KVM and its VMSA")]
+    Vmsa {
+        /// The vCPU.
+        vcpu: u32,
+        /// What failed.
+        #[source]
+        source: KvmError,
+    },
+    /// An SEV-ES guest asked to be stopped through the GHCB MSR protocol, or broke one of
+    /// its rules (KVM stops such a guest the same way).
+    #[error("the SEV-ES guest requested termination (reason set {set}, reason {reason})")]
+    GuestTerminated {
+        /// Reason-code set (0 = general).
+        set: u8,
+        /// Reason code.
+        reason: u8,
+    },
 }
 
 /// Something that happened to the VM, reported to its owner.
@@ -132,6 +165,8 @@ pub enum VcpuCommand {
     Save(Sender<Result<VcpuState, KvmError>>),
     /// Load a state into the vCPU (while paused).
     Restore(Box<VcpuState>, Sender<Result<(), KvmError>>),
+    /// An INIT or SIPI another vCPU of an emulated SEV-ES guest sent through its GHCB.
+    StartIpi(StartIpi),
 }
 
 /// Exit counts of one vCPU.
@@ -145,6 +180,11 @@ pub struct ExitStats {
     pub mmio: u64,
     /// Other exits.
     pub other: u64,
+    /// SEV-ES: VMGEXITs served, by GHCB exit code name (`msr-protocol` for the GHCB MSR
+    /// protocol).
+    pub ghcb: BTreeMap<&'static str, u64>,
+    /// SEV-ES: GHCB requests refused as malformed (the guest got the reason).
+    pub ghcb_refused: u64,
 }
 
 /// What the vCPU thread shares with the rest of the VMM.
@@ -170,6 +210,17 @@ pub struct VcpuContext {
     pub guest_request: Arc<AtomicU64>,
     /// Set once the firmware reports its migration helper ready.
     pub helper_ready: Arc<std::sync::atomic::AtomicBool>,
+    /// An SEV-ES guest on the emulated platform: its exits follow the SEV-ES rules (served
+    /// from the GHCB, strict mode), its APs start on their first SIPI. `None` otherwise.
+    pub es: Option<EsContext>,
+}
+
+/// What the vCPUs of an SEV-ES guest on the emulated platform share.
+#[derive(Clone)]
+pub struct EsContext {
+    /// Every vCPU's command channel, by vCPU index (= x2APIC ID): the INIT and SIPI a vCPU
+    /// sends through its GHCB reach the others here.
+    pub peers: Arc<[Sender<VcpuCommand>]>,
 }
 
 /// The controlling end of a vCPU thread.
@@ -261,6 +312,9 @@ enum Flow {
     End(VmEvent),
     /// The vCPU halted with interrupts off: wait for commands.
     Halted,
+    /// The guest rang VMGEXIT (the services page's register): serve its GHCB exit once the
+    /// exit's borrow of the vCPU has ended.
+    Vmgexit,
 }
 
 struct VcpuThread {
@@ -269,16 +323,36 @@ struct VcpuThread {
     inbox: Receiver<VcpuCommand>,
     latch: ServicesLatch,
     stats: ExitStats,
+    /// The vCPU's CPUID table, which SEV-ES CPUID exits are answered from.
+    cpuid: Vec<kvm_bindings::kvm_cpuid_entry2>,
+    /// Where a protected AP is in its start-up (emulated SEV-ES); `Running` otherwise.
+    ap: ApState,
 }
 
 impl VcpuThread {
     fn new(vcpu: KvmVcpu, ctx: VcpuContext, inbox: Receiver<VcpuCommand>) -> Self {
+        let cpuid = vcpu.cpuid().unwrap_or_else(|e| {
+            log::warn!(
+                "vCPU {}: {e}; SEV-ES CPUID exits will read zeros",
+                vcpu.id()
+            );
+            Vec::new()
+        });
+        // Under emulated SEV-ES an AP waits for INIT and SIPI before it ever runs (KVM keeps
+        // it in wait-for-SIPI; its registers come from its VMSA, not from the vector).
+        let ap = if ctx.es.is_some() && vcpu.id() != 0 {
+            ApState::WaitForInit
+        } else {
+            ApState::Running
+        };
         VcpuThread {
+            cpuid,
             vcpu,
             ctx,
             inbox,
             latch: ServicesLatch::default(),
             stats: ExitStats::default(),
+            ap,
         }
     }
 
@@ -287,14 +361,49 @@ impl VcpuThread {
         // (dropped at the end of this function, before `self`).
         let _registration = unsafe { RunRegistration::register(self.vcpu.run_page()) };
         self.run_loop();
+        // #VMEXIT for good: a protected vCPU's state goes back to its VMSA.
+        self.save_to_vmsa();
         self.stats.kvm = self.vcpu.kvm_counters();
         self.stats
+    }
+
+    /// Emulated SEV-ES: the vCPU's state from KVM into its VMSA slot (a no-op otherwise).
+    fn save_to_vmsa(&mut self) {
+        if let Err(e) = self.vcpu.vmexit() {
+            log::warn!("vCPU {}: {e}", self.vcpu.id());
+        }
+    }
+
+    /// An INIT or SIPI from another vCPU (emulated SEV-ES): the first SIPI after INIT
+    /// starts this AP at its VMSA's entry.
+    fn start_ipi(&mut self, ipi: StartIpi) {
+        let (next, start) = ap_transition(self.ap, ipi);
+        self.ap = next;
+        if start {
+            if let Err(e) = self.vcpu.start_protected_ap() {
+                log::warn!("vCPU {}: cannot start: {e}", self.vcpu.id());
+            }
+        }
     }
 
     fn run_loop(&mut self) {
         let id = self.vcpu.id();
         loop {
             if !self.obey_commands(false) {
+                return;
+            }
+            if self.ap != ApState::Running {
+                if !self.obey_commands(true) {
+                    return;
+                }
+                continue;
+            }
+            // VMRUN: a protected vCPU's state comes from its VMSA if KVM does not hold it.
+            if let Err(source) = self.vcpu.vmrun() {
+                (self.ctx.events)(VmEvent::Failed {
+                    vcpu: id,
+                    error: VcpuError::Vmsa { vcpu: id, source },
+                });
                 return;
             }
             let flow = match self.vcpu.run() {
@@ -311,8 +420,18 @@ impl VcpuThread {
                     error: e.into(),
                 }),
             };
+            let flow = match flow {
+                Flow::Vmgexit => ghcb::vmgexit(
+                    &self.ctx,
+                    &mut self.latch,
+                    &mut self.stats,
+                    &self.cpuid,
+                    &self.vcpu,
+                ),
+                other => other,
+            };
             match flow {
-                Flow::Continue => {}
+                Flow::Continue | Flow::Vmgexit => {}
                 Flow::Halted => {
                     if !self.obey_commands(true) {
                         return;
@@ -329,6 +448,7 @@ impl VcpuThread {
 
     /// Handles queued commands; with `block`, waits for one. Returns false on Stop.
     fn obey_commands(&mut self, mut block: bool) -> bool {
+        let mut paused = false;
         loop {
             let cmd = if block {
                 match self.inbox.recv() {
@@ -350,14 +470,27 @@ impl VcpuThread {
                     let _ = reply.send(self.vcpu.restore_state(&state));
                 }
                 VcpuCommand::Stop => return false,
+                VcpuCommand::StartIpi(ipi) => {
+                    self.start_ipi(ipi);
+                    // A started AP runs now, unless it is paused.
+                    if self.ap == ApState::Running && !paused {
+                        block = false;
+                    }
+                }
                 VcpuCommand::Pause => {
+                    paused = true;
+                    // #VMEXIT: while paused, a protected vCPU's state is only in its VMSA.
+                    self.save_to_vmsa();
                     let _ = self.ctx.acks.send(self.vcpu.id());
                     (self.ctx.events)(VmEvent::Paused {
                         vcpu: self.vcpu.id(),
                     });
                     block = true;
                 }
-                VcpuCommand::Resume => block = false,
+                VcpuCommand::Resume => {
+                    paused = false;
+                    block = false;
+                }
             }
         }
     }
@@ -399,7 +532,23 @@ impl VcpuThread {
         exit: VcpuExit<'_>,
     ) -> Flow {
         let fail = |error| Flow::End(VmEvent::Failed { vcpu: id, error });
+        // Emulated SEV-ES: an exit the guest could only cause by bypassing its GHCB (on
+        // hardware the CPU raises #VC for it instead) stops the VM, naming the exit.
+        let strict = |exit: String| fail(VcpuError::EsStrict { exit });
+        let es = ctx.es.is_some();
+        let services_offset = |addr: u64| {
+            addr.checked_sub(ctx.services_gpa)
+                .filter(|&o| o < layout::PAGE_SIZE)
+        };
         match exit {
+            VcpuExit::IoOut(port, data) if es => strict(format!(
+                "port I/O write of {} bytes to {port:#x}",
+                data.len()
+            )),
+            VcpuExit::IoIn(port, data) if es => strict(format!(
+                "port I/O read of {} bytes from {port:#x}",
+                data.len()
+            )),
             VcpuExit::IoOut(port, data) => {
                 stats.pio += 1;
                 match ctx.bus.write(port, data) {
@@ -414,12 +563,23 @@ impl VcpuThread {
                 ctx.bus.read(port, data);
                 Flow::Continue
             }
+            // The VMGEXIT stand-in is the one MMIO access an SEV-ES guest makes itself
+            // (VMGEXIT never exits on these machines; docs/architecture.md §4).
+            VcpuExit::MmioWrite(addr, _)
+                if es && services_offset(addr) == Some(guest_abi::services::VMGEXIT) =>
+            {
+                stats.mmio += 1;
+                Flow::Vmgexit
+            }
+            VcpuExit::MmioWrite(addr, data) if es => {
+                strict(format!("MMIO write of {} bytes at {addr:#x}", data.len()))
+            }
+            VcpuExit::MmioRead(addr, data) if es => {
+                strict(format!("MMIO read of {} bytes at {addr:#x}", data.len()))
+            }
             VcpuExit::MmioWrite(addr, data) => {
                 stats.mmio += 1;
-                match addr
-                    .checked_sub(ctx.services_gpa)
-                    .filter(|&o| o < layout::PAGE_SIZE)
-                {
+                match services_offset(addr) {
                     Some(offset) => Self::services_write(ctx, latch, id, offset, data),
                     None => {
                         log::debug!(
@@ -432,10 +592,7 @@ impl VcpuThread {
             }
             VcpuExit::MmioRead(addr, data) => {
                 stats.mmio += 1;
-                let value = match addr
-                    .checked_sub(ctx.services_gpa)
-                    .filter(|&o| o < layout::PAGE_SIZE)
-                {
+                let value = match services_offset(addr) {
                     Some(guest_abi::services::REQUEST) => {
                         ctx.guest_request.swap(0, Ordering::AcqRel)
                     }
@@ -461,11 +618,17 @@ impl VcpuThread {
             VcpuExit::FailEntry(reason, _) => fail(VcpuError::FailEntry { reason, rip: 0 }),
             VcpuExit::X86Rdmsr(msr) => {
                 stats.other += 1;
+                // SEV_STATUS and (SEV-ES) the GHCB MSR are read without a #VC on hardware.
                 match (msr.index, ctx.sev_status) {
                     (MSR_SEV_STATUS, Some(value)) => {
                         *msr.data = value;
                         *msr.error = 0;
                     }
+                    (MSR_GHCB, _) if ghcb::guest_mode(ctx).is_some() => {
+                        *msr.data = latch.ghcb_msr.read();
+                        *msr.error = 0;
+                    }
+                    (index, _) if es => return strict(format!("RDMSR {index:#x}")),
                     // Anything else the filter sent here: #GP, as for a missing MSR.
                     _ => *msr.error = 1,
                 }
@@ -473,9 +636,17 @@ impl VcpuThread {
             }
             VcpuExit::X86Wrmsr(msr) => {
                 stats.other += 1;
-                *msr.error = 1;
+                if msr.index == MSR_GHCB && ghcb::guest_mode(ctx).is_some() {
+                    latch.ghcb_msr.write(msr.data);
+                    *msr.error = 0;
+                } else if es {
+                    return strict(format!("WRMSR {:#x}", msr.index));
+                } else {
+                    *msr.error = 1;
+                }
                 Flow::Continue
             }
+            VcpuExit::Hypercall(call) if es => strict(format!("VMMCALL hypercall {}", call.nr)),
             VcpuExit::Hypercall(call) => {
                 stats.other += 1;
                 *call.ret = hypercall(ctx, call.nr, [call.args[0], call.args[1], call.args[2]]);
@@ -534,6 +705,7 @@ impl VcpuThread {
                 Flow::Continue
             }
             ServicesRequest::Doorbell(_) => Flow::Continue,
+            ServicesRequest::Vmgexit => Flow::Vmgexit,
             ServicesRequest::Unknown { offset } => {
                 log::debug!("vCPU {id}: write to undefined services register {offset:#x}");
                 Flow::Continue

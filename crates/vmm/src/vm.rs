@@ -8,10 +8,12 @@ use crate::{
     kvm::{KvmError, KvmSystem, KvmVcpu, KvmVm, Slot},
     memory::{Encrypted, GuestRam, HostView, MemoryError, PageStates, Rom, Visibility},
     sev::{self, LaunchPhase, SevConfig, SevGuest},
-    vcpu::{EventSink, ExitStats, VcpuCommand, VcpuContext, VcpuError, VcpuHandle, VmEvent},
+    vcpu::{
+        EsContext, EventSink, ExitStats, VcpuCommand, VcpuContext, VcpuError, VcpuHandle, VmEvent,
+    },
 };
 use guest_abi::{fwcfg as fwcfg_abi, layout, services::Event};
-use sev_platform::SevError;
+use sev_platform::{Policy, SevError};
 use std::{
     sync::{
         mpsc::{self, Receiver, Sender},
@@ -79,6 +81,26 @@ pub enum VmError {
     /// A device-state blob from the source cannot be loaded.
     #[error("cannot load the device state")]
     DeviceState(#[from] crate::devices::state::DeviceStateError),
+    /// An SEV-ES policy on a platform that does not offer SEV-ES.
+    #[error(
+        "the policy {policy:#x} asks for SEV-ES (bit 2), which this SEV platform does not offer"
+    )]
+    EsUnsupported {
+        /// The guest policy.
+        policy: u32,
+    },
+    /// An SEV-ES step for a guest whose policy does not ask for SEV-ES.
+    #[error("the guest is not an SEV-ES guest (policy bit 2 is clear): it has no VMSAs")]
+    NotEs,
+    /// LAUNCH_UPDATE_VMSA was asked for twice, or after the vCPUs started.
+    #[error("LAUNCH_UPDATE_VMSA is done already: the vCPUs' state is protected")]
+    VmsasDone,
+    /// LAUNCH_MEASURE of an SEV-ES guest before LAUNCH_UPDATE_VMSA.
+    #[error("an SEV-ES launch measures every vCPU's VMSA: LAUNCH_UPDATE_VMSA must come before LAUNCH_MEASURE")]
+    VmsasMissing,
+    /// The reset VMSAs cannot be built for this firmware.
+    #[error("cannot build the SEV-ES VMSAs")]
+    Vmsa(#[source] sev_platform::vmsa::VmsaError),
 }
 
 /// What the user asked for.
@@ -134,8 +156,8 @@ pub struct Milestone {
 /// A VM.
 pub struct Vm {
     // Field order matters for drop: vCPU threads stop before the VM and its memory go.
-    handles: Vec<VcpuHandle>,
-    pending: Vec<KvmVcpu>,
+    pub(crate) handles: Vec<VcpuHandle>,
+    pub(crate) pending: Vec<KvmVcpu>,
     pub(crate) sev: Option<SevGuest>,
     pub(crate) kvm_vm: Arc<KvmVm>,
     pub(crate) ram: Arc<GuestRam>,
@@ -155,6 +177,8 @@ pub struct Vm {
     acks_rx: Receiver<u32>,
     milestones: Vec<Milestone>,
     stats: Vec<ExitStats>,
+    /// The C-bit position and physical-address reduction the guest's CPUID announces.
+    cbit: Option<(u32, u32)>,
 }
 
 impl Vm {
@@ -163,13 +187,24 @@ impl Vm {
         if config.vcpus == 0 || config.vcpus as usize > layout::MAX_VCPUS {
             return Err(VmError::VcpuCount(config.vcpus));
         }
+        if let Some(s) = config.sev.as_ref().filter(|s| s.policy.has(Policy::ES)) {
+            // Refused before anything is created, so the platform is left as it was.
+            if !s.backend.platform_status()?.es {
+                return Err(VmError::EsUnsupported { policy: s.policy.0 });
+            }
+        }
         let ram = Arc::new(GuestRam::new(config.mem_size)?);
         let rom = Rom::new(config.firmware.image())?;
-        let vm = Arc::new(kvm.create_vm()?);
+        let (kvm_type, platform_type) = sev::vm_types(config.sev.as_ref(), kvm);
+        let vm = Arc::new(kvm.create_vm_with_type(kvm_type)?);
         vm.create_irqchip()?;
         // KVM_SEV_INIT must come before any vCPU exists.
-        let sev = config.sev.map(|c| SevGuest::init(&vm, c)).transpose()?;
+        let sev = config
+            .sev
+            .map(|c| SevGuest::init(&vm, c, platform_type))
+            .transpose()?;
         let transport = sev.as_ref().map(|s| s.config.transport);
+        let es = sev.as_ref().is_some_and(|s| s.es);
         let mut slot = 0;
         for r in ram.regions() {
             // SAFETY: the RAM mapping is owned by `ram`, which the Vm keeps alive longer
@@ -200,9 +235,16 @@ impl Vm {
         }
 
         let mut vcpus = Vec::new();
+        let mut cbit = None;
         for id in 0..config.vcpus {
             let mut cpuid = kvm.cpuid_for(id)?;
             sev::patch_cpuid(&mut cpuid, transport)?;
+            if es {
+                sev::patch_cpuid_es(&mut cpuid);
+            }
+            if transport.is_some() {
+                cbit = cbit.or(sev::cbit_and_reduction(cpuid.as_slice()));
+            }
             vcpus.push(vm.create_vcpu(id, &cpuid)?);
             if let Some(s) = &sev {
                 s.config.backend.vcpu_created(s.vm_ref)?;
@@ -256,7 +298,14 @@ impl Vm {
             acks_rx,
             milestones: Vec::new(),
             stats: Vec::new(),
+            cbit,
         })
+    }
+
+    /// The C-bit position and physical-address reduction (CPUID 0x8000001F EBX[5:0] and
+    /// EBX[11:6]) an SEV guest's vCPUs announce.
+    pub fn sev_cbit(&self) -> Option<(u32, u32)> {
+        self.cbit
     }
 
     /// Number of vCPUs.
@@ -321,9 +370,20 @@ impl Vm {
         self.bus = Some(bus.clone());
         let sev_status = self.sev.as_ref().map(SevGuest::status_msr);
         let started = Instant::now();
-        for vcpu in self.pending.drain(..) {
-            let (tx, rx) = mpsc::channel();
+        // Every vCPU's channel exists before any thread starts: under emulated SEV-ES the
+        // boot vCPU's INIT and SIPI (GHCB MSR writes) reach the APs through them.
+        let (senders, inboxes): (Vec<_>, Vec<_>) =
+            self.pending.iter().map(|_| mpsc::channel()).unzip();
+        let es = self
+            .pending
+            .iter()
+            .all(KvmVcpu::is_emulated_es)
+            .then(|| EsContext {
+                peers: senders.clone().into(),
+            });
+        for ((vcpu, tx), rx) in self.pending.drain(..).zip(senders).zip(inboxes) {
             let ctx = VcpuContext {
+                es: es.clone(),
                 bus: bus.clone(),
                 console: self.console.clone(),
                 services_gpa: self.services_gpa,

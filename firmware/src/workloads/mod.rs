@@ -1,8 +1,10 @@
 //! Built-in workloads, chosen by the VMM through fw_cfg (`--workload NAME`).
 
+pub mod bypass;
 pub mod canary;
 pub mod dirty;
 pub mod selftest;
+pub mod vctest;
 
 use crate::globals;
 use core::sync::atomic::Ordering;
@@ -19,6 +21,10 @@ pub enum Workload {
     Canary,
     /// Keep rewriting pages at a set rate; verify them on the host's request.
     Dirty,
+    /// Enter the SEV-ES #VC handler with synthetic frames against the real VMM.
+    VcTest,
+    /// Make one plain port or MMIO access (the VMM's SEV-ES strict mode must stop it).
+    Bypass(bypass::Access),
 }
 
 impl Workload {
@@ -29,6 +35,10 @@ impl Workload {
             Workload::Idle => "idle",
             Workload::Canary => "canary",
             Workload::Dirty => "dirty",
+            Workload::VcTest => "vctest",
+            Workload::Bypass(bypass::Access::Pio) => "bypass-pio",
+            Workload::Bypass(bypass::Access::Mmio) => "bypass-mmio",
+            Workload::Bypass(bypass::Access::Msr) => "bypass-msr",
         }
     }
 
@@ -39,6 +49,10 @@ impl Workload {
             b"idle" => Some(Workload::Idle),
             b"canary" => Some(Workload::Canary),
             b"dirty" => Some(Workload::Dirty),
+            b"vctest" => Some(Workload::VcTest),
+            b"bypass-pio" => Some(Workload::Bypass(bypass::Access::Pio)),
+            b"bypass-mmio" => Some(Workload::Bypass(bypass::Access::Mmio)),
+            b"bypass-msr" => Some(Workload::Bypass(bypass::Access::Msr)),
             _ => None,
         }
     }

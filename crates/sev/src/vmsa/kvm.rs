@@ -8,12 +8,33 @@
 //! 8, L 9, D/B 10, G 11; a segment KVM calls unusable has P clear. EFER in a VMSA carries
 //! SVME (bit 12), which KVM sets in every SVM guest's VMCB (`svm_set_efer`) and which a
 //! vCPU without SVM in its CPUID cannot load: it is dropped on the way into KVM and put
-//! back on the way out. Everything else is copied as it is. Not covered here: the FPU and
-//! SSE state (`KVM_GET/SET_XSAVE`), XCR0, the debug registers and the MSRs of the VMSA
-//! (STAR, LSTAR, PAT, ...), which the runner moves with their own ioctls.
+//! back on the way out. Everything else is copied as it is.
+//!
+//! The rest of the VMSA the runner moves with their own ioctls: the x87 and SSE state as
+//! `KVM_GET/SET_FPU` holds it ([`Vmsa::kvm_fpu`]; the x87 registers in the VMSA's split
+//! layout, as `sev_es_sync_vmsa` writes them), the debug registers ([`Vmsa::kvm_debugregs`])
+//! and the MSRs the VMSA holds ([`VMSA_MSRS`], [`Vmsa::msr`]). Not moved: the upper halves
+//! of the YMM registers and any AVX-512 state, which stay in KVM's own copy (the VMM never
+//! touches them, so they survive a pause unchanged).
 
 use super::{VmcbSegment, Vmsa};
-use kvm_bindings::{kvm_dtable, kvm_regs, kvm_segment, kvm_sregs};
+use kvm_bindings::{kvm_debugregs, kvm_dtable, kvm_fpu, kvm_regs, kvm_segment, kvm_sregs};
+
+/// The MSRs a VMSA holds that KVM reads and writes with `KVM_GET/SET_MSRS` (AMD APM vol. 2
+/// Table B-4): PAT, the SYSCALL and SYSENTER MSRs, KernelGSBase and TSC_AUX. (FS and GS
+/// bases travel with the segments; EFER with the control registers.)
+pub const VMSA_MSRS: [u32; 10] = [
+    0x277,       // PAT
+    0x174,       // SYSENTER_CS
+    0x175,       // SYSENTER_ESP
+    0x176,       // SYSENTER_EIP
+    0xc000_0081, // STAR
+    0xc000_0082, // LSTAR
+    0xc000_0083, // CSTAR
+    0xc000_0084, // SFMASK
+    0xc000_0102, // KernelGSBase
+    0xc000_0103, // TSC_AUX
+];
 
 /// EFER.SVME.
 const EFER_SVME: u64 = 1 << 12;
@@ -156,6 +177,103 @@ impl Vmsa {
     }
 }
 
+impl Vmsa {
+    /// The x87 and SSE state as `KVM_SET_FPU` takes it. The VMSA keeps bytes 0-7 of ST0-ST7
+    /// first and bytes 8-9 of each after them (`sev_es_sync_vmsa`); KVM has 16 bytes per
+    /// register.
+    pub fn kvm_fpu(&self) -> kvm_fpu {
+        let mut fpu = kvm_fpu {
+            fcw: self.x87_fcw,
+            fsw: self.x87_fsw,
+            ftwx: self.x87_ftw as u8,
+            last_opcode: self.x87_fop,
+            last_ip: self.x87_rip,
+            last_dp: self.x87_dp,
+            mxcsr: self.mxcsr,
+            ..kvm_fpu::default()
+        };
+        for (i, r) in fpu.fpr.iter_mut().enumerate() {
+            r[..8].copy_from_slice(&self.fpreg_x87[i * 8..i * 8 + 8]);
+            r[8..10].copy_from_slice(&self.fpreg_x87[64 + i * 2..64 + i * 2 + 2]);
+        }
+        for (i, x) in fpu.xmm.iter_mut().enumerate() {
+            x.copy_from_slice(&self.fpreg_xmm[i * 16..i * 16 + 16]);
+        }
+        fpu
+    }
+
+    /// Takes the state `KVM_GET_FPU` returned into the VMSA (x87 and SSE; the YMM upper
+    /// halves are left as they were).
+    pub fn update_fpu_from_kvm(&mut self, fpu: &kvm_fpu) {
+        self.x87_fcw = fpu.fcw;
+        self.x87_fsw = fpu.fsw;
+        self.x87_ftw = u16::from(fpu.ftwx);
+        self.x87_fop = fpu.last_opcode;
+        self.x87_rip = fpu.last_ip;
+        self.x87_dp = fpu.last_dp;
+        self.mxcsr = fpu.mxcsr;
+        for (i, r) in fpu.fpr.iter().enumerate() {
+            self.fpreg_x87[i * 8..i * 8 + 8].copy_from_slice(&r[..8]);
+            self.fpreg_x87[64 + i * 2..64 + i * 2 + 2].copy_from_slice(&r[8..10]);
+        }
+        for (i, x) in fpu.xmm.iter().enumerate() {
+            self.fpreg_xmm[i * 16..i * 16 + 16].copy_from_slice(x);
+        }
+    }
+
+    /// DR0-DR3, DR6 and DR7 as `KVM_SET_DEBUGREGS` takes them.
+    pub fn kvm_debugregs(&self) -> kvm_debugregs {
+        kvm_debugregs {
+            db: [self.dr0, self.dr1, self.dr2, self.dr3],
+            dr6: self.dr6,
+            dr7: self.dr7,
+            ..kvm_debugregs::default()
+        }
+    }
+
+    /// Takes the debug registers `KVM_GET_DEBUGREGS` returned into the VMSA.
+    pub fn update_debugregs_from_kvm(&mut self, d: &kvm_debugregs) {
+        [self.dr0, self.dr1, self.dr2, self.dr3] = d.db;
+        self.dr6 = d.dr6;
+        self.dr7 = d.dr7;
+    }
+
+    /// The VMSA's value of MSR `index` (one of [`VMSA_MSRS`]).
+    pub fn msr(&self, index: u32) -> Option<u64> {
+        Some(match index {
+            0x277 => self.g_pat,
+            0x174 => self.sysenter_cs,
+            0x175 => self.sysenter_esp,
+            0x176 => self.sysenter_eip,
+            0xc000_0081 => self.star,
+            0xc000_0082 => self.lstar,
+            0xc000_0083 => self.cstar,
+            0xc000_0084 => self.sfmask,
+            0xc000_0102 => self.kernel_gs_base,
+            0xc000_0103 => u64::from(self.tsc_aux),
+            _ => return None,
+        })
+    }
+
+    /// Sets the VMSA's value of MSR `index`; false for an MSR the VMSA does not hold.
+    pub fn set_msr(&mut self, index: u32, value: u64) -> bool {
+        match index {
+            0x277 => self.g_pat = value,
+            0x174 => self.sysenter_cs = value,
+            0x175 => self.sysenter_esp = value,
+            0x176 => self.sysenter_eip = value,
+            0xc000_0081 => self.star = value,
+            0xc000_0082 => self.lstar = value,
+            0xc000_0083 => self.cstar = value,
+            0xc000_0084 => self.sfmask = value,
+            0xc000_0102 => self.kernel_gs_base = value,
+            0xc000_0103 => self.tsc_aux = value as u32,
+            _ => return false,
+        }
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::reset::{reset_vmsa, VmmType, BSP_RESET_EIP};
@@ -228,5 +346,61 @@ mod tests {
         };
         let k = v.kvm_sregs(&base);
         assert_eq!((k.apic_base, k.cr8), (0xfee0_0900, 3));
+    }
+
+    #[test]
+    fn fpu_state_uses_the_vmsa_split_x87_layout_and_round_trips() {
+        let mut fpu = kvm_fpu {
+            fcw: 0x37f,
+            fsw: 0x3800,
+            ftwx: 0x81,
+            last_opcode: 0x1d9,
+            last_ip: 0x40_1234,
+            last_dp: 0x80_0000,
+            mxcsr: 0x1fa0,
+            ..kvm_fpu::default()
+        };
+        for (i, r) in fpu.fpr.iter_mut().enumerate() {
+            for (j, b) in r.iter_mut().enumerate().take(10) {
+                *b = (i * 16 + j) as u8 + 1;
+            }
+        }
+        for (i, x) in fpu.xmm.iter_mut().enumerate() {
+            x.fill(0xa0 + i as u8);
+        }
+        let mut v = reset_vmsa(BSP_RESET_EIP, 0x800f12, VmmType::Qemu);
+        v.fpreg_ymm[7] = 0x77;
+        v.update_fpu_from_kvm(&fpu);
+        // ST1 bytes 0-7 at 8..16, bytes 8-9 at 66..68 (`sev_es_sync_vmsa`).
+        assert_eq!(&v.fpreg_x87[8..16], &fpu.fpr[1][..8]);
+        assert_eq!(&v.fpreg_x87[66..68], &fpu.fpr[1][8..10]);
+        assert_eq!(&v.fpreg_xmm[16..32], &[0xa1; 16]);
+        assert_eq!((v.mxcsr, v.x87_fcw, v.x87_ftw), (0x1fa0, 0x37f, 0x81));
+        assert_eq!(
+            v.fpreg_ymm[7], 0x77,
+            "YMM upper halves are not KVM_GET_FPU's"
+        );
+        assert_eq!(v.kvm_fpu(), fpu);
+    }
+
+    #[test]
+    fn debug_registers_and_msrs_round_trip() {
+        let mut v = Vmsa::zeroed();
+        let d = kvm_debugregs {
+            db: [1, 2, 3, 4],
+            dr6: 0xffff_0ff0,
+            dr7: 0x400,
+            ..Default::default()
+        };
+        v.update_debugregs_from_kvm(&d);
+        assert_eq!(v.kvm_debugregs(), d);
+        for (i, &m) in VMSA_MSRS.iter().enumerate() {
+            assert!(v.set_msr(m, 0x1000 + i as u64));
+            assert_eq!(v.msr(m), Some(0x1000 + i as u64));
+        }
+        assert_eq!(v.g_pat, 0x1000);
+        assert_eq!(v.tsc_aux, 0x1009);
+        assert!(!v.set_msr(0xc000_0080, 0), "EFER travels with the sregs");
+        assert_eq!(v.msr(0x10), None);
     }
 }

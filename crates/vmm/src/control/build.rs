@@ -4,10 +4,12 @@
 
 use super::{Controller, Incoming, State};
 use crate::{
+    sev::DEFAULT_VCPU_TYPE,
     vm::{VmConfig, VmError},
     KvmSystem, Vm,
 };
 use guest_abi::fwcfg;
+use sev_platform::{vmsa::VcpuType, Policy};
 use std::{net::TcpListener, path::PathBuf, sync::Arc};
 
 /// Why a controller could not be built.
@@ -16,9 +18,15 @@ pub enum LaunchError {
     /// The VM could not be built.
     #[error(transparent)]
     Vm(VmError),
-    /// LAUNCH_START or LAUNCH_MEASURE failed.
+    /// LAUNCH_START, LAUNCH_UPDATE_VMSA or LAUNCH_MEASURE failed.
     #[error("SEV launch")]
     SevLaunch(#[source] VmError),
+    /// Helper vCPUs asked for an SEV-ES guest.
+    #[error("an SEV-ES guest has no migration helper yet: its mirror's helper vCPUs need VMSAs measured at launch (run it with --helpers 0)")]
+    EsHelpers,
+    /// An SEV-ES guest as a migration target.
+    #[error("an SEV-ES guest cannot be a migration target: sevmirror does not migrate SEV-ES vCPU state yet")]
+    EsIncoming,
     /// The incoming migration's thread could not start.
     #[error("cannot start the incoming migration thread")]
     Incoming(#[source] std::io::Error),
@@ -30,6 +38,7 @@ pub struct MachineBuilder {
     helpers: u16,
     incoming: Option<TcpListener>,
     state_dir: Option<PathBuf>,
+    vcpu_type: VcpuType,
 }
 
 impl MachineBuilder {
@@ -39,8 +48,17 @@ impl MachineBuilder {
             config,
             helpers: 0,
             incoming: None,
+            vcpu_type: VcpuType::from_name(DEFAULT_VCPU_TYPE)
+                .expect("the default vCPU type is one of VCPU_TYPES"),
             state_dir: None,
         }
+    }
+
+    /// The vCPU model of an SEV-ES launch (its signature is in every measured VMSA;
+    /// default [`DEFAULT_VCPU_TYPE`]). Ignored for other guests.
+    pub fn vcpu_type(mut self, vcpu_type: VcpuType) -> MachineBuilder {
+        self.vcpu_type = vcpu_type;
+        self
     }
 
     /// Where migration recovery files go (a source's commit file, a target's abort
@@ -65,16 +83,28 @@ impl MachineBuilder {
         self
     }
 
-    /// Builds the VM, launches an SEV guest up to LAUNCH_MEASURE, and starts waiting for
-    /// an incoming migration if asked. Nothing runs yet: [`Controller::start`] (or the
-    /// `cont` command) starts the guest, then [`Controller::run`].
+    /// Builds the VM, launches an SEV guest up to LAUNCH_MEASURE (an SEV-ES guest with
+    /// every vCPU's VMSA measured after the firmware), and starts waiting for an incoming
+    /// migration if asked. Nothing runs yet: [`Controller::start`] (or the `cont` command)
+    /// starts the guest, then [`Controller::run`].
     pub fn build(self, kvm: Arc<KvmSystem>) -> Result<Controller, LaunchError> {
         let MachineBuilder {
             mut config,
             helpers,
             incoming,
             state_dir,
+            vcpu_type,
         } = self;
+        let es = config
+            .sev
+            .as_ref()
+            .is_some_and(|s| s.policy.has(Policy::ES));
+        if es && helpers > 0 {
+            return Err(LaunchError::EsHelpers);
+        }
+        if es && incoming.is_some() {
+            return Err(LaunchError::EsIncoming);
+        }
         if incoming.is_some() {
             config
                 .fw_cfg_files
@@ -89,7 +119,12 @@ impl MachineBuilder {
         let mut vm = Vm::new(&kvm, config).map_err(LaunchError::Vm)?;
         let launch = match backend {
             Some(_) => {
-                let started = vm.sev_launch_start().map_err(LaunchError::SevLaunch)?;
+                let mut started = vm.sev_launch_start().map_err(LaunchError::SevLaunch)?;
+                if es {
+                    started = vm
+                        .sev_launch_update_vmsa(started, vcpu_type)
+                        .map_err(LaunchError::SevLaunch)?;
+                }
                 Some(
                     vm.sev_launch_measure(started)
                         .map_err(LaunchError::SevLaunch)?,

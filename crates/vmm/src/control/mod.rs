@@ -215,6 +215,11 @@ pub struct SevCapabilities {
     pub cert_chain: Vec<u8>,
     /// The chip's identity (the emulated platform has none: a stable stand-in).
     pub chip_id: Vec<u8>,
+    /// The C-bit position the guest's CPUID 0x8000001F announces (0 on the emulated
+    /// platform; docs/architecture.md §3).
+    pub cbitpos: u32,
+    /// The physical-address bits lost to encryption, as the same leaf announces.
+    pub reduced_phys_bits: u32,
 }
 
 /// Where the mirror's migration helper is.
@@ -808,10 +813,13 @@ impl Controller {
             use sha2::{Digest, Sha512};
             Sha512::digest(&certs.chain).to_vec()
         };
+        let (cbitpos, reduced_phys_bits) = self.vm.sev_cbit().unwrap_or((0, 0));
         Ok(Reply::SevCapabilities(SevCapabilities {
             pdh: certs.pdh.clone(),
             cert_chain: certs.firmware_chain().to_vec(),
             chip_id,
+            cbitpos,
+            reduced_phys_bits,
         }))
     }
 

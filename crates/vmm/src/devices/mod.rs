@@ -2,6 +2,7 @@
 //! loop routes exits here.
 
 pub mod fw_cfg;
+pub mod ghcb;
 pub mod serial;
 pub mod services;
 pub mod state;

@@ -4,6 +4,7 @@
 //! in a per-vCPU [`ServicesLatch`] and vCPUs never see each other's values. Decoding is
 //! pure; the vCPU loop carries out what it returns.
 
+use super::ghcb::GhcbMsr;
 use guest_abi::services::{self as regs, Event};
 use std::fmt;
 
@@ -15,6 +16,8 @@ pub struct ServicesLatch {
     fault_rip: u64,
     fault_error: u64,
     fault_addr: u64,
+    /// The vCPU's GHCB MSR (SEV-ES), which VMGEXIT reads.
+    pub ghcb_msr: GhcbMsr,
 }
 
 /// A fatal guest exception, as the firmware's CPL0 handler reports it.
@@ -101,6 +104,8 @@ pub enum ServicesRequest<'a> {
     Event(Event),
     /// The migration helper finished a request.
     Doorbell(u64),
+    /// VMGEXIT (SEV-ES): serve this vCPU's GHCB exit (see `super::ghcb::vmgexit`).
+    Vmgexit,
     /// A write to an undefined register.
     Unknown {
         /// Offset in the page.
@@ -145,6 +150,7 @@ impl ServicesLatch {
             }
             regs::EVENT => return ServicesRequest::Event(Event(v)),
             regs::DOORBELL => return ServicesRequest::Doorbell(v),
+            regs::VMGEXIT => return ServicesRequest::Vmgexit,
             _ => return ServicesRequest::Unknown { offset },
         }
         ServicesRequest::None
@@ -232,6 +238,15 @@ mod tests {
         );
         assert_eq!(l.write(regs::EXIT, &[3]), ServicesRequest::Exit(3));
         assert_eq!(l.read(0x800), u64::MAX);
+    }
+
+    #[test]
+    fn the_vmgexit_register_asks_for_the_ghcb_exit() {
+        let mut l = ServicesLatch::default();
+        assert_eq!(
+            l.write(regs::VMGEXIT, &0u64.to_le_bytes()),
+            ServicesRequest::Vmgexit
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 pub mod cpuid;
 pub mod kick;
+pub mod protected;
 pub mod state;
 pub mod stats;
 
@@ -66,6 +67,9 @@ pub enum KvmError {
     /// KVM_SET_CPUID2 failed.
     #[error("cannot set the CPUID of vCPU {0}")]
     SetCpuid(u32, #[source] kvm_ioctls::Error),
+    /// KVM_GET_CPUID2 failed.
+    #[error("cannot read the CPUID of vCPU {0}")]
+    GetCpuid(u32, #[source] kvm_ioctls::Error),
     /// KVM_GET_LAPIC / KVM_SET_LAPIC failed.
     #[error("cannot refresh the local APIC of vCPU {0}")]
     Lapic(u32, #[source] kvm_ioctls::Error),
@@ -81,6 +85,39 @@ pub enum KvmError {
     /// KVM_RUN failed with something other than EINTR/EAGAIN.
     #[error("KVM_RUN failed on vCPU {0}")]
     Run(u32, #[source] kvm_ioctls::Error),
+    /// The vCPU's state is protected (SEV-ES, after LAUNCH_UPDATE_VMSA): the host can
+    /// neither read nor set it. KVM answers EINVAL (see [`KvmError::errno`]).
+    #[error("cannot {op} of vCPU {vcpu}: its state is protected (SEV-ES): the host can neither read nor set it")]
+    Protected {
+        /// The vCPU.
+        vcpu: u32,
+        /// What was attempted, e.g. "read the registers".
+        op: &'static str,
+    },
+}
+
+impl KvmError {
+    /// The errno KVM answered (EINVAL for a protected vCPU, as KVM refuses its register
+    /// ioctls), if the error is a refused ioctl.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            KvmError::Protected { .. } => Some(libc::EINVAL),
+            KvmError::Open(e)
+            | KvmError::CreateVm(e)
+            | KvmError::CreateIrqchip(e)
+            | KvmError::SupportedCpuid(e)
+            | KvmError::TscKhz(_, e)
+            | KvmError::CreateVcpu(_, e)
+            | KvmError::SetCpuid(_, e)
+            | KvmError::GetCpuid(_, e)
+            | KvmError::Lapic(_, e)
+            | KvmError::Registers(_, e)
+            | KvmError::DirtyLog(_, e)
+            | KvmError::Capability(_, e)
+            | KvmError::Run(_, e) => Some(e.errno()),
+            KvmError::MapMemory { source, .. } => Some(source.errno()),
+        }
+    }
 }
 
 /// The system KVM handle.
@@ -199,9 +236,10 @@ impl KvmVm {
         })
     }
 
-    /// Makes guest reads of `msrs` exit to the VMM (KVM_CAP_X86_USER_SPACE_MSR with an
-    /// MSR filter); the VMM answers them (SEV_STATUS on the emulated platform).
-    pub fn trap_msr_reads(&self, msrs: &[u32]) -> Result<(), KvmError> {
+    /// Makes guest reads and writes of `msrs` exit to the VMM (KVM_CAP_X86_USER_SPACE_MSR
+    /// with an MSR filter); the VMM answers them (SEV_STATUS and, for SEV-ES, the GHCB MSR
+    /// on the emulated platform).
+    pub fn trap_msrs(&self, msrs: &[u32]) -> Result<(), KvmError> {
         use kvm_ioctls::{MsrFilterDefaultAction, MsrFilterRange, MsrFilterRangeFlags};
         let cap = kvm_bindings::kvm_enable_cap {
             cap: kvm_bindings::KVM_CAP_X86_USER_SPACE_MSR,
@@ -211,12 +249,12 @@ impl KvmVm {
         self.fd
             .enable_cap(&cap)
             .map_err(|e| KvmError::Capability("KVM_CAP_X86_USER_SPACE_MSR", e))?;
-        // A zero bit denies the read, which the capability turns into an exit.
+        // A zero bit denies the access, which the capability turns into an exit.
         let deny = [0u8; 1];
         let ranges: Vec<MsrFilterRange<'_>> = msrs
             .iter()
             .map(|&base| MsrFilterRange {
-                flags: MsrFilterRangeFlags::READ,
+                flags: MsrFilterRangeFlags::READ | MsrFilterRangeFlags::WRITE,
                 base,
                 msr_count: 1,
                 bitmap: &deny,
@@ -224,6 +262,35 @@ impl KvmVm {
             .collect();
         self.fd
             .set_msr_filter(MsrFilterDefaultAction::ALLOW, &ranges)
+            .map_err(|e| KvmError::Capability("KVM_X86_SET_MSR_FILTER", e))
+    }
+
+    /// Makes every guest read and write of an MSR exit to the VMM, except the ranges
+    /// (base, count) in `allowed`, which KVM serves as usual (KVM_CAP_X86_USER_SPACE_MSR
+    /// with a deny-by-default MSR filter). KVM never filters the x2APIC range 0x800-0x8ff.
+    pub fn trap_msrs_except(&self, allowed: &[(u32, u32)]) -> Result<(), KvmError> {
+        use kvm_ioctls::{MsrFilterDefaultAction, MsrFilterRange, MsrFilterRangeFlags};
+        let cap = kvm_bindings::kvm_enable_cap {
+            cap: kvm_bindings::KVM_CAP_X86_USER_SPACE_MSR,
+            args: [u64::from(kvm_bindings::KVM_MSR_EXIT_REASON_FILTER), 0, 0, 0],
+            ..Default::default()
+        };
+        self.fd
+            .enable_cap(&cap)
+            .map_err(|e| KvmError::Capability("KVM_CAP_X86_USER_SPACE_MSR", e))?;
+        // A set bit allows the access; every range here is allowed whole (at most 64).
+        let allow = [0xffu8; 8];
+        let ranges: Vec<MsrFilterRange<'_>> = allowed
+            .iter()
+            .map(|&(base, count)| MsrFilterRange {
+                flags: MsrFilterRangeFlags::READ | MsrFilterRangeFlags::WRITE,
+                base,
+                msr_count: count.min(64),
+                bitmap: &allow,
+            })
+            .collect();
+        self.fd
+            .set_msr_filter(MsrFilterDefaultAction::DENY, &ranges)
             .map_err(|e| KvmError::Capability("KVM_X86_SET_MSR_FILTER", e))
     }
 
@@ -255,7 +322,11 @@ impl KvmVm {
             .map_err(|e| KvmError::CreateVcpu(id, e))?;
         fd.set_cpuid2(cpuid)
             .map_err(|e| KvmError::SetCpuid(id, e))?;
-        Ok(KvmVcpu { id, fd })
+        Ok(KvmVcpu {
+            id,
+            fd,
+            protection: protected::Protection::None,
+        })
     }
 
     /// The VM's identity for the SEV platform (unique among this process's VMs).
@@ -314,6 +385,8 @@ pub enum RunResult<'a> {
 pub struct KvmVcpu {
     id: u32,
     fd: VcpuFd,
+    /// Whether the host may reach its registers ([`protected`]).
+    protection: protected::Protection,
 }
 
 impl KvmVcpu {
@@ -357,29 +430,33 @@ impl KvmVcpu {
         result
     }
 
-    /// General-purpose registers.
+    /// General-purpose registers (EINVAL for a protected vCPU).
     pub fn regs(&self) -> Result<kvm_regs, KvmError> {
+        self.check_unprotected("read the registers")?;
         self.fd
             .get_regs()
             .map_err(|e| KvmError::Registers(self.id, e))
     }
 
-    /// Sets the general-purpose registers.
+    /// Sets the general-purpose registers (EINVAL for a protected vCPU).
     pub fn set_regs(&self, regs: &kvm_regs) -> Result<(), KvmError> {
+        self.check_unprotected("set the registers")?;
         self.fd
             .set_regs(regs)
             .map_err(|e| KvmError::Registers(self.id, e))
     }
 
-    /// Segment and control registers.
+    /// Segment and control registers (EINVAL for a protected vCPU).
     pub fn sregs(&self) -> Result<kvm_sregs, KvmError> {
+        self.check_unprotected("read the segment registers")?;
         self.fd
             .get_sregs()
             .map_err(|e| KvmError::Registers(self.id, e))
     }
 
-    /// Sets the segment and control registers.
+    /// Sets the segment and control registers (EINVAL for a protected vCPU).
     pub fn set_sregs(&self, sregs: &kvm_sregs) -> Result<(), KvmError> {
+        self.check_unprotected("set the segment registers")?;
         self.fd
             .set_sregs(sregs)
             .map_err(|e| KvmError::Registers(self.id, e))
@@ -396,6 +473,58 @@ impl KvmVcpu {
         self.fd
             .set_lapic(&lapic)
             .map_err(|e| KvmError::Lapic(self.id, e))
+    }
+
+    /// The x87 and SSE state (EINVAL for a protected vCPU).
+    pub fn fpu(&self) -> Result<kvm_bindings::kvm_fpu, KvmError> {
+        self.check_unprotected("read the FPU state")?;
+        self.fd
+            .get_fpu()
+            .map_err(|e| KvmError::Registers(self.id, e))
+    }
+
+    /// Sets the x87 and SSE state (EINVAL for a protected vCPU).
+    pub fn set_fpu(&self, fpu: &kvm_bindings::kvm_fpu) -> Result<(), KvmError> {
+        self.check_unprotected("set the FPU state")?;
+        self.fd
+            .set_fpu(fpu)
+            .map_err(|e| KvmError::Registers(self.id, e))
+    }
+
+    /// Reads MSRs `indices` (EINVAL for a protected vCPU, except the MSRs KVM emulates
+    /// itself, as KVM allows: `protected::kvm_emulated_msr`). Returns the values KVM gave,
+    /// in order; it stops at the first MSR it refuses.
+    pub fn msrs(&self, indices: &[u32]) -> Result<Vec<u64>, KvmError> {
+        if !indices.iter().all(|&m| protected::kvm_emulated_msr(m)) {
+            self.check_unprotected("read the MSRs")?;
+        }
+        self.raw_msrs_read(indices)
+    }
+
+    /// Writes MSRs (index, value) (EINVAL for a protected vCPU, except the MSRs KVM
+    /// emulates itself); an error unless KVM takes all of them.
+    pub fn set_msrs(&self, entries: &[(u32, u64)]) -> Result<(), KvmError> {
+        if !entries.iter().all(|&(m, _)| protected::kvm_emulated_msr(m)) {
+            self.check_unprotected("set the MSRs")?;
+        }
+        let entries: Vec<kvm_bindings::kvm_msr_entry> = entries
+            .iter()
+            .map(|&(index, data)| kvm_bindings::kvm_msr_entry {
+                index,
+                data,
+                ..Default::default()
+            })
+            .collect();
+        self.raw_msrs_write(&entries)
+    }
+
+    /// The CPUID table the vCPU was given (what the VMM answers an SEV-ES guest's CPUID
+    /// exits from).
+    pub fn cpuid(&self) -> Result<Vec<kvm_bindings::kvm_cpuid_entry2>, KvmError> {
+        self.fd
+            .get_cpuid2(KVM_MAX_CPUID_ENTRIES)
+            .map(|c| c.as_slice().to_vec())
+            .map_err(|e| KvmError::GetCpuid(self.id, e))
     }
 
     /// The guest TSC frequency in kHz.

@@ -217,9 +217,10 @@ impl VcpuState {
 }
 
 impl KvmVcpu {
-    /// Reads the vCPU's state. Completes a pending I/O or MMIO first (see `settle`), so
+    /// Reads the vCPU's state (EINVAL for a protected vCPU). Completes a pending I/O or MMIO first (see `settle`), so
     /// the saved instruction pointer is after the instruction.
     pub fn save_state(&mut self) -> Result<VcpuState, KvmError> {
+        self.check_unprotected("save the state")?;
         self.settle()?;
         let id = self.id;
         let mut msrs = Msrs::from_entries(
@@ -259,8 +260,10 @@ impl KvmVcpu {
         })
     }
 
-    /// Loads a saved state into the vCPU (which must not be running).
+    /// Loads a saved state into the vCPU (which must not be running; EINVAL for a
+    /// protected vCPU).
     pub fn restore_state(&mut self, state: &VcpuState) -> Result<(), KvmError> {
+        self.check_unprotected("load a state")?;
         self.settle()?;
         let id = self.id;
         let reg = |e| KvmError::Registers(id, e);

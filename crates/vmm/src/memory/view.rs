@@ -204,6 +204,25 @@ impl HostView {
         Ok(())
     }
 
+    /// Records that the guest already maps the page at `gpa` shared, with the bytes it
+    /// wrote through that mapping as the page's contents: nothing is converted. Only the
+    /// emulated stand-in for an SEV-ES GHCB page uses it — on hardware the guest clears
+    /// the C-bit of its GHCB mapping before it has any channel to the host, and writes
+    /// the GHCB through it (devices::ghcb, docs/architecture.md §3.2).
+    pub(crate) fn record_shared_mapping(&self, gpa: u64) -> Result<(), MemoryError> {
+        let bad = || MemoryError::OutOfRange {
+            gpa,
+            len: PAGE_SIZE as usize,
+        };
+        let e = self.encrypted.as_ref().ok_or_else(bad)?;
+        if !gpa.is_multiple_of(PAGE_SIZE) || self.ram.host_addr(gpa, PAGE_SIZE).is_none() {
+            return Err(bad());
+        }
+        let index = self.ram.page_index(gpa).ok_or_else(bad)?;
+        e.states.set(index, 1, Visibility::Shared);
+        Ok(())
+    }
+
     /// Lets a migration target take the arriving guest's shared list (its vCPUs are
     /// stopped and the arriving guest has not run), or stops it (the guest runs).
     pub(crate) fn set_receiving(&self, receiving: bool) {
