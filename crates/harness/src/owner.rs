@@ -19,6 +19,8 @@ pub const POLICY: Policy = Policy(Policy::NODBG);
 pub struct Owner {
     pdh: Vec<u8>,
     migration_secret: [u8; 32],
+    /// The firmware the owner expects every VM to boot (default: the embedded image).
+    firmware: Vec<u8>,
 }
 
 /// One launch session: the keys the owner keeps, the files the host gets.
@@ -37,7 +39,14 @@ impl Owner {
         Ok(Owner {
             pdh,
             migration_secret: random_bytes::<32>()?,
+            firmware: firmware_image::IMAGE.to_vec(),
         })
+    }
+
+    /// Expects VMs to boot `image` instead of the embedded firmware (a VMM of another
+    /// build embeds its own).
+    pub fn expect_firmware(&mut self, image: Vec<u8>) {
+        self.firmware = image;
     }
 
     /// Writes the migration secret to `path` (mode 0600), for the owner's own tools
@@ -107,7 +116,7 @@ impl Owner {
             }
         };
         let measurement = owner::verify(
-            Measured::Firmware(firmware_image::IMAGE),
+            Measured::Firmware(&self.firmware),
             version,
             POLICY,
             keys.tik(),

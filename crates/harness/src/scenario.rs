@@ -180,6 +180,11 @@ impl Stage {
         self.owner.as_ref()
     }
 
+    /// The guest owner (SEV), to change what it expects.
+    pub fn owner_mut(&mut self) -> Option<&mut Owner> {
+        self.owner.as_mut()
+    }
+
     /// Launches a VM: as an owner-attested SEV guest or a plain one; `extra` are more
     /// `run` options (a workload, `--incoming`); `cpus` pins the process (taskset list).
     pub fn launch(

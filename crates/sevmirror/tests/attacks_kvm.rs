@@ -12,6 +12,9 @@
 //! attacks, which need the real helper entry under a malicious VMM, are in
 //! `crates/vmm/tests/helper_lanes_kvm.rs`; the same attacks without KVM, and many more,
 //! in `crates/migration/src/engine/tests.rs` and `crates/helper/tests/attacks.rs`.
+//!
+//! `SEVMIRROR_UNDER_TEST=/path/to/sevmirror` runs the kit against another build (an
+//! older release, say): the wire attacks need nothing newer than QMP `migrate`.
 
 use harness::{
     process::VmmProcess,
@@ -38,9 +41,16 @@ fn kvm_present(test: &str) -> bool {
     false
 }
 
-/// A platform, an owner with one migration secret, a working directory.
+/// The `sevmirror` under test: this build, or `$SEVMIRROR_UNDER_TEST`.
+fn exe() -> std::path::PathBuf {
+    std::env::var_os("SEVMIRROR_UNDER_TEST")
+        .map_or_else(|| env!("CARGO_BIN_EXE_sevmirror").into(), Into::into)
+}
+
+/// A platform, an owner with one migration secret, a working directory; the owner
+/// expects the firmware the VMM under test embeds.
 fn stage() -> Stage {
-    Stage::new(Config {
+    let mut stage = Stage::new(Config {
         mem: 128 << 20,
         vcpus: 1,
         helpers: 1,
@@ -48,10 +58,20 @@ fn stage() -> Stage {
         sev: true,
         downtime_limit_ms: None,
         warmup: Duration::ZERO,
-        exe: env!("CARGO_BIN_EXE_sevmirror").into(),
+        exe: exe(),
         pin: None,
     })
-    .unwrap()
+    .unwrap();
+    let image = stage.dir().join("firmware.bin");
+    let o = Command::new(exe())
+        .args(["firmware", "--out"])
+        .arg(&image)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let image = std::fs::read(image).unwrap();
+    stage.owner_mut().unwrap().expect_firmware(image);
+    stage
 }
 
 /// The attested source, its dirty workload running.
@@ -201,7 +221,7 @@ fn lose_the_commit(stage: &Stage) -> (VmmProcess, VmmProcess, Value) {
 
 /// Runs `sevmirror ARGS`; its status and output.
 fn sevmirror(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_sevmirror"))
+    Command::new(exe())
         .args(args)
         .output()
         .unwrap()
