@@ -221,10 +221,7 @@ fn lose_the_commit(stage: &Stage) -> (VmmProcess, VmmProcess, Value) {
 
 /// Runs `sevmirror ARGS`; its status and output.
 fn sevmirror(args: &[&str]) -> std::process::Output {
-    Command::new(exe())
-        .args(args)
-        .output()
-        .unwrap()
+    Command::new(exe()).args(args).output().unwrap()
 }
 
 // ----------------------------------------------------------------------------- clones

@@ -1467,7 +1467,7 @@ impl Controller {
             }
         };
         if let Some(mut job) = self.job.take() {
-            job.cancel();
+            job.abandon();
             // Unblock a thread waiting for the VM: its requests now fail.
             drop(self.inbox);
             job.join();

@@ -426,6 +426,13 @@ impl Job {
         self.interrupt();
     }
 
+    /// Stops the migration now, whatever its state: the VMM is ending. (A committed
+    /// source's guest stays migrated out; only the connection is dropped.)
+    pub fn abandon(&self) {
+        self.cancel.store(true, Ordering::Relaxed);
+        self.interrupt();
+    }
+
     /// Shuts the connection down (a blocked read or write fails at once).
     fn interrupt(&self) {
         if let Ok(guard) = self.socket.lock() {
