@@ -979,10 +979,10 @@ impl Controller {
             State::MigratedOut { resume, .. } => resume,
             _ => Resume::Paused,
         };
+        self.advance(Trigger::Released)?;
         if resume == Resume::Running {
             self.vm.resume();
         }
-        self.advance(Trigger::Released)?;
         let who = match file.origin {
             TokenOrigin::Target => "the target's abort token",
             TokenOrigin::Owner => "the guest owner's break-glass abort",
@@ -1070,7 +1070,13 @@ impl Controller {
                 }
                 IncomingCommand::Abort(ResolveReply::new(answer))
             }
-            _ => return,
+            other => {
+                answer(Err(format!(
+                    "{} does not decide an incoming migration",
+                    other.name()
+                )));
+                return;
+            }
         };
         // If the job ended meanwhile, the command's reply answers as it drops.
         job.resolve(command);
