@@ -517,11 +517,20 @@ impl<R: Read, W: Write + AsFd> Source<'_, R, W> {
             true => Some(self.commit(round)?),
             false => None,
         };
-        Done { commit }.encode(&mut self.out)?;
-        self.out.flush().map_err(|source| FrameError::Write {
-            kind: MessageType::Done,
-            source,
-        })?;
+        let sent = Done { commit }.encode(&mut self.out).and_then(|()| {
+            self.out.flush().map_err(|source| FrameError::Write {
+                kind: MessageType::Done,
+                source,
+            })
+        });
+        if let Err(e) = sent {
+            // After the commit a failed send still reads what the target said: an abort
+            // it sent before its end closed carries the token that releases the guest.
+            return match self.committed {
+                Some(_) => self.await_ack(Some(e.into())),
+                None => Err(e.into()),
+            };
+        }
         let transferred = self.out.bytes;
         update(self.progress, |p| {
             p.rounds = round;
