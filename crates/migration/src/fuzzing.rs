@@ -143,6 +143,7 @@ fn sev_hello() -> Hello {
         helper_nonce: [0; 16],
         page_size: PAGE_SIZE as u32,
         vcpus: 2,
+        es_helpers: 0,
     }
 }
 
@@ -158,6 +159,7 @@ fn plain_hello() -> Hello {
         lanes: 0,
         helper_nonce: [0; 16],
         vcpus: 1,
+        es_helpers: 0,
         ..sev_hello()
     }
 }

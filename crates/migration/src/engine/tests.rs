@@ -472,6 +472,7 @@ impl TargetVm for FakeTarget {
                 GpaRange { base: 0, size: 0 }
             },
             vcpus: 2,
+            es_helpers: 0,
         }
     }
     fn set_shared(&mut self, ranges: &[(u64, u64)]) -> Result<(), PartError> {
@@ -533,6 +534,7 @@ fn hello(sev: bool, lanes: u16) -> Hello {
         helper_nonce: [0; 16],
         page_size: 4096,
         vcpus: 2,
+        es_helpers: 0,
     }
 }
 
