@@ -444,6 +444,8 @@ pub struct Mirror {
     descriptor: HelperDescriptor,
     info: Response,
     started: bool,
+    /// SEV-ES: the helper vCPUs the launch measured (0 for a plain-SEV mirror).
+    measured: u16,
     _ram: Arc<GuestRam>,
     _rom: Arc<Rom>,
 }
@@ -498,9 +500,15 @@ impl Mirror {
         self.started
     }
 
-    /// Helper vCPUs in the mirror.
+    /// Helper vCPUs in the mirror (at home: not those lent to a migration).
     pub fn vcpus(&self) -> usize {
         self.helpers.len()
+    }
+
+    /// SEV-ES: how many helper vCPUs the guest's launch measured (0 for a plain-SEV
+    /// mirror, whose helpers are not measured).
+    pub fn measured_helpers(&self) -> u16 {
+        self.measured
     }
 
     /// The helper vCPUs.
@@ -788,6 +796,7 @@ impl Vm {
             descriptor,
             info: Response::default(),
             started: false,
+            measured: 0,
             _ram: self.ram.clone(),
             _rom: self.rom.clone(),
         };
@@ -859,6 +868,7 @@ impl Vm {
             descriptor,
             info: Response::default(),
             started: false,
+            measured: helpers,
             _ram: self.ram.clone(),
             _rom: self.rom.clone(),
         };

@@ -1164,7 +1164,7 @@ impl Controller {
             (Some(_), helper) if self.vm.sev_es() => (
                 GuestMode::SevEs,
                 match helper {
-                    HelperSlot::Measured(m) | HelperSlot::Attached(m) => m.vcpus() as u16,
+                    HelperSlot::Measured(m) | HelperSlot::Attached(m) => m.measured_helpers(),
                     HelperSlot::Off | HelperSlot::Waiting { .. } | HelperSlot::Failed => 0,
                 },
             ),
