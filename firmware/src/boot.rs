@@ -35,6 +35,8 @@ const _: () = {
 
 const _: () = assert!(layout::KSTACK_SIZE == 1 << 13);
 const _: () = assert!(layout::VCPU_SAVE_STRIDE == 1 << 13);
+// The APs' real-mode stack top (boot.s sevm_ap16) is a 16-bit offset from SS = 0.
+const _: () = assert!(layout::AP_TRAMPOLINE + layout::PAGE_SIZE <= 0xffff);
 const _: () = assert!(layout::USTACK_SIZE == 1 << 16);
 const _: () = assert!(layout::TSS_STRIDE == 1 << 7);
 const _: () = assert!(
@@ -134,6 +136,7 @@ core::arch::global_asm!(
     }
     .encode(),
     SVC_INCOMING_HOLD = const svc::INCOMING_HOLD,
+    AP_STACK_TOP = const layout::AP_TRAMPOLINE + layout::PAGE_SIZE,
     VCPU_SAVE_BASE = const layout::VCPU_SAVE_BASE,
     VCPU_SAVE_SHIFT = const 13,
     SAVE_STATE = const vcpu_save::STATE,

@@ -994,12 +994,19 @@ sevm_rom_gdt_end:
 
 // Application processors start here in real mode: from RAM after INIT-SIPI-SIPI (the BSP
 // copies [sevm_ap16, sevm_ap16_end) to the trampoline page), or from ROM under SEV-ES
-// (the GUID table's reset block points here). Position independent.
+// (the GUID table's reset block points here). Position independent. The `call` below
+// needs a stack: at reset SS:SP is 0:0, so it would write the word at 0xfffe, guest RAM
+// that may hold the guest's data by then (an SEV-ES migration target starts its APs after
+// the guest's pages arrived); the top of the reserved trampoline page takes it instead.
 .balign 16
 .global sevm_ap16
 sevm_ap16:
     cli
     cld
+    .byte 0x31, 0xc0                            // xor ax, ax
+    .byte 0x8e, 0xd0                            // mov ss, ax
+    .byte 0xbc                                  // mov sp, AP_TRAMPOLINE + 4 KiB
+    .word {AP_STACK_TOP}
     .byte 0xe8, 0x00, 0x00                      // call 1f
 1:  .byte 0x5b                                  // pop bx
     .byte 0x66, 0x2e, 0x0f, 0x01, 0x97          // o32 lgdt cs:[bx + disp16]

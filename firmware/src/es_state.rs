@@ -187,20 +187,34 @@ pub fn checkpoint() {
         return;
     }
     slot_write(slot, vcpu_save::LAST_POLL, now);
-    if ghcb::client().service(Call::Checkpoint, 0, [0; 3]) != Ok(1) {
+    let mut client = ghcb::client();
+    if client.service(Call::Checkpoint, 0, [0; 3]) != Ok(1) {
+        return;
+    }
+    let mask = xsave_mask();
+    // The XSAVE state of the enabled components must fit the slot (CPUID 0xD: EBX is
+    // its size for the XCR0 in force); a vCPU that cannot save does not hold, and the
+    // host's migration gives up on it.
+    let fits = mask == 0
+        || client
+            .cpuid(0xd, 0, mask)
+            .is_ok_and(|r| u64::from(r[1]) <= vcpu_save::XSAVE_AREA_SIZE);
+    if !fits {
+        println!(
+            "firmware: vCPU {cpu}: its XSAVE state does not fit its slot; it cannot be migrated"
+        );
         return;
     }
     slot_write(slot, vcpu_save::CPU, cpu as u64);
-    slot_write(slot, vcpu_save::XCR0, xsave_mask());
+    slot_write(slot, vcpu_save::XCR0, mask);
     // XSAVE writes only XSTATE_BV of the area's header; XRSTOR refuses a header whose
     // other bytes (XCOMP_BV, reserved) are not zero.
     for offset in (512..576).step_by(8) {
         slot_write(slot, vcpu_save::XSAVE_AREA + offset, 0);
     }
-    // SAFETY: the slot is this CPU's and the XSAVE area inside it is 64-byte aligned and
-    // large enough for the state XCR0 enables (guest-abi asserts the alignment; the area
-    // is 7 KiB, above the 2.7 KiB of x87 to AVX-512); `hold` is an extern "C" function
-    // that returns.
+    // SAFETY: the slot is this CPU's and the XSAVE area inside it is 64-byte aligned
+    // (guest-abi asserts it) and large enough for the state XCR0 enables (checked above);
+    // `hold` is an extern "C" function that returns.
     let how = unsafe { sevm_save_and_hold(slot, hold, cpu as u64) };
     if how == vcpu_save::RESTORED {
         after_restore(cpu);

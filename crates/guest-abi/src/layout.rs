@@ -196,13 +196,14 @@ pub mod vcpu_save {
     pub const RBP: u64 = GPRS + 0x30;
     /// Offset of R8 (R9 .. R15 follow).
     pub const R8: u64 = GPRS + 0x38;
-    /// `u64`, not part of the state: the TSC of this CPU's last checkpoint question to the
-    /// host (the firmware asks at most every [`POLL_INTERVAL_US`]).
-    pub const LAST_POLL: u64 = 0xa8;
-    /// The XSAVE (or FXSAVE) area, 64-byte aligned, to the end of the slot.
+    /// The XSAVE (or FXSAVE) area, 64-byte aligned, up to [`LAST_POLL`].
     pub const XSAVE_AREA: u64 = 0x400;
-    /// Bytes the XSAVE area may use.
-    pub const XSAVE_AREA_SIZE: u64 = super::VCPU_SAVE_STRIDE - XSAVE_AREA;
+    /// `u64`, not part of the state: the TSC of this CPU's last checkpoint question to the
+    /// host (the firmware asks at most every [`POLL_INTERVAL_US`]). The slot's last word,
+    /// in its second page: the first page (the registers) changes only when the vCPU saves.
+    pub const LAST_POLL: u64 = super::VCPU_SAVE_STRIDE - 8;
+    /// Bytes the XSAVE area may use (x87 to AVX-512 take about 2.7 KiB).
+    pub const XSAVE_AREA_SIZE: u64 = LAST_POLL - XSAVE_AREA;
     /// Nothing saved.
     pub const EMPTY: u64 = 0;
     /// A complete saved state ("VCPUSAVD", little-endian).
@@ -218,7 +219,8 @@ pub mod vcpu_save {
     /// What it returns on a migration target, after the restore.
     pub const RESTORED: u64 = 1;
 
-    const _: () = assert!(R8 + 8 * 8 == LAST_POLL);
+    const _: () = assert!(R8 + 8 * 8 <= XSAVE_AREA);
+    const _: () = assert!(XSAVE_AREA_SIZE >= 0xb00 && LAST_POLL >= super::PAGE_SIZE);
     const _: () = assert!(XSAVE_AREA % 64 == 0 && super::VCPU_SAVE_STRIDE % 64 == 0);
 }
 

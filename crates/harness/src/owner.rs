@@ -58,9 +58,10 @@ impl Owner {
 
     /// Launches SEV-ES guests (policy bit ES) with `launch.vcpus` vCPUs and
     /// `launch.helpers` helper vCPUs, and expects each launch digest to cover both sets of
-    /// VMSAs (the run's default vCPU type, QEMU's reset state).
-    pub fn expect_sev_es(&mut self, launch: EsLaunch) {
-        self.es = Some(launch);
+    /// VMSAs (the run's default vCPU type, QEMU's reset state); with None, plain SEV
+    /// guests again.
+    pub fn expect_sev(&mut self, launch: Option<EsLaunch>) {
+        self.es = launch;
     }
 
     /// The policy this owner's sessions carry.

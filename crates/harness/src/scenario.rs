@@ -163,11 +163,23 @@ impl Stage {
             vcpus: self.config.vcpus,
             helpers: self.config.helpers,
         };
-        if let Some(owner) = self.owner.as_mut() {
-            owner.expect_sev_es(launch);
-            self.es = true;
-        }
+        self.set_sev_es(Some(launch));
         self
+    }
+
+    /// Launches the next VMs as SEV-ES guests of `launch`'s vCPUs and helper vCPUs, or
+    /// (None) as plain SEV guests with the configured helpers (SEV stages only): a test
+    /// stages targets that do not fit the source this way.
+    pub fn set_sev_es(&mut self, launch: Option<EsLaunch>) {
+        let Some(owner) = self.owner.as_mut() else {
+            return;
+        };
+        owner.expect_sev(launch);
+        if let Some(l) = launch {
+            self.config.vcpus = l.vcpus;
+            self.config.helpers = l.helpers;
+        }
+        self.es = launch.is_some();
     }
 
     /// Sets `migrate-set-parameters` member `name` on the source before it migrates
