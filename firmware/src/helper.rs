@@ -389,7 +389,9 @@ impl Vmgexit for HelperGhcb {
     }
 }
 
-/// How this helper vCPU reaches the VMM.
+/// How this helper vCPU reaches the VMM. One lives on each helper vCPU's stack for its
+/// whole life (the firmware has no allocator to box the GHCB copy in).
+#[allow(clippy::large_enum_variant)]
 enum Doorbell {
     /// An MMIO write to the services page (plain SEV).
     Mmio,

@@ -221,7 +221,8 @@ pub mod vcpu_save {
 
     const _: () = assert!(R8 + 8 * 8 <= XSAVE_AREA);
     const _: () = assert!(XSAVE_AREA_SIZE >= 0xb00 && LAST_POLL >= super::PAGE_SIZE);
-    const _: () = assert!(XSAVE_AREA % 64 == 0 && super::VCPU_SAVE_STRIDE % 64 == 0);
+    const _: () =
+        assert!(XSAVE_AREA.is_multiple_of(64) && super::VCPU_SAVE_STRIDE.is_multiple_of(64));
 }
 
 /// GDT selectors, identical in the ROM boot GDT and the RAM GDT.

@@ -260,7 +260,7 @@ impl HelperDescriptor {
             .checked_mul(self.stack_size)
             .and_then(|n| n.checked_add(self.stacks_gpa));
         if self.stack_size < 16
-            || self.stack_size % 16 != 0
+            || !self.stack_size.is_multiple_of(16)
             || !inside(self.stacks_gpa)
             || stacks_end.is_none_or(|e| e > region_end)
         {
@@ -269,7 +269,7 @@ impl HelperDescriptor {
         let ghcbs_end = u64::from(self.max_vcpus)
             .checked_mul(page)
             .and_then(|n| n.checked_add(self.ghcb_gpa));
-        if self.ghcb_gpa % page != 0
+        if !self.ghcb_gpa.is_multiple_of(page)
             || !inside(self.ghcb_gpa)
             || ghcbs_end.is_none_or(|e| e > region_end)
         {

@@ -64,6 +64,9 @@ fn owner_digest(image: &[u8], vcpus: u32, helpers: u16) -> [u8; 32] {
     expected_es_digest(image, &vmsas)
 }
 
+/// A launched guest: the VM, its mirror, its console.
+type Launched = (Vm, Mirror, Arc<Mutex<Vec<u8>>>);
+
 /// A guest of `image` launched under SEV-ES with `helpers` helper vCPUs measured, checked
 /// by an owner who expects `expected`; the VM and its mirror, not started, or the owner's
 /// refusal.
@@ -73,7 +76,7 @@ fn launch(
     image: &[u8],
     helpers: u16,
     expected: [u8; 32],
-) -> Result<(Vm, Mirror, Arc<Mutex<Vec<u8>>>), OwnerError> {
+) -> Result<Launched, OwnerError> {
     let pdh = psp.export_certs().unwrap().pdh;
     let session = owner::session(&pdh, ES).unwrap();
     let backend: Arc<dyn SevBackend> = psp.clone();

@@ -883,6 +883,40 @@ fn migratable_equal(o: &Outcome) {
     }
 }
 
+/// An SEV-ES guest goes only to an SEV-ES VM launched with as many measured helpers; an
+/// SEV or plain guest never to an SEV-ES VM.
+#[test]
+fn an_sev_es_guest_goes_only_to_an_sev_es_target_with_as_many_measured_helpers() {
+    let es = Hello {
+        mode: GuestMode::SevEs,
+        es_helpers: 2,
+        ..hello(true, 2)
+    };
+    let local = |mode, es_helpers| LocalGuest {
+        mode,
+        ram: es.ram.clone(),
+        firmware_digest: es.firmware_digest,
+        helper_region: es.helper_region,
+        vcpus: es.vcpus,
+        es_helpers,
+    };
+    local(GuestMode::SevEs, 2).check(&es).unwrap();
+    for (target, says) in [
+        (
+            local(GuestMode::Sev, 0),
+            "an SEV-ES guest, this target an SEV VM",
+        ),
+        (local(GuestMode::SevEs, 1), "measured at launch"),
+        (local(GuestMode::Plain, 0), "guest mode"),
+    ] {
+        match target.check(&es) {
+            Err(MigrationError::Incompatible(why)) => assert!(why.contains(says), "{why}"),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(local(GuestMode::SevEs, 2).check(&hello(true, 2)).is_err());
+}
+
 #[test]
 fn a_plain_guest_migrates_with_every_page_and_its_state() {
     let o = run(Setup::plain());

@@ -187,6 +187,17 @@ impl HelperVcpu {
             ..HelperHost::default()
         };
         let mut msr = self.latch.ghcb_msr;
+        // A GHCB of the helper's own: its slot's page in the helper region, never one of
+        // the guest's (the MSR protocol's values have low bits set; a GPA has none).
+        let value = msr.read();
+        let d = &self.descriptor;
+        let own = value >= d.ghcb_gpa
+            && value < d.ghcb_gpa + u64::from(d.max_vcpus) * guest_abi::layout::PAGE_SIZE;
+        if value & 0xfff == 0 && !own {
+            return Err(HelperError::EsStrict(format!(
+                "VMGEXIT with a GHCB at {value:#x}, outside the helper's GHCB pages"
+            )));
+        }
         let outcome = vmgexit(&mut msr, GuestMode::SevEs, cbit, &self.view, &mut host)
             .map_err(HelperError::Vmgexit)?;
         self.latch.ghcb_msr = msr;
