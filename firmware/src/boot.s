@@ -411,9 +411,13 @@ sevm_helper_terminate32:
 .section .text.boot64, "ax"
 .code64
 
-// The first 64-bit instruction of every CPU.
+// The first 64-bit instruction of every CPU. R13 is 0 here and 1 when the boot CPU of an
+// SEV-ES migration target comes from its incoming hold (sevm_entry64_resume), which must
+// resume a saved state or park: never boot over the guest that arrived.
 .global sevm_entry64
 sevm_entry64:
+    xor r13d, r13d
+sevm_entry64_resume:
     mov ax, {SEL_KDATA}
     mov ds, ax
     mov es, ax
@@ -496,6 +500,8 @@ sevm_entry64:
     movabs rax, {SAVE_SAVED}
     cmp [rdi + {SAVE_STATE}], rax
     je sevm_resume
+    test r13d, r13d
+    jnz sevm_park
 3:
     // IRETQ to sevm_rust_entry(cpu) at CPL3 with interrupts off. The user stack pointer
     // is 8 below a 16-byte boundary, as after a call.
@@ -557,7 +563,8 @@ sevm_svc_incoming_hold:
     and eax, 0xfffff000
     or eax, edx
     jz 1b
-    jmp sevm_entry64
+    mov r13d, 1
+    jmp sevm_entry64_resume
 
 sevm_es_stop64:
     sevm_es_stop
