@@ -1,11 +1,11 @@
 //! CPL0: the assembly that boots each CPU and serves CPL3's rare requests (boot.s).
 
 use guest_abi::{
-    ghcb::{self, service::Call, ExitCode, Field, ValidBitmap},
-    layout::{self, boot_info, selector},
+    ghcb::{self, msr::MsrRequest, service::Call, ExitCode, Field, ValidBitmap},
+    layout::{self, boot_info, selector, vcpu_save},
     services, svc,
 };
-use helper_abi::region;
+use helper_abi::{mailbox::doorbell, region};
 use vc_handler::frame::{self, VcFrame};
 
 /// The valid bitmap's upper quadword of the fault report boot.s builds in a GHCB.
@@ -34,6 +34,9 @@ const _: () = {
 };
 
 const _: () = assert!(layout::KSTACK_SIZE == 1 << 13);
+const _: () = assert!(layout::VCPU_SAVE_STRIDE == 1 << 13);
+// The APs' real-mode stack top (boot.s sevm_ap16) is a 16-bit offset from SS = 0.
+const _: () = assert!(layout::AP_TRAMPOLINE + layout::PAGE_SIZE <= 0xffff);
 const _: () = assert!(layout::USTACK_SIZE == 1 << 16);
 const _: () = assert!(layout::TSS_STRIDE == 1 << 7);
 const _: () = assert!(
@@ -122,6 +125,25 @@ core::arch::global_asm!(
     DOORBELL = const services::DOORBELL,
     DOORBELL_NO_SLOT = const helper_abi::mailbox::doorbell::NO_SLOT,
     DOORBELL_NO_ANCHOR = const helper_abi::mailbox::doorbell::NO_ANCHOR,
+    HELPER_TERMINATE_NO_SLOT = const MsrRequest::Terminate {
+        set: doorbell::ES_TERMINATE_SET,
+        reason: doorbell::ES_NO_SLOT,
+    }
+    .encode(),
+    HELPER_TERMINATE_PROTOCOL = const MsrRequest::Terminate {
+        set: doorbell::ES_TERMINATE_SET,
+        reason: doorbell::ES_PROTOCOL,
+    }
+    .encode(),
+    SVC_INCOMING_HOLD = const svc::INCOMING_HOLD,
+    AP_STACK_TOP = const layout::AP_TRAMPOLINE + layout::PAGE_SIZE,
+    VCPU_SAVE_BASE = const layout::VCPU_SAVE_BASE,
+    VCPU_SAVE_SHIFT = const 13,
+    SAVE_STATE = const vcpu_save::STATE,
+    SAVE_CPU = const vcpu_save::CPU,
+    SAVE_RSP = const vcpu_save::RSP,
+    SAVE_SAVED = const vcpu_save::SAVED,
+    SAVE_RESUMING = const vcpu_save::RESUMING,
 );
 
 extern "C" {

@@ -78,10 +78,11 @@
     jmp .Lsevm_es_stop\@
 .endm
 
-// sevm_xstate under SEV-ES: the same XCR0, with CPUID through the MSR protocol. The XCR0 it
-// sets goes to the boot-info page (the #VC handler sends it with CPUID leaf 0xD).
-// Clobbers eax, ebx, ecx, edx, edi.
-.macro sevm_xstate_es fail
+// sevm_xstate under SEV-ES: the same XCR0, with CPUID through the MSR protocol. With
+// `store` set the XCR0 it sets goes to the boot-info page (the #VC handler sends it with
+// CPUID leaf 0xD); the helper entry leaves guest memory alone. Clobbers eax, ebx, ecx,
+// edx, edi.
+.macro sevm_xstate_es fail, store=1
     sevm_msr_cpuid 1, 2, \fail
     test eax, 1 << 26
     jz .Lsevm_xstate_es_done\@
@@ -99,8 +100,10 @@
     jne .Lsevm_xstate_es_set\@
     or eax, 0xe0
 .Lsevm_xstate_es_set\@:
+    .if \store
     mov edi, {BOOT_INFO}
     mov [edi + {BI_XCR0}], eax
+    .endif
     xor ecx, ecx
     xor edx, edx
     xsetbv
@@ -296,13 +299,23 @@ sevm_enter_long_mode:
     .word {SEL_KCODE64}
 
 // The migration helper's measured entry point. A mirror vCPU starts here in 32-bit flat
-// protected mode, paging off (what a VMM can set up without the guest's secrets). No
-// register carries anything in: the host sets every register of a plain-SEV vCPU, so
-// the entry takes its slot (stack, mailbox and lane id at once) from the counter in the
-// helper's private anchor page with `lock xadd`, before it touches any stack. A value is
-// never handed out twice, so two vCPUs (at once, or a later mirror) never share a stack
-// or a nonce prefix; an entry past the last slot rings the doorbell with NO_SLOT and
-// parks. Everything else comes from the anchor that helper_init wrote at boot.
+// protected mode, paging off (what a VMM can set up without the guest's secrets; under
+// SEV-ES its measured VMSA holds exactly this, from the helper descriptor). No register
+// carries anything in: the host sets every register of a plain-SEV vCPU, so the entry
+// takes its slot (stack, mailbox and lane id at once) from the counter in the helper's
+// private anchor page with `lock xadd`, before it touches any stack. A value is never
+// handed out twice, so two vCPUs (at once, or a later mirror) never share a stack or a
+// nonce prefix. Everything else comes from the anchor that helper_init wrote at boot.
+//
+// SEV_STATUS (read first; no #VC under SEV-ES) decides how the entry reaches the host.
+// Plain SEV: an entry past the last slot rings the doorbell with NO_SLOT and parks, one
+// that finds no anchor rings NO_ANCHOR and parks (the host may start it again by setting
+// its registers). SEV-ES: the VMSA exists from the launch on, before helper_init ran, and
+// can never be reset, so an entry that finds no anchor asks to be held (AP reset hold,
+// GHCB MSR protocol) and looks again when the VMM runs it next; past the last slot, or if
+// the protocol fails, it asks for termination with sevmirror's reason set. CPUID for the
+// XCR0 set-up goes through the MSR protocol too, and nothing is written to guest memory.
+// Registers: esi = SEV_STATUS, ebp = the slot.
 .global sevm_helper_entry32
 sevm_helper_entry32:
     cli
@@ -313,22 +326,29 @@ sevm_helper_entry32:
     mov ss, ax
     mov fs, ax
     mov gs, ax
-    mov ebx, {HELPER_ANCHOR}
+    mov ecx, 0xc0010131
+    rdmsr
+    mov esi, eax
+1:  mov ebx, {HELPER_ANCHOR}
     cmp dword ptr [ebx], {ANCHOR_MAGIC_LO}
     jne 8f
     cmp dword ptr [ebx + 4], {ANCHOR_MAGIC_HI}
     jne 8f
-    mov edi, 1
-    lock xadd dword ptr [ebx + {ANCHOR_NEXT_SLOT}], edi
+    mov ebp, 1
+    lock xadd dword ptr [ebx + {ANCHOR_NEXT_SLOT}], ebp
     cmp dword ptr [ebx + {ANCHOR_VCPUS} + 4], 0
     jne 7f
-    cmp edi, dword ptr [ebx + {ANCHOR_VCPUS}]
+    cmp ebp, dword ptr [ebx + {ANCHOR_VCPUS}]
     jae 7f
     mov eax, cr4
     or eax, 0x620
     mov cr4, eax
+    test esi, 2
+    jnz 2f
     sevm_xstate
-    mov ebx, {HELPER_ANCHOR}
+    jmp 3f
+2:  sevm_xstate_es sevm_helper_protocol32, 0
+3:  mov ebx, {HELPER_ANCHOR}
     mov eax, [ebx + {ANCHOR_CR3}]
     mov cr3, eax
     mov ecx, 0xc0000080
@@ -342,12 +362,48 @@ sevm_helper_entry32:
     .byte 0xea
     .long sevm_helper_entry64
     .word {SEL_KCODE64}
-7:  mov dword ptr [{SERVICES} + {DOORBELL}], {DOORBELL_NO_SLOT}
+7:  test esi, 2
+    jnz 5f
+    mov dword ptr [{SERVICES} + {DOORBELL}], {DOORBELL_NO_SLOT}
     jmp 9f
-8:  mov dword ptr [{SERVICES} + {DOORBELL}], {DOORBELL_NO_ANCHOR}
+5:  mov eax, {HELPER_TERMINATE_NO_SLOT}
+    jmp sevm_helper_terminate32
+8:  test esi, 2
+    jnz 6f
+    mov dword ptr [{SERVICES} + {DOORBELL}], {DOORBELL_NO_ANCHOR}
 9:  cli
     hlt
     jmp 9b
+    // SEV-ES, no anchor yet: AP reset hold until the VMM releases this vCPU (a response
+    // with a non-zero result), then look for the anchor again.
+6:  mov ecx, 0xc0010130
+    mov eax, 6
+    xor edx, edx
+    wrmsr
+    mov dword ptr [{SERVICES} + {VMGEXIT}], 0
+    rdmsr
+    mov ecx, eax
+    and ecx, 0xfff
+    cmp ecx, 7
+    jne sevm_helper_protocol32
+    and eax, 0xfffff000
+    or eax, edx
+    jz 6b
+    jmp 1b
+
+// SEV-ES helper entry: the MSR protocol failed; ask for termination.
+sevm_helper_protocol32:
+    mov eax, {HELPER_TERMINATE_PROTOCOL}
+// SEV-ES helper entry: termination request with eax = the request's low word (sevmirror's
+// reason set and a reason), then park.
+sevm_helper_terminate32:
+    mov ecx, 0xc0010130
+    xor edx, edx
+    wrmsr
+    mov dword ptr [{SERVICES} + {VMGEXIT}], 0
+4:  cli
+    hlt
+    jmp 4b
 
 // ---------------------------------------------------------------------------------------
 // 64-bit CPL0: per-CPU set-up, then IRETQ to the Rust entry at CPL3.
@@ -355,9 +411,13 @@ sevm_helper_entry32:
 .section .text.boot64, "ax"
 .code64
 
-// The first 64-bit instruction of every CPU.
+// The first 64-bit instruction of every CPU. R13 is 0 here and 1 when the boot CPU of an
+// SEV-ES migration target comes from its incoming hold (sevm_entry64_resume), which must
+// resume a saved state or park: never boot over the guest that arrived.
 .global sevm_entry64
 sevm_entry64:
+    xor r13d, r13d
+sevm_entry64_resume:
     mov ax, {SEL_KDATA}
     mov ds, ax
     mov es, ax
@@ -430,6 +490,19 @@ sevm_entry64:
     ltr ax
     lidt [rip + sevm_idtr]
 
+    // SEV-ES: a CPU whose slot holds a saved state (a migration target, after the guest's
+    // pages arrived) resumes that state instead of booting.
+    test byte ptr [{BOOT_INFO}], 2
+    jz 3f
+    mov rdi, r15
+    shl rdi, {VCPU_SAVE_SHIFT}
+    add rdi, {VCPU_SAVE_BASE}
+    movabs rax, {SAVE_SAVED}
+    cmp [rdi + {SAVE_STATE}], rax
+    je sevm_resume
+    test r13d, r13d
+    jnz sevm_park
+3:
     // IRETQ to sevm_rust_entry(cpu) at CPL3 with interrupts off. The user stack pointer
     // is 8 below a 16-byte boundary, as after a call.
     mov rax, r15
@@ -449,12 +522,57 @@ sevm_park:
     hlt
     jmp sevm_park
 
+// Resume the saved state in slot rdi (r15 = this CPU, the per-CPU set-up done): claim the
+// slot (SAVED -> RESUMING, so no second vCPU restores it; the loser parks), check it is
+// this CPU's, and IRETQ to the CPL3 restore code (es_state.rs, sevm_resume_user) with
+// rdi = the slot, on a stack below the saved one's red zone (the restore sets its own).
+sevm_resume:
+    movabs rcx, {SAVE_RESUMING}
+    lock cmpxchg [rdi + {SAVE_STATE}], rcx
+    jne sevm_park
+    cmp [rdi + {SAVE_CPU}], r15
+    jne sevm_park
+    mov rax, [rdi + {SAVE_RSP}]
+    sub rax, 256
+    and rax, -16
+    push {SEL_UDATA}
+    push rax
+    push 2
+    push {SEL_UCODE64}
+    lea rax, [rip + sevm_resume_user]
+    push rax
+    iretq
+
+// SEV-ES migration target, boot CPU: hold (AP reset hold, GHCB MSR protocol) until the VMM
+// has received the guest, touching no memory (its stacks, tables and this CPU's slot are
+// overwritten meanwhile), then start over as a CPU does: sevm_entry64 finds the saved
+// state in the slot and resumes it.
+sevm_svc_incoming_hold:
+    cli
+1:  mov ecx, 0xc0010130
+    mov eax, 6
+    xor edx, edx
+    wrmsr
+    mov edi, {SERVICES}
+    mov dword ptr [rdi + {VMGEXIT}], 0
+    rdmsr
+    mov ecx, eax
+    and ecx, 0xfff
+    cmp ecx, 7
+    jne sevm_es_stop64
+    and eax, 0xfffff000
+    or eax, edx
+    jz 1b
+    mov r13d, 1
+    jmp sevm_entry64_resume
+
 sevm_es_stop64:
     sevm_es_stop
 
 // The helper's 64-bit set-up: its own stacks, GDT, TSS and IDT from the anchor, then
-// IRETQ to sevm_helper_rust_entry(slot, context) at CPL3. EDI holds the slot the 32-bit
-// entry took from the anchor's counter (never a value the host chose).
+// IRETQ to sevm_helper_rust_entry(slot, context, sev_status) at CPL3. EBP holds the slot
+// the 32-bit entry took from the anchor's counter (never a value the host chose), ESI
+// the SEV_STATUS it read.
 sevm_helper_entry64:
     mov ax, {SEL_KDATA}
     mov ds, ax
@@ -464,7 +582,8 @@ sevm_helper_entry64:
     mov fs, ax
     mov gs, ax
     mov ebx, {HELPER_ANCHOR}
-    mov r15d, edi
+    mov r15d, ebp
+    mov r13d, esi
     cmp r15, [rbx + {ANCHOR_VCPUS}]
     jae sevm_park
     mov rax, r15
@@ -490,6 +609,7 @@ sevm_helper_entry64:
     push rax
     mov rdi, r15
     mov rsi, [rbx + {ANCHOR_CONTEXT}]
+    mov rdx, r13
     iretq
 
 // Exception stubs, 16 bytes apart: push a zero error code where the CPU pushes none,
@@ -544,6 +664,8 @@ sevm_exc_common:
     je sevm_svc_vc_return
     cmp rax, {SVC_RAISE_VC}
     je sevm_svc_raise_vc
+    cmp rax, {SVC_INCOMING_HOLD}
+    je sevm_svc_incoming_hold
     mov rax, -1
 sevm_svc_return:
     add qword ptr [rsp + 16], 4
@@ -879,12 +1001,19 @@ sevm_rom_gdt_end:
 
 // Application processors start here in real mode: from RAM after INIT-SIPI-SIPI (the BSP
 // copies [sevm_ap16, sevm_ap16_end) to the trampoline page), or from ROM under SEV-ES
-// (the GUID table's reset block points here). Position independent.
+// (the GUID table's reset block points here). Position independent. The `call` below
+// needs a stack: at reset SS:SP is 0:0, so it would write the word at 0xfffe, guest RAM
+// that may hold the guest's data by then (an SEV-ES migration target starts its APs after
+// the guest's pages arrived); the top of the reserved trampoline page takes it instead.
 .balign 16
 .global sevm_ap16
 sevm_ap16:
     cli
     cld
+    .byte 0x31, 0xc0                            // xor ax, ax
+    .byte 0x8e, 0xd0                            // mov ss, ax
+    .byte 0xbc                                  // mov sp, AP_TRAMPOLINE + 4 KiB
+    .word {AP_STACK_TOP}
     .byte 0xe8, 0x00, 0x00                      // call 1f
 1:  .byte 0x5b                                  // pop bx
     .byte 0x66, 0x2e, 0x0f, 0x01, 0x97          // o32 lgdt cs:[bx + disp16]

@@ -101,6 +101,12 @@ pub fn outb_cpl0(port: u16, value: u8) {
     call(svc::OUT, port.into(), 1, value.into());
 }
 
+/// `wrmsr` at CPL0 whatever the SEV mode: the helper's GHCB MSR (no #VC under SEV-ES; the
+/// helper runs in the mirror VM, where the guest's boot-info page is not its business).
+pub fn wrmsr_cpl0(msr: u32, value: u64) {
+    call(svc::WRMSR, msr.into(), value, 0);
+}
+
 /// `rdmsr` at CPL0 whatever the SEV mode (the `bypass-msr` workload, as [`outb_cpl0`]).
 pub fn rdmsr_cpl0(msr: u32) -> u64 {
     call(svc::RDMSR, msr.into(), 0, 0)
@@ -169,6 +175,16 @@ pub fn vmmcall(nr: u64, args: [u64; 3]) -> u64 {
 /// this CPU's #VC frame slot (the `VC_RETURN` service). Never returns here.
 pub fn vc_return() -> ! {
     call(svc::VC_RETURN, 0, 0, 0);
+    // The service never returns to its caller.
+    loop {
+        core::hint::spin_loop();
+    }
+}
+
+/// SEV-ES migration target: holds this CPU at CPL0 until the VMM received the guest, then
+/// resumes the state saved in its slot (the `INCOMING_HOLD` service). Never returns here.
+pub fn incoming_hold() -> ! {
+    call(svc::INCOMING_HOLD, 0, 0, 0);
     // The service never returns to its caller.
     loop {
         core::hint::spin_loop();

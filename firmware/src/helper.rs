@@ -10,12 +10,22 @@
 
 use crate::sev;
 use core::sync::atomic::AtomicU32;
-use guest_abi::{layout, layout::selector, services};
+use guest_abi::{
+    ghcb::{
+        msr::{MsrRequest, MSR_GHCB},
+        service::Call,
+        Ghcb, PAGE_LEN,
+    },
+    layout,
+    layout::selector,
+    services,
+};
 use helper_abi::{
     mailbox::doorbell, region, MAX_BATCH, MAX_HELPER_VCPUS, PAGE_SIZE, WINDOWS_PER_VCPU,
 };
 use mirror_helper::{engine::Entropy, GuestMemory, Helper, HelperLayout, Mailbox, SessionState};
 use sha2::{Digest, Sha256};
+use vc_handler::client::{self, GhcbClient, Vmgexit};
 
 /// The helper's shared state (at region + CONTEXT): valid when zeroed, written once by
 /// `init` before any helper vCPU exists.
@@ -239,6 +249,15 @@ pub fn init(
             sev::Visibility::Shared,
         )
         .map_err(InitError::Share)?;
+        if crate::es::active() {
+            // Each helper vCPU's own GHCB: its doorbell under SEV-ES.
+            sev::map_gpa_range(
+                b + region::GHCBS,
+                MAX_HELPER_VCPUS as u64,
+                sev::Visibility::Shared,
+            )
+            .map_err(InitError::Share)?;
+        }
     }
     Ok((b, size))
 }
@@ -335,22 +354,107 @@ impl Entropy for Rdrand {
     }
 }
 
-fn ring_doorbell(status: u64) {
-    // SAFETY: the services page is mapped in the helper's page tables and has no memslot:
-    // the write exits to the VMM, which runs this vCPU again with the next request.
-    unsafe {
-        core::ptr::write_volatile(
-            (layout::SERVICES_GPA + services::DOORBELL) as *mut u64,
-            status,
-        )
-    };
+/// A helper vCPU's own GHCB (SEV-ES): a shared page of the helper region, one per slot,
+/// so the helper never touches the guest's GHCBs or boot-info page.
+struct HelperGhcb {
+    slot: u64,
+}
+
+impl Vmgexit for HelperGhcb {
+    fn ghcb_gpa(&self) -> u64 {
+        base() + region::GHCBS + self.slot * PAGE_SIZE as u64
+    }
+
+    fn vmgexit(&mut self, ghcb: &mut Ghcb) {
+        let page = self.ghcb_gpa() as *mut u8;
+        // SAFETY: the page is this slot's GHCB, in the reserved helper region, identity-
+        // mapped in the helper's page tables and used by this vCPU alone; the copy covers
+        // one page. The host's answer is copied once and only the copy is read.
+        unsafe { core::ptr::copy_nonoverlapping(ghcb.page().as_ptr(), page, PAGE_LEN) };
+        crate::ghcb::doorbell();
+        let mut answer = [0u8; PAGE_LEN];
+        // SAFETY: as above.
+        unsafe { core::ptr::copy_nonoverlapping(page, answer.as_mut_ptr(), PAGE_LEN) };
+        *ghcb = Ghcb::from_page(&answer);
+    }
+
+    fn msr_exchange(&mut self, request: u64) -> u64 {
+        crate::cpu::wrmsr_cpl0(MSR_GHCB, request);
+        crate::ghcb::doorbell();
+        crate::cpu::rdmsr_cpl0(MSR_GHCB)
+    }
+
+    fn write_msr(&mut self, value: u64) {
+        crate::cpu::wrmsr_cpl0(MSR_GHCB, value);
+    }
+}
+
+/// How this helper vCPU reaches the VMM. One lives on each helper vCPU's stack for its
+/// whole life (the firmware has no allocator to box the GHCB copy in).
+#[allow(clippy::large_enum_variant)]
+enum Doorbell {
+    /// An MMIO write to the services page (plain SEV).
+    Mmio,
+    /// Sevmirror's Doorbell service exit through the helper's own GHCB (SEV-ES): the VMM
+    /// takes the status from the GHCB alone.
+    Ghcb(GhcbClient<HelperGhcb>),
+}
+
+impl Doorbell {
+    /// SEV-ES when `sev_status` (as the entry read it) says so; the GHCB is set up here.
+    fn new(slot: u64, sev_status: u64) -> Doorbell {
+        if sev_status & 3 != 3 {
+            return Doorbell::Mmio;
+        }
+        let mut ghcb = HelperGhcb { slot };
+        if client::establish(&mut ghcb).is_err() {
+            terminate(&mut ghcb, doorbell::ES_NO_GHCB);
+        }
+        Doorbell::Ghcb(GhcbClient::new(ghcb))
+    }
+
+    fn ring(&mut self, status: u64) {
+        match self {
+            Doorbell::Mmio => {
+                // SAFETY: the services page is mapped in the helper's page tables and has
+                // no memslot: the write exits to the VMM, which runs this vCPU again with
+                // the next request.
+                unsafe {
+                    core::ptr::write_volatile(
+                        (layout::SERVICES_GPA + services::DOORBELL) as *mut u64,
+                        status,
+                    )
+                };
+            }
+            Doorbell::Ghcb(c) => {
+                if c.service(Call::Doorbell, status, [0; 3]).is_err() {
+                    terminate(c.transport(), doorbell::ES_NO_GHCB);
+                }
+            }
+        }
+    }
+}
+
+/// SEV-ES: asks the VMM to stop this helper vCPU (GHCB MSR protocol termination with
+/// sevmirror's reason set), then parks.
+fn terminate(ghcb: &mut HelperGhcb, reason: u8) -> ! {
+    ghcb.msr_exchange(
+        MsrRequest::Terminate {
+            set: doorbell::ES_TERMINATE_SET,
+            reason,
+        }
+        .encode(),
+    );
+    crate::cpu::halt()
 }
 
 /// Where a helper vCPU enters Rust, at CPL3 in the mirror VM (from boot.s). `slot` is
 /// the value the entry point took from the anchor's counter: this vCPU's stack, mailbox
-/// and lane id, never handed to another vCPU.
+/// and lane id, never handed to another vCPU. `sev_status` is SEV_STATUS as the entry
+/// read it (SEV-ES: the doorbell goes through the helper's own GHCB).
 #[no_mangle]
-extern "C" fn sevm_helper_rust_entry(slot: u64, context: u64) -> ! {
+extern "C" fn sevm_helper_rust_entry(slot: u64, context: u64, sev_status: u64) -> ! {
+    let mut bell = Doorbell::new(slot, sev_status);
     // SAFETY: `context` comes from the anchor written by `init` (it is the context,
     // initialised before any helper vCPU could start); the versions table lies in the
     // reserved region and holds `versions_len` u32 counters, zeroed by `init`.
@@ -368,14 +472,14 @@ extern "C" fn sevm_helper_rust_entry(slot: u64, context: u64) -> ! {
         Err(_) => {
             // Cannot happen with slots from the counter; refuse to serve rather than
             // share a lane.
-            ring_doorbell(doorbell::NO_SLOT);
+            bell.ring(doorbell::NO_SLOT);
             crate::cpu::halt()
         }
     };
     let pages = Pages {
         control: base() + region::MAILBOXES + slot * region::MAILBOX_STRIDE,
     };
-    ring_doorbell(doorbell::ready(slot));
+    bell.ring(doorbell::ready(slot));
     loop {
         let mut helper = Helper {
             layout: &ctx.layout,
@@ -388,6 +492,6 @@ extern "C" fn sevm_helper_rust_entry(slot: u64, context: u64) -> ! {
             max_batch: MAX_BATCH as u32,
         };
         helper.serve(&pages);
-        ring_doorbell(doorbell::DONE);
+        bell.ring(doorbell::DONE);
     }
 }

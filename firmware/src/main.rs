@@ -20,6 +20,7 @@ mod boot;
 mod console;
 mod cpu;
 mod es;
+mod es_state;
 mod fwcfg;
 mod ghcb;
 mod globals;
@@ -259,9 +260,9 @@ fn bsp_main() -> ! {
     services::event(Event::CONFIGURED);
     if config.incoming {
         // A migration target: the guest's state arrives through the helper; this CPU's
-        // registers will be replaced, so it only waits.
+        // registers will be replaced (SEV-ES: it restores them itself), so it only waits.
         println!("firmware: waiting for an incoming migration");
-        cpu::halt();
+        migration::await_incoming();
     }
 
     let g = globals::get();

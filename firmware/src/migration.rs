@@ -15,7 +15,8 @@ pub fn migrated_out() -> bool {
     migration::is_migrated_out(word)
 }
 
-/// Parks this CPU for good if the guest migrated out.
+/// Parks this CPU for good if the guest migrated out. Under SEV-ES it also asks the host
+/// whether to save this vCPU's state for a migration (`es_state::checkpoint`).
 pub fn check() {
     if migrated_out() {
         println!(
@@ -24,6 +25,19 @@ pub fn check() {
         );
         cpu::halt()
     }
+    if crate::es::active() {
+        crate::es_state::checkpoint();
+    }
+}
+
+/// A migration target's boot CPU once its helper is ready: waits for the guest. Plain
+/// SEV: halted, and the VMM loads the received registers. SEV-ES: held at CPL0 until the
+/// pages arrived, then it resumes its saved state itself (boot.s, `INCOMING_HOLD`).
+pub fn await_incoming() -> ! {
+    if crate::es::active() {
+        cpu::incoming_hold()
+    }
+    cpu::halt()
 }
 
 /// Waits (halted between checks) until the VMM stops the VM, checking the flag every

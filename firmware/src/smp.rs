@@ -63,6 +63,21 @@ pub fn start_aps(ncpus: u32, tsc_khz: u64) -> Result<(), ApTimeout> {
     Ok(())
 }
 
+/// SEV-ES migration target, after the boot CPU restored its state: INIT-SIPI-SIPI to CPUs
+/// 1..ncpus, as at boot. Each starts at its measured reset VMSA and, finding its saved
+/// state in its slot, resumes it (boot.s `sevm_resume`); nothing waits for them here.
+pub fn restart_aps(ncpus: u32) {
+    let base = cpu::rdmsr(MSR_APIC_BASE);
+    cpu::wrmsr(MSR_APIC_BASE, base | APIC_BASE_ENABLE | APIC_BASE_EXTD);
+    let vector = layout::AP_TRAMPOLINE >> 12;
+    for apic_id in 1..u64::from(ncpus.min(layout::MAX_VCPUS as u32)) {
+        let dest = apic_id << 32;
+        cpu::wrmsr(MSR_X2APIC_ICR, dest | ICR_INIT_ASSERT);
+        cpu::wrmsr(MSR_X2APIC_ICR, dest | ICR_STARTUP | vector);
+        cpu::wrmsr(MSR_X2APIC_ICR, dest | ICR_STARTUP | vector);
+    }
+}
+
 /// Where an AP goes once at CPL3: check in, wait for work, do it, park.
 pub fn ap_main(cpu_index: usize) -> ! {
     if es::active() && ghcb::establish(cpu_index).is_err() {

@@ -63,10 +63,15 @@ fn run() -> Result<(), String> {
     Ok(())
 }
 
-/// The mirror-helper descriptor: the measured entry point and the fixed part of the
-/// helper region (helper-abi's `region` layout).
+/// The mirror-helper descriptor: the measured entry point, the mode, segments and stacks
+/// a helper vCPU starts with there (boot.s `sevm_helper_entry32`: 32-bit flat protected
+/// mode on the boot GDT's selectors), and the fixed part of the helper region
+/// (helper-abi's `region` layout).
 fn helper_descriptor(entry32: u64) -> Result<helper_abi::descriptor::HelperDescriptor, String> {
-    use helper_abi::{descriptor::HelperDescriptor, region};
+    use helper_abi::{
+        descriptor::{EntryMode, HelperDescriptor},
+        region,
+    };
     let base = layout::HELPER_REGION_BASE;
     let d = HelperDescriptor {
         max_vcpus: helper_abi::MAX_HELPER_VCPUS as u16,
@@ -80,6 +85,12 @@ fn helper_descriptor(entry32: u64) -> Result<helper_abi::descriptor::HelperDescr
         mailbox_stride: region::MAILBOX_STRIDE,
         window_size: region::WINDOW_SIZE,
         doorbell_gpa: layout::SERVICES_GPA + guest_abi::services::DOORBELL,
+        entry_mode: EntryMode::Flat32,
+        code_selector: layout::selector::KERNEL_CODE32,
+        data_selector: layout::selector::KERNEL_DATA,
+        stacks_gpa: base + region::KSTACKS,
+        stack_size: region::KSTACK_SIZE,
+        ghcb_gpa: base + region::GHCBS,
     };
     HelperDescriptor::decode(&d.encode()).map_err(|e| format!("helper descriptor: {e}"))
 }

@@ -635,6 +635,8 @@ impl Ghcb {
                 ValidBitmap::of(&[Field::SwScratch])
             }
             ExitCode::SEVMIRROR_SERVICE => service::Call::from_number(info1)?.request_fields(),
+            // AP reset hold needs only the exit fields (56421 §4.1.9).
+            ExitCode::AP_RESET_HOLD => ValidBitmap::default(),
             other => return Err(GhcbError::UnknownExitCode(other.0)),
         };
         match self.valid_bitmap().first_missing(needed) {
@@ -880,12 +882,14 @@ mod tests {
     fn bad_usage_unknown_codes_and_missing_exit_fields_are_refused() {
         let mut g = request(ExitCode(0x6e), 0, 0);
         assert_eq!(g.check_request(), Err(GhcbError::UnknownExitCode(0x6e)));
-        g.set(Field::SwExitCode, ExitCode::AP_RESET_HOLD.0);
+        g.set(Field::SwExitCode, ExitCode::AP_JUMP_TABLE.0);
         assert_eq!(
             g.check_request(),
-            Err(GhcbError::UnknownExitCode(0x8000_0004)),
-            "defined but not served yet"
+            Err(GhcbError::UnknownExitCode(0x8000_0005)),
+            "defined but not served"
         );
+        g.set(Field::SwExitCode, ExitCode::AP_RESET_HOLD.0);
+        assert_eq!(g.check_request(), Ok(ExitCode::AP_RESET_HOLD));
         g.set_usage(1);
         assert_eq!(g.check_request(), Err(GhcbError::Usage(1)));
 

@@ -98,8 +98,16 @@ pub const MIGRATION_STATE: u64 = 0x80_3000;
 /// Per-CPU GHCB pages (SEV-ES), one page per CPU (CPU n's at `GHCB_BASE + n * 4 KiB`);
 /// the firmware shares them with the host.
 pub const GHCB_BASE: u64 = 0x81_0000;
+/// Per-CPU saved-state slots (SEV-ES migration), [`VCPU_SAVE_STRIDE`] bytes each (CPU n's
+/// at `VCPU_SAVE_BASE + n * VCPU_SAVE_STRIDE`, see [`vcpu_save`]): when the host asks, a
+/// vCPU saves its register state here and enters AP reset hold, and on a migration
+/// target each vCPU starts from its measured reset VMSA, finds its slot and restores it.
+/// Private, migrated like any guest page (sealed by the helper).
+pub const VCPU_SAVE_BASE: u64 = 0x84_0000;
+/// Distance between consecutive saved-state slots.
+pub const VCPU_SAVE_STRIDE: u64 = 0x2000;
 /// End of the SEV area.
-pub const SEV_AREA_END: u64 = GHCB_BASE + PAGE_SIZE * MAX_VCPUS as u64;
+pub const SEV_AREA_END: u64 = VCPU_SAVE_BASE + VCPU_SAVE_STRIDE * MAX_VCPUS as u64;
 
 /// Base of the region reserved for the mirror migration helper. Its size grows with RAM
 /// (see helper-abi's `region` module); it always ends below [`MIN_RAM`] plus a
@@ -124,6 +132,11 @@ pub const fn ghcb_gpa(cpu: usize) -> u64 {
     GHCB_BASE + PAGE_SIZE * cpu as u64
 }
 
+/// The given CPU's saved-state slot (SEV-ES migration).
+pub const fn vcpu_save_gpa(cpu: usize) -> u64 {
+    VCPU_SAVE_BASE + VCPU_SAVE_STRIDE * cpu as u64
+}
+
 /// Top of the given CPU's user stack.
 pub const fn ustack_top(cpu: usize) -> u64 {
     USTACKS + USTACK_SIZE * (cpu as u64 + 1)
@@ -139,6 +152,77 @@ pub mod boot_info {
     /// XCR0 as the CPL0 code set it under SEV-ES (0 if it did not), for the #VC handler's
     /// CPUID leaf 0xD requests.
     pub const XCR0: u64 = 0x8;
+}
+
+/// A saved-state slot ([`VCPU_SAVE_BASE`]): offsets in bytes. The firmware's assembly
+/// (boot.s) writes and reads these, so they are plain constants.
+///
+/// A vCPU saves its state by calling `sevm_save_and_hold` at CPL3: every general-purpose
+/// register, RFLAGS, the stack pointer and return address of that call, and its
+/// x87/SSE/AVX state (XSAVE with the XCR0 mask in [`vcpu_save::XCR0`], or FXSAVE when it
+/// is 0); [`vcpu_save::STATE`] becomes [`vcpu_save::SAVED`] last. A vCPU that resumes on
+/// the source clears the slot; one that restores on a target claims it first
+/// (SAVED -> RESUMING with `lock cmpxchg`, so no two vCPUs restore one state) and clears it
+/// once it runs.
+pub mod vcpu_save {
+    /// `u64`: [`EMPTY`], [`SAVED`] or [`RESUMING`].
+    pub const STATE: u64 = 0x00;
+    /// `u64`: the CPU index that saved the slot.
+    pub const CPU: u64 = 0x08;
+    /// `u64`: the XSAVE component mask (XCR0 when saved); 0 means FXSAVE.
+    pub const XCR0: u64 = 0x10;
+    /// `u64`: RFLAGS.
+    pub const RFLAGS: u64 = 0x18;
+    /// `u64`: where the vCPU continues (the return address of the saving call).
+    pub const RIP: u64 = 0x20;
+    /// `u64`: the stack pointer after that return.
+    pub const RSP: u64 = 0x28;
+    /// General-purpose registers, `u64` each, in this order: RAX, RBX, RCX, RDX, RSI, RDI,
+    /// RBP, R8 .. R15.
+    pub const GPRS: u64 = 0x30;
+    /// Offset of RAX (the first of [`GPRS`]).
+    pub const RAX: u64 = GPRS;
+    /// Offset of RBX.
+    pub const RBX: u64 = GPRS + 0x08;
+    /// Offset of RCX.
+    pub const RCX: u64 = GPRS + 0x10;
+    /// Offset of RDX.
+    pub const RDX: u64 = GPRS + 0x18;
+    /// Offset of RSI.
+    pub const RSI: u64 = GPRS + 0x20;
+    /// Offset of RDI.
+    pub const RDI: u64 = GPRS + 0x28;
+    /// Offset of RBP.
+    pub const RBP: u64 = GPRS + 0x30;
+    /// Offset of R8 (R9 .. R15 follow).
+    pub const R8: u64 = GPRS + 0x38;
+    /// The XSAVE (or FXSAVE) area, 64-byte aligned, up to [`LAST_POLL`].
+    pub const XSAVE_AREA: u64 = 0x400;
+    /// `u64`, not part of the state: the TSC of this CPU's last checkpoint question to the
+    /// host (the firmware asks at most every [`POLL_INTERVAL_US`]). The slot's last word,
+    /// in its second page: the first page (the registers) changes only when the vCPU saves.
+    pub const LAST_POLL: u64 = super::VCPU_SAVE_STRIDE - 8;
+    /// Bytes the XSAVE area may use (x87 to AVX-512 take about 2.7 KiB).
+    pub const XSAVE_AREA_SIZE: u64 = LAST_POLL - XSAVE_AREA;
+    /// Nothing saved.
+    pub const EMPTY: u64 = 0;
+    /// A complete saved state ("VCPUSAVD", little-endian).
+    pub const SAVED: u64 = u64::from_le_bytes(*b"VCPUSAVD");
+    /// Claimed by the vCPU that restores it ("RESUMING").
+    pub const RESUMING: u64 = u64::from_le_bytes(*b"RESUMING");
+    /// Least time between two checkpoint questions of one CPU, microseconds: each is an
+    /// exit, and the workloads' check runs far more often than the 10 ms it promises.
+    pub const POLL_INTERVAL_US: u64 = 2000;
+    /// What `sevm_save_and_hold` returns when the host released the hold on the source
+    /// (nothing was restored; the slot is cleared).
+    pub const RELEASED: u64 = 2;
+    /// What it returns on a migration target, after the restore.
+    pub const RESTORED: u64 = 1;
+
+    const _: () = assert!(R8 + 8 * 8 <= XSAVE_AREA);
+    const _: () = assert!(XSAVE_AREA_SIZE >= 0xb00 && LAST_POLL >= super::PAGE_SIZE);
+    const _: () =
+        assert!(XSAVE_AREA.is_multiple_of(64) && super::VCPU_SAVE_STRIDE.is_multiple_of(64));
 }
 
 /// GDT selectors, identical in the ROM boot GDT and the RAM GDT.
@@ -169,5 +253,6 @@ const _: () = assert!(KSTACKS + KSTACK_SIZE * MAX_VCPUS as u64 <= USTACKS);
 const _: () = assert!(FW_AREA_END <= SEV_AREA_BASE);
 const _: () = assert!(SEV_AREA_END <= HELPER_REGION_BASE);
 const _: () = assert!(SEV_SHARED_LIST + PAGE_SIZE <= MIGRATION_STATE);
-const _: () = assert!(MIGRATION_STATE + PAGE_SIZE <= SEV_AREA_END);
+const _: () = assert!(MIGRATION_STATE + PAGE_SIZE <= GHCB_BASE);
+const _: () = assert!(GHCB_BASE + PAGE_SIZE * MAX_VCPUS as u64 <= VCPU_SAVE_BASE);
 const _: () = assert!(selector::TSS0 as u64 + 16 * MAX_VCPUS as u64 <= PAGE_SIZE);

@@ -45,6 +45,11 @@ pub const VC_RETURN: u64 = 10;
 /// machines (docs/architecture.md §4), so this is how the firmware's tests drive the
 /// vector-29 stub, the CPL3 handler and VC_RETURN end to end.
 pub const RAISE_VC: u64 = 11;
+/// SEV-ES migration target: hold this CPU (AP reset hold through the GHCB MSR protocol,
+/// at CPL0 and touching no memory, since the guest's pages arrive meanwhile) until the
+/// VMM releases it, then resume the state saved in its slot (guest-abi
+/// `layout::vcpu_save`) as a starting AP does. Never returns.
+pub const INCOMING_HOLD: u64 = 12;
 /// Interrupt vector of the firmware's timer.
 pub const TIMER_VECTOR: u64 = 0x40;
 /// Interrupt vector of the timer under SEV-ES: its handler only returns (an EOI is an

@@ -54,7 +54,8 @@ pub struct MigrateBench {
 #[derive(Clone, Debug, Serialize)]
 pub struct Row {
     /// "plain", "helper-N", "helper-1-zero" (short records for private zero pages: a
-    /// leak, see docs/migration.md), "qemu", "qemu-prealloc", "qemu-tls",
+    /// leak, see docs/migration.md), "es-helper-1" (an SEV-ES guest: helper measured at
+    /// launch, vCPU state through guest memory), "qemu", "qemu-prealloc", "qemu-tls",
     /// "qemu-multifd2", "qemu-multifd2-tls".
     pub name: String,
     /// GiB of guest RAM per second of migration.
@@ -683,6 +684,12 @@ pub fn run(args: &MigrateBench, mut say: impl FnMut(String)) -> Result<MigrateRe
         ),
         &mut say,
     );
+    // SEV-ES beside plain SEV: the same guest, its helper measured at launch.
+    push(
+        measure(args.runs, args.settle, &mut first, || es_helper_row(args))
+            .unwrap_or_else(|e| Row::not_run("es-helper-1", error_chain(&e))),
+        &mut say,
+    );
     let qemu_missing = if args.no_qemu {
         Some("skipped (--no-qemu)".to_string())
     } else if !qemu_installed() {
@@ -1040,6 +1047,31 @@ impl fmt::Display for MigrateReport {
         }
         Ok(())
     }
+}
+
+/// The "es-helper-1" row: `helper-1`'s guest under SEV-ES (policy bit ES, one helper vCPU
+/// measured at launch, each vCPU's registers saved into guest memory at the stop and
+/// restored on the target).
+fn es_helper_row(args: &MigrateBench) -> Result<Row> {
+    let mut samples = Vec::new();
+    let mut since: Option<Instant> = None;
+    let stage = Stage::new(Config {
+        mem: args.mem,
+        vcpus: 1,
+        helpers: 1,
+        dirty_rate: args.dirty_rate,
+        sev: true,
+        downtime_limit_ms: None,
+        warmup: Duration::from_millis(500),
+        exe: args.exe.clone(),
+        pin: args.pin.clone(),
+    })?
+    .with_sev_es();
+    let outcome = stage.run(|info| {
+        let t0 = *since.get_or_insert_with(Instant::now);
+        samples.extend(Sample::from_reply(info, t0.elapsed()));
+    })?;
+    Ok(row_from("es-helper-1".into(), &outcome, samples))
 }
 
 #[cfg(test)]

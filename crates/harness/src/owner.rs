@@ -6,8 +6,9 @@ use crate::{process::VmmProcess, HarnessError, Result};
 use serde_json::{json, Value};
 use sev_platform::{
     crypto::{random_bytes, TransportKeys},
-    measure::FirmwareVersion,
+    measure::{expected_es_digest, FirmwareVersion},
     owner::{self, Measured},
+    vmsa::{ResetVmsas, VcpuType, VmmType},
     Policy,
 };
 use std::path::{Path, PathBuf};
@@ -15,12 +16,23 @@ use std::path::{Path, PathBuf};
 /// The policy the owner asks for: QEMU's default (no debugging).
 pub const POLICY: Policy = Policy(Policy::NODBG);
 
+/// An SEV-ES launch as the owner expects it: what its VMSAs depend on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EsLaunch {
+    /// Guest vCPUs (one reset VMSA each).
+    pub vcpus: u32,
+    /// Helper vCPUs (one helper VMSA each, measured after the guest's).
+    pub helpers: u16,
+}
+
 /// A guest owner with one migration secret for all its VMs.
 pub struct Owner {
     pdh: Vec<u8>,
     migration_secret: [u8; 32],
     /// The firmware the owner expects every VM to boot (default: the embedded image).
     firmware: Vec<u8>,
+    /// SEV-ES launches (None: plain SEV).
+    es: Option<EsLaunch>,
 }
 
 /// One launch session: the keys the owner keeps, the files the host gets.
@@ -40,7 +52,42 @@ impl Owner {
             pdh,
             migration_secret: random_bytes::<32>()?,
             firmware: firmware_image::IMAGE.to_vec(),
+            es: None,
         })
+    }
+
+    /// Launches SEV-ES guests (policy bit ES) with `launch.vcpus` vCPUs and
+    /// `launch.helpers` helper vCPUs, and expects each launch digest to cover both sets of
+    /// VMSAs (the run's default vCPU type, QEMU's reset state); with None, plain SEV
+    /// guests again.
+    pub fn expect_sev(&mut self, launch: Option<EsLaunch>) {
+        self.es = launch;
+    }
+
+    /// The policy this owner's sessions carry.
+    pub fn policy(&self) -> Policy {
+        match self.es {
+            Some(_) => Policy(POLICY.0 | Policy::ES),
+            None => POLICY,
+        }
+    }
+
+    /// The launch digest a VM of this owner must show: the firmware (SEV), or the
+    /// firmware, the guest's reset VMSAs, then the helpers' (SEV-ES).
+    fn expected(&self) -> Result<Measured<'_>> {
+        let Some(es) = self.es else {
+            return Ok(Measured::Firmware(&self.firmware));
+        };
+        let vcpu_type = VcpuType::from_name(vmm::sev::DEFAULT_VCPU_TYPE)
+            .map_err(|e| HarnessError::Unexpected(e.to_string()))?;
+        let mut vmsas = ResetVmsas::for_firmware(&self.firmware, vcpu_type, VmmType::Qemu)
+            .and_then(|r| r.all(es.vcpus))
+            .map_err(|e| HarnessError::Unexpected(format!("SEV-ES VMSAs: {e}")))?;
+        vmsas.extend(
+            vmm::firmware::image_helper_vmsas(&self.firmware, es.helpers, VmmType::Qemu)
+                .map_err(|e| HarnessError::Unexpected(format!("helper VMSAs: {e}")))?,
+        );
+        Ok(Measured::Digest(expected_es_digest(&self.firmware, &vmsas)))
     }
 
     /// Expects VMs to boot `image` instead of the embedded firmware (a VMM of another
@@ -65,7 +112,7 @@ impl Owner {
 
     /// Makes a session for the next VM, writing the host's two files into `dir`.
     pub fn session(&self, dir: &Path, name: &str) -> Result<Session> {
-        let s = owner::session(&self.pdh, POLICY).map_err(|source| HarnessError::Owner {
+        let s = owner::session(&self.pdh, self.policy()).map_err(|source| HarnessError::Owner {
             what: "cannot make a session",
             source,
         })?;
@@ -83,12 +130,12 @@ impl Owner {
     }
 
     /// The `run` options that launch a VM with `session` under this owner's policy.
-    pub fn run_args(session: &Session) -> Vec<String> {
+    pub fn run_args(&self, session: &Session) -> Vec<String> {
         vec![
             "--sev".into(),
             "--paused".into(),
             "--policy".into(),
-            format!("{:#x}", POLICY.0),
+            format!("{:#x}", self.policy().0),
             "--dh-cert-file".into(),
             session.godh.display().to_string(),
             "--session-file".into(),
@@ -115,17 +162,13 @@ impl Owner {
                 )))
             }
         };
-        let measurement = owner::verify(
-            Measured::Firmware(&self.firmware),
-            version,
-            POLICY,
-            keys.tik(),
-            &data,
-        )
-        .map_err(|source| HarnessError::Owner {
-            what: "the launch measurement does not verify",
-            source,
-        })?;
+        let measurement =
+            owner::verify(self.expected()?, version, self.policy(), keys.tik(), &data).map_err(
+                |source| HarnessError::Owner {
+                    what: "the launch measurement does not verify",
+                    source,
+                },
+            )?;
         let guid = fwtable::Guid::from_bytes(helper_abi::MIGRATION_SECRET_GUID);
         let packet = owner::secret(
             keys,

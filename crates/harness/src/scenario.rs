@@ -8,7 +8,7 @@
 
 use crate::{
     cpu_seconds, json_u64,
-    owner::Owner,
+    owner::{EsLaunch, Owner},
     pin::PinPlan,
     process::{Channel, OnDrop, Spawn, VmmProcess},
     HarnessError, Result,
@@ -64,6 +64,9 @@ pub struct Outcome {
     pub target_state: String,
     /// CPU seconds the source and target processes used from `migrate` to completion.
     pub cpu_s: f64,
+    /// SEV-ES: the target guest's line for each vCPU that restored its saved state, in
+    /// vCPU order (None for other guests).
+    pub es_resumed: Option<Vec<Option<String>>>,
 }
 
 impl Outcome {
@@ -112,6 +115,10 @@ impl Outcome {
             && self.verified == Some(true)
             && self.target_state == "running"
             && self.source_state == "postmigrate"
+            && self
+                .es_resumed
+                .as_ref()
+                .is_none_or(|lines| lines.iter().all(Option::is_some))
     }
 }
 
@@ -120,6 +127,8 @@ pub struct Stage {
     dir: tempfile::TempDir,
     config: Config,
     owner: Option<Owner>,
+    /// Both VMs are SEV-ES guests.
+    es: bool,
     /// More `migrate-set-parameters` members for the source.
     parameters: serde_json::Map<String, Value>,
 }
@@ -141,8 +150,36 @@ impl Stage {
             dir,
             config,
             owner,
+            es: false,
             parameters: serde_json::Map::new(),
         })
+    }
+
+    /// Makes both VMs SEV-ES guests (policy bit ES, `--helpers` measured at launch): the
+    /// owner expects each launch digest to cover the guest's and the helpers' VMSAs, and
+    /// the vCPUs' state moves through guest memory. (SEV only; a plain stage ignores it.)
+    pub fn with_sev_es(mut self) -> Stage {
+        let launch = EsLaunch {
+            vcpus: self.config.vcpus,
+            helpers: self.config.helpers,
+        };
+        self.set_sev_es(Some(launch));
+        self
+    }
+
+    /// Launches the next VMs as SEV-ES guests of `launch`'s vCPUs and helper vCPUs, or
+    /// (None) as plain SEV guests with the configured helpers (SEV stages only): a test
+    /// stages targets that do not fit the source this way.
+    pub fn set_sev_es(&mut self, launch: Option<EsLaunch>) {
+        let Some(owner) = self.owner.as_mut() else {
+            return;
+        };
+        owner.expect_sev(launch);
+        if let Some(l) = launch {
+            self.config.vcpus = l.vcpus;
+            self.config.helpers = l.helpers;
+        }
+        self.es = launch.is_some();
     }
 
     /// Sets `migrate-set-parameters` member `name` on the source before it migrates
@@ -197,7 +234,7 @@ impl Stage {
             return self.spawn(name, &extra, cpus);
         };
         let session = owner.session(self.dir.path(), name)?;
-        extra.extend(Owner::run_args(&session));
+        extra.extend(owner.run_args(&session));
         extra.extend([
             "--helpers".to_string(),
             self.config.helpers.to_string(),
@@ -254,6 +291,19 @@ impl Stage {
         } else {
             None
         };
+        // SEV-ES: every vCPU restores its own saved state on the target (the boot CPU
+        // first, then each AP it starts).
+        let es_resumed = self.es.then(|| {
+            (0..self.config.vcpus)
+                .map(|i| {
+                    let what = format!("vCPU {i}: resumed from its saved state");
+                    match status.as_str() {
+                        "completed" => target.wait_console_line(&what, VERIFY_TIMEOUT),
+                        _ => None,
+                    }
+                })
+                .collect()
+        });
         let outcome = Outcome {
             verified: check.as_ref().map(|l| l.contains("verify PASS")),
             verify_line: check,
@@ -262,6 +312,7 @@ impl Stage {
             migration,
             status,
             cpu_s,
+            es_resumed,
         };
         if !outcome.passed() {
             log::warn!(
@@ -302,6 +353,7 @@ impl Report<'_> {
             "target_verify": o.verify_line,
             "source_state": o.source_state,
             "target_state": o.target_state,
+            "es_resumed": o.es_resumed,
             "error": o.migration.get("error-desc"),
         })
     }
@@ -333,6 +385,12 @@ impl fmt::Display for Report<'_> {
         match &o.verify_line {
             Some(line) => writeln!(f, "  target guest     {}", line.trim())?,
             None => writeln!(f, "  target guest     did not report a memory check")?,
+        }
+        for (i, line) in o.es_resumed.iter().flatten().enumerate() {
+            match line {
+                Some(l) => writeln!(f, "  target vCPU {i}    {}", l.trim())?,
+                None => writeln!(f, "  target vCPU {i}    did not report restoring its state")?,
+            }
         }
         if let Some(e) = o.migration.get("error-desc").and_then(|e| e.as_str()) {
             writeln!(f, "  error            {e}")?;

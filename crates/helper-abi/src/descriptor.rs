@@ -1,10 +1,58 @@
 //! The mirror-helper descriptor: the firmware's GUID-table entry (GUID
 //! `316739c7-2233-4c79-8605-f42df59c6913`) that tells the VMM where the measured helper
-//! entry point is and where each helper vCPU's mailbox lives.
+//! entry point is, in which mode and with which segments and stack a helper vCPU starts
+//! there, and where each helper vCPU's mailbox lives.
+//!
+//! Under SEV-ES the VMM builds each helper vCPU's VMSA from this descriptor
+//! ([`HelperDescriptor::entry`]) and the launch measures it: the descriptor is then the
+//! guest owner's statement, through the digest, of where and how the helper starts.
 
 use crate::{le32, le64, put32, put64};
 
-/// The descriptor, version 1 (72 bytes, little-endian).
+/// How a helper vCPU is in when it starts at the entry point.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EntryMode {
+    /// 32-bit flat protected mode, paging off, interrupts off: CS a 32-bit code segment
+    /// and DS/ES/FS/GS/SS a data segment, all base 0 and limit 4 GiB (what a VMM can set
+    /// up without any guest secret, and the state the entry point expects).
+    Flat32,
+}
+
+impl EntryMode {
+    /// The descriptor's encoding.
+    pub const fn code(self) -> u16 {
+        match self {
+            EntryMode::Flat32 => 1,
+        }
+    }
+
+    /// Decodes the descriptor's field (unknown modes are refused).
+    pub fn from_code(code: u16) -> Option<EntryMode> {
+        match code {
+            1 => Some(EntryMode::Flat32),
+            _ => None,
+        }
+    }
+}
+
+/// A helper vCPU's starting state, as the descriptor declares it (the VMM sets exactly
+/// this, and under SEV-ES it is the measured VMSA's).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HelperEntry {
+    /// The mode.
+    pub mode: EntryMode,
+    /// Linear (= physical) address of the first instruction.
+    pub rip: u32,
+    /// CS selector.
+    pub code_selector: u16,
+    /// DS, ES, FS, GS and SS selector.
+    pub data_selector: u16,
+    /// Initial stack pointer: the top of this vCPU's stack in the reserved helper region
+    /// (unused before the entry has taken its slot; there only to be inside the region).
+    pub rsp: u64,
+}
+
+/// The descriptor, version 3 (104 bytes, little-endian).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HelperDescriptor {
     /// Most helper vCPUs the firmware has mailboxes and stacks for.
@@ -33,6 +81,20 @@ pub struct HelperDescriptor {
     pub window_size: u64,
     /// GPA the helper writes to ring the doorbell (an MMIO page with no memslot).
     pub doorbell_gpa: u64,
+    /// The mode a helper vCPU starts in at `entry32`.
+    pub entry_mode: EntryMode,
+    /// The CS selector it starts with (in the firmware's boot GDT, which the entry loads).
+    pub code_selector: u16,
+    /// The data selector it starts with.
+    pub data_selector: u16,
+    /// GPA of the helper vCPUs' entry stacks (in the helper region): vCPU `i` starts with
+    /// RSP at the top of the `i`-th `stack_size` block.
+    pub stacks_gpa: u64,
+    /// Bytes per entry stack.
+    pub stack_size: u64,
+    /// SEV-ES: GPA of helper slot 0's GHCB page (slot `n`'s is `n` pages further), in the
+    /// helper region and shared with the host.
+    pub ghcb_gpa: u64,
 }
 
 /// Why a descriptor was refused.
@@ -70,10 +132,12 @@ impl core::fmt::Display for DescriptorError {
 
 impl HelperDescriptor {
     /// Encoded size.
-    pub const SIZE: usize = 72;
-    /// The version this code writes and reads. Version 2: the entry point takes its slot from a private counter (no register)
-    /// and announces it with its first doorbell.
-    pub const VERSION: u16 = 2;
+    pub const SIZE: usize = 104;
+    /// The version this code writes and reads. Version 2: the entry point takes its slot
+    /// from a private counter (no register) and announces it with its first doorbell.
+    /// Version 3: the entry's mode, segments and stacks (what an SEV-ES launch measures in
+    /// each helper VMSA) and the helpers' GHCB pages.
+    pub const VERSION: u16 = 3;
 
     /// Encodes the descriptor.
     pub fn encode(&self) -> [u8; Self::SIZE] {
@@ -91,6 +155,12 @@ impl HelperDescriptor {
         put64(&mut b, 48, self.mailbox_stride);
         put64(&mut b, 56, self.window_size);
         put64(&mut b, 64, self.doorbell_gpa);
+        b[72..74].copy_from_slice(&self.entry_mode.code().to_le_bytes());
+        b[74..76].copy_from_slice(&self.code_selector.to_le_bytes());
+        b[76..78].copy_from_slice(&self.data_selector.to_le_bytes());
+        put64(&mut b, 80, self.stacks_gpa);
+        put64(&mut b, 88, self.stack_size);
+        put64(&mut b, 96, self.ghcb_gpa);
         b
     }
 
@@ -118,7 +188,19 @@ impl HelperDescriptor {
             mailbox_stride: le64(b, 48),
             window_size: le64(b, 56),
             doorbell_gpa: le64(b, 64),
+            entry_mode: EntryMode::from_code(u16::from_le_bytes([b[72], b[73]]))
+                .ok_or(DescriptorError::Layout("unknown entry mode"))?,
+            code_selector: u16::from_le_bytes([b[74], b[75]]),
+            data_selector: u16::from_le_bytes([b[76], b[77]]),
+            stacks_gpa: le64(b, 80),
+            stack_size: le64(b, 88),
+            ghcb_gpa: le64(b, 96),
         };
+        if b[78..80] != [0, 0] {
+            return Err(DescriptorError::Layout(
+                "reserved bytes 78..80 are not zero",
+            ));
+        }
         d.check()?;
         Ok(d)
     }
@@ -168,7 +250,52 @@ impl HelperDescriptor {
         {
             return err("anchor or mailboxes lie outside the helper region");
         }
+        // A selector with the table bit or an RPL set, or the null selector, cannot be a
+        // CPL0 segment of the boot GDT.
+        let selector_ok = |s: u16| s != 0 && s & 7 == 0;
+        if !selector_ok(self.code_selector) || !selector_ok(self.data_selector) {
+            return err("entry selectors must be non-null GDT selectors with RPL 0");
+        }
+        let stacks_end = u64::from(self.max_vcpus)
+            .checked_mul(self.stack_size)
+            .and_then(|n| n.checked_add(self.stacks_gpa));
+        if self.stack_size < 16
+            || !self.stack_size.is_multiple_of(16)
+            || !inside(self.stacks_gpa)
+            || stacks_end.is_none_or(|e| e > region_end)
+        {
+            return err("entry stacks lie outside the helper region or are not 16-byte blocks");
+        }
+        let ghcbs_end = u64::from(self.max_vcpus)
+            .checked_mul(page)
+            .and_then(|n| n.checked_add(self.ghcb_gpa));
+        if !self.ghcb_gpa.is_multiple_of(page)
+            || !inside(self.ghcb_gpa)
+            || ghcbs_end.is_none_or(|e| e > region_end)
+        {
+            return err("the helper GHCB pages lie outside the helper region");
+        }
+        // The entry stacks below 4 GiB: a 32-bit entry's RSP.
+        if stacks_end.is_none_or(|e| e > 1 << 32) {
+            return err("entry stacks above 4 GiB");
+        }
         Ok(())
+    }
+
+    /// How helper vCPU `index` starts (under SEV-ES: its measured VMSA's state).
+    pub fn entry(&self, index: u16) -> HelperEntry {
+        HelperEntry {
+            mode: self.entry_mode,
+            rip: self.entry32,
+            code_selector: self.code_selector,
+            data_selector: self.data_selector,
+            rsp: self.stacks_gpa + (u64::from(index) + 1) * self.stack_size,
+        }
+    }
+
+    /// GPA of helper slot `slot`'s GHCB page (SEV-ES).
+    pub fn helper_ghcb_gpa(&self, slot: u16) -> u64 {
+        self.ghcb_gpa + u64::from(slot) * crate::PAGE_SIZE as u64
     }
 
     /// GPA of helper vCPU `vcpu`'s control page.
@@ -199,6 +326,12 @@ mod tests {
             mailbox_stride: 0x21_0000,
             window_size: 0x10_3000,
             doorbell_gpa: 0xfe00_0080,
+            entry_mode: EntryMode::Flat32,
+            code_selector: 0x28,
+            data_selector: 0x10,
+            stacks_gpa: 0x105_0000,
+            stack_size: 0x2000,
+            ghcb_gpa: 0x10f_0000,
         }
     }
 
@@ -210,6 +343,10 @@ mod tests {
             d.window_gpa(1, 1),
             0x101_0000 + 0x21_0000 + 0x1000 + 0x10_3000
         );
+        let e = d.entry(1);
+        assert_eq!((e.rip, e.rsp), (0xfff0_1000, 0x105_4000));
+        assert_eq!((e.code_selector, e.data_selector), (0x28, 0x10));
+        assert_eq!(d.helper_ghcb_gpa(1), 0x10f_1000);
     }
 
     #[test]
@@ -219,11 +356,29 @@ mod tests {
             HelperDescriptor::decode(&b[..70]),
             Err(DescriptorError::Length(70))
         );
+        b[78] = 1;
+        assert!(matches!(
+            HelperDescriptor::decode(&b),
+            Err(DescriptorError::Layout(_))
+        ));
+        b[78] = 0;
+        b[72] = 9;
+        assert_eq!(
+            HelperDescriptor::decode(&b),
+            Err(DescriptorError::Layout("unknown entry mode"))
+        );
+        b[72] = 1;
         b[0] = 1;
         assert_eq!(
             HelperDescriptor::decode(&b),
             Err(DescriptorError::Version(1)),
             "a version-1 descriptor promised an entry that takes its index from ESI"
+        );
+        b[0] = 2;
+        assert_eq!(
+            HelperDescriptor::decode(&b),
+            Err(DescriptorError::Version(2)),
+            "a version-2 descriptor declares no entry mode, segments or stacks"
         );
         for bad in [
             HelperDescriptor {
@@ -256,6 +411,26 @@ mod tests {
             },
             HelperDescriptor {
                 region_base: !0xfff,
+                ..sample()
+            },
+            HelperDescriptor {
+                code_selector: 0x2b,
+                ..sample()
+            },
+            HelperDescriptor {
+                data_selector: 0,
+                ..sample()
+            },
+            HelperDescriptor {
+                stacks_gpa: 0x17f_f000,
+                ..sample()
+            },
+            HelperDescriptor {
+                stack_size: 8,
+                ..sample()
+            },
+            HelperDescriptor {
+                ghcb_gpa: 0x180_0000,
                 ..sample()
             },
         ] {

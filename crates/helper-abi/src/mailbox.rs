@@ -268,6 +268,17 @@ pub mod doorbell {
     pub const NO_SLOT: u64 = 0x200;
     /// The entry point found no valid anchor (the helper was never prepared).
     pub const NO_ANCHOR: u64 = 0x201;
+    /// SEV-ES: the reason-code set of the GHCB MSR protocol termination request a helper
+    /// entry makes when it cannot go on (its VMSA cannot be reset, so it cannot park for
+    /// the host to restart it). A set of sevmirror's own: 0 and 1 are the general and
+    /// Linux sets (56421 §2.3.1).
+    pub const ES_TERMINATE_SET: u8 = 0xe;
+    /// Reason in [`ES_TERMINATE_SET`]: every helper slot was taken ([`NO_SLOT`]).
+    pub const ES_NO_SLOT: u8 = 1;
+    /// Reason in [`ES_TERMINATE_SET`]: the GHCB MSR protocol failed at the entry.
+    pub const ES_PROTOCOL: u8 = 2;
+    /// Reason in [`ES_TERMINATE_SET`]: the helper could not set up its GHCB.
+    pub const ES_NO_GHCB: u8 = 3;
 
     /// The first doorbell of a helper vCPU that serves mailbox `slot`.
     pub const fn ready(slot: u64) -> u64 {

@@ -11,6 +11,7 @@
 //!  0x08000  page tables      (private)  PML4, PDPT, page directories
 //!  0x50000  kernel stacks    (private)
 //!  0x58000  user stacks      (private)
+//!  0xf0000  GHCBs            (shared)   SEV-ES: one GHCB page per helper vCPU
 //!  0x100000 mailboxes        (shared)   control page + record windows per helper vCPU
 //!  ...      version table    (private)  u32 per RAM page, sized by guest RAM
 //! ```
@@ -41,6 +42,10 @@ pub const KSTACK_SIZE: u64 = 0x2000;
 pub const USTACKS: u64 = 0x5_8000;
 /// Size of one helper vCPU's user stack.
 pub const USTACK_SIZE: u64 = 0x1_0000;
+/// SEV-ES: helper vCPU `slot`'s GHCB page is at `GHCBS + slot * PAGE_SIZE` (shared with
+/// the host by `helper_init`, like the mailboxes): the helper's doorbell and its other
+/// exits go through it, never through the guest's own GHCBs.
+pub const GHCBS: u64 = 0xf_0000;
 /// First mailbox.
 pub const MAILBOXES: u64 = 0x10_0000;
 /// Bytes per record window: [`MAX_BATCH`] page records, page-rounded.
@@ -86,7 +91,8 @@ pub mod anchor {
 const _: () = assert!(CONTEXT + CONTEXT_SIZE <= PAGE_TABLES);
 const _: () = assert!(PAGE_TABLES + (2 + PAGE_DIRECTORIES) * PAGE_SIZE as u64 <= KSTACKS);
 const _: () = assert!(KSTACKS + MAX_HELPER_VCPUS as u64 * KSTACK_SIZE <= USTACKS);
-const _: () = assert!(USTACKS + MAX_HELPER_VCPUS as u64 * USTACK_SIZE <= MAILBOXES);
+const _: () = assert!(USTACKS + MAX_HELPER_VCPUS as u64 * USTACK_SIZE <= GHCBS);
+const _: () = assert!(GHCBS + (MAX_HELPER_VCPUS * PAGE_SIZE) as u64 <= MAILBOXES);
 const _: () = assert!(WINDOW_SIZE >= (MAX_BATCH * PAGE_RECORD_SIZE) as u64);
 
 #[cfg(test)]

@@ -143,6 +143,7 @@ fn sev_hello() -> Hello {
         helper_nonce: [0; 16],
         page_size: PAGE_SIZE as u32,
         vcpus: 2,
+        es_helpers: 0,
     }
 }
 
@@ -158,6 +159,7 @@ fn plain_hello() -> Hello {
         lanes: 0,
         helper_nonce: [0; 16],
         vcpus: 1,
+        es_helpers: 0,
         ..sev_hello()
     }
 }
@@ -374,6 +376,23 @@ pub fn plain_session_v1() -> Vec<u8> {
     hello
 }
 
+/// [`sev_session`] of an SEV-ES guest: its Hello says so and names 2 measured helpers
+/// (the rest of a session is the same on the wire).
+pub fn sev_es_session() -> Vec<u8> {
+    let sev = sev_session();
+    let first = sev
+        .get(8..12)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+        .expect("the sample session starts with a frame header");
+    let mut out = encode_all(&[Frame::Hello(Hello {
+        mode: GuestMode::SevEs,
+        es_helpers: 2,
+        ..sev_hello()
+    })]);
+    out.extend_from_slice(sev.get(FrameHeader::SIZE + first..).unwrap_or_default());
+    out
+}
+
 /// The seed corpus: file name and bytes.
 pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     let sev = sev_session();
@@ -385,6 +404,7 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     }
     vec![
         ("sev-session.bin", sev),
+        ("sev-es-session.bin", sev_es_session()),
         ("sev-aborted-after-commit.bin", sev_aborted_after_commit()),
         ("plain-session.bin", plain_session()),
         ("plain-session-v1.bin", plain_session_v1()),

@@ -41,7 +41,10 @@ fn generated_seeds_end_as_expected() {
     for (name, bytes) in migration::fuzzing::seeds() {
         let s = migration::fuzzing::exercise(&bytes);
         match name {
-            "sev-session.bin" | "plain-session.bin" | "plain-session-v1.bin" => {
+            "sev-session.bin"
+            | "sev-es-session.bin"
+            | "plain-session.bin"
+            | "plain-session-v1.bin" => {
                 assert!(s.end.is_clean_eof(), "{name}: {}", s.end);
                 assert_eq!(s.state, Ok(ReceiverState::Completed), "{name}");
             }

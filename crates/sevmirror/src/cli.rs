@@ -95,7 +95,9 @@ pub struct RunArgs {
 
     /// Helper vCPUs to start in the mirror VM of an SEV guest (0: no mirror). The mirror
     /// shares the guest's encryption context and runs the firmware's migration helper.
-    /// Default 1, and 0 for an SEV-ES guest (policy bit 0x4), which has no helper yet.
+    /// Default 1, and 0 for an SEV-ES guest (policy bit 0x4): its helper vCPUs' VMSAs are
+    /// measured at its launch (`measure --mode sev-es --helpers N` computes that digest),
+    /// and it migrates only with them, into a target launched with as many.
     #[arg(long, value_name = "N")]
     pub helpers: Option<u16>,
 

@@ -22,6 +22,12 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 2000, value_name = "PAGES")]
     pub dirty_rate: u64,
 
+    /// An SEV-ES guest with 2 vCPUs: its helper vCPUs are measured at launch, and each
+    /// vCPU saves its registers into guest memory when the source stops and restores them
+    /// on the target (docs/migration.md, SEV-ES).
+    #[arg(long)]
+    pub sev_es: bool,
+
     /// Print one JSON object (verdict, sizes, rounds, times, throughput) instead of text.
     #[arg(long)]
     pub json: bool,
@@ -45,7 +51,7 @@ fn progress_bar(total: u64) -> Option<ProgressBar> {
 pub fn run(args: &DemoArgs) -> anyhow::Result<i32> {
     let config = Config {
         mem: args.mem,
-        vcpus: 1,
+        vcpus: if args.sev_es { 2 } else { 1 },
         helpers: args.helpers,
         dirty_rate: args.dirty_rate,
         sev: true,
@@ -60,13 +66,20 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<i32> {
         }
     };
     say(&format!(
-        "sevmirror demo: an SEV guest with {} MiB of RAM, rewriting {} pages/s, moves to a second VMM through {} helper vCPU(s)",
+        "sevmirror demo: an {} guest with {} MiB of RAM, rewriting {} pages/s, moves to a second VMM through {} helper vCPU(s)",
+        if args.sev_es { "SEV-ES" } else { "SEV" },
         args.mem >> 20,
         args.dirty_rate,
         args.helpers
     ));
     say("  platform: emulated SEV firmware; owner: checks both launch measurements, then injects the migration secret");
-    let stage = Stage::new(config)?;
+    if args.sev_es {
+        say("  SEV-ES: 2 vCPUs; the helper VMSAs are part of each launch digest; each vCPU saves its registers into guest memory (AP reset hold) when the source stops and restores them on the target");
+    }
+    let mut stage = Stage::new(config)?;
+    if args.sev_es {
+        stage = stage.with_sev_es();
+    }
     let bar = if args.json {
         None
     } else {

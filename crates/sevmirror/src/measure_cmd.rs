@@ -15,6 +15,13 @@
 //!    refuse it, and so does this command.
 //! 3. For SEV-ES (`--mode sev-es`), every vCPU's initial VMSA in vCPU order, which KVM
 //!    measures at LAUNCH_UPDATE_VMSA after all the data (`sev_platform::vmsa::ResetVmsas`).
+//! 4. For SEV-ES with `--helpers N`, the VMSAs of the N migration-helper vCPUs of the
+//!    guest's mirror VM, in helper order: sevmirror creates the mirror during the launch
+//!    and its LAUNCH_UPDATE_VMSA (on the mirror, which shares the owner's context) comes
+//!    after the owner's and before LAUNCH_MEASURE, so the kernel measures the owner's
+//!    vCPUs first, then the mirror's. Each is built from the firmware's helper descriptor
+//!    (`vmm::firmware::helper_vmsas`: its entry point in 32-bit flat protected mode, its
+//!    segments, a stack in the helper region).
 //!
 //! `sev-snp-measure --mode sev|seves [--kernel ...]` computes the same digests (for SEV-ES
 //! with the default `--vmm-type qemu`), and so does sevctl's `measurement build` with
@@ -83,8 +90,14 @@ pub struct EsArgs {
     #[arg(long, value_name = "VMM", value_parser = parse_vmm_type)]
     pub vmm_type: Option<VmmType>,
 
+    /// SEV-ES: the migration-helper vCPUs the guest's mirror gets at launch (`run
+    /// --helpers N`); their VMSAs are measured after the guest's (default 0: none).
+    #[arg(long, value_name = "N")]
+    pub helpers: Option<u16>,
+
     /// SEV-ES: also write each measured VMSA to DIR/vmsa<N>.bin (created if missing), as
-    /// sev-snp-measure --dump-vmsa names them.
+    /// sev-snp-measure --dump-vmsa names them, in the order measured: the guest's vCPUs,
+    /// then the helpers' (numbered on).
     #[arg(long, value_name = "DIR")]
     pub dump_vmsa: Option<PathBuf>,
 }
@@ -162,6 +175,8 @@ pub enum LaunchSpec {
         vcpu_type: VcpuType,
         /// Whose reset state.
         vmm: VmmType,
+        /// Migration-helper vCPUs measured after the guest's.
+        helpers: u16,
     },
 }
 
@@ -174,6 +189,7 @@ pub fn launch_spec(mode: Mode, es: &EsArgs) -> Result<LaunchSpec, String> {
                 es.vcpus.map(|_| "--vcpus"),
                 es.vcpu_type.map(|_| "--vcpu-type"),
                 es.vmm_type.map(|_| "--vmm-type"),
+                es.helpers.map(|_| "--helpers"),
                 es.dump_vmsa.as_ref().map(|_| "--dump-vmsa"),
             ]
             .into_iter()
@@ -203,6 +219,7 @@ pub fn launch_spec(mode: Mode, es: &EsArgs) -> Result<LaunchSpec, String> {
                 vcpus,
                 vcpu_type,
                 vmm: es.vmm_type.unwrap_or_default(),
+                helpers: es.helpers.unwrap_or(0),
             })
         }
     }
@@ -215,7 +232,8 @@ pub struct Computed {
     pub digest: [u8; 32],
     /// The SEV hashes table measured after the firmware (with `--kernel`).
     pub hashes_table: Option<[u8; hashes::PADDED_SIZE]>,
-    /// The VMSAs measured after the data, in vCPU order (none for SEV).
+    /// The VMSAs measured after the data, in vCPU order, then the helpers' (none for
+    /// SEV).
     pub vmsas: Vec<Vmsa>,
 }
 
@@ -229,9 +247,19 @@ pub fn compute(image: &[u8], spec: &LaunchSpec, kernel: &KernelArgs) -> anyhow::
             vcpus,
             vcpu_type,
             vmm,
-        } => ResetVmsas::for_firmware(image, vcpu_type, vmm)
-            .and_then(|reset| reset.all(vcpus))
-            .context("cannot compute the SEV-ES VMSAs")?,
+            helpers,
+        } => {
+            let mut vmsas = ResetVmsas::for_firmware(image, vcpu_type, vmm)
+                .and_then(|reset| reset.all(vcpus))
+                .context("cannot compute the SEV-ES VMSAs")?;
+            if helpers > 0 {
+                vmsas.extend(
+                    vmm::firmware::image_helper_vmsas(image, helpers, vmm)
+                        .context("cannot compute the helper vCPUs' VMSAs")?,
+                );
+            }
+            vmsas
+        }
     };
     Ok(Computed {
         digest: launch_digest(image, hashes_table.as_ref().map(|t| &t[..]), &vmsas),
@@ -424,9 +452,11 @@ pub fn run(args: &MeasureArgs) -> anyhow::Result<()> {
             vcpus,
             vcpu_type,
             vmm,
+            helpers,
         } = spec
         {
             v["vcpus"] = json!(vcpus);
+            v["helpers"] = json!(helpers);
             v["vcpu-type"] = json!(vcpu_type.name);
             v["vcpu-sig"] = json!(vcpu_type.signature());
             v["vmm-type"] = json!(vmm.name());
@@ -473,7 +503,8 @@ mod tests {
             Ok(LaunchSpec::SevEs {
                 vcpus: 2,
                 vcpu_type: t,
-                vmm: VmmType::Qemu
+                vmm: VmmType::Qemu,
+                helpers: 0,
             })
         );
         assert!(launch_spec(Mode::Sev, &es)
@@ -508,7 +539,47 @@ mod tests {
             vcpus,
             vcpu_type: parse_vcpu_type("EPYC-v4").unwrap(),
             vmm: VmmType::Qemu,
+            helpers: 0,
         }
+    }
+
+    #[test]
+    fn helper_vmsas_come_after_the_guests_and_change_the_digest() {
+        let image = firmware_image::IMAGE;
+        let no_kernel = KernelArgs::default();
+        let with = |vcpus, helpers| LaunchSpec::SevEs {
+            vcpus,
+            vcpu_type: parse_vcpu_type("EPYC-v4").unwrap(),
+            vmm: VmmType::Qemu,
+            helpers,
+        };
+        let plain = compute(image, &es_spec(2), &no_kernel).unwrap();
+        let one = compute(image, &with(2, 1), &no_kernel).unwrap();
+        let two = compute(image, &with(2, 2), &no_kernel).unwrap();
+        assert_eq!(one.vmsas.len(), 3);
+        assert_eq!(one.vmsas[..2], plain.vmsas[..], "the guest's VMSAs first");
+        assert_eq!(
+            one.vmsas[2].rip,
+            firmware_image::symbols::HELPER_ENTRY32,
+            "the helper starts at the measured entry"
+        );
+        assert_eq!(two.vmsas[..3], one.vmsas[..], "helpers in order");
+        assert_ne!(two.vmsas[3].rsp, two.vmsas[2].rsp, "each its own stack");
+        let digests = [plain.digest, one.digest, two.digest];
+        assert!(digests[0] != digests[1] && digests[1] != digests[2]);
+        assert_eq!(one.digest, expected_es_digest(image, &one.vmsas));
+        // The helper count belongs to SEV-ES.
+        let es = EsArgs {
+            helpers: Some(1),
+            ..EsArgs::default()
+        };
+        assert!(launch_spec(Mode::Sev, &es)
+            .unwrap_err()
+            .contains("--helpers"));
+        assert!(
+            compute(image, &with(1, 9), &no_kernel).is_err(),
+            "3 at most"
+        );
     }
 
     #[test]

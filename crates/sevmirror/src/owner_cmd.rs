@@ -418,10 +418,11 @@ fn verify(args: &VerifyArgs) -> anyhow::Result<()> {
                 vcpus,
                 vcpu_type,
                 vmm,
+                helpers,
             } = spec
             {
                 what = format!(
-                    "{what} with {vcpus} {} vCPU(s), {} reset state",
+                    "{what} with {vcpus} {} vCPU(s), {} reset state, {helpers} helper vCPU(s)",
                     vcpu_type.name,
                     vmm.name()
                 );

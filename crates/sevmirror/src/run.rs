@@ -195,10 +195,9 @@ pub fn run(args: &RunArgs) -> anyhow::Result<i32> {
     };
     let sev = sev_config(&args.sev)?;
     let es = sev.as_ref().is_some_and(|s| s.policy.has(Policy::ES));
+    // An SEV-ES guest's helper vCPUs are part of its launch digest, so they are asked
+    // for explicitly: without --helpers its digest is what QEMU's tools compute.
     let helpers = match (args.helpers, es) {
-        (Some(n), true) if n > 0 => bail!(
-            "--helpers {n}: an SEV-ES guest has no migration helper yet (its mirror's helper vCPUs need VMSAs measured at launch); leave --helpers out or give 0"
-        ),
         (Some(n), _) => n,
         (None, true) => 0,
         (None, false) => 1,

@@ -35,3 +35,31 @@ fn kvm_the_demo_migrates_an_attested_sev_guest_and_the_guest_checks_out() {
         assert!(report[key].is_number(), "{key} missing: {report}");
     }
 }
+
+#[test]
+fn kvm_the_sev_es_demo_moves_a_2_vcpu_guest_whose_vcpus_restore_themselves() {
+    if !std::path::Path::new("/dev/kvm").exists() {
+        eprintln!("SKIPPED: /dev/kvm is missing; the SEV-ES demo test did not run");
+        return;
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_sevmirror"))
+        .args(["demo", "--sev-es", "--mem", "128M", "--json"])
+        .output()
+        .expect("run sevmirror demo --sev-es");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let report: Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("not one JSON object ({e}):\n{stdout}\n{stderr}"));
+    assert_eq!(report["verdict"], "pass", "{report:#}\n{stderr}");
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(report["target_state"], "running");
+    let resumed = report["es_resumed"].as_array().expect("an SEV-ES report");
+    assert_eq!(resumed.len(), 2, "{report}");
+    for (i, line) in resumed.iter().enumerate() {
+        let line = line.as_str().unwrap_or_default();
+        assert!(
+            line.contains(&format!("vCPU {i}: resumed from its saved state")),
+            "{report}"
+        );
+    }
+}

@@ -462,3 +462,134 @@ fn owner_verify_checks_an_es_launch_of_the_emulated_psp() {
         }
     }
 }
+
+/// `image` with the helper descriptor's entry point moved by 4 bytes (still inside the
+/// measured image): what a host that wants the helper to start elsewhere would launch.
+fn moved_helper_entry(image: &[u8]) -> Vec<u8> {
+    let table = fwtable::Table::parse(image).unwrap();
+    let entry = table
+        .find(fwtable::guid::MIRROR_HELPER_DESCRIPTOR)
+        .unwrap()
+        .unwrap();
+    let at = entry.data.as_ptr() as usize - image.as_ptr() as usize + 8;
+    let mut out = image.to_vec();
+    let old = u32::from_le_bytes(out[at..at + 4].try_into().unwrap());
+    out[at..at + 4].copy_from_slice(&(old + 4).to_le_bytes());
+    out
+}
+
+/// An SEV-ES launch with helper vCPUs, on the emulated PSP as the VMM drives it (the
+/// owner's VMSAs, then a mirror VM copied from the owner whose LAUNCH_UPDATE_VMSA measures
+/// the helpers' before the owner's LAUNCH_MEASURE) is what `owner verify --helpers N`
+/// and `measure --helpers N` expect; another helper count, none, or a firmware whose
+/// helper entry moved is a mismatch.
+#[test]
+fn owner_verify_with_helpers_checks_the_helper_vmsas_measured_after_the_guests() {
+    let dir = tempdir();
+    let fw = dir.path().join("fw.bin");
+    sevmirror(&["firmware", "--out", fw.to_str().unwrap()]);
+    let image = std::fs::read(&fw).unwrap();
+    let moved = dir.path().join("moved.bin");
+    std::fs::write(&moved, moved_helper_entry(&image)).unwrap();
+    let psp = EmulatedPsp::new(sev_platform::PlatformIdentity::generate().unwrap());
+    let policy = Policy(Policy::ES | Policy::NODBG);
+    let s = owner::session(&psp.export_certs().unwrap().pdh, policy).unwrap();
+    let tik = dir.path().join("tik.bin");
+    std::fs::write(&tik, s.keys.tik()).unwrap();
+    let (vm, mirror) = (VmRef(3), VmRef(4));
+    psp.add_vm(vm, KvmVmType::SevEs).unwrap();
+    psp.init_vm(vm, true).unwrap();
+    psp.vcpu_created(vm).unwrap();
+    psp.launch_start(vm, policy, Some(&s.launch_session()))
+        .unwrap();
+    let base = (1u64 << 32) - image.len() as u64;
+    let mem = VecMemory::with_data(base, image.clone());
+    psp.launch_update_data(vm, &mem, base, image.len() as u64)
+        .unwrap();
+    let reset = ResetVmsas::for_firmware(
+        &image,
+        VcpuType::from_name("EPYC-v4").unwrap(),
+        VmmType::Qemu,
+    )
+    .unwrap();
+    psp.launch_update_vmsa(vm, &reset.all(1).unwrap()).unwrap();
+    psp.add_vm(mirror, KvmVmType::SevEs).unwrap();
+    psp.copy_enc_context_from(mirror, vm).unwrap();
+    let helpers = vmm::firmware::image_helper_vmsas(&image, 2, VmmType::Qemu).unwrap();
+    for _ in &helpers {
+        psp.vcpu_created(mirror).unwrap();
+    }
+    psp.launch_update_vmsa(mirror, &helpers).unwrap();
+    let m = owner::encode_base64(&psp.launch_measure(vm).unwrap().0);
+    let verify = |firmware: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "owner",
+            "verify",
+            "--tik",
+            tik.to_str().unwrap(),
+            "--policy",
+            "0x5",
+            "--measurement",
+            &m,
+            "--firmware",
+            firmware.to_str().unwrap(),
+            "--vcpus",
+            "1",
+            "--vcpu-type",
+            "EPYC-v4",
+        ];
+        args.extend_from_slice(extra);
+        sevmirror_out(&args)
+    };
+    let ok = verify(&fw, &["--helpers", "2"]);
+    assert!(
+        ok.status.success() && text(&ok.stdout).contains("2 helper vCPU(s)"),
+        "{}{}",
+        text(&ok.stdout),
+        text(&ok.stderr)
+    );
+    for (firmware, extra) in [
+        (&fw, &["--helpers", "1"][..]),
+        (&fw, &[][..]),
+        (&moved, &["--helpers", "2"][..]),
+    ] {
+        let o = verify(firmware, extra);
+        assert_eq!(o.status.code(), Some(1), "{firmware:?} {extra:?}");
+        assert!(text(&o.stderr).contains("MISMATCH"), "{}", text(&o.stderr));
+    }
+    // `measure` prints the same digest, and the dumped VMSAs are the guest's, then the
+    // helpers' (numbered on).
+    let dump = dir.path().join("vmsas");
+    let out = sevmirror(&[
+        "measure",
+        "--firmware",
+        fw.to_str().unwrap(),
+        "--mode",
+        "sev-es",
+        "--vcpus",
+        "1",
+        "--vcpu-type",
+        "EPYC-v4",
+        "--helpers",
+        "2",
+        "--dump-vmsa",
+        dump.to_str().unwrap(),
+    ]);
+    let digest = out.trim();
+    let ok = sevmirror_out(&[
+        "owner",
+        "verify",
+        "--tik",
+        tik.to_str().unwrap(),
+        "--policy",
+        "0x5",
+        "--measurement",
+        &m,
+        "--digest",
+        digest,
+    ]);
+    assert!(ok.status.success(), "{}", text(&ok.stderr));
+    assert_eq!(read_vmsa(&dump.join("vmsa1.bin")), helpers[0]);
+    assert_eq!(read_vmsa(&dump.join("vmsa2.bin")), helpers[1]);
+    assert!(!dump.join("vmsa3.bin").exists());
+}

@@ -288,6 +288,14 @@ impl<T: Vmgexit> GhcbClient<T> {
         Ok(g.get(Field::Rax))
     }
 
+    /// AP reset hold (56421 §4.1.9, `SVM_VMGEXIT_AP_RESET_HOLD`): the hypervisor holds this
+    /// vCPU and answers only when it releases it, with a non-zero `sw_exit_info_2`.
+    /// Returns whether it did (false: ask again, as Linux's `sev_es_ap_hlt_loop` does).
+    pub fn ap_reset_hold(&mut self) -> Result<bool, GhcbError> {
+        let g = self.call(ExitCode::AP_RESET_HOLD, 0, 0, |_| {})?;
+        Ok(g.get_valid(Field::SwExitInfo2).is_some_and(|v| v != 0))
+    }
+
     /// Console output through the services exit, up to a shared buffer per exit.
     pub fn console(&mut self, bytes: &[u8]) -> Result<(), GhcbError> {
         let scratch = self.scratch_gpa();
@@ -638,6 +646,23 @@ pub(crate) mod tests {
             lazy.page_state_change(&mut d),
             Err(GhcbError::PscFailed(psc::ERROR_GENERIC))
         );
+    }
+
+    #[test]
+    fn ap_reset_hold_reports_whether_the_hypervisor_released_the_vcpu() {
+        let mut released = 0;
+        let mut c = client(move |req: &Ghcb, reply: &mut Ghcb| {
+            assert_eq!(req.check_request(), Ok(ExitCode::AP_RESET_HOLD));
+            reply.set(Field::SwExitInfo2, released);
+            released += 1;
+        });
+        // Zero: still held (a spurious wake-up); the guest asks again.
+        assert_eq!(c.ap_reset_hold(), Ok(false));
+        assert_eq!(c.ap_reset_hold(), Ok(true));
+        let mut c = client(|_: &Ghcb, reply: &mut Ghcb| {
+            reply.set(Field::SwExitInfo1, result::MALFORMED_INPUT);
+        });
+        assert!(c.ap_reset_hold().is_err());
     }
 
     #[test]

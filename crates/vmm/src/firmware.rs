@@ -5,7 +5,11 @@
 
 use fwtable::{guid, EntryValue, Table, TableError};
 use guest_abi::layout;
-use helper_abi::descriptor::HelperDescriptor;
+use helper_abi::descriptor::{EntryMode, HelperDescriptor};
+use sev_platform::vmsa::{
+    entry::{flat32_vmsa, Flat32Entry},
+    VmmType, Vmsa,
+};
 
 /// Largest image that fits between the guest-services page and 4 GiB.
 pub const MAX_IMAGE_SIZE: u64 = 16 << 20;
@@ -34,6 +38,71 @@ pub enum FirmwareError {
     /// The declared services page overlaps RAM or the image.
     #[error("firmware's guest-services page {0:#x} overlaps RAM or the image")]
     BadServicesPage(u64),
+}
+
+/// Why the helper VMSAs of an SEV-ES launch cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum HelperVmsaError {
+    /// The image could not be read as a firmware.
+    #[error(transparent)]
+    Firmware(Box<FirmwareError>),
+    /// The firmware declares no migration helper.
+    #[error("the firmware declares no migration helper: it has no helper VMSAs to measure")]
+    NoHelper,
+    /// More helper vCPUs than the descriptor provides (or none).
+    #[error("{asked} helper vCPUs: the firmware's helper descriptor provides 1 to {max}")]
+    Count {
+        /// Asked for.
+        asked: u16,
+        /// Provided.
+        max: u16,
+    },
+}
+
+/// The VMSAs of helper vCPUs `0..helpers` as an SEV-ES launch measures them (mirror
+/// LAUNCH_UPDATE_VMSA, after the guest's VMSAs): each starts at the descriptor's entry, in
+/// its mode with its segments, on its own stack in the helper region
+/// (`HelperDescriptor::entry`), with `vmm`'s reset values elsewhere
+/// (`sev_platform::vmsa::entry`).
+pub fn helper_vmsas(
+    descriptor: &HelperDescriptor,
+    helpers: u16,
+    vmm: VmmType,
+) -> Result<Vec<Vmsa>, HelperVmsaError> {
+    if helpers == 0 || helpers > descriptor.max_vcpus {
+        return Err(HelperVmsaError::Count {
+            asked: helpers,
+            max: descriptor.max_vcpus,
+        });
+    }
+    Ok((0..helpers)
+        .map(|i| {
+            let e = descriptor.entry(i);
+            match e.mode {
+                EntryMode::Flat32 => flat32_vmsa(
+                    &Flat32Entry {
+                        rip: e.rip,
+                        code_selector: e.code_selector,
+                        data_selector: e.data_selector,
+                        rsp: e.rsp,
+                    },
+                    vmm,
+                ),
+            }
+        })
+        .collect())
+}
+
+/// [`helper_vmsas`] of the helper descriptor in a firmware image (`measure --helpers`,
+/// `owner verify --helpers`).
+pub fn image_helper_vmsas(
+    image: &[u8],
+    helpers: u16,
+    vmm: VmmType,
+) -> Result<Vec<Vmsa>, HelperVmsaError> {
+    let fw = Firmware::load(image.to_vec()).map_err(|e| HelperVmsaError::Firmware(Box::new(e)))?;
+    let d = fw.helper().ok_or(HelperVmsaError::NoHelper)?;
+    helper_vmsas(d, helpers, vmm)
 }
 
 /// A validated firmware image.

@@ -7,9 +7,23 @@
 //! VMM can give it without guest secrets), takes a slot from the helper's private counter
 //! (its stack, mailbox and lane id: the VMM chooses none of them) and announces it with
 //! its first doorbell; from then on it serves that mailbox's requests at CPL3. Slots are
-//! never reused: a second mirror of the same guest gets the slots the first left. A call is synchronous: the VMM writes the request into the shared control page,
-//! runs the vCPU until the helper rings the doorbell (an MMIO write, so an exit), and
-//! reads the response. No interrupt controller, no polling.
+//! never reused: a second mirror of the same guest gets the slots the first left. A call
+//! is synchronous: the VMM writes the request into the shared control page, runs the vCPU
+//! until the helper rings the doorbell, and reads the response. No interrupt controller,
+//! no polling.
+//!
+//! Plain SEV: the mirror is attached once the guest's firmware reports its helper ready
+//! ([`Vm::attach_mirror`]); the VMM sets each helper vCPU's registers to the entry, and
+//! the doorbell is an MMIO write. SEV-ES: the mirror and its helper vCPUs are created
+//! during the owner's launch ([`Vm::sev_launch_mirror`]), each VMSA built from the
+//! firmware's helper descriptor and measured by the mirror's LAUNCH_UPDATE_VMSA before the
+//! owner's LAUNCH_MEASURE; from then on no register of a helper vCPU can be set, and the
+//! helpers are only run ([`Mirror::start`] once the helper is ready). The doorbell and
+//! every other exit go through the helper's own GHCB and are served from it alone
+//! (`es`); a helper run before its anchor exists holds (AP reset hold) and is run again
+//! later. Such a mirror is never attached again.
+
+mod es;
 
 use crate::{
     devices::services::{FaultReport, ServicesLatch, ServicesRequest},
@@ -18,10 +32,10 @@ use crate::{
         KvmError, KvmSystem, KvmVcpu, KvmVm, RunResult, Slot,
     },
     memory::{GuestRam, HostView, MemoryError, Rom},
-    sev::{patch_cpuid, HypercallTransport},
+    sev::{patch_cpuid, HypercallTransport, LaunchStarted, MSR_SEV_STATUS},
     vm::Vm,
 };
-use guest_abi::layout::{selector, PAGE_SIZE};
+use guest_abi::layout::PAGE_SIZE;
 use helper_abi::{
     descriptor::HelperDescriptor,
     mailbox::{
@@ -31,7 +45,7 @@ use helper_abi::{
 };
 use kvm_bindings::kvm_segment;
 use kvm_ioctls::VcpuExit;
-use sev_platform::{SevBackend, SevError};
+use sev_platform::{backend::KvmVmType, SevBackend, SevError};
 use std::{
     sync::Arc,
     time::{Duration, Instant},
@@ -65,10 +79,16 @@ pub enum MirrorError {
     /// The owner's SEV launch has not finished.
     #[error("the guest has not finished its SEV launch yet")]
     NotLaunched,
-    /// The owner is an SEV-ES guest: a mirror's helper vCPUs would need their VMSAs
-    /// measured at the owner's launch (not built yet).
-    #[error("the guest is an SEV-ES guest: its mirror's helper vCPUs need VMSAs measured at launch, which sevmirror does not build yet")]
+    /// The owner is an SEV-ES guest: its mirror is created and measured during the launch
+    /// ([`Vm::sev_launch_mirror`]) and never attached afterwards.
+    #[error("the guest is an SEV-ES guest: its mirror's helper vCPUs are measured at launch (--helpers at launch), and a mirror is never attached to it afterwards")]
     SevEs,
+    /// An SEV-ES mirror asked for a guest that is not SEV-ES, or outside its launch.
+    #[error("a mirror with measured helper VMSAs belongs to an SEV-ES guest's launch, after its LAUNCH_UPDATE_VMSA and before LAUNCH_MEASURE")]
+    NotEsLaunch,
+    /// The helper VMSAs cannot be built from the descriptor.
+    #[error("cannot build the helper VMSAs")]
+    HelperVmsas(#[source] crate::firmware::HelperVmsaError),
     /// The guest's firmware has not prepared its helper (it is still booting, or failed).
     #[error("the guest's firmware did not report its migration helper ready within {0:?}")]
     HelperNotReady(Duration),
@@ -142,11 +162,32 @@ pub enum HelperError {
     /// A message longer than the mailbox's message area.
     #[error("a {0}-byte message does not fit the mailbox")]
     MessageTooLong(usize),
+    /// SEV-ES: the helper vCPU found no helper prepared yet and holds (AP reset hold);
+    /// run it again once the guest's firmware reported its helper ready.
+    #[error("the helper is not ready yet (the helper vCPU found no anchor and holds; it is run again later)")]
+    NotReady,
+    /// SEV-ES: the helper vCPU asked to be stopped (GHCB MSR protocol termination).
+    #[error("the helper vCPU asked to be stopped (reason set {set:#x}, reason {reason})")]
+    Terminated {
+        /// Reason-code set (`doorbell::ES_TERMINATE_SET` is sevmirror's).
+        set: u8,
+        /// Reason.
+        reason: u8,
+    },
+    /// SEV-ES: an exit a helper could only cause by bypassing its GHCB (on hardware it
+    /// raises #VC in the helper instead).
+    #[error("SEV-ES strict mode: the helper's {0} reached the VMM outside its GHCB")]
+    EsStrict(String),
+    /// SEV-ES: the helper's GHCB could not be served.
+    #[error("cannot serve the helper's VMGEXIT")]
+    Vmgexit(#[source] crate::devices::ghcb::VmgexitError),
 }
 
 /// One helper vCPU of a mirror, with its mailbox.
 pub struct HelperVcpu {
     index: u16,
+    /// Whether the helper announced its slot (its first doorbell).
+    started: bool,
     vcpu: KvmVcpu,
     view: HostView,
     descriptor: HelperDescriptor,
@@ -156,9 +197,17 @@ pub struct HelperVcpu {
     watchdog: Option<Watchdog>,
     timeout: Duration,
     last: Response,
+    /// SEV-ES: what serving the helper's GHCB needs.
+    es: Option<es::HelperEs>,
 }
 
 impl HelperVcpu {
+    /// The host's handle on this helper vCPU. Under SEV-ES every register accessor
+    /// refuses it (EINVAL): its state is in its measured VMSA.
+    pub fn kvm_vcpu(&self) -> &KvmVcpu {
+        &self.vcpu
+    }
+
     /// The helper vCPU's index (its lane).
     pub fn index(&self) -> u16 {
         self.index
@@ -326,6 +375,9 @@ impl HelperVcpu {
     }
 
     fn run_loop(&mut self, deadline: Instant) -> Result<u64, HelperError> {
+        if self.es.is_some() {
+            return self.run_loop_es(deadline);
+        }
         let doorbell = self.descriptor.doorbell_gpa;
         let services = self.services_gpa;
         loop {
@@ -357,6 +409,12 @@ impl HelperVcpu {
                     data.fill(0xff);
                     None
                 }
+                // The entry reads SEV_STATUS first (served by the VMM, as on hardware).
+                RunResult::Exit(VcpuExit::X86Rdmsr(msr)) if msr.index == MSR_SEV_STATUS => {
+                    *msr.data = 1;
+                    *msr.error = 0;
+                    None
+                }
                 RunResult::Exit(exit) => Some(HelperError::UnexpectedExit {
                     exit: format!("{exit:?}"),
                     rip: 0,
@@ -385,11 +443,74 @@ pub struct Mirror {
     backend: Arc<dyn SevBackend>,
     descriptor: HelperDescriptor,
     info: Response,
+    started: bool,
+    /// SEV-ES: the helper vCPUs the launch measured (0 for a plain-SEV mirror).
+    measured: u16,
     _ram: Arc<GuestRam>,
     _rom: Arc<Rom>,
 }
 
 impl Mirror {
+    /// Runs every helper vCPU that has not announced its slot yet until it does, then asks
+    /// the helper for its INFO. A helper of an SEV-ES mirror that finds no helper prepared
+    /// yet holds: [`HelperError::NotReady`], and a later call runs it (and the others)
+    /// again. Does nothing once every helper runs.
+    pub fn start(&mut self) -> Result<(), MirrorError> {
+        if self.started {
+            return Ok(());
+        }
+        let max = self.descriptor.max_vcpus;
+        for (i, helper) in self.helpers.iter_mut().enumerate() {
+            if helper.started {
+                continue;
+            }
+            let i = i as u16;
+            let first = helper
+                .run_until_doorbell()
+                .map_err(|e| MirrorError::Start(i, e))?;
+            helper.index = match doorbell::slot(first) {
+                Some(slot) if slot < u64::from(max) => slot as u16,
+                _ if first == doorbell::NO_SLOT => {
+                    return Err(MirrorError::Start(i, HelperError::NoSlot))
+                }
+                _ => return Err(MirrorError::Start(i, HelperError::BadDoorbell(first))),
+            };
+            helper.started = true;
+        }
+        self.helpers.sort_by_key(HelperVcpu::index);
+        let first = self
+            .helpers
+            .first_mut()
+            .ok_or(MirrorError::TooManyHelpers { asked: 0, max })?;
+        self.info = first
+            .call_ok(
+                Request {
+                    op: Op::INFO.0,
+                    ..Request::default()
+                },
+                &[],
+            )
+            .map_err(|e| MirrorError::Start(0, e))?;
+        self.started = true;
+        Ok(())
+    }
+
+    /// Whether every helper vCPU announced its slot and the helper answered INFO.
+    pub fn started(&self) -> bool {
+        self.started
+    }
+
+    /// Helper vCPUs in the mirror (at home: not those lent to a migration).
+    pub fn vcpus(&self) -> usize {
+        self.helpers.len()
+    }
+
+    /// SEV-ES: how many helper vCPUs the guest's launch measured (0 for a plain-SEV
+    /// mirror, whose helpers are not measured).
+    pub fn measured_helpers(&self) -> u16 {
+        self.measured
+    }
+
     /// The helper vCPUs.
     pub fn helpers_mut(&mut self) -> &mut [HelperVcpu] {
         &mut self.helpers
@@ -513,32 +634,27 @@ pub fn handshake(
     Ok(th)
 }
 
+/// A mirror VM being built: the KVM VM on the owner's memory, known to the platform
+/// with the owner's context; the platform forgets it again if it is dropped before it
+/// becomes a [`Mirror`].
+struct MirrorVm {
+    kvm_vm: Arc<KvmVm>,
+    forget: Forget,
+    backend: Arc<dyn SevBackend>,
+}
+
 impl Vm {
-    /// Creates a mirror VM on this guest's memory, shares its SEV context with it, and
-    /// starts `helpers` helper vCPUs at the firmware's declared entry point.
-    pub fn attach_mirror(&self, kvm: &KvmSystem, helpers: u16) -> Result<Mirror, MirrorError> {
+    /// The mirror VM on this guest's memory (RAM and ROM slots), introduced to the
+    /// platform as a VM of `platform_type` and given the owner's encryption context, with
+    /// its MSR exits set up: SEV_STATUS (and, SEV-ES, every MSR that raises #VC there).
+    fn mirror_vm(
+        &self,
+        kvm: &KvmSystem,
+        kvm_type: KvmVmType,
+        platform_type: KvmVmType,
+    ) -> Result<MirrorVm, MirrorError> {
         let sev = self.sev.as_ref().ok_or(MirrorError::NotSev)?;
-        if sev.es {
-            return Err(MirrorError::SevEs);
-        }
-        if self.sev_phase() != Some(crate::sev::LaunchPhase::Finished) {
-            return Err(MirrorError::NotLaunched);
-        }
-        let descriptor = *self.helper.as_ref().ok_or(MirrorError::NoHelper)?;
-        let deadline = Instant::now() + HELPER_READY_TIMEOUT;
-        while !self.helper_ready.load(std::sync::atomic::Ordering::Acquire) {
-            if Instant::now() >= deadline {
-                return Err(MirrorError::HelperNotReady(HELPER_READY_TIMEOUT));
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        if helpers == 0 || helpers > descriptor.max_vcpus {
-            return Err(MirrorError::TooManyHelpers {
-                asked: helpers,
-                max: descriptor.max_vcpus,
-            });
-        }
-        let mirror = Arc::new(kvm.create_vm()?);
+        let mirror = Arc::new(kvm.create_vm_with_type(kvm_type)?);
         let rom = self.rom.region();
         for (slot, (r, read_only)) in (0u32..).zip(
             self.ram
@@ -563,85 +679,200 @@ impl Vm {
         let backend = sev.config.backend.clone();
         // Until the Mirror exists (its Drop does it), a failure makes the platform forget
         // the mirror VM again.
-        let mut forget = Forget {
+        let forget = Forget {
             backend: backend.clone(),
             vm: Some(mirror.sev_ref()),
         };
         backend
-            .vm_created(mirror.sev_ref(), mirror.vm_type(), mirror.clone())
+            .vm_created(mirror.sev_ref(), platform_type, mirror.clone())
             .map_err(MirrorError::Platform)?;
         backend
             .copy_enc_context_from(mirror.sev_ref(), sev.vm_ref)
             .map_err(MirrorError::CopyContext)?;
-        let view = self.host_view();
+        if sev.es && backend.kind() == sev_platform::backend::BackendKind::Emulated {
+            // As for the owner (SevGuest::init): every MSR that raises #VC on hardware
+            // exits, so the helper's strict mode sees it.
+            mirror.trap_msrs_except(crate::sev::ES_MSRS_WITHOUT_VC)?;
+        } else {
+            mirror.trap_msrs(&[MSR_SEV_STATUS, guest_abi::ghcb::msr::MSR_GHCB])?;
+        }
+        Ok(MirrorVm {
+            kvm_vm: mirror,
+            forget,
+            backend,
+        })
+    }
+
+    /// A helper vCPU of the mirror, not started.
+    fn helper_vcpu(
+        &self,
+        kvm: &KvmSystem,
+        mirror: &MirrorVm,
+        index: u16,
+        descriptor: HelperDescriptor,
+        es: bool,
+    ) -> Result<HelperVcpu, MirrorError> {
+        let mut cpuid = kvm.cpuid_for(u32::from(index))?;
+        patch_cpuid(&mut cpuid, Some(HypercallTransport::ServicesPage)).map_err(|_| {
+            MirrorError::Kvm(KvmError::SupportedCpuid(kvm_ioctls::Error::new(
+                libc::E2BIG,
+            )))
+        })?;
+        if es {
+            crate::sev::patch_cpuid_es(&mut cpuid);
+        }
+        let vcpu = mirror.kvm_vm.create_vcpu(u32::from(index), &cpuid)?;
+        mirror
+            .backend
+            .vcpu_created(mirror.kvm_vm.sev_ref())
+            .map_err(MirrorError::Platform)?;
+        Ok(HelperVcpu {
+            index,
+            started: false,
+            es: es.then(|| es::HelperEs::new(cpuid.as_slice().to_vec())),
+            vcpu,
+            view: self.host_view(),
+            descriptor,
+            services_gpa: self.services_gpa,
+            latch: ServicesLatch::default(),
+            next_id: 1,
+            watchdog: None,
+            timeout: DEFAULT_CALL_TIMEOUT,
+            last: Response::default(),
+        })
+    }
+
+    /// Creates a mirror VM on this guest's memory, shares its SEV context with it, and
+    /// starts `helpers` helper vCPUs at the firmware's declared entry point (plain SEV;
+    /// an SEV-ES guest's mirror is made at its launch, [`Vm::sev_launch_mirror`]).
+    pub fn attach_mirror(&self, kvm: &KvmSystem, helpers: u16) -> Result<Mirror, MirrorError> {
+        let sev = self.sev.as_ref().ok_or(MirrorError::NotSev)?;
+        if sev.es {
+            return Err(MirrorError::SevEs);
+        }
+        if self.sev_phase() != Some(crate::sev::LaunchPhase::Finished) {
+            return Err(MirrorError::NotLaunched);
+        }
+        let descriptor = *self.helper.as_ref().ok_or(MirrorError::NoHelper)?;
+        let deadline = Instant::now() + HELPER_READY_TIMEOUT;
+        while !self.helper_ready.load(std::sync::atomic::Ordering::Acquire) {
+            if Instant::now() >= deadline {
+                return Err(MirrorError::HelperNotReady(HELPER_READY_TIMEOUT));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        if helpers == 0 || helpers > descriptor.max_vcpus {
+            return Err(MirrorError::TooManyHelpers {
+                asked: helpers,
+                max: descriptor.max_vcpus,
+            });
+        }
+        let mut mirror = self.mirror_vm(kvm, KvmVmType::Default, KvmVmType::Default)?;
         let mut vcpus = Vec::new();
         for index in 0..helpers {
-            let mut cpuid = kvm.cpuid_for(u32::from(index))?;
-            patch_cpuid(&mut cpuid, Some(HypercallTransport::ServicesPage)).map_err(|_| {
-                MirrorError::Kvm(KvmError::SupportedCpuid(kvm_ioctls::Error::new(
-                    libc::E2BIG,
-                )))
-            })?;
-            let vcpu = mirror.create_vcpu(u32::from(index), &cpuid)?;
-            backend
-                .vcpu_created(mirror.sev_ref())
-                .map_err(MirrorError::Platform)?;
-            let mut sregs = vcpu.sregs()?;
-            sregs.cs = flat32(selector::KERNEL_CODE32, 0xb);
-            let data = flat32(selector::KERNEL_DATA, 0x3);
+            let helper = self.helper_vcpu(kvm, &mirror, index, descriptor, false)?;
+            let entry = descriptor.entry(index);
+            let mut sregs = helper.vcpu.sregs()?;
+            sregs.cs = flat32(entry.code_selector, 0xb);
+            let data = flat32(entry.data_selector, 0x3);
             (sregs.ds, sregs.es, sregs.fs, sregs.gs, sregs.ss) = (data, data, data, data, data);
             sregs.cr0 = 0x11; // PE | ET
             sregs.cr3 = 0;
             sregs.cr4 = 0;
             sregs.efer = 0;
-            vcpu.set_sregs(&sregs)?;
-            let mut regs = vcpu.regs()?;
+            helper.vcpu.set_sregs(&sregs)?;
+            let mut regs = helper.vcpu.regs()?;
             // No register carries anything in: the entry takes its slot itself.
-            regs.rip = u64::from(descriptor.entry32);
+            regs.rip = u64::from(entry.rip);
+            regs.rsp = entry.rsp;
             regs.rflags = 2;
-            vcpu.set_regs(&regs)?;
-            let mut helper = HelperVcpu {
-                index: 0,
-                vcpu,
-                view: view.clone(),
-                descriptor,
-                services_gpa: self.services_gpa,
-                latch: ServicesLatch::default(),
-                next_id: 1,
-                watchdog: None,
-                timeout: DEFAULT_CALL_TIMEOUT,
-                last: Response::default(),
-            };
-            let first = helper
-                .run_until_doorbell()
-                .map_err(|e| MirrorError::Start(index, e))?;
-            helper.index = match doorbell::slot(first) {
-                Some(slot) if slot < u64::from(descriptor.max_vcpus) => slot as u16,
-                _ if first == doorbell::NO_SLOT => {
-                    return Err(MirrorError::Start(index, HelperError::NoSlot))
-                }
-                _ => return Err(MirrorError::Start(index, HelperError::BadDoorbell(first))),
-            };
+            helper.vcpu.set_regs(&regs)?;
             vcpus.push(helper);
         }
-        let info = vcpus[0]
-            .call_ok(
-                Request {
-                    op: Op::INFO.0,
-                    ..Request::default()
-                },
-                &[],
-            )
-            .map_err(|e| MirrorError::Start(0, e))?;
-        forget.vm = None;
-        Ok(Mirror {
+        let mut m = Mirror {
             helpers: vcpus,
-            kvm_vm: mirror,
-            backend,
+            kvm_vm: mirror.kvm_vm.clone(),
+            backend: mirror.backend.clone(),
             descriptor,
-            info,
+            info: Response::default(),
+            started: false,
+            measured: 0,
             _ram: self.ram.clone(),
             _rom: self.rom.clone(),
-        })
+        };
+        mirror.forget.vm = None;
+        m.start()?;
+        Ok(m)
+    }
+
+    /// SEV-ES launch, after the owner's LAUNCH_UPDATE_VMSA and before its LAUNCH_MEASURE:
+    /// creates the mirror VM and `helpers` helper vCPUs, sets each one's registers to the
+    /// VMSA the firmware's helper descriptor declares (`firmware::helper_vmsas`: the
+    /// measured entry in 32-bit flat protected mode, its segments, a stack in the helper
+    /// region), and has the mirror's LAUNCH_UPDATE_VMSA encrypt and measure them, in
+    /// helper order, into the owner's launch digest (after the owner's VMSAs: the digest
+    /// is SHA-256(firmware ‖ guest VMSAs ‖ helper VMSAs)). From then on no helper register
+    /// can be set; the helpers run once the guest's helper is ready ([`Mirror::start`]).
+    pub fn sev_launch_mirror(
+        &mut self,
+        started: LaunchStarted,
+        kvm: &KvmSystem,
+        helpers: u16,
+    ) -> Result<(LaunchStarted, Mirror), MirrorError> {
+        let sev = self.sev.as_ref().ok_or(MirrorError::NotSev)?;
+        if !sev.es || !started.vmsas_done() {
+            return Err(MirrorError::NotEsLaunch);
+        }
+        let descriptor = *self.helper.as_ref().ok_or(MirrorError::NoHelper)?;
+        if helpers == 0 || helpers > descriptor.max_vcpus {
+            return Err(MirrorError::TooManyHelpers {
+                asked: helpers,
+                max: descriptor.max_vcpus,
+            });
+        }
+        let vmsas =
+            crate::firmware::helper_vmsas(&descriptor, helpers, sev_platform::vmsa::VmmType::Qemu)
+                .map_err(MirrorError::HelperVmsas)?;
+        let (kvm_type, platform_type) = crate::sev::vm_types(Some(&sev.config), kvm);
+        let mut mirror = self.mirror_vm(kvm, kvm_type, platform_type)?;
+        let mut vcpus = Vec::new();
+        for (index, vmsa) in (0u16..).zip(&vmsas) {
+            let helper = self.helper_vcpu(kvm, &mirror, index, descriptor, true)?;
+            // What QEMU does for the owner's vCPUs before LAUNCH_UPDATE_VMSA: the
+            // registers the VMSA will hold.
+            let base = helper.vcpu.sregs()?;
+            helper.vcpu.set_sregs(&vmsa.kvm_sregs(&base))?;
+            helper.vcpu.set_regs(&vmsa.kvm_regs())?;
+            helper.vcpu.set_fpu(&vmsa.kvm_fpu())?;
+            vcpus.push(helper);
+        }
+        let (backend, mirror_ref) = (mirror.backend.clone(), mirror.kvm_vm.sev_ref());
+        let result = backend.launch_update_vmsa(mirror_ref, &vmsas);
+        // As for the owner: the vCPUs the platform encrypted are protected from now on.
+        for (index, helper) in (0u32..).zip(vcpus.iter_mut()) {
+            match backend.protected_vcpu_state(mirror_ref, index) {
+                Some(slot) => helper.vcpu.protect_emulated(slot),
+                None if result.is_ok()
+                    && backend.kind() == sev_platform::backend::BackendKind::Hardware =>
+                {
+                    helper.vcpu.protect_hardware()
+                }
+                None => {}
+            }
+        }
+        result.map_err(MirrorError::Platform)?;
+        let m = Mirror {
+            helpers: vcpus,
+            kvm_vm: mirror.kvm_vm.clone(),
+            backend,
+            descriptor,
+            info: Response::default(),
+            started: false,
+            measured: helpers,
+            _ram: self.ram.clone(),
+            _rom: self.rom.clone(),
+        };
+        mirror.forget.vm = None;
+        Ok((started, m))
     }
 }

@@ -267,10 +267,18 @@ pub(crate) fn map_gpa_range(view: &HostView, args: [u64; 3]) -> u64 {
 }
 
 /// LAUNCH_START and the firmware's LAUNCH_UPDATE_DATA are done: the guest is in LUPDATE.
-/// For an SEV-ES guest, [`Vm::sev_launch_update_vmsa`] comes next.
+/// For an SEV-ES guest, [`Vm::sev_launch_update_vmsa`] comes next (then, with helper
+/// vCPUs, `Vm::sev_launch_mirror`).
 pub struct LaunchStarted {
     /// LAUNCH_UPDATE_VMSA is done.
     vmsas: bool,
+}
+
+impl LaunchStarted {
+    /// Whether the owner's LAUNCH_UPDATE_VMSA is done (a mirror's VMSAs come after it).
+    pub(crate) fn vmsas_done(&self) -> bool {
+        self.vmsas
+    }
 }
 
 /// LAUNCH_MEASURE is done: the guest owner may check the measurement and inject

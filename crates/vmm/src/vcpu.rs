@@ -13,6 +13,7 @@ use crate::{
         PioBus, PioOutcome,
     },
     kvm::{
+        es_state::EsVcpuState,
         kick::{Kicker, RunRegistration},
         protected::{ap_transition, ApState, StartIpi},
         state::VcpuState,
@@ -145,6 +146,12 @@ pub enum VmEvent {
         /// The vCPU.
         vcpu: u32,
     },
+    /// An SEV-ES vCPU entered AP reset hold (it saved its state if the host asked it to;
+    /// a migration target's boot CPU holds until the guest arrived).
+    Held {
+        /// The vCPU.
+        vcpu: u32,
+    },
     /// The process received a termination signal.
     Signal(i32),
 }
@@ -167,6 +174,16 @@ pub enum VcpuCommand {
     Restore(Box<VcpuState>, Sender<Result<(), KvmError>>),
     /// An INIT or SIPI another vCPU of an emulated SEV-ES guest sent through its GHCB.
     StartIpi(StartIpi),
+    /// SEV-ES: ask the vCPU, at its next checkpoint question, to save its state into
+    /// guest memory and enter AP reset hold (acknowledged on the hold channel).
+    RequestHold,
+    /// SEV-ES: withdraw the request and let a held vCPU run again (its hold answers
+    /// "released"). A vCPU told to hold that has not held yet is released as it holds.
+    ReleaseHold,
+    /// SEV-ES: send back the host's part of the vCPU (while paused).
+    SavePlatform(Sender<Result<EsVcpuState, KvmError>>),
+    /// SEV-ES: load the host's part of a vCPU (while paused or held).
+    RestorePlatform(Box<EsVcpuState>, Sender<Result<(), KvmError>>),
 }
 
 /// Exit counts of one vCPU.
@@ -210,6 +227,8 @@ pub struct VcpuContext {
     pub guest_request: Arc<AtomicU64>,
     /// Set once the firmware reports its migration helper ready.
     pub helper_ready: Arc<std::sync::atomic::AtomicBool>,
+    /// Where a vCPU says it entered AP reset hold (SEV-ES).
+    pub holds: Sender<u32>,
     /// An SEV-ES guest on the emulated platform: its exits follow the SEV-ES rules (served
     /// from the GHCB, strict mode), its APs start on their first SIPI. `None` otherwise.
     pub es: Option<EsContext>,
@@ -315,6 +334,21 @@ enum Flow {
     /// The guest rang VMGEXIT (the services page's register): serve its GHCB exit once the
     /// exit's borrow of the vCPU has ended.
     Vmgexit,
+    /// The vCPU entered AP reset hold: it runs again only once released.
+    Held,
+}
+
+/// Where an SEV-ES vCPU stands with the host's hold request (AP reset hold).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Hold {
+    /// The host asks the vCPU to save its state and hold.
+    pub(crate) requested: bool,
+    /// The vCPU's checkpoint question was answered "hold" since the last request.
+    pub(crate) told: bool,
+    /// The vCPU is in AP reset hold.
+    pub(crate) held: bool,
+    /// Released before it held: its next hold ends at once.
+    pub(crate) release_pending: bool,
 }
 
 struct VcpuThread {
@@ -327,6 +361,8 @@ struct VcpuThread {
     cpuid: Vec<kvm_bindings::kvm_cpuid_entry2>,
     /// Where a protected AP is in its start-up (emulated SEV-ES); `Running` otherwise.
     ap: ApState,
+    /// The host's hold request and the vCPU's hold (SEV-ES).
+    hold: Hold,
 }
 
 impl VcpuThread {
@@ -353,6 +389,7 @@ impl VcpuThread {
             latch: ServicesLatch::default(),
             stats: ExitStats::default(),
             ap,
+            hold: Hold::default(),
         }
     }
 
@@ -392,7 +429,7 @@ impl VcpuThread {
             if !self.obey_commands(false) {
                 return;
             }
-            if self.ap != ApState::Running {
+            if self.ap != ApState::Running || self.hold.held {
                 if !self.obey_commands(true) {
                     return;
                 }
@@ -427,11 +464,13 @@ impl VcpuThread {
                     &mut self.stats,
                     &self.cpuid,
                     &self.vcpu,
+                    &mut self.hold,
                 ),
                 other => other,
             };
             match flow {
                 Flow::Continue | Flow::Vmgexit => {}
+                Flow::Held => self.enter_hold(),
                 Flow::Halted => {
                     if !self.obey_commands(true) {
                         return;
@@ -444,6 +483,19 @@ impl VcpuThread {
                 }
             }
         }
+    }
+
+    /// The vCPU entered AP reset hold: it stays there until released (or is released at
+    /// once if that came first), and says so.
+    fn enter_hold(&mut self) {
+        self.hold.told = false;
+        if std::mem::take(&mut self.hold.release_pending) {
+            return;
+        }
+        self.hold.held = true;
+        let id = self.vcpu.id();
+        let _ = self.ctx.holds.send(id);
+        (self.ctx.events)(VmEvent::Held { vcpu: id });
     }
 
     /// Handles queued commands; with `block`, waits for one. Returns false on Stop.
@@ -490,6 +542,27 @@ impl VcpuThread {
                 VcpuCommand::Resume => {
                     paused = false;
                     block = false;
+                }
+                VcpuCommand::RequestHold => {
+                    self.hold.requested = true;
+                    self.hold.release_pending = false;
+                }
+                VcpuCommand::ReleaseHold => {
+                    self.hold.requested = false;
+                    if self.hold.held {
+                        self.hold.held = false;
+                        if !paused {
+                            block = false;
+                        }
+                    } else if self.hold.told {
+                        self.hold.release_pending = true;
+                    }
+                }
+                VcpuCommand::SavePlatform(reply) => {
+                    let _ = reply.send(self.vcpu.es_platform_state());
+                }
+                VcpuCommand::RestorePlatform(state, reply) => {
+                    let _ = reply.send(self.vcpu.set_es_platform_state(&state));
                 }
             }
         }

@@ -4,7 +4,7 @@ use crate::{
     console::ConsoleOut,
     devices::{fw_cfg, services::FaultReport, PioBus},
     firmware::Firmware,
-    kvm::state::VcpuState,
+    kvm::{es_state::EsVcpuState, state::VcpuState},
     kvm::{KvmError, KvmSystem, KvmVcpu, KvmVm, Slot},
     memory::{Encrypted, GuestRam, HostView, MemoryError, PageStates, Rom, Visibility},
     sev::{self, LaunchPhase, SevConfig, SevGuest},
@@ -175,6 +175,8 @@ pub struct Vm {
     inbox: Option<Receiver<VmEvent>>,
     acks_tx: Sender<u32>,
     acks_rx: Receiver<u32>,
+    holds_tx: Sender<u32>,
+    holds_rx: Receiver<u32>,
     milestones: Vec<Milestone>,
     stats: Vec<ExitStats>,
     /// The C-bit position and physical-address reduction the guest's CPUID announces.
@@ -274,6 +276,7 @@ impl Vm {
             .map(|_| Arc::new(PageStates::new(ram.pages(), Visibility::Private)));
         let (events_tx, events_rx) = mpsc::channel();
         let (acks_tx, acks_rx) = mpsc::channel();
+        let (holds_tx, holds_rx) = mpsc::channel();
         Ok(Vm {
             handles: Vec::new(),
             pending: vcpus,
@@ -296,6 +299,8 @@ impl Vm {
             inbox: Some(events_rx),
             acks_tx,
             acks_rx,
+            holds_tx,
+            holds_rx,
             milestones: Vec::new(),
             stats: Vec::new(),
             cbit,
@@ -394,6 +399,7 @@ impl Vm {
                 sev_status,
                 guest_request: self.guest_request.clone(),
                 helper_ready: self.helper_ready.clone(),
+                holds: self.holds_tx.clone(),
             };
             self.handles
                 .push(VcpuHandle::spawn(vcpu, ctx, tx, rx).map_err(VmError::Thread)?);
@@ -418,7 +424,7 @@ impl Vm {
                     log::debug!("vCPU {vcpu}: {} at {at:?}", event.name().unwrap_or("event"));
                     self.milestones.push(Milestone { vcpu, event, at });
                 }
-                VmEvent::Paused { .. } => {}
+                VmEvent::Paused { .. } | VmEvent::Held { .. } => {}
             }
         }
     }
@@ -440,6 +446,84 @@ impl Vm {
             }
         }
         true
+    }
+
+    /// SEV-ES: asks every vCPU to save its state into guest memory and enter AP reset hold
+    /// (each sees the request at its next checkpoint question, at most ~10 ms apart), and
+    /// waits until all are held (at most `timeout`). On success every vCPU's registers are
+    /// in its slot and it does not run until released; otherwise the vCPUs that did not
+    /// hold are returned and the request stays (release it with [`Vm::release_holds`]).
+    pub fn hold_all(&mut self, timeout: Duration) -> Result<(), Vec<u32>> {
+        while self.holds_rx.try_recv().is_ok() {}
+        for h in &self.handles {
+            h.command(VcpuCommand::RequestHold);
+        }
+        let deadline = Instant::now() + timeout;
+        let mut held = vec![false; self.handles.len()];
+        while held.iter().any(|h| !h) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.holds_rx.recv_timeout(left) {
+                Ok(id) => {
+                    if let Some(h) = held.get_mut(id as usize) {
+                        *h = true;
+                    }
+                }
+                Err(_) => {
+                    return Err((0u32..)
+                        .zip(held)
+                        .filter(|(_, h)| !h)
+                        .map(|(id, _)| id)
+                        .collect())
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// SEV-ES: withdraws the hold request and lets every held vCPU run again (their saved
+    /// state is dropped: they never lost their registers).
+    pub fn release_holds(&mut self) {
+        for h in &self.handles {
+            h.command(VcpuCommand::ReleaseHold);
+        }
+    }
+
+    /// SEV-ES: lets vCPU `vcpu` leave its hold (a migration target's boot CPU once the
+    /// guest arrived).
+    pub fn release_hold(&mut self, vcpu: u32) {
+        if let Some(h) = self.handles.iter().find(|h| h.id() == vcpu) {
+            h.command(VcpuCommand::ReleaseHold);
+        }
+    }
+
+    /// SEV-ES: the host's part of every vCPU (LAPIC, APIC base, TSC, TSC deadline), in
+    /// index order. The vCPUs must be paused.
+    pub fn save_platform(&mut self) -> Result<Vec<EsVcpuState>, VmError> {
+        let mut out = Vec::new();
+        for h in &self.handles {
+            let (tx, rx) = mpsc::channel();
+            h.command(VcpuCommand::SavePlatform(tx));
+            out.push(
+                rx.recv_timeout(Duration::from_secs(5))
+                    .map_err(|_| VmError::VcpuUnresponsive(h.id()))??,
+            );
+        }
+        Ok(out)
+    }
+
+    /// SEV-ES: loads the host's part of every vCPU (one per vCPU, in index order). The
+    /// vCPUs must be paused (or held, or waiting for their start).
+    pub fn restore_platform(&mut self, states: Vec<EsVcpuState>) -> Result<(), VmError> {
+        if states.len() != self.handles.len() {
+            return Err(VmError::VcpuCount(states.len() as u32));
+        }
+        for (h, state) in self.handles.iter().zip(states) {
+            let (tx, rx) = mpsc::channel();
+            h.command(VcpuCommand::RestorePlatform(Box::new(state), tx));
+            rx.recv_timeout(Duration::from_secs(5))
+                .map_err(|_| VmError::VcpuUnresponsive(h.id()))??;
+        }
+        Ok(())
     }
 
     /// The state of every vCPU, in index order. The vCPUs must be paused.

@@ -411,16 +411,9 @@ fn kvm_es_bad_launch_requests_are_refused_and_the_guest_still_runs() {
     assert!(matches!(err, VmError::NotEs), "{err}");
     drop(vm);
 
-    // Helper vCPUs or an incoming migration for an SEV-ES guest: refused before anything
-    // is built.
-    let (config, _) = vm_config("idle", 1, psp.clone(), ES);
+    // An SEV-ES migration target without helper vCPUs measured at its launch: refused
+    // before anything is built (an SEV-ES guest moves only into a VM with as many).
     let kvm = Arc::new(kvm);
-    let err = MachineBuilder::new(config)
-        .helpers(1)
-        .build(kvm.clone())
-        .err()
-        .unwrap();
-    assert!(matches!(err, LaunchError::EsHelpers), "{err}");
     let (config, _) = vm_config("idle", 1, psp.clone(), ES);
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let err = MachineBuilder::new(config)
@@ -428,8 +421,12 @@ fn kvm_es_bad_launch_requests_are_refused_and_the_guest_still_runs() {
         .build(kvm.clone())
         .err()
         .unwrap();
-    assert!(matches!(err, LaunchError::EsIncoming), "{err}");
-    // A mirror of an SEV-ES guest is refused too.
+    assert!(
+        matches!(err, LaunchError::EsIncomingWithoutHelpers),
+        "{err}"
+    );
+    // A mirror attached to an SEV-ES guest after its launch is refused: its helpers'
+    // VMSAs would not be measured.
     let (vm, _) = launched(&kvm, &psp, "idle", 1);
     let err = vm.attach_mirror(&kvm, 1).err().unwrap();
     assert!(err.to_string().contains("SEV-ES"), "{err}");

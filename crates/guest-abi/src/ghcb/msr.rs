@@ -114,6 +114,9 @@ pub enum MsrRequest {
     },
     /// Which optional features does the hypervisor offer?
     HvFeatures,
+    /// AP reset hold (56421 §4.1.9, the MSR-protocol form of `SVM_VMGEXIT_AP_RESET_HOLD`):
+    /// hold this vCPU until the hypervisor releases it, which it says in the response.
+    ApResetHold,
     /// Stop the guest, with a reason.
     Terminate {
         /// Reason-code set (0 = general, 1 = Linux, ...), 4 bits.
@@ -134,6 +137,7 @@ impl MsrRequest {
             }
             MsrRequest::RegisterGpa { gfn } => (gfn & GFN_MASK) << 12 | code::REGISTER_GPA_REQ,
             MsrRequest::HvFeatures => code::HV_FEATURES_REQ,
+            MsrRequest::ApResetHold => code::AP_RESET_HOLD_REQ,
             MsrRequest::Terminate { set, reason } => {
                 ((set & 0xf) as u64) << 12 | (reason as u64) << 16 | code::TERMINATE_REQ
             }
@@ -155,6 +159,7 @@ impl MsrRequest {
                 gfn: (v >> 12) & GFN_MASK,
             },
             code::HV_FEATURES_REQ => MsrRequest::HvFeatures,
+            code::AP_RESET_HOLD_REQ => MsrRequest::ApResetHold,
             code::TERMINATE_REQ => MsrRequest::Terminate {
                 set: ((v >> 12) & 0xf) as u8,
                 reason: (v >> 16) as u8,
@@ -190,6 +195,13 @@ pub enum MsrResponse {
     },
     /// Hypervisor features (bit 0 SNP, bit 1 SNP AP creation, ...).
     HvFeatures(u64),
+    /// The answer to an AP reset hold: `result` (bits 63:12) is non-zero once the
+    /// hypervisor released the vCPU; zero means "still held", and the guest asks again
+    /// (Linux `sev_es_ap_hlt_loop`, KVM `sev_vcpu_deliver_sipi_vector`).
+    ApResetHold {
+        /// Non-zero: released.
+        result: u64,
+    },
 }
 
 impl MsrResponse {
@@ -207,6 +219,9 @@ impl MsrResponse {
             }
             MsrResponse::RegisterGpa { gfn } => (gfn & GFN_MASK) << 12 | code::REGISTER_GPA_RESP,
             MsrResponse::HvFeatures(f) => (f & GFN_MASK) << 12 | code::HV_FEATURES_RESP,
+            MsrResponse::ApResetHold { result } => {
+                (result & GFN_MASK) << 12 | code::AP_RESET_HOLD_RESP
+            }
         }
     }
 
@@ -226,6 +241,9 @@ impl MsrResponse {
                 gfn: (v >> 12) & GFN_MASK,
             },
             code::HV_FEATURES_RESP => MsrResponse::HvFeatures((v >> 12) & GFN_MASK),
+            code::AP_RESET_HOLD_RESP => MsrResponse::ApResetHold {
+                result: (v >> 12) & GFN_MASK,
+            },
             _ => return Err(GhcbError::MsrProtocol(v)),
         })
     }
@@ -265,6 +283,9 @@ mod tests {
         );
         assert_eq!(MsrRequest::SevInfo.encode(), 2);
         assert_eq!(MsrRequest::HvFeatures.encode(), 0x80);
+        // GHCB_MSR_AP_RESET_HOLD_REQ, and KVM's answer once a SIPI released the vCPU.
+        assert_eq!(MsrRequest::ApResetHold.encode(), 0x006);
+        assert_eq!(MsrResponse::ApResetHold { result: 1 }.encode(), 0x1007);
         assert_eq!(MsrRequest::Ghcb { gpa: 0x81_0000 }.encode(), 0x81_0000);
     }
 
@@ -279,6 +300,7 @@ mod tests {
             },
             MsrRequest::RegisterGpa { gfn: 0xf_ffff_ffff },
             MsrRequest::HvFeatures,
+            MsrRequest::ApResetHold,
             MsrRequest::Terminate { set: 0, reason: 1 },
         ];
         for r in requests {
@@ -299,6 +321,8 @@ mod tests {
                 gfn: MsrResponse::REGISTER_FAILED,
             },
             MsrResponse::HvFeatures(1),
+            MsrResponse::ApResetHold { result: 0 },
+            MsrResponse::ApResetHold { result: 1 },
         ];
         for r in responses {
             assert_eq!(MsrResponse::decode(r.encode()), Ok(r), "{r:?}");

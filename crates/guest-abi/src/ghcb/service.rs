@@ -29,17 +29,23 @@ pub enum Call {
     /// Take the host's pending request to the workload: `rax` returns a
     /// [`crate::services::Request`] code (0 for none).
     TakeRequest,
+    /// SEV-ES migration: does the host ask this vCPU to save its register state into
+    /// private memory and enter AP reset hold? `rax` returns 1 for yes, 0 for no. Every
+    /// vCPU asks from its periodic check (the "migrated out" check); the host cannot
+    /// interrupt an SEV-ES vCPU with a request of its own, only answer its exits.
+    Checkpoint,
 }
 
 impl Call {
     /// Every call.
-    pub const ALL: [Call; 6] = [
+    pub const ALL: [Call; 7] = [
         Call::Console,
         Call::Exit,
         Call::Event,
         Call::Doorbell,
         Call::Fault,
         Call::TakeRequest,
+        Call::Checkpoint,
     ];
 
     /// The number in `sw_exit_info_1`.
@@ -51,6 +57,7 @@ impl Call {
             Call::Doorbell => 4,
             Call::Fault => 5,
             Call::TakeRequest => 6,
+            Call::Checkpoint => 7,
         }
     }
 
@@ -67,7 +74,9 @@ impl Call {
         match self {
             Call::Console => ValidBitmap::of(&[Field::SwScratch]),
             Call::Fault => ValidBitmap::of(&[Field::Rbx, Field::Rcx, Field::Rdx]),
-            Call::Exit | Call::Event | Call::Doorbell | Call::TakeRequest => ValidBitmap::of(&[]),
+            Call::Exit | Call::Event | Call::Doorbell | Call::TakeRequest | Call::Checkpoint => {
+                ValidBitmap::of(&[])
+            }
         }
     }
 }
@@ -81,7 +90,7 @@ mod tests {
         for c in Call::ALL {
             assert_eq!(Call::from_number(c.number()), Ok(c));
         }
-        for n in [0, 7, u64::MAX] {
+        for n in [0, 8, u64::MAX] {
             assert_eq!(Call::from_number(n), Err(GhcbError::UnknownService(n)));
         }
     }

@@ -386,7 +386,7 @@ impl<R: Read, W: Write + AsFd> Source<'_, R, W> {
     }
 
     fn run(&mut self, hello: &Hello) -> Result<(), MigrationError> {
-        if self.sealer.is_some() != (hello.mode == crate::frames::GuestMode::Sev) {
+        if self.sealer.is_some() != hello.mode.has_helper() {
             return Err(MigrationError::HelperMismatch);
         }
         // The Hello's bytes are hashed into the helpers' transcript: a Hello changed on

@@ -152,6 +152,8 @@ pub struct LocalGuest {
     pub helper_region: GpaRange,
     /// Guest vCPUs.
     pub vcpus: u32,
+    /// SEV-ES: the helper vCPUs this guest's launch measured (0 otherwise).
+    pub es_helpers: u16,
 }
 
 impl LocalGuest {
@@ -165,8 +167,15 @@ impl LocalGuest {
         if hello.mode != self.mode {
             return differs(
                 "guest mode",
-                format!("{:?}", hello.mode),
-                format!("{:?}", self.mode),
+                hello.mode.name().to_string(),
+                format!("{} VM", self.mode.name().trim_end_matches(" guest")),
+            );
+        }
+        if hello.es_helpers != self.es_helpers {
+            return differs(
+                "helper vCPUs measured at launch (SEV-ES: an SEV-ES guest moves only into a VM launched with as many, --helpers)",
+                hello.es_helpers.to_string(),
+                self.es_helpers.to_string(),
             );
         }
         if hello.ram != self.ram {
@@ -560,10 +569,11 @@ impl Receive<'_> {
 
     fn accept(&mut self, hello: &Hello) -> Result<(), MigrationError> {
         match (hello.mode, &self.opener) {
-            (GuestMode::Sev, None) => {
-                return Err(MigrationError::Incompatible(
-                    "the source sends an SEV guest to a plain VM".into(),
-                ))
+            (GuestMode::Sev | GuestMode::SevEs, None) => {
+                return Err(MigrationError::Incompatible(format!(
+                    "the source sends {} to a VM without a migration helper",
+                    hello.mode.name()
+                )))
             }
             (GuestMode::Plain, Some(_)) => {
                 return Err(MigrationError::Incompatible(
@@ -572,7 +582,7 @@ impl Receive<'_> {
             }
             _ => {}
         }
-        if hello.mode == GuestMode::Sev && hello.version < 2 {
+        if hello.mode.has_helper() && hello.version < 2 {
             return Err(MigrationError::Refused {
                 code: FailureCode::UnsupportedVersion,
                 reason: format!(
@@ -877,7 +887,7 @@ impl Receive<'_> {
     }
 
     fn finish(&mut self, hello: &Hello) -> Result<(), MigrationError> {
-        if hello.mode == GuestMode::Sev && !self.committed {
+        if hello.mode.has_helper() && !self.committed {
             return Err(integrity(
                 "the source finished without a verified commit".into(),
             ));

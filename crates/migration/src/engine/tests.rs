@@ -472,6 +472,7 @@ impl TargetVm for FakeTarget {
                 GpaRange { base: 0, size: 0 }
             },
             vcpus: 2,
+            es_helpers: 0,
         }
     }
     fn set_shared(&mut self, ranges: &[(u64, u64)]) -> Result<(), PartError> {
@@ -533,6 +534,7 @@ fn hello(sev: bool, lanes: u16) -> Hello {
         helper_nonce: [0; 16],
         page_size: 4096,
         vcpus: 2,
+        es_helpers: 0,
     }
 }
 
@@ -879,6 +881,40 @@ fn migratable_equal(o: &Outcome) {
         let r = p as usize..p as usize + PAGE_SIZE;
         assert_eq!(a[r.clone()], b[r], "page {p:#x} differs");
     }
+}
+
+/// An SEV-ES guest goes only to an SEV-ES VM launched with as many measured helpers; an
+/// SEV or plain guest never to an SEV-ES VM.
+#[test]
+fn an_sev_es_guest_goes_only_to_an_sev_es_target_with_as_many_measured_helpers() {
+    let es = Hello {
+        mode: GuestMode::SevEs,
+        es_helpers: 2,
+        ..hello(true, 2)
+    };
+    let local = |mode, es_helpers| LocalGuest {
+        mode,
+        ram: es.ram.clone(),
+        firmware_digest: es.firmware_digest,
+        helper_region: es.helper_region,
+        vcpus: es.vcpus,
+        es_helpers,
+    };
+    local(GuestMode::SevEs, 2).check(&es).unwrap();
+    for (target, says) in [
+        (
+            local(GuestMode::Sev, 0),
+            "an SEV-ES guest, this target an SEV VM",
+        ),
+        (local(GuestMode::SevEs, 1), "measured at launch"),
+        (local(GuestMode::Plain, 0), "guest mode"),
+    ] {
+        match target.check(&es) {
+            Err(MigrationError::Incompatible(why)) => assert!(why.contains(says), "{why}"),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(local(GuestMode::SevEs, 2).check(&hello(true, 2)).is_err());
 }
 
 #[test]

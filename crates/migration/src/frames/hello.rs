@@ -20,6 +20,26 @@ pub enum GuestMode {
     Plain = 0,
     /// An SEV guest: private pages travel as sealed records from the migration helper.
     Sev = 1,
+    /// An SEV-ES guest: as SEV, and its vCPUs' registers travel in guest memory (each
+    /// vCPU saved them there itself); the Hello names the helper vCPUs its launch
+    /// measured ([`HelloField::EsHelpers`]), which the target must have too.
+    SevEs = 2,
+}
+
+impl GuestMode {
+    /// Whether the guest migrates through its helper (SEV and SEV-ES).
+    pub fn has_helper(self) -> bool {
+        matches!(self, GuestMode::Sev | GuestMode::SevEs)
+    }
+
+    /// The mode's name in messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            GuestMode::Plain => "a plain guest",
+            GuestMode::Sev => "an SEV guest",
+            GuestMode::SevEs => "an SEV-ES guest",
+        }
+    }
 }
 
 impl TryFrom<u8> for GuestMode {
@@ -29,10 +49,11 @@ impl TryFrom<u8> for GuestMode {
         match v {
             0 => Ok(GuestMode::Plain),
             1 => Ok(GuestMode::Sev),
+            2 => Ok(GuestMode::SevEs),
             other => Err(invalid(
                 KIND,
                 "guest mode",
-                format!("unknown mode {other} (0 plain, 1 SEV)"),
+                format!("unknown mode {other} (0 plain, 1 SEV, 2 SEV-ES)"),
             )),
         }
     }
@@ -79,11 +100,13 @@ pub enum HelloField {
     PageSize = 9,
     /// `u32`: guest vCPUs.
     Vcpus = 10,
+    /// `u16`: SEV-ES only: the helper vCPUs whose VMSAs the guest's launch measured.
+    EsHelpers = 0x40,
 }
 
 impl HelloField {
     /// Every field, in tag order.
-    pub const ALL: [HelloField; 10] = [
+    pub const ALL: [HelloField; 11] = [
         HelloField::GuestMode,
         HelloField::MemSize,
         HelloField::RamRanges,
@@ -94,6 +117,7 @@ impl HelloField {
         HelloField::HelperNonce,
         HelloField::PageSize,
         HelloField::Vcpus,
+        HelloField::EsHelpers,
     ];
 
     /// The field's tag.
@@ -114,6 +138,7 @@ impl HelloField {
             HelloField::HelperNonce => "helper nonce",
             HelloField::PageSize => "page size",
             HelloField::Vcpus => "vcpus",
+            HelloField::EsHelpers => "es helpers",
         }
     }
 
@@ -125,14 +150,17 @@ impl HelloField {
             HelloField::RamRanges => None,
             HelloField::FirmwareDigest => Some(32),
             HelloField::HelperRegion => Some(16),
-            HelloField::Lanes => Some(2),
+            HelloField::Lanes | HelloField::EsHelpers => Some(2),
             HelloField::SessionId | HelloField::HelperNonce => Some(16),
             HelloField::PageSize | HelloField::Vcpus => Some(4),
         }
     }
 
     fn index(self) -> usize {
-        self.tag() as usize - 1
+        HelloField::ALL
+            .iter()
+            .position(|&f| f == self)
+            .expect("every field is in HelloField::ALL")
     }
 
     fn from_tag(tag: u16) -> Option<HelloField> {
@@ -173,6 +201,9 @@ pub struct Hello {
     pub page_size: u32,
     /// Guest vCPUs: the VcpuState frames to expect.
     pub vcpus: u32,
+    /// SEV-ES: the helper vCPUs whose VMSAs the guest's launch measured (the target must
+    /// have been launched with as many); 0 for other guests.
+    pub es_helpers: u16,
 }
 
 impl Hello {
@@ -256,7 +287,7 @@ impl Hello {
                     ));
                 }
             }
-            GuestMode::Sev => {
+            GuestMode::Sev | GuestMode::SevEs => {
                 let h = &self.helper_region;
                 let end = check_range(h, "helper region", 0)?;
                 if !covered(&self.ram, h.base, end) {
@@ -281,6 +312,37 @@ impl Hello {
                     ));
                 }
             }
+        }
+        match (self.mode, self.es_helpers) {
+            (GuestMode::SevEs, 0) => {
+                return Err(invalid(
+                    KIND,
+                    "es helpers",
+                    "0 for an SEV-ES guest, whose launch measures its helper vCPUs".to_string(),
+                ))
+            }
+            (GuestMode::SevEs, n) if n > MAX_LANES => {
+                return Err(invalid(
+                    KIND,
+                    "es helpers",
+                    format!("{n}; 1 to {MAX_LANES} allowed"),
+                ))
+            }
+            (GuestMode::SevEs, _) if self.version < 2 => {
+                return Err(invalid(
+                    KIND,
+                    "guest mode",
+                    "SEV-ES in a version-1 Hello".to_string(),
+                ))
+            }
+            (GuestMode::Plain | GuestMode::Sev, n) if n != 0 => {
+                return Err(invalid(
+                    KIND,
+                    "es helpers",
+                    format!("{n} for a guest that is not SEV-ES (must be absent)"),
+                ))
+            }
+            _ => {}
         }
         if self.version >= 2 && self.helper_nonce != [0; 16] {
             return Err(invalid(
@@ -334,6 +396,9 @@ impl Hello {
         }
         field(HelloField::PageSize, &self.page_size.to_le_bytes());
         field(HelloField::Vcpus, &self.vcpus.to_le_bytes());
+        if self.mode == GuestMode::SevEs {
+            field(HelloField::EsHelpers, &self.es_helpers.to_le_bytes());
+        }
         p
     }
 
@@ -403,6 +468,7 @@ impl Hello {
                 offset: pair[1].1,
             });
         }
+        let present = |f: HelloField| values.get(f.index()).copied().flatten();
         let get = |f: HelloField| -> Result<&[u8], FrameError> {
             values
                 .get(f.index())
@@ -456,6 +522,14 @@ impl Hello {
         };
         let page_size = Parser::new(KIND, get(HelloField::PageSize)?).u32("page size")?;
         let vcpus = Parser::new(KIND, get(HelloField::Vcpus)?).u32("vcpus")?;
+        // Mandatory for SEV-ES, absent otherwise (validate() says so if present).
+        let es_helpers = match (mode, present(HelloField::EsHelpers)) {
+            (GuestMode::SevEs, _) => {
+                Parser::new(KIND, get(HelloField::EsHelpers)?).u16("es helpers")?
+            }
+            (_, Some(v)) => Parser::new(KIND, v).u16("es helpers")?.max(1),
+            (_, None) => 0,
+        };
         let hello = Hello {
             version,
             mode,
@@ -468,6 +542,7 @@ impl Hello {
             helper_nonce,
             page_size,
             vcpus,
+            es_helpers,
         };
         hello.validate()?;
         Ok(hello)

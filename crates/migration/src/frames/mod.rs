@@ -158,7 +158,10 @@
 //! - Anything an older receiver would misread bumps the version: a new frame type, a
 //!   changed layout, a new mandatory Hello field, a new [`GuestMode`] or [`FailureCode`].
 //!   A new Hello field marked optional ([`HELLO_FIELD_OPTIONAL`]) does not: receivers
-//!   that do not know it skip it.
+//!   that do not know it skip it. Nor does a new guest mode whose Hellos every older
+//!   receiver refuses rather than misreads, with fields that only that mode carries: SEV-ES
+//!   (mode 2, with its `es helpers` field) came in version 2 this way, and a version-2
+//!   receiver that does not know it answers `HelloAck refused` (unknown mode or field).
 //! - When N+1 is introduced, the decoders for N stay (a target must take a stream from
 //!   an N source); N-1's go.
 //!
@@ -207,7 +210,7 @@
 //!
 //! ```text
 //!  tag     len        field            value
-//!  0x0001  1          guest mode       u8: 0 plain, 1 SEV
+//!  0x0001  1          guest mode       u8: 0 plain, 1 SEV, 2 SEV-ES
 //!  0x0002  8          mem size         u64 bytes of guest RAM, = sum of the RAM ranges
 //!  0x0003  16 * n     RAM ranges       n = 1..=64 times (base u64, size u64), 4 KiB
 //!                                      aligned, non-empty, ascending, not overlapping
@@ -221,7 +224,17 @@
 //!  0x0008  16         helper nonce     version 1 only: the source helper's nonce
 //!  0x0009  4          page size        u32, 4096
 //!  0x000a  4          vcpus            u32, 1..=1024
+//!  0x0040  2          es helpers       u16: SEV-ES only (mandatory there, absent
+//!                                      otherwise): the helper vCPUs whose VMSAs the
+//!                                      guest's launch measured, 1..=256; the target
+//!                                      must have been launched with as many
 //! ```
+//!
+//! An SEV-ES guest's vCPU registers do not travel in VcpuState: each vCPU saved them
+//! into its own private page before the source paused (guest-abi `layout::vcpu_save`),
+//! and that page travels sealed like any other. Its VcpuState frames carry what the host
+//! keeps of each vCPU (local APIC, APIC base, TSC, TSC deadline), authenticated by the
+//! helper like a plain vCPU's registers.
 //!
 //! **HelloAck** (2), **Ack** (12), **Abort** (11), frozen layouts:
 //!

@@ -55,6 +55,7 @@ pub(crate) fn sev_hello() -> Hello {
         helper_nonce: [0; 16],
         page_size: 4096,
         vcpus: 4,
+        es_helpers: 0,
     }
 }
 
@@ -634,10 +635,11 @@ fn hello_field_rules() {
         "{e:?}"
     );
 
-    // Every mandatory field of version 2 (all but the helper nonce): missing, duplicated.
+    // Every mandatory field of a version-2 SEV Hello (all but the helper nonce and the
+    // SEV-ES field): missing, duplicated.
     let mandatory: Vec<HelloField> = HelloField::ALL
         .into_iter()
-        .filter(|f| *f != HelloField::HelperNonce)
+        .filter(|f| *f != HelloField::HelperNonce && *f != HelloField::EsHelpers)
         .collect();
     assert_eq!(base.len(), mandatory.len());
     for (i, field) in mandatory.into_iter().enumerate() {
@@ -707,6 +709,55 @@ fn hello_field_rules() {
         decode_payload(MessageType::Hello, &[]),
         Err(FrameError::MissingField(HelloField::GuestMode))
     ));
+}
+
+/// An SEV-ES guest's Hello.
+pub(crate) fn es_hello() -> Hello {
+    Hello {
+        mode: GuestMode::SevEs,
+        es_helpers: 2,
+        ..sev_hello()
+    }
+}
+
+#[test]
+fn an_sev_es_hello_names_the_helpers_its_launch_measured_and_no_other_hello_does() {
+    let es = es_hello();
+    let base = split_fields(&hello_payload(&es));
+    assert_eq!(
+        base.last(),
+        Some(&(0x40, vec![2, 0])),
+        "mode 2, then es helpers"
+    );
+    assert_eq!(base[0], (1, vec![2]));
+    assert_eq!(
+        decode_payload(MessageType::Hello, &fields(&base)).unwrap(),
+        Frame::Hello(es.clone())
+    );
+    // Mandatory for SEV-ES.
+    let missing: Vec<_> = base.iter().filter(|(t, _)| *t != 0x40).cloned().collect();
+    assert!(matches!(
+        decode_payload(MessageType::Hello, &fields(&missing)),
+        Err(FrameError::MissingField(HelloField::EsHelpers))
+    ));
+    // Never zero, and absent for every other guest.
+    let mut zero = base.clone();
+    *zero.last_mut().unwrap() = (0x40, vec![0, 0]);
+    let e = decode_payload(MessageType::Hello, &fields(&zero)).unwrap_err();
+    assert!(e.to_string().contains("es helpers"), "{e}");
+    let mut sev = split_fields(&hello_payload(&sev_hello()));
+    sev.push((0x40, vec![2, 0]));
+    let e = decode_payload(MessageType::Hello, &fields(&sev)).unwrap_err();
+    assert!(e.to_string().contains("not SEV-ES"), "{e}");
+    assert!(Hello {
+        es_helpers: 1,
+        ..sev_hello()
+    }
+    .encode(&mut Vec::new())
+    .is_err());
+    // A receiver that knew only modes 0 and 1 refused mode 2 as unknown: no misreading.
+    assert!(GuestMode::try_from(3).is_err());
+    assert!(GuestMode::SevEs.has_helper() && !GuestMode::Plain.has_helper());
 }
 
 #[test]
@@ -814,11 +865,11 @@ fn hello_values_are_validated_on_both_ends() {
 
     // Unknown guest mode.
     let mut f = split_fields(&hello_payload(&sev_hello()));
-    f[0].1 = vec![2];
+    f[0].1 = vec![3];
     let e = decode_payload(MessageType::Hello, &fields(&f)).unwrap_err();
     assert_eq!(
         e.to_string(),
-        "Hello guest mode: unknown mode 2 (0 plain, 1 SEV)"
+        "Hello guest mode: unknown mode 3 (0 plain, 1 SEV, 2 SEV-ES)"
     );
 
     // A version-1 SEV Hello without its nonce is refused.

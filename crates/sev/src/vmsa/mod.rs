@@ -13,6 +13,7 @@
 //! [`reset`] builds the VMSAs a launch measures; [`VmsaSlot`] is where the emulated
 //! platform keeps an SEV-ES vCPU's state once it is protected.
 
+pub mod entry;
 pub mod kvm;
 pub mod reset;
 

@@ -21,12 +21,12 @@ pub enum LaunchError {
     /// LAUNCH_START, LAUNCH_UPDATE_VMSA or LAUNCH_MEASURE failed.
     #[error("SEV launch")]
     SevLaunch(#[source] VmError),
-    /// Helper vCPUs asked for an SEV-ES guest.
-    #[error("an SEV-ES guest has no migration helper yet: its mirror's helper vCPUs need VMSAs measured at launch (run it with --helpers 0)")]
-    EsHelpers,
-    /// An SEV-ES guest as a migration target.
-    #[error("an SEV-ES guest cannot be a migration target: sevmirror does not migrate SEV-ES vCPU state yet")]
-    EsIncoming,
+    /// The SEV-ES mirror and its measured helper VMSAs could not be made.
+    #[error("SEV-ES launch of the mirror's helper vCPUs")]
+    EsMirror(#[source] crate::mirror::MirrorError),
+    /// An SEV-ES migration target without helper vCPUs.
+    #[error("an SEV-ES migration target needs helper vCPUs measured at its launch, as many as the source's (--helpers N)")]
+    EsIncomingWithoutHelpers,
     /// The incoming migration's thread could not start.
     #[error("cannot start the incoming migration thread")]
     Incoming(#[source] std::io::Error),
@@ -99,11 +99,8 @@ impl MachineBuilder {
             .sev
             .as_ref()
             .is_some_and(|s| s.policy.has(Policy::ES));
-        if es && helpers > 0 {
-            return Err(LaunchError::EsHelpers);
-        }
-        if es && incoming.is_some() {
-            return Err(LaunchError::EsIncoming);
+        if es && helpers == 0 && incoming.is_some() {
+            return Err(LaunchError::EsIncomingWithoutHelpers);
         }
         if incoming.is_some() {
             config
@@ -117,6 +114,7 @@ impl MachineBuilder {
         };
         let backend = config.sev.as_ref().map(|s| s.backend.clone());
         let mut vm = Vm::new(&kvm, config).map_err(LaunchError::Vm)?;
+        let mut mirror = None;
         let launch = match backend {
             Some(_) => {
                 let mut started = vm.sev_launch_start().map_err(LaunchError::SevLaunch)?;
@@ -124,6 +122,14 @@ impl MachineBuilder {
                     started = vm
                         .sev_launch_update_vmsa(started, vcpu_type)
                         .map_err(LaunchError::SevLaunch)?;
+                    if helpers > 0 {
+                        // The helper VMSAs count only before the owner's LAUNCH_MEASURE.
+                        let (s, m) = vm
+                            .sev_launch_mirror(started, &kvm, helpers)
+                            .map_err(LaunchError::EsMirror)?;
+                        started = s;
+                        mirror = Some(m);
+                    }
                 }
                 Some(
                     vm.sev_launch_measure(started)
@@ -136,7 +142,8 @@ impl MachineBuilder {
             Some(_) => State::Incoming(Incoming::Unstarted { launch }),
             None => State::Prelaunch { launch },
         };
-        let mut controller = Controller::new(kvm, vm, state, backend, helpers, firmware_digest);
+        let mut controller =
+            Controller::new(kvm, vm, state, backend, helpers, firmware_digest, mirror);
         if let Some(dir) = state_dir {
             controller.set_state_dir(dir);
         }

@@ -15,6 +15,8 @@
 //! not folded into the run state's variants.
 
 mod build;
+mod es;
+mod recovery;
 pub mod state;
 
 pub use build::{LaunchError, MachineBuilder};
@@ -23,9 +25,8 @@ pub use state::{BadTransition, CommandKind, Incoming, Resume, RunState, State, T
 use crate::{
     kvm::state::VcpuState,
     migrate::{
-        self, Direction, Ended, HelperUnavailable, Helpers, IncomingCommand, Job, Layout,
-        MachineError, MachineLink, MachineReply, MachineRequest, Parameters, RecoveryFiles,
-        ResolveReply, Resolved, ToMachine, VmSource,
+        self, Direction, Ended, HelperUnavailable, Helpers, Job, Layout, MachineError, MachineLink,
+        MachineReply, MachineRequest, Parameters, RecoveryFiles, ToMachine, VmSource,
     },
     mirror::Mirror,
     vcpu::VmEvent,
@@ -35,7 +36,7 @@ use crate::{
 use migration::{
     engine::{LocalGuest, MigrationError, Progress, SourceOptions, Status, ZeroPages},
     frames::{GpaRange, GuestMode, Hello, PROTOCOL_VERSION},
-    recovery::{hex, AbortTokenFile, CommitFile, RecoveryFileError, TokenOrigin},
+    recovery::{hex, RecoveryFileError},
     uri::Uri,
 };
 use sev_platform::{
@@ -45,7 +46,7 @@ use sev_platform::{
 use std::{
     fmt,
     net::{SocketAddr, TcpListener},
-    path::{Path, PathBuf},
+    path::PathBuf,
     sync::{
         mpsc::{self, Receiver, Sender},
         Arc, Mutex,
@@ -259,7 +260,8 @@ pub struct HelperStatus {
 pub enum Blocker {
     /// The owner's policy forbids sending it.
     NoSend(Policy),
-    /// SEV-ES vCPU state is encrypted; not migrated yet.
+    /// An SEV-ES guest launched without helper vCPUs: its vCPU state can only leave
+    /// through helpers its launch measured.
     SevEs,
     /// The VM waits for an incoming migration.
     Incoming,
@@ -274,7 +276,7 @@ impl fmt::Display for Blocker {
                 p.0
             ),
             Blocker::SevEs => f.write_str(
-                "SEV-ES guests keep their vCPU state encrypted; sevmirror does not migrate it yet",
+                "SEV-ES guests migrate only through helper vCPUs measured at their launch, and this one was launched without (run --helpers N)",
             ),
             Blocker::Incoming => f.write_str("this VM waits for an incoming migration"),
         }
@@ -557,6 +559,9 @@ pub enum HelperSlot {
         /// Helper vCPUs to start.
         vcpus: u16,
     },
+    /// SEV-ES: the mirror made and measured at the launch, its helpers not yet started
+    /// (they start once the firmware reports its helper ready; never attached again).
+    Measured(Box<Mirror>),
     /// Attached; its helper vCPUs are at home or lent to a migration.
     Attached(Box<Mirror>),
     /// Attaching failed (the reason went to the log).
@@ -597,7 +602,8 @@ pub struct Controller {
 }
 
 impl Controller {
-    /// A controller for `vm`, built but not started, in `state` (see [`MachineBuilder`]).
+    /// A controller for `vm`, built but not started, in `state` (see [`MachineBuilder`]);
+    /// `mirror` is an SEV-ES guest's mirror measured at its launch.
     fn new(
         kvm: Arc<KvmSystem>,
         mut vm: Vm,
@@ -605,6 +611,7 @@ impl Controller {
         backend: Option<Arc<dyn SevBackend>>,
         helpers: u16,
         firmware_digest: [u8; 32],
+        mirror: Option<Mirror>,
     ) -> Controller {
         let (tx, inbox) = mpsc::channel();
         let sink = Mutex::new(tx.clone());
@@ -625,10 +632,10 @@ impl Controller {
             kvm,
             vm,
             state,
-            helper: if backend.is_some() && helpers > 0 {
-                HelperSlot::Waiting { vcpus: helpers }
-            } else {
-                HelperSlot::Off
+            helper: match mirror {
+                Some(m) => HelperSlot::Measured(Box::new(m)),
+                None if backend.is_some() && helpers > 0 => HelperSlot::Waiting { vcpus: helpers },
+                None => HelperSlot::Off,
             },
             backend,
             policy,
@@ -823,8 +830,12 @@ impl Controller {
         }))
     }
 
-    /// Attaches the mirror VM once the guest's firmware has its helper ready.
+    /// Attaches the mirror VM once the guest's firmware has its helper ready (SEV-ES:
+    /// starts the helpers of the mirror measured at the launch).
     fn attach_mirror(&mut self) {
+        if matches!(self.helper, HelperSlot::Measured(_)) {
+            return self.start_measured_mirror();
+        }
         let HelperSlot::Waiting { vcpus } = self.helper else {
             return;
         };
@@ -862,7 +873,9 @@ impl Controller {
         let m = match &mut self.helper {
             HelperSlot::Attached(m) => m,
             HelperSlot::Failed => return none(HelperState::Failed),
-            HelperSlot::Off | HelperSlot::Waiting { .. } => return none(HelperState::None),
+            HelperSlot::Off | HelperSlot::Waiting { .. } | HelperSlot::Measured(_) => {
+                return none(HelperState::None)
+            }
         };
         let (base, size) = (m.info().region_base, m.info().region_size);
         let version = u32::from(helper_abi::descriptor::HelperDescriptor::VERSION);
@@ -931,157 +944,6 @@ impl Controller {
         }
     }
 
-    /// `migrate-release`: the guest committed to a target that did not confirm runs again
-    /// once an abort of that session (the target helper's token, or the guest owner's)
-    /// verifies at its helper.
-    fn release(&mut self, path: &Path) -> Result<(), ControlError> {
-        let command = Command::MigrateRelease(path.to_path_buf());
-        let State::MigratedOut { transcript, .. } = self.state else {
-            return Err(self.not_permitted(&command));
-        };
-        let bytes = std::fs::read(path).map_err(|source| ControlError::ReadFile {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let file = AbortTokenFile::decode(&bytes).map_err(|source| ControlError::BadFile {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        // A target that aborted before its key agreement confirmed names no session; its
-        // helper's token still checks against this one.
-        if file.transcript != [0; 32] && file.transcript != transcript {
-            return Err(ControlError::OtherSession {
-                path: path.to_path_buf(),
-                file: file.transcript,
-                ours: transcript,
-            });
-        }
-        let HelperSlot::Attached(m) = &mut self.helper else {
-            return Err(ControlError::NoHelper);
-        };
-        let helper = m.helpers_mut().first_mut().ok_or(ControlError::NoHelper)?;
-        helper
-            .call_ok_with(
-                helper_abi::mailbox::Request {
-                    op: helper_abi::mailbox::Op::RELEASE.0,
-                    kind: file.origin.helper_origin().0,
-                    bytes: 32,
-                    ..helper_abi::mailbox::Request::default()
-                },
-                &[],
-                &file.tag,
-            )
-            .map_err(|source| ControlError::Release {
-                origin: file.origin.name(),
-                source,
-            })?;
-        let resume = match self.state {
-            State::MigratedOut { resume, .. } => resume,
-            _ => Resume::Paused,
-        };
-        self.advance(Trigger::Released)?;
-        if resume == Resume::Running {
-            self.vm.resume();
-        }
-        let who = match file.origin {
-            TokenOrigin::Target => "the target's abort token",
-            TokenOrigin::Owner => "the guest owner's break-glass abort",
-        };
-        log::warn!(
-            "session {} aborted by {who}: the guest runs here again",
-            hex(&transcript)
-        );
-        if let Some(job) = &self.job {
-            let mut p = job.progress.lock().unwrap_or_else(|e| e.into_inner());
-            p.status = Status::Failed;
-            p.error = Some(format!(
-                "the committed session {} was aborted ({who}); the guest runs on the source again",
-                hex(&transcript)
-            ));
-        }
-        if resume == Resume::Running {
-            self.emit(Event::Resume);
-        }
-        Ok(())
-    }
-
-    /// `migrate-commit` and `migrate-abort-incoming`: handed to the incoming migration,
-    /// which answers on `reply` when it has acted (a commit runs the guest through this
-    /// controller, so the answer cannot wait here).
-    fn resolve_incoming(&mut self, cmd: Command, reply: Sender<Result<Reply, ControlError>>) {
-        if state::check(&self.state, cmd.kind()) != Verdict::Act {
-            let _ = reply.send(Err(self.not_permitted(&cmd)));
-            return;
-        }
-        let Some(job) = self
-            .job
-            .as_ref()
-            .filter(|j| j.direction == Direction::Incoming && j.active())
-        else {
-            let _ = reply.send(Err(ControlError::NoIncoming));
-            return;
-        };
-        let answer = move |r: Result<Resolved, String>| {
-            let _ = reply.send(match r {
-                Ok(Resolved::Committed) => Ok(Reply::Done),
-                Ok(Resolved::Aborted {
-                    transcript, file, ..
-                }) => Ok(Reply::Aborted {
-                    transcript,
-                    token_file: file,
-                }),
-                Err(why) => Err(ControlError::Resolve(why)),
-            });
-        };
-        let command = match cmd {
-            Command::MigrateCommit(path) => {
-                let status = job.progress().status;
-                if status != Status::AwaitingCommit {
-                    answer(Err(
-                        ControlError::NotAwaitingCommit(status_name(status)).to_string()
-                    ));
-                    return;
-                }
-                let file = std::fs::read(&path)
-                    .map_err(|source| ControlError::ReadFile {
-                        path: path.clone(),
-                        source,
-                    })
-                    .and_then(|bytes| {
-                        CommitFile::decode(&bytes).map_err(|source| ControlError::BadFile {
-                            path: path.clone(),
-                            source,
-                        })
-                    });
-                match file {
-                    Ok(file) => IncomingCommand::Commit(file, ResolveReply::new(answer)),
-                    Err(e) => {
-                        answer(Err(migration::engine::chain(&e)));
-                        return;
-                    }
-                }
-            }
-            Command::MigrateAbortIncoming(path) => {
-                if let Some(p) = path {
-                    job.files
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .token_file = Some(p);
-                }
-                IncomingCommand::Abort(ResolveReply::new(answer))
-            }
-            other => {
-                answer(Err(format!(
-                    "{} does not decide an incoming migration",
-                    other.name()
-                )));
-                return;
-            }
-        };
-        // If the job ended meanwhile, the command's reply answers as it drops.
-        job.resolve(command);
-    }
-
     /// Why this guest cannot leave, if it cannot.
     fn blockers(&self) -> Vec<Blocker> {
         let mut reasons = Vec::new();
@@ -1089,7 +951,7 @@ impl Controller {
             if p.has(Policy::NOSEND) {
                 reasons.push(Blocker::NoSend(p));
             }
-            if p.has(Policy::ES) {
+            if p.has(Policy::ES) && matches!(self.helper, HelperSlot::Off) {
                 reasons.push(Blocker::SevEs);
             }
         }
@@ -1142,16 +1004,24 @@ impl Controller {
 
     fn local_guest(&self, layout: &Layout) -> LocalGuest {
         let (base, size) = layout.helper_region.unwrap_or((0, 0));
+        let (mode, es_helpers) = match (&self.backend, &self.helper) {
+            (None, _) => (GuestMode::Plain, 0),
+            (Some(_), helper) if self.vm.sev_es() => (
+                GuestMode::SevEs,
+                match helper {
+                    HelperSlot::Measured(m) | HelperSlot::Attached(m) => m.measured_helpers(),
+                    HelperSlot::Off | HelperSlot::Waiting { .. } | HelperSlot::Failed => 0,
+                },
+            ),
+            (Some(_), _) => (GuestMode::Sev, 0),
+        };
         LocalGuest {
-            mode: if self.backend.is_some() {
-                GuestMode::Sev
-            } else {
-                GuestMode::Plain
-            },
+            mode,
             ram: migrate::gpa_ranges(layout),
             firmware_digest: self.firmware_digest,
             helper_region: GpaRange { base, size },
             vcpus: self.vm.vcpu_count() as u32,
+            es_helpers,
         }
     }
 
@@ -1165,7 +1035,9 @@ impl Controller {
             HelperSlot::Attached(m) => m,
             HelperSlot::Failed => return Err(HelperUnavailable::Failed),
             HelperSlot::Off => return Err(HelperUnavailable::Disabled),
-            HelperSlot::Waiting { .. } => return Err(HelperUnavailable::NotReady),
+            HelperSlot::Waiting { .. } | HelperSlot::Measured(_) => {
+                return Err(HelperUnavailable::NotReady)
+            }
         };
         let max_batch = m.info().max_batch as usize;
         let vcpus = m.take_helpers();
@@ -1206,6 +1078,7 @@ impl Controller {
             helper_nonce: [0; 16],
             page_size: helper_abi::PAGE_SIZE as u32,
             vcpus: local.vcpus,
+            es_helpers: local.es_helpers,
         };
         let source = VmSource::new(
             self.vm.host_view(),
@@ -1242,7 +1115,10 @@ impl Controller {
     fn serve_migration(&mut self, request: MachineRequest) -> Result<MachineReply, MachineError> {
         match request {
             MachineRequest::Pause => {
-                if matches!(self.state, State::Running) && !self.vm.pause(PAUSE_TIMEOUT) {
+                if self.vm.sev_es() {
+                    // Each vCPU saves its registers into guest memory before it stops.
+                    self.hold_for_migration()?;
+                } else if matches!(self.state, State::Running) && !self.vm.pause(PAUSE_TIMEOUT) {
                     return Err(MachineError::PauseTimeout);
                 }
                 self.advance(Trigger::StopAndCopy)?;
@@ -1253,6 +1129,7 @@ impl Controller {
                 self.resume_after_failure();
                 Ok(MachineReply::Done)
             }
+            MachineRequest::SaveState if self.vm.sev_es() => self.save_es_state(),
             MachineRequest::SaveState => {
                 let vcpus = self
                     .vm
@@ -1265,6 +1142,9 @@ impl Controller {
                 Ok(MachineReply::State { vcpus, device })
             }
             MachineRequest::PrepareIncoming => self.prepare_incoming(),
+            MachineRequest::Run { vcpus, device } if self.vm.sev_es() => {
+                self.run_received_es(&vcpus, &device)
+            }
             MachineRequest::Run { vcpus, device } => self.run_received(&vcpus, &device),
         }
     }
@@ -1274,6 +1154,11 @@ impl Controller {
         let State::FinishMigrate { resume } = self.state else {
             return;
         };
+        if self.vm.sev_es() {
+            // The vCPUs hold with their state saved in guest memory: let them go on (a
+            // guest paused before the migration stays paused).
+            self.vm.release_holds();
+        }
         if resume == Resume::Running {
             self.vm.resume();
         }
@@ -1417,11 +1302,17 @@ impl Controller {
                 if event == guest_abi::services::Event::HELPER_READY {
                     self.attach_mirror();
                 }
+                // An SEV-ES target's boot CPU parks when it holds (`VmEvent::Held`).
                 if event == guest_abi::services::Event::CONFIGURED
                     && matches!(self.state, State::Incoming(Incoming::Booting))
+                    && !self.vm.sev_es()
                 {
                     let _ = self.advance(Trigger::Parked);
                 }
+                return None;
+            }
+            VmEvent::Held { vcpu } => {
+                self.vcpu_held(vcpu);
                 return None;
             }
             VmEvent::Paused { .. } => return None,

@@ -59,6 +59,8 @@ pub enum ServiceRequest {
     Fault(FaultReport),
     /// Take the host's pending request to the workload.
     TakeRequest,
+    /// Does the host ask this vCPU to save its state and hold (SEV-ES migration)?
+    Checkpoint,
 }
 
 /// One request, decoded from a GHCB.
@@ -123,6 +125,8 @@ pub enum GhcbRequest {
     },
     /// A guest-services call.
     Service(ServiceRequest),
+    /// AP reset hold: hold the vCPU until the host releases it.
+    ApResetHold,
 }
 
 /// The answer to a request.
@@ -144,6 +148,9 @@ pub enum GhcbResponse {
     Rax(u64),
     /// The guest must raise this exception (e.g. #GP for an MSR the VMM refuses).
     Exception(EventInjection),
+    /// AP reset hold: `sw_exit_info_2` = 1, "released". The vCPU does not run again
+    /// until the host releases it, so the answer can be written when the hold begins.
+    HoldReleased,
 }
 
 /// Decodes one request from a private copy of the guest's GHCB at `ghcb_gpa`. Any error
@@ -236,7 +243,9 @@ pub fn decode(page: &Ghcb, ghcb_gpa: u64, mode: GuestMode) -> Result<GhcbRequest
                 addr: page.get(Field::Rdx),
             }),
             Call::TakeRequest => ServiceRequest::TakeRequest,
+            Call::Checkpoint => ServiceRequest::Checkpoint,
         }),
+        ExitCode::AP_RESET_HOLD => GhcbRequest::ApResetHold,
         other => return Err(GhcbError::UnknownExitCode(other.0)),
     })
 }
@@ -273,6 +282,7 @@ pub fn encode_response(page: &mut Ghcb, ghcb_gpa: u64, resp: &GhcbResponse) {
     }
     let info2 = match resp {
         GhcbResponse::PageStateChange(_, status) => *status,
+        GhcbResponse::HoldReleased => 1,
         _ => 0,
     };
     begin_answer(page, result::NO_ACTION, info2);
@@ -294,7 +304,8 @@ pub fn encode_response(page: &mut Ghcb, ghcb_gpa: u64, resp: &GhcbResponse) {
         GhcbResponse::Done
         | GhcbResponse::MmioRead(_)
         | GhcbResponse::PageStateChange(..)
-        | GhcbResponse::Exception(_) => {}
+        | GhcbResponse::Exception(_)
+        | GhcbResponse::HoldReleased => {}
     }
 }
 
@@ -327,6 +338,8 @@ pub trait GhcbHost {
     fn convert(&mut self, gpa: u64, pages: u64, v: Visibility) -> bool;
     /// A guest-services call: returns RAX.
     fn service(&mut self, req: ServiceRequest) -> u64;
+    /// AP reset hold: the vCPU holds from this exit until the host releases it.
+    fn ap_reset_hold(&mut self);
 }
 
 /// Carries out a decoded request.
@@ -393,6 +406,10 @@ pub fn serve(req: GhcbRequest, host: &mut impl GhcbHost) -> GhcbResponse {
         }
         GhcbRequest::Vmmcall { nr, args, .. } => GhcbResponse::Rax(host.hypercall(nr, args)),
         GhcbRequest::Service(s) => GhcbResponse::Rax(host.service(s)),
+        GhcbRequest::ApResetHold => {
+            host.ap_reset_hold();
+            GhcbResponse::HoldReleased
+        }
     }
 }
 
@@ -429,6 +446,9 @@ pub enum MsrExchange {
     Answered(MsrResponse),
     /// An undefined request: the MSR keeps its value (as KVM does).
     Ignored(u64),
+    /// AP reset hold by the MSR protocol: the vCPU holds until the host releases it. The
+    /// MSR already holds the answer it reads then ("released", result 1).
+    ApResetHold,
     /// The guest asked to be stopped, or broke a rule KVM stops it for.
     Terminate {
         /// Reason-code set.
@@ -503,6 +523,10 @@ impl GhcbMsr {
                 GuestMode::SevSnp => 1,
             }),
             MsrRequest::Terminate { set, reason } => return MsrExchange::Terminate { set, reason },
+            MsrRequest::ApResetHold => {
+                self.value = MsrResponse::ApResetHold { result: 1 }.encode();
+                return MsrExchange::ApResetHold;
+            }
         };
         self.value = response.encode();
         MsrExchange::Answered(response)
@@ -650,6 +674,9 @@ mod tests {
                 ServiceRequest::TakeRequest => 2,
                 _ => 0,
             }
+        }
+        fn ap_reset_hold(&mut self) {
+            self.log.push("hold".into());
         }
     }
 
@@ -965,6 +992,7 @@ mod tests {
                 }),
             ),
             (call(Call::TakeRequest, 0), ServiceRequest::TakeRequest),
+            (call(Call::Checkpoint, 0), ServiceRequest::Checkpoint),
         ];
         for (g, want) in cases {
             assert_eq!(
@@ -1000,7 +1028,7 @@ mod tests {
     #[test]
     fn unknown_codes_and_bad_usage_are_malformed_input() {
         let mut host = FakeHost::default();
-        for code in [0x6e, 0x8000_0004, 0x8000_fffe, u64::MAX] {
+        for code in [0x6e, 0x8000_0005, 0x8000_fffe, u64::MAX] {
             let a = round_trip(&request(ExitCode(code), 0, 0), GuestMode::SevEs, &mut host);
             assert_eq!(
                 malformed(&a),
@@ -1016,6 +1044,33 @@ mod tests {
             (result::MALFORMED_INPUT, reason::INVALID_USAGE)
         );
         assert!(host.log.is_empty());
+    }
+
+    #[test]
+    fn an_ap_reset_hold_is_answered_released_and_the_host_holds_the_vcpu() {
+        let mut host = FakeHost::default();
+        let g = request(ExitCode::AP_RESET_HOLD, 0, 0);
+        assert_eq!(
+            decode(&g, GPA, GuestMode::SevEs),
+            Ok(GhcbRequest::ApResetHold)
+        );
+        let a = round_trip(&g, GuestMode::SevEs, &mut host);
+        assert_eq!(host.log, ["hold"]);
+        // What the guest reads when the host lets it run again (56421: non-zero
+        // sw_exit_info_2 = released; Linux's sev_es_ap_hlt_loop checks exactly this).
+        assert_eq!(a.check_response(ExitCode::AP_RESET_HOLD, 0), Ok(()));
+        assert_eq!(a.get_valid(Field::SwExitInfo2), Some(1));
+        // The MSR-protocol form: the answer is in the MSR when the vCPU runs again.
+        let mut m = GhcbMsr::default();
+        m.write(MsrRequest::ApResetHold.encode());
+        assert_eq!(
+            m.exchange(GuestMode::SevEs, 0, |_| [0; 4]),
+            MsrExchange::ApResetHold
+        );
+        assert_eq!(
+            MsrResponse::decode(m.read()),
+            Ok(MsrResponse::ApResetHold { result: 1 })
+        );
     }
 
     #[test]

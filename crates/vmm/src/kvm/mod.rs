@@ -3,6 +3,7 @@
 //! for [`KvmVm`]).
 
 pub mod cpuid;
+pub mod es_state;
 pub mod kick;
 pub mod protected;
 pub mod state;

@@ -280,6 +280,24 @@ pub enum MachineError {
     /// The received vCPU state could not be loaded.
     #[error("cannot load the vCPU state")]
     LoadVcpus(#[source] VmError),
+    /// SEV-ES: vCPUs did not save their state into guest memory when asked.
+    #[error("SEV-ES vCPUs {0:?} did not save their state and hold within the time allowed (a vCPU answers at its next checkpoint, every few ms while its workload runs; a halted vCPU never does)")]
+    HoldTimeout(Vec<u32>),
+    /// SEV-ES: a received vCPU record does not decode.
+    #[error("the SEV-ES record of vCPU {index} is unusable")]
+    EsVcpuState {
+        /// The vCPU.
+        index: usize,
+        /// Why.
+        #[source]
+        source: crate::kvm::es_state::EsStateError,
+    },
+    /// SEV-ES: the host's part of the vCPUs could not be read.
+    #[error("cannot save the SEV-ES vCPUs' local APIC and timers")]
+    SavePlatform(#[source] VmError),
+    /// SEV-ES: the host's part of the vCPUs could not be loaded.
+    #[error("cannot load the SEV-ES vCPUs' local APIC and timers")]
+    LoadPlatform(#[source] VmError),
     /// The received device state could not be loaded.
     #[error("cannot load the device state")]
     LoadDevices(#[source] VmError),

@@ -11,7 +11,8 @@
 //! its VMSA's entry).
 
 use super::{
-    hypercall, EsContext, ExitStats, Flow, VcpuCommand, VcpuContext, VcpuError, VcpuThread, VmEvent,
+    hypercall, EsContext, ExitStats, Flow, Hold, VcpuCommand, VcpuContext, VcpuError, VcpuThread,
+    VmEvent,
 };
 use crate::{
     devices::{
@@ -50,6 +51,10 @@ struct Host<'a> {
     id: u32,
     /// Set when a request ends the VM (exit, fault, debug-exit port).
     end: Option<VmEvent>,
+    /// The host's hold request; `told` set when a checkpoint question is answered "hold".
+    hold: &'a mut Hold,
+    /// Set when the vCPU asks for AP reset hold.
+    holds: bool,
 }
 
 /// x2APIC mode (IA32_APIC_BASE.EXTD): the x2APIC MSRs exist only then.
@@ -170,8 +175,20 @@ impl GhcbHost for Host<'_> {
             ServiceRequest::TakeRequest => {
                 return self.ctx.guest_request.swap(0, Ordering::AcqRel);
             }
+            ServiceRequest::Checkpoint => {
+                // Only an SEV-ES guest's vCPUs can be asked (this VMM serves GHCB exits
+                // for no other guest).
+                if self.hold.requested {
+                    self.hold.told = true;
+                    return 1;
+                }
+            }
         }
         0
+    }
+
+    fn ap_reset_hold(&mut self) {
+        self.holds = true;
     }
 }
 
@@ -197,6 +214,7 @@ pub(super) fn vmgexit(
     stats: &mut ExitStats,
     cpuid: &[kvm_cpuid_entry2],
     vcpu: &KvmVcpu,
+    hold: &mut Hold,
 ) -> Flow {
     let id = vcpu.id();
     let Some(mode) = guest_mode(ctx) else {
@@ -213,9 +231,12 @@ pub(super) fn vmgexit(
         vcpu,
         id,
         end: None,
+        hold,
+        holds: false,
     };
     let result = crate::devices::ghcb::vmgexit(&mut msr, mode, cbit, &ctx.view, &mut host);
     let end = host.end.take();
+    let holds = host.holds;
     latch.ghcb_msr = msr;
     let fail = |error| Flow::End(VmEvent::Failed { vcpu: id, error });
     match &result {
@@ -232,6 +253,8 @@ pub(super) fn vmgexit(
         Ok(VmgexitOutcome::Msr(MsrExchange::Terminate { set, reason })) => {
             fail(VcpuError::GuestTerminated { set, reason })
         }
+        Ok(VmgexitOutcome::Msr(MsrExchange::ApResetHold)) => Flow::Held,
+        Ok(_) if holds => Flow::Held,
         Ok(_) => end.map_or(Flow::Continue, Flow::End),
     }
 }
