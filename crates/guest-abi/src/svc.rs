@@ -45,6 +45,12 @@ pub const VC_RETURN: u64 = 10;
 /// machines (docs/architecture.md §4), so this is how the firmware's tests drive the
 /// vector-29 stub, the CPL3 handler and VC_RETURN end to end.
 pub const RAISE_VC: u64 = 11;
+/// Hand off to a kernel the firmware loaded (direct boot): rdi = the 64-bit entry point,
+/// rsi = its zero page. At CPL0 with interrupts off, loads a GDT with a flat 64-bit code
+/// descriptor at 0x10 and a flat data descriptor at 0x18 (Linux's `__BOOT_CS` and
+/// `__BOOT_DS`), CS = 0x10, DS = ES = SS = 0x18, FS = GS = 0, and jumps to rdi with RSI =
+/// the zero page and the other general registers zero. Never returns.
+pub const HANDOFF: u64 = 12;
 /// Interrupt vector of the firmware's timer.
 pub const TIMER_VECTOR: u64 = 0x40;
 /// Interrupt vector of the timer under SEV-ES: its handler only returns (an EOI is an
