@@ -19,6 +19,7 @@ extern crate sevmirror_firmware_mem;
 mod boot;
 mod console;
 mod cpu;
+mod direct_boot;
 mod es;
 mod fwcfg;
 mod ghcb;
@@ -263,6 +264,9 @@ fn bsp_main() -> ! {
         println!("firmware: waiting for an incoming migration");
         cpu::halt();
     }
+    // Direct boot: a kernel from fw_cfg takes the place of the built-in workloads (and
+    // starts the other CPUs itself). Returns only without one.
+    direct_boot::boot_if_given(&config.map, sev.is_some());
 
     let g = globals::get();
     globals::set_map(&config.map);

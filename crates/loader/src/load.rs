@@ -172,6 +172,19 @@ pub fn detect(image: &[u8]) -> Result<KernelFormat, LoadError> {
     }
 }
 
+/// The longest command line (without its NUL) `image` accepts: a bzImage's
+/// `cmdline_size` (its header checked), [`MAX_ELF_CMDLINE`] for an ELF file. Lets a caller
+/// refuse an over-long command line before reading it.
+pub fn cmdline_max(image: &[u8]) -> Result<usize, LoadError> {
+    match detect(image)? {
+        KernelFormat::BzImage => {
+            let hdr = BzHeader::parse(image)?;
+            Ok(usize::try_from(hdr.header().cmdline_size).unwrap_or(usize::MAX))
+        }
+        KernelFormat::Elf => Ok(MAX_ELF_CMDLINE),
+    }
+}
+
 /// Where everything of a load goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Plan {
@@ -986,6 +999,22 @@ mod tests {
         assert!(e820.iter().any(|e| e.kind == E820Type::RAM.0
             && { e.addr } <= staging.base
             && staging.end() <= { e.addr } + { e.size }));
+    }
+
+    #[test]
+    fn the_command_line_maximum_is_the_kernels() {
+        let mut file = crate::bzimage::test_image();
+        assert_eq!(cmdline_max(&file), Ok(0x7ff));
+        assert_eq!(
+            cmdline_max(&test_elf(0x40_0000, &[])),
+            Ok(MAX_ELF_CMDLINE)
+        );
+        assert_eq!(cmdline_max(b"junk"), Err(LoadError::NotAKernel));
+        file[0x206] = 0x04;
+        assert_eq!(
+            cmdline_max(&file),
+            Err(LoadError::BzImage(BzError::ProtocolTooOld { version: 0x0204 }))
+        );
     }
 
     #[test]
