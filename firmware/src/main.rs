@@ -283,6 +283,9 @@ fn bsp_main() -> ! {
         services::event(Event::APS_STARTED);
     }
 
+    if workloads::scribble::requested() {
+        workloads::scribble::run(config.tsc_khz);
+    }
     match config.workload {
         Workload::Idle => {
             println!("firmware: idle: halted until the VMM stops the VM");
