@@ -492,10 +492,8 @@ fn a_refused_request_changes_nothing_and_says_why() {
         round: 1,
         ..Default::default()
     };
-    v.mailbox.write_control(
-        helper_abi::mailbox::REQUEST_OFFSET,
-        &req.encode(),
-    );
+    v.mailbox
+        .write_control(helper_abi::mailbox::REQUEST_OFFSET, &req.encode());
     v.mailbox
         .write_control(helper_abi::mailbox::GPA_LIST_OFFSET, &gpa.to_le_bytes());
     src.guest.refuse(v, Status::CORRUPTED, 5);

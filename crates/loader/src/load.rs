@@ -975,7 +975,11 @@ mod tests {
         assert_eq!(p.format(), KernelFormat::BzImage);
         let plan = *p.plan();
         let rd = plan.initrd.unwrap();
-        assert_eq!(rd.end(), staging.base, "as high as it fits, below the staging");
+        assert_eq!(
+            rd.end(),
+            staging.base,
+            "as high as it fits, below the staging"
+        );
         for span in [plan.kernel, plan.boot_params, plan.cmdline, rd] {
             assert!(!span.overlaps(&staging), "{span:x?}");
         }
@@ -1005,15 +1009,14 @@ mod tests {
     fn the_command_line_maximum_is_the_kernels() {
         let mut file = crate::bzimage::test_image();
         assert_eq!(cmdline_max(&file), Ok(0x7ff));
-        assert_eq!(
-            cmdline_max(&test_elf(0x40_0000, &[])),
-            Ok(MAX_ELF_CMDLINE)
-        );
+        assert_eq!(cmdline_max(&test_elf(0x40_0000, &[])), Ok(MAX_ELF_CMDLINE));
         assert_eq!(cmdline_max(b"junk"), Err(LoadError::NotAKernel));
         file[0x206] = 0x04;
         assert_eq!(
             cmdline_max(&file),
-            Err(LoadError::BzImage(BzError::ProtocolTooOld { version: 0x0204 }))
+            Err(LoadError::BzImage(BzError::ProtocolTooOld {
+                version: 0x0204
+            }))
         );
     }
 
@@ -1041,7 +1044,11 @@ mod tests {
         assert_eq!({ hdr.header }, HEADER_MAGIC);
         assert_eq!({ hdr.version }, ELF_HANDOFF_VERSION);
         assert_eq!({ hdr.cmdline_size }, MAX_ELF_CMDLINE as u32);
-        assert_eq!({ hdr.code32_start }, 0, "fields the protocol does not name are zero");
+        assert_eq!(
+            { hdr.code32_start },
+            0,
+            "fields the protocol does not name are zero"
+        );
         assert_eq!(p.plan().entry, base);
     }
 

@@ -194,12 +194,7 @@ mod tests {
     #[test]
     fn a_bzimage_is_split_into_setup_and_kernel_as_qemu_splits_it() {
         let file = linux(3, 0x3000);
-        let b = DirectBoot::new(
-            file.clone(),
-            Some(vec![7; 100]),
-            "console=ttyS0".into(),
-        )
-        .unwrap();
+        let b = DirectBoot::new(file.clone(), Some(vec![7; 100]), "console=ttyS0".into()).unwrap();
         let it = items(&b);
         assert_eq!(u32_of(&it[&fwcfg::KEY_SETUP_SIZE]), 0x800);
         assert_eq!(it[&fwcfg::KEY_SETUP_DATA], &file[..0x800]);

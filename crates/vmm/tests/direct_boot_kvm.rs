@@ -87,8 +87,10 @@ fn debian_kernel() -> Option<(PathBuf, Vec<u8>)> {
 fn synthetic_bzimage(version: u16, initrd_addr_max: u32, cmdline_size: u32) -> Vec<u8> {
     let mut f: Vec<u8> = (0..3 * 512 + 0x1_0000).map(|i| (i % 251) as u8).collect();
     f[0x1f1..0x26c].fill(0);
-    let put16 = |f: &mut Vec<u8>, at: usize, v: u16| f[at..at + 2].copy_from_slice(&v.to_le_bytes());
-    let put32 = |f: &mut Vec<u8>, at: usize, v: u32| f[at..at + 4].copy_from_slice(&v.to_le_bytes());
+    let put16 =
+        |f: &mut Vec<u8>, at: usize, v: u16| f[at..at + 2].copy_from_slice(&v.to_le_bytes());
+    let put32 =
+        |f: &mut Vec<u8>, at: usize, v: u32| f[at..at + 4].copy_from_slice(&v.to_le_bytes());
     f[0x1f1] = 2; // setup_sects
     put32(&mut f, 0x1f4, 0x1_0000 / 16); // syssize
     put16(&mut f, 0x1fe, 0xaa55);
@@ -179,14 +181,13 @@ fn elf_kernel(code: &[u8], at: u64) -> Vec<u8> {
 /// 6b: eb f3                       jmp 3b
 /// ```
 const ELF_TEST_CODE: [u8; 109] = [
-    0xbb, 0x00, 0x00, 0x00, 0xfe, 0x9c, 0x58, 0xa9, 0x00, 0x02, 0x00, 0x00, 0x75, 0x55, 0x8b,
-    0x86, 0x02, 0x02, 0x00, 0x00, 0x3d, 0x48, 0x64, 0x72, 0x53, 0x75, 0x48, 0x0f, 0xb7, 0x86,
-    0x06, 0x02, 0x00, 0x00, 0x83, 0xf8, 0x01, 0x75, 0x3c, 0x66, 0x8c, 0xc8, 0x66, 0x83, 0xf8,
-    0x10, 0x75, 0x33, 0x66, 0x8c, 0xd0, 0x66, 0x83, 0xf8, 0x18, 0x75, 0x2a, 0x80, 0xbe, 0xe8,
-    0x01, 0x00, 0x00, 0x00, 0x74, 0x21, 0x8b, 0xbe, 0x28, 0x02, 0x00, 0x00, 0x8a, 0x07, 0x84,
-    0xc0, 0x74, 0x07, 0x88, 0x03, 0x48, 0xff, 0xc7, 0xeb, 0xf3, 0xc6, 0x03, 0x0a, 0x48, 0xc7,
-    0x43, 0x08, 0x2a, 0x00, 0x00, 0x00, 0xf4, 0xeb, 0xfd, 0x48, 0xc7, 0x43, 0x08, 0x63, 0x00,
-    0x00, 0x00, 0xeb, 0xf3,
+    0xbb, 0x00, 0x00, 0x00, 0xfe, 0x9c, 0x58, 0xa9, 0x00, 0x02, 0x00, 0x00, 0x75, 0x55, 0x8b, 0x86,
+    0x02, 0x02, 0x00, 0x00, 0x3d, 0x48, 0x64, 0x72, 0x53, 0x75, 0x48, 0x0f, 0xb7, 0x86, 0x06, 0x02,
+    0x00, 0x00, 0x83, 0xf8, 0x01, 0x75, 0x3c, 0x66, 0x8c, 0xc8, 0x66, 0x83, 0xf8, 0x10, 0x75, 0x33,
+    0x66, 0x8c, 0xd0, 0x66, 0x83, 0xf8, 0x18, 0x75, 0x2a, 0x80, 0xbe, 0xe8, 0x01, 0x00, 0x00, 0x00,
+    0x74, 0x21, 0x8b, 0xbe, 0x28, 0x02, 0x00, 0x00, 0x8a, 0x07, 0x84, 0xc0, 0x74, 0x07, 0x88, 0x03,
+    0x48, 0xff, 0xc7, 0xeb, 0xf3, 0xc6, 0x03, 0x0a, 0x48, 0xc7, 0x43, 0x08, 0x2a, 0x00, 0x00, 0x00,
+    0xf4, 0xeb, 0xfd, 0x48, 0xc7, 0x43, 0x08, 0x63, 0x00, 0x00, 0x00, 0xeb, 0xf3,
 ];
 
 fn platform() -> (tempfile::TempDir, Arc<EmulatedPsp>) {
@@ -212,7 +213,10 @@ fn wait_for(out: &Console, what: &str) -> String {
         {
             return line.trim_end().to_string();
         }
-        assert!(Instant::now() < deadline, "no {what:?} in the console:\n{t}");
+        assert!(
+            Instant::now() < deadline,
+            "no {what:?} in the console:\n{t}"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
 }
@@ -254,7 +258,9 @@ fn finish(vm: &mut Vm, out: &Console, last: &str) -> u64 {
 fn hex_after(line: &str, key: &str) -> u64 {
     let rest = &line[line.find(key).unwrap_or_else(|| panic!("{key} in {line}")) + key.len()..];
     let hex = rest.trim_start().trim_start_matches("0x");
-    let end = hex.find(|c: char| !c.is_ascii_hexdigit()).unwrap_or(hex.len());
+    let end = hex
+        .find(|c: char| !c.is_ascii_hexdigit())
+        .unwrap_or(hex.len());
     u64::from_str_radix(&hex[..end], 16).unwrap()
 }
 
@@ -307,9 +313,17 @@ fn check_bzimage_handoff(
     assert_eq!(&raw[0x202..0x206], b"HdrS");
     assert_eq!({ hdr.boot_flag }, 0xaa55);
     assert!(raw[..0x1e8].iter().all(|&b| b == 0), "0..0x1e8 is zero");
-    assert!(raw[0x26c..0x2d0].iter().all(|&b| b == 0), "0x26c..0x2d0 is zero");
+    assert!(
+        raw[0x26c..0x2d0].iter().all(|&b| b == 0),
+        "0x26c..0x2d0 is zero"
+    );
     assert_eq!(
-        (p.ext_cmd_line_ptr, p.ext_ramdisk_image, p.ext_ramdisk_size, p.sentinel),
+        (
+            p.ext_cmd_line_ptr,
+            p.ext_ramdisk_image,
+            p.ext_ramdisk_size,
+            p.sentinel
+        ),
         (0, 0, 0, 0)
     );
 
@@ -342,12 +356,10 @@ fn check_bzimage_handoff(
     // E820: sorted, covering all RAM, every firmware region and the services page
     // reserved, everything placed in RAM.
     let e820: Vec<BootE820Entry> = p.e820().collect();
-    assert!(e820.windows(2).all(|w| { w[0].addr } + { w[0].size } <= { w[1].addr }));
-    let in_ram: u64 = e820
-        .iter()
-        .filter(|e| e.addr < RAM)
-        .map(|e| e.size)
-        .sum();
+    assert!(e820
+        .windows(2)
+        .all(|w| { w[0].addr } + { w[0].size } <= { w[1].addr }));
+    let in_ram: u64 = e820.iter().filter(|e| e.addr < RAM).map(|e| e.size).sum();
     assert_eq!(in_ram, RAM, "{e820:x?}");
     let helper = helper_abi::region::region_size(RAM / 4096);
     for (b, s, kind) in firmware_reservations(helper) {
@@ -390,7 +402,9 @@ fn check_bzimage_handoff(
 }
 
 fn initrd_bytes() -> Vec<u8> {
-    (0..3 * MIB as usize + 777).map(|i| (i * 13 % 253) as u8).collect()
+    (0..3 * MIB as usize + 777)
+        .map(|i| (i * 13 % 253) as u8)
+        .collect()
 }
 
 const CMDLINE: &str = "console=ttyS0 earlyprintk=serial root=/dev/vda ro";
@@ -525,12 +539,16 @@ fn kvm_sev_a_kernel_that_differs_from_the_measured_one_is_refused() {
     let measured = DirectBoot::new(file.clone(), None, "quiet".into()).unwrap();
     let policy = Policy(0);
     let cases: [(&str, DirectBoot, &str); 3] = [
-        ("kernel", {
-            let mut changed = file.clone();
-            let last = changed.len() - 1;
-            changed[last] ^= 1;
-            DirectBoot::new(changed, None, "quiet".into()).unwrap()
-        }, "the kernel does not match the measured SEV hashes table"),
+        (
+            "kernel",
+            {
+                let mut changed = file.clone();
+                let last = changed.len() - 1;
+                changed[last] ^= 1;
+                DirectBoot::new(changed, None, "quiet".into()).unwrap()
+            },
+            "the kernel does not match the measured SEV hashes table",
+        ),
         (
             "initrd",
             DirectBoot::new(file.clone(), Some(vec![1; 4096]), "quiet".into()).unwrap(),
@@ -607,7 +625,10 @@ fn kvm_sev_es_direct_boot_checks_the_kernel_and_stops_at_the_hand_off() {
     let console = text(&out);
     assert_eq!(code, exit_code::HANDOFF_STOPPED, "{console}");
     assert!(console.contains("SEV active with SEV-ES"), "{console}");
-    assert!(console.contains("match the measured hashes table"), "{console}");
+    assert!(
+        console.contains("match the measured hashes table"),
+        "{console}"
+    );
 }
 
 #[test]
@@ -616,7 +637,11 @@ fn kvm_direct_boot_runs_an_elf_kernel_at_cpl0_with_the_zero_page_in_rsi() {
     let elf = elf_kernel(&ELF_TEST_CODE, 0x400_0000);
     let cmdline = "hello from the ELF kernel";
     let boot = DirectBoot::new(elf.clone(), Some(vec![7; 10_000]), cmdline.into()).unwrap();
-    assert_eq!(boot.setup_len(), 0, "an ELF file goes whole in the kernel item");
+    assert_eq!(
+        boot.setup_len(),
+        0,
+        "an ELF file goes whole in the kernel item"
+    );
     let (_dir, psp) = platform();
     for sev in [false, true] {
         let (mut vm, out) = if sev {
@@ -629,10 +654,16 @@ fn kvm_direct_boot_runs_an_elf_kernel_at_cpl0_with_the_zero_page_in_rsi() {
         vm.start().unwrap();
         let code = finish(&mut vm, &out, cmdline);
         let console = text(&out);
-        assert_eq!(code, 42, "the kernel's checks failed (99) or it never ran: {console}");
+        assert_eq!(
+            code, 42,
+            "the kernel's checks failed (99) or it never ran: {console}"
+        );
         let loaded = wait_for(&out, "firmware: loaded ELF kernel");
         assert_eq!(hex_after(&loaded, "entry"), 0x400_0000);
-        assert!(console.contains("handing off to 0x4000000 at CPL0"), "{console}");
+        assert!(
+            console.contains("handing off to 0x4000000 at CPL0"),
+            "{console}"
+        );
         // The kernel printed the command line its zero page points at.
         let printed = wait_for(&out, cmdline);
         assert_eq!(printed, cmdline, "sev {sev}");
@@ -646,14 +677,22 @@ fn kvm_direct_boot_bad_kernels_each_end_with_one_error_line() {
     let cases: Vec<(&str, DirectBoot, &str)> = vec![
         (
             "not a kernel",
-            DirectBoot::new(b"#!/bin/sh\necho not a kernel\n".repeat(100), None, String::new())
-                .unwrap(),
+            DirectBoot::new(
+                b"#!/bin/sh\necho not a kernel\n".repeat(100),
+                None,
+                String::new(),
+            )
+            .unwrap(),
             "neither an ELF executable nor a Linux bzImage",
         ),
         (
             "protocol too old",
-            DirectBoot::new(synthetic_bzimage(0x0205, 0x7fff_ffff, 0x7ff), None, String::new())
-                .unwrap(),
+            DirectBoot::new(
+                synthetic_bzimage(0x0205, 0x7fff_ffff, 0x7ff),
+                None,
+                String::new(),
+            )
+            .unwrap(),
             "boot protocol 2.05 is too old",
         ),
         (

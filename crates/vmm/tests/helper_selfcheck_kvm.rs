@@ -51,7 +51,10 @@ fn wait_for(out: &Console, what: &str) -> String {
         {
             return line.trim_end().to_string();
         }
-        assert!(Instant::now() < deadline, "no {what:?} in the console:\n{t}");
+        assert!(
+            Instant::now() < deadline,
+            "no {what:?} in the console:\n{t}"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
 }
@@ -151,7 +154,10 @@ fn kvm_a_guest_that_writes_into_its_helpers_region_is_refused_and_keeps_its_memo
         count: 1,
         ..Request::default()
     };
-    assert_eq!(refused_as_corrupted(helper.call_ok(export, &[0x40_0000])), 2);
+    assert_eq!(
+        refused_as_corrupted(helper.call_ok(export, &[0x40_0000])),
+        2
+    );
     let err = helper.call_ok(info, &[]).unwrap_err().to_string();
     assert!(err.contains("CORRUPTED"), "{err}");
 
