@@ -407,6 +407,10 @@ pub fn elf_boot_params(plan: &Plan, layout: &Layout<'_>) -> Result<BootParams, L
 
 /// A parsed kernel of either format.
 #[derive(Clone, Copy, Debug)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "no_std without alloc: nothing to box into, and one lives at a time"
+)]
 enum Image<'k> {
     Linux(BzImage<'k>),
     Elf(ElfImage<'k>),
