@@ -36,7 +36,7 @@
 //! SHA-256 for speed: the check covers ~300 KiB per request, which SHA-256 (software, at
 //! CPL3) takes ~1 ms to hash, about four times what sealing a whole 1 MiB EXPORT batch
 //! takes, while GHASH on the carry-less multiply units keeps the check a fraction of it
-//! (docs/performance.md has the figures).
+//! (docs/architecture.md §9 has the figures).
 
 use record_gcm::Aes256Gcm;
 
