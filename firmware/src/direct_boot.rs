@@ -20,7 +20,9 @@
 //!    instead, leaving memory for the host to inspect (tests; Linux cannot run here).
 //!
 //! Everything fw_cfg delivers is the host's: it is used only from the private copy, and
-//! under SEV only once its hash matched the measured table. Every refusal is one console
+//! under SEV only once its hash matched the measured table. Under SEV a measured table
+//! with no kernel in fw_cfg is refused too: the owner attested a launch that boots that
+//! kernel, not the built-in workloads. Every refusal is one console
 //! line and an exit status (guest-abi `exit_code::BAD_KERNEL`, `KERNEL_NOT_MEASURED`).
 
 use crate::{cpu, fwcfg::FwCfg, println, services};
@@ -168,9 +170,16 @@ pub fn boot_if_given(map: &MemoryMap, sev: bool) {
     let Ok(fw) = FwCfg::probe() else {
         return;
     };
-    match fw.read_u32(abi::KEY_KERNEL_SIZE) {
-        Ok(0) | Err(_) => return,
-        Ok(_) => {}
+    if fw.read_u32(abi::KEY_KERNEL_SIZE).unwrap_or(0) == 0 {
+        // No kernel. Under SEV a launch that measured a hashes table was meant to boot
+        // the kernel it names: the host withholding it gets no built-in workload instead.
+        if sev && Measured::copy().table().is_ok() {
+            println!(
+                "firmware: error: the launch measured an SEV hashes table (a kernel to boot) but fw_cfg carries no kernel: refusing to run without it"
+            );
+            services::exit(exit_code::KERNEL_NOT_MEASURED)
+        }
+        return;
     }
     let e = match load_and_hand_off(&fw, map, sev) {
         Ok(never) => match never {},

@@ -579,6 +579,41 @@ fn kvm_sev_a_kernel_that_differs_from_the_measured_one_is_refused() {
         assert_eq!(console.matches("firmware: error:").count(), 1, "{console}");
         assert!(!console.contains("firmware: loaded"), "{what}: {console}");
     }
+    // A launch that measured a table, with no kernel in fw_cfg: the host withholding the
+    // kernel gets no built-in workload instead.
+    let session = owner::session(&psp.export_certs().unwrap().pdh, policy).unwrap();
+    let backend: Arc<dyn SevBackend> = psp.clone();
+    let (console, out) = ConsoleOut::capture();
+    let mut vm = Vm::new(
+        &kvm,
+        VmConfig {
+            mem_size: RAM,
+            vcpus: 1,
+            firmware: Firmware::load(firmware_image::IMAGE.to_vec()).unwrap(),
+            console,
+            fw_cfg_files: vec![(fwcfg::FILE_WORKLOAD.into(), b"selftest".to_vec())],
+            sev: Some(SevConfig {
+                backend,
+                policy,
+                session: Some(session.launch_session()),
+                transport: HypercallTransport::ServicesPage,
+            }),
+        },
+    )
+    .unwrap();
+    let started = vm.sev_launch_start().unwrap();
+    let started = vm
+        .sev_launch_update_hashes(started, &measured.hashes_table())
+        .unwrap();
+    let m = vm.sev_launch_measure(started).unwrap();
+    vm.sev_launch_finish(m).unwrap();
+    vm.start().unwrap();
+    let code = finish(&mut vm, &out, "firmware: error:");
+    assert_eq!(code, exit_code::KERNEL_NOT_MEASURED, "{}", text(&out));
+    let line = wait_for(&out, "firmware: error:");
+    assert!(line.contains("fw_cfg carries no kernel"), "{line}");
+    assert!(!text(&out).contains("selftest:"), "{}", text(&out));
+
     // A launch that measured no table, with a kernel in fw_cfg: refused, as OVMF does.
     let (mut vm, out, _, _) = sev_guest(&kvm, &psp, policy, &measured, None, &[]);
     vm.start().unwrap();
