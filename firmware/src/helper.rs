@@ -272,7 +272,6 @@ pub fn init(
     let expected = Checker::new(&key).digests(&static_ranges(2 + gibs), &Direct);
     // SAFETY: as for the context write above.
     unsafe { core::ptr::addr_of_mut!((*ctx).integrity.expected).write(expected) };
-    key.fill(0);
 
     if sev_active {
         let mailbox_pages = MAX_HELPER_VCPUS as u64 * region::MAILBOX_STRIDE / PAGE_SIZE as u64;
