@@ -85,6 +85,7 @@ core::arch::global_asm!(
     SVC_STI_HLT = const svc::STI_HLT,
     SVC_VC_RETURN = const svc::VC_RETURN,
     SVC_RAISE_VC = const svc::RAISE_VC,
+    SVC_HANDOFF = const svc::HANDOFF,
     BOOT_INFO = const layout::BOOT_INFO,
     BI_XCR0 = const boot_info::XCR0,
     VMGEXIT = const services::VMGEXIT,

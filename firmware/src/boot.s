@@ -666,6 +666,8 @@ sevm_exc_common:
     je sevm_svc_raise_vc
     cmp rax, {SVC_INCOMING_HOLD}
     je sevm_svc_incoming_hold
+    cmp rax, {SVC_HANDOFF}
+    je sevm_svc_handoff
     mov rax, -1
 sevm_svc_return:
     add qword ptr [rsp + 16], 4
@@ -903,6 +905,44 @@ sevm_svc_vmmcall:
     pop rbx
     jmp sevm_svc_return
 
+// Direct boot: hand off to the kernel the firmware loaded (guest-abi svc::HANDOFF), rdi =
+// its 64-bit entry point, rsi = its zero page. Interrupts stay off. The hand-off GDT gives
+// Linux's __BOOT_CS (0x10) and __BOOT_DS (0x18) as its 64-bit boot protocol asks: data
+// segments loaded here, CS by a far return, then a near return into the kernel with every
+// general register zero but RSI. The stack stays this CPU's kernel stack (firmware RAM,
+// reserved in the kernel's E820 map). KVM's instruction emulator, which runs CPL0 code on
+// the development machines, implements far returns in long mode (IRET only in real mode).
+sevm_svc_handoff:
+    cli
+    lgdt [rip + sevm_handoff_gdtr]
+    mov eax, 0x18
+    mov ds, ax
+    mov es, ax
+    mov ss, ax
+    xor eax, eax
+    mov fs, ax
+    mov gs, ax
+    lea rax, [rip + 2f]
+    push 0x10
+    push rax
+    retfq
+2:  push rdi
+    xor eax, eax
+    xor ebx, ebx
+    xor ecx, ecx
+    xor edx, edx
+    xor edi, edi
+    xor ebp, ebp
+    xor r8d, r8d
+    xor r9d, r9d
+    xor r10d, r10d
+    xor r11d, r11d
+    xor r12d, r12d
+    xor r13d, r13d
+    xor r14d, r14d
+    xor r15d, r15d
+    ret
+
 // A fatal exception: report it through the services page (the VMM stops the VM) and park.
 // Under SEV-ES through this CPU's GHCB (sevmirror's fault service; MMIO would raise #VC).
 sevm_fault:
@@ -981,6 +1021,19 @@ sevm_no_idtr:
     .long 0
 sevm_banner:
     .asciz "sevmirror firmware: reset\r\n"
+// The hand-off GDT (sevm_svc_handoff): null, null, a flat 64-bit code descriptor at 0x10
+// and a flat data descriptor at 0x18, DPL 0, accessed bits set so that loading them never
+// writes this read-only copy.
+.balign 16
+sevm_handoff_gdt:
+    .quad 0
+    .quad 0
+    .quad 0x00af9b000000ffff
+    .quad 0x00cf93000000ffff
+.balign 8
+sevm_handoff_gdtr:
+    .word 4 * 8 - 1
+    .quad sevm_handoff_gdt
 
 // ---------------------------------------------------------------------------------------
 // The last 4 KiB of the image: boot GDT, 16-bit entry code, GUID table space, reset vector.

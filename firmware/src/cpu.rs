@@ -191,6 +191,17 @@ pub fn incoming_hold() -> ! {
     }
 }
 
+/// Jumps to a loaded kernel at CPL0 (direct boot): 64-bit mode, interrupts off, the
+/// hand-off GDT (CS 0x10, DS/ES/SS 0x18), RSI = `zero_page`, the other general registers
+/// zero (guest-abi `svc::HANDOFF`). Never returns.
+pub fn handoff(entry: u64, zero_page: u64) -> ! {
+    call(svc::HANDOFF, entry, zero_page, 0);
+    // The service never returns to its caller.
+    loop {
+        core::hint::spin_loop();
+    }
+}
+
 /// Parks this CPU for good (`cli; hlt` at CPL0); the VMM can still stop it.
 pub fn halt() -> ! {
     call(svc::HALT, 0, 0, 0);

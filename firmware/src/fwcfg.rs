@@ -97,6 +97,39 @@ impl FwCfg {
         Ok(())
     }
 
+    /// Reads a u32 item (little-endian), such as the size of the kernel; 0 for an item
+    /// the device does not have (fw_cfg reads missing items as zeros).
+    pub fn read_u32(&self, key: u16) -> Result<u32, FwCfgError> {
+        let mut b = [0u8; 4];
+        self.read(key, &mut b)?;
+        Ok(u32::from_le_bytes(b))
+    }
+
+    /// Selects item `key` and reads its first `len` bytes to guest-physical `gpa`, through
+    /// the bounce page, one page at a time, then passes the copy in private memory to
+    /// `each` (offset, bytes) piece by piece (for hashing). Only the copy is ever looked at:
+    /// the host may change the bounce page at any time.
+    ///
+    /// # Safety
+    /// `[gpa, gpa + len)` must be RAM identity-mapped for the boot CPU, reserved for this
+    /// use (no other reference to it exists while this runs).
+    pub unsafe fn read_to_ram(
+        &self,
+        key: u16,
+        gpa: u64,
+        len: u64,
+        mut each: impl FnMut(&[u8]),
+    ) -> Result<(), FwCfgError> {
+        // SAFETY: the caller guarantees the range is ours alone and mapped.
+        let dst = unsafe { core::slice::from_raw_parts_mut(gpa as *mut u8, len as usize) };
+        let mut select = Some(key);
+        for chunk in dst.chunks_mut(CHUNK) {
+            self.dma_read(select.take(), chunk)?;
+            each(chunk);
+        }
+        Ok(())
+    }
+
     /// Finds a named file: its key and size.
     pub fn find(&self, name: &str) -> Result<(u16, u32), FwCfgError> {
         let mut count = [0u8; 4];

@@ -9,7 +9,10 @@
 //! the guest's own firmware areas: the guest keeps running while the helper works.
 
 use crate::sev;
-use core::sync::atomic::AtomicU32;
+use core::{
+    mem::offset_of,
+    sync::atomic::{AtomicU32, Ordering},
+};
 use guest_abi::{
     ghcb::{
         msr::{MsrRequest, MSR_GHCB},
@@ -21,14 +24,20 @@ use guest_abi::{
     services,
 };
 use helper_abi::{
-    mailbox::doorbell, region, MAX_BATCH, MAX_HELPER_VCPUS, PAGE_SIZE, WINDOWS_PER_VCPU,
+    mailbox::{doorbell, Status},
+    region, MAX_BATCH, MAX_HELPER_VCPUS, PAGE_SIZE, WINDOWS_PER_VCPU,
 };
-use mirror_helper::{engine::Entropy, GuestMemory, Helper, HelperLayout, Mailbox, SessionState};
+use mirror_helper::{
+    engine::Entropy,
+    integrity::{Checker, Digests, Mask, Range, StaticMemory, Structure},
+    GuestMemory, Helper, HelperLayout, Mailbox, SessionState,
+};
 use sha2::{Digest, Sha256};
 use vc_handler::client::{self, GhcbClient, Vmgexit};
 
 /// The helper's shared state (at region + CONTEXT): valid when zeroed, written once by
-/// `init` before any helper vCPU exists.
+/// `init` before any helper vCPU exists. Everything from `layout` up to `integrity` is
+/// static after `init` and covered by the self-check ([`Structure::Context`]).
 #[repr(C)]
 pub struct HelperContext {
     session: SessionState,
@@ -36,6 +45,19 @@ pub struct HelperContext {
     versions_gpa: u64,
     versions_len: u64,
     region: (u64, u64),
+    /// Pages of page tables `init` built (PML4, PDPT, directories).
+    page_table_pages: u64,
+    /// The self-check's key and the digests `init` recorded (not part of any digest).
+    integrity: Integrity,
+}
+
+/// The self-check's record (mirror-helper `integrity`).
+#[repr(C)]
+struct Integrity {
+    /// Drawn from RDRAND at boot.
+    key: [u8; 32],
+    /// The structures' digests right after `init` built them.
+    expected: Digests,
 }
 
 const _: () = assert!(core::mem::size_of::<HelperContext>() as u64 <= region::CONTEXT_SIZE);
@@ -51,6 +73,8 @@ pub enum InitError {
     Share(u64),
     /// The AES-256-GCM kernel the helper would use failed its known-answer test.
     SelfTest(record_gcm::SelfTestError),
+    /// RDRAND gave no key for the self-check.
+    NoEntropy,
 }
 
 impl core::fmt::Display for InitError {
@@ -63,6 +87,7 @@ impl core::fmt::Display for InitError {
                 "the host refused to share the helper mailboxes (error {e:#x})"
             ),
             InitError::SelfTest(e) => write!(f, "{e}"),
+            InitError::NoEntropy => f.write_str("the CPU gave no random numbers (RDRAND)"),
         }
     }
 }
@@ -149,6 +174,11 @@ pub fn init(
     zero(b, region::MAILBOXES);
     zero(b + region::STATIC_SIZE, size - region::STATIC_SIZE);
 
+    let mut key = [0u8; 32];
+    if !Rdrand.fill(&mut key) {
+        return Err(InitError::NoEntropy);
+    }
+
     // Page tables: identity map of [0, 4 GiB) and RAM above, 2 MiB pages, user-accessible
     // (the helper runs at CPL3), A/D clear.
     let pml4 = b + region::PAGE_TABLES;
@@ -221,6 +251,11 @@ pub fn init(
             versions_gpa: b + region::STATIC_SIZE,
             versions_len: pages,
             region: (b, size),
+            page_table_pages: 2 + gibs,
+            integrity: Integrity {
+                key,
+                expected: Digests::default(),
+            },
         })
     };
 
@@ -240,6 +275,13 @@ pub fn init(
     write64(a + region::anchor::CONTEXT, b + region::CONTEXT);
     // The slot counter starts at 0 (the region was zeroed); the magic goes last.
     write64(a + region::anchor::MAGIC_OFF, region::anchor::MAGIC);
+
+    // The self-check's reference: every static structure as it stands now. (A helper vCPU
+    // started before this is written, by a hostile host, finds no match and serves
+    // nothing.)
+    let expected = Checker::new(&key).digests(&static_ranges(2 + gibs), &Direct);
+    // SAFETY: as for the context write above.
+    unsafe { core::ptr::addr_of_mut!((*ctx).integrity.expected).write(expected) };
 
     if sev_active {
         let mailbox_pages = MAX_HELPER_VCPUS as u64 * region::MAILBOX_STRIDE / PAGE_SIZE as u64;
@@ -262,8 +304,103 @@ pub fn init(
     Ok((b, size))
 }
 
+extern "C" {
+    /// End of the image's code, constants and GOT (the linker script's `__rom_code_end`).
+    static __rom_code_end: u8;
+}
+
+/// Where the last 4 KiB of the image start (entry code, boot GDT, GUID table).
+const ROM_TOP: u64 = (1 << 32) - layout::PAGE_SIZE;
+
+/// What the self-check covers (mirror-helper `integrity`), given the page-table pages
+/// `init` built: the anchor (but its slot counter), GDT (but the TSS descriptors' busy
+/// bits), IDT, TSSs, the context's static part, the page tables (but their A/D bits) and
+/// the ROM the helper runs from: its code and constants, and the last page (entry code).
+fn static_ranges(page_table_pages: u64) -> [Range; 8] {
+    let b = base();
+    let page = PAGE_SIZE as u64;
+    let ctx_from = offset_of!(HelperContext, layout) as u64;
+    let ctx_to = offset_of!(HelperContext, integrity) as u64;
+    let tables = page_table_pages.min(2 + region::PAGE_DIRECTORIES);
+    let code_end = core::ptr::addr_of!(__rom_code_end) as u64;
+    [
+        Range {
+            structure: Structure::Anchor,
+            gpa: b + region::ANCHOR,
+            len: page,
+            mask: Mask::Skip {
+                at: region::anchor::NEXT_SLOT,
+                len: 4,
+            },
+        },
+        Range {
+            structure: Structure::Gdt,
+            gpa: b + region::GDT,
+            len: page,
+            mask: Mask::GdtTssBusy {
+                from: u64::from(selector::TSS0),
+            },
+        },
+        Range {
+            structure: Structure::Idt,
+            gpa: b + region::IDT,
+            len: page,
+            mask: Mask::None,
+        },
+        Range {
+            structure: Structure::Tss,
+            gpa: b + region::TSS,
+            len: page,
+            mask: Mask::None,
+        },
+        Range {
+            structure: Structure::Context,
+            gpa: b + region::CONTEXT + ctx_from,
+            len: ctx_to - ctx_from,
+            mask: Mask::None,
+        },
+        Range {
+            structure: Structure::PageTables,
+            gpa: b + region::PAGE_TABLES,
+            len: tables * page,
+            mask: Mask::PageTable,
+        },
+        Range {
+            structure: Structure::Code,
+            gpa: layout::FW_IMAGE_BASE,
+            len: code_end.saturating_sub(layout::FW_IMAGE_BASE),
+            mask: Mask::None,
+        },
+        Range {
+            structure: Structure::Code,
+            gpa: ROM_TOP,
+            len: page,
+            mask: Mask::None,
+        },
+    ]
+}
+
+/// Requests the helper has served (or refused) since boot: the `scribble` test option
+/// waits for the first one (its mirror is attached and checked itself) before it writes.
+pub fn requests_served() -> u64 {
+    let ctx = (base() + region::CONTEXT) as *const HelperContext;
+    // SAFETY: the context is reserved RAM written by `init` before this can be called (the
+    // boot CPU runs workloads after `init`); the counter is an atomic the helper vCPUs
+    // update, read here atomically.
+    unsafe { (*ctx).session.requests.load(Ordering::Relaxed) }
+}
+
 /// Guest memory as the helper reaches it: through its identity map.
 struct Direct;
+
+impl StaticMemory for Direct {
+    fn read(&self, gpa: u64, out: &mut [u8]) {
+        // SAFETY: the self-check reads only its ranges: the helper region's fixed part and
+        // the ROM, both mapped in every map the helper and the boot CPU use; it copies,
+        // and only the copy is hashed.
+        unsafe { core::ptr::copy_nonoverlapping(gpa as *const u8, out.as_mut_ptr(), out.len()) };
+    }
+}
 
 impl GuestMemory for Direct {
     fn read_page(&self, gpa: u64, out: &mut [u8; PAGE_SIZE]) {
@@ -479,6 +616,21 @@ extern "C" fn sevm_helper_rust_entry(slot: u64, context: u64, sev_status: u64) -
     let pages = Pages {
         control: base() + region::MAILBOXES + slot * region::MAILBOX_STRIDE,
     };
+    // The helper seals and opens only in its own region: its buffers are on this stack
+    // and in its mailbox's windows. A stack anywhere else (an anchor rewritten before
+    // this vCPU entered) means the region is not what `init` made: serve nothing.
+    let probe = 0u8;
+    let sp = core::ptr::addr_of!(probe) as u64;
+    let stacks = base() + region::USTACKS;
+    if !(stacks..stacks + MAX_HELPER_VCPUS as u64 * region::USTACK_SIZE).contains(&sp) {
+        bell.ring(doorbell::NO_ANCHOR);
+        crate::cpu::halt()
+    }
+    // The self-check, set up once per vCPU from the record `init` left (copied here: the
+    // guest could change the context later, which the check then finds).
+    let checker = Checker::new(&ctx.integrity.key);
+    let expected = ctx.integrity.expected;
+    let ranges = static_ranges(ctx.page_table_pages);
     bell.ring(doorbell::ready(slot));
     loop {
         let mut helper = Helper {
@@ -491,7 +643,10 @@ extern "C" fn sevm_helper_rust_entry(slot: u64, context: u64, sev_status: u64) -
             region: ctx.region,
             max_batch: MAX_BATCH as u32,
         };
-        helper.serve(&pages);
+        match checker.verify(&expected, &ranges, &Direct) {
+            Ok(()) => helper.serve(&pages),
+            Err(structure) => helper.refuse(&pages, Status::CORRUPTED, structure as u32),
+        }
         bell.ring(doorbell::DONE);
     }
 }

@@ -19,6 +19,7 @@ extern crate sevmirror_firmware_mem;
 mod boot;
 mod console;
 mod cpu;
+mod direct_boot;
 mod es;
 mod es_state;
 mod fwcfg;
@@ -264,6 +265,9 @@ fn bsp_main() -> ! {
         println!("firmware: waiting for an incoming migration");
         migration::await_incoming();
     }
+    // Direct boot: a kernel from fw_cfg takes the place of the built-in workloads (and
+    // starts the other CPUs itself). Returns only without one.
+    direct_boot::boot_if_given(&config.map, sev.is_some());
 
     let g = globals::get();
     globals::set_map(&config.map);
@@ -280,6 +284,9 @@ fn bsp_main() -> ! {
         services::event(Event::APS_STARTED);
     }
 
+    if workloads::scribble::requested() {
+        workloads::scribble::run(config.tsc_khz);
+    }
     match config.workload {
         Workload::Idle => {
             println!("firmware: idle: halted until the VMM stops the VM");

@@ -38,7 +38,15 @@ fn run() -> Result<(), String> {
     ] {
         println!("cargo:rerun-if-changed={}", firmware.join(path).display());
     }
-    for krate in ["guest-abi", "fwtable", "helper-abi"] {
+    for krate in [
+        "guest-abi",
+        "fwtable",
+        "helper-abi",
+        "helper",
+        "gcm",
+        "vc-handler",
+        "loader",
+    ] {
         let dir = root.join("crates").join(krate);
         if dir.exists() {
             println!("cargo:rerun-if-changed={}", dir.join("src").display());

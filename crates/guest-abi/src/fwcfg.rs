@@ -20,6 +20,41 @@ pub const KEY_NB_CPUS: u16 = 0x0005;
 pub const KEY_MAX_CPUS: u16 = 0x000f;
 /// Key of the file directory.
 pub const KEY_FILE_DIR: u16 = 0x0019;
+
+// Direct boot (QEMU `-kernel/-initrd/-append`, `hw/i386/x86-common.c` `x86_load_linux`;
+// OVMF's `QemuKernelLoaderFsDxe` reads the same items). Sizes and addresses are u32 LE.
+// A bzImage is split as `os_loader::bzimage::fw_cfg_setup_len` says: its setup sectors
+// in the setup item, the protected-mode kernel in the kernel item, both unmodified; any
+// other file (an ELF OS) goes whole in the kernel item with an empty setup item.
+
+/// Key of the protected-mode kernel's load address QEMU suggests (the firmware places
+/// the kernel itself and ignores it).
+pub const KEY_KERNEL_ADDR: u16 = 0x0007;
+/// Key of the kernel item's size (u32 LE; 0 or absent: no kernel).
+pub const KEY_KERNEL_SIZE: u16 = 0x0008;
+/// Key of the initrd's suggested address (ignored, as [`KEY_KERNEL_ADDR`]).
+pub const KEY_INITRD_ADDR: u16 = 0x000a;
+/// Key of the initrd's size (u32 LE; 0 or absent: none).
+pub const KEY_INITRD_SIZE: u16 = 0x000b;
+/// Key of the kernel item: a bzImage's protected-mode kernel, or a whole ELF file.
+pub const KEY_KERNEL_DATA: u16 = 0x0011;
+/// Key of the initrd.
+pub const KEY_INITRD_DATA: u16 = 0x0012;
+/// Key of the command line's suggested address (ignored, as [`KEY_KERNEL_ADDR`]).
+pub const KEY_CMDLINE_ADDR: u16 = 0x0013;
+/// Key of the command line's size, its terminating NUL included (u32 LE).
+pub const KEY_CMDLINE_SIZE: u16 = 0x0014;
+/// Key of the command line, NUL-terminated.
+pub const KEY_CMDLINE_DATA: u16 = 0x0015;
+/// Key of the setup's suggested address (ignored, as [`KEY_KERNEL_ADDR`]).
+pub const KEY_SETUP_ADDR: u16 = 0x0016;
+/// Key of the setup item's size (u32 LE).
+pub const KEY_SETUP_SIZE: u16 = 0x0017;
+/// Key of the setup item: a bzImage's setup sectors, unmodified.
+pub const KEY_SETUP_DATA: u16 = 0x0018;
+/// The whole kernel file, without QEMU's setup header patches (QEMU 9.2+; for firmware
+/// that verifies the file as it was signed). sevmirror passes it too.
+pub const FILE_BOOT_KERNEL: &str = "etc/boot/kernel";
 /// First key given to named files.
 pub const KEY_FILE_FIRST: u16 = 0x0020;
 
@@ -66,3 +101,12 @@ pub const FILE_DIRTY_RATE: &str = "opt/sevmirror/dirty-rate";
 pub const FILE_INCOMING: &str = "opt/sevmirror/incoming";
 /// TSC frequency in kHz (decimal text), for the firmware's timings.
 pub const FILE_TSC_KHZ: &str = "opt/sevmirror/tsc-khz";
+/// Present (any contents): the firmware loads the kernel it was given but, instead of
+/// jumping to it, reports the hand-off (entry point and zero page) on the console and
+/// stops with `exit_code::HANDOFF_STOPPED`, leaving guest memory for the host to inspect.
+/// For tests of the loader: Linux cannot run on the development machines.
+pub const FILE_STOP_AT_HANDOFF: &str = "opt/sevmirror/stop-at-handoff";
+/// Present (any contents): a test of the helper's self-check. Once the migration helper
+/// has served its first request, the guest writes into the helper's region (what an OS
+/// that ignores its memory map would do), then runs its workload as usual.
+pub const FILE_SCRIBBLE: &str = "opt/sevmirror/scribble";

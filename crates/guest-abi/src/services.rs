@@ -84,6 +84,8 @@ impl Event {
     pub const WORKLOAD_DONE: Event = Event(5);
     /// The migration helper's region is prepared: a mirror may start helper vCPUs.
     pub const HELPER_READY: Event = Event(6);
+    /// The firmware loaded the kernel it was given (direct boot) and hands off to it.
+    pub const KERNEL_HANDOFF: Event = Event(7);
 
     /// A short name for logs, or `None` for an unknown code.
     pub fn name(self) -> Option<&'static str> {
@@ -94,6 +96,7 @@ impl Event {
             Event::WORKLOAD_START => "workload-start",
             Event::WORKLOAD_DONE => "workload-done",
             Event::HELPER_READY => "helper-ready",
+            Event::KERNEL_HANDOFF => "kernel-handoff",
             _ => return None,
         })
     }
@@ -109,6 +112,15 @@ pub mod exit_code {
     pub const BAD_CONFIG: u64 = 3;
     /// The CPU lacks an instruction set extension the firmware was built for.
     pub const MISSING_CPU_FEATURE: u64 = 4;
+    /// The kernel given for direct boot was refused: not ELF or bzImage, a protocol too
+    /// old, an initrd or command line that does not fit, unreadable fw_cfg items.
+    pub const BAD_KERNEL: u64 = 5;
+    /// Under SEV, what fw_cfg delivered does not match the SEV hashes table measured at
+    /// launch (or no table was measured): the firmware refuses to boot it.
+    pub const KERNEL_NOT_MEASURED: u64 = 6;
+    /// `opt/sevmirror/stop-at-handoff`: the kernel was loaded and the firmware stopped
+    /// where it would have jumped to it.
+    pub const HANDOFF_STOPPED: u64 = 7;
     /// The firmware panicked (a bug).
     pub const PANIC: u64 = 101;
 }

@@ -50,6 +50,12 @@ pub const RAISE_VC: u64 = 11;
 /// VMM releases it, then resume the state saved in its slot (guest-abi
 /// `layout::vcpu_save`) as a starting AP does. Never returns.
 pub const INCOMING_HOLD: u64 = 12;
+/// Hand off to a kernel the firmware loaded (direct boot): rdi = the 64-bit entry point,
+/// rsi = its zero page. At CPL0 with interrupts off, loads a GDT with a flat 64-bit code
+/// descriptor at 0x10 and a flat data descriptor at 0x18 (Linux's `__BOOT_CS` and
+/// `__BOOT_DS`), CS = 0x10, DS = ES = SS = 0x18, FS = GS = 0, and jumps to rdi with RSI =
+/// the zero page and the other general registers zero. Never returns.
+pub const HANDOFF: u64 = 13;
 /// Interrupt vector of the firmware's timer.
 pub const TIMER_VECTOR: u64 = 0x40;
 /// Interrupt vector of the timer under SEV-ES: its handler only returns (an EOI is an

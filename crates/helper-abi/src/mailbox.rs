@@ -171,6 +171,7 @@ statuses! {
     NO_ENTROPY = 18, "the CPU gave no random numbers";
     BAD_TOKEN = 19, "the abort token does not verify for the committed session";
     NOT_COMMITTED = 20, "there is no committed session to release";
+    CORRUPTED = 21, "the helper's own structures (page tables, descriptor tables, anchor, layout or code) no longer match what it recorded at boot: the guest wrote into the helper's region, so the helper serves nothing (the response's index names the structure)";
 }
 
 impl core::fmt::Display for Status {

@@ -224,6 +224,29 @@ impl<'a, M: GuestMemory, E: Entropy> Helper<'a, M, E> {
         mailbox.write_control(RESPONSE_OFFSET, &resp.encode());
     }
 
+    /// Answers the request in `mailbox` with `status` and `index` without acting on it:
+    /// nothing of the session, the versions or the guest changes, nothing is sealed or
+    /// opened, the message area is not written. What the firmware does when the helper's
+    /// self-check fails ([`crate::integrity`]: `Status::CORRUPTED`, the index naming the
+    /// structure).
+    pub fn refuse(&self, mailbox: &impl Mailbox, status: Status, index: u32) {
+        let mut raw = [0u8; Request::SIZE];
+        mailbox.read_control(REQUEST_OFFSET, &mut raw);
+        let req = Request::decode(&raw);
+        self.session.requests.fetch_add(1, Ordering::Relaxed);
+        let mut resp = Response {
+            id: req.id,
+            lane: u32::from(self.lane.lane()),
+            slot: self.lane.slot(),
+            status: status.0,
+            index,
+            ..Response::default()
+        };
+        self.stats(&mut resp);
+        resp.phase = self.session.gate.phase().0;
+        mailbox.write_control(RESPONSE_OFFSET, &resp.encode());
+    }
+
     fn stats(&self, resp: &mut Response) {
         let s = self.session;
         resp.requests = s.requests.load(Ordering::Relaxed);

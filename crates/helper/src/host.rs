@@ -361,6 +361,25 @@ impl Guest {
         .serve(&vcpu.mailbox);
     }
 
+    /// Answers whatever request is in `vcpu`'s control page with a refusal, as the
+    /// firmware does when the helper's self-check fails.
+    pub fn refuse(&self, vcpu: &Vcpu, status: Status, index: u32) {
+        Helper {
+            layout: &self.layout,
+            memory: &self.memory,
+            session: &self.session,
+            versions: &self.versions,
+            lane: &vcpu.lane,
+            entropy: Draws {
+                seed: self.seed,
+                counter: &self.draws,
+            },
+            region: self.spec.region,
+            max_batch: self.spec.max_batch,
+        }
+        .refuse(&vcpu.mailbox, status, index);
+    }
+
     /// A simple request (no list, no message).
     pub fn op(&self, vcpu: &Vcpu, op: Op) -> Reply {
         self.call(

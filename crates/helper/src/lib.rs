@@ -30,6 +30,7 @@ pub mod fuzzing;
 pub mod gate;
 #[cfg(feature = "host")]
 pub mod host;
+pub mod integrity;
 pub mod keys;
 pub mod layout;
 pub mod secret;

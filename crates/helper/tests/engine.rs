@@ -476,3 +476,40 @@ fn garbage_requests_never_panic_or_write_memory() {
         "garbage must never be written to guest memory"
     );
 }
+
+#[test]
+fn a_refused_request_changes_nothing_and_says_why() {
+    use mirror_helper::Mailbox;
+    let (src, _dst, _) = pair(1);
+    let gpa: u64 = 0x3000;
+    let before = src.op(0, Op::INFO).response;
+    let v = &src.vcpus[0];
+    // An EXPORT in the mailbox, answered by the self-check's refusal instead.
+    let req = Request {
+        op: Op::EXPORT.0,
+        id: 4242,
+        count: 1,
+        round: 1,
+        ..Default::default()
+    };
+    v.mailbox
+        .write_control(helper_abi::mailbox::REQUEST_OFFSET, &req.encode());
+    v.mailbox
+        .write_control(helper_abi::mailbox::GPA_LIST_OFFSET, &gpa.to_le_bytes());
+    src.guest.refuse(v, Status::CORRUPTED, 5);
+    let mut raw = [0u8; helper_abi::mailbox::Response::SIZE];
+    v.mailbox
+        .read_control(helper_abi::mailbox::RESPONSE_OFFSET, &mut raw);
+    let r = helper_abi::mailbox::Response::decode(&raw);
+    assert_eq!(r.status(), Status::CORRUPTED);
+    assert_eq!((r.id, r.index, r.count, r.bytes), (4242, 5, 0, 0));
+    assert_eq!(r.phase(), before.phase(), "the session is where it was");
+    assert_eq!(r.bytes_sealed, before.bytes_sealed, "nothing sealed");
+    assert!(
+        v.mailbox.window(0, 64).iter().all(|&b| b == 0),
+        "nothing written to the window"
+    );
+    // The helper serves normally once its structures check out again.
+    assert!(src.export(0, 1, &[gpa]).is_ok());
+    assert!(Status::CORRUPTED.to_string().contains("CORRUPTED"));
+}

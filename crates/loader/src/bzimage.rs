@@ -265,6 +265,26 @@ impl<'a> BzImage<'a> {
     }
 }
 
+/// How many leading bytes of a kernel file go in fw_cfg's setup item, as QEMU splits it
+/// (`hw/i386/x86-common.c` `x86_load_linux`): a file with "HdrS" at 0x202 is a Linux
+/// kernel whose first `(setup_sects + 1) * 512` bytes (`setup_sects` 0 meaning 4) are its
+/// setup, passed unmodified (QEMU patches the header only for guests without SEV, for its
+/// own option ROM; sevmirror's firmware builds the zero page itself, so it never does);
+/// the rest goes in the kernel item. Any other file (an ELF OS) goes whole in the kernel
+/// item: 0 bytes of setup. `None` when the setup sectors run past the end of the file
+/// (QEMU refuses such a file: "invalid kernel header").
+pub fn fw_cfg_setup_len(file: &[u8]) -> Option<usize> {
+    if le32(file, MAGIC_AT) != Some(HEADER_MAGIC) {
+        return Some(0);
+    }
+    let sects = match file.get(SETUP_HEADER_OFFSET).copied() {
+        Some(0) | None => DEFAULT_SETUP_SECTS,
+        Some(n) => n,
+    };
+    let len = (usize::from(sects) + 1) * 512;
+    (len <= file.len()).then_some(len)
+}
+
 /// A synthetic bzImage for tests: a valid 2.15 header, `setup_sects` 3, a 64 KiB kernel.
 #[cfg(test)]
 pub(crate) fn test_image() -> std::vec::Vec<u8> {
@@ -420,6 +440,25 @@ mod tests {
         let mut f = test_image();
         f[0x1f1] = 0;
         assert_eq!(BzHeader::parse(&f).unwrap().setup_len(), 5 * 512);
+    }
+
+    #[test]
+    fn fw_cfg_split_is_qemus() {
+        let f = test_image();
+        assert_eq!(fw_cfg_setup_len(&f), Some(4 * 512));
+        let mut g = f.clone();
+        g[0x1f1] = 0;
+        assert_eq!(fw_cfg_setup_len(&g), Some(5 * 512), "setup_sects 0 means 4");
+        g[0x1f1] = 200;
+        assert_eq!(fw_cfg_setup_len(&g[..0x2000]), None, "setup past the end");
+        // Anything without "HdrS" goes whole in the kernel item.
+        let elf = [0x7f, b'E', b'L', b'F'].repeat(300);
+        assert_eq!(fw_cfg_setup_len(&elf), Some(0));
+        assert_eq!(fw_cfg_setup_len(&[]), Some(0));
+        // A bad Linux header is still split (the firmware reports what is wrong with it).
+        let mut old = f.clone();
+        set16(&mut old, VERSION_AT, 0x0200);
+        assert_eq!(fw_cfg_setup_len(&old), Some(4 * 512));
     }
 
     #[test]

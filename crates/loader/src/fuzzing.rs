@@ -5,7 +5,7 @@
 use guest_abi::memmap::{firmware_reservations, MemoryMap};
 
 use crate::hashes::{Blob, HashTable};
-use crate::load::{load, Layout};
+use crate::load::{load, prepare, Layout};
 use crate::{GuestWriter, Span, WriteError};
 
 const MIB: u64 = 1 << 20;
@@ -64,4 +64,13 @@ pub fn exercise(data: &[u8]) {
     let (head, _) = data.split_at(split);
     let cmdline: &[u8] = if head.contains(&0) { &[] } else { head };
     let _ = load(data, head, cmdline, &layout, &mut Sink);
+    // As the firmware loads: its staging copy of the file avoided, the initrd its own.
+    let _ = crate::bzimage::fw_cfg_setup_len(data);
+    let staging = Span {
+        base: LOW_RAM - 16 * MIB,
+        size: 16 * MIB,
+    };
+    if let Ok(p) = prepare(data, head.len() as u64, cmdline, &layout, &[staging]) {
+        let _ = p.write(&mut Sink);
+    }
 }

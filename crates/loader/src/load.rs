@@ -3,18 +3,42 @@
 //!
 //! Both formats get a zero page ([`BootParams`]) with the E820 map, the command line and
 //! the initrd: Linux because the boot protocol says so, our own ELF OS because one format
-//! for the map is simpler than two. The hand-off is the same too: 64-bit mode, paging on
-//! with the loaded ranges identity-mapped, interrupts off, `RSI` = the zero page's address
-//! (boot.rst "64-bit Boot Protocol"; the firmware half does the jump).
+//! for the map is simpler than two.
 //!
-//! Order of placement: the kernel (Linux: the lowest `kernel_alignment`-aligned address at
+//! # Hand-off protocols
+//!
+//! **Linux bzImage** (boot.rst "64-bit Boot Protocol"): the protected-mode kernel at its
+//! load address (`code32_start`), entered at load address + 0x200 in 64-bit mode at CPL0,
+//! paging on with the kernel, zero page, command line and initrd identity-mapped,
+//! interrupts off, a GDT with a flat 64-bit code descriptor at `__BOOT_CS` (0x10) and a
+//! flat data descriptor at `__BOOT_DS` (0x18), CS = 0x10, DS = ES = SS = 0x18, and `RSI` =
+//! the zero page's address. The setup header in the zero page is the file's, with the
+//! loader's fields filled in (`type_of_loader` 0xff, `code32_start`, `cmd_line_ptr`,
+//! `ramdisk_image`/`ramdisk_size`), `setup_data` and `hardware_subarch` cleared.
+//!
+//! **ELF (sevmirror's own OS), version [`ELF_HANDOFF_VERSION`]**: the same register state
+//! and the same kind of zero page, so one OS entry path serves both: every `PT_LOAD`
+//! segment at its `p_paddr` (`.bss` zeroed), entered at the physical entry point (the
+//! `e_entry` translated through the segment that holds it) in 64-bit mode at CPL0,
+//! interrupts off, CS = 0x10, DS = ES = SS = 0x18, `RSI` = the zero page. The zero page
+//! carries `hdr.header` = "HdrS" and `hdr.version` = [`ELF_HANDOFF_VERSION`] (so the OS
+//! can tell it from a stray page), the E820 map, `cmd_line_ptr` (+ `ext_cmd_line_ptr`)
+//! and `cmdline_size` = [`MAX_ELF_CMDLINE`], `ramdisk_image`/`ramdisk_size` (+ `ext_*`),
+//! `type_of_loader` 0xff; every other field is zero. The firmware's side of both (page
+//! tables, stack, what stays mapped) is documented where it jumps (docs/architecture.md,
+//! "Direct boot").
+//!
+//! Placement order: the kernel (Linux: the lowest `kernel_alignment`-aligned address at
 //! or above `pref_address` with `init_size` bytes of usable RAM; ELF: where its segments
 //! say), then the zero page and the command line as low as they fit, then the initrd as
 //! high as it fits below `initrd_addr_max`, the way QEMU's and GRUB's loaders place it.
+//! A caller that still needs some usable RAM while it loads (the firmware keeps its copy
+//! of the kernel file there) names it as `avoid` to [`prepare`]: nothing is placed there,
+//! and it stays RAM in the E820 map.
 
 use guest_abi::memmap::MemoryMap;
 
-use crate::boot_params::{BootParams, LOADER_TYPE_UNDEFINED};
+use crate::boot_params::{BootParams, HEADER_MAGIC, LOADER_TYPE_UNDEFINED};
 use crate::bzimage::{BzError, BzHeader, BzImage, KernelPlacement, ENTRY64_OFFSET};
 use crate::e820::{E820Error, E820Map};
 use crate::elf::{ElfError, ElfImage};
@@ -23,6 +47,8 @@ use crate::{GuestWriter, Span, WriteError};
 
 /// Longest command line passed to an ELF kernel (a Linux kernel names its own maximum).
 pub const MAX_ELF_CMDLINE: usize = 4095;
+/// Version of the ELF hand-off protocol (the zero page's `hdr.version` for an ELF kernel).
+pub const ELF_HANDOFF_VERSION: u16 = 1;
 /// Everything the zero page points at stays below 4 GiB (its pointers are 32-bit unless
 /// the kernel sets `XLF_CAN_BE_LOADED_ABOVE_4G`; staying low works for every kernel).
 const LOW_LIMIT: u64 = 1 << 32;
@@ -104,6 +130,19 @@ pub enum LoadError {
         /// Its memory size.
         size: u64,
     },
+    /// An ELF segment overlaps RAM the caller still uses while it loads (the firmware's
+    /// copy of the kernel file).
+    #[error("ELF segment {index} at {base:#x}+{size:#x} overlaps the loader's staging copy of the kernel at {staging:#x?}; link the kernel lower")]
+    SegmentInStaging {
+        /// Program header index.
+        index: usize,
+        /// Its physical address.
+        base: u64,
+        /// Its memory size.
+        size: u64,
+        /// The range it overlaps.
+        staging: Span,
+    },
     /// No room for the zero page or the command line.
     #[error("no usable RAM below 4 GiB for the {what}")]
     NoRoom {
@@ -130,6 +169,19 @@ pub fn detect(image: &[u8]) -> Result<KernelFormat, LoadError> {
         Err(BzError::NotBzImage | BzError::TooShort { .. }) => Err(LoadError::NotAKernel),
         // A bzImage, maybe a bad one: `load_linux` reports what is wrong with it.
         _ => Ok(KernelFormat::BzImage),
+    }
+}
+
+/// The longest command line (without its NUL) `image` accepts: a bzImage's
+/// `cmdline_size` (its header checked), [`MAX_ELF_CMDLINE`] for an ELF file. Lets a caller
+/// refuse an over-long command line before reading it.
+pub fn cmdline_max(image: &[u8]) -> Result<usize, LoadError> {
+    match detect(image)? {
+        KernelFormat::BzImage => {
+            let hdr = BzHeader::parse(image)?;
+            Ok(usize::try_from(hdr.header().cmdline_size).unwrap_or(usize::MAX))
+        }
+        KernelFormat::Elf => Ok(MAX_ELF_CMDLINE),
     }
 }
 
@@ -252,6 +304,26 @@ pub fn plan_linux(
     cmdline_len: usize,
     layout: &Layout<'_>,
 ) -> Result<Plan, LoadError> {
+    plan_linux_avoiding(hdr, kernel_len, initrd_len, cmdline_len, layout, &[])
+}
+
+/// Claims that start out holding `avoid`.
+fn claims_avoiding(avoid: &[Span]) -> Result<Claims, LoadError> {
+    let mut claims = Claims::new();
+    for &span in avoid {
+        claims.claim(span)?;
+    }
+    Ok(claims)
+}
+
+fn plan_linux_avoiding(
+    hdr: &BzHeader,
+    kernel_len: u64,
+    initrd_len: u64,
+    cmdline_len: usize,
+    layout: &Layout<'_>,
+    avoid: &[Span],
+) -> Result<Plan, LoadError> {
     let max = usize::try_from(hdr.header().cmdline_size).unwrap_or(usize::MAX);
     if cmdline_len > max {
         return Err(LoadError::CmdlineTooLong {
@@ -260,7 +332,7 @@ pub fn plan_linux(
         });
     }
     let size = place::align_up(hdr.load_size(kernel_len), PAGE).unwrap_or(u64::MAX);
-    let mut claims = Claims::new();
+    let mut claims = claims_avoiding(avoid)?;
     let kernel = match hdr.placement() {
         KernelPlacement::Relocatable { min, align } => place::lowest(
             layout.map,
@@ -274,7 +346,11 @@ pub fn plan_linux(
         )
         .ok_or(LoadError::KernelDoesNotFit { size, min, align })?,
         KernelPlacement::Fixed { at } => Span::new(at, size)
-            .filter(|s| s.end() <= LOW_LIMIT && place::in_usable_ram(layout.map, s))
+            .filter(|s| {
+                s.end() <= LOW_LIMIT
+                    && place::in_usable_ram(layout.map, s)
+                    && claims.overlapping(s).is_none()
+            })
             .ok_or(LoadError::KernelDoesNotFit {
                 size,
                 min: at,
@@ -319,6 +395,139 @@ pub fn linux_boot_params(
     Ok(p)
 }
 
+/// The zero page for an ELF kernel placed by `plan` (the ELF hand-off protocol above).
+pub fn elf_boot_params(plan: &Plan, layout: &Layout<'_>) -> Result<BootParams, LoadError> {
+    let mut p = BootParams::ZERO;
+    fill_common(&mut p, plan, layout)?;
+    p.hdr.header = HEADER_MAGIC;
+    p.hdr.version = ELF_HANDOFF_VERSION;
+    p.hdr.cmdline_size = MAX_ELF_CMDLINE as u32;
+    Ok(p)
+}
+
+/// A parsed kernel of either format.
+#[derive(Clone, Copy, Debug)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "no_std without alloc: nothing to box into, and one lives at a time"
+)]
+enum Image<'k> {
+    Linux(BzImage<'k>),
+    Elf(ElfImage<'k>),
+}
+
+/// A load planned and checked but not yet written: what [`prepare`] returns. The caller
+/// may put the initrd at [`Prepared::plan`]'s `initrd` itself (the firmware reads it from
+/// fw_cfg straight to its place), then [`Prepared::write`] writes the rest.
+#[derive(Clone, Copy, Debug)]
+pub struct Prepared<'k, 'c> {
+    image: Image<'k>,
+    cmdline: &'c [u8],
+    plan: Plan,
+    params: BootParams,
+}
+
+/// Parses `image` (either format, by its magic), checks the command line (`cmdline`,
+/// without NUL) against the kernel's maximum, and plans the load of it and of an initrd of
+/// `initrd_len` bytes, placing nothing in `avoid`. Writes nothing.
+pub fn prepare<'k, 'c>(
+    image: &'k [u8],
+    initrd_len: u64,
+    cmdline: &'c [u8],
+    layout: &Layout<'_>,
+    avoid: &[Span],
+) -> Result<Prepared<'k, 'c>, LoadError> {
+    let (image, plan, params) = match detect(image)? {
+        KernelFormat::BzImage => {
+            let bz = BzImage::parse(image)?;
+            let hdr = bz.header();
+            check_cmdline(
+                cmdline,
+                usize::try_from(hdr.header().cmdline_size).unwrap_or(usize::MAX),
+            )?;
+            let plan = plan_linux_avoiding(
+                hdr,
+                bz.kernel().len() as u64,
+                initrd_len,
+                cmdline.len(),
+                layout,
+                avoid,
+            )?;
+            let params = linux_boot_params(hdr, &plan, layout)?;
+            (Image::Linux(bz), plan, params)
+        }
+        KernelFormat::Elf => {
+            let elf = ElfImage::parse(image)?;
+            check_cmdline(cmdline, MAX_ELF_CMDLINE)?;
+            let plan = plan_elf_avoiding(&elf, initrd_len, cmdline.len(), layout, avoid)?;
+            let params = elf_boot_params(&plan, layout)?;
+            (Image::Elf(elf), plan, params)
+        }
+    };
+    Ok(Prepared {
+        image,
+        cmdline,
+        plan,
+        params,
+    })
+}
+
+impl Prepared<'_, '_> {
+    /// The kernel's format.
+    pub fn format(&self) -> KernelFormat {
+        match self.image {
+            Image::Linux(_) => KernelFormat::BzImage,
+            Image::Elf(_) => KernelFormat::Elf,
+        }
+    }
+
+    /// Where everything goes.
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    /// The zero page that [`Prepared::write`] writes.
+    pub fn params(&self) -> &BootParams {
+        &self.params
+    }
+
+    /// Writes the zero page, the command line (with its NUL) and the kernel (a bzImage's
+    /// protected-mode part at its load address, or every ELF segment with its `.bss`
+    /// zeroed), everything but the initrd.
+    pub fn write(self, mem: &mut impl GuestWriter) -> Result<Handoff, LoadError> {
+        let plan = self.plan;
+        mem.write(plan.boot_params.base, &self.params.encode())?;
+        mem.write(plan.cmdline.base, self.cmdline)?;
+        mem.write(plan.cmdline.base + self.cmdline.len() as u64, &[0])?;
+        match self.image {
+            Image::Linux(bz) => mem.write(plan.kernel.base, bz.kernel())?,
+            Image::Elf(elf) => {
+                for seg in elf.segments() {
+                    let bytes = elf.file_bytes(seg);
+                    mem.write(seg.paddr, bytes)?;
+                    let tail = seg.mem_size - bytes.len() as u64;
+                    if tail > 0 {
+                        mem.zero(seg.paddr + bytes.len() as u64, tail)?;
+                    }
+                }
+            }
+        }
+        Ok(Handoff {
+            format: self.format(),
+            plan,
+            params: self.params,
+        })
+    }
+
+    /// Writes the initrd where the plan put it, then everything else ([`Prepared::write`]).
+    fn write_all(self, initrd: &[u8], mem: &mut impl GuestWriter) -> Result<Handoff, LoadError> {
+        if let Some(span) = self.plan.initrd {
+            mem.write(span.base, initrd)?;
+        }
+        self.write(mem)
+    }
+}
+
 /// Loads a Linux bzImage, its initrd (empty: none) and command line (without NUL).
 pub fn load_linux(
     image: &BzImage<'_>,
@@ -340,29 +549,13 @@ pub fn load_linux(
         layout,
     )?;
     let params = linux_boot_params(hdr, &plan, layout)?;
-    write_common(&plan, &params, initrd, cmdline, mem)?;
-    mem.write(plan.kernel.base, image.kernel())?;
-    Ok(Handoff {
-        format: KernelFormat::BzImage,
+    Prepared {
+        image: Image::Linux(*image),
+        cmdline,
         plan,
         params,
-    })
-}
-
-fn write_common(
-    plan: &Plan,
-    params: &BootParams,
-    initrd: &[u8],
-    cmdline: &[u8],
-    mem: &mut impl GuestWriter,
-) -> Result<(), LoadError> {
-    mem.write(plan.boot_params.base, &params.encode())?;
-    mem.write(plan.cmdline.base, cmdline)?;
-    mem.write(plan.cmdline.base + cmdline.len() as u64, &[0])?;
-    if let Some(span) = plan.initrd {
-        mem.write(span.base, initrd)?;
     }
-    Ok(())
+    .write_all(initrd, mem)
 }
 
 /// Decides where an ELF kernel's zero page, command line and initrd go, after checking
@@ -373,13 +566,23 @@ pub fn plan_elf(
     cmdline_len: usize,
     layout: &Layout<'_>,
 ) -> Result<Plan, LoadError> {
+    plan_elf_avoiding(elf, initrd_len, cmdline_len, layout, &[])
+}
+
+fn plan_elf_avoiding(
+    elf: &ElfImage<'_>,
+    initrd_len: u64,
+    cmdline_len: usize,
+    layout: &Layout<'_>,
+    avoid: &[Span],
+) -> Result<Plan, LoadError> {
     if cmdline_len > MAX_ELF_CMDLINE {
         return Err(LoadError::CmdlineTooLong {
             len: cmdline_len,
             max: MAX_ELF_CMDLINE,
         });
     }
-    let mut claims = Claims::new();
+    let mut claims = claims_avoiding(avoid)?;
     let (mut lo, mut hi) = (u64::MAX, 0);
     for seg in elf.segments() {
         let span = seg.span();
@@ -388,6 +591,14 @@ pub fn plan_elf(
                 index: seg.index,
                 base: span.base,
                 size: span.size,
+            });
+        }
+        if let Some(&staging) = avoid.iter().find(|a| a.overlaps(&span)) {
+            return Err(LoadError::SegmentInStaging {
+                index: seg.index,
+                base: span.base,
+                size: span.size,
+                staging,
             });
         }
         claims.claim(span)?;
@@ -418,23 +629,14 @@ pub fn load_elf(
 ) -> Result<Handoff, LoadError> {
     check_cmdline(cmdline, MAX_ELF_CMDLINE)?;
     let plan = plan_elf(elf, initrd.len() as u64, cmdline.len(), layout)?;
-    let mut params = BootParams::ZERO;
-    fill_common(&mut params, &plan, layout)?;
-    params.hdr.cmdline_size = MAX_ELF_CMDLINE as u32;
-    write_common(&plan, &params, initrd, cmdline, mem)?;
-    for seg in elf.segments() {
-        let bytes = elf.file_bytes(seg);
-        mem.write(seg.paddr, bytes)?;
-        let tail = seg.mem_size - bytes.len() as u64;
-        if tail > 0 {
-            mem.zero(seg.paddr + bytes.len() as u64, tail)?;
-        }
-    }
-    Ok(Handoff {
-        format: KernelFormat::Elf,
+    let params = elf_boot_params(&plan, layout)?;
+    Prepared {
+        image: Image::Elf(*elf),
+        cmdline,
         plan,
         params,
-    })
+    }
+    .write_all(initrd, mem)
 }
 
 /// Loads either format, by its magic.
@@ -445,10 +647,7 @@ pub fn load(
     layout: &Layout<'_>,
     mem: &mut impl GuestWriter,
 ) -> Result<Handoff, LoadError> {
-    match detect(image)? {
-        KernelFormat::Elf => load_elf(&ElfImage::parse(image)?, initrd, cmdline, layout, mem),
-        KernelFormat::BzImage => load_linux(&BzImage::parse(image)?, initrd, cmdline, layout, mem),
-    }
+    prepare(image, initrd.len() as u64, cmdline, layout, &[])?.write_all(initrd, mem)
 }
 
 #[cfg(test)]
@@ -762,6 +961,99 @@ mod tests {
             load(&file, &[], b"", &layout, &mut ram).unwrap_err(),
             LoadError::BzImage(BzError::ProtocolTooOld { version: 0x0204 })
         );
+    }
+
+    #[test]
+    fn prepare_avoids_the_callers_ram_and_leaves_the_initrd_to_it() {
+        let m = map(256 * MIB);
+        let mmio = services();
+        let layout = Layout {
+            map: &m,
+            mmio: &mmio,
+        };
+        let file = crate::bzimage::test_image();
+        // The caller's copy of the kernel file sits at the top of RAM, where the initrd
+        // would otherwise go.
+        let staging = Span::new(256 * MIB - 4 * MIB, 4 * MIB).unwrap();
+        let p = prepare(&file, 3 * MIB, b"quiet", &layout, &[staging]).unwrap();
+        assert_eq!(p.format(), KernelFormat::BzImage);
+        let plan = *p.plan();
+        let rd = plan.initrd.unwrap();
+        assert_eq!(
+            rd.end(),
+            staging.base,
+            "as high as it fits, below the staging"
+        );
+        for span in [plan.kernel, plan.boot_params, plan.cmdline, rd] {
+            assert!(!span.overlaps(&staging), "{span:x?}");
+        }
+        let mut ram = FakeRam::new(0, 256 * MIB as usize);
+        let params = *p.params();
+        let h = p.write(&mut ram).unwrap();
+        assert_eq!(h.params, params);
+        assert!(
+            ram.writes
+                .iter()
+                .all(|&(gpa, len)| !rd.overlaps(&Span::new(gpa, len).unwrap())),
+            "the initrd is the caller's to write"
+        );
+        assert_eq!(read_params(&ram, plan.boot_params.base), params);
+        assert_eq!(ram.read(plan.cmdline.base, 6), b"quiet\0");
+        // The same load without the staging puts the initrd at the top of RAM.
+        let q = prepare(&file, 3 * MIB, b"quiet", &layout, &[]).unwrap();
+        assert!(q.plan().initrd.unwrap().overlaps(&staging));
+        // The E820 map still calls the staging RAM usable: it is the OS's afterwards.
+        let e820: std::vec::Vec<_> = params.e820().collect();
+        assert!(e820.iter().any(|e| e.kind == E820Type::RAM.0
+            && { e.addr } <= staging.base
+            && staging.end() <= { e.addr } + { e.size }));
+    }
+
+    #[test]
+    fn the_command_line_maximum_is_the_kernels() {
+        let mut file = crate::bzimage::test_image();
+        assert_eq!(cmdline_max(&file), Ok(0x7ff));
+        assert_eq!(cmdline_max(&test_elf(0x40_0000, &[])), Ok(MAX_ELF_CMDLINE));
+        assert_eq!(cmdline_max(b"junk"), Err(LoadError::NotAKernel));
+        file[0x206] = 0x04;
+        assert_eq!(
+            cmdline_max(&file),
+            Err(LoadError::BzImage(BzError::ProtocolTooOld {
+                version: 0x0204
+            }))
+        );
+    }
+
+    #[test]
+    fn elf_segments_in_the_staging_are_refused_and_the_zero_page_is_marked() {
+        let m = map(128 * MIB);
+        let layout = Layout { map: &m, mmio: &[] };
+        let base = 0x400_0000;
+        let file = test_elf(base, &[(base, base, 0x100, 0x2000, PF_R | PF_X)]);
+        let staging = Span::new(base + 0x1000, 0x10_0000).unwrap();
+        let e = prepare(&file, 0, b"", &layout, &[staging]).unwrap_err();
+        assert_eq!(
+            e,
+            LoadError::SegmentInStaging {
+                index: 0,
+                base,
+                size: 0x2000,
+                staging
+            }
+        );
+        assert!(std::format!("{e}").contains("staging"));
+        let p = prepare(&file, 0, b"os", &layout, &[]).unwrap();
+        assert_eq!(p.format(), KernelFormat::Elf);
+        let hdr = p.params().hdr;
+        assert_eq!({ hdr.header }, HEADER_MAGIC);
+        assert_eq!({ hdr.version }, ELF_HANDOFF_VERSION);
+        assert_eq!({ hdr.cmdline_size }, MAX_ELF_CMDLINE as u32);
+        assert_eq!(
+            { hdr.code32_start },
+            0,
+            "fields the protocol does not name are zero"
+        );
+        assert_eq!(p.plan().entry, base);
     }
 
     #[test]

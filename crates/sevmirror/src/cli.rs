@@ -74,6 +74,22 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 1000, value_name = "PAGES")]
     pub dirty_rate: u64,
 
+    /// Kernel to boot directly (QEMU's -kernel): a Linux bzImage or an ELF guest OS,
+    /// handed to the firmware through fw_cfg; the firmware loads it and jumps to it
+    /// instead of running a built-in workload. Under --sev the launch also measures the
+    /// SEV hashes table of kernel, initrd and command line (what `measure --kernel`
+    /// computes), and the firmware refuses anything that does not match it.
+    #[arg(long, value_name = "FILE")]
+    pub kernel: Option<PathBuf>,
+
+    /// Initrd passed with --kernel (QEMU's -initrd).
+    #[arg(long, value_name = "FILE", requires = "kernel")]
+    pub initrd: Option<PathBuf>,
+
+    /// Kernel command line passed with --kernel (QEMU's -append).
+    #[arg(long, value_name = "TEXT", requires = "kernel")]
+    pub append: Option<String>,
+
     /// Extra fw_cfg file: name=NAME,file=PATH or name=NAME,string=TEXT (as QEMU's -fw_cfg).
     #[arg(long = "fw-cfg", value_name = "SPEC")]
     pub fw_cfg: Vec<String>,

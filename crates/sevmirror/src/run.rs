@@ -15,7 +15,7 @@ use vmm::{
     process,
     sev::{HypercallTransport, SevConfig},
     vm::VmOutcome,
-    ConsoleOut, Firmware, KvmSystem, VmConfig,
+    ConsoleOut, DirectBoot, Firmware, KvmSystem, VmConfig,
 };
 
 /// Loads `--firmware FILE`, or the embedded image.
@@ -63,6 +63,25 @@ pub fn fw_cfg_file(spec: &str) -> anyhow::Result<(String, Vec<u8>)> {
         (Some(n), Some(d)) => Ok((n, d)),
         _ => bail!("--fw-cfg {spec:?}: both name= and file= (or string=) are needed"),
     }
+}
+
+/// The kernel, initrd and command line of `--kernel/--initrd/--append`, if given.
+pub fn direct_boot(args: &RunArgs) -> anyhow::Result<Option<DirectBoot>> {
+    let Some(kernel) = &args.kernel else {
+        return Ok(None);
+    };
+    let read = |what: &str, p: &std::path::Path| {
+        std::fs::read(p).with_context(|| format!("cannot read {what} {}", p.display()))
+    };
+    let image = read("kernel", kernel)?;
+    let initrd = args
+        .initrd
+        .as_deref()
+        .map(|p| read("initrd", p))
+        .transpose()?;
+    let boot = DirectBoot::new(image, initrd, args.append.clone().unwrap_or_default())
+        .with_context(|| format!("--kernel {}", kernel.display()))?;
+    Ok(Some(boot))
 }
 
 /// The SEV platform `--sev-backend` names (default: hardware when /dev/sev exists).
@@ -193,6 +212,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<i32> {
         ),
         None => None,
     };
+    let kernel = direct_boot(args)?;
     let sev = sev_config(&args.sev)?;
     let es = sev.as_ref().is_some_and(|s| s.policy.has(Policy::ES));
     // An SEV-ES guest's helper vCPUs are part of its launch digest, so they are asked
@@ -217,6 +237,9 @@ pub fn run(args: &RunArgs) -> anyhow::Result<i32> {
     .state_dir(state_dir(args));
     if let Some(listener) = listener {
         builder = builder.incoming(listener);
+    }
+    if let Some(boot) = kernel {
+        builder = builder.kernel(boot);
     }
     let mut controller = builder.build(kvm)?;
     let events = EventSender::new();

@@ -580,6 +580,45 @@ fn kvm_when_the_source_dies_mid_migration_the_target_gives_up_without_running_a_
     assert_incoming_failed(&mut dst);
 }
 
+#[test]
+fn kvm_a_guest_that_writes_into_its_helpers_region_gets_its_migration_refused_not_corrupted() {
+    if !kvm_present(
+        "kvm_a_guest_that_writes_into_its_helpers_region_gets_its_migration_refused_not_corrupted",
+    ) {
+        return;
+    }
+    let lab = Lab::sev();
+    // The scribble test option: once its helper has served a request (the mirror is
+    // attached), the guest overwrites the helper's IDT, as an OS ignoring its memory map
+    // would.
+    let mut src = lab.sev_running(
+        "src",
+        &[
+            "--workload",
+            "dirty",
+            "--fw-cfg",
+            "name=opt/sevmirror/scribble,string=1",
+        ],
+        &[],
+    );
+    src.wait_console("scribble: wrote");
+    src.wait_console("filled; rewriting");
+    let mut dst = lab.sev_target("dst");
+    let port = dst.port();
+    src.migrate(port);
+
+    let info = src.wait_migration_end();
+    assert_eq!(info["status"], "failed", "{info}");
+    let why = info["error-desc"].as_str().unwrap_or_default();
+    assert!(why.contains("CORRUPTED"), "{info}");
+    eprintln!("the migration failed: {why}");
+    // Refused, not corrupted: the guest stays where it is, running, and the target
+    // never ran it.
+    assert_eq!(src.status(), "running");
+    assert_incoming_failed(&mut dst);
+    assert!(!src.console().contains("verify FAIL"));
+}
+
 /// Flips one byte in the middle of the longest run of zero padding of `image`.
 fn modified_firmware(image: &[u8]) -> Vec<u8> {
     let (mut best, mut run_start) = ((0, 0), 0);

@@ -111,6 +111,7 @@ pub struct Firmware {
     image: Vec<u8>,
     services_gpa: u64,
     secret_area: Option<(u64, u64)>,
+    hashes_area: Option<(u64, u64)>,
     helper: Option<HelperDescriptor>,
 }
 
@@ -153,6 +154,25 @@ impl Firmware {
             }
             None => None,
         };
+        // The SEV hashes table page (measured direct boot); an empty entry (Debian's
+        // OVMF.fd has one) or one too small for the table means the firmware cannot
+        // check a kernel.
+        let hashes_area = match table
+            .find(guid::SEV_HASH_TABLE)
+            .map_err(FirmwareError::Table)?
+        {
+            Some(entry) => {
+                match EntryValue::decode(&image, &entry).map_err(FirmwareError::Table)? {
+                    EntryValue::SevHashTable(a)
+                        if a.base != 0 && a.size as usize >= os_loader::hashes::PADDED_SIZE =>
+                    {
+                        Some((u64::from(a.base), u64::from(a.size)))
+                    }
+                    _ => None,
+                }
+            }
+            None => None,
+        };
         let helper = match table
             .find(guid::MIRROR_HELPER_DESCRIPTOR)
             .map_err(FirmwareError::Table)?
@@ -166,6 +186,7 @@ impl Firmware {
             image,
             services_gpa,
             secret_area,
+            hashes_area,
             helper,
         })
     }
@@ -178,6 +199,12 @@ impl Firmware {
     /// The SEV secret area (base, size) the image declares, if any.
     pub fn secret_area(&self) -> Option<(u64, u64)> {
         self.secret_area
+    }
+
+    /// The SEV hashes table area (base, size) the image declares, if it can check a
+    /// directly booted kernel: present, non-empty, room for the padded table.
+    pub fn hashes_area(&self) -> Option<(u64, u64)> {
+        self.hashes_area
     }
 
     /// The migration helper the image declares, if any.
@@ -232,5 +259,30 @@ mod tests {
             fw.secret_area(),
             Some((layout::SEV_SECRET_BASE, layout::SEV_SECRET_SIZE))
         );
+        assert_eq!(
+            fw.hashes_area(),
+            Some((layout::SEV_HASH_TABLE_BASE, layout::SEV_HASH_TABLE_SIZE))
+        );
+    }
+
+    #[test]
+    fn an_empty_hashes_entry_means_no_hashes_area() {
+        // As Debian's OVMF.fd declares it: the entry is there, base and size 0.
+        let services = fwtable::ServicesDescriptor {
+            flags: 0,
+            services_gpa: layout::SERVICES_GPA,
+        }
+        .encode();
+        let empty = fwtable::SevArea { base: 0, size: 0 }.encode();
+        let mut image = vec![0u8; 64 << 10];
+        fwtable::place_in_image(
+            &mut image,
+            &[
+                (guid::SERVICES_DESCRIPTOR, &services),
+                (guid::SEV_HASH_TABLE, &empty),
+            ],
+        )
+        .unwrap();
+        assert_eq!(Firmware::load(image).unwrap().hashes_area(), None);
     }
 }

@@ -21,6 +21,7 @@
 pub mod console;
 pub mod control;
 pub mod devices;
+pub mod direct_boot;
 pub mod firmware;
 pub mod kvm;
 pub mod memory;
@@ -32,6 +33,7 @@ pub mod vcpu;
 pub mod vm;
 
 pub use console::ConsoleOut;
+pub use direct_boot::{DirectBoot, DirectBootError};
 pub use firmware::{Firmware, FirmwareError};
 pub use kvm::KvmSystem;
 pub use vm::{Vm, VmConfig, VmError, VmOutcome};

@@ -344,7 +344,8 @@ impl HelperVcpu {
                     | Status::AUTH_FAILED
                     | Status::REORDER
                     | Status::REPLAY
-                    | Status::INCOMPLETE => Some(resp.index),
+                    | Status::INCOMPLETE
+                    | Status::CORRUPTED => Some(resp.index),
                     _ => None,
                 },
             }),

@@ -11,7 +11,8 @@ use guest_abi::{layout, services::hcall};
 use kvm_bindings::kvm_cpuid_entry2;
 use sev_platform::{
     backend::{
-        BackendKind, GuestStatus, KvmVmType, LaunchMeasurement, LaunchSession, SecretHeader, VmRef,
+        BackendKind, GuestStatus, KvmVmType, LaunchMeasurement, LaunchMemory, LaunchSession,
+        SecretHeader, VmRef,
     },
     hw::{vm_type_for, SevMode},
     vmsa::{ResetVmsas, VcpuType, VmmType},
@@ -272,6 +273,8 @@ pub(crate) fn map_gpa_range(view: &HostView, args: [u64; 3]) -> u64 {
 pub struct LaunchStarted {
     /// LAUNCH_UPDATE_VMSA is done.
     vmsas: bool,
+    /// The SEV hashes table is measured.
+    hashes: bool,
 }
 
 impl LaunchStarted {
@@ -327,7 +330,44 @@ impl Vm {
             rom_range.start,
             rom_range.end - rom_range.start,
         )?;
-        Ok(LaunchStarted { vmsas: false })
+        Ok(LaunchStarted {
+            vmsas: false,
+            hashes: false,
+        })
+    }
+
+    /// Measured direct boot: writes the SEV hashes table (`DirectBoot::hashes_table`) at
+    /// the start of the page the firmware's footer names and measures those bytes with a
+    /// LAUNCH_UPDATE_DATA, right after the firmware and before any VMSA, as QEMU's
+    /// `sev_add_kernel_loader_hashes` does for `-kernel` with `kernel-hashes=on`. The
+    /// launch digest is then SHA-256(firmware ‖ table [‖ VMSAs]), what `sevmirror measure
+    /// --kernel ...` and sev-snp-measure compute. The table is plaintext the host writes
+    /// before the guest exists (through the platform's launch view, as QEMU copies it into
+    /// guest RAM); LAUNCH_UPDATE_DATA makes it the guest's, private and measured.
+    pub fn sev_launch_update_hashes(
+        &mut self,
+        started: LaunchStarted,
+        table: &[u8; os_loader::hashes::PADDED_SIZE],
+    ) -> Result<LaunchStarted, VmError> {
+        if started.vmsas || started.hashes {
+            return Err(VmError::HashesOutOfOrder);
+        }
+        let (gpa, _) = self.firmware_hashes_area.ok_or(VmError::NoHashesArea)?;
+        let view = LaunchView::new(&self.ram, &self.rom);
+        let sev = self.sev.as_ref().ok_or(VmError::NotSev)?;
+        view.write_plain(gpa, table).map_err(|e| {
+            VmError::Memory(crate::memory::MemoryError::OutOfRange {
+                gpa: e.gpa,
+                len: e.len as usize,
+            })
+        })?;
+        sev.config
+            .backend
+            .launch_update_data(sev.vm_ref, &view, gpa, table.len() as u64)?;
+        Ok(LaunchStarted {
+            hashes: true,
+            ..started
+        })
     }
 
     /// LAUNCH_UPDATE_VMSA (SEV-ES): every vCPU's registers are set to its reset state for
@@ -374,7 +414,10 @@ impl Vm {
             }
         }
         result?;
-        Ok(LaunchStarted { vmsas: true })
+        Ok(LaunchStarted {
+            vmsas: true,
+            ..started
+        })
     }
 
     /// LAUNCH_MEASURE (for an SEV-ES guest, after [`Vm::sev_launch_update_vmsa`]).

@@ -95,6 +95,12 @@ pub enum VmError {
     /// LAUNCH_UPDATE_VMSA was asked for twice, or after the vCPUs started.
     #[error("LAUNCH_UPDATE_VMSA is done already: the vCPUs' state is protected")]
     VmsasDone,
+    /// A kernel for an SEV guest whose firmware has no (usable) SEV hashes table area.
+    #[error("the firmware has no SEV hashes table area, so it cannot check a directly booted kernel (QEMU refuses this too); use a firmware built for measured direct boot")]
+    NoHashesArea,
+    /// The hashes table measured at the wrong point of the launch.
+    #[error("the SEV hashes table is measured once, right after the firmware and before any VMSA")]
+    HashesOutOfOrder,
     /// LAUNCH_MEASURE of an SEV-ES guest before LAUNCH_UPDATE_VMSA.
     #[error("an SEV-ES launch measures every vCPU's VMSA: LAUNCH_UPDATE_VMSA must come before LAUNCH_MEASURE")]
     VmsasMissing,
@@ -166,6 +172,7 @@ pub struct Vm {
     bus: Option<Arc<PioBus>>,
     page_states: Option<Arc<PageStates>>,
     pub(crate) firmware_secret_area: Option<(u64, u64)>,
+    pub(crate) firmware_hashes_area: Option<(u64, u64)>,
     pub(crate) helper: Option<helper_abi::descriptor::HelperDescriptor>,
     console: ConsoleOut,
     pub(crate) services_gpa: u64,
@@ -289,6 +296,7 @@ impl Vm {
             helper: config.firmware.helper().copied(),
             page_states,
             firmware_secret_area: config.firmware.secret_area(),
+            firmware_hashes_area: config.firmware.hashes_area(),
             console: config.console,
             services_gpa: config.firmware.services_gpa(),
             guest_request: Arc::default(),
@@ -360,6 +368,20 @@ impl Vm {
     pub fn route_events(&mut self, sink: EventSink) {
         self.events = sink;
         self.inbox = None;
+    }
+
+    /// Hands `boot`'s kernel, initrd and command line to the firmware through fw_cfg
+    /// (`direct_boot` has the items). Before [`Vm::start`]. Under SEV the hashes table is
+    /// measured separately ([`Vm::sev_launch_update_hashes`]).
+    pub fn direct_boot(&mut self, boot: &crate::DirectBoot) -> Result<(), VmError> {
+        let dev = self.fw_cfg.as_mut().ok_or(VmError::AlreadyStarted)?;
+        for (key, data) in boot.fw_cfg_items() {
+            dev.set_item(key, data);
+        }
+        for (name, data) in boot.fw_cfg_files() {
+            dev.add_file(&name, data)?;
+        }
+        Ok(())
     }
 
     /// Starts one thread per vCPU.

@@ -3,6 +3,7 @@
 pub mod bypass;
 pub mod canary;
 pub mod dirty;
+pub mod scribble;
 pub mod selftest;
 pub mod vctest;
 

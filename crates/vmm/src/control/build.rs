@@ -1,12 +1,13 @@
 //! Building a controller: the launch sequence every program that runs a VM shares — the
-//! VM, an SEV launch up to LAUNCH_MEASURE (the owner may then attest and inject secrets),
-//! and, for a migration target, the listener and its prefault.
+//! VM, a directly booted kernel's fw_cfg items, an SEV launch up to LAUNCH_MEASURE (the
+//! SEV hashes table of that kernel measured after the firmware; the owner may then attest
+//! and inject secrets), and, for a migration target, the listener and its prefault.
 
 use super::{Controller, Incoming, State};
 use crate::{
     sev::DEFAULT_VCPU_TYPE,
     vm::{VmConfig, VmError},
-    KvmSystem, Vm,
+    DirectBoot, KvmSystem, Vm,
 };
 use guest_abi::fwcfg;
 use sev_platform::{vmsa::VcpuType, Policy};
@@ -39,6 +40,7 @@ pub struct MachineBuilder {
     incoming: Option<TcpListener>,
     state_dir: Option<PathBuf>,
     vcpu_type: VcpuType,
+    kernel: Option<DirectBoot>,
 }
 
 impl MachineBuilder {
@@ -51,7 +53,16 @@ impl MachineBuilder {
             vcpu_type: VcpuType::from_name(DEFAULT_VCPU_TYPE)
                 .expect("the default vCPU type is one of VCPU_TYPES"),
             state_dir: None,
+            kernel: None,
         }
+    }
+
+    /// Boots `boot`'s kernel, initrd and command line directly: the firmware gets them
+    /// through fw_cfg as QEMU passes `-kernel/-initrd/-append`, and an SEV launch measures
+    /// the SEV hashes table of the three right after the firmware (`crate::direct_boot`).
+    pub fn kernel(mut self, boot: DirectBoot) -> MachineBuilder {
+        self.kernel = Some(boot);
+        self
     }
 
     /// The vCPU model of an SEV-ES launch (its signature is in every measured VMSA;
@@ -94,6 +105,7 @@ impl MachineBuilder {
             incoming,
             state_dir,
             vcpu_type,
+            kernel,
         } = self;
         let es = config
             .sev
@@ -113,11 +125,23 @@ impl MachineBuilder {
             Sha256::digest(config.firmware.image()).into()
         };
         let backend = config.sev.as_ref().map(|s| s.backend.clone());
+        // QEMU refuses this too: the firmware could not check the kernel.
+        if backend.is_some() && kernel.is_some() && config.firmware.hashes_area().is_none() {
+            return Err(LaunchError::Vm(VmError::NoHashesArea));
+        }
         let mut vm = Vm::new(&kvm, config).map_err(LaunchError::Vm)?;
+        if let Some(boot) = &kernel {
+            vm.direct_boot(boot).map_err(LaunchError::Vm)?;
+        }
         let mut mirror = None;
         let launch = match backend {
             Some(_) => {
                 let mut started = vm.sev_launch_start().map_err(LaunchError::SevLaunch)?;
+                if let Some(boot) = &kernel {
+                    started = vm
+                        .sev_launch_update_hashes(started, &boot.hashes_table())
+                        .map_err(LaunchError::SevLaunch)?;
+                }
                 if es {
                     started = vm
                         .sev_launch_update_vmsa(started, vcpu_type)
