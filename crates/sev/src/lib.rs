@@ -25,6 +25,8 @@ pub mod measure;
 pub mod memcrypt;
 pub mod memory;
 pub mod owner;
+pub mod owner_files;
+pub mod platform;
 pub mod policy;
 pub mod secret;
 pub mod secret_table;

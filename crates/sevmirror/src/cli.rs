@@ -239,11 +239,11 @@ pub fn parse_u32(s: &str) -> Result<u32, String> {
     parsed.map_err(|_| format!("{s:?} is not a 32-bit number (decimal or 0x hex)"))
 }
 
-/// A memory size argument (see `size::parse_size`).
+/// A memory size argument (see `vmm::memory::size::parse_size`).
 pub fn parse_mem_arg(s: &str) -> Result<u64, String> {
     parse_mem(s)
 }
 
 fn parse_mem(s: &str) -> Result<u64, String> {
-    crate::size::parse_size(s).map_err(|e| e.to_string())
+    vmm::memory::size::parse_size(s).map_err(|e| e.to_string())
 }

@@ -14,7 +14,6 @@ mod measure_cmd;
 mod owner_cmd;
 mod platform_cmd;
 mod run;
-mod size;
 
 use clap::Parser;
 use cli::{Cli, Command};

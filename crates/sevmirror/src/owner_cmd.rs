@@ -19,12 +19,14 @@
 
 use crate::{
     cli::parse_u32,
-    measure_cmd::{self, usage_error, EsArgs, LaunchSpec, Mode},
+    measure_cmd::{self, usage_error, EsArgs, Mode},
 };
 use anyhow::{bail, Context};
 use clap::{ArgGroup, Args, Subcommand};
 use fwtable::Guid;
+use migration::recovery::hex;
 use serde_json::json;
+use sev_platform::owner_files::{read_capped, read_key, write_file};
 use sev_platform::{
     certs::CERT_SIZE,
     crypto::TransportKeys,
@@ -34,12 +36,7 @@ use sev_platform::{
     secret::MAX_SECRET,
     Policy,
 };
-use std::{
-    fs,
-    io::{Read, Write},
-    os::unix::fs::OpenOptionsExt,
-    path::{Path, PathBuf},
-};
+use std::{fs, path::PathBuf};
 
 /// `sevmirror owner`.
 #[derive(Args, Debug)]
@@ -289,54 +286,6 @@ pub fn parse_secret_spec(s: &str) -> Result<SecretSpec, String> {
     })
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Reads at most `max` bytes of `path`; a longer file is an error.
-fn read_capped(what: &str, path: &Path, max: usize) -> anyhow::Result<Vec<u8>> {
-    let file =
-        fs::File::open(path).with_context(|| format!("cannot read {what} {}", path.display()))?;
-    let mut buf = Vec::new();
-    file.take(max as u64 + 1)
-        .read_to_end(&mut buf)
-        .with_context(|| format!("cannot read {what} {}", path.display()))?;
-    if buf.len() > max {
-        bail!("{what} {} is larger than {max} bytes", path.display());
-    }
-    Ok(buf)
-}
-
-/// A 16-byte raw key file; `name` is "TEK" or "TIK".
-fn read_key(name: &str, path: &Path) -> anyhow::Result<[u8; 16]> {
-    let raw = read_capped(&format!("{name} file"), path, 64)?;
-    raw.as_slice().try_into().map_err(|_| {
-        anyhow::anyhow!(
-            "{name} file {} is {} bytes, expected 16 raw bytes (NAME_{}.bin from `owner session` or `sevctl session`)",
-            path.display(),
-            raw.len(),
-            name.to_ascii_lowercase(),
-        )
-    })
-}
-
-/// Creates `path` with `mode` (replacing it unless `create_new`), writes `bytes`.
-fn write_file(path: &Path, bytes: &[u8], mode: u32, create_new: bool) -> anyhow::Result<()> {
-    let mut opts = fs::OpenOptions::new();
-    opts.write(true).mode(mode);
-    if create_new {
-        opts.create_new(true);
-    } else {
-        opts.create(true).truncate(true);
-    }
-    let mut f = opts
-        .open(path)
-        .with_context(|| format!("cannot create {}", path.display()))?;
-    f.write_all(bytes)
-        .and_then(|()| f.sync_all())
-        .with_context(|| format!("cannot write {}", path.display()))
-}
-
 fn session(args: &SessionArgs) -> anyhow::Result<()> {
     if args.name.is_empty() || args.name.contains('/') {
         bail!(
@@ -401,31 +350,21 @@ fn verify(args: &VerifyArgs) -> anyhow::Result<()> {
             let spec = measure_cmd::launch_spec(mode, &args.es).unwrap_or_else(|m| usage_error(&m));
             let (bytes, mut what) = match firmware {
                 Some(path) => {
-                    image = measure_cmd::read_firmware(path)?;
+                    image = vmm::measure::read_firmware(path)?;
                     (image.as_slice(), path.display().to_string())
                 }
                 None => (firmware_image::IMAGE, String::from("the embedded firmware")),
             };
-            let computed = measure_cmd::compute(bytes, &spec, &args.kernel)
+            let computed = vmm::measure::compute(bytes, &spec, args.kernel.files().as_ref())
                 .with_context(|| format!("cannot compute the launch digest of {what}"))?;
             if let Some(dir) = &args.es.dump_vmsa {
-                measure_cmd::dump_vmsas(dir, &computed.vmsas)?;
+                vmm::measure::dump_vmsas(dir, &computed.vmsas)?;
             }
             if let Some(kernel) = &args.kernel.kernel {
                 what = format!("{what} with kernel {}", kernel.display());
             }
-            if let LaunchSpec::SevEs {
-                vcpus,
-                vcpu_type,
-                vmm,
-                helpers,
-            } = spec
-            {
-                what = format!(
-                    "{what} with {vcpus} {} vCPU(s), {} reset state, {helpers} helper vCPU(s)",
-                    vcpu_type.name,
-                    vmm.name()
-                );
+            if let Some(vcpus) = spec.describe_vcpus() {
+                what = format!("{what} with {vcpus}");
             }
             (computed.digest, what)
         }
@@ -541,7 +480,7 @@ fn migration_secret(args: &MigrationSecretArgs) -> anyhow::Result<()> {
 }
 
 fn abort(args: &AbortArgs) -> anyhow::Result<()> {
-    use migration::recovery::{hex, parse_transcript, AbortTokenFile, CommitFile, TokenOrigin};
+    use migration::recovery::{parse_transcript, AbortTokenFile, CommitFile, TokenOrigin};
     if !args.target_never_ran {
         usage_error(
             "owner abort releases a committed source only on your word that the target never ran the guest: say so with --target-never-ran",

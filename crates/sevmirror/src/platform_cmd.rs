@@ -8,20 +8,14 @@
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand, ValueEnum};
+use migration::recovery::hex;
 use serde_json::json;
 use sev_platform::{
-    backend::{BackendKind, PlatformCerts},
-    hw::HwBackend,
-    identity::{self, IdentityError, PlatformIdentity},
-    EmulatedPsp, SevBackend, SevError,
+    backend::BackendKind,
+    platform::{write_export, Location, Platform, ResetOutcome},
 };
 use sha2::{Digest, Sha256};
-use std::path::{Path, PathBuf};
-
-/// Name of the PDH certificate `platform export` writes.
-pub const PDH_FILE: &str = "pdh.cert";
-/// Name of the certificate chain `platform export` writes.
-pub const CHAIN_FILE: &str = "cert_chain.cert";
+use std::path::PathBuf;
 
 /// `sevmirror platform`.
 #[derive(Args, Debug)]
@@ -104,81 +98,19 @@ pub struct ExportArgs {
     pub dir: PathBuf,
 }
 
-/// An opened platform.
-pub enum Platform {
-    /// The software PSP and its state directory.
-    Emulated {
-        /// The PSP.
-        psp: Box<EmulatedPsp>,
-        /// Its state directory.
-        dir: PathBuf,
-    },
-    /// /dev/sev.
-    Hw(HwBackend),
-}
-
-impl Platform {
-    /// The platform behind the common interface.
-    pub fn backend(&self) -> &dyn SevBackend {
-        match self {
-            Platform::Emulated { psp, .. } => psp.as_ref(),
-            Platform::Hw(hw) => hw,
-        }
-    }
-
-    fn describe(&self) -> String {
-        match self {
-            Platform::Emulated { dir, .. } => format!("emulated (identity in {})", dir.display()),
-            Platform::Hw(_) => format!("hardware ({})", sev_platform::hw::SEV_DEVICE),
-        }
-    }
-}
-
-/// Where the platform is: the backend and, for the emulated one, its state directory.
-pub enum Location {
-    /// /dev/sev.
-    Hw,
-    /// The emulated platform in this directory.
-    Emulated(PathBuf),
-}
-
 impl PlatformSelect {
-    /// Resolves the defaults: hw when /dev/sev exists, else emulated (saying so once on
-    /// stderr); the emulated platform's directory.
+    /// Where the platform is (sev_platform `Location::resolve`).
     pub fn locate(&self) -> anyhow::Result<Location> {
-        let choice = match self.sev_backend {
-            Some(choice) => choice,
-            None if HwBackend::available() => BackendChoice::Hw,
-            None => BackendChoice::Emulated,
-        };
-        Ok(match choice {
-            BackendChoice::Hw => Location::Hw,
-            BackendChoice::Emulated => {
-                let dir = match &self.platform_dir {
-                    Some(dir) => dir.clone(),
-                    None => identity::default_dir().map_err(SevError::from)?,
-                };
-                if self.sev_backend.is_none() {
-                    log::warn!(
-                        "no {}: using the emulated SEV platform (identity in {})",
-                        sev_platform::hw::SEV_DEVICE,
-                        dir.display()
-                    );
-                }
-                Location::Emulated(dir)
-            }
-        })
+        let kind = self.sev_backend.map(|c| match c {
+            BackendChoice::Hw => BackendKind::Hardware,
+            BackendChoice::Emulated => BackendKind::Emulated,
+        });
+        Ok(Location::resolve(kind, self.platform_dir.as_deref())?)
     }
 
     /// Opens the platform (creating the emulated identity on first use).
     pub fn open(&self) -> anyhow::Result<Platform> {
-        Ok(match self.locate()? {
-            Location::Hw => Platform::Hw(HwBackend::open()?),
-            Location::Emulated(dir) => Platform::Emulated {
-                psp: Box::new(EmulatedPsp::open(&dir)?),
-                dir,
-            },
-        })
+        Ok(self.locate()?.open()?)
     }
 }
 
@@ -190,10 +122,6 @@ pub fn run(args: &PlatformArgs) -> anyhow::Result<()> {
         PlatformCommand::Reset(a) => reset(a),
         PlatformCommand::RotatePdh(a) => rotate_pdh(a),
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn status(args: &StatusArgs) -> anyhow::Result<()> {
@@ -245,22 +173,6 @@ fn status(args: &StatusArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Writes `bytes` to `path`, replacing it.
-fn write_file(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    std::fs::write(path, bytes).with_context(|| format!("cannot write {}", path.display()))
-}
-
-/// Writes the two export files into `dir`; returns their paths.
-pub fn write_export(dir: &Path, certs: &PlatformCerts) -> anyhow::Result<(PathBuf, PathBuf)> {
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("cannot create directory {}", dir.display()))?;
-    let pdh = dir.join(PDH_FILE);
-    let chain = dir.join(CHAIN_FILE);
-    write_file(&pdh, &certs.pdh)?;
-    write_file(&chain, &certs.chain)?;
-    Ok((pdh, chain))
-}
-
 fn export(args: &ExportArgs) -> anyhow::Result<()> {
     let platform = args.platform.open()?;
     let certs = platform.backend().export_certs()?;
@@ -273,42 +185,31 @@ fn export(args: &ExportArgs) -> anyhow::Result<()> {
             sev_platform::certs::CERT_SIZE
         );
     }
-    let (pdh, chain) = write_export(&args.dir, &certs)?;
+    let (pdh, chain) = write_export(&args.dir, &certs).with_context(|| {
+        format!(
+            "cannot create directory {} and write the certificates into it",
+            args.dir.display()
+        )
+    })?;
     println!("wrote {} (PDH certificate)", pdh.display());
     println!("wrote {} (PDH, PEK, OCA, CEK)", chain.display());
     Ok(())
 }
 
 fn reset(args: &PlatformSelect) -> anyhow::Result<()> {
-    let dir = match args.locate()? {
-        Location::Hw => {
-            HwBackend::open()?.factory_reset()?;
-            println!("platform reset: new OCA, PEK and PDH; export the PDH again");
-            return Ok(());
-        }
-        Location::Emulated(dir) => dir,
+    let location = args.locate()?;
+    let outcome = location.factory_reset()?;
+    let place = match &location {
+        Location::Emulated(dir) => format!(" in {}", dir.display()),
+        Location::Hw => String::new(),
     };
-    match PlatformIdentity::load_or_create(&dir) {
-        Ok(id) => {
-            EmulatedPsp::new(id).factory_reset()?;
-            println!(
-                "platform reset: new OCA, PEK and PDH in {} (the CEK stays); export the PDH again",
-                dir.display()
-            );
+    match outcome {
+        ResetOutcome::Reset => {
+            println!("platform reset: new OCA, PEK and PDH{place} (the CEK stays); export the PDH again")
         }
-        Err(damage @ (IdentityError::Invalid { .. } | IdentityError::Partial { .. })) => {
-            let why = match &damage {
-                IdentityError::Invalid { file, why } => format!("{}: {why}", file.display()),
-                IdentityError::Partial { missing } => format!("{} is missing", missing.display()),
-                _ => damage.to_string(),
-            };
-            PlatformIdentity::recreate(&dir).map_err(SevError::from)?;
-            println!(
-                "platform state in {} was damaged ({why}); recreated it with a new OCA, PEK and PDH; export the PDH again",
-                dir.display()
-            );
-        }
-        Err(e) => return Err(SevError::from(e).into()),
+        ResetOutcome::Recreated(why) => println!(
+            "platform state{place} was damaged ({why}); recreated it with a new OCA, PEK and PDH; export the PDH again"
+        ),
     }
     Ok(())
 }

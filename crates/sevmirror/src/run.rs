@@ -8,7 +8,7 @@ use crate::{
 use anyhow::{bail, Context};
 use guest_abi::fwcfg;
 use qmp::{EventSender, QmpServer};
-use sev_platform::{emulated::EmulatedPsp, hw::HwBackend, identity, owner, Policy, SevBackend};
+use sev_platform::{backend::BackendKind, owner, platform::Location, Policy, SevBackend};
 use std::{fs::File, io::Write, path::PathBuf, sync::Arc};
 use vmm::{
     control::{Ending, MachineBuilder, Trace},
@@ -89,31 +89,14 @@ pub fn sev_backend(
     backend: Option<&str>,
     platform_dir: Option<&PathBuf>,
 ) -> anyhow::Result<Arc<dyn SevBackend>> {
-    let explicit = backend.is_some();
-    let choice = backend.unwrap_or(if HwBackend::available() {
-        "hw"
-    } else {
-        "emulated"
-    });
-    match choice {
-        "hw" => Ok(Arc::new(HwBackend::open()?)),
-        "emulated" => {
-            let dir = match platform_dir {
-                Some(d) => d.clone(),
-                None => {
-                    identity::default_dir().context("cannot find a platform state directory")?
-                }
-            };
-            if !explicit {
-                log::warn!(
-                    "no /dev/sev: using the emulated SEV platform (identity in {})",
-                    dir.display()
-                );
-            }
-            Ok(Arc::new(EmulatedPsp::open(&dir)?))
-        }
-        other => bail!("--sev-backend {other:?}: expected hw or emulated"),
-    }
+    let kind = match backend {
+        None => None,
+        Some("hw") => Some(BackendKind::Hardware),
+        Some("emulated") => Some(BackendKind::Emulated),
+        Some(other) => bail!("--sev-backend {other:?}: expected hw or emulated"),
+    };
+    let location = Location::resolve(kind, platform_dir.map(|d| d.as_path()))?;
+    Ok(location.open()?.into_shared())
 }
 
 fn sev_config(args: &SevArgs) -> anyhow::Result<Option<SevConfig>> {

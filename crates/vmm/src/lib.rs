@@ -24,6 +24,7 @@ pub mod devices;
 pub mod direct_boot;
 pub mod firmware;
 pub mod kvm;
+pub mod measure;
 pub mod memory;
 pub mod migrate;
 pub mod mirror;

@@ -3,6 +3,7 @@
 //! RAM.
 
 mod launch;
+pub mod size;
 mod view;
 
 pub use launch::LaunchView;
