@@ -143,6 +143,7 @@ fn sev_hello() -> Hello {
         helper_nonce: [0; 16],
         page_size: PAGE_SIZE as u32,
         vcpus: 2,
+        cpu: None,
     }
 }
 

@@ -12,6 +12,7 @@ use super::{
 };
 use crate::{
     codec::{CodecError, FrameReader, Incoming},
+    cpu::{check_compatible, GuestCpu},
     frames::{
         check_record, Abort, AbortToken, Ack, FailureCode, Frame, FrameError, GpaRange, GuestMode,
         Hello, HelloAck, KeyConfirm, KeyReply, KeyShare, MessageType, PageData, Ready,
@@ -152,9 +153,20 @@ pub struct LocalGuest {
     pub helper_region: GpaRange,
     /// Guest vCPUs.
     pub vcpus: u32,
+    /// The CPU this VM's VMM gives its guest (None: not known, nothing is checked).
+    pub cpu: Option<GuestCpu>,
 }
 
 impl LocalGuest {
+    /// Checks that this VM's CPU has every feature the source's guest was given (when
+    /// both are known): a guest that found a feature at boot uses it from then on.
+    pub fn check_cpu(&self, hello: &Hello) -> Result<(), MigrationError> {
+        match (&hello.cpu, &self.cpu) {
+            (Some(guest), Some(ours)) => check_compatible(guest, ours).map_err(MigrationError::Cpu),
+            _ => Ok(()),
+        }
+    }
+
     /// Checks the source's Hello against this guest; the error says what differs.
     pub fn check(&self, hello: &Hello) -> Result<(), MigrationError> {
         let differs = |what: &str, theirs: String, ours: String| {
@@ -581,7 +593,9 @@ impl Receive<'_> {
                 ),
             });
         }
-        self.vm.local().check(hello)?;
+        let local = self.vm.local();
+        local.check(hello)?;
+        local.check_cpu(hello)?;
         if usize::from(hello.lanes) > helper_abi::MAX_LANES {
             return Err(MigrationError::Incompatible(format!(
                 "the source seals on {} helper vCPUs; helpers have {} lane ids",

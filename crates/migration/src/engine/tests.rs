@@ -9,6 +9,7 @@ use super::{
 };
 use crate::{
     codec::{FrameReader, Incoming},
+    cpu::{self, CpuFeatures, GuestCpu},
     frames::{
         AbortToken, FailureCode, Frame, GpaRange, GuestMode, Hello, KeyConfirm, KeyReply, KeyShare,
         Ready, MAX_PAYLOAD_LEN, PROTOCOL_VERSION,
@@ -448,6 +449,8 @@ struct FakeTarget {
     ran: Option<(Vec<Vec<u8>>, Vec<u8>)>,
     /// The abort token it was asked to keep (the VMM's token file).
     kept_token: Option<([u8; 32], AbortToken)>,
+    /// The CPU its VMM gives its guest.
+    cpu: Option<GuestCpu>,
 }
 
 impl TargetVm for FakeTarget {
@@ -472,6 +475,7 @@ impl TargetVm for FakeTarget {
                 GpaRange { base: 0, size: 0 }
             },
             vcpus: 2,
+            cpu: self.cpu,
         }
     }
     fn set_shared(&mut self, ranges: &[(u64, u64)]) -> Result<(), PartError> {
@@ -533,6 +537,7 @@ fn hello(sev: bool, lanes: u16) -> Hello {
         helper_nonce: [0; 16],
         page_size: 4096,
         vcpus: 2,
+        cpu: None,
     }
 }
 
@@ -569,6 +574,10 @@ struct Setup {
     cancel_after_commit: bool,
     /// Keeping the commit record fails at the source.
     fail_save: bool,
+    /// The CPU the source's Hello says the guest was given.
+    source_cpu: Option<GuestCpu>,
+    /// The CPU the target's VMM gives its guest.
+    target_cpu: Option<GuestCpu>,
 }
 
 impl Setup {
@@ -584,6 +593,8 @@ impl Setup {
             zero_pages: ZeroPages::Sealed,
             cancel_after_commit: false,
             fail_save: false,
+            source_cpu: None,
+            target_cpu: None,
         }
     }
 
@@ -722,6 +733,8 @@ fn run(setup: Setup) -> Outcome {
         zero_pages,
         cancel_after_commit,
         fail_save,
+        source_cpu,
+        target_cpu,
     } = setup;
     let (src_ram, mut sealer) = source_helper(lanes);
     let (dst_ram, opener) = target_helper(target_secret, target_firmware, lanes);
@@ -765,6 +778,7 @@ fn run(setup: Setup) -> Outcome {
                 shared: BTreeSet::new(),
                 ran: None,
                 kept_token: None,
+                cpu: target_cpu,
             };
             let mut opener = opener;
             let progress = Mutex::new(Progress::default());
@@ -814,7 +828,10 @@ fn run(setup: Setup) -> Outcome {
     let source = migrate(
         src_sock.try_clone().unwrap(),
         src_sock,
-        &hello(sev, lanes as u16),
+        &Hello {
+            cpu: source_cpu,
+            ..hello(sev, lanes as u16)
+        },
         &mut src,
         if sev {
             Some(&mut sealer as &mut dyn Sealer)
@@ -1070,6 +1087,88 @@ fn withholding_a_lanes_last_batch_fails_the_manifest() {
     assert!(err.contains("MANIFEST_MISMATCH"), "{err}");
 }
 
+/// A CPU with the named features.
+fn cpu_with(vendor: &[u8; 12], signature: u32, names: &[&str]) -> GuestCpu {
+    let mut words = [0u32; cpu::FeatureWord::ALL.len()];
+    for name in names {
+        let f = cpu::feature(name).unwrap();
+        let i = cpu::FeatureWord::ALL
+            .iter()
+            .position(|w| *w == f.word)
+            .unwrap();
+        words[i] |= 1 << f.bit;
+    }
+    GuestCpu {
+        vendor: *vendor,
+        signature,
+        features: CpuFeatures::from_words(words),
+    }
+}
+
+#[test]
+fn a_target_whose_cpu_lacks_a_feature_the_guest_was_given_refuses_naming_it() {
+    let epyc = cpu_with(
+        b"AuthenticAMD",
+        0x00a1_0f11,
+        &["sse2", "aes", "pclmulqdq", "avx2", "avx512f", "vaes"],
+    );
+    let xeon_without_avx512 = cpu_with(
+        b"GenuineIntel",
+        0x0005_0657,
+        &["sse2", "aes", "pclmulqdq", "avx2", "vaes", "sha_ni"],
+    );
+    for setup in [Setup::plain(), Setup::sev(2)] {
+        let sev = setup.sev;
+        let o = run(Setup {
+            source_cpu: Some(epyc),
+            target_cpu: Some(xeon_without_avx512),
+            ..setup
+        });
+        assert_safe_failure(&o, "cpu");
+        assert_eq!(o.progress.pages, 0, "refused before any page moved");
+        match &o.target {
+            Err(MigrationError::Cpu(m)) => assert_eq!(m.missing, ["avx512f"]),
+            other => panic!("sev {sev}: {other:?}"),
+        }
+        match &o.source {
+            Err(MigrationError::Refused { code, reason }) => {
+                assert_eq!(*code, FailureCode::Incompatible);
+                assert!(
+                    reason.contains("the target CPU (GenuineIntel family 6 model 85 stepping 7) lacks avx512f, which the guest was given on the source (AuthenticAMD family 25 model 17 stepping 1)"),
+                    "{reason}"
+                );
+            }
+            other => panic!("sev {sev}: {other:?}"),
+        }
+    }
+
+    // Another vendor with every feature the guest has, or a source that does not say:
+    // the guest moves.
+    for (source_cpu, target_cpu) in [
+        (Some(xeon_without_avx512), Some(epyc_with_sha(epyc))),
+        (None, Some(xeon_without_avx512)),
+        (Some(epyc), None),
+    ] {
+        let o = run(Setup {
+            source_cpu,
+            target_cpu,
+            ..Setup::sev(1)
+        });
+        o.source.as_ref().unwrap();
+        assert!(o.dst.ran.is_some());
+    }
+}
+
+fn epyc_with_sha(c: GuestCpu) -> GuestCpu {
+    let mut words = c.features.words();
+    let f = cpu::feature("sha_ni").unwrap();
+    words[f.word as usize] |= 1 << f.bit;
+    GuestCpu {
+        features: CpuFeatures::from_words(words),
+        ..c
+    }
+}
+
 #[test]
 fn a_target_with_other_memory_firmware_or_secret_refuses_before_anything_moves() {
     let o = run(Setup {
@@ -1190,6 +1289,7 @@ fn replay_to_fresh_target(
         shared: BTreeSet::new(),
         ran: None,
         kept_token: None,
+        cpu: None,
     };
     let progress = Mutex::new(Progress::default());
     let r = receive(
@@ -1370,7 +1470,7 @@ fn a_tampered_hello_is_refused() {
         Arc::new(|_: usize, f: Frame<'_>, _: &mut Vec<Vec<u8>>| match &f {
             Frame::Hello(_) => {
                 let mut bytes = encode_frame(&f);
-                bytes.extend_from_slice(&[0x01, 0x80, 1, 0, 0x42]);
+                bytes.extend_from_slice(&[0x42, 0x80, 1, 0, 0x42]);
                 let len = u32::from_le_bytes(bytes[8..12].try_into().unwrap()) + 5;
                 bytes[8..12].copy_from_slice(&len.to_le_bytes());
                 vec![bytes]
@@ -1672,6 +1772,7 @@ fn a_version_1_sev_source_is_refused_before_anything_moves() {
         shared: BTreeSet::new(),
         ran: None,
         kept_token: None,
+        cpu: None,
     };
     let progress = Mutex::new(Progress::default());
     let r = receive(

@@ -26,7 +26,7 @@
 //!      |                                                        |
 //!      |--- Hello {mode, mem size, RAM ranges, firmware ------->| checks it against its
 //!      |           digest, helper region, lanes, session id,    | own guest
-//!      |           page size, vCPUs}                            |
+//!      |           page size, vCPUs, guest CPU}                 |
 //!      |<-- HelloAck accepted ----------------------------------|  (or refused: both close;
 //!      |                                                        |   the guest keeps running)
 //!      |--- KeyShare {Ns, Ps}        (source helper HS_START) ->| target helper HS_RESPOND
@@ -221,7 +221,18 @@
 //!  0x0008  16         helper nonce     version 1 only: the source helper's nonce
 //!  0x0009  4          page size        u32, 4096
 //!  0x000a  4          vcpus            u32, 1..=1024
+//!  0x8001  52         guest CPU        optional: the CPU the source's VMM gave the
+//!                                      guest: vendor [12] (CPUID.0 EBX, EDX, ECX) ‖
+//!                                      signature u32 (CPUID.1:EAX) ‖ 9 feature words
+//!                                      u32: CPUID.1 ECX, EDX; (7,0) EBX, ECX, EDX;
+//!                                      (7,1) EAX; 80000001h ECX, EDX; (0Dh,1) EAX
 //! ```
+//!
+//! A target that finds the guest CPU field refuses (`Incompatible`) unless the CPUID
+//! table it configured for its own VM has every feature of [`crate::cpu::FEATURES`] the
+//! guest was given, naming each one it lacks ([`crate::cpu::check_compatible`]). The
+//! field is optional (added without a version change); a Hello without it is not
+//! checked.
 //!
 //! **HelloAck** (2), **Ack** (12), **Abort** (11), frozen layouts:
 //!
@@ -308,7 +319,7 @@ mod pages;
 mod session;
 
 pub use control::{Abort, Ack, Done, FailureCode, HelloAck};
-pub use hello::{GpaRange, GuestMode, Hello, HelloField, HELLO_FIELD_OPTIONAL};
+pub use hello::{GpaRange, GuestMode, Hello, HelloField, HELLO_FIELD_OPTIONAL, HELLO_GUEST_CPU};
 pub use helper::{check_record, AbortToken, KeyConfirm, KeyReply, KeyShare, Ready, SharedList};
 pub use machine::{DeviceState, Manifest, VcpuState};
 pub use pages::{

@@ -9,6 +9,7 @@ use crate::{
     KvmSystem, Vm,
 };
 use guest_abi::fwcfg;
+use migration::cpu::Feature;
 use sev_platform::{vmsa::VcpuType, Policy};
 use std::{net::TcpListener, path::PathBuf, sync::Arc};
 
@@ -39,6 +40,7 @@ pub struct MachineBuilder {
     incoming: Option<TcpListener>,
     state_dir: Option<PathBuf>,
     vcpu_type: VcpuType,
+    cpu_hide: Vec<Feature>,
 }
 
 impl MachineBuilder {
@@ -51,7 +53,15 @@ impl MachineBuilder {
             vcpu_type: VcpuType::from_name(DEFAULT_VCPU_TYPE)
                 .expect("the default vCPU type is one of VCPU_TYPES"),
             state_dir: None,
+            cpu_hide: Vec::new(),
         }
+    }
+
+    /// CPU features the guest is not given (`run --cpu-hide`), so it can migrate to hosts
+    /// whose CPUs lack them: a target refuses a guest given a feature its own CPU lacks.
+    pub fn hide_cpu_features(mut self, features: Vec<Feature>) -> MachineBuilder {
+        self.cpu_hide = features;
+        self
     }
 
     /// The vCPU model of an SEV-ES launch (its signature is in every measured VMSA;
@@ -94,6 +104,7 @@ impl MachineBuilder {
             incoming,
             state_dir,
             vcpu_type,
+            cpu_hide,
         } = self;
         let es = config
             .sev
@@ -117,6 +128,9 @@ impl MachineBuilder {
         };
         let backend = config.sev.as_ref().map(|s| s.backend.clone());
         let mut vm = Vm::new(&kvm, config).map_err(LaunchError::Vm)?;
+        if !cpu_hide.is_empty() {
+            vm.hide_cpu_features(&cpu_hide).map_err(LaunchError::Vm)?;
+        }
         let launch = match backend {
             Some(_) => {
                 let mut started = vm.sev_launch_start().map_err(LaunchError::SevLaunch)?;

@@ -1152,6 +1152,7 @@ impl Controller {
             firmware_digest: self.firmware_digest,
             helper_region: GpaRange { base, size },
             vcpus: self.vm.vcpu_count() as u32,
+            cpu: Some(self.vm.guest_cpu()),
         }
     }
 
@@ -1206,6 +1207,7 @@ impl Controller {
             helper_nonce: [0; 16],
             page_size: helper_abi::PAGE_SIZE as u32,
             vcpus: local.vcpus,
+            cpu: local.cpu,
         };
         let source = VmSource::new(
             self.vm.host_view(),
