@@ -45,6 +45,6 @@ pub mod recovery;
 pub mod transport;
 pub mod uri;
 
-pub use codec::{CodecError, FrameReader, Incoming};
+pub use codec::{BatchStart, CodecError, FrameReader, Incoming, Next, RecordDest, RecordSource};
 pub use frames::{Frame, FrameError, MessageType, ReceiverState, PROTOCOL_VERSION};
 pub use uri::{Uri, UriError};

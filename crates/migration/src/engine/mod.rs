@@ -28,7 +28,7 @@ use crate::{
 use std::{sync::Mutex, time::Duration};
 
 pub use source::{migrate, RecordSink, Sealed, Sealer, SourceOptions, SourceVm, ZeroPages};
-pub use target::{receive, LocalGuest, Opener, PendingCommit, Received, TargetVm};
+pub use target::{receive, BatchWindow, LocalGuest, Opener, PendingCommit, Received, TargetVm};
 
 /// The error of a VM or helper behind the engine's traits ([`SourceVm`], [`TargetVm`],
 /// [`Sealer`], [`Opener`]): the implementation's own `thiserror` enum, boxed. Boxing keeps

@@ -4,11 +4,11 @@
 
 use super::{
     source::{migrate, RecordSink, Sealed, Sealer, SourceOptions, SourceVm, ZeroPages},
-    target::{receive, LocalGuest, Opener, PendingCommit, Received, TargetVm},
+    target::{receive, BatchWindow, LocalGuest, Opener, PendingCommit, Received, TargetVm},
     MigrationError, PartError, Progress, Status,
 };
 use crate::{
-    codec::{FrameReader, Incoming},
+    codec::{FrameReader, Incoming, RecordDest, RecordSource},
     cpu::{self, CpuFeatures, GuestCpu},
     frames::{
         AbortToken, FailureCode, Frame, GpaRange, GuestMode, Hello, KeyConfirm, KeyReply, KeyShare,
@@ -28,7 +28,7 @@ use mirror_helper::{
 use std::{
     collections::{BTreeSet, VecDeque},
     io::{Read, Write},
-    os::unix::net::UnixStream,
+    os::{fd::BorrowedFd, unix::net::UnixStream},
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc, Mutex,
@@ -67,6 +67,8 @@ struct FakeHelper {
     vcpus: Vec<Vcpu>,
     /// Sealed batches not yet sent, oldest first.
     done: VecDeque<(Sealed, Vec<u8>)>,
+    /// The records of the batch received last, not yet imported (target).
+    received: Option<Vec<u8>>,
 }
 
 impl FakeHelper {
@@ -76,6 +78,7 @@ impl FakeHelper {
             guest,
             vcpus,
             done: VecDeque::new(),
+            received: None,
         }
     }
 
@@ -268,11 +271,57 @@ impl Opener for FakeHelper {
         host::confirm_target(&self.guest, &self.vcpus[0], &confirm.mac)
             .map_err(|s| format!("helper: {s}").into())
     }
-    fn submit(&mut self, lane: usize, records: &[u8]) -> Result<(), PartError> {
-        let count = record::walk(records, records.len()).count() as u32;
-        self.fill(lane, 0, 0, records);
-        self.ok(
+    fn receive(
+        &mut self,
+        lane: usize,
+        from: &mut dyn RecordSource,
+    ) -> Result<BatchWindow, PartError> {
+        // The fake's windows are plain memory: the records land in a staging buffer
+        // (through a duplicate of the stream's descriptor for the part that was not
+        // buffered), and IMPORT fills the window from it.
+        struct Staging(Vec<u8>);
+        impl RecordDest for Staging {
+            fn put(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+                self.0.extend_from_slice(bytes);
+                Ok(())
+            }
+            fn read_from(&mut self, fd: BorrowedFd<'_>, len: usize) -> std::io::Result<()> {
+                let mut f = std::fs::File::from(fd.try_clone_to_owned()?);
+                let at = self.0.len();
+                self.0.resize(at + len, 0);
+                f.read_exact(&mut self.0[at..])
+            }
+        }
+        let mut staging = Staging(Vec::with_capacity(from.len()));
+        from.read_into(&mut staging)?;
+        let bytes = staging.0.len();
+        self.received = Some(staging.0);
+        Ok(BatchWindow {
             lane,
+            window: 0,
+            bytes,
+        })
+    }
+    fn read_window(
+        &mut self,
+        batch: &BatchWindow,
+        offset: usize,
+        out: &mut [u8],
+    ) -> Result<(), PartError> {
+        let records = self.received.as_ref().ok_or("no batch received")?;
+        assert_eq!(records.len(), batch.bytes);
+        out.copy_from_slice(
+            records
+                .get(offset..offset + out.len())
+                .ok_or("read past the batch")?,
+        );
+        Ok(())
+    }
+    fn import(&mut self, batch: BatchWindow, count: u32) -> Result<(), PartError> {
+        let records = self.received.take().ok_or("no batch received")?;
+        self.fill(batch.lane, 0, 0, &records);
+        self.ok(
+            batch.lane,
             Request {
                 op: Op::IMPORT.0,
                 count,
@@ -283,6 +332,9 @@ impl Opener for FakeHelper {
             &[],
         )
         .map(drop)
+    }
+    fn discard(&mut self, _: BatchWindow) {
+        self.received = None;
     }
     fn drain(&mut self) -> Result<(), PartError> {
         Ok(())

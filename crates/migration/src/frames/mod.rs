@@ -323,8 +323,8 @@ pub use hello::{GpaRange, GuestMode, Hello, HelloField, HELLO_FIELD_OPTIONAL, HE
 pub use helper::{check_record, AbortToken, KeyConfirm, KeyReply, KeyShare, Ready, SharedList};
 pub use machine::{DeviceState, Manifest, VcpuState};
 pub use pages::{
-    PageBatch, PageBatchHeader, PageData, PlainPage, PlainPages, RoundEnd, SharedRange,
-    SharedRanges,
+    BatchCheckError, PageBatch, PageBatchHeader, PageData, PlainPage, PlainPages, RoundEnd,
+    SharedRange, SharedRanges,
 };
 pub use session::{ProtocolError, ReceiverState};
 
