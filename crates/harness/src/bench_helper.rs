@@ -91,6 +91,9 @@ pub struct HelperReport {
     pub mirror_kernels: Vec<MirrorKernelRow>,
     /// The batch of `mirror_kernels`.
     pub mirror_kernels_batch: u32,
+    /// The helpers' key agreement (HS_START, HS_RESPOND, HS_FINISH, HS_CONFIRM, each a
+    /// mailbox round trip into a mirror): median and fastest ms, and how many were timed.
+    pub handshake_ms: Option<(f64, f64, usize)>,
     /// The helper's record code in this process, one core, 4 KiB pages, per kernel.
     pub kernels: Vec<KernelRate>,
     /// Guest RAM.
@@ -220,9 +223,17 @@ fn private_pages(vm: &Vm, region: (u64, u64)) -> Vec<u64> {
 }
 
 /// A fresh session between a source and a target helper (the key agreement), both
-/// asked for `kernel`; the kernel the source's helper runs it on.
-fn session(s: &mut HelperVcpu, d: &mut HelperVcpu, kernel: GcmKernel) -> Result<&'static str> {
+/// asked for `kernel`; the kernel the source's helper runs it on. The time the four
+/// handshake requests took goes to `took`.
+fn session(
+    s: &mut HelperVcpu,
+    d: &mut HelperVcpu,
+    kernel: GcmKernel,
+    took: &mut Vec<Duration>,
+) -> Result<&'static str> {
+    let t0 = Instant::now();
     let keyed = vmm::mirror::handshake_with(s, d, [0xbe; 16], [0x4e; 32], kernel)?;
+    took.push(t0.elapsed());
     if kernel != GcmKernel::BEST && (keyed.source_kernel != kernel || keyed.target_kernel != kernel)
     {
         return Err(HarnessError::Unexpected(format!(
@@ -245,6 +256,7 @@ fn export_import(
     pages: &[u64],
     batch: u32,
     kernel: GcmKernel,
+    handshakes: &mut Vec<Duration>,
 ) -> Result<(&'static str, Duration, Duration)> {
     let (s, d) = (&mut src.helpers_mut()[..n], &mut dst.helpers_mut()[..n]);
     for h in s.iter_mut().chain(d.iter_mut()) {
@@ -252,11 +264,11 @@ fn export_import(
     }
     // Export twice: timed without keeping records (the helper's speed), then in a fresh
     // session keeping them for the timed import.
-    let used = session(&mut s[0], &mut d[0], kernel)?;
+    let used = session(&mut s[0], &mut d[0], kernel, handshakes)?;
     let (exported, _) = export(s, pages, batch, false)?;
     reset(&mut s[0])?;
     reset(&mut d[0])?;
-    session(&mut s[0], &mut d[0], kernel)?;
+    session(&mut s[0], &mut d[0], kernel, handshakes)?;
     let (_, lanes) = export(s, pages, batch, true)?;
     let imported = import(d, &lanes)?;
     Ok((used, exported, imported))
@@ -420,6 +432,7 @@ pub fn run(bench: &HelperBench, mut progress: impl FnMut(&str)) -> Result<Helper
     let region = (src.info().region_base, src.info().region_size);
     let pages = private_pages(&src_vm, region);
     let mut rows = Vec::new();
+    let mut handshakes = Vec::new();
     for n in 1..=bench.helpers {
         for &batch in &bench.batches {
             let (used, exported, imported) = export_import(
@@ -429,6 +442,7 @@ pub fn run(bench: &HelperBench, mut progress: impl FnMut(&str)) -> Result<Helper
                 &pages,
                 batch,
                 GcmKernel::BEST,
+                &mut handshakes,
             )?;
             let count = pages.len() as u64;
             rows.push(row("export", n, batch, count, exported, used));
@@ -446,7 +460,15 @@ pub fn run(bench: &HelperBench, mut progress: impl FnMut(&str)) -> Result<Helper
     let mut mirror_kernels = Vec::new();
     for kernel in GcmKernel::ALL {
         let name = kernel.name().unwrap_or("?");
-        let row = match export_import(&mut src, &mut dst, 1, &pages, batch, kernel) {
+        let row = match export_import(
+            &mut src,
+            &mut dst,
+            1,
+            &pages,
+            batch,
+            kernel,
+            &mut handshakes,
+        ) {
             Ok((_, exported, imported)) => MirrorKernelRow {
                 kernel: name,
                 export_mib_s: Some(mib_per_s(pages.len() as u64, exported)),
@@ -472,7 +494,13 @@ pub fn run(bench: &HelperBench, mut progress: impl FnMut(&str)) -> Result<Helper
         mirror_kernels.push(row);
     }
     progress("sealing and opening in-process with every kernel");
+    handshakes.sort_unstable();
+    let ms = |d: &Duration| d.as_secs_f64() * 1e3;
     Ok(HelperReport {
+        handshake_ms: handshakes
+            .get(handshakes.len() / 2)
+            .zip(handshakes.first())
+            .map(|(median, min)| (ms(median), ms(min), handshakes.len())),
         rows,
         mirror_kernel,
         mirror_kernels,
@@ -509,6 +537,12 @@ impl fmt::Display for HelperReport {
                 f,
                 "{:<7} {:>7} {:>6} {:>12.0} {:>10.0}  {}",
                 r.op, r.helpers, r.batch, r.pages_per_s, r.mib_per_s, r.kernel
+            )?;
+        }
+        if let Some((median, min, n)) = self.handshake_ms {
+            writeln!(
+                f,
+                "key agreement in the mirrors (HS_START, HS_RESPOND, HS_FINISH, HS_CONFIRM): median {median:.2} ms, fastest {min:.2} ms, of {n}"
             )?;
         }
         writeln!(
