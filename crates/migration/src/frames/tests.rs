@@ -1320,6 +1320,11 @@ fn the_guest_cpu_field_round_trips_and_is_checked() {
             cpu: Some(cpu),
             ..plain_hello()
         },
+        // SEV-ES: its es-helpers field (0x0040) first, the CPU after it.
+        Hello {
+            cpu: Some(cpu),
+            ..es_hello()
+        },
     ] {
         let payload = hello_payload(&hello);
         let f = split_fields(&payload);
