@@ -558,9 +558,28 @@ impl Receive<'_> {
             )));
         }
         let lane = lane % opener.lanes().max(1);
-        let window = reader
-            .read_records(|from| opener.receive(lane, from))?
-            .map_err(MigrationError::Helper)?;
+        let mut received = None;
+        let read = reader.read_records(|from| {
+            let mut from = Watched {
+                inner: from,
+                read: false,
+            };
+            received = Some((opener.receive(lane, &mut from), from.read));
+        });
+        let window = match (received, read) {
+            // A refusal (of an earlier batch, found while waiting for a window) before
+            // any record was read is the cause; the reader's complaint that the records
+            // were left unread only follows from it.
+            (Some((Err(e), false)), _) => return Err(MigrationError::Helper(e)),
+            (_, Err(e)) => return Err(e.into()),
+            (Some((Ok(window), _)), Ok(())) => window,
+            (Some((Err(e), true)), Ok(())) => return Err(MigrationError::Helper(e)),
+            (None, Ok(())) => {
+                return Err(MigrationError::Protocol(
+                    "a batch's records were read without a window".into(),
+                ))
+            }
+        };
         let records = match head
             .check_records(|offset, out| opener.read_window(&window, offset, out))
         {
@@ -1012,3 +1031,20 @@ fn runs_of(pages: &[u64]) -> Vec<(u64, u64)> {
 }
 
 const _: () = assert!(record::COMMIT_RECORD_SIZE == crate::frames::COMMIT_LEN);
+
+/// A batch's records as the opener sees them, noting whether it began to read them.
+struct Watched<'a> {
+    inner: &'a mut dyn RecordSource,
+    read: bool,
+}
+
+impl RecordSource for Watched<'_> {
+    fn len(&self) -> usize {
+        self.inner.len()
+    }
+
+    fn read_into(&mut self, dest: &mut dyn crate::codec::RecordDest) -> std::io::Result<()> {
+        self.read = true;
+        self.inner.read_into(dest)
+    }
+}

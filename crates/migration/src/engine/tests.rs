@@ -69,6 +69,11 @@ struct FakeHelper {
     done: VecDeque<(Sealed, Vec<u8>)>,
     /// The records of the batch received last, not yet imported (target).
     received: Option<Vec<u8>>,
+    /// Refusals show later, as the VMM's lanes report them: at the next receive (while
+    /// it waits for a window) or drain, not at the import that failed.
+    defer_refusals: bool,
+    /// A refusal not yet reported (with `defer_refusals`).
+    deferred: Option<PartError>,
 }
 
 impl FakeHelper {
@@ -79,6 +84,8 @@ impl FakeHelper {
             vcpus,
             done: VecDeque::new(),
             received: None,
+            defer_refusals: false,
+            deferred: None,
         }
     }
 
@@ -276,6 +283,9 @@ impl Opener for FakeHelper {
         lane: usize,
         from: &mut dyn RecordSource,
     ) -> Result<BatchWindow, PartError> {
+        if let Some(e) = self.deferred.take() {
+            return Err(e);
+        }
         // The fake's windows are plain memory: the records land in a staging buffer
         // (through a duplicate of the stream's descriptor for the part that was not
         // buffered), and IMPORT fills the window from it.
@@ -320,24 +330,35 @@ impl Opener for FakeHelper {
     fn import(&mut self, batch: BatchWindow, count: u32) -> Result<(), PartError> {
         let records = self.received.take().ok_or("no batch received")?;
         self.fill(batch.lane, 0, 0, &records);
-        self.ok(
-            batch.lane,
-            Request {
-                op: Op::IMPORT.0,
-                count,
-                bytes: records.len() as u32,
-                ..Default::default()
-            },
-            &[],
-            &[],
-        )
-        .map(drop)
+        let result = self
+            .ok(
+                batch.lane,
+                Request {
+                    op: Op::IMPORT.0,
+                    count,
+                    bytes: records.len() as u32,
+                    ..Default::default()
+                },
+                &[],
+                &[],
+            )
+            .map(drop);
+        match result {
+            Err(e) if self.defer_refusals => {
+                self.deferred.get_or_insert(e);
+                Ok(())
+            }
+            r => r,
+        }
     }
     fn discard(&mut self, _: BatchWindow) {
         self.received = None;
     }
     fn drain(&mut self) -> Result<(), PartError> {
-        Ok(())
+        match self.deferred.take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
     fn open_blob(&mut self, rec: &[u8]) -> Result<(Kind, u32), PartError> {
         self.fill(0, 0, 0, rec);
@@ -632,6 +653,8 @@ struct Setup {
     source_cpu: Option<GuestCpu>,
     /// The CPU the target's VMM gives its guest.
     target_cpu: Option<GuestCpu>,
+    /// The target's helper reports a refused import later, as the VMM's lanes do.
+    defer_refusals: bool,
 }
 
 impl Setup {
@@ -649,6 +672,7 @@ impl Setup {
             fail_save: false,
             source_cpu: None,
             target_cpu: None,
+            defer_refusals: false,
         }
     }
 
@@ -789,9 +813,11 @@ fn run(setup: Setup) -> Outcome {
         fail_save,
         source_cpu,
         target_cpu,
+        defer_refusals,
     } = setup;
     let (src_ram, mut sealer) = source_helper(lanes);
-    let (dst_ram, opener) = target_helper(target_secret, target_firmware, lanes);
+    let (dst_ram, mut opener) = target_helper(target_secret, target_firmware, lanes);
+    opener.defer_refusals = defer_refusals;
     let (src_sock, relay_in) = UnixStream::pair().unwrap();
     let (relay_out, dst_sock) = UnixStream::pair().unwrap();
     // The source polls, as the VMM makes it (a short read timeout, waited through);
@@ -1161,6 +1187,34 @@ fn a_record_replayed_from_an_earlier_round_is_refused() {
         "{:?}",
         o.target.err()
     );
+}
+
+/// A refused batch whose refusal shows only when the next batch waits for a window (as
+/// the VMM's lanes report it) is reported as the helper's refusal, not as a stream
+/// whose records were left unread (failed before the fix: "the batch's records were not
+/// read in full").
+#[test]
+fn a_refusal_found_while_waiting_for_a_window_is_the_reported_cause() {
+    let edit = Arc::new(|_: usize, f: Frame<'_>, held: &mut Vec<Vec<u8>>| match &f {
+        Frame::PageBatch(b) if held.is_empty() => {
+            held.push(vec![]);
+            let mut records = b.records.to_vec();
+            records[record::HEADER_SIZE + 7] ^= 1;
+            vec![encode_frame(&Frame::PageBatch(crate::frames::PageBatch {
+                records: &records,
+                ..*b
+            }))]
+        }
+        _ => vec![encode_frame(&f)],
+    });
+    let o = run(Setup {
+        defer_refusals: true,
+        ..Setup::sev(1).forward(Tamper::Frames(edit))
+    });
+    assert_safe_failure(&o, "spoiled record");
+    let err = o.target.as_ref().unwrap_err();
+    assert!(matches!(err, MigrationError::Helper(_)), "{err:?}");
+    assert!(err.chain().contains("AUTH_FAILED"), "{}", err.chain());
 }
 
 #[test]
