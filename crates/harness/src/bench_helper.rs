@@ -4,10 +4,12 @@
 //! platform) fills its memory with data, a mirror VM's helper vCPUs seal every private page
 //! (EXPORT) in batches of several sizes, and a second guest's helper opens them (IMPORT).
 //! In the mirror the helper runs the kernel it picks itself (the fastest this CPU offers);
-//! next to those rows, the helper's own record code (`RecordKey::with_kernel`) seals and
-//! opens pages in this process with every kernel the CPU supports: each kernel's limit
-//! per helper vCPU. (Forcing a kernel inside the mirror would need a field in the helper
-//! ABI; it has none.)
+//! then, on one helper vCPU with memory the mirror has touched already, each session asks
+//! both helpers for one kernel (HS_START/HS_RESPOND's kernel field, which may only name a
+//! kernel the helper's CPU runs): every kernel's rate inside the mirror. Next to those
+//! rows, the helper's own record code (`RecordKey::with_kernel`) seals and opens pages in
+//! this process with every kernel the CPU supports: each kernel's limit per helper vCPU
+//! without the mirror.
 
 use crate::{
     gcm_limits::{self, KernelRate},
@@ -15,7 +17,7 @@ use crate::{
 };
 use guest_abi::{fwcfg, layout};
 use helper_abi::{
-    mailbox::{Op, Request},
+    mailbox::{GcmKernel, Op, Request},
     record::PAGE_RECORD_SIZE,
     MIGRATION_SECRET_GUID,
 };
@@ -59,6 +61,22 @@ pub struct HelperRow {
     pub pages_per_s: f64,
     /// MiB of guest memory per second.
     pub mib_per_s: f64,
+    /// The AES-256-GCM kernel the helper ran the session on (as its handshake response
+    /// says).
+    pub kernel: &'static str,
+}
+
+/// One kernel inside the mirror: 1 helper vCPU per side, the largest batch, warm memory.
+#[derive(Debug, Serialize)]
+pub struct MirrorKernelRow {
+    /// The kernel asked for.
+    pub kernel: &'static str,
+    /// EXPORT (seal), MiB of guest memory per second.
+    pub export_mib_s: Option<f64>,
+    /// IMPORT (open), MiB of guest memory per second.
+    pub import_mib_s: Option<f64>,
+    /// Why it did not run (the helper refused the kernel).
+    pub not_run: Option<String>,
 }
 
 /// The figures of `bench helper`.
@@ -69,6 +87,13 @@ pub struct HelperReport {
     pub rows: Vec<HelperRow>,
     /// The kernel the helper reported at boot ("firmware: helper AES-256-GCM kernel …").
     pub mirror_kernel: Option<String>,
+    /// Each kernel inside the mirror, asked for in the handshake.
+    pub mirror_kernels: Vec<MirrorKernelRow>,
+    /// The batch of `mirror_kernels`.
+    pub mirror_kernels_batch: u32,
+    /// The helpers' key agreement (HS_START, HS_RESPOND, HS_FINISH, HS_CONFIRM, each a
+    /// mailbox round trip into a mirror): median and fastest ms, and how many were timed.
+    pub handshake_ms: Option<(f64, f64, usize)>,
     /// The helper's record code in this process, one core, 4 KiB pages, per kernel.
     pub kernels: Vec<KernelRate>,
     /// Guest RAM.
@@ -197,10 +222,56 @@ fn private_pages(vm: &Vm, region: (u64, u64)) -> Vec<u64> {
     out
 }
 
-/// A fresh session between a source and a target helper (the key agreement).
-fn session(s: &mut HelperVcpu, d: &mut HelperVcpu) -> Result<()> {
-    vmm::mirror::handshake(s, d, [0xbe; 16], [0x4e; 32])?;
-    Ok(())
+/// A fresh session between a source and a target helper (the key agreement), both
+/// asked for `kernel`; the kernel the source's helper runs it on. The time the four
+/// handshake requests took goes to `took`.
+fn session(
+    s: &mut HelperVcpu,
+    d: &mut HelperVcpu,
+    kernel: GcmKernel,
+    took: &mut Vec<Duration>,
+) -> Result<&'static str> {
+    let t0 = Instant::now();
+    let keyed = vmm::mirror::handshake_with(s, d, [0xbe; 16], [0x4e; 32], kernel)?;
+    took.push(t0.elapsed());
+    if kernel != GcmKernel::BEST && (keyed.source_kernel != kernel || keyed.target_kernel != kernel)
+    {
+        return Err(HarnessError::Unexpected(format!(
+            "asked both helpers for kernel {}, they run {:?} and {:?}",
+            kernel.name().unwrap_or("?"),
+            keyed.source_kernel,
+            keyed.target_kernel
+        )));
+    }
+    Ok(keyed.source_kernel.name().unwrap_or("unreported"))
+}
+
+/// One export (timed, records dropped) and one export-import (import timed) of `pages`
+/// on `n` helper vCPUs per side, each in a fresh session on `kernel`: the kernel used,
+/// and the two times.
+fn export_import(
+    src: &mut Mirror,
+    dst: &mut Mirror,
+    n: usize,
+    pages: &[u64],
+    batch: u32,
+    kernel: GcmKernel,
+    handshakes: &mut Vec<Duration>,
+) -> Result<(&'static str, Duration, Duration)> {
+    let (s, d) = (&mut src.helpers_mut()[..n], &mut dst.helpers_mut()[..n]);
+    for h in s.iter_mut().chain(d.iter_mut()) {
+        reset(h)?;
+    }
+    // Export twice: timed without keeping records (the helper's speed), then in a fresh
+    // session keeping them for the timed import.
+    let used = session(&mut s[0], &mut d[0], kernel, handshakes)?;
+    let (exported, _) = export(s, pages, batch, false)?;
+    reset(&mut s[0])?;
+    reset(&mut d[0])?;
+    session(&mut s[0], &mut d[0], kernel, handshakes)?;
+    let (_, lanes) = export(s, pages, batch, true)?;
+    let imported = import(d, &lanes)?;
+    Ok((used, exported, imported))
 }
 
 fn reset(h: &mut HelperVcpu) -> Result<()> {
@@ -305,7 +376,14 @@ fn import(helpers: &mut [HelperVcpu], lanes: &[Vec<Vec<u8>>]) -> Result<Duration
     Ok(t0.elapsed())
 }
 
-fn row(op: &'static str, helpers: u16, batch: u32, pages: u64, t: Duration) -> HelperRow {
+fn row(
+    op: &'static str,
+    helpers: u16,
+    batch: u32,
+    pages: u64,
+    t: Duration,
+    kernel: &'static str,
+) -> HelperRow {
     let s = t.as_secs_f64().max(1e-9);
     HelperRow {
         op,
@@ -313,8 +391,13 @@ fn row(op: &'static str, helpers: u16, batch: u32, pages: u64, t: Duration) -> H
         batch,
         pages,
         pages_per_s: pages as f64 / s,
-        mib_per_s: (pages * 4096) as f64 / s / (1 << 20) as f64,
+        mib_per_s: mib_per_s(pages, t),
+        kernel,
     }
+}
+
+fn mib_per_s(pages: u64, t: Duration) -> f64 {
+    (pages * 4096) as f64 / t.as_secs_f64().max(1e-9) / (1 << 20) as f64
 }
 
 /// Runs `bench helper`; `progress` hears each step.
@@ -349,40 +432,79 @@ pub fn run(bench: &HelperBench, mut progress: impl FnMut(&str)) -> Result<Helper
     let region = (src.info().region_base, src.info().region_size);
     let pages = private_pages(&src_vm, region);
     let mut rows = Vec::new();
+    let mut handshakes = Vec::new();
     for n in 1..=bench.helpers {
         for &batch in &bench.batches {
-            let (s, d) = (
-                &mut src.helpers_mut()[..n as usize],
-                &mut dst.helpers_mut()[..n as usize],
-            );
-            for h in s.iter_mut().chain(d.iter_mut()) {
-                reset(h)?;
-            }
-            // Export twice: timed without keeping records (the helper's speed), then in a
-            // fresh session keeping them for the timed import.
-            session(&mut s[0], &mut d[0])?;
-            let (t, _) = export(s, &pages, batch, false)?;
-            rows.push(row("export", n, batch, pages.len() as u64, t));
+            let (used, exported, imported) = export_import(
+                &mut src,
+                &mut dst,
+                n as usize,
+                &pages,
+                batch,
+                GcmKernel::BEST,
+                &mut handshakes,
+            )?;
+            let count = pages.len() as u64;
+            rows.push(row("export", n, batch, count, exported, used));
+            rows.push(row("import", n, batch, count, imported, used));
             progress(&format!(
-                "export: {n} helper(s), batch {batch}: {:.0} MiB/s",
-                rows.last().map_or(0.0, |r| r.mib_per_s)
-            ));
-            reset(&mut s[0])?;
-            reset(&mut d[0])?;
-            session(&mut s[0], &mut d[0])?;
-            let (_, lanes) = export(s, &pages, batch, true)?;
-            let t = import(d, &lanes)?;
-            rows.push(row("import", n, batch, pages.len() as u64, t));
-            progress(&format!(
-                "import: {n} helper(s), batch {batch}: {:.0} MiB/s",
-                rows.last().map_or(0.0, |r| r.mib_per_s)
+                "{n} helper(s), batch {batch}, kernel {used}: export {:.0} MiB/s, import {:.0} MiB/s",
+                mib_per_s(count, exported),
+                mib_per_s(count, imported)
             ));
         }
     }
+    // Every kernel inside the mirror, on memory the rows above have touched (the
+    // mirror's first touches cost more than the crypto, docs/performance.md).
+    let batch = bench.batches.iter().copied().max().unwrap_or(1);
+    let mut mirror_kernels = Vec::new();
+    for kernel in GcmKernel::ALL {
+        let name = kernel.name().unwrap_or("?");
+        let row = match export_import(
+            &mut src,
+            &mut dst,
+            1,
+            &pages,
+            batch,
+            kernel,
+            &mut handshakes,
+        ) {
+            Ok((_, exported, imported)) => MirrorKernelRow {
+                kernel: name,
+                export_mib_s: Some(mib_per_s(pages.len() as u64, exported)),
+                import_mib_s: Some(mib_per_s(pages.len() as u64, imported)),
+                not_run: None,
+            },
+            Err(e) => MirrorKernelRow {
+                kernel: name,
+                export_mib_s: None,
+                import_mib_s: None,
+                not_run: Some(migration::engine::chain(&e)),
+            },
+        };
+        progress(&match (row.export_mib_s, row.import_mib_s) {
+            (Some(e), Some(i)) => {
+                format!("in the mirror, kernel {name}: export {e:.0} MiB/s, import {i:.0} MiB/s")
+            }
+            _ => format!(
+                "in the mirror, kernel {name}: not run: {}",
+                row.not_run.as_deref().unwrap_or("")
+            ),
+        });
+        mirror_kernels.push(row);
+    }
     progress("sealing and opening in-process with every kernel");
+    handshakes.sort_unstable();
+    let ms = |d: &Duration| d.as_secs_f64() * 1e3;
     Ok(HelperReport {
+        handshake_ms: handshakes
+            .get(handshakes.len() / 2)
+            .zip(handshakes.first())
+            .map(|(median, min)| (ms(median), ms(min), handshakes.len())),
         rows,
         mirror_kernel,
+        mirror_kernels,
+        mirror_kernels_batch: batch,
         kernels: gcm_limits::kernel_rates(Duration::from_millis(1500)),
         mem_bytes: bench.mem,
         private_pages: pages.len(),
@@ -400,22 +522,44 @@ impl fmt::Display for HelperReport {
         )?;
         writeln!(
             f,
-            "in the mirror, kernel {} (the helper's own choice; a kernel cannot be forced there):",
+            "in the mirror, the helper's own choice (at boot it reported kernel {}):",
             self.mirror_kernel
                 .as_deref()
                 .unwrap_or("unknown (not on the console)")
         )?;
         writeln!(
             f,
-            "{:<7} {:>7} {:>6} {:>12} {:>10}",
+            "{:<7} {:>7} {:>6} {:>12} {:>10}  kernel",
             "op", "helpers", "batch", "pages/s", "MiB/s"
         )?;
         for r in &self.rows {
             writeln!(
                 f,
-                "{:<7} {:>7} {:>6} {:>12.0} {:>10.0}",
-                r.op, r.helpers, r.batch, r.pages_per_s, r.mib_per_s
+                "{:<7} {:>7} {:>6} {:>12.0} {:>10.0}  {}",
+                r.op, r.helpers, r.batch, r.pages_per_s, r.mib_per_s, r.kernel
             )?;
+        }
+        if let Some((median, min, n)) = self.handshake_ms {
+            writeln!(
+                f,
+                "key agreement in the mirrors (HS_START, HS_RESPOND, HS_FINISH, HS_CONFIRM): median {median:.2} ms, fastest {min:.2} ms, of {n}"
+            )?;
+        }
+        writeln!(
+            f,
+            "in the mirror, each kernel asked for in the handshake (1 helper vCPU per side, batch {}, memory already touched):\n{:<10} {:>12} {:>12}",
+            self.mirror_kernels_batch, "kernel", "export MiB/s", "import MiB/s"
+        )?;
+        for k in &self.mirror_kernels {
+            match (k.export_mib_s, k.import_mib_s) {
+                (Some(e), Some(i)) => writeln!(f, "{:<10} {:>12.0} {:>12.0}", k.kernel, e, i)?,
+                _ => writeln!(
+                    f,
+                    "{:<10} not run: {}",
+                    k.kernel,
+                    k.not_run.as_deref().unwrap_or("")
+                )?,
+            }
         }
         write!(
             f,

@@ -64,6 +64,9 @@ pub struct Row {
     pub total_ms: u64,
     /// Time the guest did not run.
     pub downtime_ms: u64,
+    /// From `migrate` to the first page (`setup-time`): connecting, the Hello and, for
+    /// helper rows, the helpers' key agreement.
+    pub setup_ms: u64,
     /// CPU seconds of the source and target processes during the migration.
     pub cpu_s: f64,
     /// Precopy rounds, the final stop-and-copy included.
@@ -87,6 +90,7 @@ impl Row {
             throughput_gib_s: 0.0,
             total_ms: 0,
             downtime_ms: 0,
+            setup_ms: 0,
             cpu_s: 0.0,
             rounds: 0,
             transferred_bytes: 0,
@@ -189,6 +193,7 @@ fn row_from(name: String, o: &Outcome, samples: Vec<Sample>) -> Row {
         throughput_gib_s: o.throughput_gib_s(),
         total_ms: o.total_ms(),
         downtime_ms: o.downtime_ms(),
+        setup_ms: json_u64(&o.migration, &["setup-time"]),
         cpu_s: o.cpu_s,
         rounds: o.rounds(),
         transferred_bytes: o.transferred(),
@@ -559,6 +564,7 @@ fn qemu_row(args: &MigrateBench, variant: QemuVariant) -> Result<Row> {
         },
         total_ms,
         downtime_ms: n(&["downtime"]),
+        setup_ms: n(&["setup-time"]),
         cpu_s,
         rounds: n(&["ram", "dirty-sync-count"]),
         transferred_bytes: n(&["ram", "transferred"]),
@@ -839,16 +845,17 @@ impl MigrateReport {
     pub fn markdown(&self) -> String {
         let mut s = String::new();
         s.push_str(&format!("{}\n\n", self.title()));
-        s.push_str("| row | GiB/s | total ms | downtime ms | CPU s (both sides) | rounds | GiB sent | guest check |\n");
-        s.push_str("|---|---:|---:|---:|---:|---:|---:|---|\n");
+        s.push_str("| row | GiB/s | total ms | downtime ms | setup ms | CPU s (both sides) | rounds | GiB sent | guest check |\n");
+        s.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---|\n");
         for r in &self.rows {
             if r.ran() {
                 s.push_str(&format!(
-                    "| {} | {:.2} | {} | {} | {:.2} | {} | {:.2} | {} |\n",
+                    "| {} | {:.2} | {} | {} | {} | {:.2} | {} | {:.2} | {} |\n",
                     r.name,
                     r.throughput_gib_s,
                     r.total_ms,
                     r.downtime_ms,
+                    r.setup_ms,
                     r.cpu_s,
                     r.rounds,
                     r.transferred_bytes as f64 / GIB,
@@ -856,7 +863,7 @@ impl MigrateReport {
                 ));
             } else {
                 s.push_str(&format!(
-                    "| {} | | | | | | | **not run**: {} |\n",
+                    "| {} | | | | | | | | **not run**: {} |\n",
                     r.name,
                     r.note.as_deref().unwrap_or("")
                 ));
@@ -964,18 +971,19 @@ impl fmt::Display for MigrateReport {
         )?;
         writeln!(
             f,
-            "{:<18} {:>7} {:>9} {:>9} {:>7} {:>7} {:>9} {:>10}",
-            "", "GiB/s", "total ms", "downtime", "CPU s", "rounds", "GiB sent", "verdict"
+            "{:<18} {:>7} {:>9} {:>9} {:>6} {:>7} {:>7} {:>9} {:>10}",
+            "", "GiB/s", "total ms", "downtime", "setup", "CPU s", "rounds", "GiB sent", "verdict"
         )?;
         for r in &self.rows {
             if r.ran() {
                 writeln!(
                     f,
-                    "{:<18} {:>7.2} {:>9} {:>9} {:>7.2} {:>7} {:>9.2} {:>10}",
+                    "{:<18} {:>7.2} {:>9} {:>9} {:>6} {:>7.2} {:>7} {:>9.2} {:>10}",
                     r.name,
                     r.throughput_gib_s,
                     r.total_ms,
                     r.downtime_ms,
+                    r.setup_ms,
                     r.cpu_s,
                     r.rounds,
                     r.transferred_bytes as f64 / GIB,
@@ -1084,6 +1092,7 @@ mod tests {
             throughput_gib_s: 0.0,
             total_ms,
             downtime_ms: 0,
+            setup_ms: 0,
             cpu_s: 0.0,
             rounds: 0,
             transferred_bytes: 0,
@@ -1216,7 +1225,7 @@ mod tests {
         assert!(last.what.contains("10000 pages/s"));
         assert_eq!(last.met, Some(true));
         let md = r.markdown();
-        assert!(md.contains("| qemu-tls | | | | | | | **not run**: openssl missing |"));
+        assert!(md.contains("| qemu-tls | | | | | | | | **not run**: openssl missing |"));
         assert!(md.contains("| vaes512 (the helper's choice) | 6.00 | 6.50 |"));
         assert!(r
             .to_string()

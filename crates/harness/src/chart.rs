@@ -318,6 +318,7 @@ mod tests {
             throughput_gib_s: 1.5,
             total_ms: 700,
             downtime_ms: 12,
+            setup_ms: 3,
             cpu_s: 1.0,
             rounds: 2,
             transferred_bytes: 1 << 30,

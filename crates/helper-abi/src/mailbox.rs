@@ -172,6 +172,7 @@ statuses! {
     BAD_TOKEN = 19, "the abort token does not verify for the committed session";
     NOT_COMMITTED = 20, "there is no committed session to release";
     CORRUPTED = 21, "the helper's own structures (page tables, descriptor tables, anchor, layout or code) no longer match what it recorded at boot: the guest wrote into the helper's region, so the helper serves nothing (the response's index names the structure)";
+    UNSUPPORTED_KERNEL = 22, "the CPU cannot run the AES-GCM kernel asked for, or it failed its self-test";
 }
 
 impl core::fmt::Display for Status {
@@ -248,6 +249,65 @@ pub mod flags {
     /// host which private pages are zero (a leak); without it every private page is a
     /// full, constant-size record.
     pub const ZERO_RECORDS: u32 = 1;
+    /// HS_START, HS_RESPOND: bits 8..=11 name the AES-256-GCM kernel the session's
+    /// records are to run on, a [`super::GcmKernel`] (0, [`super::GcmKernel::BEST`]: the
+    /// helper's own choice, the fastest its CPU supports). For benchmarks that compare
+    /// kernels inside the mirror: every kernel is the same AES-256-GCM, constant time,
+    /// checked by the helper's known-answer self-test before the session uses it, and
+    /// the helper refuses one its CPU cannot run (UNSUPPORTED_KERNEL), so a host can
+    /// only make the helper slower, never weaker (docs/threat-model.md).
+    pub const KERNEL_MASK: u32 = 0xf << KERNEL_SHIFT;
+    /// Position of the kernel bits in `flags`.
+    pub const KERNEL_SHIFT: u32 = 8;
+}
+
+/// An AES-256-GCM kernel of the helper's record code (`record-gcm`), as the mailbox
+/// names it: HS_START and HS_RESPOND take one in their flags, and their responses say
+/// which one the session runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct GcmKernel(pub u32);
+
+impl GcmKernel {
+    /// In a request: the helper's choice. In a response: not reported (a helper of an
+    /// earlier build).
+    pub const BEST: GcmKernel = GcmKernel(0);
+    /// RustCrypto `aes-gcm`, the portable fallback.
+    pub const PORTABLE: GcmKernel = GcmKernel(1);
+    /// AES-NI and PCLMULQDQ on xmm registers.
+    pub const AESNI: GcmKernel = GcmKernel(2);
+    /// VAES and VPCLMULQDQ on ymm registers.
+    pub const VAES256: GcmKernel = GcmKernel(3);
+    /// VAES and VPCLMULQDQ on zmm registers.
+    pub const VAES512: GcmKernel = GcmKernel(4);
+    /// Every kernel a request may name, fastest first.
+    pub const ALL: [GcmKernel; 4] = [
+        GcmKernel::VAES512,
+        GcmKernel::VAES256,
+        GcmKernel::AESNI,
+        GcmKernel::PORTABLE,
+    ];
+
+    /// The kernel's name as `record-gcm` reports it, or None for BEST and undefined
+    /// values.
+    pub fn name(self) -> Option<&'static str> {
+        match self {
+            GcmKernel::PORTABLE => Some("portable"),
+            GcmKernel::AESNI => Some("aesni"),
+            GcmKernel::VAES256 => Some("vaes256"),
+            GcmKernel::VAES512 => Some("vaes512"),
+            _ => None,
+        }
+    }
+
+    /// The kernel a request's flags name.
+    pub fn from_flags(flags: u32) -> GcmKernel {
+        GcmKernel((flags & flags::KERNEL_MASK) >> flags::KERNEL_SHIFT)
+    }
+
+    /// The flags bits that name this kernel.
+    pub fn flags(self) -> u32 {
+        (self.0 << flags::KERNEL_SHIFT) & flags::KERNEL_MASK
+    }
 }
 
 /// INFO response flag bits ([`Response::info_flags`]).
@@ -414,6 +474,9 @@ pub struct Response {
     pub kind: u32,
     /// INFO: [`info_flags`] bits.
     pub info_flags: u32,
+    /// HS_START, HS_RESPOND: the AES-256-GCM kernel ([`GcmKernel`]) the session's
+    /// records run on.
+    pub kernel: u32,
 }
 
 impl Response {
@@ -450,6 +513,7 @@ impl Response {
         put32(&mut b, 96, self.slot);
         put32(&mut b, 100, self.kind);
         put32(&mut b, 104, self.info_flags);
+        put32(&mut b, 108, self.kernel);
         b
     }
 
@@ -476,6 +540,7 @@ impl Response {
             slot: le32(b, 96),
             kind: le32(b, 100),
             info_flags: le32(b, 104),
+            kernel: le32(b, 108),
         }
     }
 
@@ -531,8 +596,24 @@ mod tests {
             slot: 2,
             kind: 6,
             info_flags: info_flags::INCOMING,
+            kernel: GcmKernel::AESNI.0,
         };
         assert_eq!(Response::decode(&s.encode()), s);
+        assert_eq!(&s.encode()[108..112], &[2, 0, 0, 0]);
+    }
+
+    #[test]
+    fn a_kernel_travels_in_bits_8_to_11_of_the_flags() {
+        for k in GcmKernel::ALL {
+            let f = k.flags() | flags::ZERO_RECORDS;
+            assert_eq!(GcmKernel::from_flags(f), k);
+            assert_eq!(f & !flags::KERNEL_MASK, flags::ZERO_RECORDS);
+            assert!(k.name().is_some());
+        }
+        assert_eq!(GcmKernel::from_flags(0), GcmKernel::BEST);
+        assert_eq!(GcmKernel::BEST.name(), None);
+        assert_eq!(GcmKernel(9).name(), None);
+        assert_eq!(GcmKernel(0x1f).flags(), 0xf00, "only four bits");
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //! - Manifest: SHA-256 over a label and (GPA u64 LE ‖ version u32 LE) of every private
 //!   page in increasing GPA order.
 
-use helper_abi::record::RecordHeader;
+use helper_abi::{mailbox::GcmKernel, record::RecordHeader};
 use record_gcm::{Aes256Gcm, Kernel};
 use sha2::{Digest, Sha256};
 
@@ -63,6 +63,50 @@ impl RecordKey {
     /// The AES-GCM kernel that runs this key.
     pub fn kernel(&self) -> Kernel {
         self.cipher.kernel()
+    }
+}
+
+/// The kernel a mailbox code names (None: BEST or an undefined code).
+pub fn kernel_of(code: GcmKernel) -> Option<Kernel> {
+    match code {
+        GcmKernel::VAES512 => Some(Kernel::Vaes512),
+        GcmKernel::VAES256 => Some(Kernel::Vaes256),
+        GcmKernel::AESNI => Some(Kernel::AesNi),
+        GcmKernel::PORTABLE => Some(Kernel::Portable),
+        _ => None,
+    }
+}
+
+/// The mailbox code of a kernel.
+pub fn code_of(kernel: Kernel) -> GcmKernel {
+    match kernel {
+        Kernel::Vaes512 => GcmKernel::VAES512,
+        Kernel::Vaes256 => GcmKernel::VAES256,
+        Kernel::AesNi => GcmKernel::AESNI,
+        Kernel::Portable => GcmKernel::PORTABLE,
+    }
+}
+
+/// The kernel a session is to run on, for the code its handshake request named: the
+/// fastest the CPU supports for BEST; a named kernel only if the CPU can run it and it
+/// passes the known-answer self-test now (the boot's self-test checked only the fastest
+/// one). None: refused.
+pub fn session_kernel(code: GcmKernel) -> Option<Kernel> {
+    if code == GcmKernel::BEST {
+        return Some(Kernel::best());
+    }
+    let k = kernel_of(code)?;
+    (k.is_supported() && record_gcm::self_test(k).is_ok()).then_some(k)
+}
+
+impl RecordKey {
+    /// As [`RecordKey::new`], run by the session's kernel (`code`, from its handshake;
+    /// the fastest if the code is BEST or, which the handshake never lets through,
+    /// names a kernel this CPU cannot run).
+    pub fn for_session(key: &[u8; 32], session_id: [u8; 16], code: GcmKernel) -> Self {
+        kernel_of(code)
+            .and_then(|k| RecordKey::with_kernel(key, session_id, k).ok())
+            .unwrap_or_else(|| RecordKey::new(key, session_id))
     }
 
     fn aad(&self, header: &RecordHeader) -> [u8; 20 + 16 + helper_abi::record::HEADER_SIZE] {

@@ -32,7 +32,7 @@
 //!   accepted.
 
 use crate::{
-    crypto::{ManifestHash, RecordKey},
+    crypto::{self, ManifestHash, RecordKey},
     gate::{Alone, Closed, Shared},
     keys::{self, BlobMac, Ephemeral, Side, Transcript},
     layout::HelperLayout,
@@ -44,8 +44,8 @@ use core::sync::atomic::{AtomicU32, Ordering};
 use helper_abi::{
     handshake::{KeyReply, KeyShare, MAC_LEN},
     mailbox::{
-        flags, info_flags, Op, Origin, Phase, Request, Response, Status, GPA_LIST_OFFSET,
-        MESSAGE_OFFSET, REQUEST_OFFSET, RESPONSE_OFFSET,
+        flags, info_flags, GcmKernel, Op, Origin, Phase, Request, Response, Status,
+        GPA_LIST_OFFSET, MESSAGE_OFFSET, REQUEST_OFFSET, RESPONSE_OFFSET,
     },
     record::{
         self, Kind, ManifestPayload, RecordHeader, COMMIT_PAYLOAD_SIZE, COMMIT_RECORD_SIZE,
@@ -186,7 +186,13 @@ impl<'a, M: GuestMemory, E: Entropy> Helper<'a, M, E> {
             bytes: [0; 128],
             len: 0,
         };
-        let result = if req.reserved != 0 || (req.op != Op::EXPORT.0 && req.flags != 0) {
+        // Flags each operation may carry; any other bit is refused.
+        let allowed_flags = match Op(req.op) {
+            Op::EXPORT => flags::ZERO_RECORDS,
+            Op::HS_START | Op::HS_RESPOND => flags::KERNEL_MASK,
+            _ => 0,
+        };
+        let result = if req.reserved != 0 || req.flags & !allowed_flags != 0 {
             Err(Status::BAD_REQUEST.into())
         } else {
             match Op(req.op) {
@@ -198,8 +204,8 @@ impl<'a, M: GuestMemory, E: Entropy> Helper<'a, M, E> {
                 Op::IMPORT => self.import(&req, mailbox, &mut resp),
                 Op::FINISH => self.finish(&req, mailbox, &mut resp),
                 Op::RESET => self.reset(),
-                Op::HS_START => self.hs_start(&req, mailbox, &mut msg),
-                Op::HS_RESPOND => self.hs_respond(&req, mailbox, &mut msg),
+                Op::HS_START => self.hs_start(&req, mailbox, &mut msg, &mut resp),
+                Op::HS_RESPOND => self.hs_respond(&req, mailbox, &mut msg, &mut resp),
                 Op::HS_FINISH => self.hs_finish(&req, mailbox, &mut msg),
                 Op::HS_CONFIRM => self.hs_confirm(&req, mailbox, &mut msg),
                 Op::SEAL_BLOB => self.seal_blob(&req, mailbox, &mut resp),
@@ -347,9 +353,24 @@ impl<'a, M: GuestMemory, E: Entropy> Helper<'a, M, E> {
 
     fn record_key(&self) -> RecordKey {
         let mut key = self.session.record_key.load();
-        let k = RecordKey::new(&key, self.session.session_id.load());
+        let k = RecordKey::for_session(
+            &key,
+            self.session.session_id.load(),
+            GcmKernel(self.session.kernel.load(Ordering::Relaxed)),
+        );
         key.zeroize();
         k
+    }
+
+    /// The kernel a handshake request names in its flags, checked (see
+    /// [`crypto::session_kernel`]).
+    fn requested_kernel(&self, req: &Request) -> Result<GcmKernel, Refusal> {
+        let code = GcmKernel::from_flags(req.flags);
+        match crypto::session_kernel(code) {
+            Some(k) if code == GcmKernel::BEST => Ok(crypto::code_of(k)),
+            Some(_) => Ok(code),
+            None => Err(Status::UNSUPPORTED_KERNEL.into()),
+        }
     }
 
     fn own_lane(&self) -> &LaneSlot {
@@ -374,6 +395,7 @@ impl<'a, M: GuestMemory, E: Entropy> Helper<'a, M, E> {
         req: &Request,
         mailbox: &impl Mailbox,
         msg: &mut Message,
+        resp: &mut Response,
     ) -> Result<(), Refusal> {
         let mut alone = self.alone_idle()?;
         if self.session.commitment.is_committed() {
@@ -383,6 +405,7 @@ impl<'a, M: GuestMemory, E: Entropy> Helper<'a, M, E> {
             // A guest waiting for its own state has nothing to send.
             return Err(Status::BAD_STATE.into());
         }
+        let kernel = self.requested_kernel(req)?;
         let hello_hash: [u8; 32] = self.message(req, mailbox)?;
         let mut secret = self.migration_secret().ok_or(Status::NO_SECRET)?;
         secret.zeroize();
@@ -396,6 +419,8 @@ impl<'a, M: GuestMemory, E: Entropy> Helper<'a, M, E> {
         let s = self.session;
         s.wipe();
         s.session_id.store_from(&req.session_id);
+        s.kernel.store(kernel.0, Ordering::Relaxed);
+        resp.kernel = kernel.0;
         s.hello_hash.store_from(&hello_hash);
         s.own_nonce.store_from(&nonce);
         s.own_share.store_from(&eph.share);
@@ -418,11 +443,13 @@ impl<'a, M: GuestMemory, E: Entropy> Helper<'a, M, E> {
         req: &Request,
         mailbox: &impl Mailbox,
         msg: &mut Message,
+        resp: &mut Response,
     ) -> Result<(), Refusal> {
         let mut alone = self.alone_idle()?;
         if !self.session.incoming() {
             return Err(Status::NOT_INCOMING.into());
         }
+        let kernel = self.requested_kernel(req)?;
         let m: [u8; 32 + KeyShare::SIZE] = self.message(req, mailbox)?;
         let mut hello_hash = [0u8; 32];
         hello_hash.copy_from_slice(&m[..32]);
@@ -459,6 +486,8 @@ impl<'a, M: GuestMemory, E: Entropy> Helper<'a, M, E> {
         s.wipe();
         self.clear_versions();
         s.session_id.store_from(&req.session_id);
+        s.kernel.store(kernel.0, Ordering::Relaxed);
+        resp.kernel = kernel.0;
         s.transcript.store_from(&th);
         s.record_key.store_from(&session_keys.record);
         s.blob_key.store_from(&session_keys.blob);

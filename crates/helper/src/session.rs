@@ -171,6 +171,9 @@ pub struct SessionState {
     pub bytes_opened: AtomicU64,
     /// Zero-page records sealed or opened.
     pub zero_pages: AtomicU64,
+    /// The AES-256-GCM kernel the session's records run on, as the handshake asked for
+    /// it (helper-abi `GcmKernel`; 0: the fastest the CPU supports).
+    pub kernel: AtomicU32,
 }
 
 impl SessionState {
@@ -199,6 +202,7 @@ impl SessionState {
             bytes_sealed: AtomicU64::new(0),
             bytes_opened: AtomicU64::new(0),
             zero_pages: AtomicU64::new(0),
+            kernel: AtomicU32::new(0),
         }
     }
 
@@ -255,6 +259,7 @@ impl SessionState {
             w.wipe();
         }
         self.session_id.wipe();
+        self.kernel.store(0, Ordering::Relaxed);
         self.restart_lanes();
     }
 

@@ -5,11 +5,12 @@ mod common;
 
 use common::*;
 use helper_abi::{
-    mailbox::{info_flags, Op, Phase, Request, Status},
+    mailbox::{info_flags, GcmKernel, Op, Phase, Request, Status},
     record::{self, Kind, RecordHeader, HEADER_SIZE},
     PAGE_SIZE,
 };
 use mirror_helper::{
+    crypto,
     host::{self, Guest, Spec},
     shared_list::SharedList,
 };
@@ -512,4 +513,130 @@ fn a_refused_request_changes_nothing_and_says_why() {
     // The helper serves normally once its structures check out again.
     assert!(src.export(0, 1, &[gpa]).is_ok());
     assert!(Status::CORRUPTED.to_string().contains("CORRUPTED"));
+}
+
+/// HS_START then HS_RESPOND with `flags`; the kernels the two responses name (or the
+/// first refusal).
+fn keyed_with(
+    src: &Side,
+    dst: &Side,
+    src_flags: u32,
+    dst_flags: u32,
+) -> Result<(GcmKernel, GcmKernel), (Op, Status)> {
+    let r = src.call(
+        0,
+        Request {
+            op: Op::HS_START.0,
+            bytes: 32,
+            session_id: SESSION,
+            flags: src_flags,
+            ..Request::default()
+        },
+        &[],
+        &HELLO,
+    );
+    if r.status() != Status::OK {
+        return Err((Op::HS_START, r.status()));
+    }
+    let src_kernel = GcmKernel(r.response.kernel);
+    let mut m = HELLO.to_vec();
+    m.extend_from_slice(&r.message);
+    let r = dst.call(
+        0,
+        Request {
+            op: Op::HS_RESPOND.0,
+            bytes: m.len() as u32,
+            session_id: SESSION,
+            flags: dst_flags,
+            ..Request::default()
+        },
+        &[],
+        &m,
+    );
+    if r.status() != Status::OK {
+        return Err((Op::HS_RESPOND, r.status()));
+    }
+    let dst_kernel = GcmKernel(r.response.kernel);
+    let reply: [u8; 96] = r.message.try_into().unwrap();
+    let (confirm, _) = host::finish(&src.guest, &src.vcpus[0], &reply).unwrap();
+    host::confirm_target(&dst.guest, &dst.vcpus[0], &confirm).unwrap();
+    Ok((src_kernel, dst_kernel))
+}
+
+#[test]
+fn a_session_runs_any_kernel_the_cpu_supports_and_every_pair_interoperates() {
+    let supported: Vec<GcmKernel> = GcmKernel::ALL
+        .into_iter()
+        .filter(|k| crypto::kernel_of(*k).unwrap().is_supported())
+        .collect();
+    for k in GcmKernel::ALL
+        .into_iter()
+        .filter(|k| !supported.contains(k))
+    {
+        eprintln!(
+            "!!! kernel {} NOT TESTED on this machine: the CPU cannot run it",
+            k.name().unwrap()
+        );
+    }
+    assert!(supported.contains(&GcmKernel::PORTABLE));
+    for &sk in &supported {
+        for &tk in &supported {
+            let (src, dst) = unkeyed(1);
+            let (s, t) = keyed_with(&src, &dst, sk.flags(), tk.flags()).unwrap();
+            assert_eq!((s, t), (sk, tk), "the responses name the kernels asked for");
+            migrate_all(&src, &dst, 1);
+            let m = src.manifest(0).unwrap();
+            assert_eq!(dst.verify(0, &m), Status::OK, "{sk:?} to {tk:?}");
+            for g in all_pages(&src) {
+                if g != src.guest.spec.secret && g != src.guest.spec.shared_list {
+                    assert_eq!(dst.guest.page(g), src.guest.page(g), "page {g:#x}");
+                }
+            }
+        }
+    }
+    // No kernel named: the helper's own choice, the fastest, and the response says so.
+    let (src, dst) = unkeyed(1);
+    let best = crypto::code_of(record_gcm::Kernel::best());
+    assert_eq!(keyed_with(&src, &dst, 0, 0).unwrap(), (best, best));
+}
+
+#[test]
+fn a_kernel_the_cpu_cannot_run_or_other_flag_bits_are_refused_and_nothing_starts() {
+    for code in [5u32, 9, 15] {
+        let (src, dst) = unkeyed(1);
+        assert_eq!(
+            keyed_with(&src, &dst, GcmKernel(code).flags(), 0).unwrap_err(),
+            (Op::HS_START, Status::UNSUPPORTED_KERNEL)
+        );
+        assert_eq!(src.op(0, Op::INFO).response.phase(), Phase::IDLE);
+        assert_eq!(
+            keyed_with(&src, &dst, 0, GcmKernel(code).flags()).unwrap_err(),
+            (Op::HS_RESPOND, Status::UNSUPPORTED_KERNEL)
+        );
+        assert_eq!(dst.op(0, Op::INFO).response.phase(), Phase::IDLE);
+    }
+    // Bits outside the kernel field, or a kernel on any other operation.
+    let (src, dst) = unkeyed(1);
+    assert_eq!(
+        keyed_with(&src, &dst, 0x1000 | GcmKernel::PORTABLE.flags(), 0).unwrap_err(),
+        (Op::HS_START, Status::BAD_REQUEST)
+    );
+    let (src, dst, _) = pair(1);
+    assert_eq!(
+        src.export_flags(0, 1, &[0x9000], GcmKernel::PORTABLE.flags())
+            .unwrap_err()
+            .0,
+        Status::BAD_REQUEST
+    );
+    let r = dst.call(
+        0,
+        Request {
+            op: Op::INFO.0,
+            flags: GcmKernel::PORTABLE.flags(),
+            ..Request::default()
+        },
+        &[],
+        &[],
+    );
+    assert_eq!(r.status(), Status::BAD_REQUEST);
 }

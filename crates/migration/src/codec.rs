@@ -37,12 +37,14 @@
 //! ```
 
 use std::fmt;
-use std::io::{self, Read};
+use std::io::{self, BufRead, BufReader, Read};
+use std::os::fd::{AsFd, BorrowedFd};
 
 use thiserror::Error;
 
 use crate::frames::{
-    Direction, FailureCode, Frame, FrameError, FrameHeader, MessageType, MAX_PAYLOAD_LEN,
+    Direction, FailureCode, Frame, FrameError, FrameHeader, MessageType, PageBatchHeader,
+    MAX_PAYLOAD_LEN, PAGE_BATCH_HEADER_LEN,
 };
 
 /// Which frames a stream may carry.
@@ -195,6 +197,10 @@ pub enum CodecError {
     /// An earlier error left the stream out of sync; this reader reads no more.
     #[error("the frame reader stopped after an earlier error")]
     Stopped,
+    /// The next frame was asked for before the records of the last PageBatch were read
+    /// ([`FrameReader::read_records`]).
+    #[error("the records of the PageBatch at stream offset {0} were not read")]
+    RecordsPending(u64),
 }
 
 impl CodecError {
@@ -225,11 +231,103 @@ impl CodecError {
             CodecError::WrongDirection { .. } | CodecError::VersionChanged { .. } => {
                 FailureCode::Protocol
             }
-            CodecError::Io { .. } | CodecError::BufferTooSmall { .. } | CodecError::Stopped => {
-                FailureCode::Internal
-            }
+            CodecError::Io { .. }
+            | CodecError::BufferTooSmall { .. }
+            | CodecError::Stopped
+            | CodecError::RecordsPending(_) => FailureCode::Internal,
         }
     }
+}
+
+/// What [`FrameReader::read_next`] read.
+#[derive(Debug)]
+pub enum Next<'b> {
+    /// A whole frame.
+    Frame(Frame<'b>),
+    /// The start of a PageBatch: its header is checked, its records are still in the
+    /// stream, for [`FrameReader::read_records`] to move straight to where they go.
+    Batch(BatchStart),
+}
+
+/// A PageBatch whose records are still in the stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchStart {
+    /// The batch's header (lane, round, count, bytes of records), checked.
+    pub header: PageBatchHeader,
+    /// Stream offset of the frame.
+    pub offset: u64,
+}
+
+/// Where the records of a PageBatch go on the target: one of its helper's record
+/// windows in guest memory (the no-copy receive path; the VMM implements it).
+pub trait RecordDest {
+    /// Takes the next `bytes` of the records: bytes the reader had already buffered.
+    fn put(&mut self, bytes: &[u8]) -> io::Result<()>;
+    /// Reads exactly the next `len` bytes of the records from `fd` (the stream, nothing
+    /// left in the reader's buffer) straight into place.
+    fn read_from(&mut self, fd: BorrowedFd<'_>, len: usize) -> io::Result<()>;
+}
+
+/// The records of a PageBatch, still in the stream (see [`FrameReader::read_records`]).
+pub trait RecordSource {
+    /// Bytes of records.
+    fn len(&self) -> usize;
+    /// Whether there are none (never, for a checked batch).
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Moves every byte of the records into `dest`: what the reader had buffered as a
+    /// slice, the rest straight from the stream's descriptor. On an error the stream is
+    /// out of sync and the reader stops.
+    fn read_into(&mut self, dest: &mut dyn RecordDest) -> io::Result<()>;
+}
+
+/// A batch's records being read ([`RecordSource`] over a buffered stream).
+struct PendingRecords<'a, S> {
+    inner: &'a mut BufReader<S>,
+    len: usize,
+    got: usize,
+    failed: Option<io::Error>,
+}
+
+impl<S: Read + AsFd> RecordSource for PendingRecords<'_, S> {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn read_into(&mut self, dest: &mut dyn RecordDest) -> io::Result<()> {
+        let result = (|| {
+            let left = self.len - self.got;
+            let buffered = self.inner.buffer();
+            let n = buffered.len().min(left);
+            if n > 0 {
+                dest.put(buffered.get(..n).unwrap_or_default())?;
+                self.inner.consume(n);
+                self.got += n;
+            }
+            let left = self.len - self.got;
+            if left > 0 {
+                // Nothing is buffered now, so the next bytes of the stream are the
+                // descriptor's.
+                dest.read_from(self.inner.get_ref().as_fd(), left)?;
+                self.got += left;
+            }
+            Ok(())
+        })();
+        result.map_err(|e: io::Error| {
+            let copy = io::Error::new(e.kind(), "the migration stream failed");
+            self.failed.get_or_insert(e);
+            copy
+        })
+    }
+}
+
+/// A PageBatch returned by [`FrameReader::read_next`] whose records are still unread.
+#[derive(Clone, Copy, Debug)]
+struct Pending {
+    offset: u64,
+    header: FrameHeader,
+    records_len: usize,
 }
 
 /// Reads frames from a stream, one at a time, into a caller-provided buffer.
@@ -242,6 +340,7 @@ pub struct FrameReader<R> {
     frames: u64,
     stopped: bool,
     last: Option<FrameHeader>,
+    pending: Option<Pending>,
 }
 
 impl<R: Read> FrameReader<R> {
@@ -255,6 +354,7 @@ impl<R: Read> FrameReader<R> {
             frames: 0,
             stopped: false,
             last: None,
+            pending: None,
         }
     }
 
@@ -265,6 +365,60 @@ impl<R: Read> FrameReader<R> {
     /// ([`CodecError::Stopped`]): the stream is out of sync.
     pub fn read_frame<'b>(&mut self, buf: &'b mut [u8]) -> Result<Frame<'b>, CodecError> {
         self.read_frame_waiting(buf, &mut || false)
+    }
+
+    /// Like [`FrameReader::read_frame`], but stops a PageBatch after its 12-byte batch
+    /// header ([`Next::Batch`]): the caller then moves its records with
+    /// [`FrameReader::read_records`] (straight into a helper's window, where they go)
+    /// before it reads the next frame, and checks them
+    /// ([`PageBatchHeader::check_records`]). Every other frame is read and decoded as
+    /// `read_frame` does.
+    pub fn read_next<'b>(&mut self, buf: &'b mut [u8]) -> Result<Next<'b>, CodecError> {
+        if self.stopped {
+            return Err(CodecError::Stopped);
+        }
+        if let Some(p) = self.pending {
+            self.stopped = true;
+            return Err(CodecError::RecordsPending(p.offset));
+        }
+        let result = self
+            .read_header(&mut || false)
+            .and_then(|(offset, header)| {
+                let len = header.len as usize;
+                if header.kind != MessageType::PageBatch || len < PAGE_BATCH_HEADER_LEN {
+                    return self
+                        .read_payload(offset, header, buf, &mut || false)
+                        .map(Next::Frame);
+                }
+                let mut head = [0u8; PAGE_BATCH_HEADER_LEN];
+                read_full(&mut self.inner, &mut head, &mut || false).map_err(|(got, source)| {
+                    CodecError::Io {
+                        at: StreamPosition::InPayload {
+                            offset,
+                            kind: header.kind,
+                            got,
+                            len,
+                        },
+                        source,
+                    }
+                })?;
+                let records_len = len - PAGE_BATCH_HEADER_LEN;
+                let batch = PageBatchHeader::decode(header.version, &head, records_len)
+                    .map_err(|source| CodecError::Frame { offset, source })?;
+                self.pending = Some(Pending {
+                    offset,
+                    header,
+                    records_len,
+                });
+                Ok(Next::Batch(BatchStart {
+                    header: batch,
+                    offset,
+                }))
+            });
+        if result.is_err() {
+            self.stopped = true;
+        }
+        result
     }
 
     /// Like [`FrameReader::read_frame`], for a stream whose reads time out often (a short
@@ -293,6 +447,18 @@ impl<R: Read> FrameReader<R> {
         buf: &'b mut [u8],
         keep_waiting: &mut dyn FnMut() -> bool,
     ) -> Result<Frame<'b>, CodecError> {
+        if let Some(p) = self.pending {
+            return Err(CodecError::RecordsPending(p.offset));
+        }
+        let (offset, header) = self.read_header(keep_waiting)?;
+        self.read_payload(offset, header, buf, keep_waiting)
+    }
+
+    /// Reads and checks the next frame header: its stream offset and the header.
+    fn read_header(
+        &mut self,
+        keep_waiting: &mut dyn FnMut() -> bool,
+    ) -> Result<(u64, FrameHeader), CodecError> {
         let offset = self.offset;
         let mut raw = [0u8; FrameHeader::SIZE];
         read_full(&mut self.inner, &mut raw, keep_waiting).map_err(|(got, source)| {
@@ -327,6 +493,18 @@ impl<R: Read> FrameReader<R> {
             }
             Some(_) => {}
         }
+        Ok((offset, header))
+    }
+
+    /// Reads the payload of the frame whose header was just read, and decodes it.
+    fn read_payload<'b>(
+        &mut self,
+        offset: u64,
+        header: FrameHeader,
+        buf: &'b mut [u8],
+        keep_waiting: &mut dyn FnMut() -> bool,
+    ) -> Result<Frame<'b>, CodecError> {
+        let kind = header.kind;
         let len = header.len as usize;
         let have = buf.len();
         let payload = buf
@@ -384,6 +562,61 @@ impl<R: Read> FrameReader<R> {
     /// Gives the stream back.
     pub fn into_inner(self) -> R {
         self.inner
+    }
+}
+
+impl<S: Read + AsFd> FrameReader<BufReader<S>> {
+    /// Moves the records of the PageBatch [`FrameReader::read_next`] just returned:
+    /// `f` gets them as a [`RecordSource`] and must move all of them
+    /// ([`RecordSource::read_into`]); what `f` returns comes back. If the stream fails
+    /// meanwhile, or `f` leaves records unread, the reader stops (the stream is out of
+    /// sync) and the error says where.
+    pub fn read_records<T>(
+        &mut self,
+        f: impl FnOnce(&mut dyn RecordSource) -> T,
+    ) -> Result<T, CodecError> {
+        if self.stopped {
+            return Err(CodecError::Stopped);
+        }
+        let Some(pending) = self.pending.take() else {
+            self.stopped = true;
+            return Err(CodecError::Io {
+                at: StreamPosition::BetweenFrames {
+                    offset: self.offset,
+                },
+                source: io::Error::other("no PageBatch's records are waiting to be read"),
+            });
+        };
+        let mut records = PendingRecords {
+            inner: &mut self.inner,
+            len: pending.records_len,
+            got: 0,
+            failed: None,
+        };
+        let out = f(&mut records);
+        let (got, failed) = (records.got, records.failed);
+        let len = pending.header.len as usize;
+        let at = StreamPosition::InPayload {
+            offset: pending.offset,
+            kind: MessageType::PageBatch,
+            got: PAGE_BATCH_HEADER_LEN + got,
+            len,
+        };
+        if let Some(source) = failed {
+            self.stopped = true;
+            return Err(CodecError::Io { at, source });
+        }
+        if got != pending.records_len {
+            self.stopped = true;
+            return Err(CodecError::Io {
+                at,
+                source: io::Error::other("the batch's records were not read in full"),
+            });
+        }
+        self.offset += (FrameHeader::SIZE + len) as u64;
+        self.frames += 1;
+        self.last = Some(pending.header);
+        Ok(out)
     }
 }
 

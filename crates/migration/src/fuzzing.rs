@@ -144,6 +144,7 @@ fn sev_hello() -> Hello {
         page_size: PAGE_SIZE as u32,
         vcpus: 2,
         es_helpers: 0,
+        cpu: None,
     }
 }
 

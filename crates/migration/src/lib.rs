@@ -5,6 +5,8 @@
 //!   version policy, the byte layout of every frame) and the typed frames with their
 //!   encoders and decoders.
 //! - [`codec`] reads frames from any [`std::io::Read`] into a caller-provided buffer.
+//! - [`cpu`] is the guest CPU the Hello carries and the check a target makes against
+//!   its own CPU before it takes a guest from another host.
 //! - [`uri`] parses the `tcp:HOST:PORT` migration URIs that QMP `migrate` and
 //!   `--incoming` take.
 //! - [`fuzzing`] is the path the `migration_frames` fuzz target and the seed replay test
@@ -35,6 +37,7 @@
 #![forbid(unsafe_code)]
 
 pub mod codec;
+pub mod cpu;
 pub mod engine;
 pub mod frames;
 pub mod fuzzing;
@@ -42,6 +45,6 @@ pub mod recovery;
 pub mod transport;
 pub mod uri;
 
-pub use codec::{CodecError, FrameReader, Incoming};
+pub use codec::{BatchStart, CodecError, FrameReader, Incoming, Next, RecordDest, RecordSource};
 pub use frames::{Frame, FrameError, MessageType, ReceiverState, PROTOCOL_VERSION};
 pub use uri::{Uri, UriError};

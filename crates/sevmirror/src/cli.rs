@@ -131,8 +131,23 @@ pub struct RunArgs {
     #[arg(long, value_name = "tcp:HOST:PORT", value_parser = parse_uri)]
     pub incoming: Option<migration::uri::Uri>,
 
+    /// CPU features not to give the guest, by their /proc/cpuinfo names (e.g.
+    /// avx512f,vaes): a migration target refuses a guest that was given a feature its
+    /// own CPU lacks, naming it, so a guest that must move between these hosts is run
+    /// without it (as QEMU's -cpu host,-avx512f).
+    #[arg(long, value_name = "FEATURES", value_delimiter = ',', value_parser = parse_cpu_feature)]
+    pub cpu_hide: Vec<migration::cpu::Feature>,
+
     #[command(flatten)]
     pub sev: SevArgs,
+}
+
+/// A CPU feature by its `/proc/cpuinfo` name.
+fn parse_cpu_feature(s: &str) -> Result<migration::cpu::Feature, String> {
+    migration::cpu::feature(s).ok_or_else(|| {
+        let names: Vec<&str> = migration::cpu::FEATURES.iter().map(|f| f.name).collect();
+        format!("unknown CPU feature {s:?}; known: {}", names.join(", "))
+    })
 }
 
 /// The SEV options of `sevmirror run` (QEMU `sev-guest` conventions).

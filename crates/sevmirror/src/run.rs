@@ -217,6 +217,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<i32> {
     })
     .helpers(helpers)
     .vcpu_type(args.sev.vcpu_type)
+    .hide_cpu_features(args.cpu_hide.clone())
     .state_dir(state_dir(args));
     if let Some(listener) = listener {
         builder = builder.incoming(listener);

@@ -720,6 +720,69 @@ fn kvm_a_target_with_other_memory_is_refused_before_any_page_moves() {
     assert_incoming_failed(&mut dst);
 }
 
+/// A feature this host's CPU has and the VMM gives guests: AES-NI (passed through from
+/// the host), else SSE2 (every x86-64 CPU).
+fn a_host_feature() -> &'static str {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let has_aes = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("flags"))
+        .is_some_and(|l| l.split_whitespace().any(|f| f == "aes"));
+    if has_aes {
+        "aes"
+    } else {
+        "sse2"
+    }
+}
+
+#[test]
+fn kvm_a_target_whose_cpu_lacks_a_feature_the_guest_has_refuses_naming_it() {
+    if !kvm_present("kvm_a_target_whose_cpu_lacks_a_feature_the_guest_has_refuses_naming_it") {
+        return;
+    }
+    let feature = a_host_feature();
+    let lab = Lab::new();
+    let mut src = lab.plain("src", "dirty");
+    src.wait_console("filled; rewriting");
+    // `--cpu-hide` stands in for a target host whose CPU lacks the feature.
+    let mut dst = lab.spawn(
+        "dst",
+        "128M",
+        &["--incoming", "tcp:127.0.0.1:0", "--cpu-hide", feature],
+    );
+    let wire = relay(dst.port());
+
+    src.migrate(wire.port());
+    let info = src.wait_migration_end();
+    assert_eq!(info["status"], "failed", "{info}");
+    let why = info["error-desc"].as_str().unwrap();
+    assert!(
+        why.contains(&format!("lacks {feature}, which the guest was given")),
+        "{why}"
+    );
+    let sent = sent(&wire).len();
+    assert!(sent < PAGE, "{sent} bytes crossed before the refusal");
+    assert_eq!(src.status(), "running");
+    assert_incoming_failed(&mut dst);
+    assert!(dst.stderr().contains(feature), "{}", dst.stderr());
+
+    // A guest run without the feature moves to that target.
+    let mut src = lab.spawn(
+        "src2",
+        "128M",
+        &["--workload", "dirty", "--cpu-hide", feature],
+    );
+    src.wait_console("filled; rewriting");
+    let mut dst = lab.spawn(
+        "dst2",
+        "128M",
+        &["--incoming", "tcp:127.0.0.1:0", "--cpu-hide", feature],
+    );
+    let port = dst.port();
+    src.migrate_and_complete(&mut dst, port);
+    assert_memory_intact(&dst);
+}
+
 #[test]
 fn kvm_migrate_cancel_leaves_the_guest_running_on_the_source() {
     if !kvm_present("kvm_migrate_cancel_leaves_the_guest_running_on_the_source") {

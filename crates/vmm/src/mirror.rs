@@ -39,8 +39,8 @@ use guest_abi::layout::PAGE_SIZE;
 use helper_abi::{
     descriptor::HelperDescriptor,
     mailbox::{
-        doorbell, Op, Request, Response, Status, GPA_LIST_OFFSET, MESSAGE_OFFSET, MESSAGE_SIZE,
-        REQUEST_OFFSET, RESPONSE_OFFSET,
+        doorbell, GcmKernel, Op, Request, Response, Status, GPA_LIST_OFFSET, MESSAGE_OFFSET,
+        MESSAGE_SIZE, REQUEST_OFFSET, RESPONSE_OFFSET,
     },
 };
 use kvm_bindings::kvm_segment;
@@ -587,11 +587,36 @@ pub fn handshake(
     session_id: [u8; 16],
     hello_hash: [u8; 32],
 ) -> Result<[u8; 32], HelperError> {
-    let (_, share) = src.call_ok_with(
+    handshake_with(src, dst, session_id, hello_hash, GcmKernel::BEST).map(|k| k.transcript)
+}
+
+/// A session between two helpers, as [`handshake_with`] made it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KeyedSession {
+    /// The transcript hash both agreed on.
+    pub transcript: [u8; 32],
+    /// The AES-256-GCM kernel the source helper seals with.
+    pub source_kernel: GcmKernel,
+    /// The one the target helper opens with.
+    pub target_kernel: GcmKernel,
+}
+
+/// As [`handshake`], with both helpers asked to run the session's records on `kernel`
+/// (benchmarks that compare kernels inside the mirror; BEST: each helper's own choice).
+/// A helper whose CPU cannot run it refuses (UNSUPPORTED_KERNEL).
+pub fn handshake_with(
+    src: &mut HelperVcpu,
+    dst: &mut HelperVcpu,
+    session_id: [u8; 16],
+    hello_hash: [u8; 32],
+    kernel: GcmKernel,
+) -> Result<KeyedSession, HelperError> {
+    let (started, share) = src.call_ok_with(
         Request {
             op: Op::HS_START.0,
             bytes: 32,
             session_id,
+            flags: kernel.flags(),
             ..Request::default()
         },
         &[],
@@ -599,11 +624,12 @@ pub fn handshake(
     )?;
     let mut m = hello_hash.to_vec();
     m.extend_from_slice(&share);
-    let (_, reply) = dst.call_ok_with(
+    let (responded, reply) = dst.call_ok_with(
         Request {
             op: Op::HS_RESPOND.0,
             bytes: m.len() as u32,
             session_id,
+            flags: kernel.flags(),
             ..Request::default()
         },
         &[],
@@ -632,7 +658,11 @@ pub fn handshake(
     if transcript.len() == 32 {
         th.copy_from_slice(&transcript);
     }
-    Ok(th)
+    Ok(KeyedSession {
+        transcript: th,
+        source_kernel: GcmKernel(started.kernel),
+        target_kernel: GcmKernel(responded.kernel),
+    })
 }
 
 /// A mirror VM being built: the KVM VM on the owner's memory, known to the platform

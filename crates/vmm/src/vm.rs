@@ -4,8 +4,8 @@ use crate::{
     console::ConsoleOut,
     devices::{fw_cfg, services::FaultReport, PioBus},
     firmware::Firmware,
+    kvm::{cpuid, KvmError, KvmSystem, KvmVcpu, KvmVm, Slot},
     kvm::{es_state::EsVcpuState, state::VcpuState},
-    kvm::{KvmError, KvmSystem, KvmVcpu, KvmVm, Slot},
     memory::{Encrypted, GuestRam, HostView, MemoryError, PageStates, Rom, Visibility},
     sev::{self, LaunchPhase, SevConfig, SevGuest},
     vcpu::{
@@ -13,6 +13,7 @@ use crate::{
     },
 };
 use guest_abi::{fwcfg as fwcfg_abi, layout, services::Event};
+use migration::cpu::{Feature, GuestCpu};
 use sev_platform::{Policy, SevError};
 use std::{
     sync::{
@@ -78,6 +79,9 @@ pub enum VmError {
     /// An operation that needs running vCPUs before `start`.
     #[error("the VM has not started")]
     NotStarted,
+    /// CPUID changes after the vCPUs started (the guest already read its CPUID).
+    #[error("the guest's CPU features can change only before its vCPUs start")]
+    CpuidAfterStart,
     /// A device-state blob from the source cannot be loaded.
     #[error("cannot load the device state")]
     DeviceState(#[from] crate::devices::state::DeviceStateError),
@@ -188,6 +192,9 @@ pub struct Vm {
     stats: Vec<ExitStats>,
     /// The C-bit position and physical-address reduction the guest's CPUID announces.
     cbit: Option<(u32, u32)>,
+    /// The CPUID table each vCPU was given, by vCPU index: the VMM's own record (on
+    /// kvm_pvm, KVM_GET_CPUID2 does not return the table that was set).
+    cpuid_tables: Vec<Vec<kvm_bindings::kvm_cpuid_entry2>>,
 }
 
 impl Vm {
@@ -245,6 +252,7 @@ impl Vm {
 
         let mut vcpus = Vec::new();
         let mut cbit = None;
+        let mut cpuid_tables = Vec::new();
         for id in 0..config.vcpus {
             let mut cpuid = kvm.cpuid_for(id)?;
             sev::patch_cpuid(&mut cpuid, transport)?;
@@ -254,6 +262,7 @@ impl Vm {
             if transport.is_some() {
                 cbit = cbit.or(sev::cbit_and_reduction(cpuid.as_slice()));
             }
+            cpuid_tables.push(cpuid.as_slice().to_vec());
             vcpus.push(vm.create_vcpu(id, &cpuid)?);
             if let Some(s) = &sev {
                 s.config.backend.vcpu_created(s.vm_ref)?;
@@ -312,7 +321,28 @@ impl Vm {
             milestones: Vec::new(),
             stats: Vec::new(),
             cbit,
+            cpuid_tables,
         })
+    }
+
+    /// The CPU model and features the guest's CPUID gives it (vCPU 0's table): what an
+    /// outgoing migration's Hello says, and what an incoming one's guest must not exceed.
+    pub fn guest_cpu(&self) -> GuestCpu {
+        cpuid::guest_cpu(self.cpuid_tables.first().map_or(&[], Vec::as_slice))
+    }
+
+    /// Takes `features` out of every vCPU's CPUID table, so the guest can move to hosts
+    /// that lack them (`run --cpu-hide`). Only before the vCPUs start: a guest reads
+    /// its CPUID as it boots and uses what it found from then on.
+    pub fn hide_cpu_features(&mut self, features: &[Feature]) -> Result<(), VmError> {
+        if !self.handles.is_empty() {
+            return Err(VmError::CpuidAfterStart);
+        }
+        for (v, table) in self.pending.iter().zip(self.cpuid_tables.iter_mut()) {
+            cpuid::hide(table, features);
+            v.set_cpuid(table)?;
+        }
+        Ok(())
     }
 
     /// The C-bit position and physical-address reduction (CPUID 0x8000001F EBX[5:0] and

@@ -1,7 +1,8 @@
 //! T1 tests of the frame reader: whole sessions, truncation at every byte, garbage,
 //! oversize lengths, direction and version checks.
 
-use std::io::{self, Read};
+use std::io::{self, BufReader, Read};
+use std::os::fd::BorrowedFd;
 
 use super::*;
 use crate::frames::tests::{samples, XorShift};
@@ -529,4 +530,233 @@ fn random_streams_and_flipped_sessions_never_panic() {
         // Whatever happened, the reader ended in an error it can name.
         assert!(!summary.end.to_string().is_empty());
     }
+}
+
+/// A stream backed by a socket (the no-copy path reads from its descriptor), fed with
+/// `wire` by a thread and closed after it.
+fn socket_with(wire: Vec<u8>) -> std::os::unix::net::UnixStream {
+    use std::io::Write;
+    let (mut feed, stream) = std::os::unix::net::UnixStream::pair().unwrap();
+    std::thread::spawn(move || {
+        let _ = feed.write_all(&wire);
+    });
+    stream
+}
+
+/// Keeps the records it is given, and counts how they came.
+#[derive(Default)]
+struct Keep {
+    bytes: Vec<u8>,
+    from_buffer: usize,
+    from_fd: usize,
+}
+
+impl RecordDest for Keep {
+    fn put(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.bytes.extend_from_slice(bytes);
+        self.from_buffer += bytes.len();
+        Ok(())
+    }
+
+    fn read_from(&mut self, fd: BorrowedFd<'_>, len: usize) -> io::Result<()> {
+        let mut f = std::fs::File::from(fd.try_clone_to_owned()?);
+        let at = self.bytes.len();
+        self.bytes.resize(at + len, 0);
+        f.read_exact(&mut self.bytes[at..])?;
+        self.from_fd += len;
+        Ok(())
+    }
+}
+
+#[test]
+fn batch_records_move_straight_to_their_destination_and_match_the_decoded_frames() {
+    let wire = fuzzing::sev_session();
+    // What read_frame decodes: the records of every batch.
+    let mut want = Vec::new();
+    let mut reader = FrameReader::new(&wire[..], Incoming::Capture);
+    let mut b = buf();
+    while let Ok(f) = reader.read_frame(&mut b) {
+        if let Frame::PageBatch(batch) = f {
+            want.push((batch.header().unwrap(), batch.records.to_vec()));
+        }
+    }
+    assert!(!want.is_empty());
+    // Whatever the reader's buffer holds when a batch starts comes as a slice, the rest
+    // from the descriptor.
+    for capacity in [16, 4096, 1 << 16] {
+        let stream = socket_with(wire.clone());
+        let mut reader = FrameReader::new(
+            BufReader::with_capacity(capacity, stream),
+            Incoming::Capture,
+        );
+        let mut got = Vec::new();
+        let (mut from_buffer, mut from_fd) = (0, 0);
+        let mut frames = 0;
+        loop {
+            match reader.read_next(&mut b) {
+                Ok(Next::Frame(_)) => {}
+                Ok(Next::Batch(start)) => {
+                    let mut keep = Keep::default();
+                    let len = reader
+                        .read_records(|from| {
+                            let len = from.len();
+                            from.read_into(&mut keep).map(|()| len)
+                        })
+                        .unwrap()
+                        .unwrap();
+                    assert_eq!(len, keep.bytes.len());
+                    from_buffer += keep.from_buffer;
+                    from_fd += keep.from_fd;
+                    got.push((start.header, keep.bytes));
+                }
+                Err(e) => {
+                    assert!(e.is_clean_eof(), "{e}");
+                    break;
+                }
+            }
+            frames += 1;
+        }
+        assert_eq!(got, want, "capacity {capacity}");
+        assert_eq!(reader.offset(), wire.len() as u64);
+        assert_eq!(reader.frames(), frames);
+        if capacity == 16 {
+            // At most what the buffer held when the batch's headers were taken from it.
+            assert!(from_buffer <= 16 * got.len(), "{from_buffer}");
+            assert!(from_fd > 0);
+        }
+        if capacity == 1 << 16 {
+            assert_eq!(from_fd, 0, "this session's batches fit the buffer");
+        }
+    }
+}
+
+#[test]
+fn a_batch_whose_records_are_not_moved_stops_the_reader() {
+    let wire = fuzzing::sev_session();
+    let mut b = buf();
+    let first_batch = |reader: &mut FrameReader<BufReader<std::os::unix::net::UnixStream>>,
+                       b: &mut Vec<u8>| loop {
+        if let Next::Batch(start) = reader.read_next(b).unwrap() {
+            return start;
+        }
+    };
+
+    // The next frame before the records: refused, and the reader stops.
+    let mut reader = FrameReader::new(BufReader::new(socket_with(wire.clone())), Incoming::Capture);
+    let start = first_batch(&mut reader, &mut b);
+    let e = reader.read_next(&mut b).unwrap_err();
+    assert!(
+        matches!(e, CodecError::RecordsPending(o) if o == start.offset),
+        "{e}"
+    );
+    assert!(matches!(reader.read_next(&mut b), Err(CodecError::Stopped)));
+
+    // Records left unread by the caller: the stream is out of sync.
+    let mut reader = FrameReader::new(BufReader::new(socket_with(wire.clone())), Incoming::Capture);
+    let start = first_batch(&mut reader, &mut b);
+    let e = reader.read_records(|_| ()).unwrap_err();
+    assert!(
+        e.to_string().contains(&format!(
+            "in the middle of a PageBatch frame (after 12 of {} payload bytes, frame at stream offset {})",
+            12 + start.header.records_len,
+            start.offset
+        )),
+        "{e}"
+    );
+    assert!(matches!(reader.read_next(&mut b), Err(CodecError::Stopped)));
+
+    // The stream ends inside the records: an I/O error that says where.
+    let mut reader = FrameReader::new(BufReader::new(socket_with(wire.clone())), Incoming::Capture);
+    let start = first_batch(&mut reader, &mut b);
+    let cut = start.offset as usize + FrameHeader::SIZE + 12 + 100;
+    let mut reader = FrameReader::new(
+        BufReader::with_capacity(16, socket_with(wire[..cut].to_vec())),
+        Incoming::Capture,
+    );
+    let again = first_batch(&mut reader, &mut b);
+    assert_eq!(again, start);
+    let mut keep = Keep::default();
+    let inner = reader
+        .read_records(|from| from.read_into(&mut keep))
+        .unwrap_err();
+    match &inner {
+        CodecError::Io {
+            at: StreamPosition::InPayload { got, kind, .. },
+            source,
+        } => {
+            assert_eq!(*kind, MessageType::PageBatch);
+            // The batch header and what the buffer held; not what the failed read got.
+            assert!((12..12 + 16).contains(got), "{got}");
+            assert_eq!(source.kind(), io::ErrorKind::UnexpectedEof);
+        }
+        other => panic!("{other:?}"),
+    }
+    // Asking for records when no batch is waiting is an error too.
+    let mut reader = FrameReader::new(BufReader::new(socket_with(Vec::new())), Incoming::Capture);
+    assert!(reader.read_records(|_| ()).is_err());
+}
+
+#[test]
+fn records_checked_in_a_window_are_refused_exactly_as_a_decoded_batch() {
+    use crate::frames::{BatchCheckError, PageBatch, PageBatchHeader};
+    use helper_abi::record::{Kind, HEADER_SIZE};
+    let mut records = fuzzing::fake_record(Kind::PAGE, 2, 5, 0x1000, 1);
+    records.extend(fuzzing::fake_record(Kind::ZERO, 2, 5, 0x3000, 2));
+    records.extend(fuzzing::fake_record(Kind::PAGE, 2, 5, 0x5000, 3));
+    let mut rng = XorShift(0x5eed);
+    let mut checked = 0;
+    for i in 0..3000 {
+        let mut r = records.clone();
+        let mut count = 3u32;
+        match i % 4 {
+            // A header byte flipped.
+            0 => {
+                let at = [0, 4144, 4192][rng.below(3)] + rng.below(HEADER_SIZE);
+                r[at] ^= 1 << rng.below(8);
+            }
+            // Cut short or extended.
+            1 => r.truncate(rng.below(r.len())),
+            2 => {
+                let n = 1 + rng.below(100);
+                r.extend(rng.bytes(n));
+            }
+            // Another declared count.
+            _ => count = rng.below(5) as u32,
+        }
+        let mut payload = Vec::new();
+        payload.extend_from_slice(&2u16.to_le_bytes());
+        payload.extend_from_slice(&[0, 0]);
+        payload.extend_from_slice(&5u32.to_le_bytes());
+        payload.extend_from_slice(&count.to_le_bytes());
+        let whole = [payload.clone(), r.clone()].concat();
+        let decoded = PageBatch::decode(2, &whole);
+        let head: [u8; 12] = payload.try_into().unwrap();
+        let direct = PageBatchHeader::decode(2, &head, r.len()).and_then(|h| {
+            let mut reads = Vec::new();
+            let located = h
+                .check_records(|at, out| {
+                    reads.push(at);
+                    out.copy_from_slice(&r[at..at + HEADER_SIZE]);
+                    Ok::<(), ()>(())
+                })
+                .map_err(|e| match e {
+                    BatchCheckError::Frame(f) => f,
+                    BatchCheckError::Read(()) => unreachable!(),
+                })?;
+            // Each header was read once, at its record's offset.
+            assert_eq!(reads, located.iter().map(|l| l.offset).collect::<Vec<_>>());
+            Ok(located)
+        });
+        match (&decoded, &direct) {
+            (Ok(d), Ok(located)) => {
+                assert_eq!(d.iter().collect::<Vec<_>>(), *located);
+                checked += 1;
+            }
+            // Both refuse; the direct path checks the declared count against the length
+            // before it reads a record, so its reason may differ.
+            (Err(_), Err(b)) => assert!(b.to_string().starts_with("PageBatch "), "{b}"),
+            _ => panic!("case {i}: decode {decoded:?}, direct {direct:?}"),
+        }
+    }
+    assert!(checked > 100, "{checked} valid cases");
 }

@@ -28,7 +28,7 @@ use crate::{
 use std::{sync::Mutex, time::Duration};
 
 pub use source::{migrate, RecordSink, Sealed, Sealer, SourceOptions, SourceVm, ZeroPages};
-pub use target::{receive, LocalGuest, Opener, PendingCommit, Received, TargetVm};
+pub use target::{receive, BatchWindow, LocalGuest, Opener, PendingCommit, Received, TargetVm};
 
 /// The error of a VM or helper behind the engine's traits ([`SourceVm`], [`TargetVm`],
 /// [`Sealer`], [`Opener`]): the implementation's own `thiserror` enum, boxed. Boxing keeps
@@ -64,6 +64,9 @@ pub enum MigrationError {
     /// The two sides do not describe the same guest.
     #[error("the source and the target do not match: {0}")]
     Incompatible(String),
+    /// The target's CPU lacks features the guest was given on the source.
+    #[error("the target cannot run the guest")]
+    Cpu(#[source] Box<crate::cpu::CpuMismatch>),
     /// A frame breaks a rule the codec cannot check alone.
     #[error("protocol violation: {0}")]
     Protocol(String),
@@ -121,7 +124,7 @@ impl MigrationError {
             MigrationError::Stream(e) => e.failure_code(),
             MigrationError::Send(_) | MigrationError::NoConfirmation(_) => FailureCode::Protocol,
             MigrationError::Refused { code, .. } | MigrationError::Aborted { code, .. } => *code,
-            MigrationError::Incompatible(_) => FailureCode::Incompatible,
+            MigrationError::Incompatible(_) | MigrationError::Cpu(_) => FailureCode::Incompatible,
             MigrationError::Protocol(_) => FailureCode::Protocol,
             MigrationError::Integrity(_) | MigrationError::Helper(_) => FailureCode::Integrity,
             MigrationError::Vm(_)

@@ -11,11 +11,12 @@ use super::{
     update, MigrationError, PartError, Progress, Status,
 };
 use crate::{
-    codec::{CodecError, FrameReader, Incoming},
+    codec::{BatchStart, CodecError, FrameReader, Incoming, Next, RecordSource},
+    cpu::{check_compatible, GuestCpu},
     frames::{
-        check_record, Abort, AbortToken, Ack, FailureCode, Frame, FrameError, GpaRange, GuestMode,
-        Hello, HelloAck, KeyConfirm, KeyReply, KeyShare, MessageType, PageData, Ready,
-        ReceiverState, MAX_PAYLOAD_LEN,
+        check_record, Abort, AbortToken, Ack, BatchCheckError, FailureCode, Frame, FrameError,
+        GpaRange, GuestMode, Hello, HelloAck, KeyConfirm, KeyReply, KeyShare, MessageType,
+        PageData, Ready, ReceiverState, MAX_PAYLOAD_LEN,
     },
 };
 use helper_abi::{
@@ -26,6 +27,7 @@ use sha2::{Digest, Sha256};
 use std::{
     collections::BTreeSet,
     io::{BufReader, Read, Write},
+    os::fd::AsFd,
     sync::Mutex,
     time::Instant,
 };
@@ -154,9 +156,20 @@ pub struct LocalGuest {
     pub vcpus: u32,
     /// SEV-ES: the helper vCPUs this guest's launch measured (0 otherwise).
     pub es_helpers: u16,
+    /// The CPU this VM's VMM gives its guest (None: not known, nothing is checked).
+    pub cpu: Option<GuestCpu>,
 }
 
 impl LocalGuest {
+    /// Checks that this VM's CPU has every feature the source's guest was given (when
+    /// both are known): a guest that found a feature at boot uses it from then on.
+    pub fn check_cpu(&self, hello: &Hello) -> Result<(), MigrationError> {
+        match (&hello.cpu, &self.cpu) {
+            (Some(guest), Some(ours)) => check_compatible(guest, ours).map_err(MigrationError::Cpu),
+            _ => Ok(()),
+        }
+    }
+
     /// Checks the source's Hello against this guest; the error says what differs.
     pub fn check(&self, hello: &Hello) -> Result<(), MigrationError> {
         let differs = |what: &str, theirs: String, ours: String| {
@@ -236,10 +249,28 @@ pub trait Opener {
     ) -> Result<KeyReply, PartError>;
     /// Checks the source helper's confirmation (HS_CONFIRM): the transcript hash.
     fn confirm(&mut self, confirm: &KeyConfirm) -> Result<[u8; 32], PartError>;
-    /// Starts verifying a batch of records on `lane` and writing their pages privately
-    /// (each lane's batches in order). A refusal of this or an earlier batch may show
-    /// here or at the next `drain`.
-    fn submit(&mut self, lane: usize, records: &[u8]) -> Result<(), PartError>;
+    /// Moves a batch's records (all `from.len()` bytes) from the stream straight into
+    /// one of `lane`'s record windows (the no-copy receive path), waiting for a window
+    /// to come free; nothing is opened yet. A refusal of an earlier batch may show here.
+    fn receive(
+        &mut self,
+        lane: usize,
+        from: &mut dyn RecordSource,
+    ) -> Result<BatchWindow, PartError>;
+    /// Copies `out.len()` bytes at `offset` of a received batch out of its window: the
+    /// record headers the engine checks, each read once.
+    fn read_window(
+        &mut self,
+        batch: &BatchWindow,
+        offset: usize,
+        out: &mut [u8],
+    ) -> Result<(), PartError>;
+    /// Starts verifying a received batch of `count` records and writing their pages
+    /// privately (each lane's batches in order). A refusal of this or an earlier batch
+    /// may show here or at the next `drain`.
+    fn import(&mut self, batch: BatchWindow, count: u32) -> Result<(), PartError>;
+    /// Gives a received batch's window back unopened (the engine refused the batch).
+    fn discard(&mut self, batch: BatchWindow);
     /// Waits until every submitted batch was opened; the first refusal, if any.
     fn drain(&mut self) -> Result<(), PartError>;
     /// Verifies a blob record (OPEN_BLOB); its kind and index.
@@ -252,10 +283,23 @@ pub trait Opener {
     fn abort(&mut self) -> Result<AbortToken, PartError>;
 }
 
+/// A batch's records in one of a lane's record windows, not yet opened (see
+/// [`Opener::receive`]).
+#[derive(Debug, PartialEq, Eq)]
+pub struct BatchWindow {
+    /// The lane (helper vCPU) whose window holds it.
+    pub lane: usize,
+    /// Which of the lane's windows.
+    pub window: usize,
+    /// Bytes of records in it.
+    pub bytes: usize,
+}
+
 /// Receives a guest. On success it runs (the VM's `finish` was called and the source was
 /// told); on failure it never ran, and the source was told why (best effort), with the
-/// helper's abort token once a session existed.
-pub fn receive<'a, R: Read, W: Write>(
+/// helper's abort token once a session existed. Sealed records go from `reader` straight
+/// into the helper's record windows, so `reader` must be a descriptor (a socket).
+pub fn receive<'a, R: Read + AsFd, W: Write>(
     reader: R,
     mut writer: W,
     vm: &'a mut dyn TargetVm,
@@ -269,9 +313,12 @@ pub fn receive<'a, R: Read, W: Write>(
             ..Progress::default()
         }
     });
-    // Headers and small frames come out of one buffer; large payloads bypass it.
+    // Headers and small frames come out of one buffer; large payloads bypass it, and
+    // sealed records go from the socket straight into the helper's windows. The buffer
+    // is small because what it holds of a batch's records when the batch starts is
+    // copied into the window (one read of at most this much per batch).
     let mut reader = FrameReader::new(
-        BufReader::with_capacity(1 << 16, reader),
+        BufReader::with_capacity(RECEIVE_BUFFER, reader),
         Incoming::FromSource,
     );
     let mut buf = vec![0u8; MAX_PAYLOAD_LEN];
@@ -413,10 +460,13 @@ fn integrity(e: String) -> MigrationError {
     MigrationError::Integrity(e)
 }
 
+/// Bytes the target's stream reader buffers.
+const RECEIVE_BUFFER: usize = 4096;
+
 impl Receive<'_> {
-    fn run<R: Read, W: Write>(
+    fn run<R: Read + AsFd, W: Write>(
         &mut self,
-        reader: &mut FrameReader<R>,
+        reader: &mut FrameReader<BufReader<R>>,
         writer: &mut W,
         buf: &mut [u8],
     ) -> Result<Ended, MigrationError> {
@@ -456,8 +506,8 @@ impl Receive<'_> {
             p.total_bytes = hello.mem_size;
         });
         loop {
-            let frame = match reader.read_frame(buf) {
-                Ok(frame) => frame,
+            let next = match reader.read_next(buf) {
+                Ok(next) => next,
                 // After Ready the source may have committed: a broken stream is not a
                 // reason to give the session up (the commit can come from its file).
                 Err(e @ CodecError::Io { .. }) if self.manifest_ok => {
@@ -465,14 +515,99 @@ impl Receive<'_> {
                 }
                 Err(e) => return Err(e.into()),
             };
+            let kind = match &next {
+                Next::Frame(frame) => frame.message_type(),
+                Next::Batch(_) => MessageType::PageBatch,
+            };
             self.state = self
                 .state
-                .next(frame.message_type())
+                .next(kind)
                 .map_err(|e| MigrationError::Protocol(e.to_string()))?;
-            if self.apply(frame, &hello, writer)? {
-                return self.finish(&hello).map(|()| Ended::Running);
+            match next {
+                Next::Batch(batch) => self.receive_batch(reader, batch, &hello)?,
+                Next::Frame(frame) => {
+                    if self.apply(frame, &hello, writer)? {
+                        return self.finish(&hello).map(|()| Ended::Running);
+                    }
+                }
             }
         }
+    }
+
+    /// A batch of sealed records: from the stream straight into a helper window, its
+    /// record headers checked (copied out of the window once), then opened by the
+    /// helper.
+    fn receive_batch<R: Read + AsFd>(
+        &mut self,
+        reader: &mut FrameReader<BufReader<R>>,
+        batch: BatchStart,
+        hello: &Hello,
+    ) -> Result<(), MigrationError> {
+        self.require_keys("sealed pages")?;
+        let Some(opener) = self.opener.as_deref_mut() else {
+            return Err(MigrationError::Protocol(
+                "sealed pages for a plain guest".into(),
+            ));
+        };
+        let head = batch.header;
+        let lane = usize::from(head.lane);
+        if lane >= usize::from(hello.lanes) {
+            return Err(MigrationError::Protocol(format!(
+                "a batch for lane {lane} of {}",
+                hello.lanes
+            )));
+        }
+        let lane = lane % opener.lanes().max(1);
+        let mut received = None;
+        let read = reader.read_records(|from| {
+            let mut from = Watched {
+                inner: from,
+                read: false,
+            };
+            received = Some((opener.receive(lane, &mut from), from.read));
+        });
+        let window = match (received, read) {
+            // A refusal (of an earlier batch, found while waiting for a window) before
+            // any record was read is the cause; the reader's complaint that the records
+            // were left unread only follows from it.
+            (Some((Err(e), false)), _) => return Err(MigrationError::Helper(e)),
+            (_, Err(e)) => return Err(e.into()),
+            (Some((Ok(window), _)), Ok(())) => window,
+            (Some((Err(e), true)), Ok(())) => return Err(MigrationError::Helper(e)),
+            (None, Ok(())) => {
+                return Err(MigrationError::Protocol(
+                    "a batch's records were read without a window".into(),
+                ))
+            }
+        };
+        let records = match head
+            .check_records(|offset, out| opener.read_window(&window, offset, out))
+        {
+            Ok(records) => records,
+            Err(e) => {
+                opener.discard(window);
+                return Err(match e {
+                    BatchCheckError::Frame(source) => MigrationError::Stream(CodecError::Frame {
+                        offset: batch.offset,
+                        source,
+                    }),
+                    BatchCheckError::Read(e) => MigrationError::Helper(e),
+                });
+            }
+        };
+        for r in &records {
+            self.imported_since_list.insert(r.header.gpa);
+            self.must_reimport.remove(&r.header.gpa);
+        }
+        opener
+            .import(window, head.count)
+            .map_err(MigrationError::Helper)?;
+        let (n, bytes) = (u64::from(head.count), u64::from(head.records_len));
+        update(self.progress, |p| {
+            p.pages += n;
+            p.transferred_bytes += bytes;
+        });
+        Ok(())
     }
 
     /// The verified state, waiting for the commit (the stream broke after Ready).
@@ -509,9 +644,9 @@ impl Receive<'_> {
     }
 
     /// The helpers' key agreement: nothing else is accepted before it.
-    fn handshake<R: Read, W: Write>(
+    fn handshake<R: Read + AsFd, W: Write>(
         &mut self,
-        reader: &mut FrameReader<R>,
+        reader: &mut FrameReader<BufReader<R>>,
         writer: &mut W,
         buf: &mut [u8],
         hello: &Hello,
@@ -591,7 +726,9 @@ impl Receive<'_> {
                 ),
             });
         }
-        self.vm.local().check(hello)?;
+        let local = self.vm.local();
+        local.check(hello)?;
+        local.check_cpu(hello)?;
         if usize::from(hello.lanes) > helper_abi::MAX_LANES {
             return Err(MigrationError::Incompatible(format!(
                 "the source seals on {} helper vCPUs; helpers have {} lane ids",
@@ -750,33 +887,6 @@ impl Receive<'_> {
                 let n = p.pages.len() as u64;
                 update(self.progress, |pr| pr.pages += n);
             }
-            Frame::PageBatch(b) => {
-                self.require_keys("sealed pages")?;
-                let Some(opener) = self.opener.as_deref_mut() else {
-                    return Err(MigrationError::Protocol(
-                        "sealed pages for a plain guest".into(),
-                    ));
-                };
-                let lane = usize::from(b.lane);
-                if lane >= usize::from(hello.lanes) {
-                    return Err(MigrationError::Protocol(format!(
-                        "a batch for lane {lane} of {}",
-                        hello.lanes
-                    )));
-                }
-                for r in b.iter() {
-                    self.imported_since_list.insert(r.header.gpa);
-                    self.must_reimport.remove(&r.header.gpa);
-                }
-                opener
-                    .submit(lane % opener.lanes().max(1), b.records)
-                    .map_err(MigrationError::Helper)?;
-                let (n, bytes) = (b.count().map_or(0, u64::from), b.records.len() as u64);
-                update(self.progress, |p| {
-                    p.pages += n;
-                    p.transferred_bytes += bytes;
-                });
-            }
             Frame::RoundEnd(r) => update(self.progress, |p| {
                 p.rounds = r.round;
                 p.remaining_bytes = r.dirty_remaining * PAGE_SIZE as u64;
@@ -921,3 +1031,20 @@ fn runs_of(pages: &[u64]) -> Vec<(u64, u64)> {
 }
 
 const _: () = assert!(record::COMMIT_RECORD_SIZE == crate::frames::COMMIT_LEN);
+
+/// A batch's records as the opener sees them, noting whether it began to read them.
+struct Watched<'a> {
+    inner: &'a mut dyn RecordSource,
+    read: bool,
+}
+
+impl RecordSource for Watched<'_> {
+    fn len(&self) -> usize {
+        self.inner.len()
+    }
+
+    fn read_into(&mut self, dest: &mut dyn crate::codec::RecordDest) -> std::io::Result<()> {
+        self.read = true;
+        self.inner.read_into(dest)
+    }
+}

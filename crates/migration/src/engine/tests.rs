@@ -4,14 +4,15 @@
 
 use super::{
     source::{migrate, RecordSink, Sealed, Sealer, SourceOptions, SourceVm, ZeroPages},
-    target::{receive, LocalGuest, Opener, PendingCommit, Received, TargetVm},
+    target::{receive, BatchWindow, LocalGuest, Opener, PendingCommit, Received, TargetVm},
     MigrationError, PartError, Progress, Status,
 };
 use crate::{
-    codec::{FrameReader, Incoming},
+    codec::{FrameReader, Incoming, RecordDest, RecordSource},
+    cpu::{self, CpuFeatures, GuestCpu},
     frames::{
         AbortToken, FailureCode, Frame, GpaRange, GuestMode, Hello, KeyConfirm, KeyReply, KeyShare,
-        Ready, MAX_PAYLOAD_LEN, PROTOCOL_VERSION,
+        MessageType, Ready, MAX_PAYLOAD_LEN, PROTOCOL_VERSION,
     },
 };
 use helper_abi::{
@@ -27,7 +28,7 @@ use mirror_helper::{
 use std::{
     collections::{BTreeSet, VecDeque},
     io::{Read, Write},
-    os::unix::net::UnixStream,
+    os::{fd::BorrowedFd, unix::net::UnixStream},
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc, Mutex,
@@ -66,6 +67,13 @@ struct FakeHelper {
     vcpus: Vec<Vcpu>,
     /// Sealed batches not yet sent, oldest first.
     done: VecDeque<(Sealed, Vec<u8>)>,
+    /// The records of the batch received last, not yet imported (target).
+    received: Option<Vec<u8>>,
+    /// Refusals show later, as the VMM's lanes report them: at the next receive (while
+    /// it waits for a window) or drain, not at the import that failed.
+    defer_refusals: bool,
+    /// A refusal not yet reported (with `defer_refusals`).
+    deferred: Option<PartError>,
 }
 
 impl FakeHelper {
@@ -75,6 +83,9 @@ impl FakeHelper {
             guest,
             vcpus,
             done: VecDeque::new(),
+            received: None,
+            defer_refusals: false,
+            deferred: None,
         }
     }
 
@@ -267,24 +278,87 @@ impl Opener for FakeHelper {
         host::confirm_target(&self.guest, &self.vcpus[0], &confirm.mac)
             .map_err(|s| format!("helper: {s}").into())
     }
-    fn submit(&mut self, lane: usize, records: &[u8]) -> Result<(), PartError> {
-        let count = record::walk(records, records.len()).count() as u32;
-        self.fill(lane, 0, 0, records);
-        self.ok(
+    fn receive(
+        &mut self,
+        lane: usize,
+        from: &mut dyn RecordSource,
+    ) -> Result<BatchWindow, PartError> {
+        if let Some(e) = self.deferred.take() {
+            return Err(e);
+        }
+        // The fake's windows are plain memory: the records land in a staging buffer
+        // (through a duplicate of the stream's descriptor for the part that was not
+        // buffered), and IMPORT fills the window from it.
+        struct Staging(Vec<u8>);
+        impl RecordDest for Staging {
+            fn put(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+                self.0.extend_from_slice(bytes);
+                Ok(())
+            }
+            fn read_from(&mut self, fd: BorrowedFd<'_>, len: usize) -> std::io::Result<()> {
+                let mut f = std::fs::File::from(fd.try_clone_to_owned()?);
+                let at = self.0.len();
+                self.0.resize(at + len, 0);
+                f.read_exact(&mut self.0[at..])
+            }
+        }
+        let mut staging = Staging(Vec::with_capacity(from.len()));
+        from.read_into(&mut staging)?;
+        let bytes = staging.0.len();
+        self.received = Some(staging.0);
+        Ok(BatchWindow {
             lane,
-            Request {
-                op: Op::IMPORT.0,
-                count,
-                bytes: records.len() as u32,
-                ..Default::default()
-            },
-            &[],
-            &[],
-        )
-        .map(drop)
+            window: 0,
+            bytes,
+        })
+    }
+    fn read_window(
+        &mut self,
+        batch: &BatchWindow,
+        offset: usize,
+        out: &mut [u8],
+    ) -> Result<(), PartError> {
+        let records = self.received.as_ref().ok_or("no batch received")?;
+        assert_eq!(records.len(), batch.bytes);
+        out.copy_from_slice(
+            records
+                .get(offset..offset + out.len())
+                .ok_or("read past the batch")?,
+        );
+        Ok(())
+    }
+    fn import(&mut self, batch: BatchWindow, count: u32) -> Result<(), PartError> {
+        let records = self.received.take().ok_or("no batch received")?;
+        self.fill(batch.lane, 0, 0, &records);
+        let result = self
+            .ok(
+                batch.lane,
+                Request {
+                    op: Op::IMPORT.0,
+                    count,
+                    bytes: records.len() as u32,
+                    ..Default::default()
+                },
+                &[],
+                &[],
+            )
+            .map(drop);
+        match result {
+            Err(e) if self.defer_refusals => {
+                self.deferred.get_or_insert(e);
+                Ok(())
+            }
+            r => r,
+        }
+    }
+    fn discard(&mut self, _: BatchWindow) {
+        self.received = None;
     }
     fn drain(&mut self) -> Result<(), PartError> {
-        Ok(())
+        match self.deferred.take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
     fn open_blob(&mut self, rec: &[u8]) -> Result<(Kind, u32), PartError> {
         self.fill(0, 0, 0, rec);
@@ -448,6 +522,8 @@ struct FakeTarget {
     ran: Option<(Vec<Vec<u8>>, Vec<u8>)>,
     /// The abort token it was asked to keep (the VMM's token file).
     kept_token: Option<([u8; 32], AbortToken)>,
+    /// The CPU its VMM gives its guest.
+    cpu: Option<GuestCpu>,
 }
 
 impl TargetVm for FakeTarget {
@@ -473,6 +549,7 @@ impl TargetVm for FakeTarget {
             },
             vcpus: 2,
             es_helpers: 0,
+            cpu: self.cpu,
         }
     }
     fn set_shared(&mut self, ranges: &[(u64, u64)]) -> Result<(), PartError> {
@@ -535,6 +612,7 @@ fn hello(sev: bool, lanes: u16) -> Hello {
         page_size: 4096,
         vcpus: 2,
         es_helpers: 0,
+        cpu: None,
     }
 }
 
@@ -571,6 +649,12 @@ struct Setup {
     cancel_after_commit: bool,
     /// Keeping the commit record fails at the source.
     fail_save: bool,
+    /// The CPU the source's Hello says the guest was given.
+    source_cpu: Option<GuestCpu>,
+    /// The CPU the target's VMM gives its guest.
+    target_cpu: Option<GuestCpu>,
+    /// The target's helper reports a refused import later, as the VMM's lanes do.
+    defer_refusals: bool,
 }
 
 impl Setup {
@@ -586,6 +670,9 @@ impl Setup {
             zero_pages: ZeroPages::Sealed,
             cancel_after_commit: false,
             fail_save: false,
+            source_cpu: None,
+            target_cpu: None,
+            defer_refusals: false,
         }
     }
 
@@ -724,9 +811,13 @@ fn run(setup: Setup) -> Outcome {
         zero_pages,
         cancel_after_commit,
         fail_save,
+        source_cpu,
+        target_cpu,
+        defer_refusals,
     } = setup;
     let (src_ram, mut sealer) = source_helper(lanes);
-    let (dst_ram, opener) = target_helper(target_secret, target_firmware, lanes);
+    let (dst_ram, mut opener) = target_helper(target_secret, target_firmware, lanes);
+    opener.defer_refusals = defer_refusals;
     let (src_sock, relay_in) = UnixStream::pair().unwrap();
     let (relay_out, dst_sock) = UnixStream::pair().unwrap();
     // The source polls, as the VMM makes it (a short read timeout, waited through);
@@ -767,6 +858,7 @@ fn run(setup: Setup) -> Outcome {
                 shared: BTreeSet::new(),
                 ran: None,
                 kept_token: None,
+                cpu: target_cpu,
             };
             let mut opener = opener;
             let progress = Mutex::new(Progress::default());
@@ -816,7 +908,10 @@ fn run(setup: Setup) -> Outcome {
     let source = migrate(
         src_sock.try_clone().unwrap(),
         src_sock,
-        &hello(sev, lanes as u16),
+        &Hello {
+            cpu: source_cpu,
+            ..hello(sev, lanes as u16)
+        },
         &mut src,
         if sev {
             Some(&mut sealer as &mut dyn Sealer)
@@ -899,6 +994,7 @@ fn an_sev_es_guest_goes_only_to_an_sev_es_target_with_as_many_measured_helpers()
         helper_region: es.helper_region,
         vcpus: es.vcpus,
         es_helpers,
+        cpu: None,
     };
     local(GuestMode::SevEs, 2).check(&es).unwrap();
     for (target, says) in [
@@ -1024,16 +1120,42 @@ fn a_flipped_byte_anywhere_stops_the_migration_or_lands_in_shared_memory() {
 
 #[test]
 fn a_truncated_stream_is_refused_and_the_source_resumes() {
-    let len = run(Setup::plain()).stream.len();
-    for cut in [0, 5, 200, len / 2, len - 1] {
+    // Cuts inside the first frames, at fixed offsets (every run has them) ...
+    for cut in [0, 5, 200] {
         let o = run(Setup::plain().forward(Tamper::Truncate(cut)));
         assert_safe_failure(&o, &format!("cut at {cut}"));
     }
-    let len = run(Setup::sev(1)).stream.len();
-    for cut in [0, 100, 300, len / 2, len - 200] {
+    for cut in [0, 100, 300] {
         let o = run(Setup::sev(1).forward(Tamper::Truncate(cut)));
         assert_safe_failure(&o, &format!("SEV cut at {cut}"));
     }
+    // ... and inside later frames, found by kind: how many rounds a run takes depends on
+    // its timing, so offsets measured on another run may lie past this one's end.
+    for (sev, kind, at) in [
+        (false, MessageType::PlainPages, None),
+        (false, MessageType::Done, Some(11)),
+        (true, MessageType::PageBatch, None),
+        (true, MessageType::Manifest, Some(100)),
+    ] {
+        let o = run(if sev { Setup::sev(1) } else { Setup::plain() }.forward(cut_inside(kind, at)));
+        assert_safe_failure(&o, &format!("sev {sev}: cut inside the first {kind}"));
+    }
+}
+
+/// Forwards the stream up to `at` bytes (None: half) into the first frame of `kind`,
+/// then closes it.
+fn cut_inside(kind: MessageType, at: Option<usize>) -> Tamper {
+    Tamper::Frames(Arc::new(
+        move |_: usize, f: Frame<'_>, _: &mut Vec<Vec<u8>>| {
+            let bytes = encode_frame(&f);
+            if f.message_type() == kind {
+                let at = at.unwrap_or(bytes.len() / 2).min(bytes.len() - 1);
+                vec![bytes[..at].to_vec(), Vec::new()]
+            } else {
+                vec![bytes]
+            }
+        },
+    ))
 }
 
 fn is_batch(f: &Frame<'_>) -> bool {
@@ -1065,6 +1187,34 @@ fn a_record_replayed_from_an_earlier_round_is_refused() {
         "{:?}",
         o.target.err()
     );
+}
+
+/// A refused batch whose refusal shows only when the next batch waits for a window (as
+/// the VMM's lanes report it) is reported as the helper's refusal, not as a stream
+/// whose records were left unread (failed before the fix: "the batch's records were not
+/// read in full").
+#[test]
+fn a_refusal_found_while_waiting_for_a_window_is_the_reported_cause() {
+    let edit = Arc::new(|_: usize, f: Frame<'_>, held: &mut Vec<Vec<u8>>| match &f {
+        Frame::PageBatch(b) if held.is_empty() => {
+            held.push(vec![]);
+            let mut records = b.records.to_vec();
+            records[record::HEADER_SIZE + 7] ^= 1;
+            vec![encode_frame(&Frame::PageBatch(crate::frames::PageBatch {
+                records: &records,
+                ..*b
+            }))]
+        }
+        _ => vec![encode_frame(&f)],
+    });
+    let o = run(Setup {
+        defer_refusals: true,
+        ..Setup::sev(1).forward(Tamper::Frames(edit))
+    });
+    assert_safe_failure(&o, "spoiled record");
+    let err = o.target.as_ref().unwrap_err();
+    assert!(matches!(err, MigrationError::Helper(_)), "{err:?}");
+    assert!(err.chain().contains("AUTH_FAILED"), "{}", err.chain());
 }
 
 #[test]
@@ -1104,6 +1254,88 @@ fn withholding_a_lanes_last_batch_fails_the_manifest() {
     assert_safe_failure(&o, "withheld");
     let err = o.target.unwrap_err().chain();
     assert!(err.contains("MANIFEST_MISMATCH"), "{err}");
+}
+
+/// A CPU with the named features.
+fn cpu_with(vendor: &[u8; 12], signature: u32, names: &[&str]) -> GuestCpu {
+    let mut words = [0u32; cpu::FeatureWord::ALL.len()];
+    for name in names {
+        let f = cpu::feature(name).unwrap();
+        let i = cpu::FeatureWord::ALL
+            .iter()
+            .position(|w| *w == f.word)
+            .unwrap();
+        words[i] |= 1 << f.bit;
+    }
+    GuestCpu {
+        vendor: *vendor,
+        signature,
+        features: CpuFeatures::from_words(words),
+    }
+}
+
+#[test]
+fn a_target_whose_cpu_lacks_a_feature_the_guest_was_given_refuses_naming_it() {
+    let epyc = cpu_with(
+        b"AuthenticAMD",
+        0x00a1_0f11,
+        &["sse2", "aes", "pclmulqdq", "avx2", "avx512f", "vaes"],
+    );
+    let xeon_without_avx512 = cpu_with(
+        b"GenuineIntel",
+        0x0005_0657,
+        &["sse2", "aes", "pclmulqdq", "avx2", "vaes", "sha_ni"],
+    );
+    for setup in [Setup::plain(), Setup::sev(2)] {
+        let sev = setup.sev;
+        let o = run(Setup {
+            source_cpu: Some(epyc),
+            target_cpu: Some(xeon_without_avx512),
+            ..setup
+        });
+        assert_safe_failure(&o, "cpu");
+        assert_eq!(o.progress.pages, 0, "refused before any page moved");
+        match &o.target {
+            Err(MigrationError::Cpu(m)) => assert_eq!(m.missing, ["avx512f"]),
+            other => panic!("sev {sev}: {other:?}"),
+        }
+        match &o.source {
+            Err(MigrationError::Refused { code, reason }) => {
+                assert_eq!(*code, FailureCode::Incompatible);
+                assert!(
+                    reason.contains("the target CPU (GenuineIntel family 6 model 85 stepping 7) lacks avx512f, which the guest was given on the source (AuthenticAMD family 25 model 17 stepping 1)"),
+                    "{reason}"
+                );
+            }
+            other => panic!("sev {sev}: {other:?}"),
+        }
+    }
+
+    // Another vendor with every feature the guest has, or a source that does not say:
+    // the guest moves.
+    for (source_cpu, target_cpu) in [
+        (Some(xeon_without_avx512), Some(epyc_with_sha(epyc))),
+        (None, Some(xeon_without_avx512)),
+        (Some(epyc), None),
+    ] {
+        let o = run(Setup {
+            source_cpu,
+            target_cpu,
+            ..Setup::sev(1)
+        });
+        o.source.as_ref().unwrap();
+        assert!(o.dst.ran.is_some());
+    }
+}
+
+fn epyc_with_sha(c: GuestCpu) -> GuestCpu {
+    let mut words = c.features.words();
+    let f = cpu::feature("sha_ni").unwrap();
+    words[f.word as usize] |= 1 << f.bit;
+    GuestCpu {
+        features: CpuFeatures::from_words(words),
+        ..c
+    }
 }
 
 #[test]
@@ -1226,6 +1458,7 @@ fn replay_to_fresh_target(
         shared: BTreeSet::new(),
         ran: None,
         kept_token: None,
+        cpu: None,
     };
     let progress = Mutex::new(Progress::default());
     let r = receive(
@@ -1406,7 +1639,7 @@ fn a_tampered_hello_is_refused() {
         Arc::new(|_: usize, f: Frame<'_>, _: &mut Vec<Vec<u8>>| match &f {
             Frame::Hello(_) => {
                 let mut bytes = encode_frame(&f);
-                bytes.extend_from_slice(&[0x01, 0x80, 1, 0, 0x42]);
+                bytes.extend_from_slice(&[0x42, 0x80, 1, 0, 0x42]);
                 let len = u32::from_le_bytes(bytes[8..12].try_into().unwrap()) + 5;
                 bytes[8..12].copy_from_slice(&len.to_le_bytes());
                 vec![bytes]
@@ -1708,6 +1941,7 @@ fn a_version_1_sev_source_is_refused_before_anything_moves() {
         shared: BTreeSet::new(),
         ran: None,
         kept_token: None,
+        cpu: None,
     };
     let progress = Mutex::new(Progress::default());
     let r = receive(

@@ -2,6 +2,8 @@
 
 use std::io::Write;
 
+use crate::cpu::GuestCpu;
+
 use super::{
     check_version, invalid, page_aligned, write_frame, FrameError, MessageType, Parser,
     MAX_HELLO_LEN, MAX_LANES, MAX_RAM_RANGES, MAX_VCPUS, PAGE_SIZE,
@@ -11,6 +13,11 @@ const KIND: MessageType = MessageType::Hello;
 
 /// Tag bit of a Hello field that receivers may skip when they do not know it.
 pub const HELLO_FIELD_OPTIONAL: u16 = 0x8000;
+
+/// Tag of the optional guest CPU field: the CPU model and feature words the source's VMM
+/// gave the guest ([`GuestCpu`], [`GuestCpu::WIRE_LEN`] bytes). Optional, so adding it
+/// kept protocol version 2 (a receiver that does not know it skips it).
+pub const HELLO_GUEST_CPU: u16 = HELLO_FIELD_OPTIONAL | 0x0001;
 
 /// What kind of guest travels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -204,6 +211,9 @@ pub struct Hello {
     /// SEV-ES: the helper vCPUs whose VMSAs the guest's launch measured (the target must
     /// have been launched with as many); 0 for other guests.
     pub es_helpers: u16,
+    /// The CPU the source's VMM gave the guest (optional field [`HELLO_GUEST_CPU`]; None
+    /// from a source that does not send it, whose guest the target then cannot check).
+    pub cpu: Option<GuestCpu>,
 }
 
 impl Hello {
@@ -399,6 +409,11 @@ impl Hello {
         if self.mode == GuestMode::SevEs {
             field(HelloField::EsHelpers, &self.es_helpers.to_le_bytes());
         }
+        if let Some(cpu) = &self.cpu {
+            p.extend_from_slice(&HELLO_GUEST_CPU.to_le_bytes());
+            p.extend_from_slice(&(GuestCpu::WIRE_LEN as u16).to_le_bytes());
+            p.extend_from_slice(&cpu.encode());
+        }
         p
     }
 
@@ -424,6 +439,7 @@ impl Hello {
         KIND.check_len(payload.len())?;
         let mut values: [Option<&[u8]>; HelloField::ALL.len()] = [None; HelloField::ALL.len()];
         let mut optional_tags: Vec<(u16, usize)> = Vec::new();
+        let mut cpu = None;
         let mut p = Parser::new(KIND, payload);
         while p.remaining() > 0 {
             let offset = p.offset();
@@ -455,6 +471,21 @@ impl Hello {
                         }
                     }
                     *slot = Some(value);
+                }
+                None if tag == HELLO_GUEST_CPU => {
+                    optional_tags.push((tag, offset));
+                    let value: &[u8; GuestCpu::WIRE_LEN] = value.try_into().map_err(|_| {
+                        invalid(
+                            KIND,
+                            "guest CPU",
+                            format!(
+                                "value of {} bytes at offset {offset}, expected {}",
+                                value.len(),
+                                GuestCpu::WIRE_LEN
+                            ),
+                        )
+                    })?;
+                    cpu = Some(GuestCpu::decode(value));
                 }
                 None if tag & HELLO_FIELD_OPTIONAL != 0 => optional_tags.push((tag, offset)),
                 None => return Err(FrameError::UnknownField { tag, offset }),
@@ -543,6 +574,7 @@ impl Hello {
             page_size,
             vcpus,
             es_helpers,
+            cpu,
         };
         hello.validate()?;
         Ok(hello)

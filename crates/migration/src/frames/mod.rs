@@ -26,7 +26,7 @@
 //!      |                                                        |
 //!      |--- Hello {mode, mem size, RAM ranges, firmware ------->| checks it against its
 //!      |           digest, helper region, lanes, session id,    | own guest
-//!      |           page size, vCPUs}                            |
+//!      |           page size, vCPUs, guest CPU}                 |
 //!      |<-- HelloAck accepted ----------------------------------|  (or refused: both close;
 //!      |                                                        |   the guest keeps running)
 //!      |--- KeyShare {Ns, Ps}        (source helper HS_START) ->| target helper HS_RESPOND
@@ -228,7 +228,18 @@
 //!                                      otherwise): the helper vCPUs whose VMSAs the
 //!                                      guest's launch measured, 1..=256; the target
 //!                                      must have been launched with as many
+//!  0x8001  52         guest CPU        optional: the CPU the source's VMM gave the
+//!                                      guest: vendor [12] (CPUID.0 EBX, EDX, ECX) ‖
+//!                                      signature u32 (CPUID.1:EAX) ‖ 9 feature words
+//!                                      u32: CPUID.1 ECX, EDX; (7,0) EBX, ECX, EDX;
+//!                                      (7,1) EAX; 80000001h ECX, EDX; (0Dh,1) EAX
 //! ```
+//!
+//! A target that finds the guest CPU field refuses (`Incompatible`) unless the CPUID
+//! table it configured for its own VM has every feature of [`crate::cpu::FEATURES`] the
+//! guest was given, naming each one it lacks ([`crate::cpu::check_compatible`]). The
+//! field is optional (added without a version change); a Hello without it is not
+//! checked.
 //!
 //! An SEV-ES guest's vCPU registers do not travel in VcpuState: each vCPU saved them
 //! into its own private page before the source paused (guest-abi `layout::vcpu_save`),
@@ -321,12 +332,12 @@ mod pages;
 mod session;
 
 pub use control::{Abort, Ack, Done, FailureCode, HelloAck};
-pub use hello::{GpaRange, GuestMode, Hello, HelloField, HELLO_FIELD_OPTIONAL};
+pub use hello::{GpaRange, GuestMode, Hello, HelloField, HELLO_FIELD_OPTIONAL, HELLO_GUEST_CPU};
 pub use helper::{check_record, AbortToken, KeyConfirm, KeyReply, KeyShare, Ready, SharedList};
 pub use machine::{DeviceState, Manifest, VcpuState};
 pub use pages::{
-    PageBatch, PageBatchHeader, PageData, PlainPage, PlainPages, RoundEnd, SharedRange,
-    SharedRanges,
+    BatchCheckError, PageBatch, PageBatchHeader, PageData, PlainPage, PlainPages, RoundEnd,
+    SharedRange, SharedRanges,
 };
 pub use session::{ProtocolError, ReceiverState};
 

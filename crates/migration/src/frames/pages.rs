@@ -3,7 +3,7 @@
 
 use std::io::Write;
 
-use helper_abi::record::{self, Kind, RecordError};
+use helper_abi::record::{self, Kind};
 
 use super::{
     check_version, invalid, page_aligned, write_frame, FrameError, MessageType, Parser,
@@ -84,6 +84,72 @@ impl PageBatchHeader {
         })
     }
 
+    /// Checks the records of a batch whose bytes are not in one buffer (the target reads
+    /// them from the stream straight into a helper's record window) as
+    /// [`PageBatch::decode`] checks them: `count` page or zero-page records of this
+    /// batch's lane and round, filling `records_len` exactly. `header_at(offset, out)`
+    /// copies the 32-byte record header at `offset` of the records into `out`; each
+    /// header is read once, and only where it lies inside the records. Returns every
+    /// record's header and offset, as the copies read them.
+    pub fn check_records<E>(
+        &self,
+        mut header_at: impl FnMut(usize, &mut [u8; record::HEADER_SIZE]) -> Result<(), E>,
+    ) -> Result<Vec<record::Located>, BatchCheckError<E>> {
+        self.validate().map_err(BatchCheckError::Frame)?;
+        let mut located = Vec::with_capacity(self.count as usize);
+        let count = walk_batch(
+            self.lane,
+            self.round,
+            self.records_len as usize,
+            &mut header_at,
+            &mut |l| located.push(l),
+        )?;
+        if count != self.count {
+            return Err(BatchCheckError::Frame(invalid(
+                MessageType::PageBatch,
+                "count",
+                format!(
+                    "declares {} records, but the {} record bytes hold {count}",
+                    self.count, self.records_len
+                ),
+            )));
+        }
+        Ok(located)
+    }
+
+    /// Decodes the 12 bytes before a batch's `records_len` bytes of records (a frame of
+    /// version `version`) and checks what [`PageBatchHeader::validate`] checks.
+    pub fn decode(
+        version: u16,
+        head: &[u8; PAGE_BATCH_HEADER_LEN],
+        records_len: usize,
+    ) -> Result<PageBatchHeader, FrameError> {
+        let kind = MessageType::PageBatch;
+        check_version(version)?;
+        kind.check_len(PAGE_BATCH_HEADER_LEN.saturating_add(records_len))?;
+        let mut p = Parser::new(kind, head);
+        let lane = p.u16("lane")?;
+        let reserved = p.u16("reserved")?;
+        let round = p.u32("round")?;
+        let count = p.u32("count")?;
+        if reserved != 0 {
+            return Err(invalid(
+                kind,
+                "reserved",
+                format!("{reserved:#06x} at offset 2; must be 0"),
+            ));
+        }
+        let header = PageBatchHeader {
+            lane,
+            round,
+            count,
+            // check_len bounds it far below u32::MAX.
+            records_len: records_len as u32,
+        };
+        header.validate()?;
+        Ok(header)
+    }
+
     fn head_bytes(&self) -> [u8; PAGE_BATCH_HEADER_LEN] {
         let mut b = [0u8; PAGE_BATCH_HEADER_LEN];
         b[0..2].copy_from_slice(&self.lane.to_le_bytes());
@@ -92,6 +158,90 @@ impl PageBatchHeader {
         b[8..12].copy_from_slice(&self.count.to_le_bytes());
         b
     }
+}
+
+/// Why [`PageBatchHeader::check_records`] refused a batch.
+#[derive(Debug)]
+pub enum BatchCheckError<E> {
+    /// The records break the frame's rules.
+    Frame(FrameError),
+    /// A header could not be read.
+    Read(E),
+}
+
+/// Copies the 32-byte record header at an offset of a batch's records.
+type HeaderAt<'a, E> = dyn FnMut(usize, &mut [u8; record::HEADER_SIZE]) -> Result<(), E> + 'a;
+
+/// Walks the `len` record bytes of a batch of `lane` and `round` whose 32-byte headers
+/// `header_at` copies out, checking each record as a batch's; calls `each` with every
+/// record; returns how many there are.
+fn walk_batch<E>(
+    lane: u16,
+    round: u32,
+    len: usize,
+    header_at: &mut HeaderAt<'_, E>,
+    each: &mut dyn FnMut(record::Located),
+) -> Result<u32, BatchCheckError<E>> {
+    let kind = MessageType::PageBatch;
+    let bad = |what: &'static str, why: String| BatchCheckError::Frame(invalid(kind, what, why));
+    let mut at = 0usize;
+    let mut count: u32 = 0;
+    while at < len {
+        let i = count;
+        if len - at < record::HEADER_SIZE {
+            return Err(bad(
+                "records",
+                format!("record {i} at offset {at} runs past the end of the {len} record bytes"),
+            ));
+        }
+        let mut raw = [0u8; record::HEADER_SIZE];
+        header_at(at, &mut raw).map_err(BatchCheckError::Read)?;
+        let h = record::RecordHeader::decode(&raw).map_err(|_| {
+            bad(
+                "records",
+                format!(
+                    "record {i} at offset {at} has an unknown kind, a length that does not fit its kind, or reserved bits set"
+                ),
+            )
+        })?;
+        if h.record_size() > len - at {
+            return Err(bad(
+                "records",
+                format!("record {i} at offset {at} runs past the end of the {len} record bytes"),
+            ));
+        }
+        if h.kind != Kind::PAGE && h.kind != Kind::ZERO {
+            return Err(bad(
+                "records",
+                format!(
+                    "record {i} at offset {at} is of kind {}; a batch carries page and zero-page records only",
+                    h.kind.0
+                ),
+            ));
+        }
+        if u16::from(h.lane) != lane || h.round != round {
+            return Err(bad(
+                "records",
+                format!(
+                    "record {i} at offset {at} was sealed by lane {} in round {}, but the batch is lane {lane} round {round}",
+                    h.lane, h.round
+                ),
+            ));
+        }
+        count += 1;
+        if count as usize > MAX_BATCH_RECORDS {
+            return Err(bad(
+                "count",
+                format!("more than {MAX_BATCH_RECORDS} records"),
+            ));
+        }
+        each(record::Located {
+            header: h,
+            offset: at,
+        });
+        at += h.record_size();
+    }
+    Ok(count)
 }
 
 /// Source → target: the sealed records of one helper EXPORT, verbatim. Decoding borrows
@@ -126,61 +276,29 @@ impl<'a> PageBatch<'a> {
                 max: PAGE_BATCH_HEADER_LEN + MAX_BATCH_RECORD_BYTES,
             });
         }
-        let mut count: usize = 0;
-        // Offset of the record being looked at (the walk reports it only on success).
-        let mut at = 0usize;
-        for (i, located) in record::walk(self.records, self.records.len()).enumerate() {
-            let located = located.map_err(|e| {
-                invalid(
-                    kind,
-                    "records",
-                    match e {
-                        RecordError::Truncated => format!(
-                            "record {i} at offset {at} runs past the end of the {} record bytes",
-                            self.records.len()
-                        ),
-                        RecordError::Malformed => format!(
-                            "record {i} at offset {at} has an unknown kind, a length that does not fit its kind, or reserved bits set"
-                        ),
-                    },
-                )
-            })?;
-            let h = located.header;
-            if h.kind != Kind::PAGE && h.kind != Kind::ZERO {
-                return Err(invalid(
-                    kind,
-                    "records",
-                    format!(
-                        "record {i} at offset {} is of kind {}; a batch carries page and zero-page records only",
-                        located.offset, h.kind.0
-                    ),
-                ));
-            }
-            if u16::from(h.lane) != self.lane || h.round != self.round {
-                return Err(invalid(
-                    kind,
-                    "records",
-                    format!(
-                        "record {i} at offset {} was sealed by lane {} in round {}, but the batch is lane {} round {}",
-                        located.offset, h.lane, h.round, self.lane, self.round
-                    ),
-                ));
-            }
-            at = located.offset + h.record_size();
-            count += 1;
-            if count > MAX_BATCH_RECORDS {
-                return Err(invalid(
-                    kind,
-                    "count",
-                    format!("more than {MAX_BATCH_RECORDS} records"),
-                ));
-            }
-        }
+        let records = self.records;
+        let count = walk_batch(
+            self.lane,
+            self.round,
+            records.len(),
+            &mut |at, out| {
+                // walk_batch asks only for headers that lie inside the records.
+                if let Some(h) = records.get(at..at + record::HEADER_SIZE) {
+                    out.copy_from_slice(h);
+                }
+                Ok::<(), std::convert::Infallible>(())
+            },
+            &mut |_| {},
+        )
+        .map_err(|e| match e {
+            BatchCheckError::Frame(f) => f,
+            BatchCheckError::Read(never) => match never {},
+        })?;
         let header = PageBatchHeader {
             lane: self.lane,
             round: self.round,
-            // Both bounded by the checks above.
-            count: count as u32,
+            count,
+            // Bounded by the check above.
             records_len: self.records.len() as u32,
         };
         header.validate()?;

@@ -56,6 +56,7 @@ pub(crate) fn sev_hello() -> Hello {
         page_size: 4096,
         vcpus: 4,
         es_helpers: 0,
+        cpu: None,
     }
 }
 
@@ -604,7 +605,7 @@ fn hello_field_rules() {
 
     // Unknown optional fields are skipped, anywhere.
     let mut with_optional = base.clone();
-    with_optional.insert(3, (0x8001, vec![1, 2, 3]));
+    with_optional.insert(3, (0x8042, vec![1, 2, 3]));
     with_optional.push((0xffff, vec![]));
     assert_eq!(
         decode_payload(MessageType::Hello, &fields(&with_optional)).unwrap(),
@@ -613,11 +614,11 @@ fn hello_field_rules() {
 
     // ... but not twice.
     let mut twice_optional = base.clone();
-    twice_optional.push((0x8001, vec![1]));
-    twice_optional.push((0x8001, vec![2]));
+    twice_optional.push((0x8042, vec![1]));
+    twice_optional.push((0x8042, vec![2]));
     assert!(matches!(
         decode_payload(MessageType::Hello, &fields(&twice_optional)),
-        Err(FrameError::DuplicateField { tag: 0x8001, .. })
+        Err(FrameError::DuplicateField { tag: 0x8042, .. })
     ));
 
     // Unknown mandatory fields are errors, with the offset.
@@ -1289,5 +1290,77 @@ fn write_errors_name_the_frame() {
             format!("writing a {} frame failed", frame.message_type())
         );
         assert_eq!(e.failure_code(), FailureCode::Internal);
+    }
+}
+
+#[test]
+fn the_guest_cpu_field_round_trips_and_is_checked() {
+    use crate::cpu::{CpuFeatures, GuestCpu};
+    let cpu = GuestCpu {
+        vendor: *b"AuthenticAMD",
+        signature: 0x00a1_0f11,
+        features: CpuFeatures::from_words([
+            0xfed8_3203,
+            0x178b_fbff,
+            0xf1bf_07ab,
+            0x0040_5fce,
+            0x1000_0010,
+            0x0000_0020,
+            0x7584_07ff,
+            0x2fd3_fbff,
+            0xf,
+        ]),
+    };
+    for hello in [
+        Hello {
+            cpu: Some(cpu),
+            ..sev_hello()
+        },
+        Hello {
+            cpu: Some(cpu),
+            ..plain_hello()
+        },
+        // SEV-ES: its es-helpers field (0x0040) first, the CPU after it.
+        Hello {
+            cpu: Some(cpu),
+            ..es_hello()
+        },
+    ] {
+        let payload = hello_payload(&hello);
+        let f = split_fields(&payload);
+        // The optional field comes last, tag 0x8001, 52 bytes.
+        let (tag, value) = f.last().unwrap();
+        assert_eq!(*tag, HELLO_GUEST_CPU);
+        assert_eq!(value.len(), GuestCpu::WIRE_LEN);
+        assert_eq!(value[..], cpu.encode()[..]);
+        assert_eq!(
+            decode_payload(MessageType::Hello, &payload).unwrap(),
+            Frame::Hello(hello.clone())
+        );
+        // Without it: the same Hello with no CPU (an earlier version-2 source).
+        let without: Vec<_> = f[..f.len() - 1].to_vec();
+        assert_eq!(
+            decode_payload(MessageType::Hello, &fields(&without)).unwrap(),
+            Frame::Hello(Hello {
+                cpu: None,
+                ..hello.clone()
+            })
+        );
+        // Twice, or of another length: refused, naming the field.
+        let mut twice = f.clone();
+        twice.push(f.last().unwrap().clone());
+        assert!(matches!(
+            decode_payload(MessageType::Hello, &fields(&twice)),
+            Err(FrameError::DuplicateField {
+                tag: HELLO_GUEST_CPU,
+                ..
+            })
+        ));
+        for len in [0, GuestCpu::WIRE_LEN - 1, GuestCpu::WIRE_LEN + 1] {
+            let mut other = without.clone();
+            other.push((HELLO_GUEST_CPU, vec![0; len]));
+            let e = decode_payload(MessageType::Hello, &fields(&other)).unwrap_err();
+            assert!(e.to_string().contains("guest CPU"), "{e}");
+        }
     }
 }

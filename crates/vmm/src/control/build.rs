@@ -10,6 +10,7 @@ use crate::{
     DirectBoot, KvmSystem, Vm,
 };
 use guest_abi::fwcfg;
+use migration::cpu::Feature;
 use sev_platform::{vmsa::VcpuType, Policy};
 use std::{net::TcpListener, path::PathBuf, sync::Arc};
 
@@ -41,6 +42,7 @@ pub struct MachineBuilder {
     state_dir: Option<PathBuf>,
     vcpu_type: VcpuType,
     kernel: Option<DirectBoot>,
+    cpu_hide: Vec<Feature>,
 }
 
 impl MachineBuilder {
@@ -54,6 +56,7 @@ impl MachineBuilder {
                 .expect("the default vCPU type is one of VCPU_TYPES"),
             state_dir: None,
             kernel: None,
+            cpu_hide: Vec::new(),
         }
     }
 
@@ -62,6 +65,13 @@ impl MachineBuilder {
     /// the SEV hashes table of the three right after the firmware (`crate::direct_boot`).
     pub fn kernel(mut self, boot: DirectBoot) -> MachineBuilder {
         self.kernel = Some(boot);
+        self
+    }
+
+    /// CPU features the guest is not given (`run --cpu-hide`), so it can migrate to hosts
+    /// whose CPUs lack them: a target refuses a guest given a feature its own CPU lacks.
+    pub fn hide_cpu_features(mut self, features: Vec<Feature>) -> MachineBuilder {
+        self.cpu_hide = features;
         self
     }
 
@@ -106,6 +116,7 @@ impl MachineBuilder {
             state_dir,
             vcpu_type,
             kernel,
+            cpu_hide,
         } = self;
         let es = config
             .sev
@@ -130,6 +141,9 @@ impl MachineBuilder {
             return Err(LaunchError::Vm(VmError::NoHashesArea));
         }
         let mut vm = Vm::new(&kvm, config).map_err(LaunchError::Vm)?;
+        if !cpu_hide.is_empty() {
+            vm.hide_cpu_features(&cpu_hide).map_err(LaunchError::Vm)?;
+        }
         if let Some(boot) = &kernel {
             vm.direct_boot(boot).map_err(LaunchError::Vm)?;
         }

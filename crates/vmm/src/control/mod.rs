@@ -1022,6 +1022,7 @@ impl Controller {
             helper_region: GpaRange { base, size },
             vcpus: self.vm.vcpu_count() as u32,
             es_helpers,
+            cpu: Some(self.vm.guest_cpu()),
         }
     }
 
@@ -1079,6 +1080,7 @@ impl Controller {
             page_size: helper_abi::PAGE_SIZE as u32,
             vcpus: local.vcpus,
             es_helpers: local.es_helpers,
+            cpu: local.cpu,
         };
         let source = VmSource::new(
             self.vm.host_view(),

@@ -6,7 +6,8 @@
 //! extensions through. AVX and XSAVE stay hidden: they need CR4.OSXSAVE, which the
 //! firmware does not set (its CPL0 part is emulated and must not use them).
 
-use kvm_bindings::kvm_cpuid_entry2;
+use kvm_bindings::{kvm_cpuid_entry2, KVM_CPUID_FLAG_SIGNIFCANT_INDEX};
+use migration::cpu::{CpuFeatures, CpuidReg, Feature, FeatureWord, GuestCpu};
 
 /// CPUID.1:ECX bits copied from the host.
 pub const PASSTHROUGH_LEAF1_ECX: u32 = (1 << 1) // PCLMULQDQ
@@ -42,6 +43,62 @@ pub fn host_leaf1_ecx() -> u32 {
     core::arch::x86_64::__cpuid(1).ecx
 }
 
+/// The entry for `function`/`index` (the index counts only where KVM marks it
+/// significant).
+fn entry_mut(
+    entries: &mut [kvm_cpuid_entry2],
+    function: u32,
+    index: u32,
+) -> Option<&mut kvm_cpuid_entry2> {
+    entries.iter_mut().find(|e| {
+        e.function == function
+            && (e.flags & KVM_CPUID_FLAG_SIGNIFCANT_INDEX == 0 || e.index == index)
+    })
+}
+
+fn reg_mut(e: &mut kvm_cpuid_entry2, reg: CpuidReg) -> &mut u32 {
+    match reg {
+        CpuidReg::Eax => &mut e.eax,
+        CpuidReg::Ebx => &mut e.ebx,
+        CpuidReg::Ecx => &mut e.ecx,
+        CpuidReg::Edx => &mut e.edx,
+    }
+}
+
+/// The CPU a table gives the guest: vendor, signature and the feature words the Hello
+/// carries (a leaf the table lacks reads as zero).
+pub fn guest_cpu(entries: &[kvm_cpuid_entry2]) -> GuestCpu {
+    let mut table = entries.to_vec();
+    let mut read = |function: u32, index: u32, reg: CpuidReg| {
+        entry_mut(&mut table, function, index).map_or(0, |e| *reg_mut(e, reg))
+    };
+    let mut vendor = [0u8; 12];
+    vendor[..4].copy_from_slice(&read(0, 0, CpuidReg::Ebx).to_le_bytes());
+    vendor[4..8].copy_from_slice(&read(0, 0, CpuidReg::Edx).to_le_bytes());
+    vendor[8..].copy_from_slice(&read(0, 0, CpuidReg::Ecx).to_le_bytes());
+    let signature = read(1, 0, CpuidReg::Eax);
+    let words = FeatureWord::ALL.map(|w| {
+        let (function, index, reg) = w.location();
+        read(function, index, reg)
+    });
+    GuestCpu {
+        vendor,
+        signature,
+        features: CpuFeatures::from_words(words),
+    }
+}
+
+/// Clears `features` from the table, so the guest is not given them (a guest that must
+/// be able to move to hosts without them).
+pub fn hide(entries: &mut [kvm_cpuid_entry2], features: &[Feature]) {
+    for f in features {
+        let (function, index, reg) = f.word.location();
+        if let Some(e) = entry_mut(entries, function, index) {
+            *reg_mut(e, reg) &= !(1u32 << f.bit);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -63,6 +120,62 @@ mod tests {
         assert_eq!(e[0].ebx, 0x0300_0800);
         assert_eq!(e[1].edx, 3);
         assert_eq!(e[2], entry(7));
+    }
+
+    fn indexed(function: u32, index: u32) -> kvm_cpuid_entry2 {
+        kvm_cpuid_entry2 {
+            function,
+            index,
+            flags: KVM_CPUID_FLAG_SIGNIFCANT_INDEX,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_guest_cpu_is_read_from_the_table_and_hidden_features_are_cleared() {
+        let mut e = [
+            entry(0),
+            entry(1),
+            indexed(7, 0),
+            indexed(7, 1),
+            indexed(0xd, 0),
+            indexed(0xd, 1),
+            entry(0x8000_0001),
+        ];
+        // "AuthenticAMD" as CPUID.0 returns it: EBX "Auth", EDX "enti", ECX "cAMD".
+        e[0].ebx = u32::from_le_bytes(*b"Auth");
+        e[0].edx = u32::from_le_bytes(*b"enti");
+        e[0].ecx = u32::from_le_bytes(*b"cAMD");
+        e[1].eax = 0x00a1_0f11;
+        e[1].ecx = 1 << 25; // aes
+        e[2].ebx = 1 << 16 | 1 << 5; // avx512f, avx2
+        e[3].eax = 1 << 5; // avx512_bf16, in subleaf 1
+        e[4].eax = 0x2e7; // leaf 0xD subleaf 0: not a feature word
+        e[5].eax = 1; // xsaveopt
+        e[6].edx = 1 << 29; // lm
+        let cpu = guest_cpu(&e);
+        assert_eq!(
+            cpu.to_string(),
+            "AuthenticAMD family 25 model 17 stepping 1"
+        );
+        assert_eq!(
+            cpu.features.names().collect::<Vec<_>>(),
+            ["aes", "avx2", "avx512f", "avx512_bf16", "lm", "xsaveopt"]
+        );
+
+        let names = ["avx512f", "aes", "avx512_bf16", "xsaveopt"];
+        let hidden: Vec<Feature> = names
+            .iter()
+            .map(|n| migration::cpu::feature(n).unwrap())
+            .collect();
+        hide(&mut e, &hidden);
+        let cpu = guest_cpu(&e);
+        assert_eq!(cpu.features.names().collect::<Vec<_>>(), ["avx2", "lm"]);
+        assert_eq!(e[4].eax, 0x2e7, "subleaf 0 untouched");
+        // A table without the leaves reads as no features, and hiding changes nothing.
+        let mut empty: [kvm_cpuid_entry2; 0] = [];
+        hide(&mut empty, &hidden);
+        assert_eq!(guest_cpu(&empty).features.names().count(), 0);
     }
 
     #[test]

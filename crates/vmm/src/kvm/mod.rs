@@ -528,6 +528,16 @@ impl KvmVcpu {
             .map_err(|e| KvmError::GetCpuid(self.id, e))
     }
 
+    /// Replaces the vCPU's CPUID table (only before its first KVM_RUN: KVM refuses a
+    /// different table after it).
+    pub fn set_cpuid(&self, entries: &[kvm_bindings::kvm_cpuid_entry2]) -> Result<(), KvmError> {
+        let cpuid = kvm_bindings::CpuId::from_entries(entries)
+            .map_err(|_| KvmError::SetCpuid(self.id, kvm_ioctls::Error::new(libc::E2BIG)))?;
+        self.fd
+            .set_cpuid2(&cpuid)
+            .map_err(|e| KvmError::SetCpuid(self.id, e))
+    }
+
     /// The guest TSC frequency in kHz.
     pub fn tsc_khz(&self) -> Result<u32, KvmError> {
         self.fd

@@ -237,6 +237,31 @@ impl GuestRam {
             })
     }
 
+    /// Reads exactly `len` bytes from `from` straight into the mapping at `gpa` (no copy
+    /// in between). For the host view's shared-memory path only.
+    fn read_raw_from<F: vm_memory::ReadVolatile>(
+        &self,
+        gpa: u64,
+        len: usize,
+        from: &mut F,
+    ) -> Result<(), MemoryError> {
+        let stream = |source: Box<dyn std::error::Error + Send + Sync>| MemoryError::Stream {
+            gpa,
+            len,
+            source,
+        };
+        // One read(2) may return less than asked (a socket hands over what has arrived):
+        // read each slice in full, as Read::read_exact does.
+        for slice in GuestMemoryBackend::get_slices(&self.mem, GuestAddress(gpa), len) {
+            let mut slice = slice.map_err(|e| stream(Box::new(e)))?;
+            from.read_exact_volatile(&mut slice).map_err(|e| match e {
+                vm_memory::VolatileMemoryError::IOError(io) => stream(Box::new(io)),
+                other => stream(Box::new(other)),
+            })?;
+        }
+        Ok(())
+    }
+
     /// Touches every page so the guest's first accesses do not pay the host's page-fault
     /// cost (slow on these machines, docs/architecture.md §4).
     pub fn prefault(&self) -> std::io::Result<()> {

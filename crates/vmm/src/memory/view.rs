@@ -328,6 +328,25 @@ impl HostView {
         self.ram.write_raw_to(gpa, len, out)
     }
 
+    /// Reads exactly `len` bytes from `from` (e.g. the migration socket) straight into
+    /// shared guest memory at `gpa` (e.g. a helper's record window), with no copy in
+    /// between: the receiving side of [`HostView::write_shared_to`]. Every page must be
+    /// shared (any page of a plain guest is): a host write to private memory only lands
+    /// as the host's writes do, through [`HostView::write`]. If `from` fails part way,
+    /// the pages hold what arrived.
+    pub fn read_shared_from<F: vm_memory::ReadVolatile>(
+        &self,
+        gpa: u64,
+        len: usize,
+        from: &mut F,
+    ) -> Result<(), MemoryError> {
+        self.pages(gpa, len, |page, _, _| match self.visibility(page) {
+            Visibility::Shared => Ok(()),
+            Visibility::Private => Err(MemoryError::NotShared(page)),
+        })?;
+        self.ram.read_raw_from(gpa, len, from)
+    }
+
     /// Copies guest memory at `gpa` into `buf`, as the host sees it.
     pub fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
         self.pages(gpa, buf.len(), |page, off, range| {
@@ -457,6 +476,36 @@ mod tests {
         let mut more = Vec::new();
         assert!(view.write_shared_to(0x6ff0, 0x20, &mut more).is_err());
         assert!(more.is_empty());
+    }
+
+    #[test]
+    fn only_shared_memory_is_filled_straight_from_a_stream() {
+        let (view, ram, states) = sev_view();
+        let mut raw = [0u8; 14];
+        let mut from: &[u8] = b"window records";
+        assert!(matches!(
+            view.read_shared_from(0x5000, 14, &mut from),
+            Err(MemoryError::NotShared(0x5000))
+        ));
+        ram.read_raw(0x5000, &mut raw).unwrap();
+        assert_eq!(raw, [0; 14], "nothing lands in a private page");
+        assert_eq!(from.len(), 14, "nothing was read from the stream");
+        states.set(5, 2, Visibility::Shared);
+        view.read_shared_from(0x5000, 14, &mut from).unwrap();
+        ram.read_raw(0x5000, &mut raw).unwrap();
+        assert_eq!(&raw, b"window records");
+        // A range that runs into a private page is refused as a whole.
+        let mut more: &[u8] = &[0xaa; 0x20];
+        assert!(view.read_shared_from(0x6ff0, 0x20, &mut more).is_err());
+        let mut tail = [0u8; 0x10];
+        ram.read_raw(0x6ff0, &mut tail).unwrap();
+        assert_eq!(tail, [0; 0x10]);
+        // A stream that ends early is an error.
+        let mut short: &[u8] = b"abc";
+        assert!(matches!(
+            view.read_shared_from(0x5000, 14, &mut short),
+            Err(MemoryError::Stream { .. })
+        ));
     }
 
     #[test]

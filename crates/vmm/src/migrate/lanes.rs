@@ -2,7 +2,8 @@
 //! (target). Each helper vCPU is a lane with its own thread — a vCPU always runs on the
 //! thread that created its watchdog, and lanes seal or open in parallel — and two record
 //! windows, so the engine sends batch k from one window while the lane seals batch k+1
-//! into the other. Sealed records go to the socket straight from the window.
+//! into the other. Sealed records go to the socket straight from the window, and on the
+//! target come from the socket straight into one.
 
 use crate::{
     memory::{HostView, MemoryError},
@@ -14,11 +15,13 @@ use helper_abi::{
     record::{Kind, COMMIT_RECORD_SIZE, HEADER_SIZE, MANIFEST_RECORD_SIZE},
 };
 use migration::{
-    engine::{Opener, PartError, RecordSink, Sealed, Sealer, ZeroPages},
+    engine::{BatchWindow, Opener, PartError, RecordSink, Sealed, Sealer, ZeroPages},
     frames::{AbortToken, KeyConfirm, KeyReply, KeyShare},
+    RecordDest, RecordSource,
 };
 use std::{
     collections::VecDeque,
+    os::fd::BorrowedFd,
     sync::mpsc::{self, Receiver, Sender},
     thread::JoinHandle,
 };
@@ -85,6 +88,9 @@ pub enum LaneError {
         /// Window size.
         size: usize,
     },
+    /// A batch's records could not be read from the migration stream into a window.
+    #[error("cannot receive a batch into the record window")]
+    Receive(#[source] std::io::Error),
     /// A received batch is larger than a record window.
     #[error("a batch of {len} bytes does not fit the helper's {size}-byte window")]
     TooLarge {
@@ -567,6 +573,52 @@ impl Sealer for HelperLanes {
     }
 }
 
+/// A record window being filled from the migration stream (the target's no-copy path).
+struct WindowDest<'a> {
+    view: &'a HostView,
+    /// Where the next bytes go.
+    gpa: u64,
+    /// A failure on the memory side (the stream's own failures are the reader's).
+    failed: Option<MemoryError>,
+}
+
+impl RecordDest for WindowDest<'_> {
+    fn put(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        // What the stream reader had buffered already: one copy of at most its buffer.
+        match self.view.write(self.gpa, bytes) {
+            Ok(()) => {
+                self.gpa += bytes.len() as u64;
+                Ok(())
+            }
+            Err(e) => {
+                let copy = std::io::Error::other(e.to_string());
+                self.failed = Some(e);
+                Err(copy)
+            }
+        }
+    }
+
+    fn read_from(&mut self, fd: BorrowedFd<'_>, len: usize) -> std::io::Result<()> {
+        let mut fd = fd;
+        match self.view.read_shared_from(self.gpa, len, &mut fd) {
+            Ok(()) => {
+                self.gpa += len as u64;
+                Ok(())
+            }
+            // The socket failed (or ended): the reader reports it with its position.
+            Err(MemoryError::Stream { source, .. }) => Err(match source.downcast() {
+                Ok(io) => *io,
+                Err(other) => std::io::Error::other(other),
+            }),
+            Err(e) => {
+                let copy = std::io::Error::other(e.to_string());
+                self.failed = Some(e);
+                Err(copy)
+            }
+        }
+    }
+}
+
 /// `bytes` as an array of exactly `N`, or the helper answered wrongly.
 fn exact<const N: usize>(bytes: Vec<u8>, what: &'static str) -> Result<[u8; N], LaneError> {
     let got = bytes.len();
@@ -663,7 +715,11 @@ impl Opener for HelperLanes {
         Ok(exact(th, "transcript hash")?)
     }
 
-    fn submit(&mut self, lane: usize, records: &[u8]) -> Result<(), PartError> {
+    fn receive(
+        &mut self,
+        lane: usize,
+        from: &mut dyn RecordSource,
+    ) -> Result<BatchWindow, PartError> {
         // Wait for one of this lane's windows to come free.
         while self.lane(lane)?.free.is_empty() {
             let d = self.next()?;
@@ -674,31 +730,80 @@ impl Opener for HelperLanes {
         }
         self.settle(usize::MAX)?;
         let (window, gpa, size) = self.take_window(lane)?;
-        if records.len() > size {
+        let len = from.len();
+        if len > size {
             self.free_window(lane, window);
-            return Err(LaneError::TooLarge {
-                len: records.len(),
-                size,
+            return Err(LaneError::TooLarge { len, size }.into());
+        }
+        // The records go from the socket into the window through the host view, which
+        // takes them only into shared memory (the window is the helper's shared mailbox
+        // memory).
+        let mut dest = WindowDest {
+            view: &self.view,
+            gpa,
+            failed: None,
+        };
+        if let Err(e) = from.read_into(&mut dest) {
+            let failed = dest.failed.take();
+            self.free_window(lane, window);
+            return Err(match failed {
+                Some(memory) => LaneError::Fill(memory),
+                None => LaneError::Receive(e),
             }
             .into());
         }
-        if let Err(e) = self.view.write(gpa, records) {
-            self.free_window(lane, window);
-            return Err(LaneError::Fill(e).into());
+        Ok(BatchWindow {
+            lane,
+            window,
+            bytes: len,
+        })
+    }
+
+    fn read_window(
+        &mut self,
+        batch: &BatchWindow,
+        offset: usize,
+        out: &mut [u8],
+    ) -> Result<(), PartError> {
+        let gpa = self
+            .lanes
+            .get(batch.lane)
+            .and_then(|l| l.windows.get(batch.window))
+            .copied()
+            .ok_or(LaneError::NoSuchLane {
+                lane: batch.lane,
+                lanes: self.lanes.len(),
+            })?;
+        let end = offset.checked_add(out.len()).filter(|&e| e <= batch.bytes);
+        if end.is_none() {
+            return Err(LaneError::TooLarge {
+                len: offset.saturating_add(out.len()),
+                size: batch.bytes,
+            }
+            .into());
         }
-        let count = helper_abi::record::walk(records, records.len()).count() as u32;
+        self.view
+            .read(gpa + offset as u64, out)
+            .map_err(|e| LaneError::ReadWindow(e).into())
+    }
+
+    fn import(&mut self, batch: BatchWindow, count: u32) -> Result<(), PartError> {
         Ok(HelperLanes::start(
             self,
-            lane,
+            batch.lane,
             Request {
                 op: Op::IMPORT.0,
-                window: window as u32,
+                window: batch.window as u32,
                 count,
-                bytes: records.len() as u32,
+                bytes: batch.bytes as u32,
                 ..Request::default()
             },
             Vec::new(),
         )?)
+    }
+
+    fn discard(&mut self, batch: BatchWindow) {
+        self.free_window(batch.lane, batch.window);
     }
 
     fn drain(&mut self) -> Result<(), PartError> {
