@@ -17,22 +17,13 @@
 extern crate sevmirror_firmware_mem;
 
 mod boot;
-mod console;
-mod cpu;
 mod direct_boot;
-mod es;
-mod es_state;
-mod fwcfg;
-mod ghcb;
-mod globals;
 mod helper;
-mod migration;
-mod paging;
-mod services;
 mod sev;
 mod smp;
-mod vc;
 mod workloads;
+
+use guest_rt::{cpu, es, fwcfg, ghcb, globals, migration, paging, println, services, vc};
 
 use core::sync::atomic::Ordering;
 use guest_abi::{
@@ -193,8 +184,8 @@ fn bsp_main() -> ! {
             format_args!("the CPU does not report {missing}; the VMM must pass the host's CPUID bits through"),
         );
     }
-    let sev = sev::detect();
-    sev::init_shared_list();
+    let sev = guest_rt::sev::detect();
+    guest_rt::sev::init_shared_list();
     if es::active() {
         if let Err(e) = ghcb::record_shared() {
             fail(exit_code::BAD_CONFIG, format_args!("SEV-ES: {e}"));
@@ -202,7 +193,11 @@ fn bsp_main() -> ! {
     }
     if sev.is_some() {
         // fw_cfg DMA goes through this page: the host must be able to read it.
-        if let Err(e) = sev::map_gpa_range(layout::FWCFG_DMA_PAGE, 1, sev::Visibility::Shared) {
+        if let Err(e) = guest_rt::sev::map_gpa_range(
+            layout::FWCFG_DMA_PAGE,
+            1,
+            guest_rt::sev::Visibility::Shared,
+        ) {
             fail(
                 exit_code::BAD_CONFIG,
                 format_args!("the host refused to share the fw_cfg DMA page (error {e:#x})"),
@@ -275,7 +270,8 @@ fn bsp_main() -> ! {
     g.tsc_khz.store(config.tsc_khz, Ordering::Relaxed);
     g.seed.store(cpu::rdtsc() | 1, Ordering::Relaxed);
     if config.ncpus > 1 {
-        if let Err(t) = smp::start_aps(config.ncpus, config.tsc_khz) {
+        smp::install_trampoline();
+        if let Err(t) = guest_rt::smp::start_aps(config.ncpus, config.tsc_khz) {
             fail(
                 exit_code::FAIL,
                 format_args!("only {} of {} APs came up", t.online, config.ncpus - 1),

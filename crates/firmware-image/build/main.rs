@@ -46,6 +46,7 @@ fn run() -> Result<(), String> {
         "gcm",
         "vc-handler",
         "loader",
+        "guest-rt",
     ] {
         let dir = root.join("crates").join(krate);
         if dir.exists() {

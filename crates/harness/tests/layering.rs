@@ -42,6 +42,7 @@ const FIRMWARE_MAY_USE: &[&str] = &[
     // The firmware's own.
     "sevmirror-firmware",
     "sevmirror-firmware-mem",
+    "guest-rt",
     // Shared no_std crates of this workspace.
     "fwtable",
     "guest-abi",

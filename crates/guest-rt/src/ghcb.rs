@@ -12,10 +12,11 @@
 //! costs two CPL0 round trips (SEV information request, then the GHCB's GPA); every
 //! request after that is one MMIO exit.
 
+use crate::layout;
 use crate::{cpu, es, sev};
 use guest_abi::{
     ghcb::{msr::MSR_GHCB, Ghcb, PAGE_LEN},
-    layout, services,
+    services,
 };
 use vc_handler::client::{self, EstablishError, GhcbClient, Vmgexit};
 
