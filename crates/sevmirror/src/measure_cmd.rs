@@ -49,9 +49,10 @@ pub const MAX_FIRMWARE: usize = 64 << 20;
 #[derive(Args, Debug)]
 pub struct MeasureArgs {
     /// The firmware image: ours (`sevmirror firmware --out FILE`) or an OVMF build such
-    /// as /usr/share/ovmf/OVMF.fd.
+    /// as /usr/share/ovmf/OVMF.fd (default: the embedded firmware, booting the embedded
+    /// guest OS unless --kernel or --no-kernel says otherwise, as `run` does).
     #[arg(long, value_name = "FILE")]
-    pub firmware: PathBuf,
+    pub firmware: Option<PathBuf>,
 
     /// The launch type: "sev" (the firmware pages only) or "sev-es" (then every vCPU's
     /// initial VMSA too: give --vcpus and --vcpu-type).
@@ -118,6 +119,19 @@ pub struct KernelArgs {
     /// Kernel command line passed with --kernel (none: the empty line).
     #[arg(long, value_name = "TEXT", requires = "kernel")]
     pub append: Option<String>,
+
+    /// With the embedded firmware: a launch without a kernel (`run --no-kernel`), not the
+    /// embedded guest OS that `run` boots by default.
+    #[arg(long, conflicts_with = "kernel")]
+    pub no_kernel: bool,
+}
+
+impl KernelArgs {
+    /// Whether a launch of the embedded firmware with these options boots the embedded
+    /// guest OS (what `run` does without --kernel and --no-kernel).
+    pub fn embedded_os(&self, embedded_firmware: bool) -> bool {
+        embedded_firmware && self.kernel.is_none() && !self.no_kernel
+    }
 }
 
 /// What kind of launch to compute the digest of.
@@ -239,8 +253,15 @@ pub struct Computed {
 
 /// The digest of launching `image` as `spec` says, booting `kernel` directly if it names
 /// one.
-pub fn compute(image: &[u8], spec: &LaunchSpec, kernel: &KernelArgs) -> anyhow::Result<Computed> {
-    let hashes_table = kernel_hashes_table(image, kernel)?;
+/// `embedded_firmware`: `image` is the embedded firmware, which boots the embedded guest
+/// OS unless `kernel` says otherwise.
+pub fn compute(
+    image: &[u8],
+    spec: &LaunchSpec,
+    kernel: &KernelArgs,
+    embedded_firmware: bool,
+) -> anyhow::Result<Computed> {
+    let hashes_table = kernel_hashes_table(image, kernel, embedded_firmware)?;
     let vmsas = match *spec {
         LaunchSpec::Sev => Vec::new(),
         LaunchSpec::SevEs {
@@ -378,7 +399,12 @@ pub fn hashes_area(image: &[u8]) -> anyhow::Result<(u32, u32)> {
 pub fn kernel_hashes_table(
     image: &[u8],
     args: &KernelArgs,
+    embedded_firmware: bool,
 ) -> anyhow::Result<Option<[u8; hashes::PADDED_SIZE]>> {
+    if args.embedded_os(embedded_firmware) {
+        hashes_area(image)?;
+        return Ok(Some(SevHashes::of(os_image::IMAGE, &[], b"").table()));
+    }
     let Some(kernel) = &args.kernel else {
         return Ok(None);
     };
@@ -418,17 +444,22 @@ fn hex(bytes: &[u8]) -> String {
 /// Runs `sevmirror measure`.
 pub fn run(args: &MeasureArgs) -> anyhow::Result<()> {
     let spec = launch_spec(args.mode, &args.es).unwrap_or_else(|m| usage_error(&m));
-    let path = &args.firmware;
-    let image = read_firmware(path)?;
+    let (image, name) = match &args.firmware {
+        Some(path) => (read_firmware(path)?, path.display().to_string()),
+        None => (
+            firmware_image::IMAGE.to_vec(),
+            String::from("the embedded firmware"),
+        ),
+    };
+    let embedded = args.firmware.is_none();
     // SEV-ES and --kernel need the footer table themselves and say so if it is missing.
     if fwtable::report(&image).is_err() && spec == LaunchSpec::Sev && args.kernel.kernel.is_none() {
         log::warn!(
-            "{} has no OVMF footer GUID table: QEMU cannot launch it under SEV (no reset vector or SEV metadata); the digest is that of the bytes",
-            path.display()
+            "{name} has no OVMF footer GUID table: QEMU cannot launch it under SEV (no reset vector or SEV metadata); the digest is that of the bytes"
         );
     }
-    let computed = compute(&image, &spec, &args.kernel)
-        .with_context(|| format!("cannot measure {}", path.display()))?;
+    let computed = compute(&image, &spec, &args.kernel, embedded)
+        .with_context(|| format!("cannot measure {name}"))?;
     let files = match &args.es.dump_vmsa {
         Some(dir) => dump_vmsas(dir, &computed.vmsas)?,
         None => Vec::new(),
@@ -436,14 +467,17 @@ pub fn run(args: &MeasureArgs) -> anyhow::Result<()> {
     let digest = hex(&computed.digest);
     if args.json {
         let mut v = json!({
-            "firmware": path.display().to_string(),
+            "firmware": name,
             "size": image.len(),
             "mode": args.mode.name(),
             "launch-digest": digest,
             "launch-digest-base64": encode_base64(&computed.digest),
         });
-        if let (Some(t), Some(k)) = (&computed.hashes_table, &args.kernel.kernel) {
-            v["kernel"] = json!(k.display().to_string());
+        if let Some(t) = &computed.hashes_table {
+            v["kernel"] = match &args.kernel.kernel {
+                Some(k) => json!(k.display().to_string()),
+                None => json!("the embedded guest OS"),
+            };
             v["initrd"] = json!(args.kernel.initrd.as_ref().map(|p| p.display().to_string()));
             v["append"] = json!(args.kernel.append);
             v["kernel-hashes-table"] = json!(hex(t));
@@ -553,9 +587,9 @@ mod tests {
             vmm: VmmType::Qemu,
             helpers,
         };
-        let plain = compute(image, &es_spec(2), &no_kernel).unwrap();
-        let one = compute(image, &with(2, 1), &no_kernel).unwrap();
-        let two = compute(image, &with(2, 2), &no_kernel).unwrap();
+        let plain = compute(image, &es_spec(2), &no_kernel, false).unwrap();
+        let one = compute(image, &with(2, 1), &no_kernel, false).unwrap();
+        let two = compute(image, &with(2, 2), &no_kernel, false).unwrap();
         assert_eq!(one.vmsas.len(), 3);
         assert_eq!(one.vmsas[..2], plain.vmsas[..], "the guest's VMSAs first");
         assert_eq!(
@@ -577,7 +611,7 @@ mod tests {
             .unwrap_err()
             .contains("--helpers"));
         assert!(
-            compute(image, &with(1, 9), &no_kernel).is_err(),
+            compute(image, &with(1, 9), &no_kernel, false).is_err(),
             "3 at most"
         );
     }
@@ -586,8 +620,8 @@ mod tests {
     fn es_digest_covers_the_vmsas_in_order() {
         let image = firmware_image::IMAGE;
         let no_kernel = KernelArgs::default();
-        let one = compute(image, &es_spec(1), &no_kernel).unwrap();
-        let two = compute(image, &es_spec(2), &no_kernel).unwrap();
+        let one = compute(image, &es_spec(1), &no_kernel, false).unwrap();
+        let two = compute(image, &es_spec(2), &no_kernel, false).unwrap();
         assert_eq!(two.vmsas[0], one.vmsas[0]);
         assert_ne!(two.vmsas[1], two.vmsas[0], "the AP starts elsewhere");
         let mut bytes = image.to_vec();
@@ -596,7 +630,7 @@ mod tests {
         assert_eq!(two.digest, expected_digest(&bytes));
         assert_eq!(two.digest, expected_es_digest(image, &two.vmsas));
         assert!(
-            compute(&[0u8; 4096], &es_spec(1), &no_kernel).is_err(),
+            compute(&[0u8; 4096], &es_spec(1), &no_kernel, false).is_err(),
             "no reset block"
         );
     }
@@ -634,7 +668,7 @@ mod tests {
             ..KernelArgs::default()
         };
         let image = firmware_image::IMAGE;
-        let es = compute(image, &es_spec(2), &args).unwrap();
+        let es = compute(image, &es_spec(2), &args, false).unwrap();
         let table = es.hashes_table.expect("--kernel measures a table");
         assert_eq!(
             table,
@@ -648,7 +682,7 @@ mod tests {
             .finalize()
             .into();
         assert_eq!(es.digest, want);
-        let sev = compute(image, &LaunchSpec::Sev, &args).unwrap();
+        let sev = compute(image, &LaunchSpec::Sev, &args, false).unwrap();
         assert_eq!(sev.hashes_table, Some(table));
         assert!(sev.vmsas.is_empty());
         assert_eq!(sev.digest, launch_digest(image, Some(&table), &[]));
