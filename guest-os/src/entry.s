@@ -20,6 +20,8 @@ os_entry:
     cmp qword ptr [rbx + {BI_BSP_DONE}], 0
     jne os_ap_entry
     mov [rbx + {BI_ZERO_PAGE}], rsi
+    mov rax, cr4
+    mov [rbx + {BI_CR4}], rax
     // The OS's own stack from here on (CPU 0's kernel stack; rt.s sets it again).
     mov esp, {KSTACKS} + {KSTACK_SIZE}
 
@@ -123,6 +125,24 @@ os_cpu_entry:
     push rax
     retfq
 6:  jmp sevm_entry64
+
+// SEV-ES migration target: the firmware claimed this CPU's saved-state slot (rdi), which
+// the OS saved (guest-abi vcpu_save::KERNEL_RESUME), and jumps here at CPL0 on its own
+// tables with r15 = the CPU. The OS's page tables and GDT, then rt.s's per-CPU set-up
+// with r13 = 2, which goes on to the CPL3 restore of the claimed slot.
+.global sevm_kernel_resume
+sevm_kernel_resume:
+    cli
+    cld
+    mov eax, {PML4}
+    mov cr3, rax
+    lgdt [rip + sevm_ram_gdtr]
+    lea rax, [rip + 7f]
+    push {SEL_KCODE64}
+    push rax
+    retfq
+7:  mov r13d, 2
+    jmp sevm_entry64_resume
 
 // Writes a 64-bit interrupt gate at rdi: handler rax, IST edx (0 or 1), DPL 0, kernel code
 // selector. Clobbers rax. (Stack: the firmware's kernel stack, a few words.)

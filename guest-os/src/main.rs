@@ -189,8 +189,11 @@ fn memory_map() -> MemoryMap {
 
 fn bsp_main() -> ! {
     // Under SEV-ES every exit from here on goes through this CPU's GHCB.
-    if es::active() && ghcb::establish(0).is_err() {
-        es::terminate()
+    if es::active() {
+        entry::record_xcr0();
+        if ghcb::establish(0).is_err() {
+            es::terminate()
+        }
     }
     if let Some(missing) = cpu::missing_features().next() {
         fail(

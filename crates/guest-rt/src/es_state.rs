@@ -148,6 +148,25 @@ extern "C" {
 }
 // `sevm_resume_user` is entered only from rt.s (`sevm_resume`), by IRETQ.
 
+/// Where a target's firmware sends the CPU that claimed this image's slot
+/// (`vcpu_save::KERNEL_RESUME`): the guest OS's CPL0 resume (its entry.s), which loads the
+/// OS's own page tables and descriptor tables first; 0 for the firmware, whose tables
+/// are the ones the restoring CPU already runs on.
+fn kernel_resume() -> u64 {
+    #[cfg(feature = "os")]
+    {
+        extern "C" {
+            /// The OS's CPL0 resume entry (guest-os entry.s).
+            static sevm_kernel_resume: u8;
+        }
+        core::ptr::addr_of!(sevm_kernel_resume) as u64
+    }
+    #[cfg(not(feature = "os"))]
+    {
+        0
+    }
+}
+
 fn slot_read(slot: u64, offset: u64) -> u64 {
     // SAFETY: `slot` is this CPU's saved-state slot (layout::vcpu_save_gpa): reserved
     // RAM of the SEV area, identity-mapped, used by this CPU alone; `offset` is one of
@@ -206,6 +225,7 @@ pub fn checkpoint() {
     }
     slot_write(slot, vcpu_save::CPU, cpu as u64);
     slot_write(slot, vcpu_save::XCR0, mask);
+    slot_write(slot, vcpu_save::KERNEL_RESUME, kernel_resume());
     // XSAVE writes only XSTATE_BV of the area's header; XRSTOR refuses a header whose
     // other bytes (XCOMP_BV, reserved) are not zero.
     for offset in (512..576).step_by(8) {

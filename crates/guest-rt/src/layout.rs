@@ -3,19 +3,21 @@
 //! image, which the loader places only in RAM the firmware's map says is usable.
 //!
 //! Both images share the protocol addresses the firmware and the OS agree on (guest-abi
-//! `layout`): the services page, and the SEV area's shared list and migrated-out page,
-//! which the firmware reserves and documents as the OS's to use (docs/architecture.md §8).
+//! `layout`): the services page, and the SEV area's shared list, migrated-out page and
+//! saved-state slots (SEV-ES migration: a target's firmware restores what the OS saved
+//! there), which the firmware reserves and documents as the OS's to use
+//! (docs/architecture.md §8).
 
 pub use guest_abi::layout::{
     boot_info, selector, vcpu_save, HIGH_RAM_BASE, KSTACK_SIZE, MAX_VCPUS, MIGRATION_STATE,
-    PAGE_SIZE, PD_COUNT, SERVICES_GPA, SEV_SHARED_LIST, TSS_STRIDE, USTACK_SIZE, VCPU_SAVE_STRIDE,
-    VC_FRAME_BUSY, VC_FRAME_STRIDE,
+    PAGE_SIZE, PD_COUNT, SERVICES_GPA, SEV_SHARED_LIST, TSS_STRIDE, USTACK_SIZE, VCPU_SAVE_BASE,
+    VCPU_SAVE_STRIDE, VC_FRAME_BUSY, VC_FRAME_STRIDE,
 };
 
 #[cfg(not(feature = "os"))]
 pub use guest_abi::layout::{
     BOOT_INFO, FWCFG_DMA_PAGE, GDT, GHCB_BASE, GLOBALS, IDT, KSTACKS, PDPT, PD_BASE, PML4,
-    TSS_BASE, USTACKS, VCPU_SAVE_BASE, VC_FRAMES,
+    TSS_BASE, USTACKS, VC_FRAMES,
 };
 
 /// End of the runtime's state (everything above is at lower addresses).
@@ -24,7 +26,7 @@ pub const AREA_END: u64 = guest_abi::layout::SEV_AREA_END;
 
 #[cfg(feature = "os")]
 mod os {
-    use super::{KSTACK_SIZE, MAX_VCPUS, PAGE_SIZE, PD_COUNT, USTACK_SIZE, VCPU_SAVE_STRIDE};
+    use super::{KSTACK_SIZE, MAX_VCPUS, PAGE_SIZE, PD_COUNT, USTACK_SIZE};
 
     /// Start of the OS's own area (its linker script puts a zeroed segment here): the
     /// 4 MiB below the firmware's SEV area, which the firmware's map leaves usable.
@@ -55,10 +57,8 @@ mod os {
     pub const USTACKS: u64 = KSTACKS + KSTACK_SIZE * MAX_VCPUS as u64;
     /// Per-CPU GHCB pages (SEV-ES).
     pub const GHCB_BASE: u64 = USTACKS + USTACK_SIZE * MAX_VCPUS as u64;
-    /// Per-CPU saved-state slots (SEV-ES migration).
-    pub const VCPU_SAVE_BASE: u64 = GHCB_BASE + PAGE_SIZE * MAX_VCPUS as u64;
     /// End of the OS's area: its code follows.
-    pub const AREA_END: u64 = VCPU_SAVE_BASE + VCPU_SAVE_STRIDE * MAX_VCPUS as u64;
+    pub const AREA_END: u64 = GHCB_BASE + PAGE_SIZE * MAX_VCPUS as u64;
     const _: () = assert!(AREA_END <= guest_abi::layout::SEV_AREA_BASE);
     const _: () = assert!(AREA_BASE >= guest_abi::layout::FW_AREA_END);
 }

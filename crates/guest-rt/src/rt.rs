@@ -106,6 +106,7 @@ core::arch::global_asm!(
     SAVE_RSP = const vcpu_save::RSP,
     SAVE_SAVED = const vcpu_save::SAVED,
     SAVE_RESUMING = const vcpu_save::RESUMING,
+    SAVE_KERNEL_RESUME = const vcpu_save::KERNEL_RESUME,
 );
 
 // boot_info's SEV_STATUS is the first word of the page: rt.s tests `[BOOT_INFO]` directly.

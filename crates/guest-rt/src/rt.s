@@ -135,6 +135,8 @@ sevm_entry64_resume:
     mov rdi, r15
     shl rdi, {VCPU_SAVE_SHIFT}
     add rdi, {VCPU_SAVE_BASE}
+    cmp r13d, 2
+    je sevm_resume_claimed
     movabs rax, {SAVE_SAVED}
     cmp [rdi + {SAVE_STATE}], rax
     je sevm_resume
@@ -165,11 +167,24 @@ sevm_park:
 // slot (SAVED -> RESUMING, so no second vCPU restores it; the loser parks), check it is
 // this CPU's, and IRETQ to the CPL3 restore code (es_state.rs, sevm_resume_user) with
 // rdi = the slot, on a stack below the saved one's red zone (the restore sets its own).
+// A slot whose KERNEL_RESUME word is set was saved by a kernel with a CPL0 context of its
+// own (the guest OS): the claimed slot goes there instead, at CPL0 with rdi = the slot and
+// r15 = this CPU, and the kernel loads its page tables and descriptor tables and enters
+// its own per-CPU set-up with r13 = 2 (sevm_entry64_resume), which comes back to
+// sevm_resume_claimed in the kernel's copy of this code.
 .global sevm_resume
 sevm_resume:
     movabs rcx, {SAVE_RESUMING}
     lock cmpxchg [rdi + {SAVE_STATE}], rcx
     jne sevm_park
+    cmp [rdi + {SAVE_CPU}], r15
+    jne sevm_park
+    mov rax, [rdi + {SAVE_KERNEL_RESUME}]
+    test rax, rax
+    jz sevm_resume_claimed
+    jmp rax
+.global sevm_resume_claimed
+sevm_resume_claimed:
     cmp [rdi + {SAVE_CPU}], r15
     jne sevm_park
     mov rax, [rdi + {SAVE_RSP}]
