@@ -39,6 +39,7 @@ fn run() -> Result<(), String> {
     for krate in [
         "guest-abi",
         "guest-rt",
+        "guest-workloads",
         "loader",
         "vc-handler",
         "helper",

@@ -61,6 +61,9 @@ struct Integrity {
 }
 
 const _: () = assert!(core::mem::size_of::<HelperContext>() as u64 <= region::CONTEXT_SIZE);
+// The session state comes first: a test OS finds the request count at region + CONTEXT +
+// mirror-helper's REQUESTS_OFFSET (the `scribble` option).
+const _: () = assert!(core::mem::offset_of!(HelperContext, session) == 0);
 
 /// Why the helper could not be prepared (the guest then runs without one).
 #[derive(Clone, Copy, Debug)]

@@ -290,7 +290,7 @@ fn bsp_main() -> ! {
             globals::release_aps_idle();
             migration::idle(config.tsc_khz)
         }
-        Workload::SelfTest => selftest(&config),
+        Workload::SelfTest => guest_workloads::selftest::run(config.ncpus, config.tsc_khz),
         Workload::Dirty => {
             globals::release_aps_idle();
             workloads::dirty::run(config.dirty_rate, config.tsc_khz)
@@ -307,56 +307,6 @@ fn bsp_main() -> ! {
             migration::idle(config.tsc_khz)
         }
     }
-}
-
-fn selftest(config: &Config) -> ! {
-    let g = globals::get();
-    services::event(Event::WORKLOAD_START);
-    let t0 = cpu::rdtsc();
-    globals::release_aps();
-    workloads::selftest::run_share(0, config.ncpus as usize);
-    let reports = &g.reports[..config.ncpus as usize];
-    while !reports.iter().all(|r| r.done.load(Ordering::Acquire)) {
-        migration::check();
-        core::hint::spin_loop();
-    }
-    let wall = cpu::rdtsc() - t0;
-    services::event(Event::WORKLOAD_DONE);
-
-    let sum = |f: fn(&globals::CpuReport) -> u64| reports.iter().map(f).sum::<u64>();
-    let bytes = sum(|r| r.bytes.load(Ordering::Relaxed));
-    let mismatches = sum(|r| r.mismatches.load(Ordering::Relaxed));
-    let max = |f: fn(&globals::CpuReport) -> u64| reports.iter().map(f).max().unwrap_or(0);
-    let fill = max(|r| r.fill_ticks.load(Ordering::Relaxed));
-    let verify = max(|r| r.verify_ticks.load(Ordering::Relaxed));
-    // MiB/s from bytes and TSC ticks, in integers (no floating point needed).
-    let rate = |ticks: u64| {
-        ((u128::from(bytes) * u128::from(config.tsc_khz) * 1000 / u128::from(ticks.max(1))) >> 20)
-            as u64
-    };
-    let ms = wall / config.tsc_khz;
-    if mismatches == 0 {
-        println!(
-            "selftest: PASS: {} MiB verified on {} vCPU(s) in {} ms (fill {} MiB/s, verify {} MiB/s)",
-            bytes >> 20,
-            config.ncpus,
-            ms,
-            rate(fill),
-            rate(verify),
-        );
-        services::exit(exit_code::PASS)
-    }
-    let (cpu, first) = reports
-        .iter()
-        .enumerate()
-        .find(|(_, r)| r.mismatches.load(Ordering::Relaxed) > 0)
-        .map(|(i, r)| (i, r.first_bad.load(Ordering::Relaxed)))
-        .unwrap_or((0, 0));
-    println!(
-        "selftest: FAIL: {mismatches} of {} words differ; first at {first:#x} (vCPU {cpu})",
-        bytes / 8
-    );
-    services::exit(exit_code::FAIL)
 }
 
 #[panic_handler]

@@ -47,6 +47,7 @@ fn run() -> Result<(), String> {
         "vc-handler",
         "loader",
         "guest-rt",
+        "guest-workloads",
     ] {
         let dir = root.join("crates").join(krate);
         if dir.exists() {

@@ -43,6 +43,7 @@ const FIRMWARE_MAY_USE: &[&str] = &[
     "sevmirror-firmware",
     "sevmirror-firmware-mem",
     "guest-rt",
+    "guest-workloads",
     // Shared no_std crates of this workspace.
     "fwtable",
     "guest-abi",

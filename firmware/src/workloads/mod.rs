@@ -1,14 +1,10 @@
 //! Built-in workloads, chosen by the VMM through fw_cfg (`--workload NAME`).
 
 pub mod bypass;
-pub mod canary;
-pub mod dirty;
 pub mod scribble;
-pub mod selftest;
 pub mod vctest;
 
-use crate::globals;
-use core::sync::atomic::Ordering;
+pub use guest_workloads::{canary, dirty, run_share};
 
 /// The workloads this firmware knows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,14 +53,4 @@ impl Workload {
             _ => None,
         }
     }
-}
-
-/// What an AP does once released: park (idle) or its share of the self-test.
-pub fn run_share(cpu_index: usize) {
-    let g = globals::get();
-    if g.idle.load(Ordering::Relaxed) {
-        return;
-    }
-    let ncpus = g.ncpus.load(Ordering::Acquire) as usize;
-    selftest::run_share(cpu_index, ncpus);
 }
