@@ -229,7 +229,7 @@ fn the_firmware_links_only_what_it_may() {
         fw.iter().any(|e| e.from == "sevmirror-firmware"),
         "the firmware manifest declares no dependencies?"
     );
-    let ws = host_and_guest_edges(&root);
+    let ws = host_and_guest_edges(root);
     let bad = firmware_violations(&fw, &ws);
     assert!(
         bad.is_empty(),
@@ -246,7 +246,7 @@ fn the_guest_os_links_only_what_the_firmware_may() {
         os.iter().any(|e| e.from == "sevmirror-guest-os"),
         "the guest OS manifest declares no dependencies?"
     );
-    let ws = host_and_guest_edges(&root);
+    let ws = host_and_guest_edges(root);
     let bad = firmware_violations(&os, &ws);
     assert!(
         bad.is_empty(),
