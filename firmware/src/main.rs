@@ -61,19 +61,6 @@ struct Config {
     map: MemoryMap,
     ncpus: u32,
     tsc_khz: u64,
-    workload: Workload,
-}
-
-fn parse_decimal(text: &[u8]) -> Option<u64> {
-    let text = text.trim_ascii();
-    if text.is_empty() {
-        return None;
-    }
-    text.iter().try_fold(0u64, |acc, &c| {
-        c.is_ascii_digit()
-            .then(|| acc.checked_mul(10)?.checked_add(u64::from(c - b'0')))
-            .flatten()
-    })
 }
 
 fn read_config() -> Config {
@@ -110,64 +97,34 @@ fn read_config() -> Config {
     )
     .unwrap_or_else(|e| fail(exit_code::BAD_CONFIG, format_args!("memory map: {e}")));
 
-    let mut n = [0u8; 2];
-    let ncpus = match fw.read(fwcfg_abi::KEY_NB_CPUS, &mut n) {
-        Ok(()) => u32::from(u16::from_le_bytes(n)).clamp(1, layout::MAX_VCPUS as u32),
-        Err(_) => 1,
-    };
-
-    let mut text = [0u8; 32];
-    let tsc_khz = fw
-        .read_file(fwcfg_abi::FILE_TSC_KHZ, &mut text)
-        .ok()
-        .and_then(|n| parse_decimal(text.get(..n)?))
-        .filter(|&khz| khz > 0)
-        .unwrap_or_else(|| {
-            fail(
-                exit_code::BAD_CONFIG,
-                format_args!("no usable {}", fwcfg_abi::FILE_TSC_KHZ),
-            )
-        });
-
-    let mut name = [0u8; 32];
-    let workload = match fw.read_file(fwcfg_abi::FILE_WORKLOAD, &mut name) {
-        Err(fwcfg::FwCfgError::NoSuchFile) => Workload::SelfTest,
-        Err(e) => fail(
-            exit_code::BAD_CONFIG,
-            format_args!("{}: {e}", fwcfg_abi::FILE_WORKLOAD),
-        ),
-        Ok(n) => {
-            let name = name.get(..n).unwrap_or(&name);
-            Workload::from_name(name).unwrap_or_else(|| {
-                fail(
-                    exit_code::BAD_CONFIG,
-                    format_args!(
-                        "unknown workload {:?}",
-                        core::str::from_utf8(name).unwrap_or("<not UTF-8>")
-                    ),
-                )
-            })
-        }
-    };
-    let mut text = [0u8; 32];
-    let dirty_rate = match fw.read_file(fwcfg_abi::FILE_DIRTY_RATE, &mut text) {
-        Ok(n) => parse_decimal(text.get(..n).unwrap_or(&[])).unwrap_or_else(|| {
-            fail(
-                exit_code::BAD_CONFIG,
-                format_args!("{} is not a number", fwcfg_abi::FILE_DIRTY_RATE),
-            )
-        }),
-        Err(_) => 1000,
-    };
+    let settings = guest_workloads::config::read(&fw)
+        .unwrap_or_else(|e| fail(exit_code::BAD_CONFIG, format_args!("{e}")));
     let incoming = fw.find(fwcfg_abi::FILE_INCOMING).is_ok();
     Config {
         incoming,
-        dirty_rate,
+        dirty_rate: settings.dirty_rate,
         ram,
         map,
-        ncpus,
-        tsc_khz,
-        workload,
+        ncpus: settings.ncpus,
+        tsc_khz: settings.tsc_khz,
+    }
+}
+
+/// The workload the VMM names (the self-test if it names none).
+fn workload(fw: &fwcfg::FwCfg) -> Workload {
+    let mut buf = [0u8; guest_workloads::config::MAX_NAME];
+    match guest_workloads::config::workload_name(fw, &mut buf) {
+        Err(e) => fail(exit_code::BAD_CONFIG, format_args!("{e}")),
+        Ok(None) => Workload::SelfTest,
+        Ok(Some(name)) => Workload::from_name(name).unwrap_or_else(|| {
+            fail(
+                exit_code::BAD_CONFIG,
+                format_args!(
+                    "unknown workload {:?}",
+                    core::str::from_utf8(name).unwrap_or("<not UTF-8>")
+                ),
+            )
+        }),
     }
 }
 
@@ -235,11 +192,10 @@ fn bsp_main() -> ! {
     }
     let mib = |b: u64| b >> 20;
     println!(
-        "firmware: {} vCPU(s), {} MiB RAM, {} MiB usable, workload {}",
+        "firmware: {} vCPU(s), {} MiB RAM, {} MiB usable",
         config.ncpus,
         mib(config.map.regions().iter().map(|r| r.size).sum()),
         mib(config.map.bytes(RegionKind::Usable)),
-        config.workload.name(),
     );
     if let Some(s) = sev {
         // The C-bit position and address reduction the VMM's CPUID announces (what the
@@ -263,6 +219,11 @@ fn bsp_main() -> ! {
     // Direct boot: a kernel from fw_cfg takes the place of the built-in workloads (and
     // starts the other CPUs itself). Returns only without one.
     direct_boot::boot_if_given(&config.map, sev.is_some());
+    // No kernel: the firmware runs the workload itself (`run --no-kernel`).
+    let workload = fwcfg::FwCfg::probe()
+        .map(|fw| workload(&fw))
+        .unwrap_or_else(|e| fail(exit_code::BAD_CONFIG, format_args!("{e}")));
+    println!("firmware: no kernel: running workload {}", workload.name());
 
     let g = globals::get();
     globals::set_map(&config.map);
@@ -283,7 +244,7 @@ fn bsp_main() -> ! {
     if workloads::scribble::requested() {
         workloads::scribble::run(config.tsc_khz);
     }
-    match config.workload {
+    match workload {
         Workload::Idle => {
             println!("firmware: idle: halted until the VMM stops the VM");
             services::event(Event::WORKLOAD_START);

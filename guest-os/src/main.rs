@@ -33,8 +33,7 @@ mod workloads;
 
 use core::sync::atomic::Ordering;
 use guest_abi::{
-    fwcfg as fwcfg_abi,
-    layout::{MAX_VCPUS, PAGE_SIZE},
+    layout::PAGE_SIZE,
     memmap::{MemoryMap, PageAllocator, RegionKind},
     services::{exit_code, Event},
 };
@@ -76,70 +75,27 @@ struct Config {
     workload: Workload,
 }
 
-fn parse_decimal(text: &[u8]) -> Option<u64> {
-    let text = text.trim_ascii();
-    if text.is_empty() {
-        return None;
-    }
-    text.iter().try_fold(0u64, |acc, &c| {
-        c.is_ascii_digit()
-            .then(|| acc.checked_mul(10)?.checked_add(u64::from(c - b'0')))
-            .flatten()
-    })
-}
-
 fn read_config(fw: &fwcfg::FwCfg) -> Config {
-    let mut n = [0u8; 2];
-    let ncpus = match fw.read(fwcfg_abi::KEY_NB_CPUS, &mut n) {
-        Ok(()) => u32::from(u16::from_le_bytes(n)).clamp(1, MAX_VCPUS as u32),
-        Err(_) => 1,
-    };
-    let mut text = [0u8; 32];
-    let tsc_khz = fw
-        .read_file(fwcfg_abi::FILE_TSC_KHZ, &mut text)
-        .ok()
-        .and_then(|n| parse_decimal(text.get(..n)?))
-        .filter(|&khz| khz > 0)
-        .unwrap_or_else(|| {
+    let settings = guest_workloads::config::read(fw)
+        .unwrap_or_else(|e| fail(exit_code::BAD_CONFIG, format_args!("{e}")));
+    let mut buf = [0u8; guest_workloads::config::MAX_NAME];
+    let workload = match guest_workloads::config::workload_name(fw, &mut buf) {
+        Err(e) => fail(exit_code::BAD_CONFIG, format_args!("{e}")),
+        Ok(None) => Workload::SelfTest,
+        Ok(Some(name)) => Workload::from_name(name).unwrap_or_else(|| {
             fail(
                 exit_code::BAD_CONFIG,
-                format_args!("no usable {}", fwcfg_abi::FILE_TSC_KHZ),
-            )
-        });
-    let mut name = [0u8; 32];
-    let workload = match fw.read_file(fwcfg_abi::FILE_WORKLOAD, &mut name) {
-        Err(fwcfg::FwCfgError::NoSuchFile) => Workload::SelfTest,
-        Err(e) => fail(
-            exit_code::BAD_CONFIG,
-            format_args!("{}: {e}", fwcfg_abi::FILE_WORKLOAD),
-        ),
-        Ok(n) => {
-            let name = name.get(..n).unwrap_or(&name);
-            Workload::from_name(name).unwrap_or_else(|| {
-                fail(
-                    exit_code::BAD_CONFIG,
-                    format_args!(
-                        "unknown workload {:?}",
-                        core::str::from_utf8(name).unwrap_or("<not UTF-8>")
-                    ),
-                )
-            })
-        }
-    };
-    let mut text = [0u8; 32];
-    let dirty_rate = match fw.read_file(fwcfg_abi::FILE_DIRTY_RATE, &mut text) {
-        Ok(n) => parse_decimal(text.get(..n).unwrap_or(&[])).unwrap_or_else(|| {
-            fail(
-                exit_code::BAD_CONFIG,
-                format_args!("{} is not a number", fwcfg_abi::FILE_DIRTY_RATE),
+                format_args!(
+                    "unknown workload {:?}",
+                    core::str::from_utf8(name).unwrap_or("<not UTF-8>")
+                ),
             )
         }),
-        Err(_) => 1000,
     };
     Config {
-        dirty_rate,
-        ncpus,
-        tsc_khz,
+        dirty_rate: settings.dirty_rate,
+        ncpus: settings.ncpus,
+        tsc_khz: settings.tsc_khz,
         workload,
     }
 }

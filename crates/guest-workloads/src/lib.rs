@@ -6,6 +6,7 @@
 #![no_std]
 
 pub mod canary;
+pub mod config;
 pub mod dirty;
 pub mod selftest;
 
