@@ -23,7 +23,7 @@ mod sev;
 mod smp;
 mod workloads;
 
-use guest_rt::{cpu, es, fwcfg, ghcb, globals, migration, paging, println, services, vc};
+use guest_rt::{cpu, es, fwcfg, ghcb, globals, migration, paging, println, services};
 
 use core::sync::atomic::Ordering;
 use guest_abi::{
@@ -31,7 +31,7 @@ use guest_abi::{
     memmap::{firmware_reservations, MemoryMap, PageAllocator, RegionKind, MAX_REGIONS},
     services::{exit_code, Event},
 };
-use workloads::Workload;
+use guest_workloads::Workload;
 
 /// Where every CPU enters Rust, at CPL3, from boot.s.
 #[no_mangle]
@@ -254,13 +254,13 @@ fn bsp_main() -> ! {
         Workload::SelfTest => guest_workloads::selftest::run(config.ncpus, config.tsc_khz),
         Workload::Dirty => {
             globals::release_aps_idle();
-            workloads::dirty::run(config.dirty_rate, config.tsc_khz)
+            guest_workloads::dirty::run(config.dirty_rate, config.tsc_khz)
         }
-        Workload::VcTest => workloads::vctest::run(sev.is_some_and(|s| s.es)),
-        Workload::Bypass(access) => workloads::bypass::run(access),
+        Workload::VcTest => guest_workloads::vctest::run(sev.is_some_and(|s| s.es)),
+        Workload::Bypass(access) => guest_workloads::bypass::run(access),
         Workload::Canary => {
             let mut alloc = PageAllocator::new(&config.map);
-            if workloads::canary::run(&mut alloc, sev.is_some()).is_none() {
+            if guest_workloads::canary::run(&mut alloc, sev.is_some()).is_none() {
                 fail(exit_code::FAIL, format_args!("canary: no memory"));
             }
             services::event(Event::WORKLOAD_START);

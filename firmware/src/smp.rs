@@ -39,6 +39,6 @@ pub fn ap_main(cpu_index: usize) -> ! {
         crate::migration::check();
         core::hint::spin_loop();
     }
-    crate::workloads::run_share(cpu_index);
+    guest_workloads::run_share(cpu_index);
     crate::migration::idle(g.tsc_khz.load(Ordering::Relaxed))
 }

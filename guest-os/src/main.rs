@@ -19,7 +19,8 @@
 //! over at this same entry.
 //!
 //! It runs the workloads the VMM names in fw_cfg (`opt/sevmirror/workload`): `selftest`
-//! (the default), `idle`, `dirty`, `canary`; and the `scribble` test option, an OS that
+//! (the default), `idle`, `dirty`, `canary`, and the SEV-ES tests `vctest` (its #VC
+//! handler and GHCB against the VMM) and `bypass-*`; and the `scribble` test option, an OS that
 //! breaks its map on purpose (`workloads::scribble`).
 
 #![no_std]
@@ -39,7 +40,7 @@ use guest_abi::{
 };
 use guest_rt::{cpu, es, fwcfg, ghcb, globals, layout, migration, paging, println, services};
 use os_loader::boot_params::{BootParams, BOOT_PARAMS_SIZE, HEADER_MAGIC};
-use workloads::Workload;
+use guest_workloads::Workload;
 
 extern "C" {
     /// First byte of the OS's code (its runtime area lies below).
@@ -224,11 +225,13 @@ fn bsp_main() -> ! {
         Workload::SelfTest => guest_workloads::selftest::run(config.ncpus, config.tsc_khz),
         Workload::Dirty => {
             globals::release_aps_idle();
-            workloads::dirty::run(config.dirty_rate, config.tsc_khz)
+            guest_workloads::dirty::run(config.dirty_rate, config.tsc_khz)
         }
+        Workload::VcTest => guest_workloads::vctest::run(sev.is_some_and(|s| s.es)),
+        Workload::Bypass(access) => guest_workloads::bypass::run(access),
         Workload::Canary => {
             let mut alloc = PageAllocator::new(&map);
-            if workloads::canary::run(&mut alloc, sev.is_some()).is_none() {
+            if guest_workloads::canary::run(&mut alloc, sev.is_some()).is_none() {
                 fail(exit_code::FAIL, format_args!("canary: no memory"));
             }
             services::event(Event::WORKLOAD_START);
@@ -250,7 +253,7 @@ fn ap_main(cpu_index: usize) -> ! {
         migration::check();
         core::hint::spin_loop();
     }
-    workloads::run_share(cpu_index);
+    guest_workloads::run_share(cpu_index);
     migration::idle(g.tsc_khz.load(Ordering::Relaxed))
 }
 

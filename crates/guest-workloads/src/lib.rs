@@ -1,14 +1,17 @@
 //! The workloads of sevmirror's guests, chosen by the VMM through fw_cfg (`--workload
 //! NAME`): the guest OS runs them, and the firmware runs them itself when it boots no
-//! kernel (`run --no-kernel`, its own tests, QEMU's benchmark row). They run at CPL3 on
+//! kernel (`run --no-kernel`, its own tests, QEMU's benchmark row). Besides the memory
+//! workloads, `vctest` and `bypass-*` test the SEV-ES path of whichever image runs them. They run at CPL3 on
 //! guest-rt, every CPU on its share, and check the migrated-out flag as they go.
 
 #![no_std]
 
+pub mod bypass;
 pub mod canary;
 pub mod config;
 pub mod dirty;
 pub mod selftest;
+pub mod vctest;
 
 use core::sync::atomic::Ordering;
 use guest_rt::{cpu, globals, migration, println, services};
@@ -21,4 +24,53 @@ pub fn run_share(cpu_index: usize) {
     }
     let ncpus = g.ncpus.load(Ordering::Acquire) as usize;
     selftest::run_share(cpu_index, ncpus);
+}
+
+/// The workloads a guest runs (the guest OS, or the firmware without a kernel).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Workload {
+    /// Fill all free RAM with a position-dependent pattern and verify it.
+    SelfTest,
+    /// Stay up, halted, until the VMM stops the VM.
+    Idle,
+    /// Write a known canary into one private and one shared page, then idle: shows what
+    /// the host can and cannot see of guest memory.
+    Canary,
+    /// Keep rewriting pages at a set rate; verify them on the host's request.
+    Dirty,
+    /// Enter the SEV-ES #VC handler with synthetic frames against the real VMM.
+    VcTest,
+    /// Make one plain port or MMIO access (the VMM's SEV-ES strict mode must stop it).
+    Bypass(bypass::Access),
+}
+
+impl Workload {
+    /// The name used on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::SelfTest => "selftest",
+            Workload::Idle => "idle",
+            Workload::Canary => "canary",
+            Workload::Dirty => "dirty",
+            Workload::VcTest => "vctest",
+            Workload::Bypass(bypass::Access::Pio) => "bypass-pio",
+            Workload::Bypass(bypass::Access::Mmio) => "bypass-mmio",
+            Workload::Bypass(bypass::Access::Msr) => "bypass-msr",
+        }
+    }
+
+    /// Parses a workload name (surrounding whitespace ignored).
+    pub fn from_name(name: &[u8]) -> Option<Workload> {
+        match name.trim_ascii() {
+            b"selftest" => Some(Workload::SelfTest),
+            b"idle" => Some(Workload::Idle),
+            b"canary" => Some(Workload::Canary),
+            b"dirty" => Some(Workload::Dirty),
+            b"vctest" => Some(Workload::VcTest),
+            b"bypass-pio" => Some(Workload::Bypass(bypass::Access::Pio)),
+            b"bypass-mmio" => Some(Workload::Bypass(bypass::Access::Mmio)),
+            b"bypass-msr" => Some(Workload::Bypass(bypass::Access::Msr)),
+            _ => None,
+        }
+    }
 }
