@@ -39,8 +39,8 @@ use guest_abi::{
     services::{exit_code, Event},
 };
 use guest_rt::{cpu, es, fwcfg, ghcb, globals, layout, migration, paging, println, services};
-use os_loader::boot_params::{BootParams, BOOT_PARAMS_SIZE, HEADER_MAGIC};
 use guest_workloads::Workload;
+use os_loader::boot_params::{BootParams, BOOT_PARAMS_SIZE, HEADER_MAGIC};
 
 extern "C" {
     /// First byte of the OS's code (its runtime area lies below).

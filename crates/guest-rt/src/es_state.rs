@@ -23,6 +23,11 @@
 //!   boot CPU) the other CPUs, which it starts with INIT-SIPI-SIPI: each starts at its
 //!   measured reset VMSA and resumes its own slot. The local APIC and the TSC are the
 //!   host's state and arrive in the migration stream (docs/migration.md).
+//! - The slots are the firmware's (guest-abi `layout::vcpu_save`), whichever image saves:
+//!   on a target it is the firmware that boots, holds and finds them. The guest OS, whose
+//!   page tables and descriptor tables are its own, records its CPL0 resume entry in the
+//!   slot (`KERNEL_RESUME`); the firmware hands the CPU that claimed the slot to it, and
+//!   the OS reloads its tables before the same CPL3 restore (docs/architecture.md §8).
 
 use crate::layout::{self, vcpu_save};
 use crate::{cpu, es, ghcb, globals, println};

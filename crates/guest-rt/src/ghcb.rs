@@ -96,7 +96,7 @@ pub fn establish(cpu: usize) -> Result<(), GhcbInitError> {
         .map_err(GhcbInitError::Establish)
 }
 
-/// Records the GHCB pages of every CPU the firmware supports as shared, in the guest's
+/// Records the GHCB pages of every CPU this image supports as shared, in the guest's
 /// shared list, and announces them to the host (KVM_HC_MAP_GPA_RANGE through the boot
 /// CPU's GHCB). Boot CPU, before the APs start: conversions happen there only.
 pub fn record_shared() -> Result<(), GhcbInitError> {

@@ -50,7 +50,9 @@
 
 // The first 64-bit instruction of every CPU. R13 is 0 here and 1 when the boot CPU of an
 // SEV-ES migration target comes from its incoming hold (sevm_entry64_resume), which must
-// resume a saved state or park: never boot over the guest that arrived.
+// resume a saved state or park: never boot over the guest that arrived. R13 is 2 when a
+// kernel with tables of its own (the guest OS) comes back from its KERNEL_RESUME entry
+// with the slot the firmware claimed for it (sevm_resume): straight to its restore.
 .global sevm_entry64
 sevm_entry64:
     xor r13d, r13d

@@ -8,11 +8,11 @@
 //! stop an SEV-ES guest there, naming the exit. For other guests the access is legitimate
 //! and the workload passes.
 
-use guest_rt::{cpu, es, println, services};
 use guest_abi::{
     layout::SERVICES_GPA,
     services::{exit_code, CONSOLE},
 };
+use guest_rt::{cpu, es, println, services};
 
 /// Which plain access to make.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

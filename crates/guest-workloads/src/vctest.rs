@@ -9,16 +9,16 @@
 //! own calls (the MSR protocol, the services exit) and malformed requests the VMM must
 //! refuse. One line per failed case, then `vctest: PASS` or `vctest: FAIL`.
 
-use guest_rt::{
-    cpu::{self, VcInstruction},
-    ghcb, println, services, vc,
-};
 use guest_abi::{
     ghcb::{
         reason, service::Call, EventInjection, ExitCode, Field, Ghcb, GhcbError, PROTOCOL_VERSION,
     },
     layout::{self, SERVICES_GPA},
     services::{self as regs, exit_code, hcall},
+};
+use guest_rt::{
+    cpu::{self, VcInstruction},
+    ghcb, println, services, vc,
 };
 use vc_handler::{
     client::{self, GhcbClient, Vmgexit},
@@ -204,7 +204,12 @@ pub fn run(es: bool) -> ! {
         "vmmcall map-gpa-range",
         vmmcall(
             &mut g,
-            [hcall::MAP_GPA_RANGE, guest_rt::layout::FWCFG_DMA_PAGE, 1, shared],
+            [
+                hcall::MAP_GPA_RANGE,
+                guest_rt::layout::FWCFG_DMA_PAGE,
+                1,
+                shared,
+            ],
         ) == Ok(0),
     );
     run.check(
