@@ -25,10 +25,9 @@ mod workloads;
 
 use guest_rt::{cpu, es, fwcfg, ghcb, globals, migration, paging, println, services};
 
-use core::sync::atomic::Ordering;
 use guest_abi::{
     fwcfg as fwcfg_abi, layout,
-    memmap::{firmware_reservations, MemoryMap, PageAllocator, RegionKind, MAX_REGIONS},
+    memmap::{firmware_reservations, MemoryMap, RegionKind, MAX_REGIONS},
     services::{exit_code, Event},
 };
 use guest_workloads::Workload;
@@ -225,11 +224,12 @@ fn bsp_main() -> ! {
         .unwrap_or_else(|e| fail(exit_code::BAD_CONFIG, format_args!("{e}")));
     println!("firmware: no kernel: running workload {}", workload.name());
 
-    let g = globals::get();
-    globals::set_map(&config.map);
-    g.ncpus.store(config.ncpus, Ordering::Relaxed);
-    g.tsc_khz.store(config.tsc_khz, Ordering::Relaxed);
-    g.seed.store(cpu::rdtsc() | 1, Ordering::Relaxed);
+    let settings = guest_workloads::config::Settings {
+        ncpus: config.ncpus,
+        tsc_khz: config.tsc_khz,
+        dirty_rate: config.dirty_rate,
+    };
+    guest_workloads::publish(&config.map, &settings);
     if config.ncpus > 1 {
         smp::install_trampoline();
         if let Err(t) = guest_rt::smp::start_aps(config.ncpus, config.tsc_khz) {
@@ -240,34 +240,10 @@ fn bsp_main() -> ! {
         }
         services::event(Event::APS_STARTED);
     }
-
     if workloads::scribble::requested() {
         workloads::scribble::run(config.tsc_khz);
     }
-    match workload {
-        Workload::Idle => {
-            println!("firmware: idle: halted until the VMM stops the VM");
-            services::event(Event::WORKLOAD_START);
-            globals::release_aps_idle();
-            migration::idle(config.tsc_khz)
-        }
-        Workload::SelfTest => guest_workloads::selftest::run(config.ncpus, config.tsc_khz),
-        Workload::Dirty => {
-            globals::release_aps_idle();
-            guest_workloads::dirty::run(config.dirty_rate, config.tsc_khz)
-        }
-        Workload::VcTest => guest_workloads::vctest::run(sev.is_some_and(|s| s.es)),
-        Workload::Bypass(access) => guest_workloads::bypass::run(access),
-        Workload::Canary => {
-            let mut alloc = PageAllocator::new(&config.map);
-            if guest_workloads::canary::run(&mut alloc, sev.is_some()).is_none() {
-                fail(exit_code::FAIL, format_args!("canary: no memory"));
-            }
-            services::event(Event::WORKLOAD_START);
-            globals::release_aps_idle();
-            migration::idle(config.tsc_khz)
-        }
-    }
+    guest_workloads::run(workload, &config.map, &settings, sev)
 }
 
 #[panic_handler]

@@ -21,7 +21,8 @@ pub fn install_trampoline() {
     }
 }
 
-/// Where an AP goes once at CPL3: check in, wait for work, do it, park.
+/// Where an AP goes once at CPL3: its GHCB (SEV-ES), then the OS if the firmware handed
+/// off to one, or else the workload's share.
 pub fn ap_main(cpu_index: usize) -> ! {
     if es::active() && ghcb::establish(cpu_index).is_err() {
         // Without a GHCB nothing can be reported; the boot CPU's wait times out.
@@ -34,11 +35,5 @@ pub fn ap_main(cpu_index: usize) -> ! {
     if entry != 0 {
         crate::cpu::handoff(entry, g.handoff_zero_page.load(Ordering::Relaxed))
     }
-    g.aps_online.fetch_add(1, Ordering::AcqRel);
-    while !g.go.load(Ordering::Acquire) {
-        crate::migration::check();
-        core::hint::spin_loop();
-    }
-    guest_workloads::run_share(cpu_index);
-    crate::migration::idle(g.tsc_khz.load(Ordering::Relaxed))
+    guest_workloads::ap_join(cpu_index)
 }

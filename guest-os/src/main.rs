@@ -32,13 +32,12 @@ extern crate sevmirror_firmware_mem;
 mod entry;
 mod workloads;
 
-use core::sync::atomic::Ordering;
 use guest_abi::{
     layout::PAGE_SIZE,
-    memmap::{MemoryMap, PageAllocator, RegionKind},
+    memmap::{MemoryMap, RegionKind},
     services::{exit_code, Event},
 };
-use guest_rt::{cpu, es, fwcfg, ghcb, globals, layout, migration, paging, println, services};
+use guest_rt::{cpu, es, fwcfg, ghcb, layout, paging, println, services};
 use guest_workloads::Workload;
 use os_loader::boot_params::{BootParams, BOOT_PARAMS_SIZE, HEADER_MAGIC};
 
@@ -70,9 +69,7 @@ fn fail(code: u64, what: core::fmt::Arguments<'_>) -> ! {
 
 /// The configuration the VMM passes through fw_cfg.
 struct Config {
-    dirty_rate: u64,
-    ncpus: u32,
-    tsc_khz: u64,
+    settings: guest_workloads::config::Settings,
     workload: Workload,
 }
 
@@ -93,12 +90,7 @@ fn read_config(fw: &fwcfg::FwCfg) -> Config {
             )
         }),
     };
-    Config {
-        dirty_rate: settings.dirty_rate,
-        ncpus: settings.ncpus,
-        tsc_khz: settings.tsc_khz,
-        workload,
-    }
+    Config { settings, workload }
 }
 
 /// The OS image's bounds (its runtime area included).
@@ -187,7 +179,7 @@ fn bsp_main() -> ! {
     let mib = |b: u64| b >> 20;
     println!(
         "os: sevmirror guest OS at {base:#x}..{end:#x}: {} vCPU(s), {} MiB usable of the firmware's map, workload {}{}",
-        config.ncpus,
+        config.settings.ncpus,
         mib(map.bytes(RegionKind::Usable)),
         config.workload.name(),
         match sev {
@@ -197,64 +189,33 @@ fn bsp_main() -> ! {
         }
     );
 
-    let g = globals::get();
-    globals::set_map(&map);
-    g.ncpus.store(config.ncpus, Ordering::Relaxed);
-    g.tsc_khz.store(config.tsc_khz, Ordering::Relaxed);
-    g.seed.store(cpu::rdtsc() | 1, Ordering::Relaxed);
-    if config.ncpus > 1 {
-        if let Err(t) = guest_rt::smp::start_aps(config.ncpus, config.tsc_khz) {
+    guest_workloads::publish(&map, &config.settings);
+    if config.settings.ncpus > 1 {
+        if let Err(t) = guest_rt::smp::start_aps(config.settings.ncpus, config.settings.tsc_khz) {
             fail(
                 exit_code::FAIL,
-                format_args!("only {} of {} APs came up", t.online, config.ncpus - 1),
+                format_args!(
+                    "only {} of {} APs came up",
+                    t.online,
+                    config.settings.ncpus - 1
+                ),
             );
         }
         services::event(Event::APS_STARTED);
     }
-
     if workloads::scribble::requested(&fw) {
-        workloads::scribble::run(config.tsc_khz);
+        workloads::scribble::run(config.settings.tsc_khz);
     }
-    match config.workload {
-        Workload::Idle => {
-            println!("idle: halted until the VMM stops the VM");
-            services::event(Event::WORKLOAD_START);
-            globals::release_aps_idle();
-            migration::idle(config.tsc_khz)
-        }
-        Workload::SelfTest => guest_workloads::selftest::run(config.ncpus, config.tsc_khz),
-        Workload::Dirty => {
-            globals::release_aps_idle();
-            guest_workloads::dirty::run(config.dirty_rate, config.tsc_khz)
-        }
-        Workload::VcTest => guest_workloads::vctest::run(sev.is_some_and(|s| s.es)),
-        Workload::Bypass(access) => guest_workloads::bypass::run(access),
-        Workload::Canary => {
-            let mut alloc = PageAllocator::new(&map);
-            if guest_workloads::canary::run(&mut alloc, sev.is_some()).is_none() {
-                fail(exit_code::FAIL, format_args!("canary: no memory"));
-            }
-            services::event(Event::WORKLOAD_START);
-            globals::release_aps_idle();
-            migration::idle(config.tsc_khz)
-        }
-    }
+    guest_workloads::run(config.workload, &map, &config.settings, sev)
 }
 
-/// Where an AP goes once at CPL3: check in, wait for work, do it, park.
+/// Where an AP goes once at CPL3: its GHCB (SEV-ES), then the workload's share.
 fn ap_main(cpu_index: usize) -> ! {
     if es::active() && ghcb::establish(cpu_index).is_err() {
         // Without a GHCB nothing can be reported; the boot CPU's wait times out.
         es::terminate()
     }
-    let g = globals::get();
-    g.aps_online.fetch_add(1, Ordering::AcqRel);
-    while !g.go.load(Ordering::Acquire) {
-        migration::check();
-        core::hint::spin_loop();
-    }
-    guest_workloads::run_share(cpu_index);
-    migration::idle(g.tsc_khz.load(Ordering::Relaxed))
+    guest_workloads::ap_join(cpu_index)
 }
 
 #[panic_handler]

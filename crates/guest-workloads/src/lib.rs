@@ -14,7 +14,69 @@ pub mod selftest;
 pub mod vctest;
 
 use core::sync::atomic::Ordering;
-use guest_rt::{cpu, globals, migration, println, services};
+use guest_abi::{
+    memmap::{MemoryMap, PageAllocator},
+    services::{exit_code, Event},
+};
+use guest_rt::{cpu, globals, migration, println, services, sev::Sev};
+
+/// Publishes what the APs need to their share (the memory map, the CPU count, the TSC
+/// rate, the self-test's seed) in the cross-CPU page. Boot CPU, before the APs start.
+pub fn publish(map: &MemoryMap, settings: &config::Settings) {
+    let g = globals::get();
+    globals::set_map(map);
+    g.ncpus.store(settings.ncpus, Ordering::Relaxed);
+    g.tsc_khz.store(settings.tsc_khz, Ordering::Relaxed);
+    g.seed.store(cpu::rdtsc() | 1, Ordering::Relaxed);
+}
+
+/// Runs `workload` on the boot CPU, releasing the APs (which wait in [`ap_join`]) to their
+/// share or to park. `map` is the memory the workloads may use; `sev` how the guest runs.
+pub fn run(
+    workload: Workload,
+    map: &MemoryMap,
+    settings: &config::Settings,
+    sev: Option<Sev>,
+) -> ! {
+    match workload {
+        Workload::Idle => {
+            println!("idle: halted until the VMM stops the VM");
+            services::event(Event::WORKLOAD_START);
+            globals::release_aps_idle();
+            migration::idle(settings.tsc_khz)
+        }
+        Workload::SelfTest => selftest::run(settings.ncpus, settings.tsc_khz),
+        Workload::Dirty => {
+            globals::release_aps_idle();
+            dirty::run(settings.dirty_rate, settings.tsc_khz)
+        }
+        Workload::VcTest => vctest::run(sev.is_some_and(|s| s.es)),
+        Workload::Bypass(access) => bypass::run(access),
+        Workload::Canary => {
+            let mut alloc = PageAllocator::new(map);
+            if canary::run(&mut alloc, sev.is_some()).is_none() {
+                println!("{}: error: canary: no memory", guest_rt::NAME);
+                services::exit(exit_code::FAIL)
+            }
+            services::event(Event::WORKLOAD_START);
+            globals::release_aps_idle();
+            migration::idle(settings.tsc_khz)
+        }
+    }
+}
+
+/// What an AP does once it is set up (under SEV-ES, its GHCB established): check in, wait
+/// to be released, take its share or park.
+pub fn ap_join(cpu_index: usize) -> ! {
+    let g = globals::get();
+    g.aps_online.fetch_add(1, Ordering::AcqRel);
+    while !g.go.load(Ordering::Acquire) {
+        migration::check();
+        core::hint::spin_loop();
+    }
+    run_share(cpu_index);
+    migration::idle(g.tsc_khz.load(Ordering::Relaxed))
+}
 
 /// What an AP does once released: park (idle) or its share of the self-test.
 pub fn run_share(cpu_index: usize) {
