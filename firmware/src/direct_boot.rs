@@ -26,6 +26,7 @@
 //! line and an exit status (guest-abi `exit_code::BAD_KERNEL`, `KERNEL_NOT_MEASURED`).
 
 use crate::{cpu, fwcfg::FwCfg, println, services};
+use core::sync::atomic::Ordering;
 use guest_abi::{
     fwcfg as abi, layout,
     memmap::MemoryMap,
@@ -332,6 +333,15 @@ fn load_and_hand_off(
             "firmware: stop-at-handoff: stopping instead of jumping to {entry:#x} with RSI = {zero_page:#x}"
         );
         services::exit(exit_code::HANDOFF_STOPPED)
+    }
+    if format == KernelFormat::Elf {
+        // The OS starts its APs with INIT-SIPI-SIPI: each comes up through the firmware's
+        // AP path (the trampoline, or the SEV-ES reset block) and enters the OS where this
+        // CPU does (smp::ap_main).
+        crate::smp::install_trampoline();
+        let g = crate::globals::get();
+        g.handoff_zero_page.store(zero_page, Ordering::Relaxed);
+        g.handoff_entry.store(entry, Ordering::Release);
     }
     println!("firmware: handing off to {entry:#x} at CPL0 with RSI = {zero_page:#x}");
     cpu::handoff(entry, zero_page)

@@ -8,7 +8,6 @@
 //! and one mailbox per helper vCPU (shared with the host). The helper keeps no state in
 //! the guest's own firmware areas: the guest keeps running while the helper works.
 
-use crate::sev;
 use core::{
     mem::offset_of,
     sync::atomic::{AtomicU32, Ordering},
@@ -23,6 +22,7 @@ use guest_abi::{
     layout::selector,
     services,
 };
+use guest_rt::sev;
 use helper_abi::{
     mailbox::{doorbell, Status},
     region, MAX_BATCH, MAX_HELPER_VCPUS, PAGE_SIZE, WINDOWS_PER_VCPU,
@@ -61,6 +61,9 @@ struct Integrity {
 }
 
 const _: () = assert!(core::mem::size_of::<HelperContext>() as u64 <= region::CONTEXT_SIZE);
+// The session state comes first: a test OS finds the request count at region + CONTEXT +
+// mirror-helper's REQUESTS_OFFSET (the `scribble` option).
+const _: () = assert!(core::mem::offset_of!(HelperContext, session) == 0);
 
 /// Why the helper could not be prepared (the guest then runs without one).
 #[derive(Clone, Copy, Debug)]

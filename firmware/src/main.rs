@@ -17,30 +17,20 @@
 extern crate sevmirror_firmware_mem;
 
 mod boot;
-mod console;
-mod cpu;
 mod direct_boot;
-mod es;
-mod es_state;
-mod fwcfg;
-mod ghcb;
-mod globals;
 mod helper;
-mod migration;
-mod paging;
-mod services;
 mod sev;
 mod smp;
-mod vc;
 mod workloads;
 
-use core::sync::atomic::Ordering;
+use guest_rt::{cpu, es, fwcfg, ghcb, globals, migration, paging, println, services};
+
 use guest_abi::{
     fwcfg as fwcfg_abi, layout,
-    memmap::{firmware_reservations, MemoryMap, PageAllocator, RegionKind, MAX_REGIONS},
+    memmap::{firmware_reservations, MemoryMap, RegionKind, MAX_REGIONS},
     services::{exit_code, Event},
 };
-use workloads::Workload;
+use guest_workloads::Workload;
 
 /// Where every CPU enters Rust, at CPL3, from boot.s.
 #[no_mangle]
@@ -70,19 +60,6 @@ struct Config {
     map: MemoryMap,
     ncpus: u32,
     tsc_khz: u64,
-    workload: Workload,
-}
-
-fn parse_decimal(text: &[u8]) -> Option<u64> {
-    let text = text.trim_ascii();
-    if text.is_empty() {
-        return None;
-    }
-    text.iter().try_fold(0u64, |acc, &c| {
-        c.is_ascii_digit()
-            .then(|| acc.checked_mul(10)?.checked_add(u64::from(c - b'0')))
-            .flatten()
-    })
 }
 
 fn read_config() -> Config {
@@ -119,64 +96,34 @@ fn read_config() -> Config {
     )
     .unwrap_or_else(|e| fail(exit_code::BAD_CONFIG, format_args!("memory map: {e}")));
 
-    let mut n = [0u8; 2];
-    let ncpus = match fw.read(fwcfg_abi::KEY_NB_CPUS, &mut n) {
-        Ok(()) => u32::from(u16::from_le_bytes(n)).clamp(1, layout::MAX_VCPUS as u32),
-        Err(_) => 1,
-    };
-
-    let mut text = [0u8; 32];
-    let tsc_khz = fw
-        .read_file(fwcfg_abi::FILE_TSC_KHZ, &mut text)
-        .ok()
-        .and_then(|n| parse_decimal(text.get(..n)?))
-        .filter(|&khz| khz > 0)
-        .unwrap_or_else(|| {
-            fail(
-                exit_code::BAD_CONFIG,
-                format_args!("no usable {}", fwcfg_abi::FILE_TSC_KHZ),
-            )
-        });
-
-    let mut name = [0u8; 32];
-    let workload = match fw.read_file(fwcfg_abi::FILE_WORKLOAD, &mut name) {
-        Err(fwcfg::FwCfgError::NoSuchFile) => Workload::SelfTest,
-        Err(e) => fail(
-            exit_code::BAD_CONFIG,
-            format_args!("{}: {e}", fwcfg_abi::FILE_WORKLOAD),
-        ),
-        Ok(n) => {
-            let name = name.get(..n).unwrap_or(&name);
-            Workload::from_name(name).unwrap_or_else(|| {
-                fail(
-                    exit_code::BAD_CONFIG,
-                    format_args!(
-                        "unknown workload {:?}",
-                        core::str::from_utf8(name).unwrap_or("<not UTF-8>")
-                    ),
-                )
-            })
-        }
-    };
-    let mut text = [0u8; 32];
-    let dirty_rate = match fw.read_file(fwcfg_abi::FILE_DIRTY_RATE, &mut text) {
-        Ok(n) => parse_decimal(text.get(..n).unwrap_or(&[])).unwrap_or_else(|| {
-            fail(
-                exit_code::BAD_CONFIG,
-                format_args!("{} is not a number", fwcfg_abi::FILE_DIRTY_RATE),
-            )
-        }),
-        Err(_) => 1000,
-    };
+    let settings = guest_workloads::config::read(&fw)
+        .unwrap_or_else(|e| fail(exit_code::BAD_CONFIG, format_args!("{e}")));
     let incoming = fw.find(fwcfg_abi::FILE_INCOMING).is_ok();
     Config {
         incoming,
-        dirty_rate,
+        dirty_rate: settings.dirty_rate,
         ram,
         map,
-        ncpus,
-        tsc_khz,
-        workload,
+        ncpus: settings.ncpus,
+        tsc_khz: settings.tsc_khz,
+    }
+}
+
+/// The workload the VMM names (the self-test if it names none).
+fn workload(fw: &fwcfg::FwCfg) -> Workload {
+    let mut buf = [0u8; guest_workloads::config::MAX_NAME];
+    match guest_workloads::config::workload_name(fw, &mut buf) {
+        Err(e) => fail(exit_code::BAD_CONFIG, format_args!("{e}")),
+        Ok(None) => Workload::SelfTest,
+        Ok(Some(name)) => Workload::from_name(name).unwrap_or_else(|| {
+            fail(
+                exit_code::BAD_CONFIG,
+                format_args!(
+                    "unknown workload {:?}",
+                    core::str::from_utf8(name).unwrap_or("<not UTF-8>")
+                ),
+            )
+        }),
     }
 }
 
@@ -193,8 +140,8 @@ fn bsp_main() -> ! {
             format_args!("the CPU does not report {missing}; the VMM must pass the host's CPUID bits through"),
         );
     }
-    let sev = sev::detect();
-    sev::init_shared_list();
+    let sev = guest_rt::sev::detect();
+    guest_rt::sev::init_shared_list();
     if es::active() {
         if let Err(e) = ghcb::record_shared() {
             fail(exit_code::BAD_CONFIG, format_args!("SEV-ES: {e}"));
@@ -202,7 +149,11 @@ fn bsp_main() -> ! {
     }
     if sev.is_some() {
         // fw_cfg DMA goes through this page: the host must be able to read it.
-        if let Err(e) = sev::map_gpa_range(layout::FWCFG_DMA_PAGE, 1, sev::Visibility::Shared) {
+        if let Err(e) = guest_rt::sev::map_gpa_range(
+            layout::FWCFG_DMA_PAGE,
+            1,
+            guest_rt::sev::Visibility::Shared,
+        ) {
             fail(
                 exit_code::BAD_CONFIG,
                 format_args!("the host refused to share the fw_cfg DMA page (error {e:#x})"),
@@ -240,11 +191,10 @@ fn bsp_main() -> ! {
     }
     let mib = |b: u64| b >> 20;
     println!(
-        "firmware: {} vCPU(s), {} MiB RAM, {} MiB usable, workload {}",
+        "firmware: {} vCPU(s), {} MiB RAM, {} MiB usable",
         config.ncpus,
         mib(config.map.regions().iter().map(|r| r.size).sum()),
         mib(config.map.bytes(RegionKind::Usable)),
-        config.workload.name(),
     );
     if let Some(s) = sev {
         // The C-bit position and address reduction the VMM's CPUID announces (what the
@@ -268,14 +218,21 @@ fn bsp_main() -> ! {
     // Direct boot: a kernel from fw_cfg takes the place of the built-in workloads (and
     // starts the other CPUs itself). Returns only without one.
     direct_boot::boot_if_given(&config.map, sev.is_some());
+    // No kernel: the firmware runs the workload itself (`run --no-kernel`).
+    let workload = fwcfg::FwCfg::probe()
+        .map(|fw| workload(&fw))
+        .unwrap_or_else(|e| fail(exit_code::BAD_CONFIG, format_args!("{e}")));
+    println!("firmware: no kernel: running workload {}", workload.name());
 
-    let g = globals::get();
-    globals::set_map(&config.map);
-    g.ncpus.store(config.ncpus, Ordering::Relaxed);
-    g.tsc_khz.store(config.tsc_khz, Ordering::Relaxed);
-    g.seed.store(cpu::rdtsc() | 1, Ordering::Relaxed);
+    let settings = guest_workloads::config::Settings {
+        ncpus: config.ncpus,
+        tsc_khz: config.tsc_khz,
+        dirty_rate: config.dirty_rate,
+    };
+    guest_workloads::publish(&config.map, &settings);
     if config.ncpus > 1 {
-        if let Err(t) = smp::start_aps(config.ncpus, config.tsc_khz) {
+        smp::install_trampoline();
+        if let Err(t) = guest_rt::smp::start_aps(config.ncpus, config.tsc_khz) {
             fail(
                 exit_code::FAIL,
                 format_args!("only {} of {} APs came up", t.online, config.ncpus - 1),
@@ -283,84 +240,10 @@ fn bsp_main() -> ! {
         }
         services::event(Event::APS_STARTED);
     }
-
     if workloads::scribble::requested() {
         workloads::scribble::run(config.tsc_khz);
     }
-    match config.workload {
-        Workload::Idle => {
-            println!("firmware: idle: halted until the VMM stops the VM");
-            services::event(Event::WORKLOAD_START);
-            globals::release_aps_idle();
-            migration::idle(config.tsc_khz)
-        }
-        Workload::SelfTest => selftest(&config),
-        Workload::Dirty => {
-            globals::release_aps_idle();
-            workloads::dirty::run(config.dirty_rate, config.tsc_khz)
-        }
-        Workload::VcTest => workloads::vctest::run(sev.is_some_and(|s| s.es)),
-        Workload::Bypass(access) => workloads::bypass::run(access),
-        Workload::Canary => {
-            let mut alloc = PageAllocator::new(&config.map);
-            if workloads::canary::run(&mut alloc, sev.is_some()).is_none() {
-                fail(exit_code::FAIL, format_args!("canary: no memory"));
-            }
-            services::event(Event::WORKLOAD_START);
-            globals::release_aps_idle();
-            migration::idle(config.tsc_khz)
-        }
-    }
-}
-
-fn selftest(config: &Config) -> ! {
-    let g = globals::get();
-    services::event(Event::WORKLOAD_START);
-    let t0 = cpu::rdtsc();
-    globals::release_aps();
-    workloads::selftest::run_share(0, config.ncpus as usize);
-    let reports = &g.reports[..config.ncpus as usize];
-    while !reports.iter().all(|r| r.done.load(Ordering::Acquire)) {
-        migration::check();
-        core::hint::spin_loop();
-    }
-    let wall = cpu::rdtsc() - t0;
-    services::event(Event::WORKLOAD_DONE);
-
-    let sum = |f: fn(&globals::CpuReport) -> u64| reports.iter().map(f).sum::<u64>();
-    let bytes = sum(|r| r.bytes.load(Ordering::Relaxed));
-    let mismatches = sum(|r| r.mismatches.load(Ordering::Relaxed));
-    let max = |f: fn(&globals::CpuReport) -> u64| reports.iter().map(f).max().unwrap_or(0);
-    let fill = max(|r| r.fill_ticks.load(Ordering::Relaxed));
-    let verify = max(|r| r.verify_ticks.load(Ordering::Relaxed));
-    // MiB/s from bytes and TSC ticks, in integers (no floating point needed).
-    let rate = |ticks: u64| {
-        ((u128::from(bytes) * u128::from(config.tsc_khz) * 1000 / u128::from(ticks.max(1))) >> 20)
-            as u64
-    };
-    let ms = wall / config.tsc_khz;
-    if mismatches == 0 {
-        println!(
-            "selftest: PASS: {} MiB verified on {} vCPU(s) in {} ms (fill {} MiB/s, verify {} MiB/s)",
-            bytes >> 20,
-            config.ncpus,
-            ms,
-            rate(fill),
-            rate(verify),
-        );
-        services::exit(exit_code::PASS)
-    }
-    let (cpu, first) = reports
-        .iter()
-        .enumerate()
-        .find(|(_, r)| r.mismatches.load(Ordering::Relaxed) > 0)
-        .map(|(i, r)| (i, r.first_bad.load(Ordering::Relaxed)))
-        .unwrap_or((0, 0));
-    println!(
-        "selftest: FAIL: {mismatches} of {} words differ; first at {first:#x} (vCPU {cpu})",
-        bytes / 8
-    );
-    services::exit(exit_code::FAIL)
+    guest_workloads::run(workload, &config.map, &settings, sev)
 }
 
 #[panic_handler]

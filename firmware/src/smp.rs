@@ -1,95 +1,39 @@
-//! Starting the application processors with INIT-SIPI-SIPI through the x2APIC.
-//!
-//! The in-kernel xAPIC drops IPIs on these machines unless the VMM refreshes the APs'
-//! LAPIC state, while x2APIC ICR writes work (docs/architecture.md §4), so the boot CPU switches its
-//! APIC to x2APIC mode first.
-//!
-//! Under SEV-ES the same IPIs go out as WRMSRs through the GHCB, and an AP starts where its
-//! VMSA was measured to start, whatever the SIPI vector: at the AP entry of the firmware's
-//! SEV-ES reset block (`sevm_ap16` in ROM; KVM's first SIPI to an SEV-ES vCPU,
-//! `sev_vcpu_deliver_sipi_vector`). No trampoline is copied, and each AP sets up its own
-//! GHCB before it checks in.
+//! The firmware's side of SMP: the real-mode trampoline and what an AP does at CPL3
+//! (guest-rt `smp` sends the IPIs).
 
-use crate::{boot, cpu, es, ghcb, globals};
+use crate::{boot, es, ghcb, globals};
 use core::sync::atomic::Ordering;
 use guest_abi::layout;
 
-const MSR_APIC_BASE: u32 = 0x1b;
-const APIC_BASE_EXTD: u64 = 1 << 10;
-const APIC_BASE_ENABLE: u64 = 1 << 11;
-const MSR_X2APIC_ICR: u32 = 0x830;
-const ICR_INIT_ASSERT: u64 = 0x4500;
-const ICR_STARTUP: u64 = 0x4600;
-
-/// Why the APs did not all come up.
-pub struct ApTimeout {
-    /// APs that did reach CPL3.
-    pub online: u32,
-}
-
-/// Starts CPUs 1..ncpus and waits until each has reached CPL3.
-pub fn start_aps(ncpus: u32, tsc_khz: u64) -> Result<(), ApTimeout> {
-    if !es::active() {
-        let code = boot::ap_trampoline_code();
-        // SAFETY: the trampoline page is reserved RAM below 1 MiB, identity-mapped, and no
-        // AP runs yet; the code is a few dozen bytes, far less than the page.
-        unsafe {
-            core::ptr::copy_nonoverlapping(
-                code.as_ptr(),
-                layout::AP_TRAMPOLINE as *mut u8,
-                code.len(),
-            );
-        }
+/// Copies the real-mode AP entry code to the trampoline page, where a plain (not SEV-ES)
+/// AP starts after INIT-SIPI-SIPI with vector `AP_TRAMPOLINE >> 12`. Boot CPU, before any
+/// AP starts; done before a hand-off too, since the OS starts its APs the same way.
+pub fn install_trampoline() {
+    if es::active() {
+        // An SEV-ES AP starts at the reset block's entry in ROM, whatever the vector.
+        return;
     }
-    let base = cpu::rdmsr(MSR_APIC_BASE);
-    cpu::wrmsr(MSR_APIC_BASE, base | APIC_BASE_ENABLE | APIC_BASE_EXTD);
-    let vector = layout::AP_TRAMPOLINE >> 12;
-    for apic_id in 1..u64::from(ncpus) {
-        let dest = apic_id << 32;
-        cpu::wrmsr(MSR_X2APIC_ICR, dest | ICR_INIT_ASSERT);
-        cpu::wrmsr(MSR_X2APIC_ICR, dest | ICR_STARTUP | vector);
-        cpu::wrmsr(MSR_X2APIC_ICR, dest | ICR_STARTUP | vector);
-    }
-    let online = &globals::get().aps_online;
-    let deadline = cpu::Deadline::after_ms(2000, tsc_khz);
-    while online.load(Ordering::Acquire) < ncpus - 1 {
-        if deadline.passed() {
-            return Err(ApTimeout {
-                online: online.load(Ordering::Acquire),
-            });
-        }
-        core::hint::spin_loop();
-    }
-    Ok(())
-}
-
-/// SEV-ES migration target, after the boot CPU restored its state: INIT-SIPI-SIPI to CPUs
-/// 1..ncpus, as at boot. Each starts at its measured reset VMSA and, finding its saved
-/// state in its slot, resumes it (boot.s `sevm_resume`); nothing waits for them here.
-pub fn restart_aps(ncpus: u32) {
-    let base = cpu::rdmsr(MSR_APIC_BASE);
-    cpu::wrmsr(MSR_APIC_BASE, base | APIC_BASE_ENABLE | APIC_BASE_EXTD);
-    let vector = layout::AP_TRAMPOLINE >> 12;
-    for apic_id in 1..u64::from(ncpus.min(layout::MAX_VCPUS as u32)) {
-        let dest = apic_id << 32;
-        cpu::wrmsr(MSR_X2APIC_ICR, dest | ICR_INIT_ASSERT);
-        cpu::wrmsr(MSR_X2APIC_ICR, dest | ICR_STARTUP | vector);
-        cpu::wrmsr(MSR_X2APIC_ICR, dest | ICR_STARTUP | vector);
+    let code = boot::ap_trampoline_code();
+    // SAFETY: the trampoline page is reserved RAM below 1 MiB, identity-mapped, and no AP
+    // runs yet; the code is a few dozen bytes, far less than the page.
+    unsafe {
+        core::ptr::copy_nonoverlapping(code.as_ptr(), layout::AP_TRAMPOLINE as *mut u8, code.len());
     }
 }
 
-/// Where an AP goes once at CPL3: check in, wait for work, do it, park.
+/// Where an AP goes once at CPL3: its GHCB (SEV-ES), then the OS if the firmware handed
+/// off to one, or else the workload's share.
 pub fn ap_main(cpu_index: usize) -> ! {
     if es::active() && ghcb::establish(cpu_index).is_err() {
         // Without a GHCB nothing can be reported; the boot CPU's wait times out.
         es::terminate()
     }
     let g = globals::get();
-    g.aps_online.fetch_add(1, Ordering::AcqRel);
-    while !g.go.load(Ordering::Acquire) {
-        crate::migration::check();
-        core::hint::spin_loop();
+    // Direct boot of an ELF OS: the OS started this AP, and it enters the OS as the boot
+    // CPU did (ELF hand-off protocol, docs/architecture.md §8).
+    let entry = g.handoff_entry.load(Ordering::Acquire);
+    if entry != 0 {
+        crate::cpu::handoff(entry, g.handoff_zero_page.load(Ordering::Relaxed))
     }
-    crate::workloads::run_share(cpu_index);
-    crate::migration::idle(g.tsc_khz.load(Ordering::Relaxed))
+    guest_workloads::ap_join(cpu_index)
 }

@@ -46,6 +46,8 @@ fn run() -> Result<(), String> {
         "gcm",
         "vc-handler",
         "loader",
+        "guest-rt",
+        "guest-workloads",
     ] {
         let dir = root.join("crates").join(krate);
         if dir.exists() {

@@ -196,6 +196,12 @@ pub mod vcpu_save {
     pub const RBP: u64 = GPRS + 0x30;
     /// Offset of R8 (R9 .. R15 follow).
     pub const R8: u64 = GPRS + 0x38;
+    /// `u64`: 0, or the CPL0 address a restoring CPU jumps to once it claimed the slot
+    /// (64-bit mode on the firmware's tables, RDI = the slot, R15 = the CPU index): a
+    /// kernel with page tables and descriptor tables of its own (sevmirror's guest OS)
+    /// sets it when it saves, and reloads them there before its own CPL3 restore. The
+    /// firmware's own saves leave it 0.
+    pub const KERNEL_RESUME: u64 = 0x100;
     /// The XSAVE (or FXSAVE) area, 64-byte aligned, up to [`LAST_POLL`].
     pub const XSAVE_AREA: u64 = 0x400;
     /// `u64`, not part of the state: the TSC of this CPU's last checkpoint question to the
@@ -219,7 +225,7 @@ pub mod vcpu_save {
     /// What it returns on a migration target, after the restore.
     pub const RESTORED: u64 = 1;
 
-    const _: () = assert!(R8 + 8 * 8 <= XSAVE_AREA);
+    const _: () = assert!(R8 + 8 * 8 <= KERNEL_RESUME && KERNEL_RESUME + 8 <= XSAVE_AREA);
     const _: () = assert!(XSAVE_AREA_SIZE >= 0xb00 && LAST_POLL >= super::PAGE_SIZE);
     const _: () =
         assert!(XSAVE_AREA.is_multiple_of(64) && super::VCPU_SAVE_STRIDE.is_multiple_of(64));

@@ -6,7 +6,7 @@ use crate::{process::VmmProcess, HarnessError, Result};
 use serde_json::{json, Value};
 use sev_platform::{
     crypto::{random_bytes, TransportKeys},
-    measure::{expected_es_digest, FirmwareVersion},
+    measure::{FirmwareVersion, LaunchDigest},
     owner::{self, Measured},
     vmsa::{ResetVmsas, VcpuType, VmmType},
     Policy,
@@ -31,6 +31,10 @@ pub struct Owner {
     migration_secret: [u8; 32],
     /// The firmware the owner expects every VM to boot (default: the embedded image).
     firmware: Vec<u8>,
+    /// The kernel it boots directly, whose SEV hashes table the launch measures after the
+    /// firmware (default: the embedded guest OS, with no initrd and an empty command
+    /// line, what `run` boots; None: the firmware alone).
+    kernel: Option<Vec<u8>>,
     /// SEV-ES launches (None: plain SEV).
     es: Option<EsLaunch>,
 }
@@ -52,6 +56,7 @@ impl Owner {
             pdh,
             migration_secret: random_bytes::<32>()?,
             firmware: firmware_image::IMAGE.to_vec(),
+            kernel: Some(os_image::IMAGE.to_vec()),
             es: None,
         })
     }
@@ -72,11 +77,18 @@ impl Owner {
         }
     }
 
-    /// The launch digest a VM of this owner must show: the firmware (SEV), or the
-    /// firmware, the guest's reset VMSAs, then the helpers' (SEV-ES).
+    /// The launch digest a VM of this owner must show: the firmware and its kernel's SEV
+    /// hashes table (SEV), then the guest's reset VMSAs and the helpers' (SEV-ES).
     fn expected(&self) -> Result<Measured<'_>> {
+        let mut digest = LaunchDigest::new();
+        digest.update_data(&self.firmware);
+        if let Some(kernel) = &self.kernel {
+            let boot = vmm::DirectBoot::new(kernel.clone(), None, String::new())
+                .map_err(|e| HarnessError::Unexpected(format!("the expected kernel: {e}")))?;
+            digest.update_data(&boot.hashes_table());
+        }
         let Some(es) = self.es else {
-            return Ok(Measured::Firmware(&self.firmware));
+            return Ok(Measured::Digest(digest.value()));
         };
         let vcpu_type = VcpuType::from_name(vmm::sev::DEFAULT_VCPU_TYPE)
             .map_err(|e| HarnessError::Unexpected(e.to_string()))?;
@@ -87,13 +99,22 @@ impl Owner {
             vmm::firmware::image_helper_vmsas(&self.firmware, es.helpers, VmmType::Qemu)
                 .map_err(|e| HarnessError::Unexpected(format!("helper VMSAs: {e}")))?,
         );
-        Ok(Measured::Digest(expected_es_digest(&self.firmware, &vmsas)))
+        for v in &vmsas {
+            digest.update_vmsa(&v.to_bytes());
+        }
+        Ok(Measured::Digest(digest.value()))
     }
 
     /// Expects VMs to boot `image` instead of the embedded firmware (a VMM of another
     /// build embeds its own).
     pub fn expect_firmware(&mut self, image: Vec<u8>) {
         self.firmware = image;
+    }
+
+    /// Expects VMs to boot `kernel` directly (None: the firmware alone, `run
+    /// --no-kernel`) instead of the embedded guest OS.
+    pub fn expect_kernel(&mut self, kernel: Option<Vec<u8>>) {
+        self.kernel = kernel;
     }
 
     /// Writes the migration secret to `path` (mode 0600), for the owner's own tools

@@ -2,8 +2,9 @@
 //! layering of docs/architecture.md (§2, Crate map). A forbidden edge fails it, whoever adds
 //! it; the rule tables below are the place to change when the architecture does.
 //!
-//! Two workspaces are read: the host workspace (the root `Cargo.toml`) and the firmware's
-//! own (`firmware/Cargo.toml`, bare metal, built apart).
+//! Three workspaces are read: the host workspace (the root `Cargo.toml`), the firmware's
+//! own (`firmware/Cargo.toml`, bare metal, built apart) and the guest OS's
+//! (`guest-os/Cargo.toml`, likewise), which may link what the firmware may.
 
 use serde_json::Value;
 use std::{collections::BTreeSet, path::Path, process::Command};
@@ -42,6 +43,8 @@ const FIRMWARE_MAY_USE: &[&str] = &[
     // The firmware's own.
     "sevmirror-firmware",
     "sevmirror-firmware-mem",
+    "guest-rt",
+    "guest-workloads",
     // Shared no_std crates of this workspace.
     "fwtable",
     "guest-abi",
@@ -205,6 +208,19 @@ fn the_host_crates_keep_their_layers() {
     );
 }
 
+/// The host workspace's edges and those of the crates the firmware and the guest OS share,
+/// which are nobody's workspace members (bare metal, linted on their own).
+fn host_and_guest_edges(root: &Path) -> Vec<Edge> {
+    let mut all = edges(&metadata(&root.join("Cargo.toml")));
+    for shared in [
+        "crates/guest-rt/Cargo.toml",
+        "crates/guest-workloads/Cargo.toml",
+    ] {
+        all.extend(edges(&metadata(&root.join(shared))));
+    }
+    all
+}
+
 #[test]
 fn the_firmware_links_only_what_it_may() {
     let root = repo_root();
@@ -213,11 +229,28 @@ fn the_firmware_links_only_what_it_may() {
         fw.iter().any(|e| e.from == "sevmirror-firmware"),
         "the firmware manifest declares no dependencies?"
     );
-    let ws = edges(&metadata(&root.join("Cargo.toml")));
+    let ws = host_and_guest_edges(root);
     let bad = firmware_violations(&fw, &ws);
     assert!(
         bad.is_empty(),
         "the firmware links host crates:\n  {}",
+        bad.join("\n  ")
+    );
+}
+
+#[test]
+fn the_guest_os_links_only_what_the_firmware_may() {
+    let root = repo_root();
+    let os = edges(&metadata(&root.join("guest-os/Cargo.toml")));
+    assert!(
+        os.iter().any(|e| e.from == "sevmirror-guest-os"),
+        "the guest OS manifest declares no dependencies?"
+    );
+    let ws = host_and_guest_edges(root);
+    let bad = firmware_violations(&os, &ws);
+    assert!(
+        bad.is_empty(),
+        "the guest OS links host crates:\n  {}",
         bad.join("\n  ")
     );
 }

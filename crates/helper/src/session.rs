@@ -122,8 +122,10 @@ impl Commitment {
     }
 }
 
-/// The session shared by all helper vCPUs, and what outlives it.
+/// The session shared by all helper vCPUs, and what outlives it. `repr(C)`, so that
+/// [`REQUESTS_OFFSET`] is the same in every image built from this source.
 #[derive(Default)]
+#[repr(C)]
 pub struct SessionState {
     /// Phase and requests inside.
     pub gate: Gate,
@@ -175,6 +177,11 @@ pub struct SessionState {
     /// it (helper-abi `GcmKernel`; 0: the fastest the CPU supports).
     pub kernel: AtomicU32,
 }
+
+/// Where [`SessionState::requests`] lies in the state. The firmware's helper context
+/// starts with the state, so a test OS that ignores its memory map finds the helper's
+/// request count there (the `scribble` option waits for the first request).
+pub const REQUESTS_OFFSET: usize = core::mem::offset_of!(SessionState, requests);
 
 impl SessionState {
     /// A state with no session (the same as zeroed memory).

@@ -28,6 +28,16 @@
 //! tables, stack, what stays mapped) is documented where it jumps (docs/architecture.md,
 //! "Direct boot").
 //!
+//! **APs of an ELF kernel**: the kernel starts them with INIT-SIPI-SIPI at vector
+//! `guest_abi::layout::AP_TRAMPOLINE >> 12` (under SEV-ES any vector: an AP starts at its
+//! measured reset VMSA, the firmware's reset-block entry). Each comes up through the
+//! firmware's AP path and enters the kernel at the same entry point in the same state as
+//! the boot CPU, `RSI` = the same zero page; the kernel tells them apart itself (our OS:
+//! a flag it sets once its tables are built). Under SEV-ES the GHCB MSR then holds the
+//! firmware's GHCB of that CPU. And on an SEV-ES migration target the firmware hands a
+//! CPU whose saved-state slot the kernel filled to the kernel's `KERNEL_RESUME` entry
+//! (guest-abi `layout::vcpu_save`).
+//!
 //! Placement order: the kernel (Linux: the lowest `kernel_alignment`-aligned address at
 //! or above `pref_address` with `init_size` bytes of usable RAM; ELF: where its segments
 //! say), then the zero page and the command line as low as they fit, then the initrd as

@@ -63,7 +63,7 @@ pub struct RunArgs {
     #[arg(long, default_value = "stdio", value_name = "stdio|none|FILE")]
     pub serial: String,
 
-    /// Built-in firmware workload: "selftest" (fill and verify all free RAM, exit with the
+    /// Workload of the guest OS (or of the firmware with --no-kernel): "selftest" (fill and verify all free RAM, exit with the
     /// verdict), "idle" (stay up until stopped), "dirty" (keep rewriting pages at
     /// --dirty-rate, verify on request) or "canary" (one private and one shared page with
     /// a known pattern, then idle).
@@ -75,12 +75,18 @@ pub struct RunArgs {
     pub dirty_rate: u64,
 
     /// Kernel to boot directly (QEMU's -kernel): a Linux bzImage or an ELF guest OS,
-    /// handed to the firmware through fw_cfg; the firmware loads it and jumps to it
-    /// instead of running a built-in workload. Under --sev the launch also measures the
-    /// SEV hashes table of kernel, initrd and command line (what `measure --kernel`
-    /// computes), and the firmware refuses anything that does not match it.
+    /// handed to the firmware through fw_cfg; the firmware loads it and jumps to it.
+    /// Under --sev the launch also measures the SEV hashes table of kernel, initrd and
+    /// command line (what `measure --kernel` computes), and the firmware refuses anything
+    /// that does not match it. Default with the embedded firmware: sevmirror's own guest
+    /// OS (embedded too), which runs --workload.
     #[arg(long, value_name = "FILE")]
     pub kernel: Option<PathBuf>,
+
+    /// Boot the firmware alone, without the embedded guest OS: the firmware then runs
+    /// --workload itself (its own tests; the launch measures no hashes table).
+    #[arg(long, conflicts_with = "kernel")]
+    pub no_kernel: bool,
 
     /// Initrd passed with --kernel (QEMU's -initrd).
     #[arg(long, value_name = "FILE", requires = "kernel")]
@@ -218,6 +224,11 @@ pub struct FirmwareArgs {
     /// Where to write the image.
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
+
+    /// Also write the embedded guest OS (an ELF kernel) here: the kernel `run` boots by
+    /// default, for `measure --firmware FILE --kernel FILE` and QEMU's -kernel.
+    #[arg(long, value_name = "FILE")]
+    pub os_out: Option<PathBuf>,
 }
 
 /// `sevmirror ctl`.

@@ -34,9 +34,7 @@ fn main() {
         Command::Run(args) => run::run(args),
         Command::Bench(args) => bench::run(args).map(|()| 0),
         Command::Inspect(args) => inspect::run(args).map(|()| 0),
-        Command::Firmware(args) => std::fs::write(&args.out, firmware_image::IMAGE)
-            .map(|()| 0)
-            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", args.out.display())),
+        Command::Firmware(args) => write_images(args).map(|()| 0),
         Command::Ctl(args) => ctl::run(&args.api, args.timeout, &args.command, args.args.clone()),
         Command::Platform(args) => platform_cmd::run(args).map(|()| 0),
         Command::Owner(args) => owner_cmd::run(args).map(|()| 0),
@@ -49,4 +47,17 @@ fn main() {
             std::process::exit(1);
         }
     }
+}
+
+/// `sevmirror firmware`: the embedded firmware image, and the embedded guest OS if asked.
+fn write_images(args: &cli::FirmwareArgs) -> anyhow::Result<()> {
+    let write = |path: &std::path::Path, bytes: &[u8]| {
+        std::fs::write(path, bytes)
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))
+    };
+    write(&args.out, firmware_image::IMAGE)?;
+    if let Some(path) = &args.os_out {
+        write(path, os_image::IMAGE)?;
+    }
+    Ok(())
 }

@@ -4,6 +4,7 @@
 use anyhow::Context;
 use clap::{Args, CommandFactory};
 use migration::recovery::hex;
+use os_loader::hashes::SevHashes;
 use serde_json::json;
 use sev_platform::{
     owner::encode_base64,
@@ -12,15 +13,18 @@ use sev_platform::{
 use std::path::PathBuf;
 pub use vmm::measure::LaunchSpec;
 pub use vmm::measure::Mode;
-use vmm::measure::{compute, dump_vmsas, read_firmware, KernelFiles};
+use vmm::measure::{
+    compute_with_table, dump_vmsas, hashes_area, read_firmware, Computed, KernelFiles,
+};
 
 /// `sevmirror measure`.
 #[derive(Args, Debug)]
 pub struct MeasureArgs {
     /// The firmware image: ours (`sevmirror firmware --out FILE`) or an OVMF build such
-    /// as /usr/share/ovmf/OVMF.fd.
+    /// as /usr/share/ovmf/OVMF.fd (default: the embedded firmware, booting the embedded
+    /// guest OS unless --kernel or --no-kernel says otherwise, as `run` does).
     #[arg(long, value_name = "FILE")]
-    pub firmware: PathBuf,
+    pub firmware: Option<PathBuf>,
 
     /// The launch type: "sev" (the firmware pages only) or "sev-es" (then every vCPU's
     /// initial VMSA too: give --vcpus and --vcpu-type).
@@ -87,6 +91,19 @@ pub struct KernelArgs {
     /// Kernel command line passed with --kernel (none: the empty line).
     #[arg(long, value_name = "TEXT", requires = "kernel")]
     pub append: Option<String>,
+
+    /// With the embedded firmware: a launch without a kernel (`run --no-kernel`), not the
+    /// embedded guest OS that `run` boots by default.
+    #[arg(long, conflicts_with = "kernel")]
+    pub no_kernel: bool,
+}
+
+impl KernelArgs {
+    /// Whether a launch of the embedded firmware with these options boots the embedded
+    /// guest OS (what `run` does without --kernel and --no-kernel).
+    pub fn embedded_os(&self, embedded_firmware: bool) -> bool {
+        embedded_firmware && self.kernel.is_none() && !self.no_kernel
+    }
 }
 
 impl KernelArgs {
@@ -160,6 +177,23 @@ pub fn launch_spec(mode: Mode, es: &EsArgs) -> Result<LaunchSpec, String> {
     }
 }
 
+/// The launch digest of `image` as `spec` says, booting the kernel the options name: the
+/// embedded guest OS when `image` is the embedded firmware and neither --kernel nor
+/// --no-kernel is given (what `run` boots).
+pub fn compute(
+    image: &[u8],
+    spec: &LaunchSpec,
+    kernel: &KernelArgs,
+    embedded_firmware: bool,
+) -> anyhow::Result<Computed> {
+    if kernel.embedded_os(embedded_firmware) {
+        hashes_area(image)?;
+        let table = SevHashes::of(os_image::IMAGE, &[], b"").table();
+        return Ok(compute_with_table(image, spec, Some(table))?);
+    }
+    Ok(vmm::measure::compute(image, spec, kernel.files().as_ref())?)
+}
+
 /// Exits with a usage error (status 2), as clap does for malformed arguments.
 pub fn usage_error(msg: &str) -> ! {
     crate::cli::Cli::command()
@@ -170,17 +204,22 @@ pub fn usage_error(msg: &str) -> ! {
 /// Runs `sevmirror measure`.
 pub fn run(args: &MeasureArgs) -> anyhow::Result<()> {
     let spec = launch_spec(args.mode, &args.es).unwrap_or_else(|m| usage_error(&m));
-    let path = &args.firmware;
-    let image = read_firmware(path)?;
+    let (image, name) = match &args.firmware {
+        Some(path) => (read_firmware(path)?, path.display().to_string()),
+        None => (
+            firmware_image::IMAGE.to_vec(),
+            String::from("the embedded firmware"),
+        ),
+    };
+    let embedded = args.firmware.is_none();
     // SEV-ES and --kernel need the footer table themselves and say so if it is missing.
     if fwtable::report(&image).is_err() && spec == LaunchSpec::Sev && args.kernel.kernel.is_none() {
         log::warn!(
-            "{} has no OVMF footer GUID table: QEMU cannot launch it under SEV (no reset vector or SEV metadata); the digest is that of the bytes",
-            path.display()
+            "{name} has no OVMF footer GUID table: QEMU cannot launch it under SEV (no reset vector or SEV metadata); the digest is that of the bytes"
         );
     }
-    let computed = compute(&image, &spec, args.kernel.files().as_ref())
-        .with_context(|| format!("cannot measure {}", path.display()))?;
+    let computed = compute(&image, &spec, &args.kernel, embedded)
+        .with_context(|| format!("cannot measure {name}"))?;
     let files = match &args.es.dump_vmsa {
         Some(dir) => dump_vmsas(dir, &computed.vmsas)?,
         None => Vec::new(),
@@ -188,14 +227,17 @@ pub fn run(args: &MeasureArgs) -> anyhow::Result<()> {
     let digest = hex(&computed.digest);
     if args.json {
         let mut v = json!({
-            "firmware": path.display().to_string(),
+            "firmware": name,
             "size": image.len(),
             "mode": args.mode.name(),
             "launch-digest": digest,
             "launch-digest-base64": encode_base64(&computed.digest),
         });
-        if let (Some(t), Some(k)) = (&computed.hashes_table, &args.kernel.kernel) {
-            v["kernel"] = json!(k.display().to_string());
+        if let Some(t) = &computed.hashes_table {
+            v["kernel"] = match &args.kernel.kernel {
+                Some(k) => json!(k.display().to_string()),
+                None => json!("the embedded guest OS"),
+            };
             v["initrd"] = json!(args.kernel.initrd.as_ref().map(|p| p.display().to_string()));
             v["append"] = json!(args.kernel.append);
             v["kernel-hashes-table"] = json!(hex(t));

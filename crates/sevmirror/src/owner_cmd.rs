@@ -121,7 +121,8 @@ pub struct VerifyArgs {
     pub measurement: String,
 
     /// The firmware image the guest should have been launched with (default: the
-    /// firmware embedded in sevmirror, what `run` boots without --firmware).
+    /// firmware embedded in sevmirror, what `run` boots without --firmware, with the
+    /// embedded guest OS unless --kernel or --no-kernel says otherwise).
     #[arg(long, value_name = "FILE", conflicts_with = "digest")]
     pub firmware: Option<PathBuf>,
 
@@ -355,13 +356,15 @@ fn verify(args: &VerifyArgs) -> anyhow::Result<()> {
                 }
                 None => (firmware_image::IMAGE, String::from("the embedded firmware")),
             };
-            let computed = vmm::measure::compute(bytes, &spec, args.kernel.files().as_ref())
+            let computed = measure_cmd::compute(bytes, &spec, &args.kernel, firmware.is_none())
                 .with_context(|| format!("cannot compute the launch digest of {what}"))?;
             if let Some(dir) = &args.es.dump_vmsa {
                 vmm::measure::dump_vmsas(dir, &computed.vmsas)?;
             }
             if let Some(kernel) = &args.kernel.kernel {
                 what = format!("{what} with kernel {}", kernel.display());
+            } else if args.kernel.embedded_os(firmware.is_none()) {
+                what = format!("{what} booting the embedded guest OS");
             }
             if let Some(vcpus) = spec.describe_vcpus() {
                 what = format!("{what} with {vcpus}");

@@ -65,10 +65,17 @@ pub fn fw_cfg_file(spec: &str) -> anyhow::Result<(String, Vec<u8>)> {
     }
 }
 
-/// The kernel, initrd and command line of `--kernel/--initrd/--append`, if given.
+/// The kernel, initrd and command line of `--kernel/--initrd/--append`; without
+/// `--kernel`, the embedded guest OS when the firmware is the embedded one (and not
+/// `--no-kernel`): a firmware from a file boots only what it is given, as QEMU's `-bios`.
 pub fn direct_boot(args: &RunArgs) -> anyhow::Result<Option<DirectBoot>> {
     let Some(kernel) = &args.kernel else {
-        return Ok(None);
+        if args.no_kernel || args.firmware.is_some() {
+            return Ok(None);
+        }
+        let boot = DirectBoot::new(os_image::IMAGE.to_vec(), None, String::new())
+            .context("the embedded guest OS")?;
+        return Ok(Some(boot));
     };
     let read = |what: &str, p: &std::path::Path| {
         std::fs::read(p).with_context(|| format!("cannot read {what} {}", p.display()))

@@ -48,7 +48,7 @@ fn exe() -> std::path::PathBuf {
 }
 
 /// A platform, an owner with one migration secret, a working directory; the owner
-/// expects the firmware the VMM under test embeds.
+/// expects the firmware and the guest OS the VMM under test embeds.
 fn stage() -> Stage {
     let mut stage = Stage::new(Config {
         mem: 128 << 20,
@@ -62,15 +62,18 @@ fn stage() -> Stage {
         pin: None,
     })
     .unwrap();
-    let image = stage.dir().join("firmware.bin");
+    let (image, os) = (stage.dir().join("firmware.bin"), stage.dir().join("os.elf"));
     let o = Command::new(exe())
         .args(["firmware", "--out"])
         .arg(&image)
+        .arg("--os-out")
+        .arg(&os)
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let image = std::fs::read(image).unwrap();
-    stage.owner_mut().unwrap().expect_firmware(image);
+    let owner = stage.owner_mut().unwrap();
+    owner.expect_firmware(std::fs::read(image).unwrap());
+    owner.expect_kernel(Some(std::fs::read(os).unwrap()));
     stage
 }
 

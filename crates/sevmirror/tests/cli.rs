@@ -43,6 +43,102 @@ fn kvm_run_prints_the_selftest_summary_and_exits_0() {
 }
 
 #[test]
+fn kvm_run_boots_the_embedded_guest_os_unless_told_no_kernel() {
+    if !have_kvm() {
+        return;
+    }
+    // By default the firmware loads the embedded OS, which runs the workload on every vCPU
+    // within the memory map it was given (its own image carved out of it).
+    let o = sevmirror(&["run", "--mem", "128M", "--vcpus", "2"]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    let out = stdout(&o);
+    let usable = |prefix: &str, marker: &str| -> u64 {
+        let line = out
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("{out}"));
+        let before = line.split(marker).next().unwrap();
+        before
+            .rsplit(' ')
+            .find(|w| !w.is_empty())
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert!(
+        out.contains("firmware: loaded ELF kernel at 0x400000"),
+        "{out}"
+    );
+    assert!(
+        out.contains("2 vCPU(s)") && out.contains("selftest: PASS"),
+        "{out}"
+    );
+    let firmware_mib = usable("firmware: 2 vCPU(s)", " MiB usable");
+    let os_mib = usable(
+        "os: sevmirror guest OS",
+        " MiB usable of the firmware's map",
+    );
+    assert!(os_mib < firmware_mib, "{out}");
+    // --no-kernel: the firmware runs the workload itself.
+    let o = sevmirror(&["run", "--mem", "128M", "--no-kernel"]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        out.contains("firmware: no kernel: running workload selftest"),
+        "{out}"
+    );
+    assert!(
+        out.contains("selftest: PASS") && !out.contains("os: "),
+        "{out}"
+    );
+}
+
+#[test]
+fn kvm_the_guest_os_serves_its_vcs_through_its_own_ghcb_under_sev_es() {
+    if !have_kvm() {
+        return;
+    }
+    let platform = tmp("os-es-platform");
+    let base = [
+        "run",
+        "--mem",
+        "128M",
+        "--sev",
+        "--sev-backend",
+        "emulated",
+        "--platform-dir",
+        platform.to_str().unwrap(),
+        "--policy",
+        "0x5",
+        "--workload",
+    ];
+    // The OS's #VC handler and GHCB client, driven against the VMM (synthetic frames and
+    // #VCs raised through its own vector-29 stub).
+    let o = sevmirror(&[&base[..], &["vctest"]].concat());
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        out.contains("os: sevmirror guest OS") && out.contains(", SEV-ES"),
+        "{out}"
+    );
+    assert!(out.lines().any(|l| l.starts_with("vctest: PASS")), "{out}");
+    assert!(out.contains("vctest: raised!"), "{out}");
+    // A plain port access from the OS is stopped by the VMM's strict mode, naming it.
+    let o = sevmirror(&[&base[..], &["bypass-pio"]].concat());
+    assert_ne!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    assert!(
+        stdout(&o).contains("os: sevmirror guest OS"),
+        "{}",
+        stdout(&o)
+    );
+    assert!(
+        stderr(&o).contains("port I/O write of 1 bytes to 0x80"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
 fn kvm_serial_to_a_file_collects_both_consoles() {
     if !have_kvm() {
         return;

@@ -494,14 +494,16 @@ fn owner_verify_accepts_the_psp_measurement_and_rejects_any_other_launch() {
     let with = |extra: &[&str]| -> Vec<String> {
         base.iter().chain(extra).map(|s| s.to_string()).collect()
     };
-    // The embedded firmware by default, a file, a digest; explicit platform version.
+    // The embedded firmware alone (the launch above booted no kernel), a file, a digest;
+    // explicit platform version.
     for extra in [
-        &["--policy", "1"][..],
+        &["--policy", "1", "--no-kernel"][..],
         &["--policy", "0x1", "--firmware", &fw],
         &["--policy", "1", "--digest", &digest],
         &[
             "--policy",
             "1",
+            "--no-kernel",
             "--api-major",
             "0",
             "--api-minor",
@@ -525,11 +527,13 @@ fn owner_verify_accepts_the_psp_measurement_and_rejects_any_other_launch() {
     let other_m = owner::encode_base64(&other_m);
     let other_tik = e.write("other_tik.bin", &[0x55; 16]);
     let cases: Vec<Vec<String>> = vec![
-        with(&["--policy", "0"]),
+        // By default the owner expects the embedded guest OS too, as `run` boots it.
+        with(&["--policy", "1"]),
+        with(&["--policy", "0", "--no-kernel"]),
         with(&["--policy", "1", "--firmware", &other_fw]),
         with(&["--policy", "1", "--digest", &"00".repeat(32)]),
-        with(&["--policy", "1", "--build", "2"]),
-        with(&["--policy", "1", "--api-minor", "23"]),
+        with(&["--policy", "1", "--no-kernel", "--build", "2"]),
+        with(&["--policy", "1", "--no-kernel", "--api-minor", "23"]),
         [
             "owner",
             "verify",
@@ -537,6 +541,7 @@ fn owner_verify_accepts_the_psp_measurement_and_rejects_any_other_launch() {
             &tik,
             "--policy",
             "1",
+            "--no-kernel",
             "--measurement",
             &other_m,
         ]
@@ -549,6 +554,7 @@ fn owner_verify_accepts_the_psp_measurement_and_rejects_any_other_launch() {
             &other_tik,
             "--policy",
             "1",
+            "--no-kernel",
             "--measurement",
             &m,
         ]

@@ -494,8 +494,11 @@ fn kvm_sevctl_round_trip_through_run() {
         .unwrap()
         .to_string();
     let num = |k: &str| sev[k].as_u64().unwrap().to_string();
-    let fw = e.p("fw.bin");
-    sevmirror(&["firmware", "--out", &fw]);
+    // `run` booted the embedded guest OS: sevctl measures its hashes table too.
+    let (fw, os) = (e.p("fw.bin"), e.p("os.elf"));
+    sevmirror(&["firmware", "--out", &fw, "--os-out", &os]);
+    // No initrd and an empty command line, as `run` passes the OS (sevctl wants all three).
+    let no_initrd = e.write("empty.img", b"");
     let expected = e.sevctl(&[
         "measurement",
         "build",
@@ -513,6 +516,12 @@ fn kvm_sevctl_round_trip_through_run() {
         &blob,
         "--firmware",
         &fw,
+        "--kernel",
+        &os,
+        "--initrd",
+        &no_initrd,
+        "--cmdline",
+        "",
     ]);
     assert_eq!(expected.trim(), blob, "sevctl's expected measurement");
     let key = e.write("disk.key", b"sevctl-built secret for the VM!!");
@@ -610,8 +619,11 @@ fn kvm_sevctl_verifies_an_es_guest_launched_by_run() {
         .unwrap()
         .to_string();
     let num = |k: &str| sev[k].as_u64().unwrap().to_string();
-    let fw = e.p("fw.bin");
-    sevmirror(&["firmware", "--out", &fw]);
+    // `run` booted the embedded guest OS: sevctl measures its hashes table too.
+    let (fw, os) = (e.p("fw.bin"), e.p("os.elf"));
+    sevmirror(&["firmware", "--out", &fw, "--os-out", &os]);
+    // No initrd and an empty command line, as `run` passes the OS (sevctl wants all three).
+    let no_initrd = e.write("empty.img", b"");
     let vmsas = e.p("vmsas");
     sevmirror(&[
         "measure",
@@ -644,6 +656,12 @@ fn kvm_sevctl_verifies_an_es_guest_launched_by_run() {
             &blob,
             "--firmware",
             &fw,
+            "--kernel",
+            &os,
+            "--initrd",
+            &no_initrd,
+            "--cmdline",
+            "",
             "--num-cpus",
             cpus,
             "--vmsa-cpu0",

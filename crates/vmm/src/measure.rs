@@ -183,6 +183,16 @@ pub fn compute(
     kernel: Option<&KernelFiles<'_>>,
 ) -> Result<Computed, MeasureError> {
     let hashes_table = kernel.map(|k| kernel_hashes_table(image, k)).transpose()?;
+    compute_with_table(image, spec, hashes_table)
+}
+
+/// The digest of launching `image` as `spec` says, measuring `hashes_table` after the
+/// firmware if given (a kernel whose bytes are at hand rather than in files).
+pub fn compute_with_table(
+    image: &[u8],
+    spec: &LaunchSpec,
+    hashes_table: Option<[u8; hashes::PADDED_SIZE]>,
+) -> Result<Computed, MeasureError> {
     let vmsas = match *spec {
         LaunchSpec::Sev => Vec::new(),
         LaunchSpec::SevEs {

@@ -11,7 +11,7 @@
 //! taken). The host asks for a check through the services page (`REQUEST`); after a
 //! migration the target asks the same of the guest it received.
 
-use crate::{cpu, globals, println, services};
+use crate::{cpu, globals, migration, println, services};
 use core::sync::atomic::Ordering;
 use guest_abi::{
     layout::PAGE_SIZE,
@@ -68,7 +68,7 @@ fn verify(pages: &Pages<'_>, state: u64, seed: u64) -> (u64, u64) {
     let (mut bad, mut first) = (0, 0);
     for i in 0..pages.count {
         if i % 256 == 0 {
-            crate::migration::check();
+            migration::check();
         }
         let gpa = pages.gpa(i);
         // SAFETY: as in `fill`.
@@ -108,7 +108,7 @@ pub fn run(rate: u64, tsc_khz: u64) -> ! {
     g.dirty_seed.store(seed, Ordering::Relaxed);
     for i in 0..pages.count {
         if i % 256 == 0 {
-            crate::migration::check();
+            migration::check();
         }
         fill(pages.gpa(i), 1, seed);
     }
@@ -137,7 +137,7 @@ pub fn run(rate: u64, tsc_khz: u64) -> ! {
     let mut deadline = cpu::rdtsc();
     loop {
         // At most one tick (10 ms, or one 256-page batch) between checks.
-        crate::migration::check();
+        migration::check();
         for _ in 0..per_tick {
             let state = g.dirty_state.load(Ordering::Relaxed);
             let (generation, position) = (state >> 32, state & 0xffff_ffff);

@@ -3,8 +3,9 @@
 //! again, so each CPU parks as soon as it sees the flag — within
 //! `CHECK_INTERVAL_MS` (10 ms) of the commit.
 
+use crate::layout;
 use crate::{cpu, println};
-use guest_abi::{layout, migration};
+use guest_abi::migration;
 
 /// Whether the helper marked this guest "migrated out".
 pub fn migrated_out() -> bool {
@@ -20,7 +21,8 @@ pub fn migrated_out() -> bool {
 pub fn check() {
     if migrated_out() {
         println!(
-            "firmware: vCPU {}: this guest migrated out; it stops here for good",
+            "{}: vCPU {}: this guest migrated out; it stops here for good",
+            crate::NAME,
             cpu::apic_id()
         );
         cpu::halt()

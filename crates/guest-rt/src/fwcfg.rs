@@ -4,7 +4,8 @@
 //! out of the bounce page once and only the copies are used.
 
 use crate::cpu;
-use guest_abi::{fwcfg as abi, layout};
+use crate::layout;
+use guest_abi::fwcfg as abi;
 
 /// Why fw_cfg could not be used.
 #[derive(Clone, Copy, Debug)]

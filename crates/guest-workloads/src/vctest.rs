@@ -4,21 +4,21 @@
 //! handler with synthetic exception frames, one per instruction kind, and checks what it
 //! wrote back against the same information fetched another way (CPUID by the GHCB MSR
 //! protocol, SEV_STATUS at CPL0, fw_cfg's signature, the console output the test reads).
-//! It also raises #VCs through the real path — boot.s's vector-29 stub, the CPL3 handler
+//! It also raises #VCs through the real path — rt.s's vector-29 stub, the CPL3 handler
 //! and the VC_RETURN service — with the RAISE_VC test service, drives the GHCB client's
 //! own calls (the MSR protocol, the services exit) and malformed requests the VMM must
 //! refuse. One line per failed case, then `vctest: PASS` or `vctest: FAIL`.
 
-use crate::{
-    cpu::{self, VcInstruction},
-    ghcb, println, services, vc,
-};
 use guest_abi::{
     ghcb::{
         reason, service::Call, EventInjection, ExitCode, Field, Ghcb, GhcbError, PROTOCOL_VERSION,
     },
     layout::{self, SERVICES_GPA},
     services::{self as regs, exit_code, hcall},
+};
+use guest_rt::{
+    cpu::{self, VcInstruction},
+    ghcb, println, services, vc,
 };
 use vc_handler::{
     client::{self, GhcbClient, Vmgexit},
@@ -204,7 +204,12 @@ pub fn run(es: bool) -> ! {
         "vmmcall map-gpa-range",
         vmmcall(
             &mut g,
-            [hcall::MAP_GPA_RANGE, layout::FWCFG_DMA_PAGE, 1, shared],
+            [
+                hcall::MAP_GPA_RANGE,
+                guest_rt::layout::FWCFG_DMA_PAGE,
+                1,
+                shared,
+            ],
         ) == Ok(0),
     );
     run.check(
@@ -259,7 +264,7 @@ pub fn run(es: bool) -> ! {
     page.set(Field::SwExitInfo2, 4096);
     page.set(
         Field::SwScratch,
-        Ghcb::shared_buffer_gpa(layout::ghcb_gpa(0)),
+        Ghcb::shared_buffer_gpa(guest_rt::layout::ghcb_gpa(0)),
     );
     g.transport().vmgexit(&mut page);
     run.check(
@@ -271,7 +276,7 @@ pub fn run(es: bool) -> ! {
     raised(&mut run);
 
     // Cost of one request (a figure for the log, not a check).
-    let khz = crate::globals::get()
+    let khz = guest_rt::globals::get()
         .tsc_khz
         .load(core::sync::atomic::Ordering::Relaxed)
         .max(1);

@@ -21,7 +21,10 @@ const MSR_TSC_DEADLINE: u32 = 0x6e0;
 /// so stop (the guest could not go on correctly; on hardware the #VC handler would raise
 /// the exception the host asked for).
 fn ghcb_failed(what: &str, e: guest_abi::ghcb::GhcbError) -> ! {
-    crate::println!("firmware: SEV-ES: {what} through the GHCB failed: {e}");
+    crate::println!(
+        "{}: SEV-ES: {what} through the GHCB failed: {e}",
+        crate::NAME
+    );
     crate::services::exit(guest_abi::services::exit_code::FAIL)
 }
 
@@ -33,7 +36,7 @@ fn call(nr: u64, a0: u64, a1: u64, a2: u64) -> u64 {
 /// Like [`call`], with a fourth argument in r8.
 fn call4(nr: u64, a0: u64, a1: u64, a2: u64, a3: u64) -> u64 {
     let ret: u64;
-    // SAFETY: `ud2` + marker traps to the CPL0 #UD handler in boot.s, which performs the
+    // SAFETY: `ud2` + marker traps to the CPL0 #UD handler in rt.s, which performs the
     // service and resumes after the marker. It clobbers only the registers listed here
     // and uses its own (kernel) stack, so the CPL3 stack and red zone are untouched.
     unsafe {

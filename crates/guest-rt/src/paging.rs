@@ -6,7 +6,7 @@
 //! written, so no CPU ever walks a half-built table, and no TLB flush is needed because
 //! the entries replaced were not present.
 
-use guest_abi::layout;
+use crate::layout;
 
 const PRESENT_WRITABLE_USER: u64 = 0x7;
 const LARGE: u64 = 0x80;

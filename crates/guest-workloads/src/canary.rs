@@ -1,8 +1,9 @@
 //! The canary workload: a known pattern in one private and one shared page, so a test (or
 //! a curious operator) can check that the host sees only the shared one in the clear.
 
-use crate::{println, sev};
+use crate::println;
 use guest_abi::{layout::PAGE_SIZE, memmap::PageAllocator};
+use guest_rt::sev;
 
 /// The 16 bytes written over both pages.
 pub const CANARY: [u8; 16] = *b"SEVMIRROR-CANARY";

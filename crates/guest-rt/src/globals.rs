@@ -1,7 +1,8 @@
 //! State shared by all CPUs, kept in a fixed RAM page (the image itself is read-only).
 
+use crate::layout;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use guest_abi::{layout, memmap::MemoryMap};
+use guest_abi::memmap::MemoryMap;
 
 /// What one CPU reports back from its share of the workload.
 #[repr(C)]
@@ -42,6 +43,11 @@ pub struct Globals {
     pub dirty_state: AtomicU64,
     /// The dirty workload's pattern seed.
     pub dirty_seed: AtomicU64,
+    /// Direct boot (firmware): the ELF OS's entry point, non-zero once the firmware
+    /// handed off to it; an AP the OS starts then enters the OS there too.
+    pub handoff_entry: AtomicU64,
+    /// Direct boot (firmware): the zero page the OS was given (RSI at its entry).
+    pub handoff_zero_page: AtomicU64,
     /// The memory map, written by the boot CPU before `go`.
     pub map: MemoryMap,
     /// One report per CPU.

@@ -6,7 +6,7 @@
 //! when the host asks, and parks in AP reset hold (the GHCB specification's pattern,
 //! `SVM_VMGEXIT_AP_RESET_HOLD`); the slot then moves with the guest's pages, sealed by
 //! the helper. On the target every vCPU starts from its measured reset VMSA and, once the
-//! pages arrived, finds its slot and restores it (boot.s `sevm_resume`, then
+//! pages arrived, finds its slot and restores it (rt.s `sevm_resume`, then
 //! [`sevm_resume_user`] here) — the approach of the IBM SEV-ES migration proof of concept.
 //!
 //! - The host asks through the GHCB: every workload's periodic check
@@ -23,13 +23,16 @@
 //!   boot CPU) the other CPUs, which it starts with INIT-SIPI-SIPI: each starts at its
 //!   measured reset VMSA and resumes its own slot. The local APIC and the TSC are the
 //!   host's state and arrive in the migration stream (docs/migration.md).
+//! - The slots are the firmware's (guest-abi `layout::vcpu_save`), whichever image saves:
+//!   on a target it is the firmware that boots, holds and finds them. The guest OS, whose
+//!   page tables and descriptor tables are its own, records its CPL0 resume entry in the
+//!   slot (`KERNEL_RESUME`); the firmware hands the CPU that claimed the slot to it, and
+//!   the OS reloads its tables before the same CPL3 restore (docs/architecture.md §8).
 
+use crate::layout::{self, vcpu_save};
 use crate::{cpu, es, ghcb, globals, println};
 use core::sync::atomic::Ordering;
-use guest_abi::{
-    ghcb::service::Call,
-    layout::{self, vcpu_save},
-};
+use guest_abi::ghcb::service::Call;
 
 core::arch::global_asm!(
     r#"
@@ -86,7 +89,7 @@ sevm_save_and_hold:
     mov eax, {RELEASED}
     ret
 
-// The CPL3 half of a resume (boot.s sevm_resume IRETQs here with rdi = the claimed slot):
+// The CPL3 half of a resume (rt.s sevm_resume IRETQs here with rdi = the claimed slot):
 // the XSAVE state, the stack with the saving call's return address, RFLAGS (IF and IOPL
 // cannot change at CPL3), every general-purpose register, then a return from
 // sevm_save_and_hold with RESTORED.
@@ -148,7 +151,26 @@ extern "C" {
     /// See the assembly above.
     fn sevm_save_and_hold(slot: u64, hold: extern "C" fn(u64) -> u64, arg: u64) -> u64;
 }
-// `sevm_resume_user` is entered only from boot.s (`sevm_resume`), by IRETQ.
+// `sevm_resume_user` is entered only from rt.s (`sevm_resume`), by IRETQ.
+
+/// Where a target's firmware sends the CPU that claimed this image's slot
+/// (`vcpu_save::KERNEL_RESUME`): the guest OS's CPL0 resume (its entry.s), which loads the
+/// OS's own page tables and descriptor tables first; 0 for the firmware, whose tables
+/// are the ones the restoring CPU already runs on.
+fn kernel_resume() -> u64 {
+    #[cfg(feature = "os")]
+    {
+        extern "C" {
+            /// The OS's CPL0 resume entry (guest-os entry.s).
+            static sevm_kernel_resume: u8;
+        }
+        core::ptr::addr_of!(sevm_kernel_resume) as u64
+    }
+    #[cfg(not(feature = "os"))]
+    {
+        0
+    }
+}
 
 fn slot_read(slot: u64, offset: u64) -> u64 {
     // SAFETY: `slot` is this CPU's saved-state slot (layout::vcpu_save_gpa): reserved
@@ -201,12 +223,14 @@ pub fn checkpoint() {
             .is_ok_and(|r| u64::from(r[1]) <= vcpu_save::XSAVE_AREA_SIZE);
     if !fits {
         println!(
-            "firmware: vCPU {cpu}: its XSAVE state does not fit its slot; it cannot be migrated"
+            "{}: vCPU {cpu}: its XSAVE state does not fit its slot; it cannot be migrated",
+            crate::NAME
         );
         return;
     }
     slot_write(slot, vcpu_save::CPU, cpu as u64);
     slot_write(slot, vcpu_save::XCR0, mask);
+    slot_write(slot, vcpu_save::KERNEL_RESUME, kernel_resume());
     // XSAVE writes only XSTATE_BV of the area's header; XRSTOR refuses a header whose
     // other bytes (XCOMP_BV, reserved) are not zero.
     for offset in (512..576).step_by(8) {
@@ -245,7 +269,10 @@ fn after_restore(cpu: usize) {
     }
     let slot = layout::vcpu_save_gpa(cpu);
     slot_write(slot, vcpu_save::STATE, vcpu_save::EMPTY);
-    println!("firmware: vCPU {cpu}: resumed from its saved state (SEV-ES migration)");
+    println!(
+        "{}: vCPU {cpu}: resumed from its saved state (SEV-ES migration)",
+        crate::NAME
+    );
     if cpu == 0 {
         let ncpus = globals::get().ncpus.load(Ordering::Relaxed);
         crate::smp::restart_aps(ncpus);

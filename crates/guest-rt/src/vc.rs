@@ -3,7 +3,7 @@
 //! On SEV-ES hardware every CPUID, RDMSR/WRMSR, IN/OUT and MMIO access raises #VC (vector
 //! 29, error code = exit code); this handler decodes the instruction, serves it through
 //! the CPU's GHCB and steps over it, as OVMF's `CcExitVcHandler` does. Rust never runs at
-//! CPL0 here (it is emulated ~5000x slower there, without SSE), so boot.s's vector-29 stub
+//! CPL0 here (it is emulated ~5000x slower there, without SSE), so rt.s's vector-29 stub
 //! reflects a #VC raised at CPL3 to [`sevm_vc_rust_entry`] at CPL3: it copies the frame
 //! (vc-handler's [`VcFrame`]) to this CPU's frame slot (guest-abi `layout::vc_frame_gpa`)
 //! and IRETQs here on the interrupted stack, below its red zone; the handler writes the
@@ -16,8 +16,8 @@
 //! this path with the RAISE_VC test service (a #UD frame turned into a #VC frame, then the
 //! same stub), and enters [`handle`] with synthetic frames for each instruction kind.
 
+use crate::layout;
 use crate::{cpu, es, ghcb, println, services};
-use guest_abi::layout;
 use vc_handler::{
     client::GhcbClient,
     decode::MAX_LEN,
@@ -70,7 +70,7 @@ pub fn handle_at_rip(
     handle(frame, &insn[..n], ghcb)
 }
 
-/// Where boot.s's vector-29 stub enters CPL3 with this CPU's frame slot (`slot`).
+/// Where rt.s's vector-29 stub enters CPL3 with this CPU's frame slot (`slot`).
 #[no_mangle]
 extern "C" fn sevm_vc_rust_entry(slot: u64) -> ! {
     let cpu = es::current_cpu();
@@ -79,7 +79,7 @@ extern "C" fn sevm_vc_rust_entry(slot: u64) -> ! {
         services::fault(29, 0, 0, slot)
     }
     let frame_ptr = slot as *mut VcFrame;
-    // SAFETY: the slot is this CPU's, reserved RAM of the firmware area, identity-mapped,
+    // SAFETY: the slot is this CPU's, RAM of this image's runtime area, identity-mapped,
     // written by the stub before it entered here and used by nothing else until
     // VC_RETURN; it is copied once and only the copy is used.
     let mut frame = unsafe { core::ptr::read_volatile(frame_ptr) };
@@ -91,7 +91,10 @@ extern "C" fn sevm_vc_rust_entry(slot: u64) -> ! {
             cpu::vc_return()
         }
         Err(e) => {
-            println!("firmware: #VC at {rip:#x} (exit {code:#x}) not served: {e}");
+            println!(
+                "{}: #VC at {rip:#x} (exit {code:#x}) not served: {e}",
+                crate::NAME
+            );
             services::fault(29, rip, code, 0)
         }
     }

@@ -2,17 +2,17 @@
 //! it, for the VMM's SEV-ES strict mode to catch.
 //!
 //! Under SEV-ES every port access, MMIO access (but the VMGEXIT register) and most MSR
-//! accesses raise #VC on hardware; the firmware goes through its GHCB instead. These
+//! accesses raise #VC on hardware; the guest goes through its GHCB instead. These
 //! workloads make one the plain way — an `out` at CPL0, a console write to the services
 //! page, a `rdmsr` of IA32_APIC_BASE at CPL0 — as an unconverted site would: the VMM must
 //! stop an SEV-ES guest there, naming the exit. For other guests the access is legitimate
 //! and the workload passes.
 
-use crate::{cpu, es, println, services};
 use guest_abi::{
     layout::SERVICES_GPA,
     services::{exit_code, CONSOLE},
 };
+use guest_rt::{cpu, es, println, services};
 
 /// Which plain access to make.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,16 +1,15 @@
-//! SEV-ES in the firmware: whether it is on, which CPU this is, and how to give up.
+//! SEV-ES in the guest: whether it is on, which CPU this is, and how to give up.
 //!
-//! The boot CPU reads SEV_STATUS at CPL0 before anything else (boot.s) and leaves it in
+//! The boot CPU reads SEV_STATUS at CPL0 before anything else (the firmware's boot.s, the
+//! OS's entry.s) and leaves it in
 //! the boot-info page (guest-abi `layout::boot_info`); from then on every exit the firmware
 //! makes goes through its CPU's GHCB when SEV-ES is on: the services calls, fw_cfg's port
 //! I/O, CPUID, the MSRs of the local APIC, page-state announcements (see `cpu`,
 //! `services`, `sev`, `smp`). Only three MSRs stay CPL0 instructions: SEV_STATUS, the
 //! GHCB MSR and EFER, which SEV-ES hardware serves without a #VC.
 
-use guest_abi::{
-    ghcb::msr::{MsrRequest, MSR_GHCB},
-    layout::{self, boot_info},
-};
+use crate::layout::{self, boot_info};
+use guest_abi::ghcb::msr::{MsrRequest, MSR_GHCB};
 
 /// SEV_STATUS (MSR 0xC001_0131).
 pub const MSR_SEV_STATUS: u32 = 0xc001_0131;

@@ -12,10 +12,11 @@
 //! costs two CPL0 round trips (SEV information request, then the GHCB's GPA); every
 //! request after that is one MMIO exit.
 
+use crate::layout;
 use crate::{cpu, es, sev};
 use guest_abi::{
     ghcb::{msr::MSR_GHCB, Ghcb, PAGE_LEN},
-    layout, services,
+    services,
 };
 use vc_handler::client::{self, EstablishError, GhcbClient, Vmgexit};
 
@@ -95,7 +96,7 @@ pub fn establish(cpu: usize) -> Result<(), GhcbInitError> {
         .map_err(GhcbInitError::Establish)
 }
 
-/// Records the GHCB pages of every CPU the firmware supports as shared, in the guest's
+/// Records the GHCB pages of every CPU this image supports as shared, in the guest's
 /// shared list, and announces them to the host (KVM_HC_MAP_GPA_RANGE through the boot
 /// CPU's GHCB). Boot CPU, before the APs start: conversions happen there only.
 pub fn record_shared() -> Result<(), GhcbInitError> {
