@@ -31,6 +31,18 @@ pub enum FileError {
         /// The cap.
         max: usize,
     },
+    /// A file that must hold exactly `expected` bytes.
+    #[error("{what} {} is {len} bytes, expected {expected}", path.display())]
+    Length {
+        /// What the file is.
+        what: String,
+        /// Which file.
+        path: PathBuf,
+        /// Its length.
+        len: usize,
+        /// The length it must have.
+        expected: usize,
+    },
     /// A key file that is not 16 raw bytes.
     #[error("{name} file {} is {len} bytes, expected 16 raw bytes (NAME_{}.bin from `owner session` or `sevctl session`)", path.display(), name.to_ascii_lowercase())]
     KeyLength {
@@ -69,6 +81,17 @@ pub fn read_capped(what: &str, path: &Path, max: usize) -> Result<Vec<u8>, FileE
         });
     }
     Ok(buf)
+}
+
+/// A file of exactly `N` bytes.
+pub fn read_array<const N: usize>(what: &str, path: &Path) -> Result<[u8; N], FileError> {
+    let raw = read_capped(what, path, N)?;
+    raw.as_slice().try_into().map_err(|_| FileError::Length {
+        what: what.into(),
+        path: path.to_path_buf(),
+        len: raw.len(),
+        expected: N,
+    })
 }
 
 /// A 16-byte raw key file; `name` is "TEK" or "TIK".
@@ -124,6 +147,10 @@ mod tests {
             read_key("TIK", &key),
             Err(FileError::TooLarge { max: 64, .. })
         ));
+        let short = dir.path().join("secret");
+        write_file(&short, &[1; 31], 0o600, true).unwrap();
+        let err = read_array::<32>("migration secret", &short).unwrap_err();
+        assert!(err.to_string().contains("31 bytes, expected 32"), "{err}");
         let err = read_capped("secret", &dir.path().join("none"), 10).unwrap_err();
         assert!(err.to_string().contains("cannot read secret"), "{err}");
     }

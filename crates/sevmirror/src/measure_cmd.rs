@@ -14,7 +14,7 @@ use std::path::PathBuf;
 pub use vmm::measure::LaunchSpec;
 pub use vmm::measure::Mode;
 use vmm::measure::{
-    compute_with_table, dump_vmsas, hashes_area, read_firmware, Computed, KernelFiles,
+    compute_with_table, dump_vmsas, hashes_area, read_firmware, Computed, EsOptions, KernelFiles,
 };
 
 /// `sevmirror measure`.
@@ -132,49 +132,19 @@ pub fn parse_vmm_type(s: &str) -> Result<VmmType, String> {
     VmmType::from_name(s).map_err(|e| e.to_string())
 }
 
-/// Checks that the SEV-ES options fit `mode`: all of --vcpus and --vcpu-type for sev-es,
-/// none of them for sev. The error is a usage message.
+/// Checks that the SEV-ES options fit `mode` (vmm `LaunchSpec::from_options`). The error
+/// is a usage message.
 pub fn launch_spec(mode: Mode, es: &EsArgs) -> Result<LaunchSpec, String> {
-    match mode {
-        Mode::Sev => {
-            let given: Vec<&str> = [
-                es.vcpus.map(|_| "--vcpus"),
-                es.vcpu_type.map(|_| "--vcpu-type"),
-                es.vmm_type.map(|_| "--vmm-type"),
-                es.helpers.map(|_| "--helpers"),
-                es.dump_vmsa.as_ref().map(|_| "--dump-vmsa"),
-            ]
-            .into_iter()
-            .flatten()
-            .collect();
-            if given.is_empty() {
-                Ok(LaunchSpec::Sev)
-            } else {
-                Err(format!(
-                    "{}: only for an SEV-ES launch (--mode sev-es); a plain SEV digest has no VMSAs",
-                    given.join(", ")
-                ))
-            }
-        }
-        Mode::SevEs => {
-            let vcpus = es.vcpus.ok_or(
-                "--mode sev-es needs --vcpus N: every vCPU's VMSA is part of the launch digest",
-            )?;
-            let max = sev_platform::vmsa::reset::MAX_VCPUS;
-            if vcpus == 0 || vcpus > max {
-                return Err(format!("--vcpus {vcpus}: expected 1 to {max}"));
-            }
-            let vcpu_type = es.vcpu_type.ok_or(
-                "--mode sev-es needs --vcpu-type TYPE (e.g. EPYC-v4): the vCPU signature is in every VMSA",
-            )?;
-            Ok(LaunchSpec::SevEs {
-                vcpus,
-                vcpu_type,
-                vmm: es.vmm_type.unwrap_or_default(),
-                helpers: es.helpers.unwrap_or(0),
-            })
-        }
-    }
+    LaunchSpec::from_options(
+        mode,
+        &EsOptions {
+            vcpus: es.vcpus,
+            vcpu_type: es.vcpu_type,
+            vmm_type: es.vmm_type,
+            helpers: es.helpers,
+            dump_vmsa: es.dump_vmsa.is_some(),
+        },
+    )
 }
 
 /// The launch digest of `image` as `spec` says, booting the kernel the options name: the
@@ -271,13 +241,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn es_options_must_fit_the_mode() {
-        let none = EsArgs::default();
-        assert_eq!(launch_spec(Mode::Sev, &none), Ok(LaunchSpec::Sev));
+    fn es_options_reach_the_spec_and_bad_names_say_what_is_known() {
         let t = parse_vcpu_type("EPYC-Milan").unwrap();
         let es = EsArgs {
             vcpus: Some(2),
             vcpu_type: Some(t),
+            helpers: Some(1),
             ..EsArgs::default()
         };
         assert_eq!(
@@ -286,44 +255,16 @@ mod tests {
                 vcpus: 2,
                 vcpu_type: t,
                 vmm: VmmType::Qemu,
-                helpers: 0,
+                helpers: 1,
             })
         );
         assert!(launch_spec(Mode::Sev, &es)
             .unwrap_err()
-            .contains("--vcpus, --vcpu-type"));
-        let no_type = EsArgs {
-            vcpus: Some(2),
-            ..EsArgs::default()
-        };
-        assert!(launch_spec(Mode::SevEs, &no_type)
-            .unwrap_err()
-            .contains("--vcpu-type"));
-        assert!(launch_spec(Mode::SevEs, &none)
-            .unwrap_err()
-            .contains("--vcpus"));
-        let zero = EsArgs {
-            vcpus: Some(0),
-            ..es.clone()
-        };
-        assert!(launch_spec(Mode::SevEs, &zero)
-            .unwrap_err()
-            .contains("1 to"));
+            .contains("--vcpus, --vcpu-type, --helpers"));
         assert!(parse_vcpu_type("Skylake")
             .unwrap_err()
             .contains("EPYC-Genoa"));
         assert_eq!(parse_vmm_type("qemu-es-init"), Ok(VmmType::QemuEsInit));
         assert!(parse_vmm_type("gce").is_err());
-    }
-
-    #[test]
-    fn the_helper_count_belongs_to_sev_es() {
-        let es = EsArgs {
-            helpers: Some(1),
-            ..EsArgs::default()
-        };
-        assert!(launch_spec(Mode::Sev, &es)
-            .unwrap_err()
-            .contains("--helpers"));
     }
 }

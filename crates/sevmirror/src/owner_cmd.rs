@@ -26,7 +26,7 @@ use clap::{ArgGroup, Args, Subcommand};
 use fwtable::Guid;
 use migration::recovery::hex;
 use serde_json::json;
-use sev_platform::owner_files::{read_capped, read_key, write_file};
+use sev_platform::owner_files::{read_array, read_capped, read_key, write_file};
 use sev_platform::{
     certs::CERT_SIZE,
     crypto::TransportKeys,
@@ -504,20 +504,10 @@ fn abort(args: &AbortArgs) -> anyhow::Result<()> {
         }
         (None, None) => usage_error("--session or --commit-file is needed"),
     };
-    let raw = read_capped(
+    let secret = read_array::<{ helper_abi::MIGRATION_SECRET_LEN }>(
         "migration secret",
         &args.migration_secret,
-        helper_abi::MIGRATION_SECRET_LEN,
     )?;
-    let secret: [u8; helper_abi::MIGRATION_SECRET_LEN] =
-        raw.as_slice().try_into().map_err(|_| {
-            anyhow::anyhow!(
-                "migration secret {} is {} bytes, expected {}",
-                args.migration_secret.display(),
-                raw.len(),
-                helper_abi::MIGRATION_SECRET_LEN
-            )
-        })?;
     let file = AbortTokenFile {
         origin: TokenOrigin::Owner,
         transcript,

@@ -134,7 +134,67 @@ pub enum LaunchSpec {
     },
 }
 
+/// The SEV-ES options as given (`measure`, `owner verify`): each `None` if absent.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EsOptions {
+    /// --vcpus.
+    pub vcpus: Option<u32>,
+    /// --vcpu-type.
+    pub vcpu_type: Option<VcpuType>,
+    /// --vmm-type (default: QEMU's).
+    pub vmm_type: Option<VmmType>,
+    /// --helpers (default 0).
+    pub helpers: Option<u16>,
+    /// --dump-vmsa was given.
+    pub dump_vmsa: bool,
+}
+
 impl LaunchSpec {
+    /// Checks that the SEV-ES options fit `mode`: --vcpus and --vcpu-type for sev-es,
+    /// none of them for sev. The error is a usage message naming the options.
+    pub fn from_options(mode: Mode, es: &EsOptions) -> Result<LaunchSpec, String> {
+        match mode {
+            Mode::Sev => {
+                let given: Vec<&str> = [
+                    es.vcpus.map(|_| "--vcpus"),
+                    es.vcpu_type.map(|_| "--vcpu-type"),
+                    es.vmm_type.map(|_| "--vmm-type"),
+                    es.helpers.map(|_| "--helpers"),
+                    es.dump_vmsa.then_some("--dump-vmsa"),
+                ]
+                .into_iter()
+                .flatten()
+                .collect();
+                if given.is_empty() {
+                    Ok(LaunchSpec::Sev)
+                } else {
+                    Err(format!(
+                        "{}: only for an SEV-ES launch (--mode sev-es); a plain SEV digest has no VMSAs",
+                        given.join(", ")
+                    ))
+                }
+            }
+            Mode::SevEs => {
+                let vcpus = es.vcpus.ok_or(
+                    "--mode sev-es needs --vcpus N: every vCPU's VMSA is part of the launch digest",
+                )?;
+                let max = sev_platform::vmsa::reset::MAX_VCPUS;
+                if vcpus == 0 || vcpus > max {
+                    return Err(format!("--vcpus {vcpus}: expected 1 to {max}"));
+                }
+                let vcpu_type = es.vcpu_type.ok_or(
+                    "--mode sev-es needs --vcpu-type TYPE (e.g. EPYC-v4): the vCPU signature is in every VMSA",
+                )?;
+                Ok(LaunchSpec::SevEs {
+                    vcpus,
+                    vcpu_type,
+                    vmm: es.vmm_type.unwrap_or_default(),
+                    helpers: es.helpers.unwrap_or(0),
+                })
+            }
+        }
+    }
+
     /// The measured vCPUs in words ("2 EPYC-v4 vCPU(s), …"), or `None` for plain SEV.
     pub fn describe_vcpus(&self) -> Option<String> {
         match *self {
@@ -387,6 +447,50 @@ mod tests {
         assert_eq!(Mode::parse("seves"), Ok(Mode::SevEs));
         assert!(Mode::parse("snp").unwrap_err().contains("not supported"));
         assert!(Mode::parse("tdx").is_err());
+    }
+
+    #[test]
+    fn es_options_must_fit_the_mode() {
+        let none = EsOptions::default();
+        assert_eq!(
+            LaunchSpec::from_options(Mode::Sev, &none),
+            Ok(LaunchSpec::Sev)
+        );
+        let t = VcpuType::from_name("EPYC-Milan").unwrap();
+        let es = EsOptions {
+            vcpus: Some(2),
+            vcpu_type: Some(t),
+            ..EsOptions::default()
+        };
+        assert_eq!(
+            LaunchSpec::from_options(Mode::SevEs, &es),
+            Ok(LaunchSpec::SevEs {
+                vcpus: 2,
+                vcpu_type: t,
+                vmm: VmmType::Qemu,
+                helpers: 0,
+            })
+        );
+        let sev = |o: EsOptions| LaunchSpec::from_options(Mode::Sev, &o).unwrap_err();
+        let es_err = |o: EsOptions| LaunchSpec::from_options(Mode::SevEs, &o).unwrap_err();
+        assert!(sev(es).contains("--vcpus, --vcpu-type"));
+        let helpers = EsOptions {
+            helpers: Some(1),
+            dump_vmsa: true,
+            ..EsOptions::default()
+        };
+        assert!(sev(helpers).contains("--helpers, --dump-vmsa"));
+        let no_type = EsOptions {
+            vcpus: Some(2),
+            ..EsOptions::default()
+        };
+        assert!(es_err(no_type).contains("--vcpu-type"));
+        assert!(es_err(none).contains("--vcpus"));
+        let zero = EsOptions {
+            vcpus: Some(0),
+            ..es
+        };
+        assert!(es_err(zero).contains("1 to"));
     }
 
     #[test]
