@@ -32,7 +32,7 @@ pub enum BenchCommand {
 #[derive(Args, Debug)]
 pub struct HelperBenchArgs {
     /// Guest RAM (filled with data before measuring).
-    #[arg(long, default_value = "512M", value_parser = crate::cli::parse_mem_arg)]
+    #[arg(long, default_value = "512M", value_parser = crate::cli::parse_mem)]
     pub mem: u64,
     /// Most helper vCPUs to measure with (1..=N).
     #[arg(long, default_value_t = 2)]
@@ -49,7 +49,7 @@ pub struct HelperBenchArgs {
 #[derive(Args, Debug)]
 pub struct MigrateBenchArgs {
     /// Guest RAM of every run.
-    #[arg(long, default_value = "1G", value_parser = crate::cli::parse_mem_arg)]
+    #[arg(long, default_value = "1G", value_parser = crate::cli::parse_mem)]
     pub mem: u64,
     /// Measure helper migration with 1 to N helper vCPUs.
     #[arg(long, default_value_t = 2, value_name = "N")]

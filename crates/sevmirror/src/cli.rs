@@ -266,10 +266,6 @@ pub fn parse_u32(s: &str) -> Result<u32, String> {
 }
 
 /// A memory size argument (see `vmm::memory::size::parse_size`).
-pub fn parse_mem_arg(s: &str) -> Result<u64, String> {
-    parse_mem(s)
-}
-
-fn parse_mem(s: &str) -> Result<u64, String> {
+pub fn parse_mem(s: &str) -> Result<u64, String> {
     vmm::memory::size::parse_size(s).map_err(|e| e.to_string())
 }

@@ -11,7 +11,7 @@ use std::{io::IsTerminal, time::Duration};
 #[derive(Args, Debug)]
 pub struct DemoArgs {
     /// Guest RAM (e.g. 512M, 1G; at least 64M, a multiple of 2M).
-    #[arg(long, default_value = "1G", value_parser = crate::cli::parse_mem_arg)]
+    #[arg(long, default_value = "1G", value_parser = crate::cli::parse_mem)]
     pub mem: u64,
 
     /// Helper vCPUs in each side's mirror VM: each seals or opens its own lane of pages.
