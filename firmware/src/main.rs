@@ -1,10 +1,16 @@
 //! sevmirror's guest firmware.
 //!
 //! Boots like OVMF from the top of 4 GiB: 16-bit reset vector, 32-bit set-up, long mode
-//! (boot.s, the only code that runs at CPL0), then every CPU drops to CPL3 and runs Rust.
-//! On the development machines guest CPL0 is emulated ~5000x slower than CPL3 and CPL3
-//! cannot do port I/O, so CPL3 reaches the VMM through the MMIO guest-services page and
-//! asks CPL0 (by `ud2` service calls) only for port I/O, MSRs and halting.
+//! (boot.s, then guest-rt's rt.s: the only code that runs at CPL0), then every CPU drops
+//! to CPL3 and runs Rust. On the development machines guest CPL0 is emulated ~5000x
+//! slower than CPL3 and CPL3 cannot do port I/O, so CPL3 reaches the VMM through the MMIO
+//! guest-services page and asks CPL0 (by `ud2` service calls) only for port I/O, MSRs and
+//! halting.
+//!
+//! Its job: SEV detection and set-up, the migration helper (`helper`), the launch
+//! secret's report, then the kernel fw_cfg carries (`direct_boot`: sevmirror's own guest
+//! OS unless the host gives another), or without one the workloads itself
+//! (guest-workloads, for its own tests).
 //!
 //! The image is ROM: it has no writable statics (the linker script checks); shared state
 //! lives in RAM at the fixed addresses of guest-abi's `layout`. Everything the VMM says
@@ -23,13 +29,12 @@ mod sev;
 mod smp;
 mod workloads;
 
-use guest_rt::{cpu, es, fwcfg, ghcb, globals, migration, paging, println, services};
-
 use guest_abi::{
     fwcfg as fwcfg_abi, layout,
     memmap::{firmware_reservations, MemoryMap, RegionKind, MAX_REGIONS},
     services::{exit_code, Event},
 };
+use guest_rt::{cpu, es, fwcfg, ghcb, globals, migration, paging, println, services};
 use guest_workloads::Workload;
 
 /// Where every CPU enters Rust, at CPL3, from boot.s.
