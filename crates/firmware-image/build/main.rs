@@ -9,7 +9,6 @@ use guest_abi::layout;
 use std::{
     env, fs,
     path::{Path, PathBuf},
-    process::Command,
 };
 
 fn main() {
@@ -27,40 +26,24 @@ fn run() -> Result<(), String> {
         .ok_or("cannot find the workspace root")?
         .to_path_buf();
     let firmware = root.join("firmware");
-    for path in [
-        "src",
-        "mem",
-        "Cargo.toml",
-        "Cargo.lock",
-        "link.ld",
-        "build.rs",
-        ".cargo",
-    ] {
-        println!("cargo:rerun-if-changed={}", firmware.join(path).display());
-    }
-    for krate in [
-        "guest-abi",
-        "fwtable",
-        "helper-abi",
-        "helper",
-        "gcm",
-        "vc-handler",
-        "loader",
-        "guest-rt",
-        "guest-workloads",
-    ] {
-        let dir = root.join("crates").join(krate);
-        if dir.exists() {
-            println!("cargo:rerun-if-changed={}", dir.join("src").display());
-            println!(
-                "cargo:rerun-if-changed={}",
-                dir.join("Cargo.toml").display()
-            );
-        }
-    }
-    println!("cargo:rerun-if-env-changed=CARGO_TARGET_DIR");
+    bare_build::watch(
+        &root,
+        &firmware,
+        &[
+            "guest-abi",
+            "fwtable",
+            "helper-abi",
+            "helper",
+            "gcm",
+            "vc-handler",
+            "loader",
+            "guest-rt",
+            "guest-workloads",
+        ],
+    );
+    println!("cargo:rerun-if-changed={}", firmware.join("mem").display());
 
-    let elf_path = build_firmware(&root, &firmware)?;
+    let elf_path = bare_build::build(&root, &firmware, "firmware", "the firmware")?;
     let elf_bytes =
         fs::read(&elf_path).map_err(|e| format!("reading {}: {e}", elf_path.display()))?;
     let image = flatten(&elf_bytes)?;
@@ -121,43 +104,6 @@ fn symbols_rs(syms: &std::collections::HashMap<String, u64>) -> Result<String, S
         out += &format!("/// Guest address of `{name}`.\npub const {konst}: u64 = {addr:#x};\n");
     }
     Ok(out)
-}
-
-/// Runs the firmware's own cargo build with a clean environment (the outer build's
-/// flags, wrappers such as clippy-driver, and target settings must not leak into it).
-fn build_firmware(root: &Path, firmware: &Path) -> Result<PathBuf, String> {
-    let target_dir = match env::var_os("CARGO_TARGET_DIR") {
-        Some(dir) => PathBuf::from(dir).join("firmware"),
-        None => root.join("target").join("firmware"),
-    };
-    let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.env_clear();
-    for var in [
-        "PATH",
-        "HOME",
-        "CARGO_HOME",
-        "RUSTUP_HOME",
-        "RUSTUP_TOOLCHAIN",
-        "CARGO_NET_OFFLINE",
-    ] {
-        if let Some(v) = env::var_os(var) {
-            cmd.env(var, v);
-        }
-    }
-    let status = cmd
-        .current_dir(firmware)
-        .args(["build", "--release", "--quiet", "--target-dir"])
-        .arg(&target_dir)
-        .status()
-        .map_err(|e| format!("running cargo for the firmware: {e}"))?;
-    if !status.success() {
-        return Err(format!(
-            "cargo build in {} failed ({status})",
-            firmware.display()
-        ));
-    }
-    Ok(target_dir.join("x86_64-unknown-linux-gnu/release/firmware"))
 }
 
 /// Lays the loadable segments out in a ROM image of `FW_IMAGE_SIZE` bytes and fills in
