@@ -306,6 +306,22 @@ impl VmmProcess {
         end.ok_or_else(|| HarnessError::Timeout(format!("{}'s migration to end", self.name)))
     }
 
+    /// Polls `query-migrate` until its status is one of `want`; that reply.
+    pub fn wait_migration_status(&mut self, want: &[&str], timeout: Duration) -> Result<Value> {
+        let mut last = Value::Null;
+        let found = crate::wait_for(timeout, || {
+            last = self.execute("query-migrate", None).ok()?;
+            want.contains(&last["status"].as_str()?)
+                .then(|| last.clone())
+        });
+        found.ok_or_else(|| {
+            HarnessError::Timeout(format!(
+                "{}: a migration status in {want:?} (last reply: {last})",
+                self.name
+            ))
+        })
+    }
+
     /// Bytes on the stream so far, as `query-migrate` counts them.
     pub fn transferred(info: &Value) -> u64 {
         json_u64(info, &["ram", "transferred"])

@@ -246,25 +246,42 @@ impl Stage {
         Ok(vm)
     }
 
-    /// Runs the whole story; `progress` sees each `query-migrate` reply while it runs.
-    pub fn run(&self, progress: impl FnMut(&Value)) -> Result<Outcome> {
-        let pin = self.config.pin.as_ref();
-        let mut target = self.launch(
-            "target",
+    /// An attested target waiting for a migration on a kernel-chosen loopback port; the
+    /// port.
+    pub fn launch_incoming(&self, name: &str, cpus: Option<&str>) -> Result<(VmmProcess, u16)> {
+        let mut vm = self.launch(
+            name,
             vec!["--incoming".into(), "tcp:127.0.0.1:0".into()],
-            pin.map(PinPlan::target_list).as_deref(),
+            cpus,
         )?;
-        let mut source = self.launch(
-            "source",
+        let port = vm.port()?;
+        Ok((vm, port))
+    }
+
+    /// An attested guest running the `dirty` workload, rewriting `rate` pages/s.
+    pub fn launch_dirty(&self, name: &str, rate: u64, cpus: Option<&str>) -> Result<VmmProcess> {
+        self.launch(
+            name,
             vec![
                 "--workload".into(),
                 "dirty".into(),
                 "--dirty-rate".into(),
-                self.config.dirty_rate.to_string(),
+                rate.to_string(),
             ],
+            cpus,
+        )
+    }
+
+    /// Runs the whole story; `progress` sees each `query-migrate` reply while it runs.
+    pub fn run(&self, progress: impl FnMut(&Value)) -> Result<Outcome> {
+        let pin = self.config.pin.as_ref();
+        let (mut target, port) =
+            self.launch_incoming("target", pin.map(PinPlan::target_list).as_deref())?;
+        let mut source = self.launch_dirty(
+            "source",
+            self.config.dirty_rate,
             pin.map(PinPlan::source_list).as_deref(),
         )?;
-        let port = target.port()?;
         // The workload is running once it reports its first pass.
         source.wait_console("dirty: ", START_TIMEOUT).map_err(|_| {
             HarnessError::Unexpected(format!(

@@ -79,30 +79,14 @@ fn stage() -> Stage {
 
 /// The attested source, its dirty workload running.
 fn source(stage: &Stage) -> VmmProcess {
-    let vm = stage
-        .launch(
-            "src",
-            ["--workload", "dirty", "--dirty-rate", "1000"]
-                .map(String::from)
-                .to_vec(),
-            None,
-        )
-        .unwrap();
+    let vm = stage.launch_dirty("src", 1000, None).unwrap();
     vm.wait_console("filled; rewriting", PATIENCE).unwrap();
     vm
 }
 
 /// An attested target waiting on a kernel-chosen port; its port.
 fn target(stage: &Stage, name: &str) -> (VmmProcess, u16) {
-    let mut vm = stage
-        .launch(
-            name,
-            ["--incoming", "tcp:127.0.0.1:0"].map(String::from).to_vec(),
-            None,
-        )
-        .unwrap();
-    let port = vm.port().unwrap();
-    (vm, port)
+    stage.launch_incoming(name, None).unwrap()
 }
 
 fn ctl(vm: &mut VmmProcess, cmd: &str, args: Option<Value>) -> Value {
@@ -121,13 +105,7 @@ fn refused(vm: &mut VmmProcess, cmd: &str, args: Option<Value>) -> String {
 
 /// Polls `query-migrate` until its status is one of `want`; the reply.
 fn wait_migration(vm: &mut VmmProcess, want: &[&str]) -> Value {
-    let mut last = Value::Null;
-    let found = harness::wait_for(PATIENCE, || {
-        last = vm.execute("query-migrate", None).ok()?;
-        want.contains(&last["status"].as_str()?)
-            .then(|| last.clone())
-    });
-    found.unwrap_or_else(|| panic!("{}: no migration status in {want:?}: {last}", vm.name()))
+    vm.wait_migration_status(want, PATIENCE).unwrap()
 }
 
 /// A relay between the source and `port` whose source frames go through `forward`.
@@ -145,11 +123,7 @@ fn relay(
 }
 
 fn migrate(src: &mut VmmProcess, port: u16) {
-    ctl(
-        src,
-        "migrate",
-        Some(json!({ "uri": format!("tcp:127.0.0.1:{port}") })),
-    );
+    src.migrate(port).unwrap();
 }
 
 /// The target refused: it exits 1 saying its incoming migration failed, and its guest
