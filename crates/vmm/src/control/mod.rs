@@ -964,12 +964,27 @@ impl Controller {
     fn migration_status(&self) -> MigrationStatus {
         let job = self.job.as_ref().map(|job| {
             let files = job.files.lock().unwrap_or_else(|e| e.into_inner());
+            let mut progress = job.progress();
+            // The engine records how the migration ended just before its thread tells the
+            // controller, which then moves the run state (postmigrate, running, …). Until
+            // it has, the migration is still finishing, so that query-migrate never reports
+            // an end that query-status does not show yet.
+            let ended = matches!(
+                progress.status,
+                Status::Completed | Status::Failed | Status::Cancelled | Status::AwaitingAbort
+            );
+            if ended && !job.joined() {
+                progress.status = match (job.direction, progress.transcript) {
+                    (Direction::Outgoing, Some(_)) => Status::Committing,
+                    _ => Status::Active,
+                };
+            }
+            let cancelling =
+                job.cancelled() && job.active() && progress.status != Status::Committing;
             JobStatus {
                 direction: job.direction,
-                progress: job.progress(),
-                cancelling: job.cancelled()
-                    && job.active()
-                    && job.progress().status != Status::Committing,
+                progress,
+                cancelling,
                 listening: job.listening,
                 commit_file: files.commit.clone(),
                 abort_token_file: files.abort_token.clone(),

@@ -420,6 +420,12 @@ impl Job {
         self.thread.as_ref().is_some_and(|t| !t.is_finished())
     }
 
+    /// Whether the controller has joined the thread (it heard of the end and moved the
+    /// run state accordingly).
+    pub fn joined(&self) -> bool {
+        self.thread.is_none()
+    }
+
     /// Whether `cancel` was called.
     pub fn cancelled(&self) -> bool {
         self.cancel.load(Ordering::Relaxed)
