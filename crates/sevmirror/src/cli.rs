@@ -192,8 +192,8 @@ pub struct SevArgs {
 
     /// SEV platform: "hw" (/dev/sev and KVM) or "emulated" (the software PSP). Default: hw
     /// when /dev/sev exists, otherwise emulated.
-    #[arg(long, value_name = "hw|emulated")]
-    pub sev_backend: Option<String>,
+    #[arg(long, value_enum, value_name = "hw|emulated")]
+    pub sev_backend: Option<crate::platform_cmd::BackendChoice>,
 
     /// How the guest announces page conversions: "services" (the guest-services page;
     /// works everywhere) or "vmmcall" (KVM_HC_MAP_GPA_RANGE by VMMCALL, as on SEV hosts;

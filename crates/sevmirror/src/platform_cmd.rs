@@ -60,6 +60,16 @@ pub enum BackendChoice {
     Emulated,
 }
 
+impl BackendChoice {
+    /// The platform kind it names.
+    pub fn kind(self) -> BackendKind {
+        match self {
+            BackendChoice::Hw => BackendKind::Hardware,
+            BackendChoice::Emulated => BackendKind::Emulated,
+        }
+    }
+}
+
 /// The platform options every `platform` subcommand takes.
 #[derive(Args, Debug, Clone)]
 pub struct PlatformSelect {
@@ -101,10 +111,7 @@ pub struct ExportArgs {
 impl PlatformSelect {
     /// Where the platform is (sev_platform `Location::resolve`).
     pub fn locate(&self) -> anyhow::Result<Location> {
-        let kind = self.sev_backend.map(|c| match c {
-            BackendChoice::Hw => BackendKind::Hardware,
-            BackendChoice::Emulated => BackendKind::Emulated,
-        });
+        let kind = self.sev_backend.map(BackendChoice::kind);
         Ok(Location::resolve(kind, self.platform_dir.as_deref())?)
     }
 

@@ -4,11 +4,12 @@
 use crate::{
     adapter::{self, QmpAdapter},
     cli::{RunArgs, SevArgs},
+    platform_cmd::BackendChoice,
 };
 use anyhow::{bail, Context};
 use guest_abi::fwcfg;
 use qmp::{EventSender, QmpServer};
-use sev_platform::{backend::BackendKind, owner, platform::Location, Policy, SevBackend};
+use sev_platform::{owner, platform::Location, Policy, SevBackend};
 use std::{fs::File, io::Write, path::PathBuf, sync::Arc};
 use vmm::{
     control::{Ending, MachineBuilder, Trace},
@@ -93,15 +94,10 @@ pub fn direct_boot(args: &RunArgs) -> anyhow::Result<Option<DirectBoot>> {
 
 /// The SEV platform `--sev-backend` names (default: hardware when /dev/sev exists).
 pub fn sev_backend(
-    backend: Option<&str>,
+    backend: Option<BackendChoice>,
     platform_dir: Option<&PathBuf>,
 ) -> anyhow::Result<Arc<dyn SevBackend>> {
-    let kind = match backend {
-        None => None,
-        Some("hw") => Some(BackendKind::Hardware),
-        Some("emulated") => Some(BackendKind::Emulated),
-        Some(other) => bail!("--sev-backend {other:?}: expected hw or emulated"),
-    };
+    let kind = backend.map(BackendChoice::kind);
     let location = Location::resolve(kind, platform_dir.map(|d| d.as_path()))?;
     Ok(location.open()?.into_shared())
 }
@@ -110,7 +106,7 @@ fn sev_config(args: &SevArgs) -> anyhow::Result<Option<SevConfig>> {
     if !args.sev {
         return Ok(None);
     }
-    let backend = sev_backend(args.sev_backend.as_deref(), args.platform_dir.as_ref())?;
+    let backend = sev_backend(args.sev_backend, args.platform_dir.as_ref())?;
     let read = |p: &PathBuf| {
         std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))
     };
